@@ -1,0 +1,196 @@
+"""Access grants: who may receive which protocol for which sites, orgs, courses and event types.
+
+Grants live in the ``rthub_grants`` KV bucket (key = integration id, value = JSON :class:`Grant`). The portal
+and ``rthub grant`` write it; the hub and the deliverers watch it, so a change takes effect within a second.
+An empty dimension means "any"; a grant must name at least one site, org or course.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import msgspec
+from nats.js import JetStreamContext
+
+from hub.streams import GRANTS_BUCKET
+from hub.subjects import encode_token
+
+log = logging.getLogger("rthub.grants")
+
+Protocol = Literal["xapi", "caliper"]
+Delivery = Literal["direct", "webhook", "lrs", "caliper"]
+GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    consumer: str
+    protocol: Protocol
+    sites: list[str] = []
+    orgs: list[str] = []
+    courses: list[str] = []
+    event_types: list[str] = []
+    delivery: Delivery = "direct"
+    pii: bool = False
+    status: Literal["active", "suspended"] = "active"
+
+    def validate(self) -> Grant:
+        if not GRANT_ID.fullmatch(self.id):
+            raise ValueError(f"grant id {self.id!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+        if not (self.sites or self.orgs or self.courses):
+            raise ValueError("a grant must name at least one site, org or course")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+    def covers(self, site: str, org: str | None, course: str | None, event: str) -> bool:
+        return (
+            (not self.courses or course in self.courses)
+            and (not self.orgs or org in self.orgs)
+            and (not self.sites or site in self.sites)
+            and (not self.event_types or event in self.event_types)
+        )
+
+    def filter_subjects(self) -> list[str]:
+        """Non-overlapping subjects of ``<protocol>.<site>.<org>.<course>.<event>`` this grant covers."""
+
+        def tokens(values: list[str]) -> list[str]:
+            return [encode_token(v) for v in sorted(set(values))] or ["*"]
+
+        return [
+            ".".join((self.protocol, *combo))
+            for combo in itertools.product(
+                tokens(self.sites), tokens(self.orgs), tokens(self.courses), tokens(self.event_types)
+            )
+        ]
+
+def decode_grant(data: bytes) -> Grant:
+    return msgspec.json.decode(data, type=Grant)
+
+class GrantIndex:
+    """Which protocols some active grant needs for an event; answers are cached per event dimensions."""
+
+    def __init__(self, grants: Iterable[Grant] = ()):
+        self.grants: dict[str, Grant] = {g.id: g for g in grants}
+        self._cache: dict[tuple, frozenset[str]] = {}
+
+    def put(self, grant: Grant) -> None:
+        self.grants[grant.id] = grant
+        self._cache.clear()
+
+    def remove(self, grant_id: str) -> None:
+        self.grants.pop(grant_id, None)
+        self._cache.clear()
+
+    def protocols_for(self, site: str, org: str | None, course: str | None, event: str) -> frozenset[str]:
+        key = (site, org, course, event)
+        found = self._cache.get(key)
+        if found is None:
+            found = frozenset(
+                g.protocol for g in self.grants.values() if g.active and g.covers(site, org, course, event)
+            )
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+class GrantWatcher:
+    """Keeps a :class:`GrantIndex` in step with the grants bucket; ``on_change`` hears every change."""
+
+    def __init__(self, js: JetStreamContext, on_change: Callable[[str, Grant | None], None] | None = None):
+        self.js = js
+        self.index = GrantIndex()
+        self.on_change = on_change
+        self._task: asyncio.Task | None = None
+        self._watcher = None
+
+    async def start(self) -> GrantWatcher:
+        kv = await self.js.key_value(GRANTS_BUCKET)
+        self._watcher = await kv.watchall()
+        ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._run(ready))
+        await ready
+        return self
+
+    async def _run(self, ready: asyncio.Future) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                if not ready.done():
+                    ready.set_result(None)
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.index.remove(entry.key)
+                grant = None
+            else:
+                try:
+                    grant = decode_grant(entry.value)
+                except msgspec.DecodeError as exc:
+                    log.error("ignoring unreadable grant %s: %s", entry.key, exc)
+                    continue
+                self.index.put(grant)
+            log.info("grant %s %s", entry.key, "removed" if grant is None else grant.status)
+            if self.on_change:
+                self.on_change(entry.key, grant)
+            if not ready.done() and entry.delta == 0:
+                ready.set_result(None)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001 - connection may already be closed
+                pass
+        if self._task:
+            self._task.cancel()
+
+async def put_grant(js: JetStreamContext, grant: Grant) -> int:
+    grant.validate()
+    kv = await js.key_value(GRANTS_BUCKET)
+    return await kv.put(grant.id, msgspec.json.encode(grant))
+
+async def delete_grant(js: JetStreamContext, grant_id: str) -> None:
+    kv = await js.key_value(GRANTS_BUCKET)
+    await kv.delete(grant_id)
+
+async def list_grants(js: JetStreamContext) -> list[Grant]:
+    kv = await js.key_value(GRANTS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except Exception:  # noqa: BLE001 - NoKeysError when the bucket is empty
+        return []
+    out = []
+    for key in keys:
+        entry = await kv.get(key)
+        if entry.value:
+            out.append(decode_grant(entry.value))
+    return out
+
+
+
+class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Where a push integration delivers: ``rthub_targets`` bucket, key = grant id (secrets: deliverer only).
+
+    ``kind``: ``webhook`` (Standard Webhooks signed POST), ``lrs`` (xAPI ``<url>/statements``) or ``caliper``
+    (Caliper 1.2 envelope, bearer token). ``secrets`` are ``whsec_...`` signing secrets, newest first (two
+    during rotation). ``basic_auth`` is ``user:pass``; ``bearer`` a token.
+    """
+
+    id: str
+    kind: Literal["webhook", "lrs", "caliper"]
+    url: str
+    secrets: list[str] = []
+    basic_auth: str | None = None
+    bearer: str | None = None
+    batch_size: int = 1
+    batch_wait_ms: int = 200
+    parallel: bool = False
+    max_concurrency: int = 4
+    rate_limit_per_s: float = 0.0
+    enabled: bool = True
+    disabled_reason: str | None = None

@@ -1,0 +1,104 @@
+"""Settings: one msgspec struct per service, read from ``RTHUB_*`` environment variables.
+
+Every field ``foo`` of a settings struct is read from ``RTHUB_FOO``; lists and dicts are JSON (a list may
+also be comma-separated). ``env_names()`` lists every variable any service reads, so compose.yaml can be
+checked against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T", bound=msgspec.Struct)
+ENV_PREFIX = "RTHUB_"
+_registry: list[type[msgspec.Struct]] = []
+
+
+def register(cls: type[T]) -> type[T]:
+    """Class decorator: record a settings struct so its variables are known to ``env_names()``."""
+    _registry.append(cls)
+    return cls
+
+
+def env_names() -> set[str]:
+    """Every environment variable read by a registered settings struct."""
+    import hub.settings_all  # noqa: F401  (imports every service's settings so they register)
+
+    return {ENV_PREFIX + f.upper() for cls in _registry for f in cls.__struct_fields__}
+
+
+def _parse(raw: str) -> Any:
+    text = raw.strip()
+    if text[:1] in "[{":
+        return json.loads(text)
+    return raw
+
+
+def from_env(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) -> T:
+    """Build ``cls`` from the environment; explicit ``overrides`` (not None) win."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in cls.__struct_fields__:
+        key = ENV_PREFIX + name.upper()
+        if key in env and env[key] != "":
+            values[name] = _parse(env[key])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for name, field_type in zip(cls.__struct_fields__, cls.__annotations__.values(), strict=False):
+        value = values.get(name)
+        if isinstance(value, str) and "list" in str(field_type):
+            values[name] = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SystemExit(f"invalid setting for {cls.__name__}: {exc}") from None
+
+
+@register
+class NatsSettings(msgspec.Struct, kw_only=True):
+    """How a service reaches NATS."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds: str | None = None
+    data_dir: str = ".rthub"
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+@register
+class StreamSettings(msgspec.Struct, kw_only=True):
+    """Stream sizing; raw events carry personal data, so their retention is bounded."""
+
+    raw_max_age_days: float = 7.0
+    protocol_max_age_days: float = 30.0
+    quarantine_max_age_days: float = 7.0
+    stream_replicas: int = 1
+    duplicate_window_s: float = 120.0
+
+
+@register
+class HubSettings(NatsSettings, StreamSettings, kw_only=True):
+    """The hub service (``rthub hub``)."""
+
+    sites: dict[str, str] = msgspec.field(default_factory=lambda: {"default": "http://localhost:18000"})
+    default_site: str = "default"
+    batch_size: int = 500
+    max_event_bytes: int = 1 << 20
+    hub_consumer: str = "hub"
+    metrics_port: int = 0
+    id_secret: str | None = None
+    external_ids_file: str | None = None
+    log_json: bool = False
+
+    def lms_url(self, site: str) -> str | None:
+        return self.sites.get(site)

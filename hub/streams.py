@@ -1,0 +1,79 @@
+"""Every JetStream stream and KV bucket the system uses, declared once and created idempotently."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from hub.settings import StreamSettings
+
+log = logging.getLogger("rthub.streams")
+
+DAY = 86400.0
+RAW_STREAM = "LMS_RAW"
+QUARANTINE_STREAM = "QUARANTINE"
+DEAD_LETTER_STREAM = "DEAD_LETTER"
+PROTOCOL_STREAMS = {"xapi": "XAPI", "caliper": "CALIPER"}
+
+GRANTS_BUCKET = "rthub_grants"
+TARGETS_BUCKET = "rthub_targets"
+COURSES_BUCKET = "rthub_courses"
+BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)
+
+
+def stream_configs(s: StreamSettings) -> list[StreamConfig]:
+    """The stream definitions; the raw stream's bounded age is what keeps personal data short-lived."""
+
+    def cfg(name: str, subjects: list[str], days: float, description: str) -> StreamConfig:
+        return StreamConfig(
+            name=name, description=description, subjects=subjects, retention=RetentionPolicy.LIMITS,
+            max_age=days * DAY, storage=StorageType.FILE, num_replicas=s.stream_replicas,
+            discard=DiscardPolicy.OLD, duplicate_window=s.duplicate_window_s,
+        )
+
+    return [
+        cfg(RAW_STREAM, ["lms.>"], s.raw_max_age_days, "raw Open edX tracking events: lms.<site>.<org>.<course>.<event>"),
+        cfg(PROTOCOL_STREAMS["xapi"], ["xapi.>"], s.protocol_max_age_days, "xAPI statements"),
+        cfg(PROTOCOL_STREAMS["caliper"], ["caliper.>"], s.protocol_max_age_days, "IMS Caliper 1.2 events"),
+        cfg(QUARANTINE_STREAM, ["quarantine.>"], s.quarantine_max_age_days,
+            "events the hub could not process; reason in the Rthub-Reason header"),
+        cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,
+            "deliveries that failed after the last retry: dlq.<integration>"),
+    ]
+
+
+_COMPARED = ("subjects", "max_age", "num_replicas", "duplicate_window", "description", "discard", "retention")
+
+
+async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, str]:
+    """Create missing streams and buckets, update changed ones; returns ``{name: created|updated|unchanged}``."""
+    result: dict[str, str] = {}
+    for want in stream_configs(s):
+        try:
+            have = (await js.stream_info(want.name)).config
+        except NotFoundError:
+            await js.add_stream(want)
+            result[want.name] = "created"
+            continue
+        if any(getattr(have, f) != getattr(want, f) for f in _COMPARED):
+            await js.update_stream(want)
+            result[want.name] = "updated"
+            log.info("stream %s updated", want.name)
+        else:
+            result[want.name] = "unchanged"
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket)
+            result["KV_" + bucket] = "unchanged"
+        except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
+            await js.create_key_value(bucket=bucket, history=5, replicas=s.stream_replicas)
+            result["KV_" + bucket] = "created"
+    return result
+
+
+def to_json(obj: object) -> bytes:
+    return msgspec.json.encode(obj)

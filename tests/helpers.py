@@ -1,0 +1,71 @@
+"""Test helpers: wait on a condition with a deadline (never sleep to synchronise), run ``rthub``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+
+
+async def wait_for(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "condition",
+                   interval: float = 0.02) -> None:
+    """Poll ``cond`` until it is true; fail the test with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = cond()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def wait_sync(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test uses: tests share one nats-server, so each works in its own site/course."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def rthub_env(nats_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
+    env["RTHUB_NATS_URL"] = nats_url
+    env.update(extra)
+    return env
+
+
+def rthub(*args: str, env: dict[str, str], input: bytes | None = None, timeout: float = 60,
+          cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``rthub ARGS`` as a user would, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, input=input, capture_output=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def rthub_popen(*args: str, env: dict[str, str], cwd: Path | None = None, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=env, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def shared_or_skip(*parts: str) -> Path:
+    import pytest
+
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"reference material {path} is absent (../shared beside the project root)")
+    return path
