@@ -70,6 +70,11 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
             )
         ]
 
+def consumer_name(grant_id: str) -> str:
+    """The durable JetStream consumer of an integration (direct subscription or deliverer), on its protocol stream."""
+    return f"rthub_{grant_id}"
+
+
 def decode_grant(data: bytes) -> Grant:
     return msgspec.json.decode(data, type=Grant)
 
