@@ -1,0 +1,212 @@
+"""The hub (``rthub hub``): raw events in, xAPI and Caliper statements out.
+
+One durable pull consumer on the raw stream, shared by every hub process. For each batch: decode, filter
+(only events some active grant covers), translate for each protocol a covering grant needs, publish to
+``<protocol>.<site>.<org>.<course>.<event>`` with the statement id as ``Nats-Msg-Id`` (a crash between publish
+and ack re-publishes the same ids, which the stream drops as duplicates), then ack. Input the hub cannot use
+goes to the quarantine stream with its reason; it never blocks the events behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from hub.events import InvalidEvent, normalize
+from hub.grants import GrantWatcher
+from hub.metrics import Metrics
+from hub.natsconn import connect
+from hub.settings import HubSettings, from_env
+from hub.streams import QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
+
+log = logging.getLogger("rthub.hub")
+REASON_HEADER = "Rthub-Reason"
+_decode = msgspec.json.Decoder().decode
+
+
+def id_secret(s: HubSettings) -> bytes:
+    """The deployment's secret for anonymized ids: configured, else created once in the data directory."""
+    if s.id_secret:
+        return s.id_secret.encode()
+    path = Path(s.data_dir) / "id_secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+class Hub:
+    def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
+        self.s = settings
+        self.metrics = metrics or Metrics("hub")
+        self.nc = None
+        self.js = None
+        self.grants: GrantWatcher | None = None
+        self.courses = CourseNames()
+        ids = ExternalIds.from_settings(id_secret(settings), settings.external_ids_file)
+        self.contexts = {site: TranslateContext(lms_url=url, ids=ids, courses=self.courses)
+                         for site, url in settings.sites.items()}
+        self.supported = {p: supported(p) for p in ("xapi", "caliper")}
+        self.last_fetch = time.monotonic()
+        self._psub = None
+        self._courses_task: asyncio.Task | None = None
+
+    async def start(self) -> Hub:
+        self.nc = await connect(self.s, "rthub-hub")
+        self.js = self.nc.jetstream(timeout=10)
+        await ensure_streams(self.js, self.s)
+        self.grants = await GrantWatcher(self.js).start()
+        self._courses_task = asyncio.create_task(self.courses.watch(self.js))
+        config = ConsumerConfig(
+            durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30, max_ack_pending=max(4 * self.s.batch_size, 2000), max_deliver=-1,
+        )
+        self._psub = await self.js.pull_subscribe("lms.>", durable=self.s.hub_consumer, stream=RAW_STREAM,
+                                                  config=config)
+        return self
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch and process batches until ``stop`` is set; the batch in hand is always finished first."""
+        while not stop.is_set():
+            try:
+                msgs = await self._psub.fetch(self.s.batch_size, timeout=0.5)
+            except nats.errors.TimeoutError:
+                self.last_fetch = time.monotonic()
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - server hiccup (leader change, reconnect): retry
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            self.last_fetch = time.monotonic()
+            await self.process(msgs)
+
+    async def process(self, msgs: list) -> None:
+        js, m = self.js, self.metrics
+        waits: list[tuple[Any, list[asyncio.Future]]] = []
+        for msg in msgs:
+            m.inc("received")
+            futures: list[asyncio.Future] = []
+            try:
+                outputs = self._translate(msg)
+            except (InvalidEvent, Rejected, ValueError) as exc:
+                reason = getattr(exc, "reason", None) or str(exc)
+                futures.append(await self._quarantine(msg, reason))
+                waits.append((msg, futures))
+                continue
+            for subj, sid, body in outputs:
+                futures.append(await js.publish_async(subj, body, headers={"Nats-Msg-Id": sid}))
+            waits.append((msg, futures))
+        for msg, futures in waits:
+            ok = True
+            if futures:
+                done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+                errors = [r for r in done if isinstance(r, BaseException)]
+                if errors:
+                    ok = False
+                    m.inc("publish_errors", len(errors))
+                    log.warning("publish failed, raw message will be redelivered: %s", errors[0])
+            if ok:
+                await msg.ack()
+            else:
+                await msg.nak(delay=1)
+
+    def _translate(self, msg) -> list[tuple[str, str, bytes]]:
+        """``(subject, statement id, body)`` for each statement the message yields; raises with a reason."""
+        if len(msg.data) > self.s.max_event_bytes:
+            raise InvalidEvent(f"event is {len(msg.data)} bytes, over the {self.s.max_event_bytes} byte limit")
+        _, site, org, course, name = parse_subject(msg.subject)
+        ctx = self.contexts.get(site)
+        if ctx is None:
+            raise InvalidEvent(f"unknown site {site!r} (configure it in RTHUB_SITES)")
+        try:
+            obj = _decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise InvalidEvent(f"not JSON: {exc}") from None
+        event = normalize(obj)
+        protocols = self.grants.index.protocols_for(site, org, course, name)
+        if not protocols:
+            self.metrics.inc("filtered")
+            return []
+        out = []
+        for protocol in protocols:
+            if name not in self.supported[protocol]:
+                self.metrics.inc("unsupported", protocol=protocol)
+                continue
+            try:
+                statements = translate_json(protocol, event, ctx)
+            except Rejected as exc:
+                raise Rejected(f"{protocol}: {exc.reason}") from None
+            subj = subject(protocol, site, org, course, name)
+            out.extend((subj, sid, body) for sid, body in statements)
+            self.metrics.inc("translated", len(statements), protocol=protocol)
+        return out
+
+    async def _quarantine(self, msg, reason: str) -> asyncio.Future:
+        self.metrics.inc("quarantined")
+        log.warning("quarantined raw message %s: %s", msg.metadata.sequence.stream, reason)
+        tokens = msg.subject.split(".", 1)
+        subj = f"{QUARANTINE_PREFIX}.{tokens[1]}" if len(tokens) == 2 else f"{QUARANTINE_PREFIX}.unknown"
+        headers = {REASON_HEADER: reason[:1000], "Rthub-Subject": msg.subject,
+                   "Nats-Msg-Id": f"q-{msg.metadata.sequence.stream}"}
+        return await self.js.publish_async(subj, msg.data, headers=headers, stream=QUARANTINE_STREAM)
+
+    def healthy(self) -> bool:
+        return bool(self.nc and self.nc.is_connected and time.monotonic() - self.last_fetch < 30)
+
+    async def close(self) -> None:
+        if self.grants:
+            await self.grants.stop()
+        if self._courses_task:
+            self._courses_task.cancel()
+        if self.nc and not self.nc.is_closed:
+            await self.nc.drain()
+
+
+async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=None) -> int:
+    """Run one hub process until SIGTERM/SIGINT (or ``stop``); in-flight work is finished, then exit 0."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (ValueError, RuntimeError):  # not the main thread
+            pass
+    hub = await Hub(settings).start()
+    hub.metrics.healthy = hub.healthy
+    port = await hub.metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
+    log.info("hub running", extra={"fields": {"nats": settings.nats_url, "metrics_port": port,
+                                              "sites": sorted(settings.sites)}})
+    if ready:
+        ready(hub)
+    try:
+        await hub.run(stop)
+    finally:
+        await hub.close()
+        await hub.metrics.close()
+        log.info("hub stopped", extra={"fields": {k[0]: v for k, v in hub.metrics.counters.items()}})
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("hub", help="run the hub service: filter, translate, route (scale out by running more)")
+    p.add_argument("--nats-url", help="NATS server URL(s), comma-separated (RTHUB_NATS_URL)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics and /health here; 0 picks a free port, -1 none")
+    p.add_argument("--batch-size", type=int, help="raw events fetched per batch (RTHUB_BATCH_SIZE)")
+    p.set_defaults(func=lambda a: asyncio.run(serve(from_env(
+        HubSettings, nats_url=a.nats_url, metrics_port=a.metrics_port, batch_size=a.batch_size))))
