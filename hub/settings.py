@@ -76,7 +76,7 @@ class NatsSettings(msgspec.Struct, kw_only=True):
 
 
 @register
-class StreamSettings(msgspec.Struct, kw_only=True):
+class StreamSettings(NatsSettings, kw_only=True):
     """Stream sizing; raw events carry personal data, so their retention is bounded."""
 
     raw_max_age_days: float = 7.0
@@ -87,7 +87,7 @@ class StreamSettings(msgspec.Struct, kw_only=True):
 
 
 @register
-class HubSettings(NatsSettings, StreamSettings, kw_only=True):
+class HubSettings(StreamSettings, kw_only=True):
     """The hub service (``rthub hub``)."""
 
     sites: dict[str, str] = msgspec.field(default_factory=lambda: {"default": "http://localhost:18000"})

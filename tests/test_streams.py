@@ -1,0 +1,35 @@
+"""Stream setup is idempotent: a second run changes nothing, a changed definition is updated in place."""
+
+from hub.natsconn import connect
+from hub.natsserver import NatsServer, free_port
+from hub.settings import HubSettings
+from hub.streams import PROTOCOL_STREAMS, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+
+
+async def test_ensure_streams_idempotent_and_updates(tmp_path):
+    server = NatsServer(free_port(), tmp_path, name="streams").start()
+    try:
+        s = HubSettings(nats_url=server.url, raw_max_age_days=7)
+        nc = await connect(s, "test-streams")
+        js = nc.jetstream()
+        first = await ensure_streams(js, s)
+        assert first[RAW_STREAM] == "created"
+        assert first["XAPI"] == first["CALIPER"] == first[QUARANTINE_STREAM] == "created"
+        second = await ensure_streams(js, s)
+        assert set(second.values()) == {"unchanged"}
+        names = sorted([info.config.name for info in await js.streams_info()])
+        assert names.count(RAW_STREAM) == 1
+        raw = await js.stream_info(RAW_STREAM)
+        assert raw.config.max_age == 7 * 86400
+        assert raw.config.subjects == ["lms.>"]
+
+        changed = HubSettings(nats_url=server.url, raw_max_age_days=2, protocol_max_age_days=60)
+        third = await ensure_streams(js, changed)
+        assert third[RAW_STREAM] == "updated"
+        assert third[PROTOCOL_STREAMS["xapi"]] == "updated"
+        assert (await js.stream_info(RAW_STREAM)).config.max_age == 2 * 86400
+        assert (await js.stream_info("XAPI")).config.max_age == 60 * 86400
+        assert len([i for i in await js.streams_info() if i.config.name == RAW_STREAM]) == 1
+        await nc.close()
+    finally:
+        server.stop()
