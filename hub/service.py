@@ -197,6 +197,11 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
     try:
         await hub.run(stop)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.remove_signal_handler(sig)
+            except (ValueError, RuntimeError):
+                pass
         await hub.close()
         await hub.metrics.close()
         log.info("hub stopped", extra={"fields": {k[0]: v for k, v in hub.metrics.counters.items()}})

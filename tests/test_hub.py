@@ -1,0 +1,284 @@
+"""The hub end to end on a real nats-server: filter by grants, translate, route, quarantine, scale, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from hub.grants import Grant, delete_grant, put_grant
+from hub.natsconn import connect
+from hub.natsserver import NatsServer, free_port
+from hub.service import Hub, serve
+from hub.settings import HubSettings
+from hub.streams import ensure_streams
+from hub.subjects import subject
+from tests.helpers import rthub, rthub_env, rthub_popen, wait_for
+
+COURSE = "course-v1:edX+DemoX+Demo_Course"
+OTHER = "course-v1:MITx+6.00x+2024"
+
+
+def video_event(course: str = COURSE, user_id: int = 3, t: str | None = None, name: str = "play_video") -> dict:
+    """A self-written play_video event in the backend shape."""
+    t = t or f"2024-03-01T10:{uuid.uuid4().int % 60:02d}:{uuid.uuid4().int % 60:02d}.{uuid.uuid4().int % 999999:06d}+00:00"
+    org = course.split(":")[1].split("+")[0]
+    return {
+        "name": name, "timestamp": t,
+        "context": {"course_id": course, "org_id": org, "user_id": user_id, "username": f"u{user_id}",
+                    "session": "s1", "event_source": "browser", "path": "/event"},
+        "data": {"id": "0b9e39477cf34507a7a48f74be381fdd", "code": "html5", "currentTime": 12.5, "duration": 195},
+    }
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = NatsServer(free_port(), tmp_path / "nats", name="hubtest").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def settings(server, tmp_path) -> HubSettings:
+    return HubSettings(nats_url=server.url, data_dir=str(tmp_path / "data"), id_secret="s3cret", metrics_port=-1,
+                       sites={"default": "http://localhost:18000", "north": "https://lms.north.example"})
+
+
+@pytest_asyncio.fixture
+async def js(settings):
+    nc = await connect(settings, "test")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    yield js
+    await nc.close()
+
+
+@pytest_asyncio.fixture
+async def running_hub(settings, js):
+    """A hub serving in this event loop; stopped (drained) at the end of the test."""
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    await wait_for(lambda: hubs, 10, "hub start")
+    yield hubs[0]
+    stop.set()
+    assert await asyncio.wait_for(task, 15) == 0
+
+
+async def publish(js, event: dict | bytes, site: str = "default", course: str | None = COURSE,
+                  org: str | None = "edX", name: str = "play_video") -> None:
+    data = event if isinstance(event, bytes) else msgspec.json.encode(event)
+    if isinstance(event, dict):
+        name = event["name"]
+    await js.publish(subject("lms", site, org, course, name), data, headers={"Nats-Msg-Id": uuid.uuid4().hex})
+
+
+class Collector:
+    """A plain nats-py core subscriber, as a direct-subscription consumer would use."""
+
+    def __init__(self):
+        self.msgs = []
+
+    async def __call__(self, msg):
+        self.msgs.append(msg)
+
+    def ids(self) -> list[str]:
+        return [json.loads(m.data)["id"] for m in self.msgs]
+
+
+async def test_granted_course_flows_other_course_does_not(js, running_hub, settings):
+    await put_grant(js, Grant(id="g1", consumer="engine", protocol="xapi", courses=[COURSE]))
+    await wait_for(lambda: running_hub.grants.index.grants.get("g1"), 5, "grant seen by hub")
+    got = Collector()
+    everything = Collector()
+    nc = js._nc
+    await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got)
+    await nc.subscribe("xapi.>", cb=everything)
+    await nc.subscribe("caliper.>", cb=everything)
+    await publish(js, video_event(OTHER), course=OTHER, org="MITx")
+    await publish(js, video_event(COURSE))
+    await wait_for(lambda: len(got.msgs) == 1, 10, "statement of the granted course")
+    st = json.loads(got.msgs[0].data)
+    assert st["verb"]["id"] == "https://w3id.org/xapi/video/verbs/played"
+    assert st["actor"]["account"]["homePage"] == "http://localhost:18000"
+    assert st["object"]["id"].startswith("http://localhost:18000/xblock/block-v1:edX+DemoX+Demo_Course+type@video")
+    assert got.msgs[0].headers["Nats-Msg-Id"] == st["id"]
+    # The ungranted course's event was published first; the stream is ordered, so it was processed first and
+    # yielded nothing on any protocol subject.
+    assert [m.subject for m in everything.msgs] == [got.msgs[0].subject]
+    assert running_hub.metrics.get("filtered") == 1
+    assert running_hub.metrics.get("translated", protocol="xapi") == 1
+
+
+async def test_site_sets_the_lms_root_url(js, running_hub):
+    await put_grant(js, Grant(id="north", consumer="uni", protocol="caliper", sites=["north"]))
+    await wait_for(lambda: "north" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("caliper.north.>", cb=got)
+    await publish(js, video_event(), site="north")
+    await wait_for(lambda: got.msgs, 10, "caliper event from site north")
+    ev = json.loads(got.msgs[0].data)
+    assert ev["actor"]["id"].startswith("https://lms.north.example/user/")
+    assert ev["object"]["id"].startswith("https://lms.north.example/xblock/")
+
+
+async def test_grant_added_and_revoked_while_running(js, running_hub):
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got)
+    await publish(js, video_event(OTHER), course=OTHER, org="MITx")
+    await wait_for(lambda: running_hub.metrics.get("filtered") == 1, 10, "first event filtered")
+    assert got.msgs == []
+    await put_grant(js, Grant(id="late", consumer="c", protocol="xapi", orgs=["MITx"]))
+    await wait_for(lambda: "late" in running_hub.grants.index.grants, 1.0, "new grant within a second")
+    await publish(js, video_event(OTHER), course=OTHER, org="MITx")
+    await wait_for(lambda: len(got.msgs) == 1, 10, "statement after grant")
+    await delete_grant(js, "late")
+    await wait_for(lambda: "late" not in running_hub.grants.index.grants, 1.0, "revocation within a second")
+    await publish(js, video_event(OTHER), course=OTHER, org="MITx")
+    await wait_for(lambda: running_hub.metrics.get("filtered") == 2, 10, "event after revocation filtered")
+    assert len(got.msgs) == 1
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b"not json at all", "not JSON"),
+    (b"[1, 2, 3]", "not an object"),
+    (b'{"timestamp": "2024-01-01T00:00:00Z", "data": {}}', "missing name"),
+    (b'{"name": "play_video", "data": {}}', "missing timestamp"),
+    (b'{"name": "play_video", "timestamp": 12345}', "missing timestamp"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "context": "x"}', "context"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "' + b"x" * (1 << 20) + b'"}', "byte limit"),
+])
+async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub, bad, reason):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got)
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await publish(js, bad)
+    await publish(js, video_event())
+    await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the bad one")
+    q = await quarantine.next_msg(timeout=5)
+    assert reason in q.headers["Rthub-Reason"]
+    assert q.data == bad
+    assert running_hub.metrics.get("quarantined") == 1
+
+
+async def test_anonymous_event_is_quarantined_with_reason_no_user(js, running_hub):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    event = video_event()
+    del event["context"]["user_id"], event["context"]["username"]
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await publish(js, event)
+    q = await quarantine.next_msg(timeout=10)
+    assert q.headers["Rthub-Reason"] == "xapi: no user"
+
+
+async def test_unknown_site_is_quarantined(js, running_hub):
+    await put_grant(js, Grant(id="nowhere", consumer="c", protocol="xapi", sites=["nowhere"]))
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await publish(js, video_event(), site="nowhere")
+    q = await quarantine.next_msg(timeout=10)
+    assert "unknown site 'nowhere'" in q.headers["Rthub-Reason"]
+
+
+async def stream_ids(js, stream: str) -> list[str]:
+    """Every statement id stored on a protocol stream, in order."""
+    info = await js.stream_info(stream)
+    ids = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        msg = await js.get_msg(stream, seq)
+        ids.append(json.loads(msg.data)["id"])
+    return ids
+
+
+async def test_two_hub_processes_share_the_load_without_duplicates(js, settings):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    n = 600
+    for i in range(n):
+        await publish(js, video_event(user_id=1000 + i))
+    env = rthub_env(settings.nats_url, RTHUB_ID_SECRET="s3cret", RTHUB_BATCH_SIZE="50",
+                    RTHUB_DATA_DIR=settings.data_dir)
+    ports = [free_port(), free_port()]
+    procs = [rthub_popen("hub", "--metrics-port", str(p), env=env) for p in ports]
+    try:
+        await wait_for(lambda: _stream_count(js, "XAPI", n), 60, f"{n} statements on XAPI")
+        ids = await stream_ids(js, "XAPI")
+        assert len(ids) == n and len(set(ids)) == n
+        import httpx
+
+        received = []
+        for p in ports:
+            text = httpx.get(f"http://127.0.0.1:{p}/metrics").text
+            line = next(x for x in text.splitlines() if x.startswith("rthub_received_total"))
+            received.append(int(line.rsplit(" ", 1)[1]))
+        assert sum(received) == n
+        assert all(r > 0 for r in received), f"one hub did all the work: {received}"
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(20) == 0
+
+
+async def _stream_count(js, stream: str, n: int) -> bool:
+    return (await js.stream_info(stream)).state.messages >= n
+
+
+async def test_sigterm_mid_stream_loses_nothing(js, settings):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    n = 3000
+    for i in range(n):
+        await publish(js, video_event(user_id=5000 + i))
+    env = rthub_env(settings.nats_url, RTHUB_ID_SECRET="s3cret", RTHUB_BATCH_SIZE="100",
+                    RTHUB_DATA_DIR=settings.data_dir, RTHUB_METRICS_PORT="-1")
+    first = rthub_popen("hub", env=env)
+    await wait_for(lambda: _stream_count(js, "XAPI", 1), 30, "hub started translating")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(20) == 0
+    done_by_first = (await js.stream_info("XAPI")).state.messages
+    assert done_by_first < n, "the first hub finished before SIGTERM; the test proves nothing"
+    second = rthub_popen("hub", env=env)
+    try:
+        await wait_for(lambda: _stream_count(js, "XAPI", n), 60, f"all {n} statements")
+        ids = await stream_ids(js, "XAPI")
+        assert len(ids) == n == len(set(ids))
+        consumer = await js.consumer_info("LMS_RAW", "hub")
+        assert consumer.num_ack_pending == 0 or consumer.num_pending == 0
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(20) == 0
+
+
+async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
+    """`rthub publish FILE` of a tracking-log file -> the xAPI statement on the course subject."""
+    await put_grant(js, Grant(id="e2e", consumer="c", protocol="xapi", courses=[COURSE]))
+    await wait_for(lambda: "e2e" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got)
+    line = {"event_type": "play_video", "name": "play_video", "time": "2020-07-15T06:52:55.057099+00:00",
+            "username": "edx", "session": "993110e9c27848a545da74a74114158d", "event_source": "browser",
+            "event": json.dumps({"id": "0b9e39477cf34507a7a48f74be381fdd", "currentTime": 0.0327, "duration": 195}),
+            "context": {"course_id": COURSE, "org_id": "edX", "user_id": 3, "path": "/event"}}
+    log = tmp_path / "tracking.log"
+    log.write_text("2023-05-23 13:53:13,461 INFO 20 [tracking] [user None] [ip None] logger.py:41 - "
+                   + json.dumps(line) + "\n")
+    result = rthub("publish", str(log), env=rthub_env(settings.nats_url))
+    assert result.returncode == 0, result.stderr.decode()
+    await wait_for(lambda: got.msgs, 10, "statement from rthub publish")
+    st = json.loads(got.msgs[0].data)
+    assert st["verb"]["id"] == "https://w3id.org/xapi/video/verbs/played"
+    assert st["timestamp"] == "2020-07-15T06:52:55.057099+00:00"
+    assert st["context"]["extensions"]["https://w3id.org/xapi/openedx/extensions/session-id"] == \
+        "993110e9c27848a545da74a74114158d"
+    # publishing the same file again is deduplicated by the raw stream: no second statement
+    assert rthub("publish", str(log), env=rthub_env(settings.nats_url)).returncode == 0
+    raw = await js.stream_info("LMS_RAW")
+    assert raw.state.messages == 1
