@@ -1,0 +1,64 @@
+"""One raw event -> (subject, stable id, bytes): shared by backfill, the demo and the in-LMS backend.
+
+The id is a digest of the site and the canonical JSON (keys sorted), so publishing the same event twice gives
+the same ``Nats-Msg-Id`` and JetStream drops the second copy inside its duplicate window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any, NamedTuple
+
+import msgspec
+
+from hub.events import InvalidEvent, dimensions
+from hub.subjects import RAW_PREFIX, subject
+
+
+class Record(NamedTuple):
+    subject: str
+    msg_id: str
+    payload: bytes
+
+
+def _fallback(obj: Any) -> Any:
+    """Anything msgspec cannot encode natively (Decimal subclasses, lazy strings, ...) becomes its text."""
+    return str(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_fallback, order="deterministic")
+
+
+def message_id(site: str, payload: bytes) -> str:
+    return hashlib.sha256(site.encode() + b"\0" + payload).hexdigest()[:40]
+
+
+def to_record(event: dict[str, Any], site: str) -> Record:
+    """Encode a backend-shape event; a ``datetime`` timestamp is written as the LMS writes it (isoformat)."""
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, dt.datetime):
+        if timestamp.tzinfo is None:
+            timestamp = timestamp.replace(tzinfo=dt.UTC)
+        event = {**event, "timestamp": timestamp.astimezone(dt.UTC).isoformat()}
+    name = event.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidEvent("missing name")
+    org, course, name = dimensions(event)
+    payload = _encoder.encode(event)
+    return Record(subject(RAW_PREFIX, site, org, course, name), message_id(site, payload), payload)
+
+
+def raw_record(data: bytes, site: str) -> Record:
+    """Bytes sent as they are (to exercise the hub's quarantine): subject from the event if it parses."""
+    org = course = None
+    name = "unparsed"
+    try:
+        obj = msgspec.json.decode(data)
+        if isinstance(obj, dict):
+            from hub.events import normalize
+
+            org, course, name = dimensions(normalize(obj))
+    except (msgspec.DecodeError, InvalidEvent, TypeError, AttributeError):
+        pass
+    return Record(subject(RAW_PREFIX, site, org, course, name), message_id(site, data), data)
