@@ -17,6 +17,7 @@ COMMANDS = (
     "hub.up",
     "hub.service",
     "hub.grant_cli",
+    "lms_publisher.cli",
 )
 
 
