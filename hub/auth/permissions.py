@@ -1,0 +1,124 @@
+"""Who may publish and subscribe to what: least-privilege allow lists for every service and consumer.
+
+Pure functions over the names in :mod:`hub.streams` and :mod:`hub.grants`, so the tables are tested without a
+server. Every user gets a private inbox prefix instead of ``_INBOX.>``: replies (JetStream acks, KV values,
+including webhook secrets read by the deliverer) would otherwise be readable by any other user of the account.
+Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` reads it back from a JWT).
+"""
+
+from __future__ import annotations
+
+from hub.grants import Grant, consumer_name
+from hub.streams import (
+    COURSES_BUCKET,
+    DEAD_LETTER_STREAM,
+    GRANTS_BUCKET,
+    PROTOCOL_STREAMS,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    TARGETS_BUCKET,
+)
+
+API = "$JS.API"
+SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
+DELIVERY_LOG_STREAM = "DELIVERY_LOG"  # the deliverer's attempt log (issue 5); owned by the deliverer
+HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
+               *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)))
+
+
+def service_inbox(service: str) -> str:
+    return f"_INBOX_svc_{service}"
+
+
+def consumer_inbox(grant_id: str) -> str:
+    """A consumer's private inbox; ``_INBOX_c_`` never collides with a service's ``_INBOX_svc_``."""
+    return f"_INBOX_c_{grant_id}"
+
+
+def inbox_prefix_of(sub_allow: list[str]) -> str | None:
+    """The private inbox prefix granted by a user's subscribe allow list (``_INBOX_x.>`` -> ``_INBOX_x``)."""
+    for subj in sub_allow:
+        if subj.startswith("_INBOX_") and subj.endswith(".>"):
+            return subj[:-2]
+    return None
+
+
+def durable(stream: str, consumer: str) -> list[str]:
+    """Create/bind/pull/ack one named durable consumer, and nothing on any other consumer."""
+    return [f"{API}.CONSUMER.INFO.{stream}.{consumer}", f"{API}.CONSUMER.CREATE.{stream}.{consumer}",
+            f"{API}.CONSUMER.CREATE.{stream}.{consumer}.>", f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+            f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumer}", f"$JS.ACK.{stream}.{consumer}.>"]
+
+
+def stream_reader(stream: str) -> list[str]:
+    """Read a whole stream: any consumer on it (create, info, pull, ack, delete) and single-message gets."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.CONSUMER.CREATE.{stream}", f"{API}.CONSUMER.CREATE.{stream}.>",
+            f"{API}.CONSUMER.DURABLE.CREATE.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*",
+            f"{API}.CONSUMER.DELETE.{stream}.*", f"{API}.CONSUMER.MSG.NEXT.{stream}.*",
+            f"{API}.CONSUMER.LIST.{stream}", f"{API}.CONSUMER.NAMES.{stream}", f"$JS.ACK.{stream}.>",
+            f"$JS.FC.{stream}.>", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}",
+            f"{API}.DIRECT.GET.{stream}.>"]
+
+
+def kv_read(bucket: str) -> list[str]:
+    """Get, list and watch a KV bucket (a watch is an ordered push consumer on ``KV_<bucket>``)."""
+    return stream_reader(f"KV_{bucket}")
+
+
+def kv_write(bucket: str) -> list[str]:
+    return [*kv_read(bucket), f"$KV.{bucket}.>"]
+
+
+def stream_owner(stream: str) -> list[str]:
+    """Declare (create/update, never delete or purge) one stream."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.CREATE.{stream}", f"{API}.STREAM.UPDATE.{stream}"]
+
+
+def consumer_admin(stream: str) -> list[str]:
+    """Manage the durable consumers of a stream (create with filters, inspect, delete) without pulling."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.CONSUMER.CREATE.{stream}.*", f"{API}.CONSUMER.CREATE.{stream}.*.>",
+            f"{API}.CONSUMER.DURABLE.CREATE.{stream}.*", f"{API}.CONSUMER.INFO.{stream}.*",
+            f"{API}.CONSUMER.DELETE.{stream}.*", f"{API}.CONSUMER.LIST.{stream}", f"{API}.CONSUMER.NAMES.{stream}"]
+
+
+def _dedup(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[str] | None, list[str] | None]:
+    """``(pub_allow, sub_allow)`` of a service user; ``None`` = unrestricted (the admin only)."""
+    inbox = [f"{service_inbox(service)}.>"]
+    info = [f"{API}.INFO"]
+    protocol_streams = list(PROTOCOL_STREAMS.values())
+    if service == "admin":
+        return None, None
+    if service == "publisher":
+        # Runs inside the LMS, the least trusted place: it may only add raw events.
+        return ["lms.>", *info, f"{API}.STREAM.INFO.{RAW_STREAM}"], inbox
+    if service == "hub":
+        pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
+               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
+        return _dedup(pub), inbox
+    if service == "deliverer":
+        pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
+               *stream_reader(DEAD_LETTER_STREAM), f"{API}.STREAM.MSG.DELETE.{DEAD_LETTER_STREAM}",
+               *stream_owner(DELIVERY_LOG_STREAM), *stream_reader(DELIVERY_LOG_STREAM), "attempts.>",
+               *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_read(COURSES_BUCKET)]
+        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
+        return _dedup(pub), sub
+    if service == "portal":
+        pub = [*info, f"{API}.STREAM.INFO.*", *(p for s in protocol_streams for p in consumer_admin(s)),
+               *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
+               *stream_reader(DEAD_LETTER_STREAM), *stream_reader(DELIVERY_LOG_STREAM)]
+        return _dedup(pub), inbox
+    raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
+
+
+def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
+    """A direct-subscription user: pull and ack its own durable consumer (exact name), its private inbox, and a
+    core subscription to the granted subjects for a live feed. No JetStream API beyond that, no ``_INBOX.>``."""
+    stream = PROTOCOL_STREAMS[grant.protocol]
+    name = consumer_name(grant.id)
+    pub = [f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
+    sub = [f"{consumer_inbox(grant.id)}.>", *grant.filter_subjects()]
+    return pub, sub
