@@ -17,7 +17,10 @@ COMMANDS = (
     "hub.up",
     "hub.service",
     "hub.grant_cli",
+    "hub.deliver.cli",
     "lms_publisher.cli",
+    "hub.auth.cli",
+    "portal.cli",
 )
 
 

@@ -1,0 +1,1 @@
+"""Self-service portal: consumers request access to event streams, administrators approve, the hub obeys."""

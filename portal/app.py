@@ -1,0 +1,519 @@
+"""The portal web app: Jinja2 pages for people (session cookie + CSRF), a JSON API for programs (bearer API
+tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neither holds business rules."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader
+from litestar import Litestar, Request, Response, Router, get, post
+from litestar.config.csrf import CSRFConfig
+from litestar.datastructures import Cookie, State
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+)
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from portal import db
+from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
+from portal.settings import PortalSettings
+from portal.tables import Account
+from portal.validation import (
+    DELIVERY_LABELS,
+    Scope,
+    check_scope,
+    clean_text,
+    validate_request,
+    validate_signup,
+)
+
+log = logging.getLogger("rthub.portal.web")
+HERE = Path(__file__).parent
+SESSION_COOKIE = "rthub_session"
+
+
+def portal_of(request: Request) -> Portal:
+    return request.app.state.portal
+
+
+def client_of(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def current_user(request: Request) -> Account | None:
+    if "account" not in request.state:
+        request.state.account = await portal_of(request).session_account(request.cookies.get(SESSION_COOKIE))
+    return request.state.account
+
+
+async def require_user(request: Request) -> Account:
+    user = await current_user(request)
+    if user is None:
+        raise NotAuthorizedException("Log in first.")
+    return user
+
+
+async def require_admin(request: Request) -> Account:
+    user = await require_user(request)
+    if not user.is_admin:
+        raise PermissionDeniedException("Administrators only.")
+    return user
+
+
+async def form_of(request: Request) -> dict[str, Any]:
+    """Form fields; repeated fields (checkboxes) become lists."""
+    form = await request.form()
+    out: dict[str, Any] = {}
+    for key in form.keys():
+        values = form.getall(key)
+        out[key] = values if len(values) > 1 or key == "sites" else values[0]
+    return out
+
+
+def page(request: Request, name: str, status: int = 200, **context: Any) -> Template:
+    settings: PortalSettings = request.app.state.settings
+    context.setdefault("user", request.state.get("account"))
+    context.setdefault("flash", request.query_params.get("msg", "")[:200])
+    context["known_sites"] = sorted(settings.sites)
+    context["delivery_labels"] = DELIVERY_LABELS
+    return Template(template_name=name, context=context, status_code=status,
+                    headers={"Cache-Control": "no-store"})
+
+
+def go(path: str, msg: str = "") -> Redirect:
+    return Redirect(path + (f"?msg={quote(msg)}" if msg else ""), status_code=303)
+
+
+# ---------------------------------------------------------------- pages: accounts
+@get("/")
+async def home(request: Request) -> Redirect:
+    user = await current_user(request)
+    if user is None:
+        return go("/login")
+    return go("/admin" if user.is_admin else "/integrations")
+
+
+@get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/signup")
+async def signup_form(request: Request) -> Template:
+    return page(request, "signup.html", form={}, errors={})
+
+
+@post("/signup")
+async def signup(request: Request) -> Template | Redirect:
+    raw = await form_of(request)
+    values, errors = validate_signup(raw)
+    if not errors:
+        try:
+            await portal_of(request).create_account(values["email"], values["name"], values["password"])
+        except PortalError as exc:
+            errors = exc.errors or {"email": exc.message}
+    if errors:
+        return page(request, "signup.html", status=400, form={k: v for k, v in values.items() if k != "password"},
+                    errors=errors)
+    return await _login_response(request, values["email"], values["password"])
+
+
+@get("/login")
+async def login_form(request: Request) -> Template:
+    return page(request, "login.html", form={}, error="")
+
+
+async def _login_response(request: Request, email: str, password: str) -> Template | Redirect:
+    try:
+        token = await portal_of(request).login(email, password, client_of(request))
+    except PortalError as exc:
+        return page(request, "login.html", status=exc.status, form={"email": email[:254]}, error=exc.message)
+    settings: PortalSettings = request.app.state.settings
+    response = go("/")
+    response.cookies.append(Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax",
+                                   secure=settings.cookie_secure, max_age=int(settings.session_hours * 3600),
+                                   path="/"))
+    return response
+
+
+@post("/login")
+async def login(request: Request) -> Template | Redirect:
+    raw = await form_of(request)
+    return await _login_response(request, str(raw.get("email", "")), str(raw.get("password", "")))
+
+
+@post("/logout")
+async def logout(request: Request) -> Redirect:
+    await portal_of(request).logout(request.cookies.get(SESSION_COOKIE))
+    response = go("/login", "Logged out.")
+    response.cookies.append(Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/"))
+    return response
+
+
+# ---------------------------------------------------------------- pages: consumer
+@get("/integrations")
+async def my_integrations(request: Request) -> Template:
+    user = await require_user(request)
+    rows = await portal_of(request).list_for(user)
+    return page(request, "integrations.html", rows=rows)
+
+
+@get("/integrations/new")
+async def new_integration_form(request: Request) -> Template:
+    await require_user(request)
+    return page(request, "integration_new.html", form={"protocol": "xapi", "delivery": "webhook"}, errors={})
+
+
+@post("/integrations")
+async def create_integration(request: Request) -> Template | Redirect:
+    user = await require_user(request)
+    settings: PortalSettings = request.app.state.settings
+    raw = await form_of(request)
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    if errors:
+        shown = {k: v for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token")}
+        return page(request, "integration_new.html", status=400, form=shown, errors=errors)
+    row = await portal_of(request).create_integration(user, spec)
+    return go(f"/integrations/{row.key}", "Request sent: an administrator will review it.")
+
+
+@get("/integrations/{key:str}")
+async def integration_page(request: Request, key: str) -> Template:
+    user = await require_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    secret = await portal.take_pending_secret(row)
+    return await _detail(request, row, secret=secret)
+
+
+async def _detail(request: Request, row, secret: str | None = None, admin: bool = False, status_code: int = 200,
+                  **extra) -> Template:
+    portal = portal_of(request)
+    status = await portal.status(row)
+    return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
+                requested=requested_scope(row), granted=granted_scope(row), stats=status, secret=secret,
+                secrets=await _safe_count(portal, row), example=portal.example(row) if row.delivery == "direct" else "",
+                audit=await portal.audit_log(50, row.key), **extra)
+
+
+async def _safe_count(portal: Portal, row) -> int:
+    try:
+        return await portal.secret_count(row)
+    except PortalError:
+        return 0
+
+
+@post("/integrations/{key:str}/rotate")
+async def rotate(request: Request, key: str) -> Template:
+    user = await require_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    secret = await portal.rotate_secret(user, row)
+    return await _detail(request, row, secret=secret)
+
+
+@post("/integrations/{key:str}/retire")
+async def retire(request: Request, key: str) -> Redirect:
+    user = await require_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    await portal.retire_old_secret(user, row)
+    return go(f"/integrations/{key}", "The previous signing secret is no longer accepted.")
+
+
+@post("/integrations/{key:str}/creds")
+async def download_creds(request: Request, key: str) -> Response:
+    user = await require_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    creds = await portal.issue_creds(user, row)
+    return Response(creds, media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{row.key}.creds"',
+                             "Cache-Control": "no-store"})
+
+
+@post("/integrations/{key:str}/cancel")
+async def cancel(request: Request, key: str) -> Redirect:
+    user = await require_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    await portal.revoke(user, key, "cancelled by its owner", row=row)
+    return go(f"/integrations/{key}", "Integration cancelled.")
+
+
+@get("/tokens")
+async def tokens_page(request: Request) -> Template:
+    user = await require_user(request)
+    return page(request, "tokens.html", tokens=await portal_of(request).list_tokens(user), new_token=None)
+
+
+@post("/tokens")
+async def create_token(request: Request) -> Template:
+    user = await require_user(request)
+    portal = portal_of(request)
+    errors: dict[str, str] = {}
+    name = clean_text((await form_of(request)).get("name"), "name", 100, errors, required=True)
+    if errors:
+        return page(request, "tokens.html", status=400, tokens=await portal.list_tokens(user), new_token=None,
+                    error=errors["name"])
+    token = await portal.create_token(user, name)
+    return page(request, "tokens.html", tokens=await portal.list_tokens(user), new_token=token)
+
+
+@post("/tokens/{token_id:int}/revoke")
+async def revoke_token(request: Request, token_id: int) -> Redirect:
+    user = await require_user(request)
+    await portal_of(request).revoke_token(user, token_id)
+    return go("/tokens", "Token revoked.")
+
+
+# ---------------------------------------------------------------- pages: admin
+@get("/admin")
+async def admin_home(request: Request) -> Template:
+    await require_admin(request)
+    portal = portal_of(request)
+    status = request.query_params.get("status") or None
+    return page(request, "admin.html", pending=await portal.list_all("pending"),
+                rows=await portal.list_all(status if status in _STATUSES else None), owners=await portal.owner_emails(),
+                status=status)
+
+
+@get("/admin/integrations/{key:str}")
+async def admin_integration(request: Request, key: str) -> Template:
+    await require_admin(request)
+    row = await portal_of(request).get(key)
+    return await _detail(request, row, admin=True, errors={}, owner=(await portal_of(request).owner_emails()).get(row.owner))
+
+
+@post("/admin/integrations/{key:str}/{action:str}")
+async def admin_action(request: Request, key: str, action: str) -> Template | Redirect:
+    admin = await require_admin(request)
+    portal = portal_of(request)
+    settings: PortalSettings = request.app.state.settings
+    raw = await form_of(request)
+    errors: dict[str, str] = {}
+    reason = clean_text(raw.get("reason"), "reason", settings.max_text, errors, multiline=True)
+    try:
+        if errors:
+            raise PortalError(errors["reason"], 400, errors)
+        if action == "approve":
+            narrowed = None
+            if raw.get("narrow"):
+                narrowed = check_scope(raw, set(settings.sites), errors)
+                if errors:
+                    raise PortalError("Check the approved scope.", 400, errors)
+            await portal.approve(admin, key, narrowed)
+        elif action == "deny":
+            await portal.deny(admin, key, reason)
+        elif action == "suspend":
+            await portal.suspend(admin, key, reason)
+        elif action == "resume":
+            await portal.resume(admin, key)
+        elif action == "revoke":
+            await portal.revoke(admin, key, reason)
+        else:
+            raise NotFound("action")
+    except PortalError as exc:
+        if exc.status == 404:
+            raise
+        row = await portal.get(key)
+        return await _detail(request, row, admin=True, errors=exc.errors or {"action": exc.message},
+                             error=exc.message, owner=(await portal.owner_emails()).get(row.owner), status_code=exc.status)
+    return go(f"/admin/integrations/{key}", f"Done: {action}.")
+
+
+@get("/admin/audit")
+async def audit_page(request: Request) -> Template:
+    await require_admin(request)
+    return page(request, "audit.html", entries=await portal_of(request).audit_log(500))
+
+
+_STATUSES = ("pending", "approved", "denied", "suspended", "revoked")
+
+
+# ---------------------------------------------------------------- JSON API (bearer tokens, no cookies)
+async def api_user(request: Request) -> Account:
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    user = await portal_of(request).token_account(token)
+    if user is None:
+        raise NotAuthorizedException("Send an API token: Authorization: Bearer rth_...")
+    return user
+
+
+async def api_admin(request: Request) -> Account:
+    user = await api_user(request)
+    if not user.is_admin:
+        raise PermissionDeniedException("Administrators only.")
+    return user
+
+
+@get("/me")
+async def api_me(request: Request) -> dict[str, Any]:
+    user = await api_user(request)
+    return {"email": user.email, "name": user.name, "admin": user.is_admin}
+
+
+@get("/integrations")
+async def api_list(request: Request) -> list[dict[str, Any]]:
+    user = await api_user(request)
+    return [public_view(r) for r in await portal_of(request).list_for(user)]
+
+
+@post("/integrations", status_code=201)
+async def api_create(request: Request, data: dict[str, Any]) -> dict[str, Any]:
+    user = await api_user(request)
+    settings: PortalSettings = request.app.state.settings
+    spec, errors = validate_request(data, set(settings.sites), settings.max_text)
+    if errors:
+        raise PortalError("Invalid integration request.", 400, errors)
+    return public_view(await portal_of(request).create_integration(user, spec))
+
+
+@get("/integrations/{key:str}")
+async def api_get(request: Request, key: str) -> dict[str, Any]:
+    user = await api_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    view = public_view(row)
+    view["status_detail"] = await portal.status(row)
+    secret = await portal.take_pending_secret(row)
+    if secret:
+        view["webhook_secret"] = secret
+    return view
+
+
+@post("/integrations/{key:str}/rotate-secret", status_code=200)
+async def api_rotate(request: Request, key: str) -> dict[str, Any]:
+    user = await api_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    return {"id": row.key, "webhook_secret": await portal.rotate_secret(user, row)}
+
+
+@post("/integrations/{key:str}/creds", status_code=200)
+async def api_creds(request: Request, key: str) -> Response:
+    user = await api_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    return Response(await portal.issue_creds(user, row), media_type="text/plain",
+                    headers={"Cache-Control": "no-store"})
+
+
+@post("/integrations/{key:str}/cancel", status_code=200)
+async def api_cancel(request: Request, key: str) -> dict[str, Any]:
+    user = await api_user(request)
+    portal = portal_of(request)
+    row = await portal.get_owned(key, user)
+    return public_view(await portal.revoke(user, key, "cancelled by its owner", row=row))
+
+
+@get("/admin/integrations")
+async def api_admin_list(request: Request, status: str | None = None) -> list[dict[str, Any]]:
+    await api_admin(request)
+    portal = portal_of(request)
+    owners = await portal.owner_emails()
+    return [public_view(r, owners.get(r.owner)) for r in await portal.list_all(status)]
+
+
+@post("/admin/integrations/{key:str}/{action:str}", status_code=200)
+async def api_admin_action(request: Request, key: str, action: str, data: dict[str, Any] | None = None
+                           ) -> dict[str, Any]:
+    admin = await api_admin(request)
+    portal = portal_of(request)
+    settings: PortalSettings = request.app.state.settings
+    data = data or {}
+    errors: dict[str, str] = {}
+    reason = clean_text(data.get("reason"), "reason", settings.max_text, errors, multiline=True)
+    if errors:
+        raise PortalError(errors["reason"], 400, errors)
+    if action == "approve":
+        narrowed: Scope | None = None
+        if any(k in data for k in ("sites", "orgs", "courses", "event_types")):
+            narrowed = check_scope(data, set(settings.sites), errors)
+            if errors:
+                raise PortalError("Invalid approved scope.", 400, errors)
+        row = await portal.approve(admin, key, narrowed)
+    elif action == "deny":
+        row = await portal.deny(admin, key, reason)
+    elif action == "suspend":
+        row = await portal.suspend(admin, key, reason)
+    elif action == "resume":
+        row = await portal.resume(admin, key)
+    elif action == "revoke":
+        row = await portal.revoke(admin, key, reason)
+    else:
+        raise NotFound("action")
+    return public_view(row, (await portal.owner_emails()).get(row.owner))
+
+
+@get("/admin/audit")
+async def api_audit(request: Request, integration: str | None = None) -> list[dict[str, Any]]:
+    await api_admin(request)
+    return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "integration": e.integration,
+             "detail": e.detail} for e in await portal_of(request).audit_log(1000, integration)]
+
+
+API = Router(path="/api/v1", route_handlers=[api_me, api_list, api_create, api_get, api_rotate, api_creds, api_cancel,
+                                             api_admin_list, api_admin_action, api_audit], tags=["api"])
+
+
+# ---------------------------------------------------------------- errors
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def create_app(settings: PortalSettings) -> Litestar:
+    """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
+    portal = Portal(settings)
+    state: dict[str, Any] = {"portal": portal, "settings": settings, "engine": None}
+
+    async def startup(app: Litestar) -> None:
+        app.state.engine = await db.migrate(settings)
+
+    async def shutdown(app: Litestar) -> None:
+        await portal.close()
+        if app.state.engine is not None:
+            await db.close(app.state.engine)
+
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+
+    def error_page(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status", None) or getattr(exc, "status_code", 500)
+        message = getattr(exc, "message", None) or getattr(exc, "detail", "Error")
+        if _is_api(request):
+            body: dict[str, Any] = {"error": message}
+            if getattr(exc, "errors", None):
+                body["errors"] = exc.errors
+            return Response(body, status_code=status)
+        if isinstance(exc, NotAuthorizedException):
+            return go("/login", "Log in first.")
+        tpl = env.get_template("error.html")
+        html = tpl.render(message=message, status=status, user=None, flash="", request=request)
+        return Response(html, status_code=status, media_type="text/html")
+
+    return Litestar(
+        route_handlers=[home, health, signup_form, signup, login_form, login, logout, my_integrations,
+                        new_integration_form, create_integration, integration_page, rotate, retire, download_creds,
+                        cancel, tokens_page, create_token, revoke_token, admin_home, admin_integration, admin_action,
+                        audit_page, API,
+                        create_static_files_router(path="/static", directories=[HERE / "static"])],
+        on_startup=[startup],
+        on_shutdown=[shutdown],
+        state=State(state),
+        template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),
+        csrf_config=CSRFConfig(secret=settings.resolved_secret(), cookie_secure=settings.cookie_secure,
+                               exclude=["/api/", "/health", "/schema"]),
+        openapi_config=OpenAPIConfig(title="rthub portal", version="1.0.0", path="/schema"),
+        exception_handlers={PortalError: error_page, HTTPException: error_page, NotFoundException: error_page},
+    )

@@ -1,0 +1,243 @@
+"""``rthub portal serve|create-admin`` and ``rthub integration add|list|approve|deny|suspend|resume|revoke|creds``:
+the administrator's page actions, scriptable against the same database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from hub.settings import from_env
+from portal import db
+from portal.service import Portal, PortalError, public_view
+from portal.settings import PortalSettings
+from portal.tables import Account
+from portal.validation import check_scope, validate_request
+
+
+def settings_from(args: argparse.Namespace) -> PortalSettings:
+    return from_env(PortalSettings, nats_url=getattr(args, "nats_url", None), data_dir=getattr(args, "data_dir", None),
+                    database_url=getattr(args, "database_url", None), portal_host=getattr(args, "host", None),
+                    portal_port=getattr(args, "port", None))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="data directory (RTHUB_DATA_DIR)")
+    p.add_argument("--database-url", help="postgresql://... (RTHUB_DATABASE_URL or DATABASE_URL); default SQLite")
+    p.add_argument("--nats-url", help="NATS server URL(s) (RTHUB_NATS_URL)")
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from portal.app import create_app
+
+    settings = settings_from(args)
+    print(f"portal on http://{settings.portal_host}:{settings.portal_port}/ (data in {settings.data_dir})", flush=True)
+    uvicorn.run(create_app(settings), host=settings.portal_host, port=settings.portal_port,
+                log_level="warning", access_log=False)
+    return 0
+
+
+async def _with_portal(settings: PortalSettings, work):
+    engine = await db.migrate(settings)
+    portal = Portal(settings)
+    try:
+        return await work(portal)
+    finally:
+        await portal.close()
+        await db.close(engine)
+
+
+def _run(settings: PortalSettings, work) -> int:
+    try:
+        result = asyncio.run(_with_portal(settings, work))
+    except PortalError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        for field, message in exc.errors.items():
+            print(f"  {field}: {message}", file=sys.stderr)
+        return 2
+    return 0 if result is None else int(result)
+
+
+def create_admin(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = os.environ.get("RTHUB_ADMIN_PASSWORD") or getpass.getpass("Administrator password: ")
+    if len(password) < 10:
+        print("error: the password needs at least 10 characters", file=sys.stderr)
+        return 2
+
+    async def work(portal: Portal):
+        account = await portal.set_admin(args.email, password, args.name)
+        print(f"administrator {account.email} ready")
+
+    return _run(settings_from(args), work)
+
+
+def operator() -> Account:
+    """The actor recorded in the audit log for command-line changes."""
+    return Account(email=f"cli:{getpass.getuser()}", name="command line", is_admin=True)
+
+
+async def _owner(email: str) -> Account:
+    account = await Account.objects().get(Account.email == email.lower())
+    if account is None:
+        # Owned by operators, not a person: no usable password until one is set with create-admin.
+        account = Account(email=email.lower(), name="operator-managed", password_hash="!disabled")
+        await account.save()
+    return account
+
+
+def integration_add(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    deliveries = [d for d, v in (("lrs", args.lrs_url), ("webhook", args.webhook_url), ("caliper", args.caliper_url),
+                                 ("direct", args.direct)) if v]
+    if len(deliveries) != 1:
+        print("error: give exactly one of --lrs-url, --webhook-url, --caliper-url, --direct", file=sys.stderr)
+        return 2
+    raw = {"name": args.name, "protocol": args.protocol, "delivery": deliveries[0],
+           "url": args.lrs_url or args.webhook_url or args.caliper_url, "basic_auth": args.basic_auth,
+           "bearer": args.bearer, "sites": args.site, "orgs": args.org, "courses": args.course,
+           "event_types": args.event_type, "reason": args.reason}
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    if errors:
+        print("error: invalid integration", file=sys.stderr)
+        for field, message in errors.items():
+            print(f"  {field}: {message}", file=sys.stderr)
+        return 2
+
+    async def work(portal: Portal):
+        row = await portal.create_integration(await _owner(args.owner), spec, approved_by=operator())
+        print(f"integration {row.key} approved ({row.protocol} via {row.delivery})")
+        secret = await portal.take_pending_secret(row)
+        if secret:
+            print(f"webhook signing secret (shown once): {secret}")
+        if row.delivery == "direct":
+            creds = await portal.issue_creds(operator(), row)
+            _write_creds(Path(args.creds_out or f"{row.key}.creds"), creds)
+            print(f"credentials written to {args.creds_out or row.key + '.creds'}")
+            print(portal.example(row))
+
+    return _run(settings, work)
+
+
+def _write_creds(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def integration_list(args: argparse.Namespace) -> int:
+    async def work(portal: Portal):
+        owners = await portal.owner_emails()
+        rows = [public_view(r, owners.get(r.owner)) for r in await portal.list_all(args.status)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return
+        for r in rows:
+            scope = r["granted"] or r["requested"]
+            dims = "; ".join(f"{k}={','.join(v)}" for k, v in scope.items() if v)
+            print(f"{r['id']}\t{r['status']}\t{r['protocol']}\t{r['delivery']}\t{r['owner']}\t{r['name']}\t{dims}")
+
+    return _run(settings_from(args), work)
+
+
+def integration_decide(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    async def work(portal: Portal):
+        actor = operator()
+        if args.action == "approve":
+            narrowed = None
+            if args.site or args.org or args.course or args.event_type:
+                errors: dict[str, str] = {}
+                narrowed = check_scope({"sites": args.site, "orgs": args.org, "courses": args.course,
+                                        "event_types": args.event_type}, set(settings.sites), errors)
+                if errors:
+                    raise PortalError("invalid scope", 400, errors)
+            row = await portal.approve(actor, args.key, narrowed)
+        elif args.action == "deny":
+            row = await portal.deny(actor, args.key, args.reason)
+        elif args.action == "suspend":
+            row = await portal.suspend(actor, args.key, args.reason)
+        elif args.action == "resume":
+            row = await portal.resume(actor, args.key)
+        else:
+            row = await portal.revoke(actor, args.key, args.reason)
+        print(f"integration {row.key} {row.status}")
+
+    return _run(settings, work)
+
+
+def integration_creds(args: argparse.Namespace) -> int:
+    async def work(portal: Portal):
+        row = await portal.get(args.key)
+        _write_creds(Path(args.out or f"{row.key}.creds"), await portal.issue_creds(operator(), row))
+        print(f"credentials written to {args.out or row.key + '.creds'}")
+
+    return _run(settings_from(args), work)
+
+
+def add_parser(sub) -> None:
+    portal = sub.add_parser("portal", help="the self-service portal web app")
+    psub = portal.add_subparsers(dest="portal_command", metavar="ACTION", required=True)
+    p = psub.add_parser("serve", help="serve the portal (pages, JSON API, OpenAPI at /schema)")
+    _common(p)
+    p.add_argument("--host", help="listen address (RTHUB_PORTAL_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (RTHUB_PORTAL_PORT, default 8080)")
+    p.set_defaults(func=serve)
+    p = psub.add_parser("create-admin", help="create (or promote) an administrator account")
+    _common(p)
+    p.add_argument("--email", required=True)
+    p.add_argument("--name", default="Administrator")
+    p.add_argument("--password-stdin", action="store_true",
+                   help="read the password from standard input (else RTHUB_ADMIN_PASSWORD, else a prompt)")
+    p.set_defaults(func=create_admin)
+
+    integ = sub.add_parser("integration", help="manage integrations (what administrators do in the portal)")
+    isub = integ.add_subparsers(dest="integration_command", metavar="ACTION", required=True)
+    p = isub.add_parser("add", help="create an approved integration directly")
+    _common(p)
+    p.add_argument("--name", required=True)
+    p.add_argument("--protocol", choices=("xapi", "caliper"), required=True)
+    p.add_argument("--owner", default="operator@rthub.local", help="owning account e-mail (created if missing)")
+    p.add_argument("--site", action="append", default=[])
+    p.add_argument("--org", action="append", default=[])
+    p.add_argument("--course", action="append", default=[])
+    p.add_argument("--event-type", action="append", default=[])
+    p.add_argument("--reason", default="added from the command line")
+    p.add_argument("--lrs-url", help="xAPI LRS endpoint (statements are POSTed to URL/statements)")
+    p.add_argument("--webhook-url", help="webhook endpoint (Standard Webhooks signatures)")
+    p.add_argument("--caliper-url", help="Caliper endpoint (needs --bearer)")
+    p.add_argument("--direct", action="store_true", help="direct NATS subscription: writes a .creds file")
+    p.add_argument("--basic-auth", metavar="USER:PASS")
+    p.add_argument("--bearer", metavar="TOKEN")
+    p.add_argument("--creds-out", help="where --direct writes the credentials (default <id>.creds)")
+    p.set_defaults(func=integration_add)
+    p = isub.add_parser("list", help="list integrations")
+    _common(p)
+    p.add_argument("--status", choices=("pending", "approved", "denied", "suspended", "revoked"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=integration_list)
+    for action in ("approve", "deny", "suspend", "resume", "revoke"):
+        p = isub.add_parser(action, help=f"{action} an integration")
+        _common(p)
+        p.add_argument("key", help="integration id (i...)")
+        p.add_argument("--reason", default="", required=action == "deny")
+        if action == "approve":
+            for opt in ("--site", "--org", "--course", "--event-type"):
+                p.add_argument(opt, action="append", default=[], help="narrow the granted scope")
+        else:
+            p.set_defaults(site=[], org=[], course=[], event_type=[])
+        p.set_defaults(func=integration_decide, action=action)
+    p = isub.add_parser("creds", help="issue a fresh .creds file for a direct integration")
+    _common(p)
+    p.add_argument("key")
+    p.add_argument("--out")
+    p.set_defaults(func=integration_creds)

@@ -1,0 +1,71 @@
+"""Database engine selection, table binding and migrations (piccolo's own forwards runner)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine
+
+from portal.settings import PortalSettings
+
+log = logging.getLogger("rthub.portal.db")
+
+
+def engine_for(settings: PortalSettings) -> Engine:
+    """PostgreSQL when a ``postgres://``/``postgresql://`` URL is configured, else SQLite in the data dir."""
+    url = settings.db_url()
+    if url.startswith(("postgres://", "postgresql://")):
+        return PostgresEngine(config={"dsn": url}, log_queries=False)
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+    elif url:
+        raise SystemExit(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}: use postgresql:// or sqlite:///")
+    else:
+        path = settings.sqlite_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteEngine(path=str(path))
+
+
+def bind(engine: Engine) -> None:
+    """Point every portal table, piccolo's migration table and piccolo_conf at ``engine``.
+
+    Piccolo tables are process-wide classes, so one process talks to one portal database at a time.
+    """
+    os.environ.setdefault("PICCOLO_CONF", "portal.piccolo_conf")
+    from piccolo.apps.migrations.tables import Migration
+
+    import portal.piccolo_conf as conf
+    from portal.tables import TABLES
+
+    conf.DB = engine
+    for table in (*TABLES, Migration):
+        table._meta.db = engine
+
+
+async def migrate(settings: PortalSettings) -> Engine:
+    """Bind the engine of ``settings`` and run every migration not yet applied; returns the engine."""
+    from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+
+    engine = engine_for(settings)
+    bind(engine)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = await ForwardsMigrationManager(app_name="portal").run()
+    for line in out.getvalue().splitlines():
+        if line.strip():
+            log.debug("migrate: %s", line.strip())
+    if not result.success:
+        raise RuntimeError(f"portal migrations failed: {result.message}")
+    return engine
+
+
+async def close(engine: Engine) -> None:
+    if isinstance(engine, PostgresEngine):
+        with contextlib.suppress(Exception):
+            await engine.close_connection_pool()

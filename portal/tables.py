@@ -1,0 +1,86 @@
+"""Portal tables (piccolo). The engine is bound at start-up by :func:`portal.db.bind`, so one code base serves
+SQLite (default, a file in the data directory) and PostgreSQL (``DATABASE_URL``)."""
+
+from __future__ import annotations
+
+from piccolo.columns import Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+
+class Account(Table, tablename="portal_account"):
+    """A person: consumer (default) or administrator. Password is a scrypt hash, never the password."""
+
+    email = Varchar(length=254, unique=True, index=True)
+    name = Varchar(length=200)
+    password_hash = Varchar(length=300)
+    is_admin = Boolean(default=False)
+    created = Timestamptz(default=TimestamptzNow())
+
+
+class WebSession(Table, tablename="portal_session"):
+    """A login session; the cookie holds a random token, the table only its SHA-256."""
+
+    token_hash = Varchar(length=64, unique=True, index=True)
+    account = ForeignKey(references=Account)
+    created = Timestamptz(default=TimestamptzNow())
+    expires = Timestamptz(default=TimestamptzNow())
+
+
+class ApiToken(Table, tablename="portal_api_token"):
+    """A bearer token for programs (``rth_...``), shown once; the table keeps its SHA-256 and a short prefix."""
+
+    account = ForeignKey(references=Account)
+    name = Varchar(length=100)
+    prefix = Varchar(length=16)
+    token_hash = Varchar(length=64, unique=True, index=True)
+    created = Timestamptz(default=TimestamptzNow())
+    revoked = Boolean(default=False)
+
+
+class Integration(Table, tablename="portal_integration"):
+    """One consumer's request for events and, once approved, its grant (``key`` = grant id).
+
+    Scope lists are JSON text: ``req_*`` as requested, ``grant_*`` as approved (possibly narrowed).
+    ``pending_secret`` holds a new webhook secret only until its single display. ``issued_users`` lists the
+    public keys of every direct-subscription credential issued, so revocation can cut them all off.
+    """
+
+    key = Varchar(length=64, unique=True, index=True)
+    owner = ForeignKey(references=Account)
+    name = Varchar(length=200)
+    protocol = Varchar(length=16)
+    delivery = Varchar(length=16)
+    url = Varchar(length=2048, null=True, default=None)
+    auth_kind = Varchar(length=16, default="none")
+    auth_value = Text(null=True, default=None)
+    req_sites = Text(default="[]")
+    req_orgs = Text(default="[]")
+    req_courses = Text(default="[]")
+    req_event_types = Text(default="[]")
+    grant_sites = Text(default="[]")
+    grant_orgs = Text(default="[]")
+    grant_courses = Text(default="[]")
+    grant_event_types = Text(default="[]")
+    reason = Text(default="")
+    status = Varchar(length=16, default="pending", index=True)
+    decision_reason = Text(default="")
+    decided_by = Varchar(length=254, default="")
+    pending_secret = Text(null=True, default=None)
+    issued_users = Text(default="[]")
+    creds_issued = Integer(default=0)
+    created = Timestamptz(default=TimestamptzNow())
+    updated = Timestamptz(default=TimestamptzNow())
+
+
+class AuditEntry(Table, tablename="portal_audit"):
+    """Who did what, when, to which integration (never a secret)."""
+
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+    actor = Varchar(length=254)
+    action = Varchar(length=40)
+    integration = Varchar(length=64, default="")
+    detail = Text(default="")
+
+
+TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry)

@@ -1,0 +1,194 @@
+"""Validation of integration requests and approvals: pure functions, clear messages, no I/O."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+PROTOCOLS = ("xapi", "caliper")
+DELIVERIES = ("webhook", "lrs", "caliper", "direct")
+DELIVERY_LABELS = {
+    "webhook": "Webhook (signed POST, Standard Webhooks)",
+    "lrs": "xAPI LRS endpoint",
+    "caliper": "Caliper endpoint (bearer token)",
+    "direct": "Direct NATS subscription (.creds file)",
+}
+ORG = re.compile(r"[A-Za-z0-9._\-]{1,100}")
+COURSE = re.compile(
+    r"(?:course|ccx)-v1:[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~@+]+"
+    r"|[A-Za-z0-9._\-]+/[A-Za-z0-9._\-]+/[A-Za-z0-9._\-]+"
+)
+EVENT_TYPE = re.compile(r"[A-Za-z0-9._:/\-]{1,200}")
+EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}")
+_BIDI = set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+MAX_LIST = 50
+
+
+class Scope(msgspec.Struct, kw_only=True):
+    sites: list[str] = []
+    orgs: list[str] = []
+    courses: list[str] = []
+    event_types: list[str] = []
+
+    def empty(self) -> bool:
+        return not (self.sites or self.orgs or self.courses)
+
+
+class IntegrationSpec(msgspec.Struct, kw_only=True):
+    """A validated request for access."""
+
+    name: str
+    protocol: str
+    delivery: str
+    scope: Scope
+    url: str | None = None
+    auth_kind: str = "none"  # none | basic | bearer
+    auth_value: str | None = None
+    reason: str = ""
+
+
+def split_list(value: Any) -> list[str]:
+    """A form field (commas, spaces or new lines between items) or an API list -> stripped unique items."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else re.split(r"[\s,]+", str(value))
+    out: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        if text and text not in out:
+            out.append(text)
+    return out
+
+
+def clean_text(value: Any, field: str, max_len: int, errors: dict[str, str], required: bool = False,
+               multiline: bool = False) -> str:
+    """Strip, bound and reject control characters and bidi overrides (which make text lie about itself)."""
+    text = unicodedata.normalize("NFC", str(value or "")).strip()
+    if required and not text:
+        errors[field] = "This field is required."
+    elif len(text) > max_len:
+        errors[field] = f"At most {max_len} characters (got {len(text)})."
+    elif any((unicodedata.category(c) == "Cc" and not (multiline and c in "\r\n\t")) or ord(c) in _BIDI
+             for c in text):
+        errors[field] = "Contains control or text-direction characters."
+    return text
+
+
+def check_url(value: Any, errors: dict[str, str], field: str = "url") -> str | None:
+    text = str(value or "").strip()
+    if not text:
+        errors[field] = "An endpoint URL is required for this delivery."
+        return None
+    if len(text) > 2048:
+        errors[field] = "URL too long (at most 2048 characters)."
+        return None
+    try:
+        parts = urlsplit(text)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https") or not parts.hostname
+            or any(c.isspace() or unicodedata.category(c) == "Cc" for c in text)):
+        errors[field] = "Not a valid http:// or https:// URL."
+        return None
+    if parts.username or parts.password:
+        errors[field] = "Do not put credentials in the URL; use the credential fields."
+        return None
+    return text
+
+
+def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, str]) -> Scope:
+    scope = Scope(sites=split_list(raw.get("sites")), orgs=split_list(raw.get("orgs")),
+                  courses=split_list(raw.get("courses")), event_types=split_list(raw.get("event_types")))
+    for field, values, pattern, what in (
+        ("orgs", scope.orgs, ORG, "organisation code (letters, digits, . _ -)"),
+        ("courses", scope.courses, COURSE, "course key such as course-v1:edX+DemoX+Demo_Course"),
+        ("event_types", scope.event_types, EVENT_TYPE, "event name such as edx.video.played"),
+    ):
+        if len(values) > MAX_LIST:
+            errors[field] = f"At most {MAX_LIST} entries."
+            continue
+        bad = [v for v in values if not pattern.fullmatch(v)]
+        if bad:
+            errors[field] = f"Not a valid {what}: {bad[0][:80]}"
+    unknown = [s for s in scope.sites if s not in known_sites]
+    if unknown:
+        errors["sites"] = f"Unknown site {unknown[0][:80]!r}; configured sites: {', '.join(sorted(known_sites))}."
+    if scope.empty() and not ({"sites", "orgs", "courses"} & errors.keys()):
+        errors["scope"] = "Name at least one site, organisation or course."
+    return scope
+
+
+def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000
+                     ) -> tuple[IntegrationSpec | None, dict[str, str]]:
+    """Form or JSON body -> (spec, {}) or (None, {field: message})."""
+    errors: dict[str, str] = {}
+    name = clean_text(raw.get("name"), "name", 100, errors, required=True)
+    reason = clean_text(raw.get("reason"), "reason", max_text, errors, multiline=True)
+    protocol = str(raw.get("protocol") or "")
+    if protocol not in PROTOCOLS:
+        errors["protocol"] = "Choose xapi or caliper."
+    delivery = str(raw.get("delivery") or "")
+    if delivery not in DELIVERIES:
+        errors["delivery"] = "Choose webhook, lrs, caliper or direct."
+    elif delivery == "lrs" and protocol == "caliper":
+        errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
+    elif delivery == "caliper" and protocol == "xapi":
+        errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
+    url = check_url(raw.get("url"), errors) if delivery in ("webhook", "lrs", "caliper") else None
+    auth_kind, auth_value = "none", None
+    basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
+    bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
+    if delivery == "lrs":
+        if basic and bearer:
+            errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
+        elif basic:
+            if ":" not in basic or basic.startswith(":"):
+                errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
+            auth_kind, auth_value = "basic", basic
+        elif bearer:
+            auth_kind, auth_value = "bearer", bearer
+        else:
+            errors["basic_auth"] = "An LRS needs basic credentials (USER:PASSWORD) or a bearer token."
+    elif delivery == "caliper":
+        if not bearer:
+            errors["bearer"] = "A Caliper endpoint needs a bearer token."
+        auth_kind, auth_value = "bearer", bearer
+    scope = check_scope(raw, known_sites, errors)
+    if errors:
+        return None, errors
+    return IntegrationSpec(name=name, protocol=protocol, delivery=delivery, scope=scope, url=url,
+                           auth_kind=auth_kind, auth_value=auth_value, reason=reason), {}
+
+
+def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:
+    """An approval may only narrow: every granted value must have been requested (unless "any" was asked)."""
+    errors: dict[str, str] = {}
+    for field in ("sites", "orgs", "courses", "event_types"):
+        asked, given = getattr(requested, field), getattr(granted, field)
+        if asked and not given:
+            errors[field] = f"The request limited {field}; approval cannot widen it to any."
+        extra = [v for v in given if asked and v not in asked]
+        if extra:
+            errors[field] = f"{extra[0][:80]!r} was not requested; approval can only narrow the scope."
+    if granted.empty():
+        errors["scope"] = "A grant must name at least one site, organisation or course."
+    return errors
+
+
+def validate_signup(raw: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    errors: dict[str, str] = {}
+    email = clean_text(raw.get("email"), "email", 254, errors, required=True).lower()
+    if "email" not in errors and not EMAIL.fullmatch(email):
+        errors["email"] = "Not a valid e-mail address."
+    name = clean_text(raw.get("name"), "name", 200, errors, required=True)
+    password = str(raw.get("password") or "")
+    if len(password) < 10:
+        errors["password"] = "Use at least 10 characters."
+    elif len(password) > 1000:
+        errors["password"] = "At most 1000 characters."
+    return {"email": email, "name": name, "password": password}, errors
