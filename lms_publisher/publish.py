@@ -32,9 +32,10 @@ def allowed_events(settings: PublisherSettings) -> frozenset[str]:
     """The allow-list: the configured names, else every name the translators support."""
     if settings.allow_events:
         return frozenset(settings.allow_events)
+    from hub.subjects import PROTOCOLS
     from hub.translate import supported
 
-    return frozenset(supported())
+    return frozenset().union(*(supported(p) for p in PROTOCOLS))
 
 
 class Summary:

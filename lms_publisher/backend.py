@@ -1,0 +1,240 @@
+"""The in-LMS event-tracking backend: ``send()`` in microseconds, JetStream publishing in a background thread.
+
+Configure it in the LMS settings::
+
+    EVENT_TRACKING_BACKENDS["rthub"] = {
+        "ENGINE": "lms_publisher.backend.NatsBackend",
+        "OPTIONS": {"nats_url": "nats://nats-1:4222,nats://nats-2:4222", "nats_creds": "/etc/rthub/lms.creds",
+                    "spool_dir": "/var/spool/rthub", "site": "lms.example.org"},
+    }
+
+Any :class:`~lms_publisher.settings.PublisherSettings` field is an option (``RTHUB_*`` variables fill the rest).
+``send()`` drops names outside the allow-list, encodes the event (stable id) and appends it to an in-memory
+queue; it never touches the network and never raises. The worker thread publishes batches and waits for the
+acks; whatever cannot be published (NATS down or slow, queue full) goes to the durable spool, replayed in
+order when NATS is back. At interpreter exit the queue is flushed, or spooled if NATS does not answer in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from hub.settings import from_env
+from lms_publisher.codec import Record, to_record
+from lms_publisher.publish import MSG_ID, allowed_events
+from lms_publisher.settings import PublisherSettings
+from lms_publisher.spool import Spool
+
+log = logging.getLogger("rthub.lms")
+
+
+class NatsBackend:
+    """event-tracking backend (``__init__(**options)``, ``send(event)``)."""
+
+    def __init__(self, **options: Any):
+        fields = set(PublisherSettings.__struct_fields__)
+        unknown = set(options) - fields - {"flush_timeout_s", "start"}
+        if unknown:
+            raise ValueError(f"unknown NatsBackend options: {sorted(unknown)}")
+        self.settings = from_env(PublisherSettings, **{k: v for k, v in options.items() if k in fields})
+        self.allow = allowed_events(self.settings)
+        self.site = self.settings.site
+        self.queue_size = self.settings.queue_size
+        self.flush_timeout_s = float(options.get("flush_timeout_s", 5.0))
+        self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes,
+                           self.settings.spool_segment_bytes)
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._q: collections.deque[Record] = collections.deque()
+        self._order = threading.Lock()  # taken when queued records move to the spool (rare), keeps them in order
+        self._idle = False
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._thread_main, name="rthub-lms-publisher", daemon=True)
+        self.connected = False
+        if options.get("start", True):
+            self.start()
+
+    # ---- the LMS request thread ------------------------------------------------------------------------
+
+    def send(self, event: dict[str, Any]) -> None:
+        """Encode and enqueue; never blocks on the network, never raises."""
+        try:
+            if event.get("name") not in self.allow:
+                self.counts["not_allowed"] += 1
+                return
+            record = to_record(event, self.site)
+            if self._closing:
+                self.counts["after_close"] += 1
+                self.spool.append([record])
+                return
+            if len(self._q) >= self.queue_size:
+                # keep order: what is queued is older than this event, so it goes to the spool first
+                with self._order:
+                    older = [self._q.popleft() for _ in range(len(self._q))]
+                    self.counts["overflow"] += len(older) + 1
+                    self.spool.append([*older, record])
+                return
+            self._q.append(record)
+            if self._idle:
+                self._idle = False
+                self._loop.call_soon_threadsafe(self._wake.set)
+        except Exception:  # noqa: BLE001 - the LMS must never see our failures
+            self.counts["send_errors"] += 1
+            log.exception("rthub backend could not enqueue event %r", _name(event))
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait(5)
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Flush what is queued (publish, else spool) within ``flush_timeout_s``; idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._loop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._wake.set)
+            self._thread.join(self.flush_timeout_s + 2)
+        leftover = []
+        while self._q:
+            leftover.append(self._q.popleft())
+        if leftover:
+            self.counts["spooled"] += self.spool.append(leftover)
+        self.spool.close()
+        atexit.unregister(self.close)
+
+    def stats(self) -> dict[str, int]:
+        return {**self.counts, "queued": len(self._q), "spool_bytes": self.spool.size,
+                "spool_dropped": self.spool.dropped}
+
+    # ---- the worker thread -----------------------------------------------------------------------------
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._wake = asyncio.Event()
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._run())
+        except Exception:  # noqa: BLE001
+            log.exception("rthub publisher thread died; events will be spooled at exit")
+        finally:
+            loop.close()
+
+    async def _connect(self):
+        from hub.natsconn import connect
+
+        async def disconnected() -> None:
+            self.connected = False
+            log.warning("rthub backend: NATS connection lost; spooling to %s", self.spool.dir)
+
+        async def reconnected() -> None:
+            self.connected = True
+            log.info("rthub backend: NATS reconnected; replaying the spool")
+            self._wake.set()
+
+        nc = await connect(self.settings, "rthub-lms", connect_timeout=2, disconnected_cb=disconnected,
+                           reconnected_cb=reconnected)
+        self.connected = True
+        return nc
+
+    async def _run(self) -> None:
+        nc = js = None
+        next_try = 0.0
+        batch_max = self.settings.publish_batch
+        while True:
+            if nc is None and time.monotonic() >= next_try:
+                try:
+                    nc = await self._connect()
+                    js = nc.jetstream()
+                except Exception as exc:  # noqa: BLE001 - NATS not reachable: spool and retry
+                    log.warning("rthub backend: cannot connect to NATS (%s); spooling", exc)
+                    next_try = time.monotonic() + 1.0
+            online = nc is not None and nc.is_connected
+            if online and not self.spool.pending():
+                batch = [self._q.popleft() for _ in range(min(len(self._q), batch_max))]
+                if batch:
+                    await self._publish(js, batch)
+            elif self._q:
+                self._to_spool()
+            if online and self.spool.pending() and not self._closing:
+                await self._replay(js)
+            if self._closing and not self._q:
+                break
+            if not self._q:
+                self._idle = True
+                if not self._q:
+                    self._wake.clear()
+                    wait = 0.5 if online or nc is None else 0.2
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), wait)
+                    except TimeoutError:
+                        pass
+                self._idle = False
+        if nc is not None:
+            try:
+                await asyncio.wait_for(nc.close(), 2)
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _publish(self, js, batch: list[Record]) -> None:
+        """Publish with acks; whatever is not acknowledged in time goes to the spool, in order."""
+        timeout = self.settings.publish_ack_timeout_s
+        if self._closing:
+            timeout = min(timeout, self.flush_timeout_s)
+        try:
+            futures = [await js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in batch]
+            results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures),
+                                           return_exceptions=True)
+        except Exception as exc:  # noqa: BLE001
+            results = [exc] * len(batch)
+        failed = [r for r, res in zip(batch, results, strict=False) if isinstance(res, BaseException)]
+        failed += batch[len(results):]
+        self.counts["published"] += len(batch) - len(failed)
+        if failed:
+            self.counts["spooled"] += self.spool.append(failed)
+            log.warning("rthub backend: %d of %d events not acknowledged (%s); spooled", len(failed),
+                        len(batch), next((r for r in results if isinstance(r, BaseException)), "?"))
+
+    async def _replay(self, js) -> None:
+        """Drain the spool oldest first while NATS answers; stop at the first failure."""
+        while not self._closing:
+            chunk = self.spool.read(self.settings.publish_batch)
+            if chunk is None:
+                log.info("rthub backend: spool drained")
+                return
+            records, token = chunk
+            try:
+                futures = [await js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id})
+                           for r in records]
+                await asyncio.gather(*(asyncio.wait_for(f, self.settings.publish_ack_timeout_s)
+                                       for f in futures))
+            except Exception as exc:  # noqa: BLE001 - still down: keep the records, retry later
+                log.warning("rthub backend: spool replay paused (%s)", exc.__class__.__name__)
+                return
+            self.spool.commit(token)
+            self.counts["replayed"] += len(records)
+            if self._q:
+                self._to_spool()  # keep order: what arrived meanwhile goes behind the spool
+
+    def _to_spool(self) -> None:
+        with self._order:
+            records = [self._q.popleft() for _ in range(len(self._q))]
+            self.counts["spooled"] += self.spool.append(records)
+
+
+def _name(event: Any) -> str:
+    try:
+        return str(event.get("name"))
+    except Exception:  # noqa: BLE001
+        return "?"
