@@ -1,0 +1,374 @@
+"""What every translator shares: the rejection error, the per-site context, external ids and course names.
+
+Everything here is pure and cheap on the hot path: per-user and per-course parts are computed once and
+cached, so translating an event is mostly dictionary building.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import hashlib
+import hmac
+import io
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger("rthub.translate")
+
+TRANSFORMER_VERSION = "rthub@0.1.0"
+PROTOCOLS = ("xapi", "caliper")
+_CACHE_LIMIT = 500_000
+
+
+class Rejected(Exception):
+    """An event the translators cannot turn into a statement; ``reason`` says why (e.g. ``no user``)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------- ids
+def _uuid_from_digest(digest: bytes) -> str:
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+class ExternalIds:
+    """One anonymized id per user per protocol: an imported mapping first, else HMAC-SHA256 of the secret.
+
+    ``imported`` maps an LMS user id or username to a UUID for every protocol, or holds per-protocol maps
+    under ``"xapi"`` / ``"caliper"``; the key ``"*"`` is the default for every user (conformance fixtures).
+    """
+
+    def __init__(self, secret: bytes | str, imported: dict[str, Any] | None = None):
+        self.secret = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._imported: dict[str, dict[str, str]] = {p: {} for p in PROTOCOLS}
+        self._cache: dict[tuple[str, str], str] = {}
+        for key, value in (imported or {}).items():
+            if key in PROTOCOLS and isinstance(value, dict):
+                self._imported[key].update({str(k): str(v) for k, v in value.items()})
+            elif isinstance(value, str | int):
+                for proto in PROTOCOLS:
+                    self._imported[proto].setdefault(str(key), str(value))
+
+    def get(self, protocol: str, user_key: str, alt_key: str | None = None) -> str:
+        """The id of ``user_key`` (LMS user id, else username) for ``protocol``; ``alt_key`` also matches imports."""
+        cache_key = (protocol, user_key)
+        found = self._cache.get(cache_key)
+        if found is not None:
+            return found
+        table = self._imported.get(protocol, {})
+        found = table.get(user_key) or (table.get(alt_key) if alt_key else None) or table.get("*")
+        if found is None:
+            digest = hmac.new(self.secret, f"{protocol}:{user_key}".encode(), hashlib.sha256).digest()
+            found = _uuid_from_digest(digest)
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[cache_key] = found
+        return found
+
+    @classmethod
+    def parse(cls, text: str) -> dict[str, Any]:
+        """An imported mapping from JSON (``{user: uuid}`` or per protocol) or CSV of Open edX's external-id table.
+
+        CSV columns (header required): ``external_user_id`` (or ``external_id``/``uuid``), ``user_id`` and/or
+        ``username``, and optionally ``external_id_type`` (``xapi``, ``caliper``; other types apply to both).
+        """
+        stripped = text.lstrip()
+        if stripped.startswith("{"):
+            data = json.loads(stripped)
+            if not isinstance(data, dict):
+                raise ValueError("external ids JSON must be an object")
+            return data
+        out: dict[str, Any] = {p: {} for p in PROTOCOLS}
+        shared: dict[str, str] = {}
+        for row in csv.DictReader(io.StringIO(text)):
+            row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+            ext = row.get("external_user_id") or row.get("external_id") or row.get("uuid")
+            if not ext:
+                continue
+            kind = row.get("external_id_type") or row.get("type") or ""
+            target = out[kind] if kind in PROTOCOLS else shared
+            for col in ("user_id", "username"):
+                if row.get(col):
+                    target[row[col]] = ext
+        for proto in PROTOCOLS:
+            for k, v in shared.items():
+                out[proto].setdefault(k, v)
+        return out
+
+    @classmethod
+    def load(cls, path: str, secret: bytes | str) -> ExternalIds:
+        with open(path, encoding="utf-8") as fh:
+            return cls(secret, cls.parse(fh.read()))
+
+
+# ----------------------------------------------------------------------------------------------- courses
+def course_kv_key(course_key: str) -> str:
+    """The KV key of a course: base64url without padding, since KV keys allow only ``[-/_=.a-zA-Z0-9]``."""
+    return base64.urlsafe_b64encode(course_key.encode()).rstrip(b"=").decode() or "_"
+
+
+def course_from_kv_key(key: str) -> str:
+    return base64.urlsafe_b64decode(key + "=" * (-len(key) % 4)).decode()
+
+
+class CourseNames:
+    """Course key -> display name. ``"*"`` is the default name; ``unknown`` counts lookups that found none."""
+
+    def __init__(self, names: dict[str, str] | None = None):
+        self._names: dict[str, str] = dict(names or {})
+        self.version = 0
+        self.unknown = 0
+        self._task: asyncio.Task | None = None
+        self._watcher = None
+
+    def get(self, course_key: str) -> str | None:
+        return self._names.get(course_key) or self._names.get("*")
+
+    def set(self, course_key: str, name: str) -> None:
+        if self._names.get(course_key) != name:
+            self._names[course_key] = name
+            self.version += 1
+
+    def delete(self, course_key: str) -> None:
+        if self._names.pop(course_key, None) is not None:
+            self.version += 1
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    @staticmethod
+    async def put(js, course_key: str, name: str) -> int:
+        """Write one course name to the ``rthub_courses`` bucket (what ``rthub courses import`` does)."""
+        from hub.streams import COURSES_BUCKET
+
+        kv = await js.key_value(COURSES_BUCKET)
+        return await kv.put(course_kv_key(course_key), name.encode())
+
+    async def watch(self, js) -> CourseNames:
+        """Load the ``rthub_courses`` bucket, then follow its changes in a background task until ``stop()``."""
+        from hub.streams import COURSES_BUCKET
+
+        kv = await js.key_value(COURSES_BUCKET)
+        self._watcher = await kv.watchall()
+        ready = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._follow(ready))
+        await ready
+        return self
+
+    async def _follow(self, ready: asyncio.Future) -> None:
+        async for entry in self._watcher:
+            if entry is not None:
+                try:
+                    course = course_from_kv_key(entry.key)
+                except ValueError:
+                    log.error("ignoring course name under undecodable key %r", entry.key)
+                    continue
+                if entry.operation in ("DEL", "PURGE") or not entry.value:
+                    self.delete(course)
+                else:
+                    self.set(course, entry.value.decode("utf-8", "replace"))
+            if not ready.done() and (entry is None or entry.delta == 0):
+                ready.set_result(None)
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # noqa: BLE001 - the connection may already be closed
+                pass
+        if self._task is not None:
+            self._task.cancel()
+
+
+# ------------------------------------------------------------------------------------------------ context
+class TranslateContext:
+    """Everything a translation needs besides the event: one per site (each site has its LMS root URL)."""
+
+    __slots__ = ("lms_url", "ids", "courses", "version", "_users", "_courses", "_courses_version")
+
+    def __init__(self, lms_url: str, ids: ExternalIds, courses: CourseNames | None = None,
+                 version: str = TRANSFORMER_VERSION):
+        self.lms_url = lms_url.rstrip("/")
+        self.ids = ids
+        self.courses = courses if courses is not None else CourseNames()
+        self.version = version
+        self._users: dict[tuple[str, str], Any] = {}
+        self._courses: dict[str, tuple[str, str | None]] = {}
+        self._courses_version = -1
+
+    def user_part(self, protocol: str, user: tuple[str, str | None], build) -> Any:
+        """Per-user precomputed part for ``protocol`` (``build(external_id)`` makes it once)."""
+        key = (protocol, user[0])
+        part = self._users.get(key)
+        if part is None:
+            part = build(self.ids.get(protocol, user[0], user[1]))
+            if len(self._users) > _CACHE_LIMIT:
+                self._users.clear()
+            self._users[key] = part
+        return part
+
+    def course(self, course_key: str) -> tuple[str, str | None]:
+        """``(course IRI, display name or None)``; an unknown course is counted in ``courses.unknown``."""
+        if self._courses_version != self.courses.version:
+            self._courses.clear()
+            self._courses_version = self.courses.version
+        found = self._courses.get(course_key)
+        if found is None:
+            found = (f"{self.lms_url}/course/{course_key}", self.courses.get(course_key))
+            if len(self._courses) > 100_000:
+                self._courses.clear()
+            self._courses[course_key] = found
+        if found[1] is None:
+            self.courses.unknown += 1
+        return found
+
+
+# ------------------------------------------------------------------------------------------ event access
+def as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string (numbers become strings), else None."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def user_of(event: dict, context: dict, data: dict) -> tuple[str, str | None]:
+    """``(user key, username)``: context.user_id, else data.user_id, else the username; else ``no user``."""
+    username = text(context.get("username")) or text(data.get("username")) or text(event.get("username"))
+    key = text(context.get("user_id")) or text(data.get("user_id")) or username
+    if key is None:
+        raise Rejected("no user")
+    return key, username
+
+
+def session_of(event: dict, context: dict) -> str | None:
+    return text(context.get("session")) or text(event.get("session"))
+
+
+def course_of(context: dict, data: dict) -> str | None:
+    return text(context.get("course_id")) or text(data.get("course_id"))
+
+
+def parse_time(timestamp: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(timestamp)
+    except (ValueError, TypeError):
+        raise Rejected(f"bad timestamp {str(timestamp)[:40]!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def xapi_timestamp(timestamp: str) -> str:
+    """ISO 8601 with an explicit offset (``Z`` becomes ``+00:00``, a naive time is taken as UTC)."""
+    return parse_time(timestamp).isoformat()
+
+
+def caliper_time(timestamp: str) -> str:
+    """Caliper's ``eventTime``: UTC, milliseconds, ``Z``."""
+    moment = parse_time(timestamp).astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def number(value: Any, what: str) -> float | int | None:
+    """A JSON number (or numeric string) as a number; None stays None; anything else is rejected."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise Rejected(f"{what} is not a number")
+    if isinstance(value, int | float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise Rejected(f"{what} is not a finite number")
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = float(value)
+        except ValueError:
+            raise Rejected(f"{what} is not a number") from None
+        if parsed != parsed or parsed in (float("inf"), float("-inf")):
+            raise Rejected(f"{what} is not a finite number")
+        return parsed
+    raise Rejected(f"{what} is not a number")
+
+
+def iso_duration(seconds: float | int | None) -> str:
+    """Seconds as an ISO 8601 duration the way isodate writes a timedelta (``PT3M14.407359S``, ``P0D``)."""
+    if seconds is None:
+        seconds = 0
+    if abs(seconds) > 1e11:
+        raise Rejected("duration out of range")
+    delta = timedelta(seconds=seconds)
+    sign = ""
+    if delta < timedelta(0):
+        sign, delta = "-", -delta
+    out = []
+    if delta.days:
+        out.append(f"{delta.days}D")
+    if delta.seconds or delta.microseconds:
+        out.append("T")
+        hours, rest = divmod(delta.seconds, 3600)
+        minutes, secs = divmod(rest, 60)
+        if hours:
+            out.append(f"{hours}H")
+        if minutes:
+            out.append(f"{minutes}M")
+        if delta.microseconds:
+            out.append(f"{secs}.{delta.microseconds:06d}".rstrip("0") + "S")
+        elif secs:
+            out.append(f"{secs}S")
+    return sign + "P" + ("".join(out) or "0D")
+
+
+def xapi_duration(seconds: float | int) -> str:
+    """The reference's xAPI ``result.duration`` shape: two-digit minutes and seconds (``PT03M15S``)."""
+    whole = int(round(seconds))
+    minutes, secs = divmod(abs(whole), 60)
+    return f"PT{minutes:02d}M{secs:02d}S"
+
+
+def course_body(course_key: str) -> str:
+    """``org+course+run`` of a course key (``course-v1:``/``ccx-v1:`` keys and old ``Org/Course/Run`` ones)."""
+    if ":" in course_key:
+        parts = course_key.split(":", 1)[1].split("+")
+        return "+".join(parts[:3])
+    return "+".join(course_key.split("/")[:3])
+
+
+def block_id(block: str, course_key: str | None, block_type: str) -> str:
+    """A usage key: a full key stays as is; a bare block id is made a ``block-v1`` key of the course."""
+    if "+type@" in block or block.startswith(("block-v1:", "i4x://", "ccx-block-v1:")):
+        return block
+    if not course_key:
+        raise Rejected("no course for block id")
+    return f"block-v1:{course_body(course_key)}+type@{block_type}+block@{block}"
+
+
+_INPUT_RE = re.compile(r"input_([0-9A-Za-z]+)_")
+
+
+def browser_problem_id(context: dict, data: Any, course_key: str | None) -> str:
+    """Browser ``problem_check`` carries no problem id: the referer's ``activate_block_id``, else the input names."""
+    referer = text(context.get("referer"))
+    if referer:
+        found = parse_qs(urlsplit(referer).query).get("activate_block_id")
+        if found and found[0]:
+            return found[0]
+    if isinstance(data, str) and course_key:
+        match = _INPUT_RE.search(data)
+        if match:
+            return f"block-v1:{course_body(course_key)}+type@problem+block@{match.group(1)}"
+    raise Rejected("no object id (browser problem_check without referer block or input names)")
