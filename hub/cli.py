@@ -19,6 +19,7 @@ COMMANDS = (
     "hub.grant_cli",
     "hub.deliver.cli",
     "lms_publisher.cli",
+    "hub.cluster",
     "hub.auth.cli",
     "portal.cli",
 )
