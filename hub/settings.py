@@ -48,7 +48,8 @@ def from_env(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) 
         if key in env and env[key] != "":
             values[name] = _parse(env[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
-    for name, field_type in zip(cls.__struct_fields__, cls.__annotations__.values(), strict=False):
+    for f in msgspec.structs.fields(cls):  # resolved types of inherited fields too, in field order
+        name, field_type = f.name, f.type
         value = values.get(name)
         if isinstance(value, str) and "list" in str(field_type):
             values[name] = [v.strip() for v in value.split(",") if v.strip()]
