@@ -22,6 +22,7 @@ COMMANDS = (
     "hub.cluster",
     "hub.auth.cli",
     "portal.cli",
+    "hub.translate.cli",
 )
 
 

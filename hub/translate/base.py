@@ -206,11 +206,11 @@ class TranslateContext:
         self._courses_version = -1
 
     def user_part(self, protocol: str, user: tuple[str, str | None], build) -> Any:
-        """Per-user precomputed part for ``protocol`` (``build(external_id)`` makes it once)."""
+        """Per-user precomputed part for ``protocol`` (``build(external_id, lms_url)`` makes it once)."""
         key = (protocol, user[0])
         part = self._users.get(key)
         if part is None:
-            part = build(self.ids.get(protocol, user[0], user[1]))
+            part = build(self.ids.get(protocol, user[0], user[1]), self.lms_url)
             if len(self._users) > _CACHE_LIMIT:
                 self._users.clear()
             self._users[key] = part
@@ -275,11 +275,25 @@ def parse_time(timestamp: str) -> datetime:
 
 def xapi_timestamp(timestamp: str) -> str:
     """ISO 8601 with an explicit offset (``Z`` becomes ``+00:00``, a naive time is taken as UTC)."""
+    if len(timestamp) == 32 and timestamp.endswith("+00:00") and timestamp[10] == "T" and timestamp[19] == ".":
+        return timestamp
     return parse_time(timestamp).isoformat()
+
+
+def uuid5(namespace: bytes, name: str) -> str:
+    """``str(uuid.uuid5(UUID(bytes=namespace), name))`` without the UUID object (hot path)."""
+    digest = bytearray(hashlib.sha1(namespace + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def caliper_time(timestamp: str) -> str:
     """Caliper's ``eventTime``: UTC, milliseconds, ``Z``."""
+    if len(timestamp) >= 24 and timestamp[10] == "T" and timestamp[19] == "." and timestamp[20:23].isdigit() \
+            and timestamp.endswith(("+00:00", "Z")) and timestamp[:4].isdigit():
+        return timestamp[:23] + "Z"
     moment = parse_time(timestamp).astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
@@ -309,6 +323,13 @@ def iso_duration(seconds: float | int | None) -> str:
     """Seconds as an ISO 8601 duration the way isodate writes a timedelta (``PT3M14.407359S``, ``P0D``)."""
     if seconds is None:
         seconds = 0
+    if seconds == int(seconds) and 0 <= seconds < 86400:
+        whole = int(seconds)
+        if not whole:
+            return "P0D"
+        hours, rest = divmod(whole, 3600)
+        minutes, secs = divmod(rest, 60)
+        return "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs}S" if secs else "")
     if abs(seconds) > 1e11:
         raise Rejected("duration out of range")
     delta = timedelta(seconds=seconds)

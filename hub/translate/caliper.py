@@ -26,10 +26,15 @@ from hub.translate.base import (
     session_of,
     text,
     user_of,
+    uuid5,
 )
 
 CONTEXT = "http://purl.imsglobal.org/ctx/caliper/v1p2"
-_ID_NS = uuid.UUID("4f6c2c9e-8a55-5c7e-9d0b-6d3c1c2f8a11")  # our own namespace for Caliper event ids
+_ID_NS = uuid.UUID("4f6c2c9e-8a55-5c7e-9d0b-6d3c1c2f8a11").bytes  # our own namespace for Caliper event ids
+
+
+def _person(external_id: str, lms_url: str) -> dict:
+    return {"id": f"{lms_url}/user/{external_id}", "type": "Person"}
 
 
 class Ev:
@@ -43,9 +48,7 @@ class Ev:
         self.data = as_dict(self.raw_data)
         self.course = course_of(self.context, self.data)
         self.ctx = ctx
-        user = user_of(event, self.context, self.data)
-        lms = ctx.lms_url
-        self.actor = ctx.user_part("caliper", user, lambda ext_id: {"id": f"{lms}/user/{ext_id}", "type": "Person"})
+        self.actor = ctx.user_part("caliper", user_of(event, self.context, self.data), _person)
 
     def need(self, key: str) -> str:
         value = text(self.data.get(key))
@@ -206,7 +209,7 @@ SUPPORTED = frozenset(SPECS) | {"problem_check"}
 def _event(ev: Ev, type_: str, action: str, obj: dict, target: dict | None = None,
            extra: dict | None = None, generated: dict | None = None) -> dict:
     timestamp = ev.event["timestamp"]
-    event_id = uuid.uuid5(_ID_NS, f"{ev.name}\n{ev.actor['id']}\n{timestamp}\n{obj['id']}").urn
+    event_id = "urn:uuid:" + uuid5(_ID_NS, f"{ev.name}\n{ev.actor['id']}\n{timestamp}\n{obj['id']}")
     out: dict[str, Any] = {
         "@context": CONTEXT,
         "id": event_id,

@@ -23,6 +23,7 @@ from hub.translate.base import (
     session_of,
     text,
     user_of,
+    uuid5,
     xapi_duration,
     xapi_timestamp,
 )
@@ -100,7 +101,7 @@ VERBS = {
     "viewed": _verb("http://id.tincanapi.com/verb/viewed", "viewed"),
 }
 # The id recipe hashes the verb exactly as json.dumps writes it; the namespace per verb is computed once.
-_VERB_NS = {name: uuid.uuid5(uuid.NAMESPACE_DNS, json.dumps(v)) for name, v in VERBS.items()}
+_VERB_NS = {name: uuid.uuid5(uuid.NAMESPACE_DNS, json.dumps(v)).bytes for name, v in VERBS.items()}
 _VERB_JSON = {name: json.dumps(v) for name, v in VERBS.items()}
 
 INTERACTION_TYPES = {
@@ -489,9 +490,9 @@ def _statement(ev: Ev, verb: str, obj: dict, actor: tuple[dict, str], context: d
     if ns_key is None:
         namespace = _VERB_NS[verb]
     else:
-        namespace = uuid.uuid5(uuid.NAMESPACE_DNS, _VERB_JSON[verb] + "-" + ns_key)
+        namespace = uuid.uuid5(uuid.NAMESPACE_DNS, _VERB_JSON[verb] + "-" + ns_key).bytes
     statement = {
-        "id": str(uuid.uuid5(namespace, actor[1] + "-" + timestamp)),
+        "id": uuid5(namespace, actor[1] + "-" + timestamp),
         "actor": actor[0],
         "verb": VERBS[verb],
         "object": obj,
@@ -513,9 +514,7 @@ def _base_extensions(ev: Ev) -> dict:
 
 
 def _actor_of(ev: Ev) -> tuple[dict, str]:
-    user = user_of(ev.event, ev.context, ev.data)
-    lms = ev.ctx.lms_url
-    return ev.ctx.user_part("xapi", user, lambda ext_id: _actor(ext_id, lms))
+    return ev.ctx.user_part("xapi", user_of(ev.event, ev.context, ev.data), _actor)
 
 
 def translate(event: dict, ctx: TranslateContext) -> list[dict]:
