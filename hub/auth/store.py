@@ -40,7 +40,7 @@ class AuthError(RuntimeError):
     pass
 
 
-def _write_private(path: Path, data: str) -> None:
+def write_private(path: Path, data: str) -> None:
     """Atomically write a 0600 file (created with that mode, never world-readable for an instant)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -94,11 +94,11 @@ class AuthStore:
         op, sys_acc, hub = jwt.new_seed("operator"), jwt.new_seed("account"), jwt.new_seed("account")
         op_pub, sys_pub, hub_pub = jwt.public_key(op), jwt.public_key(sys_acc), jwt.public_key(hub)
         for name, seed in (("HUB.nk", hub), ("SYS.nk", sys_acc), ("operator.nk", op)):
-            _write_private(path / name, seed.decode())
-        _write_private(path / "SYS.jwt", jwt.encode(jwt.account_claims("SYS", sys_pub, jetstream=False), op))
-        _write_private(path / "HUB.jwt", jwt.encode(jwt.account_claims("HUB", hub_pub, jetstream=True), op))
+            write_private(path / name, seed.decode())
+        write_private(path / "SYS.jwt", jwt.encode(jwt.account_claims("SYS", sys_pub, jetstream=False), op))
+        write_private(path / "HUB.jwt", jwt.encode(jwt.account_claims("HUB", hub_pub, jetstream=True), op))
         # Written last: its presence marks a complete store.
-        _write_private(path / "operator.jwt", jwt.encode(jwt.operator_claims("rthub", op_pub, sys_pub), op))
+        write_private(path / "operator.jwt", jwt.encode(jwt.operator_claims("rthub", op_pub, sys_pub), op))
         log.info("created NATS operator %s, system account %s, data account %s in %s", op_pub, sys_pub, hub_pub,
                  path)
 
@@ -130,6 +130,8 @@ class AuthStore:
         return (
             f'operator: "{self.operator_jwt}"\n'
             f"system_account: {self.sys_pub}\n"
+            "# service users carry long allow lists in their JWT, sent in CONNECT (default limit 4 KB)\n"
+            "max_control_line: 65536\n"
             "resolver: {\n"
             "  type: full\n"
             f'  dir: "{resolver_dir.resolve()}"\n'
@@ -166,7 +168,7 @@ class AuthStore:
                         and claims.get("issuer_account", self.hub_pub) == self.hub_pub:
                     return path
             text, _ = self._user_creds(f"rthub-{service}", self.hub_seed, pub, sub)
-            _write_private(path, text)
+            write_private(path, text)
         return path
 
     def system_creds(self) -> Path:
@@ -175,7 +177,7 @@ class AuthStore:
         with self._locked(self.path):
             if not path.exists():
                 text, _ = self._user_creds("rthub-sys", self.sys_seed, None, None)
-                _write_private(path, text)
+                write_private(path, text)
         return path
 
     def consumer_creds(self, grant: Grant, expires_in: float | None = None) -> tuple[str, str]:
@@ -209,7 +211,7 @@ class AuthStore:
             now = max(int(time.time()), int(current.get("iat", 0)) + 1)
             token = jwt.encode(jwt.account_claims("HUB", self.hub_pub, jetstream=True, revocations=revoked,
                                                   now=now), self.operator_seed)
-            _write_private(self.path / "HUB.jwt", token)
+            write_private(self.path / "HUB.jwt", token)
         return token
 
     async def revoke(self, nc: Client | None, user_public_key: str | list[str]) -> dict:

@@ -1,0 +1,230 @@
+"""Operator mode against a real nats-server: service users, scoped consumer credentials, expiry, revocation,
+restart. The server is this module's own (operator config), on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import time
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import RawCredentials
+
+from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.grants import Grant, consumer_name
+from hub.natsserver import NatsServer, free_port
+from hub.settings import HubSettings
+from hub.streams import ensure_streams
+from hub.subjects import subject
+from tests.helpers import unique, wait_for
+
+
+class Probe:
+    """A client that records the server's asynchronous errors (permission violations) and disconnects."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self.disconnected = asyncio.Event()
+        self.nc: nats.NATS | None = None
+
+    async def connect(self, url: str, creds, inbox: str | None, **kw) -> Probe:
+        async def on_error(exc):
+            self.errors.append(str(exc))
+
+        async def on_disconnect():
+            self.disconnected.set()
+
+        opts = dict(servers=[url], user_credentials=creds, error_cb=on_error, disconnected_cb=on_disconnect,
+                    connect_timeout=3, name="probe", max_reconnect_attempts=1)
+        if inbox:
+            opts["inbox_prefix"] = inbox
+        opts.update(kw)
+        self.nc = await nats.connect(**opts)
+        return self
+
+    def violated(self, subj: str) -> bool:
+        """nats-py lower-cases the server's error text, so compare case-insensitively."""
+        return any("permissions violation" in e.lower() and subj.lower() in e.lower() for e in self.errors)
+
+    async def close(self):
+        if self.nc and not self.nc.is_closed:
+            await self.nc.close()
+
+
+@pytest.fixture(scope="module")
+def auth_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("authdata")
+
+
+@pytest.fixture(scope="module")
+def op_server(auth_dir):
+    auth = AuthStore.ensure(auth_dir)
+    server = NatsServer(free_port(), auth_dir / "nats", config=auth.server_config(auth_dir / "nats" / "resolver"),
+                        name="auth").start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def admin(op_server, auth_dir):
+    auth = AuthStore.ensure(auth_dir)
+    probe = await Probe().connect(op_server.url, str(auth.service_creds("admin")), None)
+    await ensure_streams(probe.nc.jetstream(), HubSettings(nats_url=op_server.url))
+    yield probe.nc
+    await probe.close()
+
+
+async def service(server, auth: AuthStore, name: str) -> Probe:
+    path = auth.service_creds(name)
+    return await Probe().connect(server.url, str(path), creds_inbox_prefix(path))
+
+
+def test_store_is_private_and_stable(auth_dir, op_server):
+    auth = AuthStore.ensure(auth_dir)
+    again = AuthStore.ensure(auth_dir)
+    assert (again.operator_pub, again.sys_pub, again.hub_pub) == (auth.operator_pub, auth.sys_pub, auth.hub_pub)
+    assert stat.S_IMODE(os.stat(auth.path).st_mode) == 0o700
+    for f in auth.path.iterdir():
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+    config = auth.server_config(auth_dir / "nats" / "resolver")
+    assert "type: full" in config and auth.sys_pub in config and auth.hub_pub in config
+    for seed in (auth.operator_seed, auth.sys_seed, auth.hub_seed):
+        assert seed.decode() not in config
+
+
+async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, admin):
+    auth = AuthStore.ensure(auth_dir)
+    site = unique("s")
+    raw_subj, xapi_subj = subject("lms", site, "Org", "c1", "play_video"), subject("xapi", site, "Org", "c1", "v")
+    pubr, hub, deliverer = [await service(op_server, auth, n) for n in ("publisher", "hub", "deliverer")]
+    try:
+        ack = await pubr.nc.jetstream().publish(raw_subj, b'{"name":"play_video"}')
+        assert ack.stream == "LMS_RAW"
+        await pubr.nc.subscribe("xapi.>")
+        await wait_for(lambda: pubr.violated('"xapi.>"'), 5, "publisher refused on xapi.>")
+        await pubr.nc.subscribe("_INBOX.>")
+        await wait_for(lambda: pubr.violated('"_INBOX.>"'), 5, "publisher refused on _INBOX.>")
+
+        hjs = hub.nc.jetstream()
+        assert (await hjs.publish(xapi_subj, b"{}")).stream == "XAPI"
+        psub = await hjs.pull_subscribe(raw_subj, durable="hub", stream="LMS_RAW")
+        got = await psub.fetch(1, timeout=5)
+        assert got[0].subject == raw_subj
+        await got[0].ack()
+        await hub.nc.publish(subject("lms", site, "Org", "c1", "forged"), b"{}")
+        await wait_for(lambda: hub.violated('"lms.'), 5, "hub refused on lms.>")
+        grants = await hub.nc.jetstream(timeout=1).key_value("rthub_grants")
+        with pytest.raises(nats.errors.TimeoutError):  # the refused publish is never acked
+            await grants.put("forged", b"{}")
+        await wait_for(lambda: hub.violated("$KV.rthub_grants.forged"), 5, "hub refused on KV write")
+
+        await deliverer.nc.publish(xapi_subj, b"{}")
+        await wait_for(lambda: deliverer.violated(f'"{xapi_subj}"'), 5, "deliverer refused on xapi publish")
+        await deliverer.nc.publish("$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub", b"")
+        await wait_for(lambda: deliverer.violated("LMS_RAW.hub"), 5, "deliverer refused on the raw stream")
+    finally:
+        for p in (pubr, hub, deliverer):
+            await p.close()
+
+
+async def _consumer_client(op_server, auth: AuthStore, grant: Grant, expires_in=None) -> tuple[Probe, str, str]:
+    text, user_pub = auth.consumer_creds(grant, expires_in)
+    probe = await Probe().connect(op_server.url, RawCredentials(text), creds_inbox_prefix(text),
+                                  allow_reconnect=False)
+    return probe, user_pub, text
+
+
+async def test_consumer_credential_is_scoped_to_its_grant(op_server, auth_dir, admin):
+    auth = AuthStore.ensure(auth_dir)
+    js = admin.jetstream()
+    site = unique("s")
+    mine = Grant(id=unique("g"), consumer="acme", protocol="xapi", sites=[site], courses=["course-v1:Org+A+1"])
+    other = Grant(id=unique("g"), consumer="evil", protocol="xapi", sites=[site], courses=["course-v1:Org+B+1"])
+    assert await ensure_consumer(js, mine) == consumer_name(mine.id)
+    await ensure_consumer(js, other)
+    info = await js.consumer_info("XAPI", consumer_name(mine.id))
+    assert info.config.filter_subjects == mine.filter_subjects()
+
+    probe, _, _ = await _consumer_client(op_server, auth, mine)
+    try:
+        cjs = probe.nc.jetstream()
+        live: list[str] = []
+
+        async def on_live(msg):
+            live.append(msg.subject)
+
+        await probe.nc.subscribe(mine.filter_subjects()[0], cb=on_live)
+        await probe.nc.flush()
+        subj_a = subject("xapi", site, "Org", "course-v1:Org+A+1", "played")
+        subj_b = subject("xapi", site, "Org", "course-v1:Org+B+1", "played")
+        await js.publish(subj_b, json.dumps({"id": "b"}).encode(), headers={"Nats-Msg-Id": unique("b")})
+        await js.publish(subj_a, json.dumps({"id": "a"}).encode(), headers={"Nats-Msg-Id": unique("a")})
+
+        psub = await cjs.pull_subscribe_bind(durable=consumer_name(mine.id), stream="XAPI")
+        msgs = await psub.fetch(10, timeout=3)
+        assert [json.loads(m.data)["id"] for m in msgs] == ["a"]
+        await msgs[0].ack_sync()
+        await wait_for(lambda: live == [subj_a], 5, "live feed of the granted course")
+
+        await probe.nc.subscribe(subj_b)
+        await wait_for(lambda: probe.violated(subj_b), 5, "refusal on another course's subject")
+        await probe.nc.subscribe("_INBOX.>")
+        await wait_for(lambda: probe.violated('"_INBOX.>"'), 5, "refusal on _INBOX.>")
+        await probe.nc.subscribe("xapi.>")
+        await wait_for(lambda: probe.violated('"xapi.>"'), 5, "refusal on all of xapi")
+
+        stolen = await cjs.pull_subscribe_bind(durable=consumer_name(other.id), stream="XAPI")
+        with pytest.raises(nats.errors.TimeoutError):
+            await stolen.fetch(1, timeout=1)
+        assert probe.violated(f"CONSUMER.MSG.NEXT.XAPI.{consumer_name(other.id)}")
+        other_info = await js.consumer_info("XAPI", consumer_name(other.id))
+        assert other_info.num_pending == 1 and other_info.delivered.consumer_seq == 0  # B untouched
+        with pytest.raises(Exception):  # noqa: B017 - no JetStream API beyond its own pull/ack
+            await cjs.consumer_info("XAPI", consumer_name(mine.id), timeout=1)
+    finally:
+        await probe.close()
+
+
+async def test_expired_credential_is_refused(op_server, auth_dir, admin):
+    auth = AuthStore.ensure(auth_dir)
+    grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
+    await ensure_consumer(admin.jetstream(), grant)
+    text, _ = auth.consumer_creds(grant, expires_in=-5)
+    with pytest.raises(Exception) as refused:  # noqa: B017
+        await nats.connect(op_server.url, user_credentials=RawCredentials(text), allow_reconnect=False,
+                           connect_timeout=3, inbox_prefix=creds_inbox_prefix(text))
+    assert "authorization" in str(refused.value).lower() or "expired" in str(refused.value).lower()
+    probe, _, _ = await _consumer_client(op_server, auth, grant, expires_in=1.5)
+    try:
+        assert probe.nc.is_connected
+        await asyncio.wait_for(probe.disconnected.wait(), 5)  # cut off by the server at expiry
+    finally:
+        await probe.close()
+
+
+async def test_revocation_cuts_a_live_client_and_refuses_reconnect(op_server, auth_dir, admin):
+    auth = AuthStore.ensure(auth_dir)
+    grant = Grant(id=unique("g"), consumer="acme", protocol="caliper", courses=["c"])
+    await ensure_consumer(admin.jetstream(), grant)
+    probe, user_pub, text = await _consumer_client(op_server, auth, grant)
+    text_kept, kept_pub = auth.consumer_creds(grant)  # a second credential of the same grant stays valid
+    try:
+        assert probe.nc.is_connected
+        started = time.monotonic()
+        answer = await auth.revoke(admin, user_pub)
+        assert answer.get("code") == 200, answer
+        await asyncio.wait_for(probe.disconnected.wait(), 5)
+        assert time.monotonic() - started < 5
+        assert user_pub in auth.revocations()
+        with pytest.raises(Exception):  # noqa: B017 - authorization violation
+            await nats.connect(op_server.url, user_credentials=RawCredentials(text),
+                               allow_reconnect=False, connect_timeout=3)
+        ok = await nats.connect(op_server.url, user_credentials=RawCredentials(text_kept), allow_reconnect=False,
+                                inbox_prefix=creds_inbox_prefix(text_kept))
+        await ok.close()
+    finally:
+        await probe.close()
