@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import time
@@ -14,7 +15,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
-from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer, jwt
 from hub.grants import Grant, consumer_name
 from hub.natsserver import NatsServer, free_port
 from hub.settings import HubSettings
@@ -228,3 +229,147 @@ async def test_revocation_cuts_a_live_client_and_refuses_reconnect(op_server, au
         await ok.close()
     finally:
         await probe.close()
+
+
+async def test_cli_issues_consumer_creds_and_revokes(op_server, auth_dir, admin, tmp_path):
+    from hub.grants import put_grant
+    from tests.helpers import rthub, rthub_env
+
+    grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["course-v1:Org+CLI+1"])
+    await put_grant(admin.jetstream(), grant)
+    env = rthub_env(op_server.url, RTHUB_DATA_DIR=str(auth_dir))
+    out = tmp_path / "acme.creds"
+    done = await asyncio.to_thread(rthub, "auth", "consumer-creds", grant.id, "--out", str(out),
+                                   "--expires-days", "1", env=env)
+    assert done.returncode == 0, done.stderr.decode()
+    text = out.read_text()
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    seed = text.split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0]
+    assert seed.startswith("SU") and seed not in (done.stdout + done.stderr).decode()
+    assert "pull_subscribe_bind" in done.stdout.decode()
+    user_pub = jwt.decode(jwt.creds_jwt(text))["sub"]
+    assert jwt.decode(jwt.creds_jwt(text))["exp"] > time.time() + 86000
+    info = await admin.jetstream().consumer_info("XAPI", consumer_name(grant.id))
+    assert info.config.filter_subjects == grant.filter_subjects()
+
+    probe = await Probe().connect(op_server.url, str(out), creds_inbox_prefix(out), allow_reconnect=False)
+    try:
+        done = await asyncio.to_thread(rthub, "auth", "revoke", user_pub, env=env)
+        assert done.returncode == 0, done.stderr.decode()
+        assert "jwt updated" in done.stdout.decode()
+        await asyncio.wait_for(probe.disconnected.wait(), 5)
+    finally:
+        await probe.close()
+    listed = await asyncio.to_thread(rthub, "auth", "revocations", env=env)
+    assert user_pub in listed.stdout.decode()
+    bad = await asyncio.to_thread(rthub, "auth", "revoke", "not-a-key", env=env)
+    assert bad.returncode == 2 and "not a NATS user public key" in bad.stderr.decode()
+
+
+async def test_secrets_never_in_logs_or_config(op_server, auth_dir, admin, caplog):
+    caplog.set_level(logging.DEBUG)
+    auth = AuthStore.ensure(auth_dir)
+    grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
+    text, user_pub = auth.consumer_creds(grant, 60)
+    await auth.revoke(admin, user_pub)
+    seeds = [auth.operator_seed.decode(), auth.sys_seed.decode(), auth.hub_seed.decode(),
+             text.split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0]]
+    for creds_file in auth.path.glob("*.creds"):
+        seeds.append(creds_file.read_text().split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0])
+    assert len(seeds) >= 8 and all(s.startswith("S") for s in seeds)
+    assert user_pub in caplog.text  # the log names the user, by public key only
+    haystacks = [caplog.text, op_server.log_file.read_text(errors="replace"),
+                 (op_server.store_dir / f"{op_server.name}.conf").read_text()]
+    haystacks += [p.read_text(errors="replace") for p in (op_server.store_dir / "resolver").iterdir() if p.is_file()]
+    for seed in seeds:
+        for text_blob in haystacks:
+            assert seed not in text_blob
+
+
+async def test_restart_keeps_keys_streams_consumers_and_revocations(tmp_path):
+    auth = AuthStore.ensure(tmp_path)
+    config = auth.server_config(tmp_path / "nats" / "resolver")
+    server = NatsServer(free_port(), tmp_path / "nats", config=config, name="restart").start()
+    grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["course-v1:Org+R+1"])
+    subj = subject("xapi", "default", "Org", "course-v1:Org+R+1", "played")
+    try:
+        nc = await nats.connect(server.url, user_credentials=str(auth.service_creds("admin")))
+        js = nc.jetstream()
+        await ensure_streams(js, HubSettings(nats_url=server.url))
+        await ensure_consumer(js, grant)
+        kept, _ = auth.consumer_creds(grant, 3600)
+        revoked, revoked_pub = auth.consumer_creds(grant, 3600)
+        await auth.revoke(nc, revoked_pub)
+        await js.publish(subj, b'{"id":"before-restart"}')
+        await nc.close()
+    finally:
+        server.stop()
+    hub_creds = auth.service_creds("hub").read_text()
+
+    again = AuthStore.ensure(tmp_path)
+    assert (again.operator_pub, again.hub_pub) == (auth.operator_pub, auth.hub_pub)
+    assert again.service_creds("hub").read_text() == hub_creds  # not re-issued
+    server = NatsServer(server.port, tmp_path / "nats", config=again.server_config(tmp_path / "nats" / "resolver"),
+                        name="restart").start()
+    try:
+        nc = await nats.connect(server.url, user_credentials=RawCredentials(kept), allow_reconnect=False,
+                                inbox_prefix=creds_inbox_prefix(kept))
+        psub = await nc.jetstream().pull_subscribe_bind(durable=consumer_name(grant.id), stream="XAPI")
+        msgs = await psub.fetch(1, timeout=5)
+        assert json.loads(msgs[0].data) == {"id": "before-restart"}
+        await nc.close()
+        with pytest.raises(Exception):  # noqa: B017 - still revoked after the restart
+            await nats.connect(server.url, user_credentials=RawCredentials(revoked), allow_reconnect=False,
+                               connect_timeout=3)
+    finally:
+        server.stop()
+
+
+def _cluster_conf(name: str, route_ports: list[int], me: int) -> str:
+    routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in route_ports if p != me)
+    return f'cluster {{ name: "authc", listen: "127.0.0.1:{me}", routes: [{routes}] }}\n'
+
+
+async def test_revocation_reaches_every_server_of_a_cluster(tmp_path):
+    """Pushed through one server's system account, the account update cuts a client on another server."""
+    auth = AuthStore.ensure(tmp_path)
+    route_ports = [free_port(), free_port()]
+    servers = []
+    try:
+        for i, rp in enumerate(route_ports):
+            conf = auth.server_config(tmp_path / f"n{i}" / "resolver") + _cluster_conf(f"n{i}", route_ports, rp)
+            servers.append(NatsServer(free_port(), tmp_path / f"n{i}", config=conf, name=f"authc{i}").start())
+        admin_creds = str(auth.service_creds("admin"))
+        a = await nats.connect(servers[0].url, user_credentials=admin_creds)
+        b = await nats.connect(servers[1].url, user_credentials=admin_creds)
+        seen: list[bytes] = []
+
+        async def on_msg(msg):
+            seen.append(msg.data)
+
+        await b.subscribe("route.check", cb=on_msg)
+        await b.flush()
+
+        async def routed() -> bool:
+            await a.publish("route.check", b"x")
+            await a.flush()
+            return bool(seen)
+
+        await wait_for(routed, 15, "the two servers to form a cluster", interval=0.2)
+        grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
+        text, user_pub = auth.consumer_creds(grant, 3600)
+        probe = await Probe().connect(servers[1].url, RawCredentials(text), creds_inbox_prefix(text),
+                                      allow_reconnect=False)
+        try:
+            await auth.revoke(a, user_pub)  # pushed to server 0 only
+            await asyncio.wait_for(probe.disconnected.wait(), 5)
+        finally:
+            await probe.close()
+        with pytest.raises(Exception):  # noqa: B017 - refused on the other server too
+            await nats.connect(servers[1].url, user_credentials=RawCredentials(text), allow_reconnect=False,
+                               connect_timeout=3)
+        await a.close()
+        await b.close()
+    finally:
+        for s in servers:
+            s.stop()

@@ -21,7 +21,10 @@ from hub.streams import (
 
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"  # the deliverer's attempt log (issue 5); owned by the deliverer
+# The deliverer's own streams and state bucket (hub/deliver/store.py; names repeated so auth never imports it).
+DELIVERY_LOG_STREAM = "DELIVERY_LOG"
+REDRIVE_STREAM = "REDRIVE"
+DELIVERY_STATE_BUCKET = "rthub_delivery"
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)))
 
@@ -102,14 +105,18 @@ def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[s
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
                *stream_reader(DEAD_LETTER_STREAM), f"{API}.STREAM.MSG.DELETE.{DEAD_LETTER_STREAM}",
-               *stream_owner(DELIVERY_LOG_STREAM), *stream_reader(DELIVERY_LOG_STREAM), "attempts.>",
-               *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_read(COURSES_BUCKET)]
+               *(p for s in (DELIVERY_LOG_STREAM, REDRIVE_STREAM, f"KV_{DELIVERY_STATE_BUCKET}")
+                 for p in stream_owner(s)),
+               *stream_reader(DELIVERY_LOG_STREAM), "attempts.>", *stream_reader(REDRIVE_STREAM), "redrive.>",
+               *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
+               *kv_read(COURSES_BUCKET)]
         sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, f"{API}.STREAM.INFO.*", *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
-               *stream_reader(DEAD_LETTER_STREAM), *stream_reader(DELIVERY_LOG_STREAM)]
+               *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
+               *stream_reader(DELIVERY_LOG_STREAM)]
         return _dedup(pub), inbox
     raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
 
