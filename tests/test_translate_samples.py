@@ -239,3 +239,12 @@ def test_course_kv_key_and_envelope():
         envelope_schema = caliper_check.validators(str(schemas))["Envelope"]
         assert list(envelope_schema.iter_errors({**envelope, "data": event})) == []
         assert list(envelope_schema.iter_errors({**envelope, "data": event, "sensor": 7}))
+
+
+def test_external_ids_from_settings(tmp_path):
+    path = tmp_path / "ids.csv"
+    path.write_text("external_user_id,user_id\n55555555-5555-4555-8555-555555555555,41\n")
+    ids = ExternalIds.from_settings("secret", str(path))
+    assert ids.get("xapi", "41") == ids.get("caliper", "41") == "55555555-5555-4555-8555-555555555555"
+    plain = ExternalIds.from_settings("secret", None)
+    assert plain.get("xapi", "41") != "55555555-5555-4555-8555-555555555555"

@@ -109,6 +109,11 @@ class ExternalIds:
         with open(path, encoding="utf-8") as fh:
             return cls(secret, cls.parse(fh.read()))
 
+    @classmethod
+    def from_settings(cls, secret: bytes | str, external_ids_file: str | None = None) -> ExternalIds:
+        """What a service builds from ``RTHUB_ID_SECRET`` and ``RTHUB_EXTERNAL_IDS_FILE`` (optional import)."""
+        return cls.load(external_ids_file, secret) if external_ids_file else cls(secret)
+
 
 # ----------------------------------------------------------------------------------------------- courses
 def course_kv_key(course_key: str) -> str:
