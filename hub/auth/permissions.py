@@ -91,13 +91,15 @@ def _dedup(items: list[str]) -> list[str]:
 def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[str] | None, list[str] | None]:
     """``(pub_allow, sub_allow)`` of a service user; ``None`` = unrestricted (the admin only)."""
     inbox = [f"{service_inbox(service)}.>"]
-    info = [f"{API}.INFO"]
+    # Account and stream info (metadata only) for all: every service runs ensure_streams() at start, which
+    # only reads when the streams are already as declared; creating or changing them is the hub's right.
+    info = [f"{API}.INFO", f"{API}.STREAM.INFO.*"]
     protocol_streams = list(PROTOCOL_STREAMS.values())
     if service == "admin":
         return None, None
     if service == "publisher":
         # Runs inside the LMS, the least trusted place: it may only add raw events.
-        return ["lms.>", *info, f"{API}.STREAM.INFO.{RAW_STREAM}"], inbox
+        return ["lms.>", *info], inbox
     if service == "hub":
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
                "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
@@ -113,7 +115,7 @@ def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[s
         sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
         return _dedup(pub), sub
     if service == "portal":
-        pub = [*info, f"{API}.STREAM.INFO.*", *(p for s in protocol_streams for p in consumer_admin(s)),
+        pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
                *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
                *stream_reader(DELIVERY_LOG_STREAM)]
