@@ -113,6 +113,13 @@ class AuthStore:
         """The current HUB account JWT (re-read: another process may have added revocations)."""
         return self._read("HUB.jwt").strip()
 
+    def _expiries(self) -> dict[str, int]:
+        """Expiry of each consumer credential issued with one (public key -> unix time)."""
+        try:
+            return json.loads((self.path / "expiries.json").read_text())
+        except FileNotFoundError:
+            return {}
+
     def revocations(self) -> dict[str, int]:
         return dict(jwt.decode(self.hub_jwt, verify=False)["nats"].get("revocations", {}))
 
@@ -190,6 +197,11 @@ class AuthStore:
         pub, sub = consumer_permissions(grant)
         expires = time.time() + expires_in if expires_in is not None else None
         text, user_pub = self._user_creds(f"consumer-{grant.consumer}-{grant.id}", self.hub_seed, pub, sub, expires)
+        if expires is not None:
+            with self._locked(self.path):
+                expiries = self._expiries()
+                expiries[user_pub] = int(expires)
+                write_private(self.path / "expiries.json", json.dumps(expiries))
         log.info("issued direct-subscription credential %s for grant %s (expires %s)", user_pub, grant.id,
                  "never" if expires is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)))
         return text, user_pub
@@ -205,6 +217,12 @@ class AuthStore:
             current = jwt.decode(self.hub_jwt, verify=False)
             revoked = dict(current["nats"].get("revocations", {}))
             when = int(at if at is not None else time.time())
+            # A revoked credential that has expired is refused anyway: drop it so the JWT stays small.
+            expiries = self._expiries()
+            live = {k: e for k, e in expiries.items() if e > when}
+            revoked = {k: t for k, t in revoked.items() if k not in expiries or k in live}
+            if len(live) != len(expiries):
+                write_private(self.path / "expiries.json", json.dumps(live))
             for key in user_public_keys:
                 revoked[key] = when
             # iat strictly increases so the resolver always takes this JWT as the newer one.
