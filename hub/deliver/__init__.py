@@ -1,0 +1,1 @@
+"""Push delivery of statements to webhooks, xAPI LRSs and Caliper endpoints (``rthub deliver``)."""

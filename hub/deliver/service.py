@@ -1,0 +1,634 @@
+"""The deliverer: one runner per enabled push integration, pulling its durable consumer and POSTing.
+
+Per integration, messages are queued in lanes: one lane per course (``<site>.<org>.<course>`` tokens of the
+subject) so a course's statements go out in publish order while other courses proceed; a parallel
+integration spreads messages over ``max_concurrency`` lanes instead. A lane holds its head message (and so
+the rest of its course) until it is delivered, dead-lettered or the integration stops; held messages are
+kept alive with ``in_progress`` so JetStream does not redeliver them meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from hub.deliver import retry, ssrf
+from hub.deliver.http import Result, Sender, build
+from hub.deliver.lease import Lease
+from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.store import (
+    H_ATTEMPTS,
+    H_FAILED_AT,
+    H_ID,
+    H_REASON,
+    H_RESPONSE,
+    H_SEQ,
+    H_STATUS,
+    H_STREAM,
+    H_SUBJECT,
+    REDRIVE_STREAM,
+    STATE_BUCKET,
+    Attempt,
+    Stats,
+    attempts_subject,
+    dlq_subject,
+    header_text,
+    redrive_subject,
+)
+from hub.grants import Grant, GrantWatcher, Target, consumer_name
+from hub.metrics import Metrics
+from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+
+log = logging.getLogger("rthub.deliver")
+
+PUSH = ("webhook", "lrs", "caliper")
+RECENT = 20
+
+
+def redrive_consumer(grant_id: str) -> str:
+    return consumer_name(grant_id) + "_redrive"
+
+
+def replay_consumer(grant_id: str) -> str:
+    return consumer_name(grant_id) + "_replay"
+
+
+class Item:
+    """One message held by a lane until it is settled (acked, dead-lettered or handed back)."""
+
+    __slots__ = ("msg", "id", "subject", "source", "settled")
+
+    def __init__(self, msg: Msg, source: str):
+        self.msg, self.source, self.settled = msg, source, False
+        headers = msg.headers or {}
+        self.subject = headers.get(H_SUBJECT, msg.subject)
+        self.id = headers.get(H_ID) or headers.get("Nats-Msg-Id") or _body_id(msg.data)
+
+    @property
+    def lane_key(self) -> str:
+        return ".".join(self.subject.split(".")[1:4])
+
+
+def _body_id(data: bytes) -> str:
+    try:
+        value = msgspec.json.decode(data)
+        return str(value.get("id")) if isinstance(value, dict) and value.get("id") else str(uuid.uuid4())
+    except msgspec.DecodeError:
+        return str(uuid.uuid4())
+
+
+class TokenBucket:
+    """Requests per second for one endpoint; 0 = unlimited."""
+
+    def __init__(self, rate: float):
+        self.rate, self.tokens, self.stamp = rate, max(1.0, rate), time.monotonic()
+
+    async def take(self) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+class Runner:
+    """Delivery of one integration in this process."""
+
+    def __init__(self, svc: Deliverer, grant: Grant, target: Target):
+        self.svc, self.grant, self.target = svc, grant, target
+        s = svc.settings
+        self.stream = PROTOCOL_STREAMS[grant.protocol]
+        self.batch = target.kind in ("lrs", "caliper") and target.batch_size > 1
+        self.sender = Sender(seconds(s.connect_timeout), seconds(s.request_timeout), svc.allowed, s.https_only,
+                             s.response_excerpt_bytes, max(1, target.max_concurrency))
+        self.limit = asyncio.Semaphore(max(1, target.max_concurrency))
+        self.bucket = TokenBucket(target.rate_limit_per_s)
+        self.lanes: dict[str, collections.deque[Item]] = {}
+        self.lane_tasks: dict[str, asyncio.Task] = {}
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self.held: set[Item] = set()
+        self.room = asyncio.Event()
+        self.room.set()
+        self.tasks: list[asyncio.Task] = []
+        self.replay_task: asyncio.Task | None = None
+        self.rr = itertools.count()
+        self.stats = Stats()
+        self.dirty = False
+        self.failing_since: float | None = None
+        self.stopping = False
+        self.leader = asyncio.Event()
+        self.lease = None if target.parallel else Lease(
+            svc.state, f"lease.{grant.id}", svc.process_id, max(seconds(s.lease_ttl), seconds(s.ack_wait)) + 1)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        g, s = self.grant, self.svc.settings
+        await self.svc.js.add_consumer(self.stream, ConsumerConfig(
+            name=consumer_name(g.id), durable_name=consumer_name(g.id), filter_subjects=g.filter_subjects(),
+            deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait),
+            max_ack_pending=s.max_in_flight, description=f"push delivery of {g.id} ({self.target.kind})"))
+        await self.svc.js.add_consumer(REDRIVE_STREAM, ConsumerConfig(
+            name=redrive_consumer(g.id), durable_name=redrive_consumer(g.id),
+            filter_subject=redrive_subject(g.id), deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait), max_ack_pending=s.max_in_flight))
+        try:
+            entry = await self.svc.state.get(f"failing.{g.id}")
+            self.failing_since = float(entry.value.decode()) if entry.value else None
+        except Exception:  # noqa: BLE001 - no failure streak recorded
+            self.failing_since = None
+        if self.lease is None:
+            self.leader.set()
+        else:
+            self.tasks.append(asyncio.create_task(self._hold_lease()))
+        self.tasks.append(asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")))
+        self.tasks.append(asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive")))
+        self.tasks.append(asyncio.create_task(self._keep_alive()))
+        await self.maybe_replay()
+        log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
+
+    async def maybe_replay(self) -> None:
+        """Run the integration's replay consumer, if a replay was requested and this process delivers."""
+        if self.replay_task is None or self.replay_task.done():
+            try:
+                await self.svc.js.consumer_info(self.stream, replay_consumer(self.grant.id))
+            except NotFoundError:
+                return
+            self.replay_task = asyncio.create_task(
+                self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
+            self.tasks.append(self.replay_task)
+
+    async def stop(self) -> None:
+        """Stop pulling and sending; hand unsettled messages back to JetStream right away."""
+        self.stopping = True
+        tasks = [*self.tasks, *self.lane_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for item in list(self.held):
+            await self._settle(item, "nak")
+        if self.lease is not None:
+            await self.lease.release()
+        await self.sender.close()
+        await self.svc.flush_stats(self)
+
+    # ---- pulling ---------------------------------------------------------------------------------------
+    async def _hold_lease(self) -> None:
+        period = max(0.2, seconds(self.svc.settings.lease_ttl) / 3)
+        while True:
+            try:
+                held = await self.lease.try_hold()
+            except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep the current state, retry soon
+                log.warning("lease %s: %s", self.grant.id, exc)
+                held = self.leader.is_set()
+            if held and not self.leader.is_set():
+                log.info("this process now delivers ordered integration %s", self.grant.id)
+                self.leader.set()
+            elif not held and self.leader.is_set():
+                log.warning("lost the lease of %s; restarting its delivery", self.grant.id)
+                self.leader.clear()
+                self.svc.restart(self.grant.id)
+                return
+            await asyncio.sleep(period)
+
+    async def _pull(self, stream: str, durable: str, source: str, until_empty: bool = False) -> None:
+        s = self.svc.settings
+        sub = await self.svc.js.pull_subscribe_bind(durable=durable, stream=stream)
+        try:
+            while True:
+                await self.leader.wait()
+                while len(self.held) >= s.max_in_flight:
+                    self.room.clear()
+                    await self.room.wait()
+                want = min(s.fetch_batch, s.max_in_flight - len(self.held))
+                try:
+                    msgs = await sub.fetch(want, timeout=1.0)
+                except TimeoutError:
+                    msgs = []
+                except NotFoundError:
+                    return
+                except Exception as exc:  # noqa: BLE001 - consumer deleted, reconnecting: try again
+                    if until_empty:
+                        return
+                    log.warning("fetch %s/%s: %s", stream, durable, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in msgs:
+                    if self.leader.is_set():
+                        self._dispatch(Item(msg, source))
+                if until_empty and not msgs and not any(i.source == source for i in self.held):
+                    if await self._replay_done(durable):
+                        return
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection closing
+                pass
+
+    async def _replay_done(self, durable: str) -> bool:
+        try:
+            info = await self.svc.js.consumer_info(self.stream, durable)
+        except NotFoundError:
+            return True
+        if info.num_pending or info.num_ack_pending:
+            return False
+        try:
+            await self.svc.js.delete_consumer(self.stream, durable)
+            await self.svc.state.delete(f"replay.{self.grant.id}")
+        except Exception:  # noqa: BLE001 - another deliverer finished it first
+            pass
+        log.info("replay of %s finished", self.grant.id)
+        return True
+
+    def _dispatch(self, item: Item) -> None:
+        if self.target.parallel:
+            key = f"{item.source}:p{next(self.rr) % max(1, self.target.max_concurrency)}"
+        else:
+            key = f"{item.source}:{item.lane_key}"
+        self.held.add(item)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = collections.deque()
+            self.wakeups[key] = asyncio.Event()
+            self.lane_tasks[key] = asyncio.create_task(self._lane(key))
+        lane.append(item)
+        self.wakeups[key].set()
+
+    async def _keep_alive(self) -> None:
+        """Tell JetStream the held messages are still being worked on (they may wait hours for a retry)."""
+        period = max(0.2, seconds(self.svc.settings.ack_wait) / 3)
+        while True:
+            await asyncio.sleep(period)
+            for item in list(self.held):
+                if not item.settled:
+                    try:
+                        await item.msg.in_progress()
+                    except Exception:  # noqa: BLE001 - reconnecting; JetStream redelivers if it must
+                        pass
+
+    # ---- lanes -----------------------------------------------------------------------------------------
+    async def _lane(self, key: str) -> None:
+        lane, wake = self.lanes[key], self.wakeups[key]
+        size = self.target.batch_size if self.batch else 1
+        wait = self.target.batch_wait_ms / 1000
+        try:
+            while True:
+                if not lane:
+                    wake.clear()
+                    try:
+                        await asyncio.wait_for(wake.wait(), 30)
+                    except TimeoutError:
+                        if not lane:
+                            return
+                    continue
+                if len(lane) < size:
+                    deadline = time.monotonic() + wait
+                    while len(lane) < size and (left := deadline - time.monotonic()) > 0:
+                        wake.clear()
+                        try:
+                            await asyncio.wait_for(wake.wait(), left)
+                        except TimeoutError:
+                            break
+                items = [lane.popleft() for _ in range(min(size, len(lane)))]
+                try:
+                    await self.deliver(items)
+                except Exception:  # a bug must not wedge the lane: hand the items back to JetStream
+                    log.exception("delivery of %d item(s) to %s failed", len(items), self.grant.id)
+                    for item in items:
+                        await self._settle(item, "nak")
+        finally:
+            if self.lanes.get(key) is lane and (not lane or self.stopping):
+                self.lanes.pop(key, None)
+                self.wakeups.pop(key, None)
+                self.lane_tasks.pop(key, None)
+
+    async def deliver(self, items: list[Item]) -> None:
+        """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops."""
+        schedule = self.svc.schedule
+        attempt = 0
+        while True:
+            attempt += 1
+            result = await self.send(items)
+            outcome = "retry" if result.status is None else retry.classify(self.target.kind, result.status, len(items))
+            if outcome == "delivered":
+                self.record(items, attempt, "delivered", result)
+                for item in items:
+                    await self._settle(item, "ack")
+                self.stats.delivered += len(items)
+                self.svc.metrics.inc("delivered", len(items), integration=self.grant.id)
+                await self._streak_over()
+                return
+            if outcome == "disable":
+                self.record(items, attempt, "disabled", result)
+                await self.svc.disable(self.grant.id, f"endpoint answered 410 Gone at {_iso(time.time())}")
+                return
+            if outcome == "reject":
+                if len(items) > 1:
+                    self.record(items, attempt, "split", result)
+                    half = len(items) // 2
+                    await self.deliver(items[:half])
+                    await self.deliver(items[half:])
+                    return
+                self.record(items, attempt, "dead", result)
+                await self.dead_letter(items, "rejected by the LRS as malformed", result, attempt)
+                return
+            delay = retry.next_delay(schedule, attempt, self.svc.settings.retry_jitter, result.status,
+                                     retry.retry_after(result.retry_after), self.svc.max_retry_after)
+            self.record(items, attempt, "retry" if delay is not None else "dead", result)
+            if await self._streak_failing():
+                return
+            if delay is None:
+                await self.dead_letter(items, f"failed after {attempt} attempts", result, attempt)
+                return
+            await asyncio.sleep(delay)
+
+    async def send(self, items: list[Item]) -> Result:
+        url, headers, body = build(self.target, self.grant.protocol, [i.msg.data for i in items],
+                                   [i.id for i in items], self.svc.settings.caliper_sensor, self.batch)
+        await self.bucket.take()
+        async with self.limit:
+            result = await self.sender.post(url, headers, body)
+        self.stats.attempts += 1
+        return result
+
+    # ---- outcomes --------------------------------------------------------------------------------------
+    def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
+        entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
+                        status=result.status, latency_ms=result.latency_ms, error=result.error,
+                        excerpt=result.excerpt[:200] or None, source=items[0].source)
+        if outcome != "delivered":
+            self.stats.failures += 1
+            self.stats.last_error = result.error or f"HTTP {result.status}: {result.excerpt[:200]}"
+            self.stats.last_error_at = entry.t
+            self.svc.metrics.inc("delivery_failures", integration=self.grant.id)
+            log.info("integration %s: %s attempt %d of %d item(s): %s", self.grant.id, outcome, attempt,
+                     len(items), self.stats.last_error)
+        else:
+            self.stats.last_success = entry.t
+        self.stats.recent = [*self.stats.recent[-(RECENT - 1):], entry]
+        self.dirty = True
+        self.svc.metrics.inc("delivery_attempts", integration=self.grant.id)
+        self.svc.log_attempt(self.grant.id, entry)
+
+    async def dead_letter(self, items: list[Item], reason: str, result: Result, attempts: int) -> None:
+        s = self.svc.settings
+        for item in items:
+            meta = item.msg.metadata
+            headers = {
+                H_REASON: reason, H_STATUS: str(result.status or 0),
+                H_RESPONSE: header_text(result.error or result.excerpt, s.response_excerpt_bytes),
+                H_SUBJECT: item.subject, H_ID: item.id, H_ATTEMPTS: str(attempts), H_FAILED_AT: _iso(time.time()),
+                H_STREAM: (item.msg.headers or {}).get(H_STREAM, meta.stream),
+                H_SEQ: (item.msg.headers or {}).get(H_SEQ, str(meta.sequence.stream)),
+            }
+            await self.svc.js.publish(dlq_subject(self.grant.id), item.msg.data, headers=headers)
+            await self._settle(item, "ack")
+        self.stats.dead_lettered += len(items)
+        self.svc.metrics.inc("dead_lettered", len(items), integration=self.grant.id)
+
+    async def _settle(self, item: Item, how: str) -> None:
+        if item.settled:
+            return
+        item.settled = True
+        self.held.discard(item)
+        self.room.set()
+        try:
+            await (item.msg.ack() if how == "ack" else item.msg.nak())
+        except Exception as exc:  # noqa: BLE001 - JetStream will redeliver; receivers dedupe by id
+            log.warning("could not %s %s: %s", how, item.id, exc)
+
+    async def _streak_over(self) -> None:
+        if self.failing_since is not None:
+            self.failing_since = None
+            try:
+                await self.svc.state.delete(f"failing.{self.grant.id}")
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _streak_failing(self) -> bool:
+        """Record the failure streak; True when it has lasted long enough to disable the endpoint."""
+        now = time.time()
+        if self.failing_since is None:
+            self.failing_since = now
+            self.svc._spawn(self._save_streak(now))
+        since = self.failing_since
+        if now - since >= self.svc.disable_after:
+            await self.svc.disable(self.grant.id, f"failing continuously since {_iso(since)} "
+                                   f"(last error: {self.stats.last_error})")
+            return True
+        return False
+
+    async def _save_streak(self, since: float) -> None:
+        """Persist the streak start so restarts and other processes keep the same clock."""
+        try:
+            await self.svc.state.create(f"failing.{self.grant.id}", repr(since).encode())
+        except Exception:  # noqa: BLE001 - an earlier streak start exists: adopt it
+            try:
+                entry = await self.svc.state.get(f"failing.{self.grant.id}")
+                if self.failing_since is not None and entry.value:
+                    self.failing_since = min(self.failing_since, float(entry.value.decode()))
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+class Deliverer:
+    """Watches grants, targets and replay requests; keeps one :class:`Runner` per enabled push integration."""
+
+    def __init__(self, nc: NATS, settings: DeliverSettings, metrics: Metrics | None = None):
+        self.nc, self.js, self.settings = nc, nc.jetstream(), settings
+        self.metrics = metrics or Metrics("deliver")
+        self.schedule = [seconds(x) for x in settings.retry_schedule]
+        self.max_retry_after = seconds(settings.max_retry_after)
+        self.disable_after = seconds(settings.disable_after)
+        self.allowed = ssrf.networks(settings.allowed_networks)
+        self.process_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.grants: dict[str, Grant] = {}
+        self.targets: dict[str, Target] = {}
+        self.runners: dict[str, Runner] = {}
+        self.locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.pending: set[asyncio.Task] = set()
+        self.background: list[asyncio.Task] = []
+        self.watchers: list = []
+        self.state = None
+        self.targets_kv = None
+        self.on_change: Callable[[str], None] | None = None
+
+    async def start(self) -> Deliverer:
+        self.state = await self.js.key_value(STATE_BUCKET)
+        self.targets_kv = await self.js.key_value(TARGETS_BUCKET)
+        self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
+        for key, kv, handler in ((">", self.targets_kv, self._target_entry), ("replay.*", self.state, self._replay_entry)):
+            watcher = await kv.watch(key)
+            self.watchers.append(watcher)
+            ready = asyncio.get_running_loop().create_future()
+            self.background.append(asyncio.create_task(self._watch(watcher, handler, ready)))
+            await ready
+        self.background.append(asyncio.create_task(self._flush_loop()))
+        self.metrics.gauges["integrations_delivering"] = lambda: len(self.runners)
+        return self
+
+    async def _watch(self, watcher, handler, ready: asyncio.Future) -> None:
+        async for entry in watcher:
+            if entry is None:
+                if not ready.done():
+                    ready.set_result(None)
+                continue
+            handler(entry)
+            if not ready.done() and entry.delta == 0:
+                ready.set_result(None)
+
+    def _grant_changed(self, grant_id: str, grant: Grant | None) -> None:
+        if grant is None:
+            self.grants.pop(grant_id, None)
+            self._schedule(grant_id, revoked=True)
+        else:
+            self.grants[grant_id] = grant
+            self._schedule(grant_id)
+
+    def _target_entry(self, entry) -> None:
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.targets.pop(entry.key, None)
+        else:
+            try:
+                self.targets[entry.key] = msgspec.json.decode(entry.value, type=Target)
+            except msgspec.DecodeError as exc:
+                log.error("ignoring unreadable target %s: %s", entry.key, exc)
+                return
+        self._schedule(entry.key)
+
+    def _replay_entry(self, entry) -> None:
+        grant_id = entry.key.split(".", 1)[1]
+        if entry.operation not in ("DEL", "PURGE") and grant_id in self.runners:
+            self._spawn(self.runners[grant_id].maybe_replay())
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def _schedule(self, grant_id: str, revoked: bool = False) -> None:
+        self._spawn(self.reconcile(grant_id, revoked))
+
+    def restart(self, grant_id: str) -> None:
+        self._spawn(self.reconcile(grant_id, restart=True))
+
+    def wanted(self, grant_id: str) -> tuple[Grant, Target] | None:
+        grant, target = self.grants.get(grant_id), self.targets.get(grant_id)
+        if grant is None or target is None or not grant.active or grant.delivery not in PUSH:
+            return None
+        if not target.enabled:
+            return None
+        return grant, target
+
+    async def reconcile(self, grant_id: str, revoked: bool = False, restart: bool = False) -> None:
+        """Bring this process in line with the grant and target of ``grant_id`` (start, restart or stop)."""
+        async with self.locks[grant_id]:
+            want = self.wanted(grant_id)
+            runner = self.runners.get(grant_id)
+            if runner is not None and want is not None and (runner.grant, runner.target) == want and not restart:
+                return
+            if runner is not None:
+                del self.runners[grant_id]
+                await runner.stop()
+                log.info("stopped delivering %s", grant_id)
+            if revoked and grant_id not in self.grants:
+                await self._drop_consumers(grant_id)
+            if want is not None:
+                runner = Runner(self, *want)
+                try:
+                    await runner.start()
+                except Exception as exc:  # noqa: BLE001 - bad config (e.g. filter) must not kill the service
+                    log.error("cannot deliver %s: %s", grant_id, exc)
+                    await runner.stop()
+                    return
+                self.runners[grant_id] = runner
+            if self.on_change:
+                self.on_change(grant_id)
+
+    async def _drop_consumers(self, grant_id: str) -> None:
+        """A revoked integration's backlog is no longer anyone's: drop its consumers."""
+        for stream in PROTOCOL_STREAMS.values():
+            for name in (consumer_name(grant_id), replay_consumer(grant_id)):
+                try:
+                    await self.js.delete_consumer(stream, name)
+                except Exception:  # noqa: BLE001 - not there
+                    pass
+        try:
+            await self.js.delete_consumer(REDRIVE_STREAM, redrive_consumer(grant_id))
+        except Exception:  # noqa: BLE001
+            pass
+
+    async def disable(self, grant_id: str, reason: str) -> None:
+        """Switch the target off with a reason the portal shows; its backlog stays in the consumer."""
+        log.warning("disabling integration %s: %s", grant_id, reason)
+        self.metrics.inc("integrations_disabled", integration=grant_id)
+        try:
+            entry = await self.targets_kv.get(grant_id)
+            target = msgspec.json.decode(entry.value, type=Target)
+            if not target.enabled:
+                return
+            target.enabled, target.disabled_reason = False, reason
+            await self.targets_kv.update(grant_id, msgspec.json.encode(target), last=entry.revision)
+        except Exception as exc:  # noqa: BLE001 - changed concurrently: the newest config wins
+            log.warning("could not disable %s: %s", grant_id, exc)
+
+    def log_attempt(self, grant_id: str, entry: Attempt) -> None:
+        self._spawn(self._publish_attempt(grant_id, entry))
+
+    async def _publish_attempt(self, grant_id: str, entry: Attempt) -> None:
+        try:
+            await self.nc.publish(attempts_subject(grant_id), msgspec.json.encode(entry))
+        except Exception:  # noqa: BLE001 - the attempt log is best effort; counters still count
+            pass
+
+    async def flush_stats(self, runner: Runner) -> None:
+        if not runner.dirty:
+            return
+        runner.dirty = False
+        try:
+            await self.state.put(f"stats.{runner.grant.id}.{self.process_id}", msgspec.json.encode(runner.stats))
+        except Exception as exc:  # noqa: BLE001
+            runner.dirty = True
+            log.warning("could not save delivery stats of %s: %s", runner.grant.id, exc)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for runner in list(self.runners.values()):
+                await self.flush_stats(runner)
+
+    async def stop(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await self.grant_watcher.stop()
+        for watcher in self.watchers:
+            try:
+                await watcher.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        for task in list(self.pending):
+            task.cancel()
+        await asyncio.gather(*self.pending, *self.background, return_exceptions=True)
+        for runner in list(self.runners.values()):
+            await runner.stop()
+        self.runners.clear()
