@@ -54,3 +54,9 @@ def test_incomplete_store_is_an_error_not_a_silent_new_identity(tmp_path):
     (tmp_path / "nats-auth" / "HUB.nk").unlink()
     with pytest.raises(RuntimeError, match="incomplete"):
         AuthStore.ensure(tmp_path)
+
+
+def test_no_credential_for_a_suspended_grant(tmp_path):
+    auth = AuthStore.ensure(tmp_path)
+    with pytest.raises(ValueError, match="suspended"):
+        auth.consumer_creds(Grant(id="g2", consumer="acme", protocol="xapi", courses=["c"], status="suspended"))

@@ -194,6 +194,8 @@ class AuthStore:
         the public key to revoke it later. ``expires_in`` seconds sets the JWT ``exp``.
         """
         grant.validate()
+        if not grant.active:
+            raise ValueError(f"grant {grant.id} is {grant.status}: no credential for it")
         pub, sub = consumer_permissions(grant)
         expires = time.time() + expires_in if expires_in is not None else None
         text, user_pub = self._user_creds(f"consumer-{grant.consumer}-{grant.id}", self.hub_seed, pub, sub, expires)
