@@ -60,3 +60,12 @@ def test_no_credential_for_a_suspended_grant(tmp_path):
     auth = AuthStore.ensure(tmp_path)
     with pytest.raises(ValueError, match="suspended"):
         auth.consumer_creds(Grant(id="g2", consumer="acme", protocol="xapi", courses=["c"], status="suspended"))
+
+
+def test_a_revoked_service_credential_is_reissued(tmp_path):
+    auth = AuthStore.ensure(tmp_path)
+    path = auth.service_creds("publisher")
+    leaked = jwt.decode(jwt.creds_jwt(path.read_text()))["sub"]
+    auth.add_revocations([leaked])
+    fresh = jwt.decode(jwt.creds_jwt(auth.service_creds("publisher").read_text()))
+    assert fresh["sub"] != leaked and fresh["nats"]["pub"]["allow"][0] == "lms.>"

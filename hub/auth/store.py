@@ -164,15 +164,17 @@ class AuthStore:
     def service_creds(self, service: str, hub_consumer: str = "hub") -> Path:
         """The ``.creds`` file of a service user (``publisher``, ``hub``, ``deliverer``, ``portal``, ``admin``).
 
-        Created on first use and re-created when the permission table changed since (e.g. after an upgrade).
+        Created on first use; re-created when the permission table changed since (e.g. after an upgrade) or
+        the user was revoked (``rthub auth revoke`` of a leaked service credential, then restart the service).
         """
         pub, sub = service_permissions(service, hub_consumer)
         path = self.path / f"{service}.creds"
         with self._locked(self.path):
             if path.exists():
-                claims = jwt.decode(jwt.creds_jwt(path.read_text()), verify=False)["nats"]
-                if claims.get("pub", {}).get("allow") == pub and claims.get("sub", {}).get("allow") == sub \
-                        and claims.get("issuer_account", self.hub_pub) == self.hub_pub:
+                claims = jwt.decode(jwt.creds_jwt(path.read_text()), verify=False)
+                perms = claims["nats"]
+                if perms.get("pub", {}).get("allow") == pub and perms.get("sub", {}).get("allow") == sub \
+                        and claims["iss"] == self.hub_pub and claims["sub"] not in self.revocations():
                     return path
             text, _ = self._user_creds(f"rthub-{service}", self.hub_seed, pub, sub)
             write_private(path, text)
