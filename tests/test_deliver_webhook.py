@@ -183,3 +183,23 @@ async def test_revocation_stops_delivery_within_a_second(nc, js, nats_server):
     finally:
         await remove(js, gid)
         await rx.stop()
+
+
+async def test_continuous_failure_disables_after_the_configured_time(nc, js, nats_server):
+    from tests.deliver_kit import get_target
+
+    rx = await Receiver(lambda r: (500, {}, b"down")).start()
+    gid, site = await integration(js, "webhook", rx.url)
+    try:
+        async with deliverer(nc, nats_server.url, retry_schedule=["0.1s"] * 50, disable_after="0.5s") as d:
+            await delivering(d, gid)
+            await publish(js, site, "c1", statement())
+            await wait_for(lambda: gid not in d.runners, 5, "disabled after 0.5 s of failures")
+            target = await get_target(js, gid)
+            assert target.enabled is False and target.disabled_reason.startswith("failing continuously since")
+            assert "HTTP 500" in target.disabled_reason
+            assert 3 <= len(rx.requests) <= 10
+            assert (await integration_status(js, gid))["dead_letters"] == 0  # kept, not dropped
+    finally:
+        await remove(js, gid)
+        await rx.stop()

@@ -1,0 +1,99 @@
+"""Several deliverers sharing integrations, and ``rthub deliver`` as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import pytest
+
+from hub.deliver.service import Deliverer
+from hub.natsconn import connect
+from hub.settings import NatsSettings
+from tests.deliver_kit import deliverer, delivering, integration, publish, remove, settings, statement
+from tests.deliver_receivers import Receiver
+from tests.helpers import rthub_env, rthub_popen, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_two_deliverers_share_a_parallel_integration_without_duplicates(nc, js, nats_server):
+    rx = await Receiver().start()
+    gid, site = await integration(js, "webhook", rx.url, parallel=True)
+    nc2 = await connect(NatsSettings(nats_url=nats_server.url), "second")
+    try:
+        async with deliverer(nc, nats_server.url) as d1, deliverer(nc2, nats_server.url) as d2:
+            await delivering(d1, gid)
+            await delivering(d2, gid)
+            sts = [statement(i, f"c{i % 5}") for i in range(200)]
+            for st in sts:
+                await publish(js, site, f"c{sts.index(st) % 5}", st)
+            await wait_for(lambda: len(rx.requests) >= 200, 10, "200 deliveries")
+            assert sorted(r.headers["webhook-id"] for r in rx.requests) == sorted(s["id"] for s in sts)
+            assert d1.runners[gid].stats.delivered > 0 and d2.runners[gid].stats.delivered > 0
+    finally:
+        await nc2.close()
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def test_ordered_integration_has_one_active_deliverer_and_fails_over(nc, js, nats_server):
+    rx = await Receiver().start()
+    gid, site = await integration(js, "webhook", rx.url)
+    nc2 = await connect(NatsSettings(nats_url=nats_server.url), "second")
+    first = await Deliverer(nc, settings(nats_server.url)).start()
+    standby = None
+    try:
+        await delivering(first, gid)
+        standby = await Deliverer(nc2, settings(nats_server.url)).start()
+        await wait_for(lambda: gid in standby.runners, 5, "the stand-by has a runner")
+        for i in range(20):
+            await publish(js, site, "c1", statement(i))
+        await wait_for(lambda: len(rx.requests) == 20, 5, "first 20")
+        assert first.runners[gid].stats.delivered == 20
+        assert not standby.runners[gid].leader.is_set() and standby.runners[gid].stats.delivered == 0
+        await first.stop()  # releases the lease: the stand-by takes over
+        await delivering(standby, gid)
+        for i in range(20, 40):
+            await publish(js, site, "c1", statement(i))
+        await wait_for(lambda: len(rx.requests) == 40, 5, "next 20 via the stand-by")
+        assert [r.json()["result"]["extensions"]["urn:n"] for r in rx.requests] == list(range(40))
+    finally:
+        await first.stop()
+        if standby:
+            await standby.stop()
+        await nc2.close()
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def test_rthub_deliver_process_delivers_and_exits_cleanly_on_sigterm(js, nats_server):
+    rx = await Receiver().start()
+    gid, site = await integration(js, "webhook", rx.url)
+    env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_ACK_WAIT="2s")
+    proc = rthub_popen("deliver", env=env)
+    try:
+        from hub.grants import consumer_name
+        await wait_for(lambda: _has_consumer(js, consumer_name(gid)), 15, "the process creates the consumer")
+        sts = [statement(i) for i in range(5)]
+        for st in sts:
+            await publish(js, site, "c1", st)
+        await wait_for(lambda: len(rx.requests) == 5, 10, "5 delivered by the process")
+        assert [r.json() for r in rx.requests] == sts
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+        assert code == 0, proc.stderr.read().decode()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def _has_consumer(js, name):
+    try:
+        await js.consumer_info("XAPI", name)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
