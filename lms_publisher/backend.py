@@ -136,7 +136,8 @@ class NatsBackend:
 
         async def disconnected() -> None:
             self.connected = False
-            log.warning("rthub backend: NATS connection lost; spooling to %s", self.spool.dir)
+            if not self._closing:
+                log.warning("rthub backend: NATS connection lost; spooling to %s", self.spool.dir)
 
         async def reconnected() -> None:
             self.connected = True

@@ -1,0 +1,172 @@
+"""``rthub cluster up``: the compose.yaml topology as local processes, for machines without a container engine.
+
+Three nats-server processes on loopback form one JetStream cluster (R3 streams: ``RTHUB_STREAM_REPLICAS=3``),
+then two hubs, two deliverers, the portal and the demo publisher start, every one pointed at all three URLs.
+:class:`Cluster` is also what the fault drills use to kill a stream leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hub.natsserver import NatsServer, free_port, port_free, wait_port
+from hub.settings import HubSettings
+
+CLUSTER_NAME = "rthub"
+
+
+class Cluster:
+    """``size`` nats-servers with JetStream, clustered over loopback routes."""
+
+    def __init__(self, base_dir: Path | str, client_ports: list[int] | None = None,
+                 route_ports: list[int] | None = None, size: int = 3):
+        self.base_dir = Path(base_dir)
+        self.client_ports = client_ports or [free_port() for _ in range(size)]
+        self.route_ports = route_ports or [free_port() for _ in range(size)]
+        routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
+        self.nodes = [
+            NatsServer(port, self.base_dir / f"n{i + 1}", name=f"n{i + 1}", config=(
+                f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{self.route_ports[i]}", '
+                f"routes: [{routes}] }}"))
+            for i, port in enumerate(self.client_ports)
+        ]
+
+    @property
+    def url(self) -> str:
+        """All client URLs, comma-separated: what every service's ``RTHUB_NATS_URL`` is set to."""
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def node(self, server_name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.name == server_name)
+
+    def settings(self, **kw) -> HubSettings:
+        return HubSettings(nats_url=self.url, stream_replicas=len(self.nodes), **kw)
+
+    async def ready(self, timeout: float = 60.0) -> None:
+        """Wait for a JetStream meta leader, then create the R3 streams (retrying while the cluster settles)."""
+        from hub.natsconn import connect
+        from hub.streams import ensure_streams
+
+        settings = self.settings()
+        nc = await connect(settings, "rthub-cluster")
+        try:
+            js = nc.jetstream()
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await ensure_streams(js, settings)
+                    return
+                except Exception:  # noqa: BLE001 - no meta leader yet / stream leaders being elected
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
+        finally:
+            await nc.close()
+
+
+def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    out = open(log, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def run(args) -> int:
+    data_dir = Path(args.data_dir).resolve()
+    base = args.base_port
+    client_ports = [base, base + 1, base + 2]
+    route_ports = [base + 100, base + 101, base + 102]
+    taken = [p for p in client_ports + route_ports if not port_free(p)]
+    if taken:
+        print(f"rthub cluster up: ports {taken} are taken; choose others with --base-port N "
+              f"(uses N..N+2 for clients, N+100..N+102 for routes)", file=sys.stderr)
+        return 2
+    cluster = Cluster(data_dir / "cluster", client_ports, route_ports).start()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items()}
+    env.update(RTHUB_NATS_URL=cluster.url, RTHUB_STREAM_REPLICAS="3", RTHUB_DATA_DIR=str(data_dir))
+    children: dict[str, subprocess.Popen] = {}
+    try:
+        print("waiting for the JetStream cluster to elect a leader...", flush=True)
+        asyncio.run(cluster.ready())
+        for i in range(args.hubs):
+            children[f"hub-{i + 1}"] = _child(["hub", "--metrics-port", str(args.metrics_port + i)], env,
+                                              logs / f"hub-{i + 1}.log")
+        for i in range(args.deliverers):
+            children[f"deliverer-{i + 1}"] = _child(["deliver"], env, logs / f"deliverer-{i + 1}.log")
+        if args.portal_port:
+            children["portal"] = _child(["portal", "serve", "--port", str(args.portal_port)], env, logs / "portal.log")
+            wait_port(args.portal_port, 30)
+        if args.demo_rate > 0:
+            children["demo"] = _child(["demo", "--rate", str(args.demo_rate)], env, logs / "demo.log")
+        print("rthub cluster is up:")
+        for node in cluster.nodes:
+            print(f"  nats {node.name}      {node.url}  (routes 127.0.0.1:{route_ports[cluster.nodes.index(node)]}, "
+                  f"data {node.store_dir})")
+        for name, proc in children.items():
+            extra = ""
+            if name.startswith("hub-"):
+                extra = f"  metrics http://127.0.0.1:{args.metrics_port + int(name[4:]) - 1}/metrics"
+            elif name == "portal":
+                extra = f"  http://127.0.0.1:{args.portal_port}/"
+            print(f"  {name:<13} pid {proc.pid}{extra}")
+        print(f"  RTHUB_NATS_URL={cluster.url}")
+        print(f"  logs in {logs}; Ctrl-C stops everything.", flush=True)
+
+        stop = {"now": False}
+
+        def on_signal(signum, frame) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop["now"]:
+            for name, proc in list(children.items()):
+                if proc.poll() is not None:  # restart policy "always", as in compose.yaml
+                    print(f"rthub cluster: {name} exited with {proc.returncode}; restarting", file=sys.stderr,
+                          flush=True)
+                    children[name] = _child(proc.args[3:], env, logs / f"{name}.log")
+            time.sleep(0.5)
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        for proc in children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in children.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        cluster.stop()
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("cluster", help="run the production topology locally: 3-node NATS cluster and services")
+    csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+    up = csub.add_parser("up", help="3 nats-servers clustered on loopback, 2 hubs, 2 deliverers, portal, demo")
+    up.add_argument("--data-dir", default=os.environ.get("RTHUB_DATA_DIR", ".rthub"), help="state and logs")
+    up.add_argument("--base-port", type=int, default=14222,
+                    help="client ports N..N+2, route ports N+100..N+102 (default 14222)")
+    up.add_argument("--hubs", type=int, default=2)
+    up.add_argument("--deliverers", type=int, default=2)
+    up.add_argument("--portal-port", type=int, default=8080, help="0 = no portal")
+    up.add_argument("--metrics-port", type=int, default=9470, help="hub N serves metrics on this port + N - 1")
+    up.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second (0 = no demo publisher)")
+    up.set_defaults(func=run)
