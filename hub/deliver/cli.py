@@ -18,7 +18,7 @@ log = logging.getLogger("rthub.deliver")
 def add_parser(sub) -> None:
     p = sub.add_parser("deliver", help="push statements to webhooks, xAPI LRSs and Caliper endpoints")
     p.add_argument("--nats-url", help="NATS URL(s), comma-separated (default RTHUB_NATS_URL)")
-    p.add_argument("--metrics-port", type=int, help="serve /metrics and /health on this port")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics and /health here; 0 picks a free port, -1 none")
     p.set_defaults(func=run_deliver)
 
     p = sub.add_parser("deadletters", help="list or redrive an integration's dead letters")
@@ -167,7 +167,7 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     await ensure_delivery(js, settings)
     metrics = Metrics("deliver")
     metrics.healthy = lambda: nc.is_connected
-    port = await metrics.serve(settings.metrics_port) if settings.metrics_port else None
+    port = await metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
     deliverer = await Deliverer(nc, settings, metrics).start()
     log.info("deliverer running (%d integration(s))%s", len(deliverer.runners),
              f", metrics on http://127.0.0.1:{port}/metrics" if port else "")
