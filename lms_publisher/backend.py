@@ -22,7 +22,6 @@ import atexit
 import collections
 import logging
 import threading
-import time
 from typing import Any
 
 from hub.settings import from_env
@@ -147,20 +146,28 @@ class NatsBackend:
         nc = await connect(self.settings, "rthub-lms", connect_timeout=2, disconnected_cb=disconnected,
                            reconnected_cb=reconnected)
         self.connected = True
+        self._wake.set()
         return nc
+
+    async def _retry_connect(self):
+        await asyncio.sleep(1.0)
+        return await self._connect()
 
     async def _run(self) -> None:
         nc = js = None
-        next_try = 0.0
+        # nats-py retries a first connect forever (max_reconnect_attempts=-1): run it beside the loop, which
+        # spools meanwhile, so an LMS started while NATS is down loses nothing.
+        connecting: asyncio.Task | None = asyncio.create_task(self._connect())
         batch_max = self.settings.publish_batch
         while True:
-            if nc is None and time.monotonic() >= next_try:
+            if nc is None and connecting is not None and connecting.done():
                 try:
-                    nc = await self._connect()
+                    nc = connecting.result()
                     js = nc.jetstream()
-                except Exception as exc:  # noqa: BLE001 - NATS not reachable: spool and retry
+                    connecting = None
+                except Exception as exc:  # noqa: BLE001 - e.g. bad credentials: spool and retry
                     log.warning("rthub backend: cannot connect to NATS (%s); spooling", exc)
-                    next_try = time.monotonic() + 1.0
+                    connecting = asyncio.create_task(self._retry_connect())
             online = nc is not None and nc.is_connected
             if online and not self.spool.pending():
                 batch = [self._q.popleft() for _ in range(min(len(self._q), batch_max))]
@@ -182,6 +189,8 @@ class NatsBackend:
                     except TimeoutError:
                         pass
                 self._idle = False
+        if connecting is not None:
+            connecting.cancel()
         if nc is not None:
             try:
                 await asyncio.wait_for(nc.close(), 2)
