@@ -181,7 +181,9 @@ async def create_integration(request: Request) -> Template | Redirect:
     raw = await form_of(request)
     spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
     if errors:
-        shown = {k: v for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token")}
+        # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
+        shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
+                 for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token")}
         return page(request, "integration_new.html", status=400, form=shown, errors=errors)
     row = await portal_of(request).create_integration(user, spec)
     return go(f"/integrations/{row.key}", "Request sent: an administrator will review it.")
@@ -202,7 +204,7 @@ async def _detail(request: Request, row, secret: str | None = None, admin: bool 
     status = await portal.status(row)
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
                 requested=requested_scope(row), granted=granted_scope(row), stats=status, secret=secret,
-                secrets=await _safe_count(portal, row), example=portal.example(row) if row.delivery == "direct" else "",
+                secrets=await _safe_count(portal, row), example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
                 audit=await portal.audit_log(50, row.key), **extra)
 
 

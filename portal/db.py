@@ -15,6 +15,9 @@ from piccolo.engine.sqlite import SQLiteEngine
 from portal.settings import PortalSettings
 
 log = logging.getLogger("rthub.portal.db")
+# aiosqlite logs every statement with its parameters at DEBUG: that would put password hashes, session
+# token hashes and not-yet-shown webhook secrets into logs. Keep it quiet whatever the root level is.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def engine_for(settings: PortalSettings) -> Engine:

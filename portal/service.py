@@ -87,7 +87,9 @@ class Portal:
         self.settings = settings
         self._nc = None
         self._lock = asyncio.Lock()
+        # Per e-mail (guessing one password) and, looser, per address (spraying many accounts; NAT-shared).
         self.limiter = security.LoginLimiter(settings.login_max_failures, settings.login_window_s)
+        self.ip_limiter = security.LoginLimiter(settings.login_max_failures * 4, settings.login_window_s)
 
     # ---- NATS ---------------------------------------------------------------------------------------
     async def nc(self):
@@ -145,18 +147,18 @@ class Portal:
     async def login(self, email: str, password: str, client: str) -> str:
         """A session token for good credentials; failures are counted per address and per e-mail."""
         email = email.strip().lower()[:254]
-        keys = (f"email:{email}", f"ip:{client}")
-        wait = self.limiter.blocked_for(*keys)
+        wait = max(self.limiter.blocked_for(email), self.ip_limiter.blocked_for(client))
         if wait > 0:
             raise PortalError(f"Too many failed log-ins; try again in {int(wait // 60) + 1} minute(s).", 429)
         account = await Account.objects().get(Account.email == email)
         ok = await asyncio.to_thread(security.verify_password, password,
                                      account.password_hash if account else _DUMMY_HASH)
         if not account or not ok:
-            self.limiter.failed(*keys)
+            self.limiter.failed(email)
+            self.ip_limiter.failed(client)
             log.info("failed login from %s", client)
             raise PortalError("Wrong e-mail address or password.", 401)
-        self.limiter.succeeded(*keys)
+        self.limiter.succeeded(email)
         token = security.new_session_token()
         expires = now() + dt.timedelta(hours=self.settings.session_hours)
         await WebSession(token_hash=security.sha256(token), account=account.id, expires=expires).save()
@@ -328,15 +330,22 @@ class Portal:
         await self.audit(actor.email, "integration.deny", row.key, reason)
         return row
 
-    async def _cut_off(self, row: Integration) -> None:
-        """Revoke every direct credential issued for ``row`` (hub.auth pushes the account update)."""
+    async def _cut_off(self, row: Integration, actor: Account) -> None:
+        """Revoke every direct credential issued for ``row`` (hub.auth pushes the account update).
+
+        Called after the grant is gone; a failed push is audited and logged, never swallowed silently.
+        """
         users = _load(row.issued_users)
-        if users:
-            auth = self.auth()
-            store = auth.AuthStore.ensure(self.settings.data_dir)
-            nc = await self.nc()
-            for user_pub in users:
-                await store.revoke(nc, user_pub)
+        if not users:
+            return
+        store = self.auth().AuthStore.ensure(self.settings.data_dir)
+        try:
+            await store.revoke(await self.nc(), users)
+        except Exception as exc:  # noqa: BLE001 - reported below; the grant is already removed
+            log.error("revoking credentials of %s failed: %s", row.key, exc)
+            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
+            raise PortalError(f"The grant is removed, but pushing the credential revocation failed ({exc}).", 502) from None
+        await self.audit(actor.email, "creds.revoke", row.key, f"{len(users)} credential(s) revoked")
 
     async def suspend(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
@@ -344,14 +353,13 @@ class Portal:
             raise PortalError(f"Only an approved integration can be suspended (this one is {row.status}).", 409)
         js = await self.js()
         await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
-        if row.delivery == "direct":
-            await self._cut_off(row)
-            row.issued_users = "[]"
-        else:
+        if row.delivery != "direct":
             old = await self._get_target(row.key)
             await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
         await self._save(row, status="suspended", decided_by=actor.email, decision_reason=reason)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
+        await self._cut_off(row, actor)
+        await self._save(row, issued_users="[]")
         return row
 
     async def resume(self, actor: Account, key: str) -> Integration:
@@ -371,12 +379,12 @@ class Portal:
             js = await self.js()
             await delete_grant(js, row.key)
             await self._delete_target(row.key)
-            await self._cut_off(row)
             with contextlib.suppress(Exception):
                 await js.delete_consumer(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
-        await self._save(row, status="revoked", decided_by=actor.email, decision_reason=reason,
-                         pending_secret=None, issued_users="[]")
+        await self._save(row, status="revoked", decided_by=actor.email, decision_reason=reason, pending_secret=None)
         await self.audit(actor.email, "integration.revoke", row.key, reason)
+        await self._cut_off(row, actor)
+        await self._save(row, issued_users="[]")
         return row
 
     async def take_pending_secret(self, row: Integration) -> str | None:
@@ -427,17 +435,13 @@ class Portal:
         return creds
 
     def example(self, row: Integration) -> str:
-        """Copy-paste subscriber for a direct integration (hub.auth's when it offers one)."""
+        """Copy-paste nats-py subscriber for a direct integration (written by hub.auth)."""
         try:
-            import hub.auth as auth_mod
-
-            grant = grant_of(row, "")
-            if hasattr(auth_mod, "example_subscriber"):
-                return auth_mod.example_subscriber(grant, consumer_name(row.key))
-        except (ModuleNotFoundError, ValueError):
-            pass
-        return _EXAMPLE.format(url=self.settings.nats_url_for_consumers(), stream=PROTOCOL_STREAMS[row.protocol],
-                               consumer=consumer_name(row.key), key=row.key)
+            auth = self.auth()
+        except PortalError as exc:
+            return exc.message
+        return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
+                                       servers=self.settings.nats_url_for_consumers(), creds_file=f"{row.key}.creds")
 
     async def status(self, row: Integration) -> dict[str, Any]:
         """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
@@ -476,22 +480,3 @@ def _scope_text(scope: Scope) -> str:
 
 
 _DUMMY_HASH = security.hash_password("not-a-real-password", n=2**15)
-
-_EXAMPLE = '''import asyncio, json, nats
-
-async def main():
-    nc = await nats.connect("{url}", user_credentials="{key}.creds",
-                            inbox_prefix=b"_INBOX_{key}")
-    js = nc.jetstream()
-    sub = await js.pull_subscribe_bind(durable="{consumer}", stream="{stream}",
-                                       inbox_prefix=b"_INBOX_{key}.js")
-    while True:
-        try:
-            for msg in await sub.fetch(100, timeout=5):
-                print(msg.subject, json.loads(msg.data).get("verb", {{}}).get("id"))
-                await msg.ack()
-        except nats.errors.TimeoutError:
-            pass
-
-asyncio.run(main())
-'''

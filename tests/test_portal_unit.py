@@ -1,0 +1,118 @@
+"""Pure portal code: request validation, scope narrowing, password hashing, the login limiter (no I/O)."""
+
+from __future__ import annotations
+
+from portal import security
+from portal.validation import Scope, check_narrowing, check_url, split_list, validate_request, validate_signup
+
+SITES = {"default", "campus"}
+
+
+def req(**kw):
+    base = {"name": "Engine", "protocol": "xapi", "delivery": "webhook", "url": "https://hooks.example.org/x",
+            "courses": "course-v1:edX+DemoX+Demo_Course"}
+    base.update(kw)
+    return validate_request(base, SITES)
+
+
+def test_valid_webhook_request():
+    spec, errors = req(orgs="edX, MITx", event_types="edx.video.played\nproblem_check")
+    assert errors == {}
+    assert spec.scope.orgs == ["edX", "MITx"] and spec.scope.event_types == ["edx.video.played", "problem_check"]
+    assert spec.url == "https://hooks.example.org/x" and spec.auth_kind == "none"
+
+
+def test_url_errors_are_clear():
+    for bad in ("ftp://x.org/", "not a url", "https://", "javascript:alert(1)", "http://x.org:99999/",
+                "https://" + "a" * 3000 + ".org"):
+        errors: dict[str, str] = {}
+        assert check_url(bad, errors) is None, bad
+        assert errors["url"]
+    errors = {}
+    assert check_url("https://user:pw@lrs.example.org/", errors) is None
+    assert "credentials" in errors["url"]
+
+
+def test_lrs_needs_credentials_and_matching_protocol():
+    _, errors = req(delivery="lrs", url="https://lrs.example.org/xapi")
+    assert "basic_auth" in errors
+    spec, errors = req(delivery="lrs", url="https://lrs.example.org/xapi", basic_auth="key:secret")
+    assert errors == {} and spec.auth_kind == "basic" and spec.auth_value == "key:secret"
+    _, errors = req(delivery="lrs", protocol="caliper", url="https://lrs.example.org/", bearer="t")
+    assert "protocol xapi" in errors["delivery"]
+    _, errors = req(delivery="caliper", protocol="caliper", url="https://c.example.org/")
+    assert "bearer" in errors
+
+
+def test_direct_needs_no_url_and_unknown_sites_are_named():
+    spec, errors = req(delivery="direct", url="")
+    assert errors == {} and spec.url is None
+    _, errors = req(sites=["default", "mars"])
+    assert "'mars'" in errors["sites"] and "campus" in errors["sites"]
+
+
+def test_scope_required_and_malformed_keys_rejected():
+    _, errors = req(courses="")
+    assert "at least one" in errors["scope"]
+    _, errors = req(courses="course-v1:edX+Demo<script>+x")
+    assert "course key" in errors["courses"]
+    _, errors = req(orgs="ed X;drop")
+    assert "organisation" in errors["orgs"]
+
+
+def test_hostile_text():
+    _, errors = req(name="x" * 101)
+    assert "At most 100" in errors["name"]
+    _, errors = req(name="evil\u202egnp.exe")
+    assert "text-direction" in errors["name"]
+    _, errors = req(name="nul\x00byte")
+    assert "control" in errors["name"]
+    spec, errors = req(name="<script>alert('x')</script> 學習 🎓")
+    assert errors == {} and spec.name.startswith("<script>")
+    _, errors = validate_request({"name": "x", "reason": "r" * 5000}, SITES, max_text=2000)
+    assert "At most 2000" in errors["reason"]
+
+
+def test_narrowing_only():
+    asked = Scope(sites=["default"], courses=["course-v1:a+b+c", "course-v1:a+b+d"])
+    assert check_narrowing(asked, Scope(sites=["default"], courses=["course-v1:a+b+c"])) == {}
+    assert "not requested" in check_narrowing(asked, Scope(sites=["default"], courses=["course-v1:x+y+z"]))["courses"]
+    assert "widen" in check_narrowing(asked, Scope(sites=["default"]))["courses"]
+    # "any" requested: the administrator may restrict it
+    assert check_narrowing(Scope(orgs=["edX"]), Scope(orgs=["edX"], event_types=["edx.video.played"])) == {}
+
+
+def test_split_list_and_signup():
+    assert split_list("a, b\nb  c") == ["a", "b", "c"]
+    assert split_list(["x", " x ", ""]) == ["x"]
+    values, errors = validate_signup({"email": "A@Example.ORG", "name": "A", "password": "short"})
+    assert values["email"] == "a@example.org" and "10 characters" in errors["password"]
+    _, errors = validate_signup({"email": "nope", "name": "A", "password": "long enough pw"})
+    assert "e-mail" in errors["email"]
+
+
+def test_password_hash_roundtrip_and_secrets_format():
+    stored = security.hash_password("correct horse battery", n=2**12)
+    assert stored.startswith("scrypt$4096$") and "correct" not in stored
+    assert security.verify_password("correct horse battery", stored)
+    assert not security.verify_password("wrong", stored)
+    assert not security.verify_password("x", "garbage")
+    secret = security.new_webhook_secret()
+    import base64
+
+    assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) >= 24
+    key = security.new_integration_key()
+    assert key[0] == "i" and len(key) == 17
+
+
+def test_login_limiter_window():
+    now = [1000.0]
+    limiter = security.LoginLimiter(3, 60, clock=lambda: now[0])
+    for _ in range(3):
+        assert limiter.blocked_for("ip:1") == 0
+        limiter.failed("ip:1", "email:a")
+    assert limiter.blocked_for("email:a") == 60
+    now[0] += 30
+    assert 29 < limiter.blocked_for("ip:1") <= 30
+    now[0] += 31
+    assert limiter.blocked_for("ip:1", "email:a") == 0
