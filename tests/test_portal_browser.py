@@ -1,0 +1,194 @@
+"""The whole portal flow in real headless Chromium against `rthub portal serve` and a nats-server in operator
+mode: sign up, request a direct subscription, an administrator approves, the consumer downloads the `.creds`,
+a nats-py client with it receives its course's statements and is refused elsewhere; revocation cuts it off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+
+from hub.auth import AuthStore, creds_inbox_prefix
+from hub.grants import consumer_name
+from hub.natsserver import NatsServer, free_port, wait_port
+from hub.settings import HubSettings
+from hub.streams import ensure_streams
+from hub.subjects import subject
+from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+COURSE = "course-v1:edX+DemoX+Demo_Course"
+OTHER = "course-v1:edX+Other+2025"
+PASSWORD = "browser test password"
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("portal-browser")
+
+
+@pytest.fixture(scope="module")
+def op_server(data_dir):
+    auth = AuthStore.ensure(data_dir)
+    server = NatsServer(free_port(), data_dir / "nats", config=auth.server_config(data_dir / "nats" / "resolver"),
+                        name="portal-op").start()
+    yield server
+    server.stop()
+
+
+class Client:
+    """A nats-py client that records permission errors and disconnects."""
+
+    def __init__(self):
+        self.errors: list[str] = []
+        self.disconnected = asyncio.Event()
+        self.nc = None
+
+    async def connect(self, url: str, creds: str, **kw) -> Client:
+        async def on_error(exc):
+            self.errors.append(str(exc))
+
+        async def on_disconnect():
+            self.disconnected.set()
+
+        self.nc = await nats.connect(servers=[url], user_credentials=creds, error_cb=on_error,
+                                     disconnected_cb=on_disconnect, connect_timeout=3, **kw)
+        return self
+
+    def violated(self, text: str) -> bool:
+        # nats-py lower-cases the server's error text
+        return any("permissions violation" in e.lower() and text.lower() in e.lower() for e in self.errors)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def admin_nc(op_server, data_dir):
+    auth = AuthStore.ensure(data_dir)
+    client = await Client().connect(op_server.url, str(auth.service_creds("admin")))
+    await ensure_streams(client.nc.jetstream(), HubSettings(nats_url=op_server.url))
+    yield client.nc
+    await client.nc.close()
+
+
+@pytest.fixture(scope="module")
+def portal_url(op_server, data_dir, admin_nc):
+    auth = AuthStore.ensure(data_dir)
+    port = free_port()
+    env = rthub_env(op_server.url, RTHUB_DATA_DIR=str(data_dir), RTHUB_NATS_CREDS=str(auth.service_creds("portal")),
+                    RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}))
+    made = rthub("portal", "create-admin", "--email", "admin@example.org", "--password-stdin", env=env,
+                 input=(PASSWORD + "\n").encode())
+    assert made.returncode == 0, made.stderr.decode()
+    assert b"administrator admin@example.org ready" in made.stdout and PASSWORD.encode() not in made.stdout
+    proc = rthub_popen("portal", "serve", env=env)
+    try:
+        wait_port(port, 30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=15)
+        logs = out + err
+        assert b"whsec_" not in logs and b"SUAM" not in logs and PASSWORD.encode() not in logs
+
+
+async def fill_and_submit(page, fields: dict[str, str], button: str = "button[type=submit]"):
+    for name, value in fields.items():
+        await page.fill(f"[name={name}]", value)
+    async with page.expect_navigation():
+        await page.click(button)
+
+
+async def test_signup_to_live_statements_and_revocation(portal_url, op_server, admin_nc, tmp_path):
+    from playwright.async_api import async_playwright
+
+    email = f"{unique('b')}@example.org"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            consumer = await (await browser.new_context(accept_downloads=True)).new_page()
+            await consumer.goto(portal_url + "/signup")
+            await fill_and_submit(consumer, {"email": email, "name": "Adaptive <b>Engine</b>", "password": PASSWORD})
+            assert consumer.url.endswith("/integrations")
+            await consumer.click("text=Request access to events")
+            await consumer.check("input[name=protocol][value=xapi]")
+            await consumer.select_option("select[name=delivery]", "direct")
+            await consumer.check("input[name=sites][value=default]")
+            await fill_and_submit(consumer, {"name": "Live hints", "courses": COURSE, "reason": "real-time hints"})
+            assert await consumer.inner_text("#status") == "pending"
+            key = consumer.url.split("/integrations/")[1].split("?")[0]
+
+            admin = await (await browser.new_context()).new_page()
+            await admin.goto(portal_url + "/login")
+            await fill_and_submit(admin, {"email": "admin@example.org", "password": PASSWORD})
+            await admin.goto(portal_url + "/admin")
+            async with admin.expect_navigation():
+                await admin.click(f"a[href='/admin/integrations/{key}']")
+            assert "real-time hints" in await admin.inner_text("#reason")
+            async with admin.expect_navigation():
+                await admin.click("#approve")
+            assert await admin.inner_text("#status") == "approved"
+
+            await consumer.reload()
+            assert await consumer.inner_text("#status") == "approved"
+            example = await consumer.inner_text("#example")
+            assert consumer_name(key) in example and "pull_subscribe_bind" in example
+            async with consumer.expect_download() as info:
+                await consumer.click("#download-creds")
+            creds = tmp_path / f"{key}.creds"
+            await (await info.value).save_as(creds)
+            text = creds.read_text()
+            assert "BEGIN NATS USER JWT" in text and "BEGIN USER NKEY SEED" in text
+            assert "SUAM" not in await consumer.content()
+            await consumer.screenshot(path=str(tmp_path / "integration.png"), full_page=True)
+
+            live = await Client().connect(op_server.url, str(creds), inbox_prefix=creds_inbox_prefix(creds))
+            js = live.nc.jetstream()
+            sub = await js.pull_subscribe_bind(durable=consumer_name(key), stream="XAPI")
+            admin_js = admin_nc.jetstream()
+            mine = subject("xapi", "default", "edX", COURSE, "http://adlnet.gov/expapi/verbs/played")
+            other = subject("xapi", "default", "edX", OTHER, "http://adlnet.gov/expapi/verbs/played")
+            await admin_js.publish(other, b'{"id": "other"}')
+            await admin_js.publish(mine, b'{"id": "mine"}')
+            msgs = await sub.fetch(5, timeout=5)
+            assert [json.loads(m.data)["id"] for m in msgs] == ["mine"] and msgs[0].subject == mine
+            await msgs[0].ack()
+
+            await live.nc.subscribe(other)
+            await wait_for(lambda: live.violated(other), 5, "refused on another course subject")
+            await live.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name('iforeign0000000')}", b"1")
+            await wait_for(lambda: live.violated("iforeign"), 5, "refused on another consumer's durable")
+            await live.nc.subscribe("_INBOX.>")
+            await wait_for(lambda: live.violated("_INBOX.>"), 5, "refused on _INBOX.>")
+
+            await admin.fill("form[action$='/revoke'] input[name=reason]", "end of pilot")
+            async with admin.expect_navigation():
+                await admin.click("#revoke")
+            assert await admin.inner_text("#status") == "revoked"
+            await asyncio.wait_for(live.disconnected.wait(), 5)
+            with pytest.raises(Exception):  # noqa: B017 - nats-py raises several error types for a refused user
+                again = await nats.connect(servers=[op_server.url], user_credentials=str(creds),
+                                           inbox_prefix=creds_inbox_prefix(creds), connect_timeout=2,
+                                           max_reconnect_attempts=0, allow_reconnect=False)
+                await again.close()
+            await live.nc.close()
+
+            await admin.goto(portal_url + "/admin/audit")
+            audit = await admin.inner_text("#audit")
+            for action in ("integration.request", "integration.approve", "creds.issue", "integration.revoke",
+                           "creds.revoke"):
+                assert action in audit
+            assert "end of pilot" in audit and "SUAM" not in audit
+            await consumer.reload()
+            assert await consumer.inner_text("#status") == "revoked"
+            assert "Adaptive <b>Engine</b>" in await consumer.inner_text("header")  # shown as text, not markup
+        finally:
+            await browser.close()
