@@ -1,0 +1,161 @@
+"""`rthub integration add|list|approve|revoke` and `rthub portal create-admin` in subprocesses, against the
+suite's nats-server and a SQLite portal database; plus the same schema on PostgreSQL where reachable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import msgspec
+import pytest
+
+from hub.grants import Target, decode_grant
+from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from tests.helpers import rthub, rthub_env, unique, wait_for
+
+COURSE = "course-v1:edX+DemoX+Demo_Course"
+
+
+@pytest.fixture(scope="module")
+def env(nats_server, tmp_path_factory):
+    return rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path_factory.mktemp("portal-cli")))
+
+
+async def kv_value(js, bucket, key):
+    kv = await js.key_value(bucket)
+    try:
+        return (await kv.get(key)).value or None
+    except Exception:  # noqa: BLE001 - missing or deleted
+        return None
+
+
+def run(*args, env, ok=True, **kw):
+    done = rthub(*args, env=env, **kw)
+    if ok:
+        assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return done
+
+
+async def test_add_lrs_list_revoke(env, js):
+    user = unique("ops")
+    out = run("integration", "add", "--name", "Campus LRS", "--protocol", "xapi", "--course", COURSE,
+              "--lrs-url", "https://lrs.example.org/xapi", "--basic-auth", "key:s3cret", "--owner",
+              f"{user}@example.org", env=env).stdout.decode()
+    key = out.split()[1]
+    assert out.startswith(f"integration {key} approved (xapi via lrs)") and "s3cret" not in out
+    grant = decode_grant(await kv_value(js, GRANTS_BUCKET, key))
+    assert grant.courses == [COURSE] and grant.delivery == "lrs" and grant.consumer == f"{user}@example.org"
+    target = msgspec.json.decode(await kv_value(js, TARGETS_BUCKET, key), type=Target)
+    assert target.kind == "lrs" and target.url == "https://lrs.example.org/xapi" and target.basic_auth == "key:s3cret"
+
+    listed = json.loads(run("integration", "list", "--json", env=env).stdout)
+    mine = next(r for r in listed if r["id"] == key)
+    assert mine["status"] == "approved" and mine["granted"]["courses"] == [COURSE] and "s3cret" not in json.dumps(listed)
+    assert key in run("integration", "list", "--status", "approved", env=env).stdout.decode()
+
+    done = run("integration", "revoke", key, "--reason", "decommissioned", env=env)
+    assert f"integration {key} revoked" in done.stdout.decode()
+
+    async def gone():
+        return await kv_value(js, GRANTS_BUCKET, key) is None and await kv_value(js, TARGETS_BUCKET, key) is None
+
+    await wait_for(gone, 1.0, "grant and target removed")
+    again = run("integration", "revoke", key, env=env, ok=False)
+    assert again.returncode == 2 and b"already revoked" in again.stderr
+
+
+async def test_add_webhook_prints_secret_once_and_validates(env, js):
+    out = run("integration", "add", "--name", "Hook", "--protocol", "caliper", "--org", "edX", "--event-type",
+              "edx.video.played", "--webhook-url", "https://hooks.example.org/c", env=env).stdout.decode()
+    key = out.split()[1]
+    secret = out.split("webhook signing secret (shown once): ")[1].split()[0]
+    target = msgspec.json.decode(await kv_value(js, TARGETS_BUCKET, key), type=Target)
+    assert target.secrets == [secret] and secret.startswith("whsec_")
+    assert secret not in run("integration", "list", "--json", env=env).stdout.decode()
+
+    bad = run("integration", "add", "--name", "x", "--protocol", "xapi", "--site", "mars", "--webhook-url",
+              "ftp://nope", env=env, ok=False)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and "url: Not a valid http" in err and "Unknown site 'mars'" in err
+    both = run("integration", "add", "--name", "x", "--protocol", "xapi", "--course", COURSE, "--direct",
+               "--webhook-url", "https://h.example.org/", env=env, ok=False)
+    assert both.returncode == 2 and b"exactly one of" in both.stderr
+
+
+async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
+    made = run("portal", "create-admin", "--email", "ops@example.org", "--password-stdin", env=env,
+               input=b"an admin password\n")
+    assert b"administrator ops@example.org ready" in made.stdout
+    short = run("portal", "create-admin", "--email", "x@example.org", "--password-stdin", env=env,
+                input=b"short\n", ok=False)
+    assert short.returncode == 2 and b"at least 10" in short.stderr
+
+    # a consumer's pending request (made through the service layer, as the pages do), approved from the CLI
+    from hub.settings import from_env
+    from portal import db
+    from portal.service import Portal
+    from portal.settings import PortalSettings
+    from portal.validation import validate_request
+
+    settings = from_env(PortalSettings, env=env)
+    spec, errors = validate_request({"name": "Req", "protocol": "xapi", "delivery": "webhook",
+                                     "url": "https://h.example.org/x", "courses": [COURSE, "course-v1:a+b+c"]},
+                                    set(settings.sites))
+    assert errors == {}
+    engine = await db.migrate(settings)
+    portal = Portal(settings)
+    account = await portal.create_account(f"{unique('u')}@example.org", "U", "consumer password")
+    key = (await portal.create_integration(account, spec)).key
+    await portal.close()
+    await db.close(engine)
+
+    widen = await asyncio.to_thread(run, "integration", "approve", key, "--course", "course-v1:x+y+z", env=env, ok=False)
+    assert widen.returncode == 2 and b"only narrow" in widen.stderr
+    await asyncio.to_thread(run, "integration", "approve", key, "--course", COURSE, env=env)
+    assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).courses == [COURSE]
+    await asyncio.to_thread(run, "integration", "suspend", key, "--reason", "maintenance", env=env)
+    assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).status == "suspended"
+
+
+def _postgres_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+async def test_portal_on_postgresql(nats_server, tmp_path):
+    if not _postgres_up():
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+    import asyncpg
+
+    url = "postgresql://postgres@127.0.0.1:5432/test"
+    schema = unique("portal_")
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    await conn.close()
+    try:
+        env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path),
+                        RTHUB_DATABASE_URL=f"{url}?options=-csearch_path%3D{schema}")
+        made = await asyncio.to_thread(run, "portal", "create-admin", "--email", "pg@example.org", "--password-stdin",
+                                       env=env, input=b"postgres admin pw\n")
+        assert b"ready" in made.stdout
+        out = (await asyncio.to_thread(run, "integration", "add", "--name", "PG", "--protocol", "xapi", "--course",
+                                       COURSE, "--webhook-url", "https://h.example.org/pg", env=env)).stdout.decode()
+        key = out.split()[1]
+        listed = json.loads((await asyncio.to_thread(run, "integration", "list", "--json", env=env)).stdout)
+        assert [r["id"] for r in listed] == [key]
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch(f"SELECT key, status FROM {schema}.portal_integration")
+            assert [(r["key"], r["status"]) for r in rows] == [(key, "approved")]
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.migration WHERE app_name = 'portal'") == 1
+        finally:
+            await conn.close()
+    finally:
+        conn = await asyncpg.connect(url)
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
