@@ -16,7 +16,6 @@ class PublisherSettings(NatsSettings, kw_only=True):
 
     site: str = "default"
     allow_events: list[str] = msgspec.field(default_factory=list)
-    publish_in_flight: int = 4000
     publish_batch: int = 1000
     publish_ack_timeout_s: float = 5.0
     queue_size: int = 10_000
