@@ -59,7 +59,12 @@ def stop_hubs(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         p.send_signal(signal.SIGTERM)
     for p in procs:
-        p.wait(30)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            print(f"hub {p.pid} did not stop within 30 s of SIGTERM; killed", file=sys.stderr)
+            p.kill()
+            p.wait()
 
 
 async def stored(js, stream: str, course: str) -> int:
@@ -138,7 +143,9 @@ async def main(n: int) -> None:
             js = nc.jetstream()
             await ensure_streams(js, settings)
             one = await throughput(server.url, js, 1, n, tmp)
+            print(f"one hub: {one:.0f} events/s", file=sys.stderr, flush=True)
             two = await throughput(server.url, js, 2, n, tmp)
+            print(f"two hubs: {two:.0f} events/s", file=sys.stderr, flush=True)
             lat = await latency(server.url, nc, js, tmp)
             await nc.close()
         finally:
