@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hub.events import InvalidEvent, normalize
@@ -62,39 +63,72 @@ class Hub:
                          for site, url in settings.sites.items()}
         self.supported = {p: supported(p) for p in ("xapi", "caliper")}
         self.last_fetch = time.monotonic()
-        self._psub = None
-        self._courses_task: asyncio.Task | None = None
 
     async def start(self) -> Hub:
         self.nc = await connect(self.s, "rthub-hub")
         self.js = self.nc.jetstream(timeout=10)
         await ensure_streams(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
-        self._courses_task = asyncio.create_task(self.courses.watch(self.js))
+        await self.courses.watch(self.js)
         config = ConsumerConfig(
             durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=30, max_ack_pending=max(4 * self.s.batch_size, 2000), max_deliver=-1,
         )
-        self._psub = await self.js.pull_subscribe("lms.>", durable=self.s.hub_consumer, stream=RAW_STREAM,
-                                                  config=config)
+        try:
+            await self.js.add_consumer(RAW_STREAM, config)
+        except nats.js.errors.BadRequestError as exc:  # changed settings: keep the existing consumer
+            log.warning("hub consumer exists with other settings, using it as is: %s", exc)
         return self
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fetch and process batches until ``stop`` is set; the batch in hand is always finished first."""
-        while not stop.is_set():
-            try:
-                msgs = await self._psub.fetch(self.s.batch_size, timeout=0.5)
-            except nats.errors.TimeoutError:
+        """Process batches until ``stop`` is set; the batch in hand is always finished first.
+
+        Pull requests are kept outstanding and each batch is whatever has arrived, so an event is processed
+        as soon as it lands (nats-py's ``fetch(n)`` waits for a full batch or its timeout once traffic
+        trickles, which would add up to that timeout to every event's latency).
+        """
+        api = f"$JS.API.CONSUMER.MSG.NEXT.{RAW_STREAM}.{self.s.hub_consumer}"
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def on_msg(msg) -> None:
+            queue.put_nowait(msg)
+
+        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=on_msg)
+        batch_size, expires = self.s.batch_size, 5.0
+        outstanding, asked_at = 0, 0.0
+        try:
+            while not stop.is_set():
+                if outstanding <= batch_size:
+                    want = 2 * batch_size - outstanding
+                    request = {"batch": want, "expires": int(expires * 1e9)}
+                    await self.nc.publish(api, msgspec.json.encode(request), reply=sub.subject)
+                    outstanding, asked_at = outstanding + want, time.monotonic()
+                try:
+                    first = await asyncio.wait_for(queue.get(), 0.5)
+                except TimeoutError:
+                    self.last_fetch = time.monotonic()
+                    if time.monotonic() - asked_at > expires + 1:
+                        outstanding = 0  # requests lost (e.g. a reconnect) expire silently
+                    continue
                 self.last_fetch = time.monotonic()
-                continue
-            except (nats.errors.ConnectionClosedError, nats.errors.NoServersError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - server hiccup (leader change, reconnect): retry
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(0.2)
-                continue
-            self.last_fetch = time.monotonic()
-            await self.process(msgs)
+                batch = [first]
+                while len(batch) < batch_size and not queue.empty():
+                    batch.append(queue.get_nowait())
+                msgs = []
+                for msg in batch:
+                    if msg.headers and msg.headers.get("Status") and not msg.data:
+                        outstanding = 0  # 404/408/409: the request ended; ask again
+                        continue
+                    outstanding = max(0, outstanding - 1)
+                    msgs.append(msg)
+                if msgs:
+                    await self.process(msgs)
+        finally:
+            await sub.unsubscribe()
+            while not queue.empty():  # delivered but never processed: give them back at once
+                msg = queue.get_nowait()
+                if msg.reply and msg.reply.startswith("$JS.ACK"):
+                    await msg.nak()
 
     async def process(self, msgs: list) -> None:
         js, m = self.js, self.metrics
@@ -172,10 +206,15 @@ class Hub:
     async def close(self) -> None:
         if self.grants:
             await self.grants.stop()
-        if self._courses_task:
-            self._courses_task.cancel()
+        await self.courses.stop()
         if self.nc and not self.nc.is_closed:
-            await self.nc.drain()
+            # Every fetched message was acked or nak'ed before run() returned; flush the acks and close
+            # (drain() waits on the watchers' ordered consumers until its 30 s timeout).
+            try:
+                await self.nc.flush(5)
+            except Exception as exc:  # noqa: BLE001 - disconnected: unacked messages are redelivered
+                log.warning("flush at close failed: %s", exc)
+            await self.nc.close()
 
 
 async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=None) -> int:

@@ -84,7 +84,7 @@ class Collector:
     def __init__(self):
         self.msgs = []
 
-    async def __call__(self, msg):
+    async def on(self, msg):
         self.msgs.append(msg)
 
     def ids(self) -> list[str]:
@@ -97,9 +97,9 @@ async def test_granted_course_flows_other_course_does_not(js, running_hub, setti
     got = Collector()
     everything = Collector()
     nc = js._nc
-    await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got)
-    await nc.subscribe("xapi.>", cb=everything)
-    await nc.subscribe("caliper.>", cb=everything)
+    await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
+    await nc.subscribe("xapi.>", cb=everything.on)
+    await nc.subscribe("caliper.>", cb=everything.on)
     await publish(js, video_event(OTHER), course=OTHER, org="MITx")
     await publish(js, video_event(COURSE))
     await wait_for(lambda: len(got.msgs) == 1, 10, "statement of the granted course")
@@ -119,7 +119,7 @@ async def test_site_sets_the_lms_root_url(js, running_hub):
     await put_grant(js, Grant(id="north", consumer="uni", protocol="caliper", sites=["north"]))
     await wait_for(lambda: "north" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("caliper.north.>", cb=got)
+    await js._nc.subscribe("caliper.north.>", cb=got.on)
     await publish(js, video_event(), site="north")
     await wait_for(lambda: got.msgs, 10, "caliper event from site north")
     ev = json.loads(got.msgs[0].data)
@@ -129,7 +129,7 @@ async def test_site_sets_the_lms_root_url(js, running_hub):
 
 async def test_grant_added_and_revoked_while_running(js, running_hub):
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got)
+    await js._nc.subscribe("xapi.>", cb=got.on)
     await publish(js, video_event(OTHER), course=OTHER, org="MITx")
     await wait_for(lambda: running_hub.metrics.get("filtered") == 1, 10, "first event filtered")
     assert got.msgs == []
@@ -157,7 +157,7 @@ async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got)
+    await js._nc.subscribe("xapi.>", cb=got.on)
     quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
     await publish(js, bad)
     await publish(js, video_event())
@@ -262,7 +262,7 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     await put_grant(js, Grant(id="e2e", consumer="c", protocol="xapi", courses=[COURSE]))
     await wait_for(lambda: "e2e" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got)
+    await js._nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
     line = {"event_type": "play_video", "name": "play_video", "time": "2020-07-15T06:52:55.057099+00:00",
             "username": "edx", "session": "993110e9c27848a545da74a74114158d", "event_source": "browser",
             "event": json.dumps({"id": "0b9e39477cf34507a7a48f74be381fdd", "currentTime": 0.0327, "duration": 195}),
