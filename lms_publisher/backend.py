@@ -22,6 +22,7 @@ import atexit
 import collections
 import logging
 import threading
+import time
 from typing import Any
 
 from hub.settings import from_env
@@ -56,6 +57,7 @@ class NatsBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._connected_once = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, name="rthub-lms-publisher", daemon=True)
         self.connected = False
         if options.get("start", True):
@@ -94,6 +96,7 @@ class NatsBackend:
     def start(self) -> None:
         self._thread.start()
         self._ready.wait(5)
+        self._connected_once.wait(1.0)  # at LMS start-up only; a NATS that is down costs at most this second
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -146,6 +149,7 @@ class NatsBackend:
         nc = await connect(self.settings, "rthub-lms", connect_timeout=2, disconnected_cb=disconnected,
                            reconnected_cb=reconnected)
         self.connected = True
+        self._connected_once.set()
         self._wake.set()
         return nc
 
@@ -159,6 +163,7 @@ class NatsBackend:
         # spools meanwhile, so an LMS started while NATS is down loses nothing.
         connecting: asyncio.Task | None = asyncio.create_task(self._connect())
         batch_max = self.settings.publish_batch
+        grace_until = time.monotonic() + 2.0  # the first connect usually takes milliseconds: hold events that long
         while True:
             if nc is None and connecting is not None and connecting.done():
                 try:
@@ -173,11 +178,14 @@ class NatsBackend:
                 batch = [self._q.popleft() for _ in range(min(len(self._q), batch_max))]
                 if batch:
                     await self._publish(js, batch)
-            elif self._q:
+            elif self._q and (nc is not None or self._closing or time.monotonic() > grace_until
+                              or len(self._q) >= batch_max):
                 self._to_spool()
             if online and self.spool.pending() and not self._closing:
                 await self._replay(js)
-            if self._closing and not self._q:
+            if self._closing and (not self._q or nc is None):
+                if self._q:
+                    self._to_spool()
                 break
             if not self._q:
                 self._idle = True
