@@ -86,17 +86,11 @@ def run(args) -> int:
         return e
 
     try:
-        if args.demo:
-            for protocol in ("xapi", "caliper"):
-                rc = subprocess.run([sys.executable, "-m", "hub.cli", "grant", "add", "--id", f"demo-{protocol}",
-                                     "--consumer", "demo", "--protocol", protocol, "--site", "default"],
-                                    env=service_env("admin"), capture_output=True)
-                if rc.returncode:
-                    print(rc.stderr.decode(), file=sys.stderr)
-                    return 1
+        asyncio.run(_prepare(nats_url, creds.get("admin"), args.demo))
         children["hub"] = _child(["hub", "--metrics-port", str(args.metrics_port)], service_env("hub"))
         if not args.no_deliver:
-            children["deliver"] = _child(["deliver"], service_env("deliverer"))
+            children["deliver"] = _child(["deliver", "--metrics-port", str(args.metrics_port + 1)],
+                                         service_env("deliverer"))
         if not args.no_portal:
             children["portal"] = _child(["portal", "serve", "--port", str(args.portal_port)], service_env("portal"))
             wait_port(args.portal_port, 30)
@@ -104,7 +98,7 @@ def run(args) -> int:
         print(f"  nats-server  {nats_url}" + (f"   (data in {data_dir / 'nats'})" if server else "   (external)"))
         print(f"  hub          metrics and health on http://127.0.0.1:{args.metrics_port}/metrics, /health")
         if "deliver" in children:
-            print("  deliverer    webhook / LRS / Caliper delivery")
+            print(f"  deliverer    webhook / LRS / Caliper delivery; metrics on :{args.metrics_port + 1}")
         if "portal" in children:
             print(f"  portal       http://127.0.0.1:{args.portal_port}/")
         if creds:
@@ -140,6 +134,26 @@ def run(args) -> int:
             server.stop()
 
 
+async def _prepare(nats_url: str, admin_creds: str | None, demo: bool) -> None:
+    """Create the streams and buckets before any service starts; with ``--demo`` grant the demo site."""
+    from hub.grants import Grant, put_grant
+    from hub.natsconn import connect
+    from hub.settings import HubSettings, from_env
+    from hub.streams import ensure_streams
+
+    settings = from_env(HubSettings, nats_url=nats_url, nats_creds=admin_creds)
+    nc = await connect(settings, "rthub-up")
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        if demo:
+            for protocol in ("xapi", "caliper"):
+                await put_grant(js, Grant(id=f"demo-{protocol}", consumer="demo", protocol=protocol,
+                                          sites=[settings.default_site]))
+    finally:
+        await nc.close()
+
+
 def _auth_config(data_dir: Path) -> tuple[str, dict[str, str]]:
     """Operator-mode server config and each service's credentials file."""
     from hub.auth import AuthStore
@@ -155,7 +169,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", default=os.environ.get("RTHUB_DATA_DIR", ".rthub"), help="where state lives")
     p.add_argument("--nats-port", type=int, default=4222, help="port for the embedded nats-server")
     p.add_argument("--nats-url", help="use this existing NATS server instead of starting one")
-    p.add_argument("--portal-port", type=int, default=8000)
+    p.add_argument("--portal-port", type=int, default=8080)
     p.add_argument("--metrics-port", type=int, default=9464, help="hub /metrics and /health")
     p.add_argument("--demo", action="store_true", help="grant the demo courses, feed demo events, count statements")
     p.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second")
