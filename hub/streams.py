@@ -59,6 +59,12 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             await js.add_stream(want)
             result[want.name] = "created"
             continue
+        if (have.num_replicas or 1) > (want.num_replicas or 1):
+            # A service started without RTHUB_STREAM_REPLICAS must not shrink a clustered stream to one copy
+            # (it would lose the stream with its node); lowering replicas is an operator's explicit act.
+            log.warning("stream %s keeps %s replicas (settings ask for %s)", want.name, have.num_replicas,
+                        want.num_replicas)
+            want.num_replicas = have.num_replicas
         if any(getattr(have, f) != getattr(want, f) for f in _COMPARED):
             await js.update_stream(want)
             result[want.name] = "updated"
@@ -71,6 +77,7 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             result["KV_" + bucket] = "unchanged"
         except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
             await js.create_key_value(bucket=bucket, history=5, replicas=s.stream_replicas)
+        # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
             result["KV_" + bucket] = "created"
     return result
 

@@ -100,6 +100,7 @@ async def test_granted_course_flows_other_course_does_not(js, running_hub, setti
     await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
     await nc.subscribe("xapi.>", cb=everything.on)
     await nc.subscribe("caliper.>", cb=everything.on)
+    await nc.flush()
     await publish(js, video_event(OTHER), course=OTHER, org="MITx")
     await publish(js, video_event(COURSE))
     await wait_for(lambda: len(got.msgs) == 1, 10, "statement of the granted course")
@@ -120,6 +121,7 @@ async def test_site_sets_the_lms_root_url(js, running_hub):
     await wait_for(lambda: "north" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
     await js._nc.subscribe("caliper.north.>", cb=got.on)
+    await js._nc.flush()
     await publish(js, video_event(), site="north")
     await wait_for(lambda: got.msgs, 10, "caliper event from site north")
     ev = json.loads(got.msgs[0].data)
@@ -130,6 +132,7 @@ async def test_site_sets_the_lms_root_url(js, running_hub):
 async def test_grant_added_and_revoked_while_running(js, running_hub):
     got = Collector()
     await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
     await publish(js, video_event(OTHER), course=OTHER, org="MITx")
     await wait_for(lambda: running_hub.metrics.get("filtered") == 1, 10, "first event filtered")
     assert got.msgs == []
@@ -158,6 +161,7 @@ async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
     await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
     quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
     await publish(js, bad)
     await publish(js, video_event())
@@ -270,7 +274,9 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     log = tmp_path / "tracking.log"
     log.write_text("2023-05-23 13:53:13,461 INFO 20 [tracking] [user None] [ip None] logger.py:41 - "
                    + json.dumps(line) + "\n")
-    result = rthub("publish", str(log), env=rthub_env(settings.nats_url))
+    await js._nc.flush()
+    # in a thread: the hub under test runs in this event loop
+    result = await asyncio.to_thread(rthub, "publish", str(log), env=rthub_env(settings.nats_url))
     assert result.returncode == 0, result.stderr.decode()
     await wait_for(lambda: got.msgs, 10, "statement from rthub publish")
     st = json.loads(got.msgs[0].data)
@@ -279,6 +285,6 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     assert st["context"]["extensions"]["https://w3id.org/xapi/openedx/extensions/session-id"] == \
         "993110e9c27848a545da74a74114158d"
     # publishing the same file again is deduplicated by the raw stream: no second statement
-    assert rthub("publish", str(log), env=rthub_env(settings.nats_url)).returncode == 0
+    assert (await asyncio.to_thread(rthub, "publish", str(log), env=rthub_env(settings.nats_url))).returncode == 0
     raw = await js.stream_info("LMS_RAW")
     assert raw.state.messages == 1

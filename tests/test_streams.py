@@ -33,3 +33,4 @@ async def test_ensure_streams_idempotent_and_updates(tmp_path):
         await nc.close()
     finally:
         server.stop()
+

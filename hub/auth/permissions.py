@@ -129,5 +129,9 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     stream = PROTOCOL_STREAMS[grant.protocol]
     name = consumer_name(grant.id)
     pub = [f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
-    sub = [f"{consumer_inbox(grant.id)}.>", *grant.filter_subjects()]
+    live = grant.filter_subjects()
+    # Subjects always have five tokens, so `<...>.>` grants nothing more than `<...>.*` and lets clients use
+    # the usual `xapi.*.<org>.<course>.>` form for the live feed.
+    live += [f[:-1] + ">" for f in live if f.endswith(".*")]
+    sub = [f"{consumer_inbox(grant.id)}.>", *live]
     return pub, sub
