@@ -146,19 +146,21 @@ class Hub:
             for subj, sid, body in outputs:
                 futures.append(await js.publish_async(subj, body, headers={"Nats-Msg-Id": sid}))
             waits.append((msg, futures))
+        pending = [f for _, futures in waits for f in futures]
+        if pending:  # one wait for the whole batch: a gather per message costs more than the translation
+            _, late = await asyncio.wait(pending, timeout=30)
+            for f in late:
+                f.cancel()
         for msg, futures in waits:
-            ok = True
-            if futures:
-                done = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
-                errors = [r for r in done if isinstance(r, BaseException)]
-                if errors:
-                    ok = False
-                    m.inc("publish_errors", len(errors))
-                    log.warning("publish failed, raw message will be redelivered: %s", errors[0])
-            if ok:
-                await msg.ack()
-            else:
+            errors = [f.exception() if not f.cancelled() else TimeoutError("no publish ack in 30 s")
+                      for f in futures]
+            errors = [e for e in errors if e is not None]
+            if errors:
+                m.inc("publish_errors", len(errors))
+                log.warning("publish failed, raw message will be redelivered: %s", errors[0])
                 await msg.nak(delay=1)
+            else:
+                await msg.ack()
 
     def _translate(self, msg) -> list[tuple[str, str, bytes]]:
         """``(subject, statement id, body)`` for each statement the message yields; raises with a reason."""
