@@ -50,6 +50,50 @@ def id_secret(s: HubSettings) -> bytes:
     return path.read_text().strip().encode()
 
 
+class AckedPublisher:
+    """JetStream publishes whose acks arrive on one reply subscription.
+
+    Like ``js.publish_async`` without its per-ack JSON parsing and PubAck objects, which cost more than a
+    translation; an ack is good unless the stream answered with an error or no stream listened.
+    """
+
+    def __init__(self, nc):
+        self.nc = nc
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.count = 0
+        self.prefix = ""
+        self._sub = None
+
+    async def start(self) -> AckedPublisher:
+        self.prefix = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_ack)
+        return self
+
+    async def publish(self, subj: str, body: bytes, headers: dict[str, str]) -> asyncio.Future:
+        self.count += 1
+        token = str(self.count)
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[token] = future
+        await self.nc.publish(subj, body, reply=f"{self.prefix}.{token}", headers=headers)
+        return future
+
+    def forget(self) -> None:
+        """Drop futures nobody waits for any more (cancelled after a timeout)."""
+        self.waiting = {k: f for k, f in self.waiting.items() if not f.done()}
+
+    async def _on_ack(self, msg) -> None:
+        future = self.waiting.pop(msg.subject[len(self.prefix) + 1:], None)
+        if future is None or future.done():
+            return
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "503":
+            future.set_exception(nats.js.errors.NoStreamResponseError())
+        elif not msg.data or b'"error"' in msg.data:
+            future.set_exception(RuntimeError(f"publish refused: {msg.data[:300]!r} status {status}"))
+        else:
+            future.set_result(None)
+
+
 class Hub:
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
         self.s = settings
@@ -67,6 +111,7 @@ class Hub:
     async def start(self) -> Hub:
         self.nc = await connect(self.s, "rthub-hub")
         self.js = self.nc.jetstream(timeout=10)
+        self.publisher = await AckedPublisher(self.nc).start()
         await ensure_streams(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
         await self.courses.watch(self.js)
@@ -131,7 +176,7 @@ class Hub:
                     await msg.nak()
 
     async def process(self, msgs: list) -> None:
-        js, m = self.js, self.metrics
+        publish, m = self.publisher.publish, self.metrics
         waits: list[tuple[Any, list[asyncio.Future]]] = []
         for msg in msgs:
             m.inc("received")
@@ -144,13 +189,15 @@ class Hub:
                 waits.append((msg, futures))
                 continue
             for subj, sid, body in outputs:
-                futures.append(await js.publish_async(subj, body, headers={"Nats-Msg-Id": sid}))
+                futures.append(await publish(subj, body, {"Nats-Msg-Id": sid}))
             waits.append((msg, futures))
         pending = [f for _, futures in waits for f in futures]
         if pending:  # one wait for the whole batch: a gather per message costs more than the translation
             _, late = await asyncio.wait(pending, timeout=30)
             for f in late:
                 f.cancel()
+            if late:
+                self.publisher.forget()
         for msg, futures in waits:
             errors = [f.exception() if not f.cancelled() else TimeoutError("no publish ack in 30 s")
                       for f in futures]
@@ -199,8 +246,8 @@ class Hub:
         tokens = msg.subject.split(".", 1)
         subj = f"{QUARANTINE_PREFIX}.{tokens[1]}" if len(tokens) == 2 else f"{QUARANTINE_PREFIX}.unknown"
         headers = {REASON_HEADER: reason[:1000], "Rthub-Subject": msg.subject,
-                   "Nats-Msg-Id": f"q-{msg.metadata.sequence.stream}"}
-        return await self.js.publish_async(subj, msg.data, headers=headers, stream=QUARANTINE_STREAM)
+                   "Nats-Msg-Id": f"q-{msg.metadata.sequence.stream}", "Nats-Expected-Stream": QUARANTINE_STREAM}
+        return await self.publisher.publish(subj, msg.data, headers)
 
     def healthy(self) -> bool:
         return bool(self.nc and self.nc.is_connected and time.monotonic() - self.last_fetch < 30)
