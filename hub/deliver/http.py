@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import ssl
 import time
 
 import httpx
 import msgspec
 
 from hub.deliver import signing, ssrf
+from hub.deliver.client import Client, HTTPError
 from hub.grants import Target
 
 CALIPER_DATA_VERSION = "http://purl.imsglobal.org/ctx/caliper/v1p2"
@@ -57,37 +59,53 @@ def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sen
 
 
 class Sender:
-    """An httpx client per integration; redirects are never followed (a 3xx is a failed attempt)."""
+    """POSTs of one integration over keep-alive connections to the checked address (see ``client.py``).
+
+    The host is resolved and checked at every attempt (``ssrf.resolve``); connections are pooled per checked
+    address, so a changed DNS answer gets a new, checked connection. Redirects are never followed.
+    """
 
     def __init__(self, connect_timeout: float, total_timeout: float, allowed: list, https_only: bool,
-                 excerpt_bytes: int, max_connections: int):
+                 excerpt_bytes: int, max_connections: int, ssl_context: ssl.SSLContext | None = None):
         self.total = total_timeout
         self.allowed, self.https_only, self.excerpt_bytes = allowed, https_only, excerpt_bytes
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(total_timeout, connect=connect_timeout), follow_redirects=False,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        )
+        self.client = Client(connect_timeout, max_idle=max_connections, ssl_context=ssl_context)
+        self.routes: dict[str, tuple[str, int, str, str]] = {}
+
+    def route(self, url: str) -> tuple[str, int, str, str]:
+        """``(scheme, port, request target, Host header)`` of ``url`` (parsed once per URL)."""
+        route = self.routes.get(url)
+        if route is None:
+            parsed = httpx.URL(url)
+            target = parsed.raw_path.decode("ascii") or "/"
+            route = (parsed.scheme, parsed.port or (443 if parsed.scheme == "https" else 80), target,
+                     parsed.netloc.decode("ascii"))
+            if len(self.routes) > 64:
+                self.routes.clear()
+            self.routes[url] = route
+        return route
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> Result:
         start = time.perf_counter()
         try:
             host, ip = await ssrf.resolve(url, self.allowed, self.https_only)
+            scheme, port, target, netloc = self.route(url)
         except ssrf.Refused as exc:
             return Result(error=f"refused: {exc}")
-        req_headers = {**headers, "host": httpx.URL(url).netloc.decode()}
+        except httpx.InvalidURL as exc:
+            return Result(error=f"refused: invalid URL: {exc}")
         try:
             async with asyncio.timeout(self.total):
-                resp = await self.client.post(ssrf.pinned_url(url, ip), content=body, headers=req_headers,
-                                              extensions={"sni_hostname": host})
-                data = await resp.aread()
+                resp = await self.client.post(scheme, str(ip), port, host, target, {"host": netloc, **headers}, body)
         except TimeoutError:
             return Result(error=f"timeout after {self.total:g}s", latency_ms=_ms(start))
-        except httpx.HTTPError as exc:
-            return Result(error=f"{type(exc).__name__}: {exc}"[:300], latency_ms=_ms(start))
-        result = Result(status=resp.status_code, latency_ms=_ms(start), body=data[:65536],
+        except HTTPError as exc:
+            return Result(error=f"HTTPError: {exc}"[:300], latency_ms=_ms(start))
+        data = resp.body
+        result = Result(status=resp.status, latency_ms=_ms(start), body=data,
                         excerpt=data[: self.excerpt_bytes].decode("utf-8", "replace"),
                         retry_after=resp.headers.get("retry-after"))
-        if 300 <= resp.status_code < 400:
+        if 300 <= resp.status < 400:
             result.error = f"redirect not followed (Location: {resp.headers.get('location', '')[:200]})"
         return result
 
