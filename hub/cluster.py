@@ -2,7 +2,11 @@
 
 Three nats-server processes on loopback form one JetStream cluster (R3 streams: ``RTHUB_STREAM_REPLICAS=3``),
 then two hubs, two deliverers, the portal and the demo publisher start, every one pointed at all three URLs.
-:class:`Cluster` is also what the fault drills use to kill a stream leader.
+Like ``rthub up`` and compose.yaml, the servers run in operator mode: one trust chain in
+``<data_dir>/nats-auth`` (``hub.auth.AuthStore``), the same operator/resolver config on every node (each with its
+own resolver directory, so account JWT updates pushed through the system account reach every node), and every
+service connects with its own least-privilege ``.creds`` file. :class:`Cluster` is also what the fault drills use
+to kill a stream leader.
 """
 
 from __future__ import annotations
@@ -19,23 +23,48 @@ from hub.natsserver import NatsServer, free_port, port_free, wait_port
 from hub.settings import HubSettings
 
 CLUSTER_NAME = "rthub"
+# service process name (as in compose.yaml) -> the AuthStore user it connects as
+SERVICE_USERS = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "demo": "publisher"}
 
 
 class Cluster:
-    """``size`` nats-servers with JetStream, clustered over loopback routes."""
+    """``size`` nats-servers with JetStream, clustered over loopback routes.
+
+    ``operator=True`` (the default) runs them in operator mode with the trust chain of ``auth_dir`` (default
+    ``base_dir``): every node gets the same ``AuthStore.server_config`` text and its own resolver directory.
+    ``operator=False`` runs them without authentication.
+    """
 
     def __init__(self, base_dir: Path | str, client_ports: list[int] | None = None,
-                 route_ports: list[int] | None = None, size: int = 3):
+                 route_ports: list[int] | None = None, size: int = 3, operator: bool = True,
+                 auth_dir: Path | str | None = None):
         self.base_dir = Path(base_dir)
         self.client_ports = client_ports or [free_port() for _ in range(size)]
         self.route_ports = route_ports or [free_port() for _ in range(size)]
+        self.auth = None
+        if operator:
+            from hub.auth import AuthStore
+
+            self.auth = AuthStore.ensure(auth_dir if auth_dir is not None else self.base_dir)
         routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
-        self.nodes = [
-            NatsServer(port, self.base_dir / f"n{i + 1}", name=f"n{i + 1}", config=(
-                f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{self.route_ports[i]}", '
-                f"routes: [{routes}] }}"))
-            for i, port in enumerate(self.client_ports)
-        ]
+        self.nodes = []
+        for i, port in enumerate(self.client_ports):
+            store = self.base_dir / f"n{i + 1}"
+            config = (f'cluster {{ name: "{CLUSTER_NAME}", listen: "127.0.0.1:{self.route_ports[i]}", '
+                      f"routes: [{routes}] }}\n")
+            if self.auth:
+                config += self.auth.server_config(store / "resolver")
+            self.nodes.append(NatsServer(port, store, name=f"n{i + 1}", config=config))
+
+    def creds(self, user: str) -> str | None:
+        """Path of a user's ``.creds`` (``hub``, ``deliverer``, ``portal``, ``publisher``, ``admin``); ``None``
+        without operator mode."""
+        return str(self.auth.service_creds(user)) if self.auth else None
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """``RTHUB_NATS_CREDS`` for a service process (``hub``, ``deliverer``, ``portal``, ``demo``)."""
+        creds = self.creds(SERVICE_USERS[service])
+        return {"RTHUB_NATS_CREDS": creds} if creds else {}
 
     @property
     def url(self) -> str:
@@ -55,6 +84,8 @@ class Cluster:
         return next(n for n in self.nodes if n.name == server_name)
 
     def settings(self, **kw) -> HubSettings:
+        """Settings for a client of the whole cluster; in operator mode it connects as ``admin``."""
+        kw.setdefault("nats_creds", self.creds("admin"))
         return HubSettings(nats_url=self.url, stream_replicas=len(self.nodes), **kw)
 
     async def ready(self, timeout: float = 60.0) -> None:
@@ -95,25 +126,32 @@ def run(args) -> int:
         print(f"rthub cluster up: ports {taken} are taken; choose others with --base-port N "
               f"(uses N..N+2 for clients, N+100..N+102 for routes)", file=sys.stderr)
         return 2
-    cluster = Cluster(data_dir / "cluster", client_ports, route_ports).start()
+    # the trust chain lives in <data_dir>/nats-auth, as with `rthub up` (the portal issues consumer creds from it)
+    cluster = Cluster(data_dir / "cluster", client_ports, route_ports, operator=not args.no_auth,
+                      auth_dir=data_dir).start()
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items()}
+    env = {k: v for k, v in os.environ.items() if k != "RTHUB_NATS_CREDS"}
     env.update(RTHUB_NATS_URL=cluster.url, RTHUB_STREAM_REPLICAS="3", RTHUB_DATA_DIR=str(data_dir))
+    envs = {svc: {**env, **cluster.service_env(svc)} for svc in SERVICE_USERS}
     children: dict[str, subprocess.Popen] = {}
+    service_of: dict[str, str] = {}
+
+    def start(name: str, service: str, cmd: list[str]) -> None:
+        service_of[name] = service
+        children[name] = _child(cmd, envs[service], logs / f"{name}.log")
     try:
         print("waiting for the JetStream cluster to elect a leader...", flush=True)
         asyncio.run(cluster.ready())
         for i in range(args.hubs):
-            children[f"hub-{i + 1}"] = _child(["hub", "--metrics-port", str(args.metrics_port + i)], env,
-                                              logs / f"hub-{i + 1}.log")
+            start(f"hub-{i + 1}", "hub", ["hub", "--metrics-port", str(args.metrics_port + i)])
         for i in range(args.deliverers):
-            children[f"deliverer-{i + 1}"] = _child(["deliver"], env, logs / f"deliverer-{i + 1}.log")
+            start(f"deliverer-{i + 1}", "deliverer", ["deliver"])
         if args.portal_port:
-            children["portal"] = _child(["portal", "serve", "--port", str(args.portal_port)], env, logs / "portal.log")
+            start("portal", "portal", ["portal", "serve", "--port", str(args.portal_port)])
             wait_port(args.portal_port, 30)
         if args.demo_rate > 0:
-            children["demo"] = _child(["demo", "--rate", str(args.demo_rate)], env, logs / "demo.log")
+            start("demo", "demo", ["demo", "--rate", str(args.demo_rate)])
         print("rthub cluster is up:")
         for node in cluster.nodes:
             print(f"  nats {node.name}      {node.url}  (routes 127.0.0.1:{route_ports[cluster.nodes.index(node)]}, "
@@ -125,6 +163,10 @@ def run(args) -> int:
             elif name == "portal":
                 extra = f"  http://127.0.0.1:{args.portal_port}/"
             print(f"  {name:<13} pid {proc.pid}{extra}")
+        if cluster.auth:
+            print(f"  credentials   {cluster.auth.path} (operator mode; admin creds: {cluster.creds('admin')})")
+        else:
+            print("  credentials   none: --no-auth, any client may connect")
         print(f"  RTHUB_NATS_URL={cluster.url}")
         print(f"  logs in {logs}; Ctrl-C stops everything.", flush=True)
 
@@ -140,7 +182,7 @@ def run(args) -> int:
                 if proc.poll() is not None:  # restart policy "always", as in compose.yaml
                     print(f"rthub cluster: {name} exited with {proc.returncode}; restarting", file=sys.stderr,
                           flush=True)
-                    children[name] = _child(proc.args[3:], env, logs / f"{name}.log")
+                    children[name] = _child(proc.args[3:], envs[service_of[name]], logs / f"{name}.log")
             time.sleep(0.5)
         print("stopping...", flush=True)
         return 0
@@ -169,4 +211,6 @@ def add_parser(sub) -> None:
     up.add_argument("--portal-port", type=int, default=8080, help="0 = no portal")
     up.add_argument("--metrics-port", type=int, default=9470, help="hub N serves metrics on this port + N - 1")
     up.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second (0 = no demo publisher)")
+    up.add_argument("--no-auth", action="store_true",
+                    help="run the servers without operator-mode authentication (any local client may connect)")
     up.set_defaults(func=run)

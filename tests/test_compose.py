@@ -1,19 +1,26 @@
 """compose.yaml cannot rot unseen, and the composed topology works: run against ``rthub cluster up`` here,
-or against the real composed stack when ``RTHUB_STACK_NATS_URL`` is set (compose.yaml's ``tests`` profile)."""
+or against the real composed stack when ``RTHUB_STACK_NATS_URL`` is set (compose.yaml's ``tests`` profile).
+Both run NATS in operator mode: every client here connects with a service's ``.creds``."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
+import shlex
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
+import nats
 import pytest
 import yaml
 from eventtracking.tracker import Tracker
 
+from hub.auth import AuthStore
 from hub.cli import build_parser
 from hub.grants import Grant, delete_grant, put_grant
 from hub.natsconn import connect
@@ -29,8 +36,13 @@ COMPOSE = ROOT / "compose.yaml"
 OTHER_VARS = {
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
     "portal": {"DATABASE_URL"},  # read by the portal as the fallback for RTHUB_DATABASE_URL
-    "tests": {"RTHUB_STACK_NATS_URL"},  # tells tests/test_compose.py to test the composed stack
+    "tests": {"RTHUB_STACK_NATS_URL", "RTHUB_STACK_PUBLISHER_CREDS"},  # point the stack test at the composed stack
+    "nats-auth-init": set(),
 }
+INIT = "nats-auth-init"
+AUTH_CONF = "/etc/nats/rthub/auth.conf"  # where every NATS node reads the generated operator config
+# which AuthStore user each rthub service connects as
+SERVICE_USER = {"hub": "hub", "deliver": "deliverer", "portal": "portal", "demo": "publisher"}
 
 
 def services() -> dict:
@@ -46,6 +58,10 @@ def test_every_rthub_service_runs_a_real_subcommand():
         command = svc["command"]
         if name == "tests":
             assert command[:3] == ["python", "-m", "pytest"]
+            continue
+        if name == INIT:
+            for line in init_rthub_commands():
+                assert callable(parser.parse_args(line).func), line
             continue
         assert command[0] == "rthub", name
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
@@ -77,6 +93,9 @@ def test_topology_replicas_health_and_restart():
         if name == "tests":
             assert svc["profiles"] == ["tests"]
             continue
+        if name == INIT:
+            assert svc["restart"] == "no"
+            continue
         assert svc["restart"] == "unless-stopped", name
         if name != "demo":
             assert svc.get("healthcheck"), f"{name} has no health check"
@@ -84,6 +103,68 @@ def test_topology_replicas_health_and_restart():
         if svc.get("image") == "rthub:local":
             assert env["RTHUB_STREAM_REPLICAS"] == "3"
             assert env["RTHUB_NATS_URL"].count("nats://") == 3
+
+
+def init_rthub_commands() -> list[list[str]]:
+    """Every ``rthub ...`` invocation in the init service's script (``$$(...)`` substitutions included)."""
+    script = services()[INIT]["command"][-1]
+    found = re.findall(r"rthub ([^>)\"\n]+)", script)
+    assert found, script
+    return [shlex.split(cmd) for cmd in found]
+
+
+def test_operator_mode_wired():
+    """An init service creates the trust chain and the server config; every NATS node loads that config and
+    depends on the init; every rthub service depends on it too and connects with its own creds file."""
+    svcs = services()
+    init = svcs[INIT]
+    script = init["command"][-1]
+    commands = [" ".join(c) for c in init_rthub_commands()]
+    assert "auth init" in commands
+    server_config = next(c for c in init_rthub_commands() if c[:2] == ["auth", "server-config"])
+    resolver_dir = server_config[server_config.index("--resolver-dir") + 1]
+    # the generated text lands where the nodes read it: <volume>/auth.conf
+    conf_vol = next(v.split(":")[0] for v in init["volumes"] if v.split(":")[1] == "/nats-conf")
+    assert re.search(r"server-config .*> /nats-conf/auth\.conf", script) and "mv /nats-conf/auth.conf.tmp " \
+        "/nats-conf/auth.conf" in script
+    assert init["restart"] == "no" and init["environment"]["RTHUB_DATA_DIR"] == "/data"
+    store_vol = next(v.split(":")[0] for v in init["volumes"] if v.split(":")[1] == "/data/nats-auth")
+    for node in ("nats-1", "nats-2", "nats-3"):
+        svc = svcs[node]
+        cmd = svc["command"]
+        assert cmd[cmd.index("-c") + 1] == AUTH_CONF, node
+        assert f"{conf_vol}:{Path(AUTH_CONF).parent}:ro" in svc["volumes"], node
+        # the resolver directory is inside the node's own data volume: one per node
+        data = next(v for v in svc["volumes"] if v.startswith(f"{node}:"))
+        assert resolver_dir.startswith(data.split(":")[1] + "/"), (node, resolver_dir)
+        assert cmd[cmd.index("--store_dir") + 1] == data.split(":")[1]
+        assert svc["depends_on"][INIT] == {"condition": "service_completed_successfully"}, node
+        assert store_vol not in " ".join(svc["volumes"]), f"{node} must not see the private keys"
+    # each creds file the init copies, by destination path inside the init container
+    copied = {dest: user for user, dest in re.findall(r"cp \"\$\$\(rthub auth creds (\w+)\)\" (\S+)", script)}
+    assert len(copied) >= 4, script
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in init["volumes"]}
+    for name, svc in svcs.items():
+        if svc.get("image") != "rthub:local" or name == INIT:
+            continue
+        assert svc["depends_on"][INIT] == {"condition": "service_completed_successfully"}, name
+        creds = svc["environment"].get("RTHUB_NATS_CREDS")
+        assert creds, f"{name} connects without credentials"
+        user = "admin" if name == "tests" else SERVICE_USER[svc["command"][1]]
+        # the file comes from a volume the init fills: find which, and which user's creds it holds there
+        vol, target = max(((v.split(":")[0], v.split(":")[1]) for v in svc["volumes"]
+                           if creds.startswith(v.split(":")[1] + "/")), key=lambda m: len(m[1]))  # innermost mount
+        if vol == store_vol:  # the portal mounts the store itself (it issues consumer credentials)
+            assert name == "portal" and creds == f"{target}/{user}.creds"
+            assert f"rthub auth creds {user}" in script
+            continue
+        assert copied[mounts[vol] + creds[len(target):]] == user, name
+        assert svc["volumes"] == [f"{vol}:{target}:ro"], f"{name} should mount its own creds only"
+        others = [n for n, o in svcs.items() if n not in (name, INIT) and f"{vol}:" in " ".join(o.get("volumes", []))]
+        assert all(svcs[o]["environment"].get("RTHUB_NATS_CREDS") == creds for o in others), \
+            f"{vol} shared with {others}"
+    stack_creds = svcs["tests"]["environment"]["RTHUB_STACK_PUBLISHER_CREDS"]
+    assert copied[mounts["creds-tests"] + stack_creds[len("/creds"):]] == "publisher"
 
 
 # ---- the running topology ------------------------------------------------------------------------------
@@ -96,11 +177,24 @@ def _free_base() -> int:
     raise RuntimeError("no free port range")
 
 
+@dataclass
+class Stack:
+    url: str
+    admin_creds: str
+    publisher_creds: str
+    data_dir: Path | None  # the local cluster's data directory (holds the auth store); None for compose
+
+    @property
+    def node_urls(self) -> list[str]:
+        return self.url.split(",")
+
+
 @pytest.fixture(scope="module")
-def stack_url(tmp_path_factory):
-    """The composed stack's NATS URL, else a fresh ``rthub cluster up`` (3 nodes, 2 hubs, no portal/demo)."""
+def stack(tmp_path_factory):
+    """The composed stack, else a fresh ``rthub cluster up`` (3 nodes in operator mode, 2 hubs, no portal/demo)."""
     if os.environ.get("RTHUB_STACK_NATS_URL"):
-        yield os.environ["RTHUB_STACK_NATS_URL"]
+        yield Stack(os.environ["RTHUB_STACK_NATS_URL"], os.environ["RTHUB_NATS_CREDS"],
+                    os.environ["RTHUB_STACK_PUBLISHER_CREDS"], None)
         return
     base = _free_base()
     data = tmp_path_factory.mktemp("cluster")
@@ -116,7 +210,9 @@ def stack_url(tmp_path_factory):
                 break
         url = next((ln.split("=", 1)[1].strip() for ln in lines if "RTHUB_NATS_URL=" in ln), None)
         assert url, "".join(lines)
-        yield url
+        assert "operator mode" in "".join(lines)
+        auth = data / "nats-auth"
+        yield Stack(url, str(auth / "admin.creds"), str(auth / "publisher.creds"), data)
     finally:
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0].decode()
@@ -125,9 +221,9 @@ def stack_url(tmp_path_factory):
 
 
 @pytest.mark.slow
-async def test_stack_lms_backend_to_statements(stack_url, tmp_path):
+async def test_stack_lms_backend_to_statements(stack, tmp_path):
     """LMS backend -> R3 raw stream -> two hubs -> xAPI and Caliper subjects: every event once, by id."""
-    settings = HubSettings(nats_url=stack_url)
+    settings = HubSettings(nats_url=stack.url, nats_creds=stack.admin_creds)
     nc = await connect(settings, "stack-test")
     js = nc.jetstream()
     info = await js.stream_info(RAW_STREAM)
@@ -142,7 +238,8 @@ async def test_stack_lms_backend_to_statements(stack_url, tmp_path):
     for protocol in got:
         await nc.subscribe(filter_subject(protocol, course=course), cb=on_msg)
         await put_grant(js, Grant(id=f"{gid}-{protocol}", consumer="stack", protocol=protocol, courses=[course]))
-    backend = NatsBackend(nats_url=stack_url, spool_dir=str(tmp_path), site="default")
+    backend = NatsBackend(nats_url=stack.url, nats_creds=stack.publisher_creds, spool_dir=str(tmp_path),
+                          site="default")
     n = 300
     try:
         tracker = Tracker(backends={"rthub": backend})
@@ -159,3 +256,69 @@ async def test_stack_lms_backend_to_statements(stack_url, tmp_path):
         await nc.close()
     assert len(got["xapi"]) == n and len(set(got["xapi"])) == n
     assert len(got["caliper"]) == n and len(set(got["caliper"])) == n
+
+
+async def _refused(url: str, **opts) -> str:
+    """Connect once; return the server's refusal (fails the test if the connection is accepted)."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(f"{type(exc).__name__}: {exc}")
+
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
+                                error_cb=on_error, **opts)
+    except Exception as exc:  # noqa: BLE001 - the refusal is what this returns
+        return " ".join([f"{type(exc).__name__}: {exc}", *errors])
+    await nc.close()
+    raise AssertionError(f"{url} accepted a connection with {sorted(opts) or 'no credentials'}")
+
+
+@pytest.mark.slow
+async def test_stack_operator_mode(stack):
+    """Every node refuses a client without credentials; a service's creds file connects, may do its job and
+    nothing else (the publisher reads account info but may not subscribe to statements)."""
+    for url in stack.node_urls:
+        assert "authorization violation" in (await _refused(url)).lower()
+    denied: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        denied.append(str(exc))
+
+    settings = HubSettings(nats_url=stack.url, nats_creds=stack.publisher_creds)
+    nc = await connect(settings, "stack-publisher", error_cb=on_error)
+    try:
+        info = await nc.jetstream().account_info()
+        assert info.limits.max_streams == -1 and info.streams >= 1  # JetStream of the HUB account, not $G
+        await nc.subscribe("xapi.>")
+        await nc.flush()
+        await wait_for(lambda: any("permissions violation" in e.lower() and "xapi.>" in e for e in denied), 5,
+                       "the server refusing the publisher's subscription to xapi.>")
+    finally:
+        await nc.close()
+
+
+@pytest.mark.slow
+async def test_stack_revocation_reaches_every_node(stack):
+    """An account JWT update pushed through the system account on one node cuts off a user on another node."""
+    if stack.data_dir is None:
+        pytest.skip("needs the auth store, which in compose only nats-auth-init and the portal mount")
+    auth = AuthStore.ensure(stack.data_dir)
+    grant = Grant(id=unique("revoke"), consumer="stack", protocol="xapi", courses=["course-v1:edX+Rev+2024"])
+    creds, user = auth.consumer_creds(grant, expires_in=300)
+    opts = AuthStore.consumer_connect_options(grant, creds)
+    closed: list[bool] = []
+
+    async def on_closed() -> None:
+        closed.append(True)
+
+    nc = await nats.connect(stack.node_urls[2], allow_reconnect=False, closed_cb=on_closed, **opts)
+    try:
+        await nc.flush()
+        auth.add_revocations([user])
+        answer = await auth.push_account(None, servers=[stack.node_urls[0]])
+        assert answer.get("code") == 200, answer
+        await wait_for(lambda: bool(closed), 5, "the revoked user on the third node being disconnected")
+        assert "authorization violation" in (await _refused(stack.node_urls[2], **opts)).lower()
+    finally:
+        await nc.close()

@@ -74,10 +74,10 @@ async def grant(js, course: str) -> None:
     await put_grant(js, Grant(id=unique("g"), consumer="drill", protocol="xapi", courses=[course]))
 
 
-def start_hub(url: str, log: str | None = None) -> subprocess.Popen:
+def start_hub(url: str, log: str | None = None, **env: str) -> subprocess.Popen:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
-    return subprocess.Popen([sys.executable, "-m", "hub.cli", "hub"], env=rthub_env(url, RTHUB_ID_SECRET=SECRET),
-                            stdout=out, stderr=out)
+    return subprocess.Popen([sys.executable, "-m", "hub.cli", "hub"],
+                            env=rthub_env(url, RTHUB_ID_SECRET=SECRET, **env), stdout=out, stderr=out)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -195,16 +195,17 @@ async def _count(js, course: str, at_least: int) -> bool:
 
 @pytest.mark.slow
 async def test_drill_cluster_leader_sigkill(tmp_path):
-    cluster = Cluster(tmp_path / "cluster").start()
+    cluster = Cluster(tmp_path / "cluster").start()  # operator mode: every client below uses its own creds
     try:
         await cluster.ready()
-        settings = cluster.settings()
+        settings = cluster.settings()  # admin
         nc = await connect(settings, "drill3")
         js = nc.jetstream()
         course = course_of("leader")
         await grant(js, course)
-        hub = start_hub(cluster.url)
-        backend = NatsBackend(nats_url=cluster.url, spool_dir=str(tmp_path / "spool"), publish_ack_timeout_s=2.0)
+        hub = start_hub(cluster.url, **cluster.service_env("hub"))
+        backend = NatsBackend(nats_url=cluster.url, nats_creds=cluster.creds("publisher"),
+                              spool_dir=str(tmp_path / "spool"), publish_ack_timeout_s=2.0)
         emitter = Emitter(backend, course, rate=200)
         try:
             emitter.start()
