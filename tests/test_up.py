@@ -73,4 +73,6 @@ def test_up_demo_translates_live_and_stops_cleanly(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
-    assert port_free(nats_port) and port_free(portal_port)
+    for port in (nats_port, portal_port):  # nothing listens any more (a bind could still hit TIME_WAIT)
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
