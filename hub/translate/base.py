@@ -238,6 +238,21 @@ class TranslateContext:
 
 
 # ------------------------------------------------------------------------------------------ event access
+class EventParts:
+    """The parts of one normalized event a builder reads (no copies of the event); each protocol extends it."""
+
+    __slots__ = ("name", "event", "context", "raw_data", "data", "course", "ctx")
+
+    def __init__(self, event: dict, ctx: TranslateContext):
+        self.name = event["name"]
+        self.event = event
+        self.context = as_dict(event.get("context"))
+        self.raw_data = event.get("data")
+        self.data = as_dict(self.raw_data)
+        self.course = course_of(self.context, self.data)
+        self.ctx = ctx
+
+
 def as_dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 

@@ -14,13 +14,12 @@ from typing import Any
 from urllib.parse import quote
 
 from hub.translate.base import (
+    EventParts,
     Rejected,
     TranslateContext,
-    as_dict,
     block_id,
     browser_problem_id,
     caliper_time,
-    course_of,
     iso_duration,
     number,
     session_of,
@@ -37,17 +36,11 @@ def _person(external_id: str, lms_url: str) -> dict:
     return {"id": f"{lms_url}/user/{external_id}", "type": "Person"}
 
 
-class Ev:
-    __slots__ = ("name", "event", "context", "raw_data", "data", "course", "ctx", "actor")
+class Ev(EventParts):
+    __slots__ = ("actor",)
 
     def __init__(self, event: dict, ctx: TranslateContext):
-        self.name = event["name"]
-        self.event = event
-        self.context = as_dict(event.get("context"))
-        self.raw_data = event.get("data")
-        self.data = as_dict(self.raw_data)
-        self.course = course_of(self.context, self.data)
-        self.ctx = ctx
+        super().__init__(event, ctx)
         self.actor = ctx.user_part("caliper", user_of(event, self.context, self.data), _person)
 
     def need(self, key: str) -> str:

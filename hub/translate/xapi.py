@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import quote
 
 from hub.translate.base import (
+    EventParts,
     Rejected,
     TranslateContext,
     as_dict,
     block_id,
     browser_problem_id,
-    course_of,
     number,
     session_of,
     text,
@@ -113,19 +113,8 @@ INTERACTION_TYPES = {
 }
 
 
-class Ev:
-    """The parts of one normalized event a builder reads (no copies of the event)."""
-
-    __slots__ = ("name", "event", "context", "raw_data", "data", "course", "ctx")
-
-    def __init__(self, event: dict, ctx: TranslateContext):
-        self.name = event["name"]
-        self.event = event
-        self.context = as_dict(event.get("context"))
-        self.raw_data = event.get("data")
-        self.data = as_dict(self.raw_data)
-        self.course = course_of(self.context, self.data)
-        self.ctx = ctx
+class Ev(EventParts):
+    __slots__ = ()
 
     def need(self, key: str) -> str:
         value = text(self.data.get(key))
