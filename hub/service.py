@@ -182,12 +182,11 @@ class Hub:
             m.inc("received")
             futures: list[asyncio.Future] = []
             try:
-                outputs = self._translate(msg)
-            except (InvalidEvent, Rejected, ValueError) as exc:
-                reason = getattr(exc, "reason", None) or str(exc)
-                futures.append(await self._quarantine(msg, reason))
-                waits.append((msg, futures))
-                continue
+                outputs, rejected = self._translate(msg)
+            except (InvalidEvent, ValueError) as exc:
+                outputs, rejected = [], [str(exc)]
+            if rejected:  # a protocol that could not translate it does not hold back the others
+                futures.append(await self._quarantine(msg, "; ".join(rejected)))
             for subj, sid, body in outputs:
                 futures.append(await publish(subj, body, {"Nats-Msg-Id": sid}))
             waits.append((msg, futures))
@@ -209,8 +208,9 @@ class Hub:
             else:
                 await msg.ack()
 
-    def _translate(self, msg) -> list[tuple[str, str, bytes]]:
-        """``(subject, statement id, body)`` for each statement the message yields; raises with a reason."""
+    def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
+        """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
+        rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
         if len(msg.data) > self.s.max_event_bytes:
             raise InvalidEvent(f"event is {len(msg.data)} bytes, over the {self.s.max_event_bytes} byte limit")
         _, site, org, course, name = parse_subject(msg.subject)
@@ -225,8 +225,8 @@ class Hub:
         protocols = self.grants.index.protocols_for(site, org, course, name)
         if not protocols:
             self.metrics.inc("filtered")
-            return []
-        out = []
+            return [], []
+        out, rejected = [], []
         for protocol in protocols:
             if name not in self.supported[protocol]:
                 self.metrics.inc("unsupported", protocol=protocol)
@@ -234,11 +234,12 @@ class Hub:
             try:
                 statements = translate_json(protocol, event, ctx)
             except Rejected as exc:
-                raise Rejected(f"{protocol}: {exc.reason}") from None
+                rejected.append(f"{protocol}: {exc.reason}")
+                continue
             subj = subject(protocol, site, org, course, name)
             out.extend((subj, sid, body) for sid, body in statements)
             self.metrics.inc("translated", len(statements), protocol=protocol)
-        return out
+        return out, rejected
 
     async def _quarantine(self, msg, reason: str) -> asyncio.Future:
         self.metrics.inc("quarantined")
