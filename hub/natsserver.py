@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -108,6 +107,3 @@ class NatsServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-
-def env_port(var: str, default: int) -> int:
-    return int(os.environ.get(var, default))

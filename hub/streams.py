@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -81,6 +80,3 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             result["KV_" + bucket] = "created"
     return result
 
-
-def to_json(obj: object) -> bytes:
-    return msgspec.json.encode(obj)
