@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import pytest_asyncio
+from hypothesis import settings as hypothesis_settings
 
 from hub.natsconn import connect
 from hub.natsserver import NatsServer, free_port
 from hub.settings import HubSettings
 from hub.streams import ensure_streams
+
+# CI replays the same generated examples every run (a red CI must mean a regression); local runs explore anew.
+hypothesis_settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")

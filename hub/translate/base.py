@@ -238,6 +238,9 @@ class TranslateContext:
 
 
 # ------------------------------------------------------------------------------------------ event access
+_ABSOLUTE_IRI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s]+\Z")
+
+
 class EventParts:
     """The parts of one normalized event a builder reads (no copies of the event); each protocol extends it."""
 
@@ -251,6 +254,22 @@ class EventParts:
         self.data = as_dict(self.raw_data)
         self.course = course_of(self.context, self.data)
         self.ctx = ctx
+
+    def need(self, key: str) -> str:
+        value = text(self.data.get(key))
+        if value is None:
+            raise Rejected(f"no object id (data.{key} missing)")
+        return value
+
+    def need_iri(self, key: str) -> str:
+        """``data[key]`` as an object id that must already be an absolute IRI (a URL the event carries)."""
+        value = self.need(key)
+        if not _ABSOLUTE_IRI.match(value):
+            raise Rejected(f"data.{key} is not an absolute IRI")
+        return value
+
+    def xblock(self, usage_key: str) -> str:
+        return f"{self.ctx.lms_url}/xblock/{usage_key}"
 
 
 def as_dict(value: Any) -> dict:

@@ -43,14 +43,6 @@ class Ev(EventParts):
         super().__init__(event, ctx)
         self.actor = ctx.user_part("caliper", user_of(event, self.context, self.data), _person)
 
-    def need(self, key: str) -> str:
-        value = text(self.data.get(key))
-        if value is None:
-            raise Rejected(f"no object id (data.{key} missing)")
-        return value
-
-    def xblock(self, usage_key: str) -> str:
-        return f"{self.ctx.lms_url}/xblock/{usage_key}"
 
     def part_of(self, obj: dict, extensions: dict | None = None) -> dict:
         """Add ``extensions.isPartOf`` (the course offering) to an object."""
@@ -132,14 +124,13 @@ def hint(ev: Ev) -> tuple[dict, None, None]:
 
 
 def link(ev: Ev) -> tuple[dict, None, None]:
-    return ev.part_of({"id": ev.need("target_url"), "type": "WebPage"}), None, None
+    return ev.part_of({"id": ev.need_iri("target_url"), "type": "WebPage"}), None, None
 
 
 def outline(ev: Ev) -> tuple[dict, None, None]:
-    url = text(ev.data.get("target_url"))
-    if url is None:
+    if text(ev.data.get("target_url")) is None:
         return sequence(None)(ev)
-    obj: dict[str, Any] = {"id": url, "type": "DigitalResource"}
+    obj: dict[str, Any] = {"id": ev.need_iri("target_url"), "type": "DigitalResource"}
     name = text(ev.data.get("target_name"))
     if name:
         obj["name"] = name

@@ -116,14 +116,6 @@ INTERACTION_TYPES = {
 class Ev(EventParts):
     __slots__ = ()
 
-    def need(self, key: str) -> str:
-        value = text(self.data.get(key))
-        if value is None:
-            raise Rejected(f"no object id (data.{key} missing)")
-        return value
-
-    def xblock(self, usage_key: str) -> str:
-        return f"{self.ctx.lms_url}/xblock/{usage_key}"
 
     def course_activity(self) -> dict | None:
         if not self.course:
@@ -248,8 +240,9 @@ def _score(earned: Any, possible: Any, what: str) -> dict:
     raw = 0 if raw is None else raw
     top = 0 if top is None else top
     scaled = raw / top if top else 0
-    if not -1 <= scaled <= 1 or raw < 0 or top < 0:
-        raise Rejected(f"{what} score out of range")
+    if not -1 <= scaled <= 1 or raw < 0 or top < 0 or raw > top:
+        # xAPI requires min <= raw <= max: an event earning more than possible cannot be stated validly
+        raise Rejected(f"{what} score out of range (earned {raw}, possible {top})")
     return {"score": {"min": 0, "max": top, "raw": raw, "scaled": scaled}, "success": raw >= top}
 
 
@@ -284,14 +277,13 @@ def block_object(kind: str, key: str = "block_id") -> Callable[[Ev], dict]:
 
 
 def link_object(ev: Ev) -> dict:
-    return activity(ev.need("target_url"), LINK)
+    return activity(ev.need_iri("target_url"), LINK)
 
 
 def outline_object(ev: Ev) -> dict:
-    url = text(ev.data.get("target_url"))
-    if url is None:
+    if text(ev.data.get("target_url")) is None:
         return sequence_object(ev)
-    obj = activity(url, MODULE)
+    obj = activity(ev.need_iri("target_url"), MODULE)
     name = text(ev.data.get("target_name"))
     if name:
         obj["definition"]["name"] = {EN: name}
