@@ -204,27 +204,36 @@ async def stream_ids(js, stream: str) -> list[str]:
 
 
 async def test_two_hub_processes_share_the_load_without_duplicates(js, settings):
+    import httpx
+
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
-    n = 600
-    for i in range(n):
-        await publish(js, video_event(user_id=1000 + i))
+    n = 1000
     env = rthub_env(settings.nats_url, RTHUB_ID_SECRET="s3cret", RTHUB_BATCH_SIZE="50",
                     RTHUB_DATA_DIR=settings.data_dir)
     ports = [free_port(), free_port()]
     procs = [rthub_popen("hub", "--metrics-port", str(p), env=env) for p in ports]
+
+    def up(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def received(port: int) -> int:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        lines = [x for x in text.splitlines() if x.startswith("rthub_received_total")]
+        return int(lines[0].rsplit(" ", 1)[1]) if lines else 0
+
     try:
+        await wait_for(lambda: all(up(p) for p in ports), 30, "both hubs serving")  # both pulling before events flow
+        for i in range(n):
+            await publish(js, video_event(user_id=1000 + i))
         await wait_for(lambda: _stream_count(js, "XAPI", n), 60, f"{n} statements on XAPI")
         ids = await stream_ids(js, "XAPI")
         assert len(ids) == n and len(set(ids)) == n
-        import httpx
-
-        received = []
-        for p in ports:
-            text = httpx.get(f"http://127.0.0.1:{p}/metrics").text
-            line = next(x for x in text.splitlines() if x.startswith("rthub_received_total"))
-            received.append(int(line.rsplit(" ", 1)[1]))
-        assert sum(received) == n
-        assert all(r > 0 for r in received), f"one hub did all the work: {received}"
+        counts = [received(p) for p in ports]
+        assert sum(counts) == n
+        assert all(c > 0 for c in counts), f"one hub did all the work: {counts}"
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
