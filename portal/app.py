@@ -19,6 +19,7 @@ from litestar.exceptions import (
     PermissionDeniedException,
 )
 from litestar.openapi import OpenAPIConfig
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -190,7 +191,7 @@ async def create_integration(request: Request) -> Template | Redirect:
 
 
 @get("/integrations/{key:str}")
-async def integration_page(request: Request, key: str) -> Template:
+async def integration_page(request: Request, key: FromPath[str]) -> Template:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -216,7 +217,7 @@ async def _safe_count(portal: Portal, row) -> int:
 
 
 @post("/integrations/{key:str}/rotate")
-async def rotate(request: Request, key: str) -> Template:
+async def rotate(request: Request, key: FromPath[str]) -> Template:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -225,7 +226,7 @@ async def rotate(request: Request, key: str) -> Template:
 
 
 @post("/integrations/{key:str}/retire")
-async def retire(request: Request, key: str) -> Redirect:
+async def retire(request: Request, key: FromPath[str]) -> Redirect:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -234,7 +235,7 @@ async def retire(request: Request, key: str) -> Redirect:
 
 
 @post("/integrations/{key:str}/creds")
-async def download_creds(request: Request, key: str) -> Response:
+async def download_creds(request: Request, key: FromPath[str]) -> Response:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -245,7 +246,7 @@ async def download_creds(request: Request, key: str) -> Response:
 
 
 @post("/integrations/{key:str}/cancel")
-async def cancel(request: Request, key: str) -> Redirect:
+async def cancel(request: Request, key: FromPath[str]) -> Redirect:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -273,7 +274,7 @@ async def create_token(request: Request) -> Template:
 
 
 @post("/tokens/{token_id:int}/revoke")
-async def revoke_token(request: Request, token_id: int) -> Redirect:
+async def revoke_token(request: Request, token_id: FromPath[int]) -> Redirect:
     user = await require_user(request)
     await portal_of(request).revoke_token(user, token_id)
     return go("/tokens", "Token revoked.")
@@ -291,14 +292,14 @@ async def admin_home(request: Request) -> Template:
 
 
 @get("/admin/integrations/{key:str}")
-async def admin_integration(request: Request, key: str) -> Template:
+async def admin_integration(request: Request, key: FromPath[str]) -> Template:
     await require_admin(request)
     row = await portal_of(request).get(key)
     return await _detail(request, row, admin=True, errors={}, owner=(await portal_of(request).owner_emails()).get(row.owner))
 
 
 @post("/admin/integrations/{key:str}/{action:str}")
-async def admin_action(request: Request, key: str, action: str) -> Template | Redirect:
+async def admin_action(request: Request, key: FromPath[str], action: FromPath[str]) -> Template | Redirect:
     admin = await require_admin(request)
     portal = portal_of(request)
     settings: PortalSettings = request.app.state.settings
@@ -373,7 +374,7 @@ async def api_list(request: Request) -> list[dict[str, Any]]:
 
 
 @post("/integrations", status_code=201)
-async def api_create(request: Request, data: dict[str, Any]) -> dict[str, Any]:
+async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     user = await api_user(request)
     settings: PortalSettings = request.app.state.settings
     spec, errors = validate_request(data, set(settings.sites), settings.max_text)
@@ -383,7 +384,7 @@ async def api_create(request: Request, data: dict[str, Any]) -> dict[str, Any]:
 
 
 @get("/integrations/{key:str}")
-async def api_get(request: Request, key: str) -> dict[str, Any]:
+async def api_get(request: Request, key: FromPath[str]) -> dict[str, Any]:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -396,7 +397,7 @@ async def api_get(request: Request, key: str) -> dict[str, Any]:
 
 
 @post("/integrations/{key:str}/rotate-secret", status_code=200)
-async def api_rotate(request: Request, key: str) -> dict[str, Any]:
+async def api_rotate(request: Request, key: FromPath[str]) -> dict[str, Any]:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -404,7 +405,7 @@ async def api_rotate(request: Request, key: str) -> dict[str, Any]:
 
 
 @post("/integrations/{key:str}/creds", status_code=200)
-async def api_creds(request: Request, key: str) -> Response:
+async def api_creds(request: Request, key: FromPath[str]) -> Response:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -413,7 +414,7 @@ async def api_creds(request: Request, key: str) -> Response:
 
 
 @post("/integrations/{key:str}/cancel", status_code=200)
-async def api_cancel(request: Request, key: str) -> dict[str, Any]:
+async def api_cancel(request: Request, key: FromPath[str]) -> dict[str, Any]:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -421,7 +422,7 @@ async def api_cancel(request: Request, key: str) -> dict[str, Any]:
 
 
 @get("/admin/integrations")
-async def api_admin_list(request: Request, status: str | None = None) -> list[dict[str, Any]]:
+async def api_admin_list(request: Request, status: FromQuery[str | None] = None) -> list[dict[str, Any]]:
     await api_admin(request)
     portal = portal_of(request)
     owners = await portal.owner_emails()
@@ -429,7 +430,7 @@ async def api_admin_list(request: Request, status: str | None = None) -> list[di
 
 
 @post("/admin/integrations/{key:str}/{action:str}", status_code=200)
-async def api_admin_action(request: Request, key: str, action: str, data: dict[str, Any] | None = None
+async def api_admin_action(request: Request, key: FromPath[str], action: FromPath[str], data: JSONBody[dict[str, Any] | None] = None
                            ) -> dict[str, Any]:
     admin = await api_admin(request)
     portal = portal_of(request)
@@ -460,7 +461,7 @@ async def api_admin_action(request: Request, key: str, action: str, data: dict[s
 
 
 @get("/admin/audit")
-async def api_audit(request: Request, integration: str | None = None) -> list[dict[str, Any]]:
+async def api_audit(request: Request, integration: FromQuery[str | None] = None) -> list[dict[str, Any]]:
     await api_admin(request)
     return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "integration": e.integration,
              "detail": e.detail} for e in await portal_of(request).audit_log(1000, integration)]
