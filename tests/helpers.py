@@ -69,3 +69,13 @@ def shared_or_skip(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference material {path} is absent (../shared beside the project root)")
     return path
+
+
+def start_operator_nats(data_dir: Path, name: str):
+    """A nats-server in operator mode (trust chain kept in ``data_dir``), on a free port."""
+    from hub.auth import AuthStore
+    from hub.natsserver import NatsServer, free_port
+
+    auth = AuthStore.ensure(data_dir)
+    return NatsServer(free_port(), data_dir / "nats", config=auth.server_config(data_dir / "nats" / "resolver"),
+                      name=name).start()

@@ -21,7 +21,7 @@ from hub.natsserver import NatsServer, free_port
 from hub.settings import HubSettings
 from hub.streams import ensure_streams
 from hub.subjects import subject
-from tests.helpers import unique, wait_for
+from tests.helpers import start_operator_nats, unique, wait_for
 
 
 class Probe:
@@ -63,9 +63,7 @@ def auth_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def op_server(auth_dir):
-    auth = AuthStore.ensure(auth_dir)
-    server = NatsServer(free_port(), auth_dir / "nats", config=auth.server_config(auth_dir / "nats" / "resolver"),
-                        name="auth").start()
+    server = start_operator_nats(auth_dir, "auth")
     yield server
     server.stop()
 

@@ -15,11 +15,11 @@ import pytest_asyncio
 
 from hub.auth import AuthStore, creds_inbox_prefix
 from hub.grants import consumer_name
-from hub.natsserver import NatsServer, free_port, wait_port
+from hub.natsserver import free_port, wait_port
 from hub.settings import HubSettings
 from hub.streams import ensure_streams
 from hub.subjects import subject
-from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
+from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,9 +39,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def op_server(data_dir):
-    auth = AuthStore.ensure(data_dir)
-    server = NatsServer(free_port(), data_dir / "nats", config=auth.server_config(data_dir / "nats" / "resolver"),
-                        name="portal-op").start()
+    server = start_operator_nats(data_dir, "portal-op")
     yield server
     server.stop()
 
