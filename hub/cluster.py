@@ -21,6 +21,7 @@ from pathlib import Path
 
 from hub.natsserver import NatsServer, free_port, port_free, wait_port
 from hub.settings import HubSettings
+from hub.up import spawn, stop_all
 
 CLUSTER_NAME = "rthub"
 # service process name (as in compose.yaml) -> the AuthStore user it connects as
@@ -110,12 +111,6 @@ class Cluster:
             await nc.close()
 
 
-def _child(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    out = open(log, "ab")  # noqa: SIM115 - owned by the child
-    return subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
 def run(args) -> int:
     data_dir = Path(args.data_dir).resolve()
     base = args.base_port
@@ -139,7 +134,7 @@ def run(args) -> int:
 
     def start(name: str, service: str, cmd: list[str]) -> None:
         service_of[name] = service
-        children[name] = _child(cmd, envs[service], logs / f"{name}.log")
+        children[name] = spawn(cmd, envs[service], logs / f"{name}.log")
     try:
         print("waiting for the JetStream cluster to elect a leader...", flush=True)
         asyncio.run(cluster.ready())
@@ -182,20 +177,12 @@ def run(args) -> int:
                 if proc.poll() is not None:  # restart policy "always", as in compose.yaml
                     print(f"rthub cluster: {name} exited with {proc.returncode}; restarting", file=sys.stderr,
                           flush=True)
-                    children[name] = _child(proc.args[3:], envs[service_of[name]], logs / f"{name}.log")
+                    children[name] = spawn(proc.args[3:], envs[service_of[name]], logs / f"{name}.log")
             time.sleep(0.5)
         print("stopping...", flush=True)
         return 0
     finally:
-        for proc in children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in children.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(children)
         cluster.stop()
 
 

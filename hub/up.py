@@ -20,11 +20,15 @@ from hub.natsserver import NatsServer, port_free, wait_port
 SERVICES = ("hub", "deliver", "portal")
 
 
-def _child(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=env, start_new_session=True)
+def spawn(args: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    """``rthub ARGS`` as a child in its own session (Ctrl-C reaches only us); output to ``log`` if given."""
+    out = open(log, "ab") if log else None  # noqa: SIM115 - owned by the child
+    return subprocess.Popen([sys.executable, "-m", "hub.cli", *args], env=env, stdout=out,
+                            stderr=subprocess.STDOUT if log else None, start_new_session=True)
 
 
-def _stop_all(children: dict[str, subprocess.Popen], timeout: float = 15.0) -> None:
+def stop_all(children: dict[str, subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM every child, then give them ``timeout`` seconds together before SIGKILL."""
     for proc in children.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -87,12 +91,12 @@ def run(args) -> int:
 
     try:
         asyncio.run(_prepare(nats_url, creds.get("admin"), args.demo))
-        children["hub"] = _child(["hub", "--metrics-port", str(args.metrics_port)], service_env("hub"))
+        children["hub"] = spawn(["hub", "--metrics-port", str(args.metrics_port)], service_env("hub"))
         if not args.no_deliver:
-            children["deliver"] = _child(["deliver", "--metrics-port", str(args.metrics_port + 1)],
+            children["deliver"] = spawn(["deliver", "--metrics-port", str(args.metrics_port + 1)],
                                          service_env("deliverer"))
         if not args.no_portal:
-            children["portal"] = _child(["portal", "serve", "--port", str(args.portal_port)], service_env("portal"))
+            children["portal"] = spawn(["portal", "serve", "--port", str(args.portal_port)], service_env("portal"))
             wait_port(args.portal_port, 30)
         print("rthub is up:")
         print(f"  nats-server  {nats_url}" + (f"   (data in {data_dir / 'nats'})" if server else "   (external)"))
@@ -106,7 +110,7 @@ def run(args) -> int:
         print("Ctrl-C stops everything.", flush=True)
         stop = asyncio.Event()
         if args.demo:
-            children["demo"] = _child(["demo", "--rate", str(args.demo_rate)], service_env("publisher"))
+            children["demo"] = spawn(["demo", "--rate", str(args.demo_rate)], service_env("publisher"))
 
         async def watch() -> None:
             loop = asyncio.get_running_loop()
@@ -129,7 +133,7 @@ def run(args) -> int:
         print("stopping...", flush=True)
         return 0
     finally:
-        _stop_all(children)
+        stop_all(children)
         if server:
             server.stop()
 
