@@ -3,6 +3,7 @@ tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neith
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -476,6 +477,20 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
+async def _migrate_direct_access(portal: Portal) -> None:
+    """Move direct subscriptions into their own NATS accounts once NATS answers (retried, never fatal)."""
+    delay = 1.0
+    while True:
+        try:
+            await portal.migrate_direct_access()
+            return
+        except Exception as exc:  # noqa: BLE001 - NATS down or store missing: logged, retried with backoff
+            log.warning("moving direct subscriptions into their own accounts failed (%s); retrying in %.0f s",
+                        exc, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 60.0)
+
+
 def create_app(settings: PortalSettings) -> Litestar:
     """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
     portal = Portal(settings)
@@ -483,8 +498,10 @@ def create_app(settings: PortalSettings) -> Litestar:
 
     async def startup(app: Litestar) -> None:
         app.state.engine = await db.migrate(settings)
+        app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
 
     async def shutdown(app: Litestar) -> None:
+        app.state.migration.cancel()
         await portal.close()
         if app.state.engine is not None:
             await db.close(app.state.engine)

@@ -294,6 +294,7 @@ class Portal:
         secret = None
         if row.delivery == "direct":
             await self.auth().ensure_consumer(js, grant)
+            await self._auth_store().activate_consumer(await self.nc(), grant)
         else:
             old = await self._get_target(row.key)
             secrets = old.secrets if old and old.secrets else []
@@ -330,22 +331,47 @@ class Portal:
         await self.audit(actor.email, "integration.deny", row.key, reason)
         return row
 
-    async def _cut_off(self, row: Integration, actor: Account) -> None:
-        """Revoke every direct credential issued for ``row`` (hub.auth pushes the account update).
+    def _auth_store(self):
+        return self.auth().AuthStore.ensure(self.settings.data_dir)
 
-        Called after the grant is gone; a failed push is audited and logged, never swallowed silently.
-        """
-        users = _load(row.issued_users)
-        if not users:
+    async def _cut_off(self, row: Integration, actor: Account, final: bool = True) -> None:
+        """Close a direct subscription's NATS account: every credential issued for ``row`` revoked, no import
+        left (``final``: never reopened). Called after the grant is gone; a failed push is audited and logged,
+        never swallowed silently."""
+        if row.delivery != "direct":
             return
-        store = self.auth().AuthStore.ensure(self.settings.data_dir)
+        users = _load(row.issued_users)
         try:
-            await store.revoke(await self.nc(), users)
+            await self._auth_store().close_consumer(await self.nc(), row.key, final=final)
         except Exception as exc:  # noqa: BLE001 - reported below; the grant is already removed
             log.error("revoking credentials of %s failed: %s", row.key, exc)
             await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
             raise PortalError(f"The grant is removed, but pushing the credential revocation failed ({exc}).", 502) from None
         await self.audit(actor.email, "creds.revoke", row.key, f"{len(users)} credential(s) revoked")
+
+    async def migrate_direct_access(self) -> int:
+        """Bring every direct subscription into its own NATS account (start-up; idempotent): approved ones are
+        opened, suspended and revoked ones closed. Credentials issued by earlier versions inside the data account
+        were revoked by ``AuthStore.ensure``; their owners download new ``.creds``. Returns how many changed."""
+        store = self._auth_store()
+        changed = 0
+        rows = await Integration.objects().where(Integration.delivery == "direct")
+        for row in rows:
+            claims = store.tenant_claims(row.key)
+            is_open = bool(claims and claims["nats"].get("imports"))
+            if row.status == "approved" and claims is None:
+                grant = grant_of(row, await self._consumer_label(row))
+                await self.auth().ensure_consumer(await self.js(), grant)
+                await store.activate_consumer(await self.nc(), grant)
+            elif row.status in ("suspended", "revoked") and (is_open or claims is None):
+                await store.close_consumer(await self.nc(), row.key, final=row.status == "revoked")
+            else:
+                continue
+            changed += 1
+            await self.audit("system", "creds.migrate", row.key, f"direct access moved to its own account ({row.status})")
+        if changed:
+            log.info("moved %d direct subscription(s) into their own NATS accounts", changed)
+        return changed
 
     async def suspend(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
@@ -358,7 +384,7 @@ class Portal:
             await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
         await self._save(row, status="suspended", decided_by=actor.email, decision_reason=reason)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
-        await self._cut_off(row, actor)
+        await self._cut_off(row, actor, final=False)
         await self._save(row, issued_users="[]")
         return row
 
@@ -423,11 +449,12 @@ class Portal:
         """A fresh ``.creds`` for a direct subscription; earlier ones stay valid until expiry or revocation."""
         if row.delivery != "direct" or row.status != "approved":
             raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
-        auth = self.auth()
-        store = auth.AuthStore.ensure(self.settings.data_dir)
+        store = self._auth_store()
         grant = grant_of(row, await self._consumer_label(row))
-        await auth.ensure_consumer(await self.js(), grant)
-        creds, user_pub = store.consumer_creds(grant, self.settings.creds_days * 86400)
+        try:
+            creds, user_pub = store.consumer_creds(grant, self.settings.creds_days * 86400)
+        except self.auth().AuthError as exc:  # closed (suspended/revoked meanwhile) or never opened
+            raise PortalError(f"No credentials: {exc}.", 409) from None
         users = _load(row.issued_users)
         users.append(user_pub)
         await self._save(row, issued_users=_dump(users), creds_issued=(row.creds_issued or 0) + 1)

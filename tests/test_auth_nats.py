@@ -131,7 +131,11 @@ async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, 
 
 
 async def _consumer_client(op_server, auth: AuthStore, grant: Grant, expires_in=None) -> tuple[Probe, str, str]:
-    text, user_pub = auth.consumer_creds(grant, expires_in)
+    nc = await nats.connect(op_server.url, user_credentials=str(auth.service_creds("admin")))
+    try:
+        text, user_pub = await auth.issue_consumer_creds(nc, grant, expires_in)
+    finally:
+        await nc.close()
     probe = await Probe().connect(op_server.url, RawCredentials(text), creds_inbox_prefix(text),
                                   allow_reconnect=False)
     return probe, user_pub, text
@@ -184,6 +188,8 @@ async def test_consumer_credential_is_scoped_to_its_grant(op_server, auth_dir, a
         assert other_info.num_pending == 1 and other_info.delivered.consumer_seq == 0  # B untouched
         with pytest.raises(Exception):  # noqa: B017 - no JetStream API beyond its own pull/ack
             await cjs.consumer_info("XAPI", consumer_name(mine.id), timeout=1)
+        with pytest.raises(Exception):  # noqa: B017 - its own account has no JetStream at all
+            await cjs.stream_info("XAPI", timeout=1)
     finally:
         await probe.close()
 
@@ -192,7 +198,7 @@ async def test_expired_credential_is_refused(op_server, auth_dir, admin):
     auth = AuthStore.ensure(auth_dir)
     grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
     await ensure_consumer(admin.jetstream(), grant)
-    text, _ = auth.consumer_creds(grant, expires_in=-5)
+    text, _ = await auth.issue_consumer_creds(admin, grant, expires_in=-5)
     with pytest.raises(Exception) as refused:  # noqa: B017
         await nats.connect(op_server.url, user_credentials=RawCredentials(text), allow_reconnect=False,
                            connect_timeout=3, inbox_prefix=creds_inbox_prefix(text))
@@ -214,11 +220,11 @@ async def test_revocation_cuts_a_live_client_and_refuses_reconnect(op_server, au
     try:
         assert probe.nc.is_connected
         started = time.monotonic()
-        answer = await auth.revoke(admin, user_pub)
+        answer = await auth.revoke_consumer_users(admin, grant.id, [user_pub])
         assert answer.get("code") == 200, answer
         await asyncio.wait_for(probe.disconnected.wait(), 5)
         assert time.monotonic() - started < 5
-        assert user_pub in auth.revocations()
+        assert user_pub in auth.tenant_claims(grant.id)["nats"]["revocations"]
         with pytest.raises(Exception):  # noqa: B017 - authorization violation
             await nats.connect(op_server.url, user_credentials=RawCredentials(text),
                                allow_reconnect=False, connect_timeout=3)
@@ -252,14 +258,24 @@ async def test_cli_issues_consumer_creds_and_revokes(op_server, auth_dir, admin,
 
     probe = await Probe().connect(op_server.url, str(out), creds_inbox_prefix(out), allow_reconnect=False)
     try:
-        done = await asyncio.to_thread(rthub, "auth", "revoke", user_pub, env=env)
+        done = await asyncio.to_thread(rthub, "auth", "revoke", user_pub, "--grant", grant.id, env=env)
         assert done.returncode == 0, done.stderr.decode()
         assert "jwt updated" in done.stdout.decode()
         await asyncio.wait_for(probe.disconnected.wait(), 5)
     finally:
         await probe.close()
-    listed = await asyncio.to_thread(rthub, "auth", "revocations", env=env)
-    assert user_pub in listed.stdout.decode()
+    assert user_pub in AuthStore.ensure(auth_dir).tenant_claims(grant.id)["nats"]["revocations"]
+    again = await asyncio.to_thread(rthub, "auth", "consumer-creds", grant.id, "--out", str(out), env=env)
+    assert again.returncode == 0, again.stderr.decode()
+    probe = await Probe().connect(op_server.url, str(out), creds_inbox_prefix(out), allow_reconnect=False)
+    try:
+        done = await asyncio.to_thread(rthub, "auth", "close", grant.id, env=env)
+        assert done.returncode == 0 and "for good" in done.stdout.decode(), done.stderr.decode()
+        await asyncio.wait_for(probe.disconnected.wait(), 5)
+    finally:
+        await probe.close()
+    refused = await asyncio.to_thread(rthub, "auth", "consumer-creds", grant.id, "--out", str(out), env=env)
+    assert refused.returncode != 0 and "for good" in (refused.stdout + refused.stderr).decode()
     bad = await asyncio.to_thread(rthub, "auth", "revoke", "not-a-key", env=env)
     assert bad.returncode == 2 and "not a NATS user public key" in bad.stderr.decode()
 
@@ -268,13 +284,14 @@ async def test_secrets_never_in_logs_or_config(op_server, auth_dir, admin, caplo
     caplog.set_level(logging.DEBUG)
     auth = AuthStore.ensure(auth_dir)
     grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
-    text, user_pub = auth.consumer_creds(grant, 60)
-    await auth.revoke(admin, user_pub)
+    text, user_pub = await auth.issue_consumer_creds(admin, grant, 60)
+    await auth.revoke_consumer_users(admin, grant.id, [user_pub])
     seeds = [auth.operator_seed.decode(), auth.sys_seed.decode(), auth.hub_seed.decode(),
+             auth.signing_seed.decode(), auth._tenant_file(grant.id, ".nk").read_text(),
              text.split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0]]
     for creds_file in auth.path.glob("*.creds"):
         seeds.append(creds_file.read_text().split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0])
-    assert len(seeds) >= 8 and all(s.startswith("S") for s in seeds)
+    assert len(seeds) >= 10 and all(s.startswith("S") for s in seeds)
     assert user_pub in caplog.text  # the log names the user, by public key only
     haystacks = [caplog.text, op_server.log_file.read_text(errors="replace"),
                  (op_server.store_dir / f"{op_server.name}.conf").read_text()]
@@ -295,9 +312,9 @@ async def test_restart_keeps_keys_streams_consumers_and_revocations(tmp_path):
         js = nc.jetstream()
         await ensure_streams(js, HubSettings(nats_url=server.url))
         await ensure_consumer(js, grant)
-        kept, _ = auth.consumer_creds(grant, 3600)
+        kept, _ = await auth.issue_consumer_creds(nc, grant, 3600)
         revoked, revoked_pub = auth.consumer_creds(grant, 3600)
-        await auth.revoke(nc, revoked_pub)
+        await auth.revoke_consumer_users(nc, grant.id, [revoked_pub])
         await js.publish(subj, b'{"id":"before-restart"}')
         await nc.close()
     finally:
@@ -355,11 +372,11 @@ async def test_revocation_reaches_every_server_of_a_cluster(tmp_path):
 
         await wait_for(routed, 15, "the two servers to form a cluster", interval=0.2)
         grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
-        text, user_pub = auth.consumer_creds(grant, 3600)
+        text, user_pub = await auth.issue_consumer_creds(a, grant, 3600)  # account pushed to server 0 only
         probe = await Probe().connect(servers[1].url, RawCredentials(text), creds_inbox_prefix(text),
                                       allow_reconnect=False)
         try:
-            await auth.revoke(a, user_pub)  # pushed to server 0 only
+            await auth.close_consumer(a, grant.id)  # pushed to server 0 only
             await asyncio.wait_for(probe.disconnected.wait(), 5)
         finally:
             await probe.close()

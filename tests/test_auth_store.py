@@ -11,21 +11,86 @@ from hub.auth import AuthStore, jwt
 from hub.grants import Grant
 
 
-def test_revocations_accumulate_and_expired_ones_are_pruned(tmp_path):
+def test_service_revocations_accumulate_in_the_data_account(tmp_path):
     auth = AuthStore.ensure(tmp_path)
-    grant = Grant(id="g1", consumer="acme", protocol="xapi", courses=["c"])
-    _, short = auth.consumer_creds(grant, expires_in=5)
-    _, forever = auth.consumer_creds(grant)
-    _, later = auth.consumer_creds(grant, expires_in=3600)
-    first = jwt.decode(auth.add_revocations([short, forever, later]))
-    assert first["iss"] == auth.operator_pub and first["sub"] == auth.hub_pub
-    assert set(first["nats"]["revocations"]) == {short, forever, later}
-    now = first["nats"]["revocations"][short]
-    # Thirty seconds on, the short credential has expired: its revocation is no longer needed.
-    second = jwt.decode(auth.add_revocations([], at=now + 30))
-    assert set(second["nats"]["revocations"]) == {forever, later}
+    keys = [jwt.decode(jwt.creds_jwt(auth.service_creds(s).read_text()))["sub"] for s in ("hub", "deliverer")]
+    first = jwt.decode(auth.add_revocations(keys[:1]))
+    assert first["iss"] == auth.signing_pub and first["sub"] == auth.hub_pub  # signing key, not the operator
+    second = jwt.decode(auth.add_revocations(keys[1:]))
+    assert set(second["nats"]["revocations"]) == set(keys)
     assert second["iat"] > first["iat"]  # strictly newer, so the resolver takes it
-    assert AuthStore.ensure(tmp_path).revocations().keys() == {forever, later}
+    assert second["nats"]["exports"] == first["nats"]["exports"]  # revocation keeps the subscriber exports
+    assert AuthStore.ensure(tmp_path).revocations().keys() == set(keys)
+
+
+def test_each_direct_subscriber_gets_its_own_account_with_exact_imports(tmp_path):
+    auth = AuthStore.ensure(tmp_path)
+    grant = Grant(id="g1", consumer="acme", protocol="xapi", sites=["s"], courses=["course-v1:O+A+1"])
+    with pytest.raises(RuntimeError, match="not open"):
+        auth.consumer_creds(grant)  # no account yet: no user
+    tenant = jwt.decode(auth.open_tenant(grant))
+    assert tenant["iss"] == auth.signing_pub and tenant["sub"] != auth.hub_pub
+    assert "mem_storage" not in tenant["nats"]["limits"]  # no JetStream of its own
+    imports = {(i["type"], i["subject"]) for i in tenant["nats"]["imports"]}
+    assert imports == {("service", "$JS.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1"), ("service", "$JS.ACK.XAPI.rthub_g1.>"),
+                       ("stream", "xapi.s.*.course-v1:O+A+1.*")}
+    for imp in tenant["nats"]["imports"]:
+        act = jwt.decode(imp["token"])  # signed by the data account, for this account and this subject only
+        assert (act["iss"], act["sub"], act["nats"]["subject"], imp["account"]) == (
+            auth.hub_pub, tenant["sub"], imp["subject"], auth.hub_pub)
+    exports = jwt.decode(auth.hub_jwt)["nats"]["exports"]
+    assert all(e["token_req"] for e in exports)  # private: an activation is required
+    text, user = auth.consumer_creds(grant, expires_in=60)
+    user_claims = jwt.decode(jwt.creds_jwt(text))
+    assert user_claims["iss"] == tenant["sub"] and user_claims["sub"] == user
+    assert "_INBOX.>" not in user_claims["nats"]["sub"]["allow"]
+    assert auth.tenant_jwts() == {tenant["sub"]: (tmp_path / "nats-auth" / "tenants" / "g1.jwt").read_text()}
+    assert tenant["sub"] in auth.server_config(tmp_path / "resolver")  # preloaded into servers
+
+
+def test_a_closed_account_gets_no_user_and_a_revoked_one_never_reopens(tmp_path):
+    auth = AuthStore.ensure(tmp_path)
+    grant = Grant(id="g1", consumer="acme", protocol="caliper", courses=["c"])
+    auth.open_tenant(grant)
+    auth.consumer_creds(grant)
+    suspended = jwt.decode(auth.close_tenant("g1", final=False))
+    assert "imports" not in suspended["nats"] and "*" in suspended["nats"]["revocations"]
+    with pytest.raises(RuntimeError, match="not open"):
+        auth.consumer_creds(grant)
+    reopened = jwt.decode(auth.open_tenant(grant))  # resume
+    assert reopened["nats"]["revocations"]["*"] == suspended["nats"]["revocations"]["*"]  # old users stay cut
+    text, _ = auth.consumer_creds(grant)
+    assert jwt.decode(jwt.creds_jwt(text))["iat"] > reopened["nats"]["revocations"]["*"]  # the new one is not
+    auth.close_tenant("g1", final=True)
+    with pytest.raises(RuntimeError, match="for good"):
+        auth.open_tenant(grant)
+    auth.close_tenant("never", final=True)  # a tombstone: nothing racing can open it later
+    with pytest.raises(RuntimeError, match="for good"):
+        auth.open_tenant(Grant(id="never", consumer="x", protocol="xapi", courses=["c"]))
+
+
+def test_an_older_store_is_upgraded_and_its_data_account_users_revoked(tmp_path):
+    """Stores of earlier versions: no signing key, no exports, consumer users inside HUB (listed in
+    expiries.json). Upgrading adds the key, the exports, and revokes those users."""
+    auth = AuthStore.ensure(tmp_path)
+    folder = tmp_path / "nats-auth"
+    legacy_user = "U" + "A" * 55
+    (folder / "operator-signing.nk").unlink()
+    op = auth.operator_seed
+    old_hub = jwt.encode(jwt.account_claims("HUB", auth.hub_pub, jetstream=True), op)
+    (folder / "HUB.jwt").write_text(old_hub)
+    claims = jwt.decode(auth.operator_jwt)
+    claims["nats"].pop("signing_keys")
+    (folder / "operator.jwt").write_text(jwt.encode({k: v for k, v in claims.items() if k != "jti"}, op))
+    import json
+    import time
+    (folder / "expiries.json").write_text(json.dumps({legacy_user: int(time.time()) + 3600}))
+    upgraded = AuthStore.ensure(tmp_path)
+    assert jwt.decode(upgraded.operator_jwt)["nats"]["signing_keys"] == [upgraded.signing_pub]
+    hub = jwt.decode(upgraded.hub_jwt)
+    assert hub["iss"] == upgraded.signing_pub and hub["nats"]["exports"]
+    assert legacy_user in hub["nats"]["revocations"]
+    assert not (folder / "expiries.json").exists()
 
 
 def test_invalid_keys_are_rejected_and_nothing_changes(tmp_path):
@@ -60,6 +125,8 @@ def test_no_credential_for_a_suspended_grant(tmp_path):
     auth = AuthStore.ensure(tmp_path)
     with pytest.raises(ValueError, match="suspended"):
         auth.consumer_creds(Grant(id="g2", consumer="acme", protocol="xapi", courses=["c"], status="suspended"))
+    with pytest.raises(ValueError, match="suspended"):
+        auth.open_tenant(Grant(id="g2", consumer="acme", protocol="xapi", courses=["c"], status="suspended"))
 
 
 def test_a_revoked_service_credential_is_reissued(tmp_path):

@@ -305,6 +305,8 @@ async def test_stack_revocation_reaches_every_node(stack):
         pytest.skip("needs the auth store, which in compose only nats-auth-init and the portal mount")
     auth = AuthStore.ensure(stack.data_dir)
     grant = Grant(id=unique("revoke"), consumer="stack", protocol="xapi", courses=["course-v1:edX+Rev+2024"])
+    auth.open_tenant(grant)
+    await auth.push(None, [auth.hub_jwt, auth.open_tenant(grant)], servers=[stack.node_urls[0]])
     creds, user = auth.consumer_creds(grant, expires_in=300)
     opts = AuthStore.consumer_connect_options(grant, creds)
     closed: list[bool] = []
@@ -315,8 +317,7 @@ async def test_stack_revocation_reaches_every_node(stack):
     nc = await nats.connect(stack.node_urls[2], allow_reconnect=False, closed_cb=on_closed, **opts)
     try:
         await nc.flush()
-        auth.add_revocations([user])
-        answer = await auth.push_account(None, servers=[stack.node_urls[0]])
+        answer = (await auth.push(None, [auth.close_tenant(grant.id)], servers=[stack.node_urls[0]]))[0]
         assert answer.get("code") == 200, answer
         await wait_for(lambda: bool(closed), 5, "the revoked user on the third node being disconnected")
         assert "authorization violation" in (await _refused(stack.node_urls[2], **opts)).lower()

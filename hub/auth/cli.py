@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hub.auth.consumers import ensure_consumer, example_subscriber
 from hub.auth.permissions import SERVICES
-from hub.auth.store import AuthStore, write_private
+from hub.auth.store import AuthError, AuthStore, write_private
 from hub.settings import NatsSettings, from_env
 
 
@@ -44,9 +44,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     a = auth_sub.add_parser("revoke", help="revoke user public keys (U...) and push the account JWT")
     a.add_argument("user_keys", nargs="+", metavar="USER_KEY")
+    a.add_argument("--grant", help="the keys are direct-subscription users of this grant (default: service users)")
     a.set_defaults(func=_revoke)
 
-    a = auth_sub.add_parser("push", help="push the current HUB account JWT to the servers (after a restore)")
+    a = auth_sub.add_parser("close", help="cut a direct subscriber off: every credential of the grant revoked, "
+                                          "its account emptied (for good unless --suspend)")
+    a.add_argument("grant_id")
+    a.add_argument("--suspend", action="store_true", help="allow reopening later (consumer-creds reopens)")
+    a.set_defaults(func=_close)
+
+    a = auth_sub.add_parser("push", help="push the current account JWTs (data account and every direct "
+                                         "subscriber's) to the servers (after a restore)")
     a.set_defaults(func=_push)
 
     a = auth_sub.add_parser("revocations", help="list revoked user keys")
@@ -111,12 +119,20 @@ def _consumer_creds(args) -> int:
             if not grant.active:
                 raise SystemExit(f"grant {grant.id} is {grant.status}: no credential issued")
             consumer = await ensure_consumer(js, grant)
+            claims = auth.tenant_claims(grant.id)
+            if claims is None or (not claims["nats"].get("imports")
+                                  and "rthub-closed" not in claims["nats"].get("tags", [])):
+                await auth.activate_consumer(nc, grant)  # new, or suspended: the grant is active again
             text, user_pub = auth.consumer_creds(grant, args.expires_days * 86400 if args.expires_days else None)
             return text, user_pub, example_subscriber(grant, consumer, s.nats_url, os.path.basename(args.out))
         finally:
             await nc.close()
 
-    text, user_pub, example = asyncio.run(run())
+    try:
+        text, user_pub, example = asyncio.run(run())
+    except AuthError as exc:
+        print(f"rthub auth consumer-creds: {exc}", file=sys.stderr)
+        return 1
     out = Path(args.out)
     write_private(out, text)
     print(f"wrote {out} (user {user_pub}; revoke with: rthub auth revoke {user_pub})")
@@ -127,11 +143,17 @@ def _consumer_creds(args) -> int:
 def _push_with(args, keys: list[str] | None) -> int:
     s = _settings(args)
     auth = AuthStore.ensure(s.data_path)
+    grant = getattr(args, "grant", None)
 
     async def run() -> dict:
+        if keys and grant:
+            token = auth.revoke_tenant_users(grant, keys)
+            if token is None:
+                raise ValueError(f"grant {grant} has no direct-subscription account")
+            return (await auth.push(None, [token], servers=s.servers))[0]
         if keys:
             auth.add_revocations(keys)
-        return await auth.push_account(None, servers=s.servers)
+        return await auth.push_account(None, servers=s.servers, tenants=not keys)
 
     try:
         answer = asyncio.run(run())
@@ -152,6 +174,19 @@ def _revoke(args) -> int:
     except ValueError as exc:
         print(f"rthub auth revoke: {exc}", file=sys.stderr)
         return 2
+
+
+def _close(args) -> int:
+    s = _settings(args)
+    auth = AuthStore.ensure(s.data_path)
+    token = auth.close_tenant(args.grant_id, final=not args.suspend)
+    try:
+        asyncio.run(auth.push(None, [token], servers=s.servers))
+    except (OSError, TimeoutError, RuntimeError) as exc:
+        print(f"rthub auth close: saved, but could not push to {s.nats_url}: {exc} (rthub auth push)", file=sys.stderr)
+        return 1
+    print(f"closed direct access of {args.grant_id}{'' if args.suspend else ' for good'}")
+    return 0
 
 
 def _push(args) -> int:

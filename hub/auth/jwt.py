@@ -106,22 +106,53 @@ def _base(name: str, subject: str, now: float | None, expires: float | None) -> 
     return claims
 
 
-def operator_claims(name: str, operator_pub: str, system_account: str, now: float | None = None) -> dict:
-    return {**_base(name, operator_pub, now, None),
-            "nats": {"system_account": system_account, "type": "operator", "version": 2}}
+def operator_claims(name: str, operator_pub: str, system_account: str, now: float | None = None,
+                    signing_keys: list[str] | None = None) -> dict:
+    """The operator; ``signing_keys`` may sign account JWTs in its place (the operator seed can stay offline)."""
+    nats: dict[str, Any] = {"system_account": system_account, "type": "operator", "version": 2}
+    if signing_keys:
+        nats["signing_keys"] = list(signing_keys)
+    return {**_base(name, operator_pub, now, None), "nats": nats}
 
 
 def account_claims(name: str, account_pub: str, jetstream: bool, revocations: dict[str, int] | None = None,
-                   now: float | None = None) -> dict:
-    """An account; ``jetstream`` lifts its storage limits, ``revocations`` maps user key -> unix time."""
-    limits = dict(UNLIMITED)
+                   now: float | None = None, exports: list[dict] | None = None, imports: list[dict] | None = None,
+                   limits: dict[str, Any] | None = None) -> dict:
+    """An account; ``jetstream`` lifts its storage limits, ``revocations`` maps user key (or ``*``: every user
+    issued up to then) -> unix time; ``exports``/``imports`` as built by :func:`export`/:func:`import_`."""
+    acc_limits = dict(UNLIMITED)
     if jetstream:
-        limits.update(JETSTREAM_UNLIMITED)
-    nats: dict[str, Any] = {"limits": limits, "default_permissions": {"pub": {}, "sub": {}},
+        acc_limits.update(JETSTREAM_UNLIMITED)
+    acc_limits.update(limits or {})
+    nats: dict[str, Any] = {"limits": acc_limits, "default_permissions": {"pub": {}, "sub": {}},
                             "type": "account", "version": 2}
+    if exports:
+        nats["exports"] = list(exports)
+    if imports:
+        nats["imports"] = list(imports)
     if revocations:
         nats["revocations"] = dict(sorted(revocations.items()))
     return {**_base(name, account_pub, now, None), "nats": nats}
+
+
+def export(name: str, subject: str, kind: str, stream_response: bool = False) -> dict:
+    """A private export (``token_req``): only an account holding an activation signed by the exporter may
+    import it. ``stream_response`` lets one request get many replies (a pull request's batch)."""
+    claims: dict[str, Any] = {"name": name, "subject": subject, "type": kind, "token_req": True}
+    if kind == "service":
+        claims["response_type"] = "Stream" if stream_response else "Singleton"
+    return claims
+
+
+def import_(name: str, subject: str, kind: str, account: str, token: str) -> dict:
+    """An import of ``subject`` from ``account`` under the same subject, with its activation ``token``."""
+    return {"name": name, "subject": subject, "account": account, "token": token, "type": kind}
+
+
+def activation_claims(name: str, importer_pub: str, subject: str, kind: str, now: float | None = None) -> dict:
+    """The exporter's permission for one account (``sub``) to import exactly ``subject``."""
+    return {**_base(name, importer_pub, now, None),
+            "nats": {"subject": subject, "kind": kind, "type": "activation", "version": 2}}
 
 
 def user_claims(name: str, user_pub: str, pub_allow: list[str] | None = None, sub_allow: list[str] | None = None,

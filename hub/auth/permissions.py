@@ -124,14 +124,39 @@ def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[s
 
 
 def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
-    """A direct-subscription user: pull and ack its own durable consumer (exact name), its private inbox, and a
-    core subscription to the granted subjects for a live feed. No JetStream API beyond that, no ``_INBOX.>``."""
-    stream = PROTOCOL_STREAMS[grant.protocol]
-    name = consumer_name(grant.id)
-    pub = [f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}", f"$JS.ACK.{stream}.{name}.>"]
+    """A direct subscriber, a user of its own account (:func:`tenant_imports`): pull and ack its one durable
+    consumer, its private inbox, and a core subscription to the granted subjects for a live feed.
+
+    Its account has no JetStream and holds nothing but these imports, so even a reply subject of its choice
+    (``$JS.API.STREAM.PURGE.X``) is answered inside its own account, never in the data account.
+    """
+    pub = [subj for _, subj, kind in tenant_imports(grant) if kind == "service"]
     live = grant.filter_subjects()
     # Subjects always have five tokens, so `<...>.>` grants nothing more than `<...>.*` and lets clients use
     # the usual `xapi.*.<org>.<course>.>` form for the live feed.
     live += [f[:-1] + ">" for f in live if f.endswith(".*")]
     sub = [f"{consumer_inbox(grant.id)}.>", *live]
     return pub, sub
+
+
+def hub_exports() -> list[tuple[str, str, str, bool]]:
+    """``(name, subject, kind, stream_response)`` the data account offers direct subscribers (pull requests
+    get a stream of replies: one per message of the batch, then a status). Every one needs
+    an activation naming the importing account and an exact subject (:func:`tenant_imports`), so the
+    wildcards here give no account more than its own consumer and its granted subjects."""
+    out: list[tuple[str, str, str, bool]] = []
+    for protocol, stream in PROTOCOL_STREAMS.items():
+        out += [(f"pull {stream}", f"{API}.CONSUMER.MSG.NEXT.{stream}.*", "service", True),
+                (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),
+                (f"live {protocol}", f"{protocol}.>", "stream", False)]
+    return out
+
+
+def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
+    """``(name, subject, kind)`` one direct subscriber's account imports from the data account."""
+    stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
+    # No CONSUMER.INFO: in an account without JetStream the server's own API answers it first (503), so an
+    # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
+    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
+    return [*((n, subj, "service") for n, subj in services),
+            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects()))]

@@ -1,9 +1,11 @@
 """The operator-mode trust chain, kept in ``<data_dir>/nats-auth/`` (directory 0700, files 0600).
 
-Created once, then loaded: an operator, the system account ``SYS`` (server events, account JWT updates) and
-the data account ``HUB`` (streams, KV, every service and consumer user). Private keys (seeds) never leave the
-directory and are never logged; the server config only carries public JWTs. Revocations are written into the
-HUB account JWT, re-signed by the operator, saved here and pushed to the running servers through the system
+Created once, then loaded: an operator with a signing key, the system account ``SYS`` (server events, account
+JWT updates), the data account ``HUB`` (streams, KV, every service user) and one account per direct
+subscriber (``tenants/``), which imports from HUB exactly its consumer and granted subjects. Private keys
+(seeds) never leave the directory and are never logged; the server config only carries public JWTs.
+Account JWTs are signed by the operator's signing key (the operator seed is needed only to create the store or
+add that key, so it can be moved offline), saved here and pushed to the running servers through the system
 account, so no config file is edited and every server of a cluster gets them.
 """
 
@@ -25,15 +27,20 @@ from hub.auth.permissions import (
     SERVICES,
     consumer_inbox,
     consumer_permissions,
+    hub_exports,
     inbox_prefix_of,
     service_permissions,
+    tenant_imports,
 )
-from hub.grants import Grant
+from hub.grants import GRANT_ID, Grant
 
 log = logging.getLogger("rthub.auth")
 
 AUTH_DIR = "nats-auth"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
+TENANTS = "tenants"
+# What one direct subscriber's account may hold: a few connections, no JetStream, no exports.
+TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0}
 
 
 class AuthError(RuntimeError):
@@ -55,12 +62,13 @@ class AuthStore:
 
     def __init__(self, path: Path):
         self.path = path
-        self.operator_seed = self._read("operator.nk").encode()
+        self.signing_seed = self._read("operator-signing.nk").encode()
         self.sys_seed = self._read("SYS.nk").encode()
         self.hub_seed = self._read("HUB.nk").encode()
         self.operator_jwt = self._read("operator.jwt").strip()
         self.sys_jwt = self._read("SYS.jwt").strip()
-        self.operator_pub = jwt.public_key(self.operator_seed)
+        self.operator_pub = jwt.decode(self.operator_jwt, verify=False)["sub"]
+        self.signing_pub = jwt.public_key(self.signing_seed)
         self.sys_pub = jwt.public_key(self.sys_seed)
         self.hub_pub = jwt.public_key(self.hub_seed)
 
@@ -68,13 +76,14 @@ class AuthStore:
 
     @classmethod
     def ensure(cls, data_dir: str | Path) -> AuthStore:
-        """Create the operator, SYS and HUB keys and JWTs on first use; load them afterwards."""
+        """Create the keys and JWTs on first use, upgrade an older store (see :meth:`_upgrade`), then load."""
         path = Path(data_dir) / AUTH_DIR
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path, 0o700)
         with cls._locked(path):
             if not (path / "operator.jwt").exists():
                 cls._create(path)
+            cls._upgrade(path)
         return cls(path)
 
     @staticmethod
@@ -91,16 +100,64 @@ class AuthStore:
 
     @staticmethod
     def _create(path: Path) -> None:
-        op, sys_acc, hub = jwt.new_seed("operator"), jwt.new_seed("account"), jwt.new_seed("account")
+        op, signing = jwt.new_seed("operator"), jwt.new_seed("operator")
+        sys_acc, hub = jwt.new_seed("account"), jwt.new_seed("account")
         op_pub, sys_pub, hub_pub = jwt.public_key(op), jwt.public_key(sys_acc), jwt.public_key(hub)
-        for name, seed in (("HUB.nk", hub), ("SYS.nk", sys_acc), ("operator.nk", op)):
+        for name, seed in (("HUB.nk", hub), ("SYS.nk", sys_acc), ("operator-signing.nk", signing),
+                           ("operator.nk", op)):
             write_private(path / name, seed.decode())
-        write_private(path / "SYS.jwt", jwt.encode(jwt.account_claims("SYS", sys_pub, jetstream=False), op))
-        write_private(path / "HUB.jwt", jwt.encode(jwt.account_claims("HUB", hub_pub, jetstream=True), op))
+        write_private(path / "SYS.jwt", jwt.encode(jwt.account_claims("SYS", sys_pub, jetstream=False), signing))
+        write_private(path / "HUB.jwt", jwt.encode(_hub_claims(hub_pub, {}), signing))
         # Written last: its presence marks a complete store.
-        write_private(path / "operator.jwt", jwt.encode(jwt.operator_claims("rthub", op_pub, sys_pub), op))
+        write_private(path / "operator.jwt", jwt.encode(
+            jwt.operator_claims("rthub", op_pub, sys_pub, signing_keys=[jwt.public_key(signing)]), op))
         log.info("created NATS operator %s, system account %s, data account %s in %s", op_pub, sys_pub, hub_pub,
                  path)
+
+    @staticmethod
+    def _upgrade(path: Path) -> None:
+        """Bring a store made by an earlier version up to date (idempotent, under the lock).
+
+        - an operator signing key (needs ``operator.nk`` once): account JWTs are signed with it from now on;
+          the servers must be restarted with the new ``server_config`` to trust it;
+        - the data account's exports for direct subscribers (:func:`hub.auth.permissions.hub_exports`);
+        - direct-subscription users that earlier versions issued inside the data account are revoked: their
+          reply subjects could make the server act in that account. Their owners download new ``.creds``.
+        """
+        for name in ("HUB.nk", "HUB.jwt", "SYS.nk", "SYS.jwt"):
+            if not (path / name).exists():
+                raise AuthError(f"{path / name} is missing: the auth store is incomplete")
+        signing_path = path / "operator-signing.nk"
+        if not signing_path.exists():
+            try:
+                op = (path / "operator.nk").read_text().encode()
+            except FileNotFoundError:
+                raise AuthError(f"{path} has no operator signing key and no operator seed to create one") from None
+            signing = jwt.new_seed("operator")
+            write_private(signing_path, signing.decode())
+            claims = jwt.decode((path / "operator.jwt").read_text(), verify=False)
+            claims["nats"]["signing_keys"] = [jwt.public_key(signing)]
+            claims["iat"] = max(int(time.time()), int(claims.get("iat", 0)) + 1)
+            claims.pop("jti", None)
+            write_private(path / "operator.jwt", jwt.encode(claims, op))
+            log.warning("added an operator signing key to %s: restart nats-server with the new config", path)
+        signing = signing_path.read_text().encode()
+        hub_pub = jwt.public_key((path / "HUB.nk").read_text().encode())
+        current = jwt.decode((path / "HUB.jwt").read_text(), verify=False)
+        revoked = dict(current["nats"].get("revocations", {}))
+        legacy_path = path / "expiries.json"
+        legacy = json.loads(legacy_path.read_text()) if legacy_path.exists() else {}
+        now = int(time.time())
+        revoked.update({key: now for key, exp in legacy.items() if exp > now and key not in revoked})
+        want = _hub_claims(hub_pub, revoked)
+        if current["nats"].get("exports") != want["nats"]["exports"] or revoked != current["nats"].get(
+                "revocations", {}) or current["iss"] != jwt.public_key(signing):
+            iat = max(now, int(current.get("iat", 0)) + 1)
+            write_private(path / "HUB.jwt", jwt.encode(_hub_claims(hub_pub, revoked, iat), signing))
+            log.info("data account %s: exports for direct subscribers, %d legacy consumer user(s) revoked",
+                     hub_pub, len(legacy))
+        if legacy:
+            legacy_path.unlink()
 
     def _read(self, name: str) -> str:
         try:
@@ -113,14 +170,13 @@ class AuthStore:
         """The current HUB account JWT (re-read: another process may have added revocations)."""
         return self._read("HUB.jwt").strip()
 
-    def _expiries(self) -> dict[str, int]:
-        """Expiry of each consumer credential issued with one (public key -> unix time)."""
-        try:
-            return json.loads((self.path / "expiries.json").read_text())
-        except FileNotFoundError:
-            return {}
+    @property
+    def operator_seed(self) -> bytes:
+        """Only for re-signing the operator JWT; everything else uses the signing key."""
+        return self._read("operator.nk").encode()
 
     def revocations(self) -> dict[str, int]:
+        """Revoked users of the data account (service users)."""
         return dict(jwt.decode(self.hub_jwt, verify=False)["nats"].get("revocations", {}))
 
     # -- server side ----------------------------------------------------------------------------------------
@@ -149,16 +205,17 @@ class AuthStore:
             "resolver_preload: {\n"
             f'  {self.sys_pub}: "{self.sys_jwt}"\n'
             f'  {self.hub_pub}: "{self.hub_jwt}"\n'
-            "}\n"
+            + "".join(f'  {pub}: "{token}"\n' for pub, token in self.tenant_jwts().items())
+            + "}\n"
         )
 
     # -- users ----------------------------------------------------------------------------------------------
 
     def _user_creds(self, name: str, account_seed: bytes, pub: list[str] | None, sub: list[str] | None,
-                    expires: float | None = None) -> tuple[str, str]:
+                    expires: float | None = None, now: float | None = None) -> tuple[str, str]:
         seed = jwt.new_seed("user")
         user_pub = jwt.public_key(seed)
-        token = jwt.encode(jwt.user_claims(name, user_pub, pub, sub, expires=expires), account_seed)
+        token = jwt.encode(jwt.user_claims(name, user_pub, pub, sub, expires=expires, now=now), account_seed)
         return jwt.creds(token, seed), user_pub
 
     def service_creds(self, service: str, hub_consumer: str = "hub") -> Path:
@@ -189,68 +246,157 @@ class AuthStore:
                 write_private(path, text)
         return path
 
+    # -- direct subscribers: one account each -----------------------------------------------------------------
+
+    def _tenant_file(self, grant_id: str, suffix: str) -> Path:
+        if not GRANT_ID.fullmatch(grant_id):
+            raise ValueError(f"{grant_id!r} is no grant id")
+        return self.path / TENANTS / f"{grant_id}{suffix}"
+
+    def _tenant_seed(self, grant_id: str) -> bytes:
+        """The account key of ``grant_id``'s subscriber, created on first use (under the lock)."""
+        path = self._tenant_file(grant_id, ".nk")
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(path, jwt.new_seed("account").decode())
+        return path.read_text().encode()
+
+    def tenant_claims(self, grant_id: str) -> dict | None:
+        """The current account claims of ``grant_id``'s subscriber (``None``: never opened)."""
+        path = self._tenant_file(grant_id, ".jwt")
+        return jwt.decode(path.read_text(), verify=False) if path.exists() else None
+
+    def tenant_jwts(self) -> dict[str, str]:
+        """Account public key -> JWT of every direct subscriber (preloaded into servers, pushed by ``rthub auth
+        push``)."""
+        folder = self.path / TENANTS
+        out = {}
+        for path in sorted(folder.glob("*.jwt")) if folder.exists() else ():
+            token = path.read_text().strip()
+            out[jwt.decode(token, verify=False)["sub"]] = token
+        return out
+
+    def _write_tenant(self, grant_id: str, imports: list[dict], revocations: dict[str, int], final: bool) -> str:
+        seed = self._tenant_seed(grant_id)
+        pub = jwt.public_key(seed)
+        current = self.tenant_claims(grant_id)
+        now = max(int(time.time()), int(current["iat"]) + 1) if current else int(time.time())
+        claims = jwt.account_claims(f"consumer-{grant_id}", pub, jetstream=False, revocations=revocations,
+                                    now=now, imports=imports, limits=TENANT_LIMITS)
+        claims["nats"]["tags"] = [f"rthub-grant:{grant_id.lower()}"] + (["rthub-closed"] if final else [])
+        token = jwt.encode(claims, self.signing_seed)
+        write_private(self._tenant_file(grant_id, ".jwt"), token)
+        return token
+
+    def open_tenant(self, grant: Grant) -> str:
+        """Write (or re-scope) the account of ``grant``'s direct subscriber: it imports from the data account its
+        consumer's pull, info and ack subjects and the granted subjects (live feed), each with an activation
+        signed for this account only. Returns the JWT to push. A tenant closed for good stays closed."""
+        grant.validate()
+        if not grant.active:
+            raise ValueError(f"grant {grant.id} is {grant.status}: its account stays closed")
+        with self._locked(self.path):
+            current = self.tenant_claims(grant.id)
+            if current and "rthub-closed" in current["nats"].get("tags", []):
+                raise AuthError(f"direct access of {grant.id} was revoked for good")
+            pub = jwt.public_key(self._tenant_seed(grant.id))
+            imports = [jwt.import_(name, subj, kind, self.hub_pub,
+                                   jwt.encode(jwt.activation_claims(f"{grant.id} {name}", pub, subj, kind),
+                                              self.hub_seed))
+                       for name, subj, kind in tenant_imports(grant)]
+            revoked = dict(current["nats"].get("revocations", {})) if current else {}
+            return self._write_tenant(grant.id, imports, revoked, final=False)
+
+    def close_tenant(self, grant_id: str, final: bool = True) -> str:
+        """Drop every import of ``grant_id``'s subscriber account and revoke every user issued until now;
+        ``final`` (revocation) also refuses any later :meth:`open_tenant` (suspension does not). An account that
+        never existed is written closed, so nothing racing with this can open it. Returns the JWT to push."""
+        with self._locked(self.path):
+            current = self.tenant_claims(grant_id) or {"nats": {}}
+            revoked = dict(current["nats"].get("revocations", {}))
+            revoked["*"] = int(time.time())
+            final = final or "rthub-closed" in current["nats"].get("tags", [])
+            return self._write_tenant(grant_id, [], revoked, final=final)
+
+    def tenant_is_open(self, grant_id: str) -> bool:
+        current = self.tenant_claims(grant_id)
+        return bool(current and current["nats"].get("imports"))
+
     def consumer_creds(self, grant: Grant, expires_in: float | None = None) -> tuple[str, str]:
         """``(creds_text, user_public_key)`` for a direct subscriber of ``grant``; a new key every call.
 
-        The text holds the user's seed: hand it to the consumer once (download), never log or store it; keep
-        the public key to revoke it later. ``expires_in`` seconds sets the JWT ``exp``.
+        The user lives in the grant's own account, which must be open (:meth:`open_tenant`, pushed); a closed
+        account gets no new user, and a user signed in the second of a closing is revoked with it. The text holds
+        the user's seed: hand it to the consumer once (download), never log or store it.
         """
         grant.validate()
         if not grant.active:
             raise ValueError(f"grant {grant.id} is {grant.status}: no credential for it")
         pub, sub = consumer_permissions(grant)
         expires = time.time() + expires_in if expires_in is not None else None
-        text, user_pub = self._user_creds(f"consumer-{grant.consumer}-{grant.id}", self.hub_seed, pub, sub, expires)
-        if expires is not None:
-            with self._locked(self.path):
-                expiries = self._expiries()
-                expiries[user_pub] = int(expires)
-                write_private(self.path / "expiries.json", json.dumps(expiries))
+        with self._locked(self.path):
+            current = self.tenant_claims(grant.id)
+            if current and "rthub-closed" in current["nats"].get("tags", []):
+                raise AuthError(f"direct access of {grant.id} was revoked for good: no credential for it")
+            if not (current and current["nats"].get("imports")):
+                raise AuthError(f"direct access of {grant.id} is not open: no credential for it")
+            # A "*" revocation covers users issued in its own second: a reopened account's users start later.
+            issued = max(time.time(), current["nats"].get("revocations", {}).get("*", 0) + 1)
+            text, user_pub = self._user_creds(f"consumer-{grant.consumer}-{grant.id}", self._tenant_seed(grant.id),
+                                              pub, sub, expires, now=issued)
         log.info("issued direct-subscription credential %s for grant %s (expires %s)", user_pub, grant.id,
                  "never" if expires is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)))
         return text, user_pub
 
+    def revoke_tenant_users(self, grant_id: str, user_public_keys: list[str]) -> str | None:
+        """Revoke single users of one subscriber account (others of the same grant keep working)."""
+        _check_user_keys(user_public_keys)
+        with self._locked(self.path):
+            current = self.tenant_claims(grant_id)
+            if current is None:
+                return None
+            revoked = dict(current["nats"].get("revocations", {}))
+            when = int(time.time())
+            revoked.update({key: when for key in user_public_keys})
+            return self._write_tenant(grant_id, current["nats"].get("imports", []), revoked,
+                                      final="rthub-closed" in current["nats"].get("tags", []))
+
     # -- revocation -----------------------------------------------------------------------------------------
 
     def add_revocations(self, user_public_keys: list[str], at: float | None = None) -> str:
-        """Re-sign the HUB account JWT with these users revoked (every JWT of theirs issued up to now)."""
-        for key in user_public_keys:
-            if not (key.startswith("U") and len(key) == 56):
-                raise ValueError(f"{key!r} is not a NATS user public key")
+        """Re-sign the HUB account JWT with these service users revoked (every JWT of theirs issued up to now)."""
+        _check_user_keys(user_public_keys)
         with self._locked(self.path):
             current = jwt.decode(self.hub_jwt, verify=False)
             revoked = dict(current["nats"].get("revocations", {}))
             when = int(at if at is not None else time.time())
-            # A revoked credential that has expired is refused anyway: drop it so the JWT stays small.
-            expiries = self._expiries()
-            live = {k: e for k, e in expiries.items() if e > when}
-            revoked = {k: t for k, t in revoked.items() if k not in expiries or k in live}
-            if len(live) != len(expiries):
-                write_private(self.path / "expiries.json", json.dumps(live))
             for key in user_public_keys:
                 revoked[key] = when
             # iat strictly increases so the resolver always takes this JWT as the newer one.
             now = max(int(time.time()), int(current.get("iat", 0)) + 1)
-            token = jwt.encode(jwt.account_claims("HUB", self.hub_pub, jetstream=True, revocations=revoked,
-                                                  now=now), self.operator_seed)
+            token = jwt.encode(_hub_claims(self.hub_pub, revoked, now), self.signing_seed)
             write_private(self.path / "HUB.jwt", token)
         return token
 
     async def revoke(self, nc: Client | None, user_public_key: str | list[str]) -> dict:
-        """Revoke user(s) and push the re-signed account JWT to the servers: a connected client is cut off
-        at once and reconnects are refused. ``nc`` is any connection (system or admin user) to the cluster."""
+        """Revoke service user(s) and push the re-signed account JWT to the servers: a connected client is cut
+        off at once and reconnects are refused. ``nc`` is any connection (system or admin user) to the cluster."""
         keys = [user_public_key] if isinstance(user_public_key, str) else list(user_public_key)
         self.add_revocations(keys)
         result = await self.push_account(nc)
         log.info("revoked %s", ", ".join(keys))
         return result
 
-    async def push_account(self, nc: Client | None, servers: list[str] | None = None) -> dict:
-        """Send the current HUB account JWT through the system account; returns the server's answer.
+    async def push_account(self, nc: Client | None, servers: list[str] | None = None,
+                           tenants: bool = False) -> dict:
+        """Send the current HUB account JWT (and with ``tenants`` every subscriber account) through the system
+        account; returns the server's answer for HUB."""
+        tokens = [self.hub_jwt, *(self.tenant_jwts().values() if tenants else ())]
+        return (await self.push(nc, tokens, servers))[0]
 
-        A short system-user connection goes to the server ``nc`` is connected to (or to ``servers``); the
-        full resolver there stores the JWT and shares it with its cluster peers.
-        """
+    async def push(self, nc: Client | None, tokens: list[str], servers: list[str] | None = None) -> list[dict]:
+        """Send account JWTs through one short system-account connection to the server ``nc`` is connected to
+        (or ``servers``); the full resolver there stores them and shares them with its cluster peers."""
         if servers is None and nc is not None and nc.connected_url is not None:
             servers = [nc.connected_url.geturl()]
         if not servers:
@@ -258,9 +404,39 @@ class AuthStore:
         sys_nc = await nats.connect(servers=servers, user_credentials=str(self.system_creds()),
                                     name="rthub-auth-push", connect_timeout=5, max_reconnect_attempts=2)
         try:
-            return self._check(await sys_nc.request(CLAIMS_UPDATE, self.hub_jwt.encode(), timeout=5))
+            return [self._check(await sys_nc.request(CLAIMS_UPDATE, token.encode(), timeout=5)) for token in tokens]
         finally:
             await sys_nc.close()
+
+    async def activate_consumer(self, nc: Client | None, grant: Grant) -> str:
+        """Open (or re-scope) ``grant``'s subscriber account and push it with the data account; returns the
+        account's public key."""
+        token = self.open_tenant(grant)
+        await self.push(nc, [self.hub_jwt, token])
+        return jwt.decode(token, verify=False)["sub"]
+
+    async def close_consumer(self, nc: Client | None, grant_id: str, final: bool = True) -> bool:
+        """Cut ``grant_id``'s subscriber off: every user revoked, no import left, pushed."""
+        await self.push(nc, [self.close_tenant(grant_id, final)])
+        log.info("closed direct access of %s%s", grant_id, " for good" if final else "")
+        return True
+
+    async def revoke_consumer_users(self, nc: Client | None, grant_id: str, user_public_keys: list[str]) -> dict:
+        """Revoke single credentials of one direct subscriber (its other credentials keep working), pushed."""
+        token = self.revoke_tenant_users(grant_id, user_public_keys)
+        if token is None:
+            raise AuthError(f"grant {grant_id} has no direct-subscription account")
+        answer = (await self.push(nc, [token]))[0]
+        log.info("revoked %s of %s", ", ".join(user_public_keys), grant_id)
+        return answer
+
+    async def issue_consumer_creds(self, nc: Client | None, grant: Grant,
+                                   expires_in: float | None = None) -> tuple[str, str]:
+        """:meth:`consumer_creds` after opening the grant's account when it never was (a grant made by
+        ``rthub grant add``); a suspended or revoked account is never reopened here."""
+        if self.tenant_claims(grant.id) is None:
+            await self.activate_consumer(nc, grant)
+        return self.consumer_creds(grant, expires_in)
 
     @staticmethod
     def _check(msg) -> dict:
@@ -286,6 +462,18 @@ def creds_inbox_prefix(creds: str | Path) -> str | None:
     text = Path(creds).read_text() if not isinstance(creds, str) or "BEGIN NATS USER JWT" not in creds else creds
     claims = jwt.decode(jwt.creds_jwt(text), verify=False)["nats"]
     return inbox_prefix_of(claims.get("sub", {}).get("allow", []))
+
+
+def _check_user_keys(keys: list[str]) -> None:
+    for key in keys:
+        if not (key.startswith("U") and len(key) == 56):
+            raise ValueError(f"{key!r} is not a NATS user public key")
+
+
+def _hub_claims(hub_pub: str, revocations: dict[str, int], now: float | None = None) -> dict:
+    """The data account: JetStream, the service users' revocations, the private exports for subscribers."""
+    exports = [jwt.export(name, subj, kind, stream_response) for name, subj, kind, stream_response in hub_exports()]
+    return jwt.account_claims("HUB", hub_pub, jetstream=True, revocations=revocations, now=now, exports=exports)
 
 
 __all__ = ["AuthStore", "AuthError", "SERVICES", "creds_inbox_prefix"]

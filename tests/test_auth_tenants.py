@@ -1,0 +1,246 @@
+"""A direct subscriber's credential, used as an attacker would, against a real operator-mode nats-server.
+
+Each direct subscriber lives in its own NATS account that imports only its consumer's pull/ack subjects and its
+granted subjects from the data account. Earlier, with the subscriber inside the data account, a pull request or
+ack with a reply subject such as ``$JS.API.STREAM.PURGE.LMS_RAW`` made the server purge the raw stream. Here every
+such reply must land in the subscriber's own account and leave every stream, consumer and KV bucket unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import RawCredentials
+
+from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.grants import Grant, consumer_name
+from hub.settings import HubSettings
+from hub.streams import (
+    COURSES_BUCKET,
+    DEAD_LETTER_STREAM,
+    GRANTS_BUCKET,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    TARGETS_BUCKET,
+    ensure_streams,
+)
+from hub.subjects import subject
+from tests.helpers import start_operator_nats, unique, wait_for
+from tests.test_auth_nats import Probe
+
+SITE = "s1"
+MINE = "course-v1:Org+Mine+1"
+OTHER = "course-v1:Org+Other+1"
+STREAMS = [RAW_STREAM, "XAPI", "CALIPER", QUARANTINE_STREAM, DEAD_LETTER_STREAM,
+           *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET))]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tenants")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    srv = start_operator_nats(data_dir, "tenants")
+    yield srv
+    srv.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def admin(server, data_dir):
+    auth = AuthStore.ensure(data_dir)
+    nc = await nats.connect(server.url, user_credentials=str(auth.service_creds("admin")))
+    js = nc.jetstream()
+    await ensure_streams(js, HubSettings(nats_url=server.url))
+    await js.add_consumer(RAW_STREAM, durable_name="hub", ack_policy="explicit")
+    for n in range(3):  # something to lose in every stream and bucket
+        await js.publish(subject("lms", SITE, "Org", MINE, "play_video"), b'{"raw": %d}' % n)
+        await js.publish(subject("quarantine", SITE, "Org", MINE, "bad"), b"x")
+        await js.publish(f"dlq.someone{n}", b"x")
+    for bucket in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET):
+        await (await js.key_value(bucket)).put("keep", b'{"id": "keep"}')
+    yield nc
+    await nc.close()
+
+
+async def snapshot(js) -> dict:
+    """Everything an attack could change: each stream's config, counters and consumers; KV revisions."""
+    out: dict = {"streams": sorted(i.config.name for i in await js.streams_info())}
+    for name in STREAMS:
+        info = await js.stream_info(name)
+        consumers = sorted(c.name for c in await js.consumers_info(name))
+        out[name] = (info.state.messages, info.state.first_seq, info.state.last_seq, info.config.max_age,
+                     info.config.subjects, consumers)
+    raw = await js.consumer_info(RAW_STREAM, "hub")
+    out["raw-consumer"] = (raw.delivered.stream_seq, raw.ack_floor.stream_seq, raw.num_pending)
+    for bucket in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET):
+        entry = await (await js.key_value(bucket)).get("keep")
+        out[bucket] = (entry.revision, entry.value)
+    return out
+
+
+async def statement(js, course: str, ident: str) -> None:
+    await js.publish(subject("xapi", SITE, "Org", course, "played"), json.dumps({"id": ident}).encode(),
+                     headers={"Nats-Msg-Id": ident})
+
+
+@pytest_asyncio.fixture
+async def tenant(server, data_dir, admin):
+    """An approved direct subscription (course MINE) with its credential and an observer user of the same
+    account (test-only, may subscribe to everything there) to watch where the server's replies land."""
+    auth = AuthStore.ensure(data_dir)
+    grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", sites=[SITE], courses=[MINE])
+    await ensure_consumer(admin.jetstream(), grant)
+    text, user_pub = await auth.issue_consumer_creds(admin, grant, 3600)
+    probe = await Probe().connect(server.url, RawCredentials(text), creds_inbox_prefix(text), allow_reconnect=False)
+    observer_text, _ = auth._user_creds("observer", auth._tenant_seed(grant.id), None, None)
+    observer = await nats.connect(server.url, user_credentials=RawCredentials(observer_text))
+    seen: Counter[str] = Counter()
+
+    async def on_any(msg):
+        # A pulled statement arrives under its own subject, carrying its ack subject as reply.
+        if msg.reply and msg.reply.startswith(f"$JS.ACK.XAPI.{consumer_name(grant.id)}."):
+            seen[f"acked-by:{consumer_name(grant.id)}"] += 1
+        else:
+            seen[msg.subject] += 1
+
+    await observer.subscribe(">", cb=on_any)
+    await observer.flush()
+    yield grant, probe, seen, auth
+    await probe.close()
+    await observer.close()
+
+
+def attack_replies(grant: Grant) -> list[str]:
+    """Reply subjects that, executed in the data account, would destroy or leak data."""
+    mine = consumer_name(grant.id)
+    out = []
+    for s in STREAMS:
+        out += [f"$JS.API.STREAM.PURGE.{s}", f"$JS.API.STREAM.DELETE.{s}", f"$JS.API.STREAM.UPDATE.{s}",
+                f"$JS.API.STREAM.MSG.DELETE.{s}", f"$JS.API.STREAM.SNAPSHOT.{s}", f"$JS.API.STREAM.RESTORE.{s}",
+                f"$JS.API.STREAM.LEADER.STEPDOWN.{s}", f"$JS.API.CONSUMER.CREATE.{s}",
+                f"$JS.API.CONSUMER.DURABLE.CREATE.{s}.evil", f"$JS.API.DIRECT.GET.{s}", f"$JS.API.STREAM.MSG.GET.{s}"]
+    out += ["$JS.API.CONSUMER.DELETE.LMS_RAW.hub", f"$JS.API.CONSUMER.DELETE.XAPI.{mine}",
+            "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub", "$JS.API.STREAM.CREATE.EVIL", "$JS.API.ACCOUNT.PURGE",
+            "$JS.API.META.LEADER.STEPDOWN", "$JS.ACK.LMS_RAW.hub.1.1.1.0.0", "$JS.FC.LMS_RAW.hub.x",
+            f"$KV.{GRANTS_BUCKET}.keep", f"$KV.{TARGETS_BUCKET}.evil", f"$KV.{COURSES_BUCKET}.keep",
+            subject("lms", SITE, "Org", MINE, "forged"), subject("xapi", SITE, "Org", OTHER, "forged")]
+    return out
+
+
+async def test_reply_subjects_of_pulls_and_acks_never_act_in_the_data_account(admin, tenant):
+    grant, probe, seen, _ = tenant
+    js = admin.jetstream()
+    mine = consumer_name(grant.id)
+    pull = f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{mine}"
+    replies = attack_replies(grant)
+    before = await snapshot(js)
+
+    # 1. Nothing pending: every pull is answered by a "no messages" status, sent to the reply subject. Each
+    #    lands in the subscriber's own account (seen there), or the server refuses the reply outright.
+    for reply in replies:
+        await probe.nc.publish(pull, b'{"batch": 1, "no_wait": true}', reply=reply)
+    await probe.nc.flush()
+
+    def landed_or_refused(r: str) -> bool:
+        return bool(seen[r]) or any("with reply of" in e and r.lower() in e for e in probe.errors)
+
+    await wait_for(lambda: all(landed_or_refused(r) for r in replies), 10, "every pull's status, in its own account")
+    allowed = [r for r in replies if seen[r]]
+    assert len(allowed) >= len(replies) - 2  # only replies the server refuses up front are missing
+
+    # 2. Statements pending: each pull's answer is a statement carrying its ack subject.
+    delivered = []
+    for n in range(len(allowed)):
+        await statement(js, MINE, unique(f"m{n}-"))
+    before = await snapshot(js)
+    deliveries = seen[f"acked-by:{mine}"]
+    for reply in allowed:
+        await probe.nc.publish(pull, b'{"batch": 1, "no_wait": true}', reply=reply)
+    await probe.nc.flush()
+    await wait_for(lambda: seen[f"acked-by:{mine}"] - deliveries == len(allowed), 10,
+                   "every statement pulled to a bogus reply, delivered in its own account")
+
+    # 3. Acks with the same replies on statements it really holds: applied to its own consumer, nothing else.
+    psub = await probe.nc.jetstream().pull_subscribe_bind(durable=mine, stream="XAPI")
+    for n in range(len(allowed)):
+        await statement(js, MINE, unique(f"h{n}-"))
+    held: list = []
+    while len(held) < len(allowed):
+        held += await psub.fetch(len(allowed) - len(held), timeout=5)
+    for msg, reply in zip(held, allowed, strict=True):
+        await probe.nc.publish(msg.reply, b"+ACK", reply=reply)
+        delivered.append(msg)
+    await probe.nc.flush()
+
+    async def held_acked() -> bool:
+        # Left pending: only the statements of step 2, delivered to bogus replies (redelivered after ack wait).
+        return (await js.consumer_info("XAPI", mine)).num_ack_pending == len(allowed)
+
+    await wait_for(held_acked, 10, "the acks applied to its own consumer")
+    before["XAPI"] = (await js.stream_info("XAPI")).state.messages, *before["XAPI"][1:]
+    after = await snapshot(js)
+    before_xapi, after_xapi = before.pop("XAPI"), after.pop("XAPI")
+    assert after == before
+    # XAPI only grew by the statements this test published; nothing purged, deleted or reconfigured.
+    assert after_xapi[1] == before_xapi[1] and after_xapi[3:] == before_xapi[3:]
+    assert after_xapi[2] == before_xapi[2] + len(allowed)
+
+
+async def test_everything_else_stays_refused(admin, tenant):
+    grant, probe, _, _ = tenant
+    nc = probe.nc
+    before = await snapshot(admin.jetstream())
+    for subj in ("xapi.>", subject("xapi", SITE, "Org", OTHER, "*"), "lms.>", "_INBOX.>", "$KV.>",
+                 f"$KV.{GRANTS_BUCKET}.>", "$JS.API.>", "$SYS.>"):
+        await nc.subscribe(subj)
+        await wait_for(lambda s=subj: probe.violated(f'"{s}"'), 5, f"refusal to subscribe {subj}")
+    for subj in (subject("lms", SITE, "Org", MINE, "forged"), subject("xapi", SITE, "Org", MINE, "forged"),
+                 "$JS.API.CONSUMER.CREATE.XAPI", f"$JS.API.CONSUMER.CREATE.XAPI.evil.{subject('xapi', SITE, 'Org', OTHER, '*')}",
+                 "$JS.API.CONSUMER.DURABLE.CREATE.XAPI.evil", f"$JS.API.CONSUMER.DELETE.XAPI.{consumer_name(grant.id)}",
+                 "$JS.API.CONSUMER.LIST.XAPI", "$JS.API.CONSUMER.NAMES.XAPI", "$JS.API.DIRECT.GET.LMS_RAW",
+                 "$JS.API.STREAM.MSG.GET.LMS_RAW", "$JS.API.STREAM.PURGE.XAPI", "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub",
+                 f"$KV.{GRANTS_BUCKET}.evil", "$SYS.REQ.CLAIMS.UPDATE"):
+        await nc.publish(subj, b"{}")
+        await wait_for(lambda s=subj: probe.violated(s), 5, f"refusal to publish {subj}")
+    with pytest.raises(Exception):  # noqa: B017 - no JetStream in its own account, no KV
+        await nc.jetstream().key_value(GRANTS_BUCKET)
+    assert await snapshot(admin.jetstream()) == before
+
+
+async def test_exactly_its_statements_durable_and_live_until_revoked(admin, tenant):
+    grant, probe, _, auth = tenant
+    js = admin.jetstream()
+    live: list[str] = []
+
+    async def on_live(msg):
+        live.append(json.loads(msg.data)["id"])
+
+    await probe.nc.subscribe(f"xapi.{SITE}.*.{MINE}.>", cb=on_live)
+    await probe.nc.flush()
+    want = [unique("mine") for _ in range(5)]
+    for n, ident in enumerate(want):
+        await statement(js, MINE, ident)
+        await statement(js, OTHER, unique(f"other{n}"))
+    psub = await probe.nc.jetstream().pull_subscribe_bind(durable=consumer_name(grant.id), stream="XAPI")
+    got: list[str] = []
+    while len(got) < len(want):
+        for msg in await psub.fetch(10, timeout=5):
+            got.append(json.loads(msg.data)["id"])
+            await msg.ack_sync()
+    assert got == want
+    await wait_for(lambda: live == want, 5, "the live feed of exactly the granted course")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await auth.close_consumer(admin, grant.id)
+    await asyncio.wait_for(probe.disconnected.wait(), 5)
+    assert loop.time() - started < 5
+    await statement(js, MINE, unique("after"))
+    assert live == want
