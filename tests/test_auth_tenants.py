@@ -224,6 +224,13 @@ async def test_exactly_its_statements_durable_and_live_until_revoked(admin, tena
 
     await probe.nc.subscribe(f"xapi.{SITE}.*.{MINE}.>", cb=on_live)
     await probe.nc.flush()
+
+    async def live_feed_ready() -> bool:  # interest crosses the import asynchronously
+        await statement(js, MINE, unique("warmup"))
+        return bool(live)
+
+    await wait_for(live_feed_ready, 5, "the live feed through the stream import", interval=0.1)
+    live.clear()
     want = [unique("mine") for _ in range(5)]
     for n, ident in enumerate(want):
         await statement(js, MINE, ident)
@@ -232,7 +239,8 @@ async def test_exactly_its_statements_durable_and_live_until_revoked(admin, tena
     got: list[str] = []
     while len(got) < len(want):
         for msg in await psub.fetch(10, timeout=5):
-            got.append(json.loads(msg.data)["id"])
+            if not json.loads(msg.data)["id"].startswith("warmup"):
+                got.append(json.loads(msg.data)["id"])
             await msg.ack_sync()
     assert got == want
     await wait_for(lambda: live == want, 5, "the live feed of exactly the granted course")
@@ -244,3 +252,58 @@ async def test_exactly_its_statements_durable_and_live_until_revoked(admin, tena
     assert loop.time() - started < 5
     await statement(js, MINE, unique("after"))
     assert live == want
+
+
+async def test_portal_moves_existing_direct_subscriptions_into_their_accounts(server, data_dir, admin, tmp_path):
+    """An integration approved by an earlier version has no account of its own: the portal's start-up migration
+    opens it (approved) or keeps it closed (suspended); suspension, resumption and revocation follow."""
+    from portal import db
+    from portal.service import Portal
+    from portal.settings import PortalSettings
+    from portal.validation import IntegrationSpec, Scope
+
+    auth = AuthStore.ensure(data_dir)
+    settings = PortalSettings(nats_url=server.url, data_dir=str(data_dir), database_url="",
+                              nats_creds=str(auth.service_creds("portal")))
+    engine = await db.migrate(settings)
+    portal = Portal(settings)
+    try:
+        root = await portal.set_admin(f"{unique('root')}@example.org", "a long enough password")
+        spec = IntegrationSpec(name="engine", protocol="xapi", delivery="direct", scope=Scope(sites=[SITE], courses=[MINE]))
+        live_row = await portal.create_integration(root, spec, approved_by=root)
+        paused_row = await portal.create_integration(root, spec, approved_by=root)
+        await portal.suspend(root, paused_row.key, "paused")
+        for key in (live_row.key, paused_row.key):  # as an earlier version left them: no account at all
+            (auth.path / "tenants" / f"{key}.jwt").unlink()
+            (auth.path / "tenants" / f"{key}.nk").unlink()
+        with pytest.raises(Exception, match="not open"):
+            await portal.issue_creds(root, live_row)
+
+        assert await portal.migrate_direct_access() == 2
+        assert await portal.migrate_direct_access() == 0  # idempotent
+        assert auth.tenant_is_open(live_row.key) and not auth.tenant_is_open(paused_row.key)
+
+        text = await portal.issue_creds(root, live_row)
+        probe = await Probe().connect(server.url, RawCredentials(text), creds_inbox_prefix(text), allow_reconnect=False)
+        ident = unique("migrated")
+        await statement(admin.jetstream(), MINE, ident)
+        psub = await probe.nc.jetstream().pull_subscribe_bind(durable=consumer_name(live_row.key), stream="XAPI")
+        assert [json.loads(m.data)["id"] for m in await psub.fetch(5, timeout=5)] == [ident]
+
+        await portal.suspend(root, live_row.key, "pause")
+        await asyncio.wait_for(probe.disconnected.wait(), 5)
+        await probe.close()
+        await portal.resume(root, live_row.key)
+        with pytest.raises(Exception):  # noqa: B017 - the suspended credential stays dead after resumption
+            await nats.connect(server.url, user_credentials=RawCredentials(text), allow_reconnect=False,
+                               connect_timeout=3, inbox_prefix=creds_inbox_prefix(text))
+        fresh = await portal.issue_creds(root, await portal.get(live_row.key))
+        again = await Probe().connect(server.url, RawCredentials(fresh), creds_inbox_prefix(fresh), allow_reconnect=False)
+        await portal.revoke(root, live_row.key, "done")
+        await asyncio.wait_for(again.disconnected.wait(), 5)
+        await again.close()
+        with pytest.raises(RuntimeError, match="for good"):
+            auth.open_tenant(Grant(id=live_row.key, consumer="x", protocol="xapi", courses=[MINE]))
+    finally:
+        await portal.close()
+        await db.close(engine)

@@ -314,7 +314,8 @@ class AuthStore:
         with self._locked(self.path):
             current = self.tenant_claims(grant_id) or {"nats": {}}
             revoked = dict(current["nats"].get("revocations", {}))
-            revoked["*"] = int(time.time())
+            # Users are issued no earlier than the last "*" + 1 (consumer_creds), so this covers all of them.
+            revoked["*"] = max(int(time.time()), revoked.get("*", 0) + 1)
             final = final or "rthub-closed" in current["nats"].get("tags", [])
             return self._write_tenant(grant_id, [], revoked, final=final)
 
@@ -356,7 +357,7 @@ class AuthStore:
             if current is None:
                 return None
             revoked = dict(current["nats"].get("revocations", {}))
-            when = int(time.time())
+            when = max(int(time.time()), revoked.get("*", 0) + 1)  # see close_tenant
             revoked.update({key: when for key in user_public_keys})
             return self._write_tenant(grant_id, current["nats"].get("imports", []), revoked,
                                       final="rthub-closed" in current["nats"].get("tags", []))
