@@ -104,6 +104,31 @@ def test_caliper_matches_reference(name):
     assert mine == theirs
 
 
+# The reference's expected xAPI object ids for its two CCX fixtures (event-routing-backends,
+# processors/xapi/tests/fixtures/expected/*.ccx.json; ../shared holds the raw events but not these files).
+CCX_OBJECT_IDS = {
+    "play_video.ccx": f"{LMS}/xblock/ccx-block-v1:edX+DemoX+Demo_Course+ccx@1+type@video+block@"
+                      "0b9e39477cf34507a7a48f74be381fdd",
+    "problem_check(browser).ccx": f"{LMS}/xblock/ccx-block-v1:edX+DemoX+Demo_Course+ccx@1+type@problem+block@"
+                                  "3fc5461f86764ad7bdbdf6cbdde61e66",
+}
+
+
+@pytest.mark.parametrize("name", sorted(CCX_OBJECT_IDS))
+def test_ccx_block_ids_keep_the_ccx_usage_key(name):
+    """Both protocols build a CCX course's block ids as ``ccx-block-v1:<course>+ccx@N+type@...`` like the reference."""
+    schemas = shared_or_skip("caliper-schema-1.2")
+    raw = json.loads((shared_or_skip("events", "raw") / f"{name}.json").read_text())
+    statement = translate("xapi", normalize(raw), context())[0]
+    assert xapi_validator.problems(statement) == []
+    assert statement["object"]["id"] == CCX_OBJECT_IDS[name]
+    assert statement["context"]["contextActivities"]["parent"][0]["id"] == \
+        f"{LMS}/course/ccx-v1:edX+DemoX+Demo_Course+ccx@1"
+    event = translate("caliper", normalize(raw), context())[0]
+    assert caliper_check.problems(event, str(schemas)) == []
+    assert event["object"]["id"] == CCX_OBJECT_IDS[name]
+
+
 def test_reference_validator_rejects_what_readme_says():
     """The validators are not toothless: the reference's invalid statements fail them."""
     shared_or_skip("events", "expected_xapi")
