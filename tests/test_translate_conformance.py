@@ -129,6 +129,40 @@ def test_ccx_block_ids_keep_the_ccx_usage_key(name):
     assert event["object"]["id"] == CCX_OBJECT_IDS[name]
 
 
+def test_caliper_problem_check_server_is_the_reference_event():
+    """``problem_check`` (server) in Caliper equals the reference's expected event (event-routing-backends,
+    processors/caliper/tests/fixtures/expected/problem_check(server).json; not in ../shared), field for field."""
+    schemas = shared_or_skip("caliper-schema-1.2")
+    raw = json.loads((shared_or_skip("events", "raw") / "problem_check(server).json").read_text())
+    got = translate("caliper", normalize(raw), context())
+    assert len(got) == 1 and caliper_check.problems(got[0], str(schemas)) == []
+    problem = f"{LMS}/xblock/block-v1:edX+DemoX+Demo_Course+type@problem+block@3fc5461f86764ad7bdbdf6cbdde61e66"
+    person = {"id": f"{LMS}/user/{EXTERNAL_ID}", "type": "Person"}
+    expected = {
+        "@context": "http://purl.imsglobal.org/ctx/caliper/v1p2",
+        "type": "GradeEvent",
+        "action": "Graded",
+        "actor": person,
+        "eventTime": "2020-07-14T14:39:26.906Z",
+        "object": {
+            "id": f"{problem}/user/{EXTERNAL_ID}/attempt/10",
+            "type": "Attempt",
+            "extensions": {
+                "assignable": {"id": problem, "type": "Assessment"},
+                "assignee": person,
+                "count": 10,
+                "isPartOf": {"id": f"{LMS}/course/course-v1:edX+DemoX+Demo_Course", "type": "CourseOffering"},
+            },
+        },
+        "generated": {"score": {"id": "_:score", "type": "Score", "maxScore": 1, "scoreGiven": 0, "attempts": 10,
+                                "extensions": {"success": "False"}}},
+        "session": {"id": f"{LMS}/sessions/6ad0a24d8303f49d14409a669d430b6f", "type": "Session"},
+        "extensions": {"transformerVersion": "event-routing-backends@1.1.1"},
+    }
+    assert strip_version({k: v for k, v in got[0].items() if k != "id"}) == strip_version(expected)
+    assert got[0]["extensions"]["transformerVersion"].startswith("rthub@")
+
+
 def test_reference_validator_rejects_what_readme_says():
     """The validators are not toothless: the reference's invalid statements fail them."""
     shared_or_skip("events", "expected_xapi")

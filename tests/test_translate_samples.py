@@ -115,7 +115,20 @@ def test_problem_check_browser_server_and_multi_question():
                                                 {"response": "four", "success": False}]
     graded = one("caliper", single)
     assert (graded["type"], graded["action"], graded["object"]["type"]) == ("GradeEvent", "Graded", "Attempt")
-    assert graded["generated"]["scoreGiven"] == 1 and graded["generated"]["maxScore"] == 1
+    assert graded["generated"] == {"score": {"id": "_:score", "type": "Score", "maxScore": 1, "scoreGiven": 1,
+                                             "attempts": 2, "extensions": {"success": "True"}}}
+    problem_iri = XBLOCK + single["data"]["problem_id"]
+    assert graded["object"]["id"] == f"{problem_iri}/user/{graded['actor']['id'].rsplit('/', 1)[1]}/attempt/2"
+    assert graded["object"]["extensions"] == {
+        "isPartOf": {"id": f"{LMS}/course/{COURSE}", "type": "CourseOffering"}, "assignee": graded["actor"],
+        "assignable": {"id": problem_iri, "type": "Assessment"}, "count": 2}
+    # Absent values are left out (as the reference drops them); a wrong answer reads "False".
+    for key in ("attempts", "grade", "max_grade"):
+        del single["data"][key]
+    single["data"]["success"] = "incorrect"
+    bare = one("caliper", single)
+    assert bare["generated"] == {"score": {"id": "_:score", "type": "Score", "extensions": {"success": "False"}}}
+    assert bare["object"]["id"].endswith("/attempt/") and "count" not in bare["object"]["extensions"]
     assert one("caliper", browser)["type"] == "AssessmentEvent"
 
 
