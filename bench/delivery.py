@@ -3,12 +3,14 @@
 1. End-to-end latency: raw ``play_video`` events published to ``lms.`` at a steady rate (default 1,000/s)
    through ``rthub hub`` and ``rthub deliver`` to a signed webhook; latency = arrival at the receiver minus
    the event's own timestamp (the statement keeps it), so it covers publish, hub, stream, deliverer and POST.
-2. Throughput to one webhook (ordered per course, 20 courses): statements pre-published to ``xapi.``, then
-   drained by the deliverer.
-3. Throughput to one batched xAPI LRS endpoint (batch 500): same, counted by the statements the LRS stored.
+2. Throughput to one webhook (ordered per course, 20 courses): half of ``--statements`` pre-published to
+   ``xapi.``, then drained by the deliverer.
+3. Throughput to one batched xAPI LRS endpoint (batch 500): ``--statements`` statements, same way, counted by
+   the statements the LRS stored.
 
 Usage: ``.venv/bin/python bench/delivery.py [--rate 1000] [--seconds 10] [--statements 50000]``.
-The last lines print ``p50_ms=``, ``p99_ms=`` (part 1) and ``statements_per_s=`` (part 3, batched LRS).
+The last lines print ``webhook_statements_per_s=`` (part 2), ``p50_ms=``, ``p99_ms=`` (part 1) and
+``statements_per_s=`` (part 3, batched LRS).
 """
 
 from __future__ import annotations

@@ -1,11 +1,20 @@
-"""Pipeline benchmark: in-LMS backend -> LMS_RAW -> hub(s) -> XAPI and CALIPER streams.
+"""Pipeline benchmark: in-LMS backend -> LMS_RAW -> hub(s) -> XAPI and CALIPER streams, against the raw
+JetStream ceiling measured in the same run on the same nats-server.
 
-1. Throughput with one hub process, then with two: N events are sent through ``NatsBackend.send()`` and the
+1. Raw ceiling, throughput: N events pre-published to a stream of their own (file storage, like LMS_RAW), then
+   a nats-py pull subscriber ``fetch``es them in batches of the hub's batch size and ``ack``s each (no wait for
+   the ack's confirmation, as the hub); the clock runs from the first fetch to the last ack flushed.
+2. Throughput with one hub process, then with two: N events are sent through ``NatsBackend.send()`` and the
    clock stops when both protocol streams hold a statement for every one of them.
-2. Latency at 1,000 events/s: ``send()`` to a plain nats-py subscriber of the course's xAPI subject.
+3. Raw ceiling, latency at 1,000 events/s: ``js.publish_async`` of the same events to that stream, received by
+   a pull subscriber that keeps one pull request outstanding (each message arrives as soon as it is stored).
+4. Latency at 1,000 events/s: ``send()`` to a plain nats-py subscriber of the course's xAPI subject.
+Latencies skip the first second (warm-up).
 
-Runs its own nats-server (free port, temp store). Prints ``events_per_s=`` (one hub), ``p50_ms=`` and
-``p99_ms=`` as the last lines. Usage: ``python bench/pipeline.py [N]``.
+Runs its own nats-server (free port, temp store). Usage: ``python bench/pipeline.py [N]`` (default 50,000).
+The last lines are ``raw_fetch_ack_per_s=``, ``events_per_s=`` (one hub), ``hub_to_raw_ratio=``,
+``raw_p99_ms=``, ``p99_ms=`` (send() to subscriber) and ``p99_to_raw_ratio=``: ratios hold up better than
+absolute figures on a shared machine.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import msgspec  # noqa: E402
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig  # noqa: E402
 
 from hub.grants import Grant, put_grant  # noqa: E402
 from hub.natsconn import connect  # noqa: E402
@@ -136,6 +146,79 @@ async def latency(url: str, nc, js, tmp: Path, rate: int = 1000, seconds: float 
         stop_hubs(procs)
 
 
+RAW_BENCH_STREAM = "RAWBENCH"  # the raw ceiling's own stream: the hubs never see it
+
+
+async def raw_stream(js) -> None:
+    await js.add_stream(StreamConfig(name=RAW_BENCH_STREAM, subjects=["rawbench.>"], storage=StorageType.FILE,
+                                     duplicate_window=120))
+
+
+async def raw_fetch_ack(nc, js, n: int, batch: int) -> float:
+    """Messages per second a plain pull subscriber fetches and acks, with N messages already stored."""
+    course = f"course-v1:edX+R{uuid.uuid4().hex[:6]}+2024"
+    subject = f"rawbench.fetch.{course}"
+    for i in range(n):
+        await js.publish_async(subject, msgspec.json.encode(event(course, i)))
+    await js.publish_async_completed()
+    psub = await js.pull_subscribe(subject, durable="rawfetch", stream=RAW_BENCH_STREAM,
+                                   config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=4 * batch))
+    done = 0
+    started = time.perf_counter()
+    while done < n:
+        msgs = await psub.fetch(batch, timeout=5)
+        for msg in msgs:
+            await msg.ack()
+        done += len(msgs)
+    await nc.flush()
+    elapsed = time.perf_counter() - started
+    await psub.unsubscribe()
+    return n / elapsed
+
+
+async def raw_latency(nc, js, rate: int = 1000, seconds: float = 10.0) -> list[float]:
+    """Publish (``js.publish_async``) -> pull subscriber latency in ms, at a steady rate."""
+    course = f"course-v1:edX+P{uuid.uuid4().hex[:6]}+2024"
+    subject = f"rawbench.latency.{course}"
+    total = int(rate * seconds)
+    await js.add_consumer(RAW_BENCH_STREAM, ConsumerConfig(durable_name="rawlat", ack_policy=AckPolicy.EXPLICIT,
+                                                           filter_subject=subject))
+    sent: dict[str, float] = {}
+    lat: list[float] = []
+
+    async def on_msg(msg) -> None:
+        if not msg.reply:  # a status message (the request's end), not a stored message
+            return
+        t = sent.get(msgspec.json.decode(msg.data)["timestamp"])
+        if t is not None:
+            lat.append((time.perf_counter() - t) * 1000)
+        await msg.ack()
+
+    sub = await nc.subscribe(nc.new_inbox(), cb=on_msg)
+    request = {"batch": total, "expires": int((seconds + 30) * 1e9)}
+    await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{RAW_BENCH_STREAM}.rawlat", msgspec.json.encode(request),
+                     reply=sub.subject)
+    await nc.flush()
+    start = time.perf_counter()
+    for i in range(total):
+        e = event(course, i)
+        sent[e["timestamp"]] = time.perf_counter()
+        await js.publish_async(subject, msgspec.json.encode(e))
+        delay = start + (i + 1) / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    await js.publish_async_completed()
+    deadline = time.monotonic() + 20
+    while len(lat) < total and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await sub.unsubscribe()
+    return sorted(lat[int(rate * 1):])  # the first second warms up
+
+
+def p99(lat: list[float]) -> float:
+    return lat[int(len(lat) * 0.99)]
+
+
 async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -145,20 +228,30 @@ async def main(n: int) -> None:
             nc = await connect(settings, "bench")
             js = nc.jetstream()
             await ensure_streams(js, settings)
+            await raw_stream(js)
+            raw = await raw_fetch_ack(nc, js, n, settings.batch_size)
+            print(f"raw JetStream fetch+ack: {raw:.0f} msgs/s", file=sys.stderr, flush=True)
             one = await throughput(server.url, js, 1, n, tmp)
             print(f"one hub: {one:.0f} events/s", file=sys.stderr, flush=True)
             two = await throughput(server.url, js, 2, n, tmp)
             print(f"two hubs: {two:.0f} events/s", file=sys.stderr, flush=True)
+            raw_lat = await raw_latency(nc, js)
+            print(f"raw publish -> pull subscriber p99: {p99(raw_lat):.2f} ms", file=sys.stderr, flush=True)
             lat = await latency(server.url, nc, js, tmp)
             await nc.close()
         finally:
             server.stop()
     print(f"events={n} raw events -> xAPI + Caliper, backend send() to both streams stored")
-    print(f"events_per_s_two_hubs={two:,.0f}".replace(",", ""))
-    print(f"latency_samples={len(lat)} at 1000 events/s")
-    print(f"events_per_s={one:.0f}")
+    print(f"events_per_s_two_hubs={two:.0f}")
+    print(f"latency_samples={len(lat)} raw_latency_samples={len(raw_lat)} at 1000 events/s")
+    print(f"raw_p50_ms={raw_lat[len(raw_lat) // 2]:.2f}")
     print(f"p50_ms={lat[len(lat) // 2]:.2f}")
-    print(f"p99_ms={lat[int(len(lat) * 0.99)]:.2f}")
+    print(f"raw_fetch_ack_per_s={raw:.0f}")
+    print(f"events_per_s={one:.0f}")
+    print(f"hub_to_raw_ratio={one / raw:.2f}")
+    print(f"raw_p99_ms={p99(raw_lat):.2f}")
+    print(f"p99_ms={p99(lat):.2f}")
+    print(f"p99_to_raw_ratio={p99(lat) / p99(raw_lat):.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Micro-benchmark of the in-LMS backend's ``send()``: the time an LMS request thread spends per event.
 
 Runs against a nats-server of its own (free port, temp store) so the worker thread publishes for real while
-``send()`` is timed. Prints ``send_p50_us=``, ``send_p99_us=`` (target: median under 20 us).
+``send()`` is timed. Usage: ``python bench/send.py [N]`` (N events, default 20,000). Last lines:
+``send_p50_us=``, ``send_p99_us=`` (target: median under 20 us).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Translation throughput on one core: ``bench/translate.py [--events DIR] [--seconds N]``.
+"""Translation throughput on one core: ``python bench/translate.py [--events DIR] [--seconds N] [--users N]``.
 
 Translates a mix of real raw events (../shared/events/raw, else tests/samples) for many users, encoding each
 statement to JSON as the hub does, and ends with ``xapi_events_per_s=<n>`` and ``caliper_events_per_s=<n>``.
@@ -19,12 +19,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load(folder: Path, users: int) -> list[dict]:
+    """One event per ``*.json`` file (../shared/events/raw) and one per line of ``*.jsonl`` (tests/samples)."""
+    texts = [p.read_text() for p in sorted(folder.glob("*.json"))]
+    texts += [line for p in sorted(folder.glob("*.jsonl")) for line in p.read_text().splitlines() if line.strip()]
     base = []
-    for path in sorted(folder.glob("*.json")):
+    for text in texts:
         try:
-            base.append(normalize(json.loads(path.read_text())))
+            base.append(normalize(json.loads(text)))
         except ValueError:
             continue
+    if not base:
+        raise SystemExit(f"no events in {folder} (*.json, *.jsonl)")
     events = []
     for user in range(users):
         for event in base:

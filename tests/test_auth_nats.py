@@ -223,7 +223,7 @@ async def test_revocation_cuts_a_live_client_and_refuses_reconnect(op_server, au
         answer = await auth.revoke_consumer_users(admin, grant.id, [user_pub])
         assert answer.get("code") == 200, answer
         await asyncio.wait_for(probe.disconnected.wait(), 5)
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 2, "revocation took longer than the documented 2 s bound"
         assert user_pub in auth.tenant_claims(grant.id)["nats"]["revocations"]
         with pytest.raises(Exception):  # noqa: B017 - authorization violation
             await nats.connect(op_server.url, user_credentials=RawCredentials(text),

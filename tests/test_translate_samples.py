@@ -115,7 +115,20 @@ def test_problem_check_browser_server_and_multi_question():
                                                 {"response": "four", "success": False}]
     graded = one("caliper", single)
     assert (graded["type"], graded["action"], graded["object"]["type"]) == ("GradeEvent", "Graded", "Attempt")
-    assert graded["generated"]["scoreGiven"] == 1 and graded["generated"]["maxScore"] == 1
+    assert graded["generated"] == {"score": {"id": "_:score", "type": "Score", "maxScore": 1, "scoreGiven": 1,
+                                             "attempts": 2, "extensions": {"success": "True"}}}
+    problem_iri = XBLOCK + single["data"]["problem_id"]
+    assert graded["object"]["id"] == f"{problem_iri}/user/{graded['actor']['id'].rsplit('/', 1)[1]}/attempt/2"
+    assert graded["object"]["extensions"] == {
+        "isPartOf": {"id": f"{LMS}/course/{COURSE}", "type": "CourseOffering"}, "assignee": graded["actor"],
+        "assignable": {"id": problem_iri, "type": "Assessment"}, "count": 2}
+    # Absent values are left out (as the reference drops them); a wrong answer reads "False".
+    for key in ("attempts", "grade", "max_grade"):
+        del single["data"][key]
+    single["data"]["success"] = "incorrect"
+    bare = one("caliper", single)
+    assert bare["generated"] == {"score": {"id": "_:score", "type": "Score", "extensions": {"success": "False"}}}
+    assert bare["object"]["id"].endswith("/attempt/") and "count" not in bare["object"]["extensions"]
     assert one("caliper", browser)["type"] == "AssessmentEvent"
 
 
@@ -248,3 +261,32 @@ def test_external_ids_from_settings(tmp_path):
     assert ids.get("xapi", "41") == ids.get("caliper", "41") == "55555555-5555-4555-8555-555555555555"
     plain = ExternalIds.from_settings("secret", None)
     assert plain.get("xapi", "41") != "55555555-5555-4555-8555-555555555555"
+
+
+def test_ccx_course_blocks_keep_the_ccx_usage_key():
+    """A bare block id in a CCX course becomes ``ccx-block-v1:...+ccx@N+type@...`` (as the reference builds it)."""
+    ccx = "ccx-v1:RtX+Hub101+2025_Spring+ccx@7"
+    video, problem = load("video")[1], load("problems")[0]
+    for event in (video, problem):
+        event["context"]["course_id"] = ccx
+    expected = {
+        "play_video": f"{XBLOCK}ccx-block-v1:RtX+Hub101+2025_Spring+ccx@7+type@video+block@9a1f00c0ffee4b2d8e7f6a5b4c3d2e1f",
+        "problem_check": f"{XBLOCK}ccx-block-v1:RtX+Hub101+2025_Spring+ccx@7+type@problem+block@"
+                         "0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f6",
+    }
+    for event in (video, problem):
+        statement = one("xapi", event)
+        assert xapi_validator.problems(statement) == []
+        assert statement["object"]["id"] == expected[event["name"]]
+        assert statement["context"]["contextActivities"]["parent"][0]["id"] == f"{LMS}/course/{ccx}"
+        caliper = one("caliper", event)
+        assert caliper["object"]["id"] == expected[event["name"]]
+        assert caliper["object"]["extensions"]["isPartOf"]["id"] == f"{LMS}/course/{ccx}"
+    # A full usage key in the event stays as it is; course-v1 and old-style keys still give block-v1 keys.
+    video["data"]["id"] = "block-v1:RtX+Hub101+2025_Spring+type@video+block@abc"
+    assert one("xapi", video)["object"]["id"] == f"{XBLOCK}block-v1:RtX+Hub101+2025_Spring+type@video+block@abc"
+    video["data"]["id"] = "abc"
+    video["context"]["course_id"] = "RtX/Old/2013"
+    assert one("xapi", video)["object"]["id"] == f"{XBLOCK}block-v1:RtX+Old+2013+type@video+block@abc"
+    video["context"]["course_id"] = COURSE
+    assert one("caliper", video)["object"]["id"] == f"{XBLOCK}block-v1:RtX+Hub101+2025_Spring+type@video+block@abc"

@@ -400,21 +400,24 @@ def xapi_duration(seconds: float | int) -> str:
     return f"PT{minutes:02d}M{secs:02d}S"
 
 
-def course_body(course_key: str) -> str:
-    """``org+course+run`` of a course key (``course-v1:``/``ccx-v1:`` keys and old ``Org/Course/Run`` ones)."""
+def block_prefix(course_key: str) -> str:
+    """The usage-key prefix of a course's blocks, as the reference builds it: ``course-v1:X`` -> ``block-v1:X``,
+    ``ccx-v1:X+ccx@N`` -> ``ccx-block-v1:X+ccx@N`` (the CCX part stays); old ``Org/Course/Run`` keys ->
+    ``block-v1:Org+Course+Run`` (the reference fails on those)."""
     if ":" in course_key:
-        parts = course_key.split(":", 1)[1].split("+")
-        return "+".join(parts[:3])
-    return "+".join(course_key.split("/")[:3])
+        kind, body = course_key.split(":", 2)[:2]
+        version = "block-" + kind.rsplit("-", 1)[-1]
+        return f"{'ccx-' if 'ccx' in kind else ''}{version}:{body}"
+    return "block-v1:" + "+".join(course_key.split("/")[:3])
 
 
 def block_id(block: str, course_key: str | None, block_type: str) -> str:
-    """A usage key: a full key stays as is; a bare block id is made a ``block-v1`` key of the course."""
+    """A usage key: a full key stays as is; a bare block id is made a usage key of the course."""
     if "+type@" in block or block.startswith(("block-v1:", "i4x://", "ccx-block-v1:")):
         return block
     if not course_key:
         raise Rejected("no course for block id")
-    return f"block-v1:{course_body(course_key)}+type@{block_type}+block@{block}"
+    return f"{block_prefix(course_key)}+type@{block_type}+block@{block}"
 
 
 _INPUT_RE = re.compile(r"input_([0-9A-Za-z]+)_")
@@ -430,5 +433,5 @@ def browser_problem_id(context: dict, data: Any, course_key: str | None) -> str:
     if isinstance(data, str) and course_key:
         match = _INPUT_RE.search(data)
         if match:
-            return f"block-v1:{course_body(course_key)}+type@problem+block@{match.group(1)}"
+            return f"{block_prefix(course_key)}+type@problem+block@{match.group(1)}"
     raise Rejected("no object id (browser problem_check without referer block or input names)")

@@ -231,30 +231,31 @@ def translate(event: dict, ctx: TranslateContext) -> list[dict]:
 
 
 def problem_check(ev: Ev) -> dict:
-    """Browser: AssessmentEvent/Submitted on the problem. Server: GradeEvent/Graded on the learner's attempt."""
+    """Browser: AssessmentEvent/Submitted on the problem. Server: GradeEvent/Graded on the learner's attempt,
+    in exactly the reference's shape: assignee, assignable and count in the Attempt's ``extensions``, and
+    ``generated`` = ``{"score": Score}`` with a blank-node id, ``attempts`` and ``success`` as ``"True"``/``"False"``
+    text. Absent values are left out, as the reference drops them."""
     browser = ev.context.get("event_source") == "browser" or ev.event.get("event_source") == "browser"
     if browser or not isinstance(ev.raw_data, dict):
         obj = {"id": ev.xblock(browser_problem_id(ev.context, ev.raw_data, ev.course)), "type": "Assessment"}
         return _event(ev, "AssessmentEvent", "Submitted", ev.part_of(obj))
     problem_iri = ev.xblock(ev.need("problem_id"))
-    attempts = number(ev.data.get("attempts"), "attempts")
-    count = int(attempts) if attempts is not None else None
+    count = number(ev.data.get("attempts"), "attempts")
+    if count is not None and count == int(count):
+        count = int(count)
     ext_id = ev.actor["id"].rsplit("/", 1)[1]
-    attempt_id = f"{problem_iri}/user/{ext_id}/attempt/{count if count is not None else 1}"
-    attempt: dict[str, Any] = {"id": attempt_id, "type": "Attempt", "assignee": ev.actor,
-                               "assignable": {"id": problem_iri, "type": "Assessment"}}
+    attempt = {"id": f"{problem_iri}/user/{ext_id}/attempt/{'' if count is None else count}", "type": "Attempt"}
+    extensions: dict[str, Any] = {"assignee": ev.actor, "assignable": {"id": problem_iri, "type": "Assessment"}}
     if count is not None:
-        attempt["count"] = count
-    ev.part_of(attempt)
-    grade = number(ev.data.get("grade"), "grade")
-    top = number(ev.data.get("max_grade"), "max_grade")
-    score: dict[str, Any] = {"id": f"{attempt_id}/score", "type": "Score", "attempt": attempt_id}
-    if top is not None:
-        score["maxScore"] = top
-    if grade is not None:
-        score["scoreGiven"] = grade
-    score["extensions"] = {"success": ev.data.get("success") == "correct"}
-    return _event(ev, "GradeEvent", "Graded", attempt, generated=score)
+        extensions["count"] = count
+    ev.part_of(attempt, extensions)
+    score: dict[str, Any] = {"id": "_:score", "type": "Score"}
+    for key, value in (("maxScore", number(ev.data.get("max_grade"), "max_grade")),
+                       ("scoreGiven", number(ev.data.get("grade"), "grade")), ("attempts", count)):
+        if value is not None:
+            score[key] = value
+    score["extensions"] = {"success": "True" if ev.data.get("success") == "correct" else "False"}
+    return _event(ev, "GradeEvent", "Graded", attempt, generated={"score": score})
 
 
 def caliper_envelope(events: list[dict], sensor: str, send_time: datetime | None = None) -> dict:

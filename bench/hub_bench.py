@@ -1,7 +1,7 @@
 """Hub-only throughput: N raw events preloaded on LMS_RAW, one in-process hub translates them into both
 protocols; the clock runs from the first fetch to the last raw event processed.
 
-Usage: ``python bench/hub.py [N]``. Starts its own nats-server (free port, temp store). Last line:
+Usage: ``python bench/hub_bench.py [N]``. Starts its own nats-server (free port, temp store). Last line:
 ``events_per_s=<n>`` (raw events per second, each yielding one xAPI statement and one Caliper event).
 """
 
