@@ -60,7 +60,10 @@ class Cluster:
     def creds(self, user: str) -> str | None:
         """Path of a user's ``.creds`` (``hub``, ``deliverer``, ``portal``, ``publisher``, ``admin``); ``None``
         without operator mode."""
-        return str(self.auth.service_creds(user)) if self.auth else None
+        if not self.auth:
+            return None
+        site = os.environ.get("RTHUB_SITE", "default") if user == "publisher" else None
+        return str(self.auth.service_creds(user, site=site))
 
     def service_env(self, service: str) -> dict[str, str]:
         """``RTHUB_NATS_CREDS`` for a service process (``hub``, ``deliverer``, ``portal``, ``demo``)."""

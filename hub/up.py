@@ -164,8 +164,11 @@ def _auth_config(data_dir: Path) -> tuple[str, dict[str, str]]:
 
     auth = AuthStore.ensure(data_dir)
     config = auth.server_config(data_dir / "nats" / "resolver")
-    services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "publisher": "publisher", "admin": "admin"}
-    return config, {name: str(auth.service_creds(svc)) for name, svc in services.items()}
+    services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "admin": "admin"}
+    creds = {name: str(auth.service_creds(svc)) for name, svc in services.items()}
+    # The demo publishes like an LMS: raw events of its own site only.
+    creds["publisher"] = str(auth.service_creds("publisher", site=os.environ.get("RTHUB_SITE", "default")))
+    return config, creds
 
 
 def add_parser(sub) -> None:

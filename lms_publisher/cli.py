@@ -8,9 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from hub.auth.store import creds_allow
 from hub.natsconn import connect
 from hub.settings import StreamSettings, from_env
-from hub.streams import ensure_streams
+from hub.streams import RAW_STREAM, ensure_streams
 from lms_publisher.settings import PublisherSettings
 
 
@@ -52,7 +53,8 @@ def publish_main(args: argparse.Namespace) -> int:
         if not args.dry_run:
             nc = await connect(settings, "rthub-publish")
             js = nc.jetstream()
-            await ensure_streams(js, from_env(StreamSettings))
+            if creds_allow(settings.nats_creds, f"$JS.API.STREAM.INFO.{RAW_STREAM}"):  # not a per-site publisher
+                await ensure_streams(js, from_env(StreamSettings))
         try:
             return await backfill(js, args.files, settings.site, allow, batch_size=settings.publish_batch,
                                   rate=args.rate, state_path=args.state, dry_run=args.dry_run, raw=args.raw,

@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hub.auth.store import creds_allow
 from hub.natsconn import connect
 from hub.settings import StreamSettings, from_env
-from hub.streams import ensure_streams
+from hub.streams import RAW_STREAM, ensure_streams
 from lms_publisher.codec import Record, to_record
 from lms_publisher.publish import publish_records
 from lms_publisher.settings import PublisherSettings
@@ -165,7 +166,8 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
     nc = await connect(settings, "rthub-demo")
     try:
         js = nc.jetstream()
-        await ensure_streams(js, from_env(StreamSettings))
+        if creds_allow(settings.nats_creds, f"$JS.API.STREAM.INFO.{RAW_STREAM}"):  # not a per-site publisher
+            await ensure_streams(js, from_env(StreamSettings))
         events = generate(settings.demo_courses, settings.demo_users)
         sent = 0
         started = time.monotonic()

@@ -94,7 +94,8 @@ def test_inbox_prefixes_never_collide():
 
 def test_service_permission_tables_are_least_privilege():
     pub, sub = service_permissions("publisher")
-    assert "lms.>" in pub and not any(p.startswith(("xapi", "caliper", "$KV", "$JS.API.CONSUMER")) for p in pub)
+    assert pub == ["lms.>"]  # no stream info, no JetStream API at all
+    assert service_permissions("publisher", site="lms.example.org")[0] == ["lms.lms~2Eexample~2Eorg.>"]
     assert sub == [f"{service_inbox('publisher')}.>"]
     pub, sub = service_permissions("hub", hub_consumer="hub")
     assert "lms.>" not in pub and {"xapi.>", "caliper.>", "quarantine.>"} <= set(pub)

@@ -121,6 +121,18 @@ async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, 
             await grants.put("forged", b"{}")
         await wait_for(lambda: hub.violated("$KV.rthub_grants.forged"), 5, "hub refused on KV write")
 
+        site_pub = await Probe().connect(op_server.url, str(auth.service_creds("publisher", site=site)),
+                                         creds_inbox_prefix(auth.service_creds("publisher", site=site)))
+        try:
+            assert (await site_pub.nc.jetstream().publish(raw_subj, b'{"name":"x"}')).stream == "LMS_RAW"
+            other_site = subject("lms", unique("other"), "Org", "c1", "play_video")
+            await site_pub.nc.publish(other_site, b"{}")
+            await wait_for(lambda: site_pub.violated(other_site), 5, "per-site publisher refused on another site")
+            await site_pub.nc.publish("$JS.API.STREAM.INFO.LMS_RAW", b"")
+            await wait_for(lambda: site_pub.violated("STREAM.INFO.LMS_RAW"), 5, "publisher refused stream info")
+        finally:
+            await site_pub.close()
+
         await deliverer.nc.publish(xapi_subj, b"{}")
         await wait_for(lambda: deliverer.violated(f'"{xapi_subj}"'), 5, "deliverer refused on xapi publish")
         await deliverer.nc.publish("$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub", b"")

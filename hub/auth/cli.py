@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a = auth_sub.add_parser("creds", help="path of a service's .creds file (created on demand)")
     a.add_argument("service", choices=SERVICES)
     a.add_argument("--hub-consumer", default="hub", help="the hub's durable consumer name (RTHUB_HUB_CONSUMER)")
+    a.add_argument("--site", help="publisher only: the LMS site it publishes for (lms.<site>.> only)")
     a.set_defaults(func=_service_creds)
 
     a = auth_sub.add_parser("consumer-creds", help="issue a direct-subscription credential for a grant")
@@ -86,7 +87,7 @@ def _server_config(args) -> int:
 
 
 def _service_creds(args) -> int:
-    print(_store(args).service_creds(args.service, hub_consumer=args.hub_consumer))
+    print(_store(args).service_creds(args.service, hub_consumer=args.hub_consumer, site=args.site))
     return 0
 
 

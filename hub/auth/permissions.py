@@ -18,6 +18,7 @@ from hub.streams import (
     RAW_STREAM,
     TARGETS_BUCKET,
 )
+from hub.subjects import encode_token
 
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
@@ -88,8 +89,10 @@ def _dedup(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[str] | None, list[str] | None]:
-    """``(pub_allow, sub_allow)`` of a service user; ``None`` = unrestricted (the admin only)."""
+def service_permissions(service: str, hub_consumer: str = "hub",
+                        site: str | None = None) -> tuple[list[str] | None, list[str] | None]:
+    """``(pub_allow, sub_allow)`` of a service user; ``None`` = unrestricted (the admin only). ``site`` scopes
+    a publisher to the raw events of one LMS site."""
     inbox = [f"{service_inbox(service)}.>"]
     # Account and stream info (metadata only) for all: every service runs ensure_streams() at start, which
     # only reads when the streams are already as declared; creating or changing them is the hub's right.
@@ -98,8 +101,9 @@ def service_permissions(service: str, hub_consumer: str = "hub") -> tuple[list[s
     if service == "admin":
         return None, None
     if service == "publisher":
-        # Runs inside the LMS, the least trusted place: it may only add raw events.
-        return ["lms.>", *info], inbox
+        # Runs inside the LMS, the least trusted place: it may only add raw events of its own site, and read
+        # nothing (not even stream info). The hub declares the streams.
+        return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
     if service == "hub":
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
                "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
@@ -160,3 +164,14 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
     return [*((n, subj, "service") for n, subj in services),
             *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects()))]
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)

@@ -30,9 +30,11 @@ from hub.auth.permissions import (
     hub_exports,
     inbox_prefix_of,
     service_permissions,
+    subject_matches,
     tenant_imports,
 )
 from hub.grants import GRANT_ID, Grant
+from hub.subjects import encode_token
 
 log = logging.getLogger("rthub.auth")
 
@@ -218,14 +220,16 @@ class AuthStore:
         token = jwt.encode(jwt.user_claims(name, user_pub, pub, sub, expires=expires, now=now), account_seed)
         return jwt.creds(token, seed), user_pub
 
-    def service_creds(self, service: str, hub_consumer: str = "hub") -> Path:
-        """The ``.creds`` file of a service user (``publisher``, ``hub``, ``deliverer``, ``portal``, ``admin``).
+    def service_creds(self, service: str, hub_consumer: str = "hub", site: str | None = None) -> Path:
+        """The ``.creds`` file of a service user (``publisher``, ``hub``, ``deliverer``, ``portal``, ``admin``);
+        a publisher's is per LMS ``site`` (``publisher-<site>.creds``: ``lms.<site>.>`` only).
 
         Created on first use; re-created when the permission table changed since (e.g. after an upgrade) or
         the user was revoked (``rthub auth revoke`` of a leaked service credential, then restart the service).
         """
-        pub, sub = service_permissions(service, hub_consumer)
-        path = self.path / f"{service}.creds"
+        pub, sub = service_permissions(service, hub_consumer, site=site if service == "publisher" else None)
+        name = f"{service}-{encode_token(site)}" if service == "publisher" and site is not None else service
+        path = self.path / f"{name}.creds"
         with self._locked(self.path):
             if path.exists():
                 claims = jwt.decode(jwt.creds_jwt(path.read_text()), verify=False)
@@ -454,6 +458,18 @@ class AuthStore:
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
 
 
+def creds_allow(creds: str | Path | None, subject: str) -> bool:
+    """Whether a ``.creds`` file's user may publish to ``subject`` (no creds, or no allow list: yes). Lets a
+    tool skip what its user may not do (a per-site publisher declaring streams) instead of timing out."""
+    if not creds:
+        return True
+    text = Path(creds).read_text() if "BEGIN NATS USER JWT" not in str(creds) else str(creds)
+    pub = jwt.decode(jwt.creds_jwt(text), verify=False)["nats"].get("pub", {})
+    if "allow" not in pub:
+        return not pub.get("deny")
+    return any(subject_matches(p, subject) for p in pub["allow"])
+
+
 def creds_inbox_prefix(creds: str | Path) -> str | None:
     """The private inbox prefix a ``.creds`` file's user must connect with (``None``: the default is fine).
 
@@ -477,4 +493,4 @@ def _hub_claims(hub_pub: str, revocations: dict[str, int], now: float | None = N
     return jwt.account_claims("HUB", hub_pub, jetstream=True, revocations=revocations, now=now, exports=exports)
 
 
-__all__ = ["AuthStore", "AuthError", "SERVICES", "creds_inbox_prefix"]
+__all__ = ["AuthStore", "AuthError", "SERVICES", "creds_allow", "creds_inbox_prefix"]
