@@ -122,7 +122,7 @@ def integration_add(args: argparse.Namespace) -> int:
             creds = await portal.issue_creds(operator(), row)
             _write_creds(Path(args.creds_out or f"{row.key}.creds"), creds)
             print(f"credentials written to {args.creds_out or row.key + '.creds'}")
-            print(portal.example(row))
+            print(portal.example(row, creds_file=Path(args.creds_out or f"{row.key}.creds").name))
 
     return _run(settings, work)
 

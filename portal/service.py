@@ -461,14 +461,15 @@ class Portal:
         await self.audit(actor.email, "creds.issue", row.key, f"user {user_pub[:8]}..., {self.settings.creds_days:g} days")
         return creds
 
-    def example(self, row: Integration) -> str:
+    def example(self, row: Integration, creds_file: str | None = None) -> str:
         """Copy-paste nats-py subscriber for a direct integration (written by hub.auth)."""
         try:
             auth = self.auth()
         except PortalError as exc:
             return exc.message
         return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
-                                       servers=self.settings.nats_url_for_consumers(), creds_file=f"{row.key}.creds")
+                                       servers=self.settings.nats_url_for_consumers(),
+                                       creds_file=creds_file or f"{row.key}.creds")
 
     async def status(self, row: Integration) -> dict[str, Any]:
         """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
