@@ -136,3 +136,19 @@ def test_a_revoked_service_credential_is_reissued(tmp_path):
     auth.add_revocations([leaked])
     fresh = jwt.decode(jwt.creds_jwt(auth.service_creds("publisher").read_text()))
     assert fresh["sub"] != leaked and fresh["nats"]["pub"]["allow"][0] == "lms.>"
+
+
+def test_everything_after_set_up_works_without_the_operator_seed(tmp_path):
+    """The operator seed can live offline: the signing key signs accounts, so the portal never needs it."""
+    auth = AuthStore.ensure(tmp_path)
+    (tmp_path / "nats-auth" / "operator.nk").unlink()
+    again = AuthStore.ensure(tmp_path)
+    grant = Grant(id="g1", consumer="acme", protocol="xapi", courses=["c"])
+    tenant = jwt.decode(again.open_tenant(grant))
+    assert tenant["iss"] == again.signing_pub
+    again.consumer_creds(grant)
+    again.close_tenant("g1")
+    assert jwt.decode(again.add_revocations([jwt.decode(jwt.creds_jwt(again.service_creds("hub").read_text()))["sub"]]))["iss"] == auth.signing_pub
+    assert jwt.decode(again.operator_jwt)["nats"]["signing_keys"] == [again.signing_pub]
+    with pytest.raises(RuntimeError, match="missing"):
+        again.operator_seed  # noqa: B018 - only re-signing the operator JWT would need it
