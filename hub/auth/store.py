@@ -294,7 +294,7 @@ class AuthStore:
 
     def open_tenant(self, grant: Grant) -> str:
         """Write (or re-scope) the account of ``grant``'s direct subscriber: it imports from the data account its
-        consumer's pull, info and ack subjects and the granted subjects (live feed), each with an activation
+        consumer's pull and ack subjects and the granted subjects (live feed), each with an activation
         signed for this account only. Returns the JWT to push. A tenant closed for good stays closed."""
         grant.validate()
         if not grant.active:
