@@ -147,6 +147,9 @@ async def test_grant_added_and_revoked_while_running(js, running_hub):
     assert len(got.msgs) == 1
 
 
+FIVE_MB = b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "' + b"x" * (5 << 20) + b'"}'
+
+
 @pytest.mark.parametrize("bad, reason", [
     (b"not json at all", "not JSON"),
     (b"[1, 2, 3]", "not an object"),
@@ -155,6 +158,18 @@ async def test_grant_added_and_revoked_while_running(js, running_hub):
     (b'{"name": "play_video", "timestamp": 12345}', "missing timestamp"),
     (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "context": "x"}', "context"),
     (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "' + b"x" * (1 << 20) + b'"}', "byte limit"),
+    # hostile input that used to escape the handler (RecursionError) or could: each has its reason
+    (b"[" * 5000, "nested deeper than 64 levels"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested deeper than 64 levels"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": ' + b"[" * 100 + b"]" * 100 + b"}",
+     "nested deeper than 64 levels"),
+    (b'{"event_type": "play_video", "time": "2024-01-01T00:00:00Z", "event": "' + b"[" * 5000 + b'"}',
+     "nested deeper than 64 levels"),  # a browser event's JSON string is decoded too: held to the limit
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": {"x": 1e999999}}', "Number out of range"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": {"x": ' + b"9" * 5000 + b"}}",
+     "out of range"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "\xff\xfe"}', "not JSON: Invalid UTF-8"),
+    (FIVE_MB, f"event is {len(FIVE_MB)} bytes, over the 1048576 byte limit"),
 ])
 async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub, bad, reason):
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
@@ -297,3 +312,105 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     assert (await asyncio.to_thread(rthub, "publish", str(log), env=rthub_env(settings.nats_url))).returncode == 0
     raw = await js.stream_info("LMS_RAW")
     assert raw.state.messages == 1
+
+
+async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(js, running_hub, monkeypatch):
+    """A bug one event meets (here a translator raising on it) costs that event only, with the reason."""
+    import hub.service
+
+    real = hub.service.translate_json
+
+    def buggy(protocol, event, ctx):
+        if event["data"].get("code") == "trigger":
+            raise ZeroDivisionError("division by zero")
+        return real(protocol, event, ctx)
+
+    monkeypatch.setattr(hub.service, "translate_json", buggy)
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    bad = video_event()
+    bad["data"]["code"] = "trigger"
+    await publish(js, bad)
+    await publish(js, video_event(user_id=4))
+    await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the one that met the bug")
+    q = await quarantine.next_msg(timeout=5)
+    assert q.headers["Rthub-Reason"] == "internal error: ZeroDivisionError: division by zero"
+    assert json.loads(q.data) == bad and q.headers["Rthub-Raw-Seq"] == "1"
+    assert running_hub.metrics.get("internal_errors") == 1 and running_hub.metrics.get("quarantined") == 1
+    assert json.loads(got.msgs[0].data)["actor"]["account"]["name"]  # the good one was translated
+    raw = await js.consumer_info("LMS_RAW", "hub")
+    assert raw.num_ack_pending == 0 and raw.num_redelivered == 0  # both acked once, nothing loops
+
+
+async def test_forged_status_header_is_no_pull_status(js, running_hub):
+    """A stored message with a ``Status`` header and no body is still a message: quarantined, acked."""
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await js.publish(subject("lms", "default", "edX", COURSE, "play_video"), b"",
+                     headers={"Status": "408", "Nats-Msg-Id": uuid.uuid4().hex})
+    q = await quarantine.next_msg(timeout=10)
+    assert "not JSON" in q.headers["Rthub-Reason"]
+    await wait_for(lambda: _acked_all(js), 10, "the forged message acked")
+
+
+async def _acked_all(js) -> bool:
+    info = await js.consumer_info("LMS_RAW", "hub")
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_message_never_acked_goes_to_quarantine_after_max_deliver(tmp_path, monkeypatch):
+    """Even a failure no handler sees (a hang, a crash holding the message: simulated by dropping it unacked)
+    cannot loop: after ``hub_max_deliver`` deliveries the server's advisory makes the hub quarantine it. Runs
+    in operator mode with the hub's own credentials, so its permissions are proven sufficient and used."""
+    from hub.auth import AuthStore
+    from tests.helpers import start_operator_nats
+
+    server = start_operator_nats(tmp_path, "maxdeliver")
+    auth = AuthStore.ensure(tmp_path)
+    settings = HubSettings(nats_url=server.url, nats_creds=str(auth.service_creds("hub")), metrics_port=-1,
+                           data_dir=str(tmp_path / "data"), id_secret="s3cret", hub_max_deliver=2,
+                           hub_ack_wait_s=1.0)
+    real = Hub.process
+    dropped: list[int] = []
+
+    async def drops_one(self, msgs):
+        keep = [m for m in msgs if b"never-acked" not in m.data]
+        dropped.extend(m.metadata.num_delivered for m in msgs if m not in keep)
+        await real(self, keep)
+
+    monkeypatch.setattr(Hub, "process", drops_one)
+    admin = await connect(HubSettings(nats_url=server.url, nats_creds=str(auth.service_creds("admin"))), "admin")
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        js = admin.jetstream()
+        assert (await js.consumer_info("LMS_RAW", "hub")).config.max_deliver == 2
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        got = Collector()
+        await admin.subscribe("xapi.>", cb=got.on)
+        await admin.flush()
+        quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+        stuck = video_event()
+        stuck["data"]["code"] = "never-acked"
+        await publish(js, stuck)
+        await publish(js, video_event(user_id=4))
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the next event flows meanwhile")
+        q = await quarantine.next_msg(timeout=15)
+        assert q.headers["Rthub-Reason"].startswith("not acknowledged after 2 deliveries")
+        assert json.loads(q.data) == stuck and q.headers["Rthub-Raw-Seq"] == "1"
+        assert q.headers["Rthub-Subject"] == subject("lms", "default", "edX", COURSE, "play_video")
+        assert dropped == [1, 2] and hubs[0].metrics.get("max_deliveries") == 1
+        await publish(js, video_event(user_id=5))  # and the hub goes on
+        await wait_for(lambda: len(got.msgs) == 2, 10, "events after the quarantine")
+        assert dropped == [1, 2]  # never delivered a third time
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+        await admin.close()
+        server.stop()
