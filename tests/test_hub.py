@@ -10,6 +10,9 @@ import uuid
 import msgspec
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from hub.grants import Grant, delete_grant, put_grant
 from hub.natsconn import connect
@@ -414,3 +417,32 @@ async def test_message_never_acked_goes_to_quarantine_after_max_deliver(tmp_path
         assert await asyncio.wait_for(task, 15) == 0
         await admin.close()
         server.stop()
+
+
+_hostile = st.one_of(
+    st.binary(max_size=3000),
+    st.text(alphabet='[]{}",:.-+eE0123456789\\\\u \\n', max_size=3000).map(str.encode),
+    st.integers(65, 3000).map(lambda n: b'{"name": "play_video", "timestamp": "t", "data": ' + b"[" * n),
+)
+
+
+@hsettings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=_hostile)
+async def test_random_bytes_are_quarantined_and_the_hub_goes_on(js, running_hub, payload):
+    """Whatever bytes arrive, each is quarantined with a reason, and the next good event is translated."""
+    if "fuzz" not in running_hub.grants.index.grants:
+        await put_grant(js, Grant(id="fuzz", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "fuzz" in running_hub.grants.index.grants, 5, "grant")
+    course = f"course-v1:edX+Fuzz+{uuid.uuid4().hex[:10]}"  # one course per example: its own subjects
+    got = Collector()
+    sub = await js._nc.subscribe(f"xapi.*.edX.{course}.>", cb=got.on)
+    await js._nc.flush()
+    try:
+        await publish(js, payload, course=course)
+        await publish(js, video_event(course), course=course)
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the random one")
+        q = await js.get_last_msg("QUARANTINE", subject("quarantine", "default", "edX", course, "play_video"))
+        assert (q.data or b"") == payload and q.headers["Rthub-Reason"]  # (an empty body reads as None)
+    finally:
+        await sub.unsubscribe()
