@@ -446,3 +446,18 @@ async def test_random_bytes_are_quarantined_and_the_hub_goes_on(js, running_hub,
         assert (q.data or b"") == payload and q.headers["Rthub-Reason"]  # (an empty body reads as None)
     finally:
         await sub.unsubscribe()
+
+
+async def test_existing_unbounded_consumer_gets_the_bounded_max_deliver(js, settings):
+    """A deployment upgraded from max_deliver=-1: the hub's start applies the bound to the existing consumer."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    await js.add_consumer("LMS_RAW", ConsumerConfig(durable_name="hub", ack_policy=AckPolicy.EXPLICIT,
+                                                    deliver_policy=DeliverPolicy.ALL, ack_wait=30,
+                                                    max_ack_pending=2000, max_deliver=-1))
+    hub = await Hub(settings).start()
+    try:
+        info = await js.consumer_info("LMS_RAW", "hub")
+        assert (info.config.max_deliver, info.config.ack_wait) == (10, 30.0)
+    finally:
+        await hub.close()

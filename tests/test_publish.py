@@ -298,6 +298,11 @@ async def test_rthub_publish_rejects_over_limit_lines_with_reason(js, nats_serve
     assert len(stored) == 5 and all(len(m.data) < 6000 for m in stored)  # 2 normalised + 3 raw lines
     text = rthub("publish", "--site", site, "--dry-run", str(f), env=env).stdout.decode()
     assert "rejected 4: event is nested deeper than 64 levels" in text
+    only = tmp_path / "issue.log"  # the line of the issue, alone: its first line looked like a JSON document
+    only.write_bytes(b"[" * 5000 + b"\n")
+    result = rthub("publish", "--site", site, "--dry-run", str(only), env=env)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode()
+    assert "rejected 1: no JSON object on the line" in result.stdout.decode()
 
 
 async def test_rthub_publish_shared_tracking_log(js, nats_server):
