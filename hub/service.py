@@ -305,7 +305,7 @@ class Hub:
             raw = await self.js.get_msg(RAW_STREAM, seq)
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
-                      f"(RTHUB_HUB_MAX_DELIVER): the hub failed on it or stalled")
+                      "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
             await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason), 30)
         except Exception as exc:  # noqa: BLE001 - e.g. the message aged out of the raw stream
             log.error("could not quarantine after max deliveries (%s): %s", advisory.data[:200], exc)

@@ -87,7 +87,7 @@ def _body_id(data: bytes) -> str:
     try:
         value = msgspec.json.decode(data)
         return str(value.get("id")) if isinstance(value, dict) and value.get("id") else str(uuid.uuid4())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a body the pull loop cannot read must not end it
         return str(uuid.uuid4())
 
 
