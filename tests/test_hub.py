@@ -461,3 +461,37 @@ async def test_existing_unbounded_consumer_gets_the_bounded_max_deliver(js, sett
         assert (info.config.max_deliver, info.config.ack_wait) == (10, 30.0)
     finally:
         await hub.close()
+
+
+async def test_the_issues_line_stops_no_hub_process(js, settings):
+    """The report: ``"[" * 5000`` killed every hub that fetched it. Two `rthub hub` processes now quarantine
+    each copy, keep translating, and exit cleanly on SIGTERM."""
+    import httpx
+
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    env = rthub_env(settings.nats_url, RTHUB_ID_SECRET="s3cret", RTHUB_BATCH_SIZE="5",
+                    RTHUB_DATA_DIR=settings.data_dir)
+    ports = [free_port(), free_port()]
+    procs = [rthub_popen("hub", "--metrics-port", str(p), env=env) for p in ports]
+
+    def up(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await wait_for(lambda: all(up(p) for p in ports), 30, "both hubs serving")
+        for i in range(40):
+            await publish(js, b"[" * 5000 + str(i).encode())
+            await publish(js, video_event(user_id=100 + i))
+        await wait_for(lambda: _stream_count(js, "XAPI", 40), 30, "every good event translated")
+        await wait_for(lambda: _stream_count(js, "QUARANTINE", 40), 30, "every bad one quarantined")
+        q = await js.get_msg("QUARANTINE", 1)
+        assert q.headers["Rthub-Reason"] == "event is nested deeper than 64 levels"
+        assert [p.poll() for p in procs] == [None, None] and all(up(p) for p in ports)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(20) == 0
