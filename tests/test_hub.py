@@ -495,3 +495,37 @@ async def test_the_issues_line_stops_no_hub_process(js, settings):
             p.send_signal(signal.SIGTERM)
         for p in procs:
             assert p.wait(20) == 0
+
+
+async def test_quarantined_copy_fits_a_small_max_payload(tmp_path):
+    """On a server with a small ``max_payload`` a raw message at the limit plus quarantine headers would be
+    refused (the server closes the connection); the copy is cut to fit and says how big the original was."""
+    server = NatsServer(free_port(), tmp_path / "nats", config="max_payload: 65536", name="small").start()
+    settings = HubSettings(nats_url=server.url, data_dir=str(tmp_path / "data"), id_secret="s3cret", metrics_port=-1)
+    nc = await connect(settings, "test")
+    js = nc.jetstream()
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        assert nc.max_payload == 65536
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        got = Collector()
+        await nc.subscribe("xapi.>", cb=got.on)
+        await nc.flush()
+        quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+        bad = b"not json " + b"x" * (65536 - 200)
+        await publish(js, bad)
+        await publish(js, video_event())
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the big bad one")
+        q = await quarantine.next_msg(timeout=5)
+        assert q.headers["Rthub-Original-Bytes"] == str(len(bad)) and bad.startswith(q.data)
+        assert len(q.data) == 65536 - 4096 and "not JSON" in q.headers["Rthub-Reason"]
+        assert hubs[0].nc.is_connected
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+        await nc.close()
+        server.stop()
