@@ -529,3 +529,24 @@ async def test_quarantined_copy_fits_a_small_max_payload(tmp_path):
         assert await asyncio.wait_for(task, 15) == 0
         await nc.close()
         server.stop()
+
+
+@pytest.mark.parametrize("raw_subject, reason", [
+    ("lms.a", "does not have 5 tokens"),
+    ("lms.default.edX.c.e.f", "does not have 5 tokens"),
+    ("lms.default.~ZZ.c.e", "not an encoded subject token"),
+    ("lms.default.~FF~FE.c.e", "can't decode byte 0xff"),
+])
+async def test_hostile_subject_is_quarantined_and_next_event_flows(js, running_hub, raw_subject, reason):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await js.publish(raw_subject, msgspec.json.encode(video_event()), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await publish(js, video_event(user_id=4))
+    await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the bad subject")
+    q = await quarantine.next_msg(timeout=5)
+    assert reason in q.headers["Rthub-Reason"] and q.headers["Rthub-Subject"] == raw_subject
+    assert q.subject == "quarantine." + raw_subject.split(".", 1)[1]
