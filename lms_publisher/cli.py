@@ -20,7 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "logger prefix, one JSON object per file, plain or gzip, files or directories).")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
     p.add_argument("--site", help="LMS site the events come from (RTHUB_SITE, default 'default')")
-    p.add_argument("--raw", action="store_true", help="send each non-empty line exactly as it is, unchecked (but held to the event limits)")
+    p.add_argument("--raw", action="store_true",
+                   help="send each non-empty line exactly as it is, unchecked (but held to the event limits)")
     p.add_argument("--all-events", action="store_true", help="no allow-list: send every event name")
     p.add_argument("--dry-run", action="store_true", help="parse and count, publish nothing")
     p.add_argument("--batch-size", type=int, help="events per acknowledged batch (RTHUB_PUBLISH_BATCH)")
