@@ -8,20 +8,68 @@ log-only fields, so the rest of the system sees one shape.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 _OLD_KEY = re.compile(r"^([^/+:]+)/([^/]+)/([^/]+)$")
 _LOG_FIELDS = ("username", "session", "ip", "agent", "host", "referer", "page", "accept_language", "event_source")
+
+# The limits of one raw event, shared by every publisher (``rthub publish``, the LMS backend, the demo) and the
+# hub, so an event is refused where it is published, with the reason the hub would quarantine it for.
+MAX_EVENT_BYTES = 1 << 20
+MAX_EVENT_DEPTH = 64  # real tracking events nest < 15 levels; decoders recurse, so depth must be bounded
 
 
 class InvalidEvent(ValueError):
     """The input is no usable tracking event; ``str()`` is the reason."""
 
 
-def normalize(obj: Any) -> dict[str, Any]:
-    """The backend shape of a raw event of either shape; raises :class:`InvalidEvent` with a reason."""
+def size_reason(size: int, limit: int) -> str:
+    return f"event is {size} bytes, over the {limit} byte limit"
+
+
+def depth_reason(limit: int) -> str:
+    return f"event is nested deeper than {limit} levels"
+
+
+# A JSON string (escapes included), or an unterminated one running to the end: possessive, so every opening
+# quote matches at once and hostile input cannot make the scan quadratic.
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.S)
+_BRACKETS = bytes(range(256)).translate(None, b"[]{}")  # every other byte: deleted
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 / -1 as signed bytes
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep brackets nest in JSON text, without decoding it (strings skipped): a pre-scan, because every
+    JSON decoder recurses and ``[[[[...`` raises RecursionError. Never less than the depth a decoder reaches."""
+    steps = _STRING.sub(b"", data).translate(_STEPS, _BRACKETS)
+    return max(itertools.accumulate(memoryview(steps).cast("b"), initial=0))
+
+
+class Limits(NamedTuple):
+    """Size, then nesting depth: both checked on the bytes before anything decodes them."""
+
+    max_bytes: int = MAX_EVENT_BYTES
+    max_depth: int = MAX_EVENT_DEPTH
+
+    def check(self, data: bytes) -> None:
+        """Raise :class:`InvalidEvent` with the reason if ``data`` is over a limit."""
+        if len(data) > self.max_bytes:
+            raise InvalidEvent(size_reason(len(data), self.max_bytes))
+        # fast path: with no more brackets than the limit in all, nothing can nest deeper (most events)
+        if data.count(b"[") + data.count(b"{") > self.max_depth and nesting_depth(data) > self.max_depth:
+            raise InvalidEvent(depth_reason(self.max_depth))
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def normalize(obj: Any, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The backend shape of a raw event of either shape; raises :class:`InvalidEvent` with a reason.
+
+    A browser event's ``event`` string is JSON text decoded here, so it is held to ``limits`` first."""
     if not isinstance(obj, dict):
         raise InvalidEvent(f"event is a JSON {type(obj).__name__}, not an object")
     name = obj.get("name") or obj.get("event_type")
@@ -40,6 +88,7 @@ def normalize(obj: Any) -> dict[str, Any]:
     else:
         data = obj.get("event")
         if isinstance(data, str) and data[:1] in "{[":
+            limits.check(data.encode(errors="surrogatepass"))
             try:
                 data = json.loads(data)
             except ValueError:

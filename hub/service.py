@@ -5,6 +5,11 @@ One durable pull consumer on the raw stream, shared by every hub process. For ea
 ``<protocol>.<site>.<org>.<course>.<event>`` with the statement id as ``Nats-Msg-Id`` (a crash between publish
 and ack re-publishes the same ids, which the stream drops as duplicates), then ack. Input the hub cannot use
 goes to the quarantine stream with its reason; it never blocks the events behind it.
+
+No input can stop the hub: size and nesting depth are checked on the bytes before decoding
+(:class:`hub.events.Limits`), any exception while handling one message quarantines that message, and a
+message that is still not acked after ``hub_max_deliver`` deliveries (a hang, a crash, a bug not yet seen) is
+moved to quarantine by the server's max-deliveries advisory instead of being redelivered for ever.
 """
 
 from __future__ import annotations
@@ -34,7 +39,19 @@ from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, 
 
 log = logging.getLogger("rthub.hub")
 REASON_HEADER = "Rthub-Reason"
+_HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
+
+
+def max_deliveries_subject(hub_consumer: str) -> str:
+    """The server's advisory when a raw message reached the hub consumer's ``max_deliver``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"
+
+
+def header_text(text: str, limit: int = 1000) -> str:
+    """A header value: one line of printable ASCII (a reason may quote hostile input), at most ``limit``."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(c if " " <= c <= "~" else " " for c in text)[:limit]
 
 
 def id_secret(s: HubSettings) -> bytes:
@@ -106,7 +123,9 @@ class Hub:
         self.contexts = {site: TranslateContext(lms_url=url, ids=ids, courses=self.courses)
                          for site, url in settings.sites.items()}
         self.supported = {p: supported(p) for p in ("xapi", "caliper")}
+        self.limits = settings.limits
         self.last_fetch = time.monotonic()
+        self._advisories = None
 
     async def start(self) -> Hub:
         self.nc = await connect(self.s, "rthub-hub")
@@ -117,10 +136,14 @@ class Hub:
         await self.courses.watch(self.js)
         config = ConsumerConfig(
             durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30, max_ack_pending=max(4 * self.s.batch_size, 2000), max_deliver=-1,
+            ack_wait=self.s.hub_ack_wait_s, max_ack_pending=max(4 * self.s.batch_size, 2000),
+            max_deliver=self.s.hub_max_deliver,
         )
+        # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
+        self._advisories = await self.nc.subscribe(max_deliveries_subject(self.s.hub_consumer),
+                                                   queue="rthub-hub", cb=self._on_max_deliveries)
         try:
-            await self.js.add_consumer(RAW_STREAM, config)
+            await self.js.add_consumer(RAW_STREAM, config)  # an existing one is updated (editable fields)
         except nats.js.errors.BadRequestError as exc:  # changed settings: keep the existing consumer
             log.warning("hub consumer exists with other settings, using it as is: %s", exc)
         return self
@@ -161,7 +184,9 @@ class Hub:
                     batch.append(queue.get_nowait())
                 msgs = []
                 for msg in batch:
-                    if msg.headers and msg.headers.get("Status") and not msg.data:
+                    # a status ends a pull request; a stored message (it has an ack subject) is never one,
+                    # even if a publisher forged a Status header
+                    if msg.headers and msg.headers.get("Status") and not msg.data and not msg.reply:
                         outstanding = 0  # 404/408/409: the request ended; ask again
                         continue
                     outstanding = max(0, outstanding - 1)
@@ -176,19 +201,16 @@ class Hub:
                     await msg.nak()
 
     async def process(self, msgs: list) -> None:
-        publish, m = self.publisher.publish, self.metrics
+        m = self.metrics
         waits: list[tuple[Any, list[asyncio.Future]]] = []
         for msg in msgs:
             m.inc("received")
-            futures: list[asyncio.Future] = []
             try:
-                outputs, rejected = self._translate(msg)
-            except (InvalidEvent, ValueError) as exc:
-                outputs, rejected = [], [str(exc)]
-            if rejected:  # a protocol that could not translate it does not hold back the others
-                futures.append(await self._quarantine(msg, "; ".join(rejected)))
-            for subj, sid, body in outputs:
-                futures.append(await publish(subj, body, {"Nats-Msg-Id": sid}))
+                futures = await self._handle(msg)
+            except Exception as exc:  # noqa: BLE001 - publishing failed (e.g. connection closed): redeliver
+                failed = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures = [failed]
             waits.append((msg, futures))
         pending = [f for _, futures in waits for f in futures]
         if pending:  # one wait for the whole batch: a gather per message costs more than the translation
@@ -204,15 +226,34 @@ class Hub:
             if errors:
                 m.inc("publish_errors", len(errors))
                 log.warning("publish failed, raw message will be redelivered: %s", errors[0])
-                await msg.nak(delay=1)
+                # backoff, so an outage of the output streams does not spend hub_max_deliver in seconds
+                await msg.nak(delay=min(2 ** (msg.metadata.num_delivered - 1), 60))
             else:
                 await msg.ack()
+
+    async def _handle(self, msg) -> list[asyncio.Future]:
+        """Publish what one message yields: its statements, and the message itself to quarantine if it was
+        rejected. Any exception while translating quarantines the message (with the exception as reason)."""
+        try:
+            outputs, rejected = self._translate(msg)
+        except (InvalidEvent, ValueError) as exc:
+            outputs, rejected = [], [str(exc)]
+        except Exception as exc:  # noqa: BLE001 - a bug met by one message must not stop the hub
+            log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
+            self.metrics.inc("internal_errors")
+            outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
+        futures: list[asyncio.Future] = []
+        if rejected:  # a protocol that could not translate it does not hold back the others
+            futures.append(await self._quarantine(msg.subject, msg.data, msg.metadata.sequence.stream,
+                                                  "; ".join(rejected)))
+        for subj, sid, body in outputs:
+            futures.append(await self.publisher.publish(subj, body, {"Nats-Msg-Id": sid}))
+        return futures
 
     def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
         """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
         rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
-        if len(msg.data) > self.s.max_event_bytes:
-            raise InvalidEvent(f"event is {len(msg.data)} bytes, over the {self.s.max_event_bytes} byte limit")
+        self.limits.check(msg.data)  # size, then nesting depth, before anything decodes it
         _, site, org, course, name = parse_subject(msg.subject)
         ctx = self.contexts.get(site)
         if ctx is None:
@@ -221,7 +262,7 @@ class Hub:
             obj = _decode(msg.data)
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"not JSON: {exc}") from None
-        event = normalize(obj)
+        event = normalize(obj, self.limits)
         protocols = self.grants.index.protocols_for(site, org, course, name)
         if not protocols:
             self.metrics.inc("filtered")
@@ -241,19 +282,43 @@ class Hub:
             self.metrics.inc("translated", len(statements), protocol=protocol)
         return out, rejected
 
-    async def _quarantine(self, msg, reason: str) -> asyncio.Future:
+    async def _quarantine(self, raw_subject: str, data: bytes, seq: int, reason: str) -> asyncio.Future:
+        """Copy raw message ``seq`` to the quarantine stream with its reason (one copy per sequence)."""
         self.metrics.inc("quarantined")
-        log.warning("quarantined raw message %s: %s", msg.metadata.sequence.stream, reason)
-        tokens = msg.subject.split(".", 1)
+        reason = header_text(reason)
+        log.warning("quarantined raw message %s: %s", seq, reason)
+        tokens = raw_subject.split(".", 1)
         subj = f"{QUARANTINE_PREFIX}.{tokens[1]}" if len(tokens) == 2 else f"{QUARANTINE_PREFIX}.unknown"
-        headers = {REASON_HEADER: reason[:1000], "Rthub-Subject": msg.subject,
-                   "Nats-Msg-Id": f"q-{msg.metadata.sequence.stream}", "Nats-Expected-Stream": QUARANTINE_STREAM}
-        return await self.publisher.publish(subj, msg.data, headers)
+        headers = {REASON_HEADER: reason, "Rthub-Subject": header_text(raw_subject), "Rthub-Raw-Seq": str(seq),
+                   "Nats-Msg-Id": f"q-{seq}", "Nats-Expected-Stream": QUARANTINE_STREAM}
+        room = max(self.nc.max_payload - _HEADER_ROOM, 0)
+        if len(data) > room:  # the server would refuse it (and close our connection); the original stays raw
+            headers["Rthub-Original-Bytes"] = str(len(data))
+            data = data[:room]
+        return await self.publisher.publish(subj, data, headers)
+
+    async def _on_max_deliveries(self, advisory) -> None:
+        """A raw message was delivered ``hub_max_deliver`` times and never acked: fetch it, quarantine it."""
+        try:
+            info = msgspec.json.decode(advisory.data)
+            seq = int(info["stream_seq"])
+            raw = await self.js.get_msg(RAW_STREAM, seq)
+            self.metrics.inc("max_deliveries")
+            reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
+                      "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
+            await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason), 30)
+        except Exception as exc:  # noqa: BLE001 - e.g. the message aged out of the raw stream
+            log.error("could not quarantine after max deliveries (%s): %s", advisory.data[:200], exc)
 
     def healthy(self) -> bool:
         return bool(self.nc and self.nc.is_connected and time.monotonic() - self.last_fetch < 30)
 
     async def close(self) -> None:
+        if self._advisories is not None:
+            try:
+                await self._advisories.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already closed
+                pass
         if self.grants:
             await self.grants.stop()
         await self.courses.stop()

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from hub.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
+
 T = TypeVar("T", bound=msgspec.Struct)
 ENV_PREFIX = "RTHUB_"
 _registry: list[type[msgspec.Struct]] = []
@@ -94,8 +96,14 @@ class HubSettings(StreamSettings, kw_only=True):
     sites: dict[str, str] = msgspec.field(default_factory=lambda: {"default": "http://localhost:18000"})
     default_site: str = "default"
     batch_size: int = 500
-    max_event_bytes: int = 1 << 20
+    # one limit for hub and publishers: the same variables feed PublisherSettings (hub.events.Limits)
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_event_depth: int = MAX_EVENT_DEPTH
     hub_consumer: str = "hub"
+    # A raw message not acked after this many deliveries is moved to quarantine (max-deliveries advisory),
+    # so no message, whatever bug it meets, can be redelivered for ever; ack wait in seconds.
+    hub_max_deliver: int = 10
+    hub_ack_wait_s: float = 30.0
     metrics_port: int = 0
     id_secret: str | None = None
     external_ids_file: str | None = None
@@ -103,3 +111,7 @@ class HubSettings(StreamSettings, kw_only=True):
 
     def lms_url(self, site: str) -> str | None:
         return self.sites.get(site)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_event_bytes, self.max_event_depth)

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+from hub.events import InvalidEvent
 from hub.settings import from_env
 from lms_publisher.codec import Record, to_record
 from lms_publisher.publish import MSG_ID, allowed_events
@@ -45,6 +46,7 @@ class NatsBackend:
         self.settings = from_env(PublisherSettings, **{k: v for k, v in options.items() if k in fields})
         self.allow = allowed_events(self.settings)
         self.site = self.settings.site
+        self.limits = self.settings.limits
         self.queue_size = self.settings.queue_size
         self.flush_timeout_s = float(options.get("flush_timeout_s", 5.0))
         self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes,
@@ -71,7 +73,7 @@ class NatsBackend:
             if event.get("name") not in self.allow:
                 self.counts["not_allowed"] += 1
                 return
-            record = to_record(event, self.site)
+            record = to_record(event, self.site, self.limits)
             if self._closing:
                 self.counts["after_close"] += 1
                 self.spool.append([record])
@@ -87,6 +89,9 @@ class NatsBackend:
             if self._idle:
                 self._idle = False
                 self._loop.call_soon_threadsafe(self._wake.set)
+        except InvalidEvent as exc:  # over the event limits: the hub would only quarantine it
+            self.counts["rejected"] += 1
+            log.warning("rthub backend rejected event %r: %s", _name(event)[:200], exc)
         except Exception:  # noqa: BLE001 - the LMS must never see our failures
             self.counts["send_errors"] += 1
             log.exception("rthub backend could not enqueue event %r", _name(event))

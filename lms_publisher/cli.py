@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        "logger prefix, one JSON object per file, plain or gzip, files or directories).")
     p.add_argument("files", nargs="+", metavar="FILE", help="files or directories")
     p.add_argument("--site", help="LMS site the events come from (RTHUB_SITE, default 'default')")
-    p.add_argument("--raw", action="store_true", help="send each non-empty line exactly as it is, unchecked")
+    p.add_argument("--raw", action="store_true",
+                   help="send each non-empty line exactly as it is, unchecked (but held to the event limits)")
     p.add_argument("--all-events", action="store_true", help="no allow-list: send every event name")
     p.add_argument("--dry-run", action="store_true", help="parse and count, publish nothing")
     p.add_argument("--batch-size", type=int, help="events per acknowledged batch (RTHUB_PUBLISH_BATCH)")
@@ -58,7 +59,7 @@ def publish_main(args: argparse.Namespace) -> int:
         try:
             return await backfill(js, args.files, settings.site, allow, batch_size=settings.publish_batch,
                                   rate=args.rate, state_path=args.state, dry_run=args.dry_run, raw=args.raw,
-                                  progress=progress)
+                                  progress=progress, limits=settings.limits)
         finally:
             if nc:
                 await nc.close()

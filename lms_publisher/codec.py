@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from hub.events import InvalidEvent, dimensions
+from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits, depth_reason, dimensions
 from hub.subjects import RAW_PREFIX, subject
 
 
@@ -34,8 +34,11 @@ def message_id(site: str, payload: bytes) -> str:
     return hashlib.sha256(site.encode() + b"\0" + payload).hexdigest()[:40]
 
 
-def to_record(event: dict[str, Any], site: str) -> Record:
-    """Encode a backend-shape event; a ``datetime`` timestamp is written as the LMS writes it (isoformat)."""
+def to_record(event: dict[str, Any], site: str, limits: Limits = DEFAULT_LIMITS) -> Record:
+    """Encode a backend-shape event; a ``datetime`` timestamp is written as the LMS writes it (isoformat).
+
+    Raises :class:`InvalidEvent` for an event over the size or depth limits, with the reason the hub would
+    quarantine it for: what cannot be translated is refused where it is published."""
     timestamp = event.get("timestamp")
     if isinstance(timestamp, dt.datetime):
         if timestamp.tzinfo is None:
@@ -45,7 +48,11 @@ def to_record(event: dict[str, Any], site: str) -> Record:
     if not isinstance(name, str) or not name:
         raise InvalidEvent("missing name")
     org, course, name = dimensions(event)
-    payload = _encoder.encode(event)
+    try:
+        payload = _encoder.encode(event)
+    except RecursionError:
+        raise InvalidEvent(depth_reason(limits.max_depth)) from None
+    limits.check(payload)
     return Record(subject(RAW_PREFIX, site, org, course, name), message_id(site, payload), payload)
 
 
@@ -54,6 +61,7 @@ def raw_record(data: bytes, site: str) -> Record:
     org = course = None
     name = "unparsed"
     try:
+        DEFAULT_LIMITS.check(data)  # never hand the decoder what could exhaust its stack
         obj = msgspec.json.decode(data)
         if isinstance(obj, dict):
             from hub.events import normalize

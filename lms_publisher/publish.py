@@ -19,7 +19,7 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
-from hub.events import InvalidEvent, normalize
+from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits, normalize
 from lms_publisher.codec import Record, raw_record, to_record
 from lms_publisher.settings import PublisherSettings
 from lms_publisher.sources import expand, read_items, total_size
@@ -68,17 +68,19 @@ class Summary:
         return "\n".join(lines)
 
 
-def prepare(obj: Any, site: str, allow: frozenset[str] | None, summary: Summary) -> Record | None:
-    """Normalise and encode one parsed item, or count why not (rejected: unusable; skipped: not allowed)."""
+def prepare(obj: Any, site: str, allow: frozenset[str] | None, summary: Summary,
+            limits: Limits = DEFAULT_LIMITS) -> Record | None:
+    """Normalise and encode one parsed item, or count why not (rejected: unusable or over the event limits,
+    with the hub's reason; skipped: not allowed)."""
     if isinstance(obj, InvalidEvent):
         summary.rejected[_short(str(obj))] += 1
         return None
     try:
-        event = normalize(obj)
+        event = normalize(obj, limits)
         if allow is not None and event["name"] not in allow:
             summary.skipped[f"event {event['name'][:80]!r} is not in the allow-list"] += 1
             return None
-        return to_record(event, site)
+        return to_record(event, site, limits)
     except InvalidEvent as exc:
         summary.rejected[str(exc)] += 1
         return None
@@ -222,8 +224,12 @@ class Progress:
 
 async def backfill(js: JetStreamContext | None, paths: list[str], site: str, allow: frozenset[str] | None,
                    batch_size: int = 1000, rate: float = 0.0, state_path: Path | None = None,
-                   dry_run: bool = False, raw: bool = False, progress: bool = False) -> Summary:
+                   dry_run: bool = False, raw: bool = False, progress: bool = False,
+                   limits: Limits = DEFAULT_LIMITS) -> Summary:
     """Publish every event of the given files/directories; resumable through ``state_path``.
+
+    Every item is held to ``limits`` (size, nesting depth) before it is decoded, ``raw`` lines too: an event
+    the hub would quarantine for them is rejected here, counted with the same reason.
 
     A file's position is saved only after its batch is acknowledged, so an interrupted run resumes without
     loss (and anything re-sent is dropped by JetStream's de-duplication).
@@ -245,8 +251,8 @@ async def backfill(js: JetStreamContext | None, paths: list[str], site: str, all
         start = state.start(file)
         batch: list[Record] = []
         position = start
-        for position, file_bytes, item in _items(file, start, raw):
-            record = raw_record(item, site) if raw else prepare(item, site, allow, summary)
+        for position, file_bytes, item in _items(file, start, raw, limits):
+            record = _raw(item, site, limits, summary) if raw else prepare(item, site, allow, summary, limits)
             if record is None:
                 continue
             await limiter.take()
@@ -266,9 +272,18 @@ async def backfill(js: JetStreamContext | None, paths: list[str], site: str, all
     return summary
 
 
-def _items(file: Path, start: int, raw: bool):
+def _raw(data: bytes, site: str, limits: Limits, summary: Summary) -> Record | None:
+    try:
+        limits.check(data)
+    except InvalidEvent as exc:
+        summary.rejected[str(exc)] += 1
+        return None
+    return raw_record(data, site)
+
+
+def _items(file: Path, start: int, raw: bool, limits: Limits):
     if not raw:
-        yield from read_items(file, start)
+        yield from read_items(file, start, limits)
         return
     from lms_publisher.sources import open_source
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from hub.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
 from hub.settings import NatsSettings, register
 
 
@@ -12,6 +13,7 @@ class PublisherSettings(NatsSettings, kw_only=True):
     """Field names carry a ``publish_``/``spool_``/``demo_`` prefix so their env vars never clash with the hub's.
 
     ``allow_events`` empty means "every event name a translator supports" (``hub.translate.supported()``).
+    ``max_event_bytes``/``max_event_depth`` are deliberately the hub's names: one limit, set once for both.
     """
 
     site: str = "default"
@@ -25,3 +27,9 @@ class PublisherSettings(NatsSettings, kw_only=True):
     demo_rate: float = 20.0
     demo_courses: int = 3
     demo_users: int = 6
+    max_event_bytes: int = MAX_EVENT_BYTES
+    max_event_depth: int = MAX_EVENT_DEPTH
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_event_bytes, self.max_event_depth)

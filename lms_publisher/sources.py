@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import msgspec
 
-from hub.events import InvalidEvent
+from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits
 
 _decoder = msgspec.json.Decoder()
 
@@ -28,13 +28,16 @@ def expand(paths: list[str]) -> list[Path]:
     return out
 
 
-def parse_line(line: bytes) -> Any:
-    """The JSON value of one log line, after any ``... logger.py:41 - `` prefix; raises InvalidEvent."""
+def parse_line(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Any:
+    """The JSON value of one log line, after any ``... logger.py:41 - `` prefix; raises InvalidEvent (also
+    for a line over the event limits, checked before decoding)."""
     start = line.find(b"{")
     if start < 0:
         raise InvalidEvent("no JSON object on the line")
+    text = line[start:].strip()
+    limits.check(text)
     try:
-        return _decoder.decode(line[start:].strip())
+        return _decoder.decode(text)
     except msgspec.DecodeError as exc:
         raise InvalidEvent(f"not JSON ({exc})") from None
 
@@ -52,11 +55,15 @@ def open_source(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     return raw, raw
 
 
-def _whole_document(first: bytes) -> bool:
+def _whole_document(first: bytes, limits: Limits) -> bool:
     """A file holding one pretty-printed JSON object (or a list): its first line alone is no JSON."""
     s = first.strip()
     if not s or s[:1] not in (b"{", b"["):
         return False
+    try:
+        limits.check(s)
+    except InvalidEvent:
+        return False  # read as lines: parse_line rejects it with the reason
     try:
         _decoder.decode(s)
         return False
@@ -64,7 +71,8 @@ def _whole_document(first: bytes) -> bool:
         return True
 
 
-def read_items(path: Path, start: int = 0) -> Iterator[tuple[int, int, Any | InvalidEvent]]:
+def read_items(path: Path, start: int = 0,
+               limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[int, int, Any | InvalidEvent]]:
     """Yield ``(position after the item, bytes of the file read so far, value or InvalidEvent)``.
 
     Positions count decompressed bytes, so ``start`` resumes a gzip file too (by reading past it). A JSON
@@ -73,10 +81,16 @@ def read_items(path: Path, start: int = 0) -> Iterator[tuple[int, int, Any | Inv
     stream, raw = open_source(path)
     try:
         first = stream.readline()
-        if start == 0 and _whole_document(first):
+        if start == 0 and _whole_document(first, limits):
             body = first + stream.read()
             try:
+                # a document may hold many events (no size limit here: each is checked once encoded), but
+                # never more nesting than an event plus the list around it
+                Limits(len(body), limits.max_depth + 1).check(body)
                 doc = _decoder.decode(body)
+            except InvalidEvent as exc:
+                yield len(body), raw.tell(), exc
+                return
             except msgspec.DecodeError as exc:
                 yield len(body), raw.tell(), InvalidEvent(f"not JSON ({exc})")
                 return
@@ -92,7 +106,7 @@ def read_items(path: Path, start: int = 0) -> Iterator[tuple[int, int, Any | Inv
             if not line.strip():
                 continue
             try:
-                yield pos, raw.tell(), parse_line(line)
+                yield pos, raw.tell(), parse_line(line, limits)
             except InvalidEvent as exc:
                 yield pos, raw.tell(), exc
     finally:

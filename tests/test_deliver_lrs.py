@@ -93,3 +93,40 @@ async def test_caliper_endpoint_gets_a_1p2_envelope_with_bearer(nc, js, nats_ser
     finally:
         await remove(js, gid)
         await rx.stop()
+
+
+async def test_exception_while_handling_one_message_dead_letters_it_with_the_reason(nc, js, nats_server,
+                                                                                    monkeypatch):
+    """A bug one statement meets (here the request builder raising on it) costs that statement only: it is
+    dead-lettered with the exception as reason, the rest of its batch and course is delivered, nothing loops."""
+    import hub.deliver.service
+
+    real = hub.deliver.service.build
+
+    def buggy(target, protocol, bodies, ids, *args):
+        if any(b'"urn:n":2}' in b for b in bodies):
+            raise ValueError("cannot build this one")
+        return real(target, protocol, bodies, ids, *args)
+
+    monkeypatch.setattr(hub.deliver.service, "build", buggy)
+    lrs = LRS()
+    rx = await Receiver(lrs).start()
+    gid, site = await integration(js, "lrs", rx.url + "/xapi/", basic_auth="key:secret", batch_size=4,
+                                  batch_wait_ms=300)
+    try:
+        async with deliverer(nc, nats_server.url) as d:
+            await delivering(d, gid)
+            sts = [statement(i) for i in range(6)]
+            for st in sts:
+                await publish(js, site, "c1", st)
+            good = [s["id"] for i, s in enumerate(sts) if i != 2]
+            await wait_for(lambda: set(lrs.statements) == set(good), 10, "the 5 other statements stored")
+            assert lrs.order == good  # the course's order kept around the dead letter
+            await wait_for(lambda: _dead(js, gid, 1), 5, "the one statement dead-lettered")
+            dead = await js.get_last_msg("DEAD_LETTER", f"dlq.{gid}")
+            assert dead.headers["Rthub-Reason"] == "internal error: ValueError: cannot build this one"
+            assert dead.headers["Rthub-Statement-Id"] == sts[2]["id"]
+            await wait_for(lambda: _status_is(js, gid, delivered=5, lag=0), 5, "nothing pending, nothing looping")
+    finally:
+        await remove(js, gid)
+        await rx.stop()

@@ -10,6 +10,9 @@ import uuid
 import msgspec
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from hub.grants import Grant, delete_grant, put_grant
 from hub.natsconn import connect
@@ -147,6 +150,9 @@ async def test_grant_added_and_revoked_while_running(js, running_hub):
     assert len(got.msgs) == 1
 
 
+FIVE_MB = b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "' + b"x" * (5 << 20) + b'"}'
+
+
 @pytest.mark.parametrize("bad, reason", [
     (b"not json at all", "not JSON"),
     (b"[1, 2, 3]", "not an object"),
@@ -155,6 +161,18 @@ async def test_grant_added_and_revoked_while_running(js, running_hub):
     (b'{"name": "play_video", "timestamp": 12345}', "missing timestamp"),
     (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "context": "x"}', "context"),
     (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "' + b"x" * (1 << 20) + b'"}', "byte limit"),
+    # hostile input that used to escape the handler (RecursionError) or could: each has its reason
+    (b"[" * 5000, "nested deeper than 64 levels"),
+    (b'{"a":' * 5000 + b"1" + b"}" * 5000, "nested deeper than 64 levels"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": ' + b"[" * 100 + b"]" * 100 + b"}",
+     "nested deeper than 64 levels"),
+    (b'{"event_type": "play_video", "time": "2024-01-01T00:00:00Z", "event": "' + b"[" * 5000 + b'"}',
+     "nested deeper than 64 levels"),  # a browser event's JSON string is decoded too: held to the limit
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": {"x": 1e999999}}', "Number out of range"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": {"x": ' + b"9" * 5000 + b"}}",
+     "out of range"),
+    (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "\xff\xfe"}', "not JSON: Invalid UTF-8"),
+    (FIVE_MB, f"event is {len(FIVE_MB)} bytes, over the 1048576 byte limit"),
 ])
 async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub, bad, reason):
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
@@ -296,3 +314,238 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     assert (await asyncio.to_thread(rthub, "publish", str(log), env=rthub_env(settings.nats_url))).returncode == 0
     raw = await js.stream_info("LMS_RAW")
     assert raw.state.messages == 1
+
+
+async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(js, running_hub, monkeypatch):
+    """A bug one event meets (here a translator raising on it) costs that event only, with the reason."""
+    import hub.service
+
+    real = hub.service.translate_json
+
+    def buggy(protocol, event, ctx):
+        if event["data"].get("code") == "trigger":
+            raise ZeroDivisionError("division by zero")
+        return real(protocol, event, ctx)
+
+    monkeypatch.setattr(hub.service, "translate_json", buggy)
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    bad = video_event()
+    bad["data"]["code"] = "trigger"
+    await publish(js, bad)
+    await publish(js, video_event(user_id=4))
+    await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the one that met the bug")
+    q = await quarantine.next_msg(timeout=5)
+    assert q.headers["Rthub-Reason"] == "internal error: ZeroDivisionError: division by zero"
+    assert json.loads(q.data) == bad and q.headers["Rthub-Raw-Seq"] == "1"
+    assert running_hub.metrics.get("internal_errors") == 1 and running_hub.metrics.get("quarantined") == 1
+    assert json.loads(got.msgs[0].data)["actor"]["account"]["name"]  # the good one was translated
+    raw = await js.consumer_info("LMS_RAW", "hub")
+    assert raw.num_ack_pending == 0 and raw.num_redelivered == 0  # both acked once, nothing loops
+
+
+async def test_forged_status_header_is_no_pull_status(js, running_hub):
+    """A stored message with a ``Status`` header and no body is still a message: quarantined, acked."""
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await js.publish(subject("lms", "default", "edX", COURSE, "play_video"), b"",
+                     headers={"Status": "408", "Nats-Msg-Id": uuid.uuid4().hex})
+    q = await quarantine.next_msg(timeout=10)
+    assert "not JSON" in q.headers["Rthub-Reason"]
+    await wait_for(lambda: _acked_all(js), 10, "the forged message acked")
+
+
+async def _acked_all(js) -> bool:
+    info = await js.consumer_info("LMS_RAW", "hub")
+    return info.num_ack_pending == 0 and info.num_pending == 0
+
+
+async def test_message_never_acked_goes_to_quarantine_after_max_deliver(tmp_path, monkeypatch):
+    """Even a failure no handler sees (a hang, a crash holding the message: simulated by dropping it unacked)
+    cannot loop: after ``hub_max_deliver`` deliveries the server's advisory makes the hub quarantine it. Runs
+    in operator mode with the hub's own credentials, so its permissions are proven sufficient and used."""
+    from hub.auth import AuthStore
+    from tests.helpers import start_operator_nats
+
+    server = start_operator_nats(tmp_path, "maxdeliver")
+    auth = AuthStore.ensure(tmp_path)
+    settings = HubSettings(nats_url=server.url, nats_creds=str(auth.service_creds("hub")), metrics_port=-1,
+                           data_dir=str(tmp_path / "data"), id_secret="s3cret", hub_max_deliver=2,
+                           hub_ack_wait_s=1.0)
+    real = Hub.process
+    dropped: list[int] = []
+
+    async def drops_one(self, msgs):
+        keep = [m for m in msgs if b"never-acked" not in m.data]
+        dropped.extend(m.metadata.num_delivered for m in msgs if m not in keep)
+        await real(self, keep)
+
+    monkeypatch.setattr(Hub, "process", drops_one)
+    admin = await connect(HubSettings(nats_url=server.url, nats_creds=str(auth.service_creds("admin"))), "admin")
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        js = admin.jetstream()
+        assert (await js.consumer_info("LMS_RAW", "hub")).config.max_deliver == 2
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        got = Collector()
+        await admin.subscribe("xapi.>", cb=got.on)
+        await admin.flush()
+        quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+        stuck = video_event()
+        stuck["data"]["code"] = "never-acked"
+        await publish(js, stuck)
+        await publish(js, video_event(user_id=4))
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the next event flows meanwhile")
+        q = await quarantine.next_msg(timeout=15)
+        assert q.headers["Rthub-Reason"].startswith("not acknowledged after 2 deliveries")
+        assert json.loads(q.data) == stuck and q.headers["Rthub-Raw-Seq"] == "1"
+        assert q.headers["Rthub-Subject"] == subject("lms", "default", "edX", COURSE, "play_video")
+        assert dropped == [1, 2] and hubs[0].metrics.get("max_deliveries") == 1
+        await publish(js, video_event(user_id=5))  # and the hub goes on
+        await wait_for(lambda: len(got.msgs) == 2, 10, "events after the quarantine")
+        assert dropped == [1, 2]  # never delivered a third time
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+        await admin.close()
+        server.stop()
+
+
+_hostile = st.one_of(
+    st.binary(max_size=3000),
+    st.text(alphabet='[]{}",:.-+eE0123456789\\\\u \\n', max_size=3000).map(str.encode),
+    st.integers(65, 3000).map(lambda n: b'{"name": "play_video", "timestamp": "t", "data": ' + b"[" * n),
+)
+
+
+@hsettings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(payload=_hostile)
+async def test_random_bytes_are_quarantined_and_the_hub_goes_on(js, running_hub, payload):
+    """Whatever bytes arrive, each is quarantined with a reason, and the next good event is translated."""
+    if "fuzz" not in running_hub.grants.index.grants:
+        await put_grant(js, Grant(id="fuzz", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "fuzz" in running_hub.grants.index.grants, 5, "grant")
+    course = f"course-v1:edX+Fuzz+{uuid.uuid4().hex[:10]}"  # one course per example: its own subjects
+    got = Collector()
+    sub = await js._nc.subscribe(f"xapi.*.edX.{course}.>", cb=got.on)
+    await js._nc.flush()
+    try:
+        await publish(js, payload, course=course)
+        await publish(js, video_event(course), course=course)
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the random one")
+        q = await js.get_last_msg("QUARANTINE", subject("quarantine", "default", "edX", course, "play_video"))
+        assert (q.data or b"") == payload and q.headers["Rthub-Reason"]  # (an empty body reads as None)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_existing_unbounded_consumer_gets_the_bounded_max_deliver(js, settings):
+    """A deployment upgraded from max_deliver=-1: the hub's start applies the bound to the existing consumer."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    await js.add_consumer("LMS_RAW", ConsumerConfig(durable_name="hub", ack_policy=AckPolicy.EXPLICIT,
+                                                    deliver_policy=DeliverPolicy.ALL, ack_wait=30,
+                                                    max_ack_pending=2000, max_deliver=-1))
+    hub = await Hub(settings).start()
+    try:
+        info = await js.consumer_info("LMS_RAW", "hub")
+        assert (info.config.max_deliver, info.config.ack_wait) == (10, 30.0)
+    finally:
+        await hub.close()
+
+
+async def test_the_issues_line_stops_no_hub_process(js, settings):
+    """The report: ``"[" * 5000`` killed every hub that fetched it. Two `rthub hub` processes now quarantine
+    each copy, keep translating, and exit cleanly on SIGTERM."""
+    import httpx
+
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    env = rthub_env(settings.nats_url, RTHUB_ID_SECRET="s3cret", RTHUB_BATCH_SIZE="5",
+                    RTHUB_DATA_DIR=settings.data_dir)
+    ports = [free_port(), free_port()]
+    procs = [rthub_popen("hub", "--metrics-port", str(p), env=env) for p in ports]
+
+    def up(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        await wait_for(lambda: all(up(p) for p in ports), 30, "both hubs serving")
+        for i in range(40):
+            await publish(js, b"[" * 5000 + str(i).encode())
+            await publish(js, video_event(user_id=100 + i))
+        await wait_for(lambda: _stream_count(js, "XAPI", 40), 30, "every good event translated")
+        await wait_for(lambda: _stream_count(js, "QUARANTINE", 40), 30, "every bad one quarantined")
+        q = await js.get_msg("QUARANTINE", 1)
+        assert q.headers["Rthub-Reason"] == "event is nested deeper than 64 levels"
+        assert [p.poll() for p in procs] == [None, None] and all(up(p) for p in ports)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(20) == 0
+
+
+async def test_quarantined_copy_fits_a_small_max_payload(tmp_path):
+    """On a server with a small ``max_payload`` a raw message at the limit plus quarantine headers would be
+    refused (the server closes the connection); the copy is cut to fit and says how big the original was."""
+    server = NatsServer(free_port(), tmp_path / "nats", config="max_payload: 65536", name="small").start()
+    settings = HubSettings(nats_url=server.url, data_dir=str(tmp_path / "data"), id_secret="s3cret", metrics_port=-1)
+    nc = await connect(settings, "test")
+    js = nc.jetstream()
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        assert nc.max_payload == 65536
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        got = Collector()
+        await nc.subscribe("xapi.>", cb=got.on)
+        await nc.flush()
+        quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+        bad = b"not json " + b"x" * (65536 - 200)
+        await publish(js, bad)
+        await publish(js, video_event())
+        await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the big bad one")
+        q = await quarantine.next_msg(timeout=5)
+        assert q.headers["Rthub-Original-Bytes"] == str(len(bad)) and bad.startswith(q.data)
+        assert len(q.data) == 65536 - 4096 and "not JSON" in q.headers["Rthub-Reason"]
+        assert hubs[0].nc.is_connected
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+        await nc.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("raw_subject, reason", [
+    ("lms.a", "does not have 5 tokens"),
+    ("lms.default.edX.c.e.f", "does not have 5 tokens"),
+    ("lms.default.~ZZ.c.e", "not an encoded subject token"),
+    ("lms.default.~FF~FE.c.e", "can't decode byte 0xff"),
+])
+async def test_hostile_subject_is_quarantined_and_next_event_flows(js, running_hub, raw_subject, reason):
+    await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+    await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
+    got = Collector()
+    await js._nc.subscribe("xapi.>", cb=got.on)
+    await js._nc.flush()
+    quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+    await js.publish(raw_subject, msgspec.json.encode(video_event()), headers={"Nats-Msg-Id": uuid.uuid4().hex})
+    await publish(js, video_event(user_id=4))
+    await wait_for(lambda: len(got.msgs) == 1, 10, "the good event after the bad subject")
+    q = await quarantine.next_msg(timeout=5)
+    assert reason in q.headers["Rthub-Reason"] and q.headers["Rthub-Subject"] == raw_subject
+    assert q.subject == "quarantine." + raw_subject.split(".", 1)[1]

@@ -104,6 +104,28 @@ async def test_tracker_emit_arrives_on_raw_stream(js, nats_server, tmp_path):
     assert backend.counts["not_allowed"] == 1 and backend.stats()["spool_bytes"] == 0
 
 
+async def test_over_limit_events_are_rejected_in_the_lms_with_the_hubs_reason(js, nats_server, tmp_path, caplog):
+    """The same limits as the hub's, checked in send(): the LMS never sees an error, the hub never gets it."""
+    site = unique("lms")
+    backend = NatsBackend(nats_url=nats_server.url, spool_dir=str(tmp_path), site=site, allow_events=ALLOW)
+    deep: list = []
+    for _ in range(100):
+        deep = [deep]
+    try:
+        tracker = tracker_with(backend)
+        with caplog.at_level(logging.WARNING, "rthub.lms"):
+            tracker.emit("play_video", {"id": "v1", "nested": deep})
+            tracker.emit("play_video", {"id": "v1", "transcript": "x" * (2 << 20)})
+            tracker.emit("play_video", {"id": "v1", "currentTime": 1})
+        await wait_for(lambda: backend.counts["published"] == 1, 10, "the good event acked")
+        msgs = await raw_messages(js, site)
+    finally:
+        backend.close()
+    assert backend.counts["rejected"] == 2 and backend.counts["send_errors"] == 0
+    assert [json.loads(m.data)["data"] for m in msgs] == [{"id": "v1", "currentTime": 1}]
+    assert "event is nested deeper than 64 levels" in caplog.text and "over the 1048576 byte limit" in caplog.text
+
+
 def test_default_allow_list_is_what_the_translators_support(tmp_path, nats_server):
     from hub.translate import supported
 

@@ -218,6 +218,93 @@ async def test_rthub_publish_cli_summary_and_dedup(js, nats_server, tmp_path):
     assert len(await raw_messages(js, site)) == 10
 
 
+def _over_limit_lines() -> dict[str, bytes]:
+    """Log lines the hub would quarantine for its limits, each with the reason it would give."""
+    deep_data = {**log_event(1), "event": {"nested": None}}
+    text = json.dumps(deep_data).replace("null", "[" * 100 + "]" * 100)
+    big = {**log_event(2), "event": json.dumps({"id": "x" * (5 << 20)})}
+    inner = {**log_event(3), "event": "[" * 5000}  # a browser event's JSON string
+    return {
+        "event is nested deeper than 64 levels": [(PREFIX + '{"a":' * 5000).encode(), (PREFIX + text).encode(),
+                                                  json.dumps(inner).encode(), b"[{" * 5000],
+        "byte limit": [(PREFIX + json.dumps(big)).encode()],
+    }
+
+
+def test_over_limit_lines_are_rejected_with_the_hubs_reason():
+    from hub.events import depth_reason, nesting_depth, size_reason
+
+    summary = Summary()
+    for reason, lines in _over_limit_lines().items():
+        for line in lines:
+            try:
+                item = parse_line(line)
+            except InvalidEvent as exc:
+                item = exc
+            assert prepare(item, "s", None, summary) is None
+            assert reason in list(summary.rejected)[-1], line[:80]
+    assert depth_reason(64) == "event is nested deeper than 64 levels"  # the text the hub quarantines with
+    assert size_reason(5, 4) == "event is 5 bytes, over the 4 byte limit"
+    with pytest.raises(InvalidEvent, match="^event is nested deeper than 64 levels$"):
+        to_record({"name": "play_video", "timestamp": "t", "data": _nested(70)}, "s")
+    with pytest.raises(InvalidEvent, match="^event is nested deeper than 64 levels$"):
+        to_record({"name": "play_video", "timestamp": "t", "data": _nested(5000)}, "s")  # encoder recursion
+    with pytest.raises(InvalidEvent, match=r"^event is \d+ bytes, over the 1048576 byte limit$"):
+        to_record({"name": "play_video", "timestamp": "t", "data": "x" * (1 << 20)}, "s")
+    assert to_record({"name": "play_video", "timestamp": "t", "data": _nested(60)}, "s")  # within the limit
+    # the pre-scan: strings are skipped (escaped quotes too), unterminated input is bounded, never quadratic
+    assert nesting_depth(b'{"a": "[[[[\\"[[", "b": [[1]]}') == 3
+    assert nesting_depth(b'"' + b'\\"' * 300_000) == 0 and nesting_depth(b"[" * 10) == 10
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_whole_document_and_raw_lines_are_held_to_the_limits(tmp_path):
+    doc = tmp_path / "deep.json"
+    doc.write_bytes(b"[\n" + b"[" * 5000 + b"\n")
+    items = [item for _, _, item in read_items(doc)]
+    assert len(items) == 1 and isinstance(items[0], InvalidEvent)
+    first_line = tmp_path / "deep-first.log"
+    first_line.write_bytes(b"[" * 5000 + b"\n" + b"{" * 5000 + b"\n")  # looks like a document's start
+    assert [str(i) for _, _, i in read_items(first_line)] == ["no JSON object on the line",
+                                                            "event is nested deeper than 64 levels"]
+    assert raw_record(b"[" * 5000, "s").subject.endswith(".unparsed")  # never decoded
+
+
+async def test_rthub_publish_rejects_over_limit_lines_with_reason(js, nats_server, tmp_path):
+    """`rthub publish` and its --dry-run: no crash, the hub's reason, nothing over the limits on LMS_RAW."""
+    site = unique("lim")
+    f = tmp_path / "tracking.log"
+    bad = [line for lines in _over_limit_lines().values() for line in lines]
+    f.write_bytes(b"\n".join([(PREFIX + json.dumps(log_event(1))).encode(), *bad,
+                              (PREFIX + json.dumps(log_event(2))).encode()]) + b"\n")
+    env = rthub_env(nats_server.url)
+    # --raw sends lines undecoded: a browser event's inner JSON string is left to the hub (which checks it)
+    for args, deep in ((["--dry-run"], 4), ([], 4), (["--raw"], 3)):
+        result = rthub("publish", "--site", site, "--json", *args, str(f), env=env)
+        assert result.returncode == 0, result.stderr.decode()
+        summary = json.loads(result.stdout)
+        reasons = summary["rejected_reasons"]
+        assert reasons["event is nested deeper than 64 levels"] == deep, (args, summary)
+        assert [r for r in reasons if r.endswith("over the 1048576 byte limit")], reasons
+        assert summary["rejected"] == deep + 1
+        assert summary["published"] + summary["duplicates"] == len(bad) + 2 - summary["rejected"]
+    stored = await raw_messages(js, site)
+    assert len(stored) == 5 and all(len(m.data) < 6000 for m in stored)  # 2 normalised + 3 raw lines
+    text = rthub("publish", "--site", site, "--dry-run", str(f), env=env).stdout.decode()
+    assert "rejected 4: event is nested deeper than 64 levels" in text
+    only = tmp_path / "issue.log"  # the line of the issue, alone: its first line looked like a JSON document
+    only.write_bytes(b"[" * 5000 + b"\n")
+    result = rthub("publish", "--site", site, "--dry-run", str(only), env=env)
+    assert result.returncode == 0 and b"Traceback" not in result.stderr, result.stderr.decode()
+    assert "rejected 1: no JSON object on the line" in result.stdout.decode()
+
+
 async def test_rthub_publish_shared_tracking_log(js, nats_server):
     path = shared_or_skip("events", "tracking.log")
     site = unique("shared")

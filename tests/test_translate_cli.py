@@ -90,3 +90,16 @@ async def test_courses_import_and_watch(tmp_path, js, nats_server):
         await wait_for(lambda: names.get(course) is None, 5, "deleted course name")
     finally:
         await names.stop()
+
+
+def test_translate_rejects_over_limit_lines_with_the_hubs_reason(tmp_path, nats_server):
+    """The lines that stopped every hub: the offline translator rejects them too, and goes on."""
+    f = tmp_path / "hostile.log"
+    f.write_text("[" * 5000 + "\n" + '{"a":' * 5000 + "\n" + (SAMPLES / "video.jsonl").read_text())
+    proc = rthub("translate", "--protocol", "xapi", "--lms-url", LMS, "--id-secret", "s", str(f),
+                 env=rthub_env(nats_server.url))
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+    assert f"{f}:1: rejected: event is nested deeper than 64 levels" in stderr
+    assert f"{f}:2: rejected: event is nested deeper than 64 levels" in stderr
+    assert proc.stdout.strip(), "the good events after them are translated"

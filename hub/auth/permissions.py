@@ -105,9 +105,13 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # nothing (not even stream info). The hub declares the streams.
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
     if service == "hub":
+        # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
+        # a message that was never acked to quarantine (hub/service.py).
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
+               f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
                "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
-        return _dedup(pub), inbox
+        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
+        return _dedup(pub), sub
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
                *stream_reader(DEAD_LETTER_STREAM), f"{API}.STREAM.MSG.DELETE.{DEAD_LETTER_STREAM}",

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -86,7 +87,7 @@ def _body_id(data: bytes) -> str:
     try:
         value = msgspec.json.decode(data)
         return str(value.get("id")) if isinstance(value, dict) and value.get("id") else str(uuid.uuid4())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # a body the pull loop cannot read must not end it
         return str(uuid.uuid4())
 
 
@@ -329,17 +330,35 @@ class Runner:
                         except TimeoutError:
                             break
                 items = [lane.popleft() for _ in range(min(size, len(lane)))]
-                try:
-                    await self.deliver(items)
-                except Exception:  # a bug must not wedge the lane: hand the items back to JetStream
-                    log.exception("delivery of %d item(s) to %s failed", len(items), self.grant.id)
-                    for item in items:
-                        await self._settle(item, "nak")
+                await self._deliver_guarded(items)
         finally:
             if self.lanes.get(key) is lane and (not lane or self.stopping):
                 self.lanes.pop(key, None)
                 self.wakeups.pop(key, None)
                 self.lane_tasks.pop(key, None)
+
+    async def _deliver_guarded(self, items: list[Item]) -> None:
+        """:meth:`deliver`, where an exception neither wedges the lane nor loops: a NATS failure hands the
+        items back to JetStream; any other (a bug one message meets) dead-letters that message with the
+        exception as its reason; a batch is retried one by one first, to find the message."""
+        try:
+            await self.deliver(items)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("delivery of %d item(s) to %s failed", len(items), self.grant.id)
+            left = [i for i in items if not i.settled]
+            if isinstance(exc, nats.errors.Error | OSError | TimeoutError) or not left:
+                for item in left:
+                    await self._settle(item, "nak")
+            elif len(left) > 1:
+                for item in left:
+                    await self._deliver_guarded([item])
+            else:
+                error = header_text(f"internal error: {type(exc).__name__}: {exc}", 1000)
+                try:
+                    await self.dead_letter(left, error, Result(error=error), 0)
+                except Exception as again:  # noqa: BLE001 - e.g. NATS down: JetStream redelivers it
+                    log.warning("could not dead-letter %s: %s", left[0].id, again)
+                    await self._settle(left[0], "nak")
 
     async def deliver(self, items: list[Item]) -> None:
         """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops."""

@@ -12,7 +12,7 @@ from typing import TextIO
 
 import msgspec
 
-from hub.events import InvalidEvent, normalize
+from hub.events import DEFAULT_LIMITS, InvalidEvent, normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate
 
 DEV_SECRET = "rthub-offline-dev-secret"
@@ -47,6 +47,7 @@ def _lines(name: str, stream: TextIO) -> Iterator[tuple[int, str]]:
     stripped = content.strip()
     if stripped.startswith("{") and "\n" in stripped:
         try:
+            DEFAULT_LIMITS.check(stripped.encode(errors="replace"))  # the hub's limits, before decoding
             json.loads(stripped)
         except ValueError:
             pass
@@ -64,6 +65,7 @@ def _decode(line: str) -> object:
     start = 0 if line.startswith(("{", "[", '"')) else line.find("{")
     if start < 0:
         raise ValueError("not JSON (and no event after a log prefix)")
+    DEFAULT_LIMITS.check(line[start:].encode(errors="replace"))  # the hub's limits, before decoding
     try:
         return json.loads(line[start:])
     except json.JSONDecodeError as exc:
