@@ -303,3 +303,48 @@ def test_lms_side_runs_without_server_dependencies(tmp_path):
         server.stop()
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1])["published"] == 1
+
+
+# ---- forked workers (Tutor's uWSGI: lazy-apps = false, the master builds the backends; celery's prefork) ----
+
+FORKED = textwrap.dedent("""
+    import json, os, sys, time
+    from eventtracking.tracker import Tracker
+    from lms_publisher.backend import NatsBackend
+    backend = NatsBackend(nats_url=sys.argv[1], spool_dir=sys.argv[2], site=sys.argv[3], allow_events=["play_video"])
+    tracker = Tracker(backends={"rthub": backend})  # the master loads the settings: the backend exists before fork
+    def emit(who, n):
+        for i in range(n):
+            tracker.emit("play_video", {"who": who, "i": i})
+    emit("master", 1)
+    children = []
+    for w in range(2):
+        pid = os.fork()
+        if pid == 0:  # a worker
+            emit(f"worker{w}", 20)
+            deadline = time.monotonic() + 10  # a worker lives on: its thread connects and publishes
+            while backend.stats().get("published", 0) < 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            backend.close()
+            ok = backend.stats()["published"] == 20 and backend.spool.dir.name != "w0"
+            os._exit(0 if ok else 3)
+        children.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    emit("master-after", 1)
+    backend.close()
+    print(json.dumps({"codes": codes, "published": backend.stats()["published"], "slot": backend.spool.dir.name}))
+""")
+
+
+async def test_forked_workers_publish_from_their_own_thread_and_spool_slot(js, nats_server, tmp_path):
+    site = unique("fork")
+    proc = subprocess.run([sys.executable, "-c", FORKED, nats_server.url, str(tmp_path / "spool"), site], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result == {"codes": [0, 0], "published": 2, "slot": "w0"}, result
+    msgs = [json.loads(m.data)["data"] for m in await raw_messages(js, site)]
+    assert len(msgs) == 42
+    for who, n in (("master", 1), ("master-after", 1), ("worker0", 20), ("worker1", 20)):
+        assert [m["i"] for m in msgs if m["who"] == who] == list(range(n)), who
+    assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1", "w2"]
