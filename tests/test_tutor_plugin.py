@@ -121,6 +121,9 @@ def test_creds_file_rendered_into_the_mounted_config_dir(tmp_path):
     assert opts["nats_creds"] == "/openedx/config/rthub-lms.creds"
     for service in ("lms", "cms"):  # that folder is what every openedx container mounts at /openedx/config
         assert "../apps/openedx/config:/openedx/config:roz" in compose_services(env)[service]["volumes"]
+    tutor(tmp_path / "tutor", "plugins", "disable", "rthub")  # the secret goes with the plugin
+    assert not (env / "apps" / "openedx" / "config" / "rthub-lms.creds").exists()
+    assert MARK not in (env / "apps" / "openedx" / "settings" / "lms" / "production.py").read_text()
 
 
 def test_bad_creds_fail_config_save(tmp_path):

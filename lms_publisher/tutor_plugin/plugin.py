@@ -87,5 +87,17 @@ hooks.Filters.ENV_TEMPLATE_ROOTS.add_item(str(HERE / "templates"))
 # ("apps/", "") target, next to lms.env.yml, so it is mounted at /openedx/config in every openedx container.
 hooks.Filters.ENV_TEMPLATE_TARGETS.add_item(("rthub/build", "plugins"))
 
+
+
+# before Tutor unloads the plugin's own hooks (priority HIGH)
+@hooks.Actions.PLUGIN_UNLOADED.add(priority=hooks.priorities.HIGH - 1)
+def _remove_creds_on_disable(plugin: str, root: str, _config: dict) -> None:
+    """Tutor's ("apps/", "") target rendered the .creds file but never deletes: a secret must not outlive us."""
+    if plugin == "rthub":
+        from tutor import env as tutor_env
+
+        Path(tutor_env.pathjoin(root, "apps", "openedx", "config", "rthub-lms.creds")).unlink(missing_ok=True)
+
+
 for _patch in sorted((HERE / "patches").iterdir()):
     hooks.Filters.ENV_PATCHES.add_item((_patch.name, _patch.read_text()))
