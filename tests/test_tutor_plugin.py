@@ -24,7 +24,13 @@ from hub.natsconn import connect
 from hub.settings import HubSettings, env_names
 from hub.streams import ensure_streams
 from hub.subjects import encode_token
-from lms_publisher.tutor_plugin.creds import creds_file
+from lms_publisher.tutor_plugin.values import (
+    allow_events,
+    compose_string,
+    creds_file,
+    nats_url,
+    spool_max_bytes,
+)
 from tests.helpers import start_operator_nats, unique
 from tests.test_publish import raw_messages
 
@@ -126,13 +132,37 @@ def test_creds_file_rendered_into_the_mounted_config_dir(tmp_path):
     assert MARK not in (env / "apps" / "openedx" / "settings" / "lms" / "production.py").read_text()
 
 
-def test_bad_creds_fail_config_save(tmp_path):
+@pytest.mark.parametrize("name, value, error", [
+    ("RTHUB_NATS_CREDS", "not a creds file", "RTHUB_NATS_CREDS is not a NATS user .creds file"),
+    ("RTHUB_SPOOL_MAX_BYTES", "lots", "RTHUB_SPOOL_MAX_BYTES must be a positive number of bytes"),
+    ("RTHUB_ALLOW_EVENTS", "{a: 1}", "RTHUB_ALLOW_EVENTS must be a list of event names"),
+    ("RTHUB_NATS_URL", "http://hub.example.org", "RTHUB_NATS_URL must be comma-separated nats://host:port URLs"),
+])
+def test_bad_values_fail_config_save(tmp_path, name, value, error):
     tutor(tmp_path, "plugins", "enable", "rthub")
     env = {**os.environ, "TUTOR_ROOT": str(tmp_path), "TUTOR_PLUGINS_ROOT": str(tmp_path / "plugins")}
-    proc = subprocess.run([sys.executable, "-m", "tutor.commands.cli", "config", "save", "--set",
-                           "RTHUB_NATS_CREDS=not a creds file"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "tutor.commands.cli", "config", "save", "--set", f"{name}={value}"],
+                          env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "RTHUB_NATS_CREDS is not a NATS user .creds file" in proc.stdout + proc.stderr
+    assert error in proc.stdout + proc.stderr
+
+
+def test_value_checks():
+    assert allow_events("play_video, pause_video,") == allow_events(["play_video", " pause_video"]) == [
+        "play_video", "pause_video"]
+    assert allow_events(None) == allow_events("") == allow_events([]) == []
+    for bad in ({"a": 1}, [1, 2], ["ok", None], ["a\nb"], 5):
+        with pytest.raises(ValueError, match="RTHUB_ALLOW_EVENTS"):
+            allow_events(bad)
+    assert spool_max_bytes(268435456) == spool_max_bytes("268435456") == 268435456
+    for bad in (0, -1, "0", "1e9", "lots", True, 1.5, None):
+        with pytest.raises(ValueError, match="RTHUB_SPOOL_MAX_BYTES"):
+            spool_max_bytes(bad)
+    assert nats_url("nats://n1:4222, tls://n2:4222,ws://n3") == "nats://n1:4222,tls://n2:4222,ws://n3"
+    for bad in ("", "n1:4222", "http://n1:4222", "nats://", "nats://a b", None, ["nats://n1"]):
+        with pytest.raises(ValueError, match="RTHUB_NATS_URL"):
+            nats_url(bad)
+    assert compose_string('pa$$w"rd') == '"pa$$$$w\\"rd"'
 
 
 def test_creds_file_undoes_yaml_folding():

@@ -13,7 +13,7 @@ from pathlib import Path
 from tutor import hooks
 from tutor.exceptions import TutorError
 
-from lms_publisher.tutor_plugin.creds import creds_file
+from lms_publisher.tutor_plugin import values
 
 HERE = Path(__file__).parent
 
@@ -74,19 +74,25 @@ def _current_root() -> str | None:
     return getattr(getattr(ctx, "obj", None), "root", None) if ctx else None
 
 
-def _creds_filter(text: str) -> str:
-    try:
-        return creds_file(text)
-    except ValueError as exc:
-        raise TutorError(str(exc)) from None
+def _filter(check):
+    def run(value):
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise TutorError(str(exc)) from None
+
+    return run
 
 
-hooks.Filters.ENV_TEMPLATE_FILTERS.add_item(("rthub_creds_file", _creds_filter))
+# rthub_<name> in the patches and templates: values.<name>, a bad value fails `tutor config save`
+hooks.Filters.ENV_TEMPLATE_FILTERS.add_items([
+    (f"rthub_{name}", _filter(getattr(values, name)))
+    for name in ("creds_file", "allow_events", "spool_max_bytes", "nats_url", "shell_word", "compose_string")
+])
 hooks.Filters.ENV_TEMPLATE_ROOTS.add_item(str(HERE / "templates"))
 # rthub/build -> env/plugins/rthub/build; apps/openedx/config/rthub-lms.creds is rendered by Tutor's own
 # ("apps/", "") target, next to lms.env.yml, so it is mounted at /openedx/config in every openedx container.
 hooks.Filters.ENV_TEMPLATE_TARGETS.add_item(("rthub/build", "plugins"))
-
 
 
 # before Tutor unloads the plugin's own hooks (priority HIGH)
