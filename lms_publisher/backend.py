@@ -33,8 +33,15 @@ from lms_publisher.settings import PublisherSettings
 from lms_publisher.spool import Spool
 
 log = logging.getLogger("rthub.lms")
-_fork_lock = threading.Lock()  # serialises the re-start in a forked child (re-made there: never held on arrival)
-os.register_at_fork(after_in_child=lambda: globals().__setitem__("_fork_lock", threading.Lock()))
+_fork_lock = threading.Lock()  # serialises the re-start in a forked child (made anew there: never held on arrival)
+
+
+def _new_fork_lock() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 class NatsBackend:
