@@ -25,14 +25,28 @@ COMMANDS = (
     "hub.translate.cli",
 )
 
+# packages of the `server` extra; a command module that needs one is left out of an LMS-side install
+SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rthub", description=__doc__.splitlines()[0])
     parser.add_argument("--log-json", action="store_true", help="log structured JSON lines")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    missing = []
     for name in COMMANDS:
-        importlib.import_module(name).add_parser(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in SERVER_ONLY:
+                raise
+            missing.append(name.split(".")[0])  # an LMS-side install (rthub[lms]): no portal packages
+            continue
+        module.add_parser(sub)
+    if missing:
+        parser.epilog = (f"not in this install: {', '.join(sorted(set(missing)))} "
+                         "(needs the server extra: pip install 'rthub[server]')")
     return parser
 
 

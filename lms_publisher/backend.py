@@ -21,6 +21,7 @@ import asyncio
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -33,6 +34,15 @@ from lms_publisher.settings import PublisherSettings
 from lms_publisher.spool import Spool
 
 log = logging.getLogger("rthub.lms")
+_fork_lock = threading.Lock()  # serialises the re-start in a forked child (made anew there: never held on arrival)
+
+
+def _new_fork_lock() -> None:
+    global _fork_lock
+    _fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_fork_lock)
 
 
 class NatsBackend:
@@ -62,7 +72,9 @@ class NatsBackend:
         self._connected_once = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, name="rthub-lms-publisher", daemon=True)
         self.connected = False
-        if options.get("start", True):
+        self._pid = os.getpid()
+        self._autostart = options.get("start", True)
+        if self._autostart:
             self.start()
 
     # ---- the LMS request thread ------------------------------------------------------------------------
@@ -70,6 +82,8 @@ class NatsBackend:
     def send(self, event: dict[str, Any]) -> None:
         """Encode and enqueue; never blocks on the network, never raises."""
         try:
+            if self._pid != os.getpid():
+                self._after_fork()
             if event.get("name") not in self.allow:
                 self.counts["not_allowed"] += 1
                 return
@@ -98,6 +112,27 @@ class NatsBackend:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
+    def _after_fork(self) -> None:
+        """First send() in a forked process (uWSGI workers forked from the master, which loaded the settings;
+        celery's prefork pool): the worker thread did not survive the fork and the spool slot is the parent's.
+        Take a slot of our own and a fresh thread; what the parent had queued stays the parent's."""
+        with _fork_lock:
+            if self._pid == os.getpid():
+                return
+            self.spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes,
+                               self.settings.spool_segment_bytes)
+            self.counts = collections.Counter()
+            self._q = collections.deque()
+            self._order = threading.Lock()
+            self._idle = False
+            self._loop = self._wake = None
+            self._ready, self._connected_once = threading.Event(), threading.Event()
+            self._thread = threading.Thread(target=self._thread_main, name="rthub-lms-publisher", daemon=True)
+            self.connected = False
+            self._pid = os.getpid()
+            if self._autostart:
+                self._thread.start()  # no waiting for NATS here: this is a request; the first 2 s are held in memory
+
     def start(self) -> None:
         self._thread.start()
         self._ready.wait(5)
@@ -106,9 +141,11 @@ class NatsBackend:
 
     def close(self) -> None:
         """Flush what is queued (publish, else spool) within ``flush_timeout_s``; idempotent."""
-        if self._closing:
-            return
+        if self._closing or self._pid != os.getpid():  # a forked child that never sent: the queue and spool
+            return                                      # it inherited are the parent's
         self._closing = True
+        if self._thread.is_alive():
+            self._ready.wait(5)  # a thread started just now (first send() after a fork) sets its loop first
         if self._loop is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._wake.set)
             self._thread.join(self.flush_timeout_s + 2)
@@ -192,9 +229,10 @@ class NatsBackend:
                 if self._q:
                     self._to_spool()
                 break
-            if not self._q:
+            held = bool(self._q) and not online  # events held for the first connect: let the connect run
+            if not self._q or held:
                 self._idle = True
-                if not self._q:
+                if not self._q or held:
                     self._wake.clear()
                     wait = 0.5 if online or nc is None else 0.2
                     try:
