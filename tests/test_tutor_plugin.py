@@ -191,7 +191,9 @@ def test_run_hub_adds_the_whole_system_to_tutor_local(tmp_path):
     parser, known = build_parser(), env_names()
     for name, svc in rthub_services.items():
         if name == "rthub-auth-init":
-            script = svc["command"][-1]
+            assert svc["environment"]["RTHUB_SITE"] == "learn.example.org"  # the publisher's creds: one site
+            script = svc["command"][-1].replace('"$$RTHUB_SITE"', "learn.example.org")
+            assert "auth creds publisher --site learn.example.org" in script
             for line in re.findall(r"rthub ([^>)\"\n]+)", script):
                 assert callable(parser.parse_args(shlex.split(line)).func), line
         else:
