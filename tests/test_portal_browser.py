@@ -20,6 +20,7 @@ from hub.settings import HubSettings
 from hub.streams import ensure_streams
 from hub.subjects import subject
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
+from tests.mailbox import Mailbox, body, link
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -78,11 +79,19 @@ async def admin_nc(op_server, data_dir):
 
 
 @pytest.fixture(scope="module")
-def portal_url(op_server, data_dir, admin_nc):
+def mailbox():
+    box = Mailbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="module")
+def portal_url(op_server, data_dir, admin_nc, mailbox):
     auth = AuthStore.ensure(data_dir)
     port = free_port()
     env = rthub_env(op_server.url, RTHUB_DATA_DIR=str(data_dir), RTHUB_NATS_CREDS=str(auth.service_creds("portal")),
-                    RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}))
+                    RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}),
+                    RTHUB_PUBLIC_URL=f"http://127.0.0.1:{port}", **mailbox.env())
     made = rthub("portal", "create-admin", "--email", "admin@example.org", "--password-stdin", env=env,
                  input=(PASSWORD + "\n").encode())
     assert made.returncode == 0, made.stderr.decode()
@@ -105,7 +114,7 @@ async def fill_and_submit(page, fields: dict[str, str], button: str = "button[ty
         await page.click(button)
 
 
-async def test_signup_to_live_statements_and_revocation(portal_url, op_server, admin_nc, tmp_path):
+async def test_signup_to_live_statements_and_revocation(portal_url, op_server, admin_nc, mailbox, tmp_path):
     from playwright.async_api import async_playwright
 
     email = f"{unique('b')}@example.org"
@@ -115,7 +124,16 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             consumer = await (await browser.new_context(accept_downloads=True)).new_page()
             await consumer.goto(portal_url + "/signup")
             await fill_and_submit(consumer, {"email": email, "name": "Adaptive <b>Engine</b>", "password": PASSWORD})
-            assert consumer.url.endswith("/integrations")
+            assert "Check your mail" in await consumer.inner_text("h1")
+            # Not confirmed yet: logging in is refused with a clear message.
+            await consumer.goto(portal_url + "/login")
+            await fill_and_submit(consumer, {"email": email, "password": PASSWORD})
+            assert "Confirm your e-mail address first" in await consumer.inner_text("#error")
+            mail = await mailbox.wait(email, "Confirm your e-mail")
+            assert PASSWORD not in body(mail)
+            await consumer.goto(link(mail, "/verify"))
+            await fill_and_submit(consumer, {"password": PASSWORD}, "#confirm")
+            assert consumer.url.split("?")[0].endswith("/integrations")
             await consumer.click("text=Request access to events")
             await consumer.check("input[name=protocol][value=xapi]")
             await consumer.select_option("select[name=delivery]", "direct")
@@ -134,6 +152,8 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             async with admin.expect_navigation():
                 await admin.click("#approve")
             assert await admin.inner_text("#status") == "approved"
+            approved_mail = await mailbox.wait(email, "approved")
+            assert f"/integrations/{key}" in body(approved_mail)
 
             await consumer.reload()
             assert await consumer.inner_text("#status") == "approved"
