@@ -252,7 +252,7 @@ async def create_integration(request: Request) -> Template | Redirect:
     user = await require_user(request)
     settings: PortalSettings = request.app.state.settings
     raw = await form_of(request)
-    spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
         shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
@@ -469,7 +469,7 @@ async def api_list(request: Request) -> list[dict[str, Any]]:
 async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     user = await api_user(request)
     settings: PortalSettings = request.app.state.settings
-    spec, errors = validate_request(data, set(settings.sites), settings.max_text)
+    spec, errors = validate_request(data, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         raise PortalError("Invalid integration request.", 400, errors)
     return public_view(await portal_of(request).create_integration(user, spec))

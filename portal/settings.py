@@ -45,6 +45,7 @@ class PortalSettings(NatsSettings, kw_only=True):
     forwarded_allow_ips: str = ""
     public_url: str = ""
     secrets_key: str = ""
+    allowed_networks: list[str] = []
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
@@ -74,6 +75,12 @@ class PortalSettings(NatsSettings, kw_only=True):
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key
+
+    def allowed(self) -> list:
+        """Private networks an endpoint URL may name literally (as the deliverer's ``allowed_networks``)."""
+        from hub.deliver.ssrf import networks
+
+        return networks(self.allowed_networks)
 
     def base_url(self) -> str:
         """Where people reach the portal (links in mails)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hub.deliver import ssrf
 from portal import security
 from portal.validation import Scope, check_narrowing, check_url, split_list, validate_request, validate_signup
 
@@ -140,3 +141,14 @@ def test_secretbox_seals_and_refuses_a_wrong_key(tmp_path):
     assert box.seal_target(sealed) == sealed  # sealing twice changes nothing
     with pytest.raises(SecretError):
         SecretBox(Fernet.generate_key()).open(sealed.basic_auth)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://10.0.0.1/", "http://[::1]/", "http://[2002:a00:1::1]/",
+                                 "http://[fec0::1]/", "http://169.254.169.254/latest/meta-data"])
+def test_literal_private_endpoints_are_not_allowed(url):
+    _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "sites": ["default"]},
+                                 SITES)
+    assert errors == {"url": "This address is not allowed: give a public endpoint."}
+    _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url.replace("127.0.0.1", "8.8.8.8"),
+                                  "sites": ["default"]}, SITES, allowed=ssrf.networks(["0.0.0.0/0", "::/0"]))
+    assert errors == {}
