@@ -3,6 +3,7 @@ tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neith
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -575,6 +576,10 @@ def create_app(settings: PortalSettings) -> Litestar:
 
     async def startup(app: Litestar) -> None:
         app.state.engine = await db.migrate(settings)
+        try:
+            await asyncio.wait_for(portal.seal_stored_secrets(), 15)
+        except (PortalError, TimeoutError) as exc:  # NATS not reachable yet: targets are sealed at their next write
+            log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
 
     async def shutdown(app: Litestar) -> None:
         await portal.close()

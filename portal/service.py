@@ -258,6 +258,25 @@ class Portal:
 
         await accounts.notify(self, row, event, reason)
 
+    async def seal_stored_secrets(self) -> int:
+        """Seal credentials stored in the clear by an earlier version (run at start-up); returns how many."""
+        rows = await Integration.select(Integration.id, Integration.auth_value, Integration.pending_secret).where(
+            Integration.auth_value.is_not_null() | Integration.pending_secret.is_not_null())
+        count = 0
+        for r in rows:
+            changes = {col: self.box.seal(r[col._meta.name]) for col in (Integration.auth_value, Integration.pending_secret)
+                       if r[col._meta.name] and not r[col._meta.name].startswith("fernet:")}
+            if changes:
+                await Integration.update(changes).where(Integration.id == r["id"])
+                count += 1
+        for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
+                                                     & (Integration.delivery != "direct")):
+            target = await self._get_target(row.key, sealed=True)
+            if target is not None and target != self.box.seal_target(target):
+                await self._put_target(target)  # _put_target seals what is still in the clear
+                count += 1
+        return count
+
     # ---- audit --------------------------------------------------------------------------------------
     async def audit(self, actor: str, action: str, key: str = "", detail: str = "") -> None:
         await AuditEntry(actor=actor, action=action, integration=key, detail=detail[:2000]).save()

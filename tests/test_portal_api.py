@@ -429,3 +429,36 @@ async def test_openapi_and_health(app):
         schema = (await client.get("/schema/openapi.json")).json()
         assert "/api/v1/integrations" in schema["paths"] and "/api/v1/admin/integrations/{key}/{action}" in schema["paths"]
         assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_login_rehashes_an_older_password_hash(app):
+    from portal import security
+    from portal.tables import Account
+
+    client = await new_consumer(app)
+    await Account.update({Account.password_hash: security.hash_password(PASSWORD, n=2**14)}).where(
+        Account.email == client.email)
+    async with Client(app) as again:
+        assert str((await login(again, client.email, PASSWORD)).url).endswith("/integrations")
+    stored = (await Account.objects().get(Account.email == client.email)).password_hash
+    assert stored.startswith(f"scrypt${2**17}$8$1$") and security.verify_password(PASSWORD, stored)
+
+
+async def test_secrets_stored_in_the_clear_earlier_are_sealed_at_start(app, admin, js):
+    consumer = await new_consumer(app)
+    headers = {"Authorization": f"Bearer {await make_token(consumer)}"}
+    key = (await consumer.post("/api/v1/integrations", headers=headers, json={
+        "name": "Old LRS", "protocol": "xapi", "delivery": "lrs", "url": "https://lrs.example.org/old",
+        "bearer": "old-plain-token-1234", "orgs": ["edX"]})).json()["id"]
+    await post(admin, f"/admin/integrations/{key}/approve")
+    # What an earlier version left: the token in the clear in the database and in the targets bucket.
+    await Integration.update({Integration.auth_value: "old-plain-token-1234"}).where(Integration.key == key)
+    kv = await js.key_value(TARGETS_BUCKET)
+    await kv.put(key, msgspec.json.encode(Target(id=key, kind="lrs", url="https://lrs.example.org/old",
+                                                 bearer="old-plain-token-1234")))
+    assert await app.state.portal.seal_stored_secrets() >= 2
+    row = await Integration.objects().get(Integration.key == key)
+    raw = await kv_get(js, TARGETS_BUCKET, key)
+    assert row.auth_value.startswith("fernet:") and b"old-plain-token-1234" not in raw
+    assert target_of(app.state.settings, raw).bearer == "old-plain-token-1234"
+    assert await app.state.portal.seal_stored_secrets() == 0

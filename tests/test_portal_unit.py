@@ -152,3 +152,15 @@ def test_literal_private_endpoints_are_not_allowed(url):
     _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url.replace("127.0.0.1", "8.8.8.8"),
                                   "sites": ["default"]}, SITES, allowed=ssrf.networks(["0.0.0.0/0", "::/0"]))
     assert errors == {}
+
+
+async def test_without_smtp_mails_go_to_the_outbox_and_the_link_is_printed(tmp_path, capsys):
+    from portal import mail
+    from portal.settings import PortalSettings
+
+    settings = PortalSettings(data_dir=str(tmp_path))
+    await mail.send(settings, "a@example.org", "Confirm", "Open http://127.0.0.1:8080/verify?token=abc now.\n")
+    files = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    assert "To: a@example.org" in files[0].read_text() and "verify?token=abc" in files[0].read_text()
+    assert "http://127.0.0.1:8080/verify?token=abc" in capsys.readouterr().out
