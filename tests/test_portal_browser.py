@@ -122,6 +122,8 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             consumer = await (await browser.new_context(accept_downloads=True)).new_page()
+            console: list[str] = []
+            consumer.on("console", lambda m: console.append(m.text))
             await consumer.goto(portal_url + "/signup")
             await fill_and_submit(consumer, {"email": email, "name": "Adaptive <b>Engine</b>", "password": PASSWORD})
             assert "Check your mail" in await consumer.inner_text("h1")
@@ -143,6 +145,7 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             key = consumer.url.split("/integrations/")[1].split("?")[0]
 
             admin = await (await browser.new_context()).new_page()
+            admin.on("console", lambda m: console.append(m.text))
             await admin.goto(portal_url + "/login")
             await fill_and_submit(admin, {"email": "admin@example.org", "password": PASSWORD})
             await admin.goto(portal_url + "/admin")
@@ -208,5 +211,34 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             await consumer.reload()
             assert await consumer.inner_text("#status") == "revoked"
             assert "Adaptive <b>Engine</b>" in await consumer.inner_text("header")  # shown as text, not markup
+            assert not [m for m in console if "Content Security Policy" in m], console
+        finally:
+            await browser.close()
+
+
+async def test_forgotten_password_reset_in_the_browser(portal_url, mailbox):
+    from playwright.async_api import async_playwright
+
+    email = f"{unique('reset')}@example.org"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(portal_url + "/signup")
+            await fill_and_submit(page, {"email": email, "name": "Forgetful", "password": PASSWORD})
+            await page.goto(link(await mailbox.wait(email, "Confirm your e-mail"), "/verify"))
+            await fill_and_submit(page, {"password": PASSWORD}, "#confirm")
+            await page.click("header form button")  # log out
+            await page.wait_for_url("**/login*")
+            await page.click("text=Forgot your password?")
+            await fill_and_submit(page, {"email": email})
+            assert "Check your mail" in await page.inner_text("h1")
+            await page.goto(link(await mailbox.wait(email, "Reset your rthub portal password"), "/reset"))
+            await fill_and_submit(page, {"password": "a new browser password"}, "#save-password")
+            assert "Password changed" in await page.inner_text(".flash")
+            await fill_and_submit(page, {"email": email, "password": PASSWORD})
+            assert "Wrong e-mail address or password" in await page.inner_text("#error")
+            await fill_and_submit(page, {"email": email, "password": "a new browser password"})
+            assert page.url.split("?")[0].endswith("/integrations")
         finally:
             await browser.close()
