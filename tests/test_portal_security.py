@@ -444,6 +444,13 @@ async def test_security_headers_cookies_and_anchored_csrf(portals, mailbox):
         plain = [c for c in page.headers.get_list("set-cookie")]
         assert plain and all("secure" not in c.lower() for c in plain)
         assert (await http.get("/api/v1/me")).headers["x-frame-options"] == "DENY"
+        # The OpenAPI viewer's inline script runs only because it carries this response's nonce.
+        schema = await http.get("/schema")
+        nonce = re.search(r"script-src 'nonce-([A-Za-z0-9_-]+)'", schema.headers["content-security-policy"]).group(1)
+        tags = re.findall(r"<script[^>]*>", schema.text)
+        assert tags and all(f'nonce="{nonce}"' in t for t in tags), tags
+        assert "unsafe-inline" not in schema.headers["content-security-policy"].split("script-src")[1].split(";")[0]
+        assert nonce not in (await http.get("/schema")).headers["content-security-policy"], "a nonce is used once"
     async with httpx.AsyncClient(base_url=portals["proxied"]) as http:  # a new visitor, behind an https proxy
         behind_https = await http.get("/login", headers={"X-Forwarded-Proto": "https"})
         cookies = behind_https.headers.get_list("set-cookie")
