@@ -453,7 +453,7 @@ class Portal:
                 await self._activate(current, new_secret=False)
             elif current.status == "suspended":
                 await self._deactivate(current)
-                await self._cut_off(current, actor)
+                await self._cut_off(current, actor, final=False)
             elif current.status in ("revoked", "denied"):
                 await self._remove(current)
                 await self._cut_off(current, actor)
@@ -497,11 +497,12 @@ class Portal:
         await self.notify(row, "denied", reason)
         return row
 
-    async def _cut_off(self, row: Integration, actor: Account) -> None:
+    async def _cut_off(self, row: Integration, actor: Account, final: bool = True) -> None:
         """Revoke every direct credential issued for ``row`` and not yet revoked (hub.auth pushes the update).
 
         Reads the issued keys from the database at call time (a download that finished a moment ago is
-        included); a failed push is audited and logged, never swallowed silently.
+        included); a failed push is audited and logged, never swallowed silently. ``final``: for good
+        (revocation) or not (suspension), as hub.auth's per-subscriber accounts distinguish them.
         """
         rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
             (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
@@ -533,7 +534,7 @@ class Portal:
         await self._transition(row, "suspended", decided_by=actor.email, decision_reason=reason)
         await self._deactivate(row)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
-        await self._cut_off(row, actor)
+        await self._cut_off(row, actor, final=False)
         await self._settle(row, actor)
         await self.notify(row, "suspended", reason)
         return row
