@@ -42,7 +42,9 @@ ADMIN = "secadmin@example.org"
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("portal-sec")
+    path = tmp_path_factory.mktemp("portal-sec")
+    path.chmod(0o755)  # as a careless install would leave it: the portal tightens it to 0700
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +232,38 @@ async def test_status_transitions_are_refused_after_the_fact(portals, mailbox):
     resumed = await admin.http.post(f"/api/v1/admin/integrations/{key}/resume", headers=ops, json={})
     assert resumed.status_code == 409
     assert (await consumer.http.get(f"/api/v1/integrations/{key}", headers=mine)).json()["status"] == "revoked"
+
+
+async def test_concurrent_decisions_one_wins_and_nats_agrees(portals, mailbox, admin_nc):
+    """An administrator approving (one process) while the owner cancels (the other process), several times:
+    exactly one wins each time, the loser gets 409, and grant and consumer exist exactly when approved."""
+    consumer, admin = await signed_up(portals["proxied"], mailbox), await admin_web(portals["direct"])
+    mine, ops = bearer(await consumer.token()), bearer(await admin.token())
+    js = admin_nc.jetstream()
+    grants = await js.key_value("rthub_grants")
+    for _ in range(6):
+        key = (await consumer.http.post("/api/v1/integrations", headers=mine, json={
+            "name": "Both", "protocol": "xapi", "delivery": "direct", "sites": ["default"], "courses": [COURSE]})).json()["id"]
+        approve, cancel = await asyncio.gather(
+            admin.http.post(f"/api/v1/admin/integrations/{key}/approve", headers=ops, json={}),
+            consumer.http.post(f"/api/v1/integrations/{key}/cancel", headers=mine))
+        codes = sorted((approve.status_code, cancel.status_code))
+        status = (await consumer.http.get(f"/api/v1/integrations/{key}", headers=mine)).json()["status"]
+        if codes == [200, 200]:  # cancel came after the approval had fully landed: revoking it is legitimate
+            assert status == "revoked"
+        else:
+            assert codes == [200, 409], (approve.text, cancel.text)
+            assert status == ("approved" if approve.status_code == 200 else "revoked")
+        try:
+            has_grant = bool((await grants.get(key)).value)
+        except Exception:  # noqa: BLE001 - deleted or never written
+            has_grant = False
+        try:
+            await js.consumer_info("XAPI", consumer_name(key))
+            has_consumer = True
+        except NotFoundError:
+            has_consumer = False
+        assert has_grant == has_consumer == (status == "approved"), (key, status, has_grant, has_consumer)
 
 
 # ---------------------------------------------------------------- 4. accounts
