@@ -39,7 +39,7 @@ def compose(settings: PortalSettings, to: str, subject: str, body: str) -> Email
 
 def _smtp_send(settings: PortalSettings, msg: EmailMessage) -> None:
     tls = settings.smtp_tls.lower()
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=settings.smtp_ca_file or None)
     cls = smtplib.SMTP_SSL if tls == "tls" else smtplib.SMTP
     kwargs = {"context": context} if tls == "tls" else {}
     with cls(settings.smtp_host, settings.smtp_port, timeout=settings.smtp_timeout_s, **kwargs) as smtp:

@@ -20,7 +20,8 @@ class PortalSettings(NatsSettings, kw_only=True):
     one is generated once and kept in ``<data_dir>/portal-secret.key`` (mode 0600).
 
     Mail: ``smtp_host`` empty writes mails to ``<data_dir>/outbox`` and prints their links (development);
-    ``smtp_tls`` is ``starttls`` (port 587), ``tls`` (465) or ``none``. Links in mails start with ``public_url``
+    ``smtp_tls`` is ``starttls`` (port 587), ``tls`` (465) or ``none``; the server's certificate is checked
+    against the system's CAs, or ``smtp_ca_file`` (PEM). Links in mails start with ``public_url``
     (default ``http://<portal_host>:<portal_port>``). ``forwarded_allow_ips``: the proxies whose
     ``X-Forwarded-For``/``-Proto`` are believed (comma-separated addresses, ``*`` for any); empty trusts none,
     so the client address is the socket's. ``secrets_key`` seals endpoint secrets (``hub.secretbox``).
@@ -51,6 +52,7 @@ class PortalSettings(NatsSettings, kw_only=True):
     smtp_user: str = ""
     smtp_password: str = ""
     smtp_tls: str = "starttls"
+    smtp_ca_file: str = ""
     smtp_timeout_s: float = 15.0
     mail_from: str = "rthub portal <noreply@localhost>"
     verify_hours: float = 48.0

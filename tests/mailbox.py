@@ -15,10 +15,11 @@ from tests.helpers import wait_for
 
 
 class Mailbox:
-    def __init__(self):
+    def __init__(self, **smtp_options):
+        """``smtp_options`` go to aiosmtpd's SMTP (``tls_context``, ``require_starttls``, ``authenticator``...)."""
         self.messages: list[email.message.EmailMessage] = []
         self.lock = threading.Lock()
-        self.controller = Controller(self, hostname="127.0.0.1", port=free_port())
+        self.controller = Controller(self, hostname="127.0.0.1", port=free_port(), **smtp_options)
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
