@@ -28,7 +28,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from portal import accounts, db
-from portal.headers import SecurityHeaders
+from portal.headers import SECURITY_HEADERS, SecurityHeaders
 from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
 from portal.settings import PortalSettings
 from portal.tables import Account
@@ -138,12 +138,19 @@ async def signup(request: Request) -> Template:
                 "finish signing up.")
 
 
+def _problem(request: Request, status: int, message: str) -> Template:
+    """The error page for a link that cannot be used (expired, used, forged)."""
+    response = page(request, "error.html", status=status, message=message)
+    response.context["status"] = status
+    return response
+
+
 @get("/verify")
 async def verify_form(request: Request, token: FromQuery[str] = "") -> Template:
     try:
         await accounts.check_link(token, accounts.VERIFY)
     except PortalError as exc:
-        return page(request, "error.html", status=exc.status, message=exc.message)
+        return _problem(request, exc.status, exc.message)
     return page(request, "verify.html", token=token, error="")
 
 
@@ -155,7 +162,7 @@ async def verify(request: Request) -> Template | Redirect:
         session = await accounts.confirm(portal_of(request), token, str(raw.get("password", "")), client_of(request))
     except PortalError as exc:
         if exc.status == 400:
-            return page(request, "error.html", status=400, message=exc.message)
+            return _problem(request, 400, exc.message)
         return page(request, "verify.html", status=exc.status, token=token, error=exc.message)
     return _with_session(request, go("/", "E-mail address confirmed: welcome."), session)
 
@@ -181,7 +188,7 @@ async def reset_form(request: Request, token: FromQuery[str] = "") -> Template:
     try:
         await accounts.check_link(token, accounts.RESET)
     except PortalError as exc:
-        return page(request, "error.html", status=exc.status, message=exc.message)
+        return _problem(request, exc.status, exc.message)
     return page(request, "reset.html", token=token, error="")
 
 
@@ -195,7 +202,7 @@ async def reset(request: Request) -> Template | Redirect:
     try:
         await accounts.reset(portal_of(request), token, str(raw.get("password")))
     except PortalError as exc:
-        return page(request, "error.html", status=exc.status, message=exc.message)
+        return _problem(request, exc.status, exc.message)
     return go("/login", "Password changed: log in with the new one.")
 
 
@@ -595,12 +602,13 @@ def create_app(settings: PortalSettings) -> Litestar:
             body: dict[str, Any] = {"error": message}
             if getattr(exc, "errors", None):
                 body["errors"] = exc.errors
-            return Response(body, status_code=status)
+            return Response(body, status_code=status, headers=SECURITY_HEADERS)
         if isinstance(exc, NotAuthorizedException):
             return go("/login", "Log in first.")
         tpl = env.get_template("error.html")
         html = tpl.render(message=message, status=status, user=None, flash="", request=request)
-        return Response(html, status_code=status, media_type="text/html")
+        # Also for paths no route matches, where route middleware (SecurityHeaders) does not run.
+        return Response(html, status_code=status, media_type="text/html", headers=SECURITY_HEADERS)
 
     return Litestar(
         route_handlers=[home, health, signup_form, signup, verify_form, verify, forgot_form, forgot, reset_form,

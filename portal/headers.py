@@ -17,6 +17,7 @@ SCHEMA_CSP = ("default-src 'self'; script-src 'nonce-{nonce}'; style-src 'self' 
               "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 FIXED = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
          (b"referrer-policy", b"no-referrer"), (b"cross-origin-opener-policy", b"same-origin")]
+SECURITY_HEADERS = {"content-security-policy": CSP, **{k.decode(): v.decode() for k, v in FIXED}}
 
 
 def secure_cookie(value: bytes) -> bytes:

@@ -477,7 +477,10 @@ async def test_security_headers_cookies_and_anchored_csrf(portals, mailbox):
         assert "<script" not in page.text
         plain = [c for c in page.headers.get_list("set-cookie")]
         assert plain and all("secure" not in c.lower() for c in plain)
-        assert (await http.get("/api/v1/me")).headers["x-frame-options"] == "DENY"
+        for path in ("/api/v1/me", "/no/such/page", "/static/style.css", "/verify?token=forged"):
+            response = await http.get(path)
+            assert response.headers["x-frame-options"] == "DENY", path
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
         # The OpenAPI viewer's inline script runs only because it carries this response's nonce.
         schema = await http.get("/schema")
         nonce = re.search(r"script-src 'nonce-([A-Za-z0-9_-]+)'", schema.headers["content-security-policy"]).group(1)
