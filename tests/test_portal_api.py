@@ -462,3 +462,23 @@ async def test_secrets_stored_in_the_clear_earlier_are_sealed_at_start(app, admi
     assert row.auth_value.startswith("fernet:") and b"old-plain-token-1234" not in raw
     assert target_of(app.state.settings, raw).bearer == "old-plain-token-1234"
     assert await app.state.portal.seal_stored_secrets() == 0
+
+
+async def test_read_only_token_is_refused_on_every_state_changing_api_route(app, admin):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer)
+    response = await post(admin, "/tokens", {"name": "ro", "read_only": "1"})
+    read_only = re.search(r'<pre id="new-token">(rth_[^<]+)</pre>', response.text).group(1)
+    headers = {"Authorization": f"Bearer {read_only}"}
+    checked = 0
+    for route in app.routes:
+        if not route.path.startswith("/api/"):
+            continue
+        concrete = route.path.replace("{key:str}", key).replace("{action:str}", "approve")
+        for method in route.methods - {"GET", "HEAD", "OPTIONS"}:
+            answer = await admin.request(method, concrete, headers=headers, json={})
+            assert answer.status_code == 403 and "read-only" in answer.json()["error"], (method, concrete)
+            checked += 1
+    assert checked >= 5  # create, rotate-secret, creds, cancel, admin action
+    assert (await admin.get("/api/v1/admin/integrations", headers=headers)).status_code == 200
+    assert (await Integration.objects().get(Integration.key == key)).status == "pending"

@@ -240,5 +240,14 @@ async def test_forgotten_password_reset_in_the_browser(portal_url, mailbox):
             assert "Wrong e-mail address or password" in await page.inner_text("#error")
             await fill_and_submit(page, {"email": email, "password": "a new browser password"})
             assert page.url.split("?")[0].endswith("/integrations")
+            await page.goto(portal_url + "/tokens")
+            await page.fill("[name=name]", "dashboard")
+            await page.fill("[name=days]", "7")
+            await page.check("[name=read_only]")
+            async with page.expect_navigation():
+                await page.click("text=Create token")
+            assert (await page.inner_text("#new-token")).startswith("rth_")
+            row = await page.inner_text("tbody tr")
+            assert "dashboard" in row and "read-only" in row and "never" not in row
         finally:
             await browser.close()

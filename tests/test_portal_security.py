@@ -448,6 +448,9 @@ async def test_sealed_secrets_are_delivered_and_auto_disable_is_mailed_once(port
     await admin.http.post(f"/api/v1/admin/integrations/{lrs}/suspend", headers=ops, json={"reason": "audit pending"})
     suspended = await mailbox.wait(consumer.email, "suspended")
     assert "audit pending" in body(suspended)
+    # Revocation purges the target: no revision with a value (a secret) is left in the bucket.
+    await admin.http.post(f"/api/v1/admin/integrations/{lrs}/revoke", headers=ops, json={"reason": "over"})
+    assert [e for e in [e async for e in _history(kv, lrs)] if e.value] == []
     other = (await consumer.http.post("/api/v1/integrations", headers=mine, json={
         "name": "Denied one", "protocol": "xapi", "delivery": "direct", "sites": ["default"], "courses": [COURSE]})).json()["id"]
     await admin.http.post(f"/api/v1/admin/integrations/{other}/deny", headers=ops, json={"reason": "too broad"})
