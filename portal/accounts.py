@@ -20,10 +20,11 @@ log = logging.getLogger("rthub.portal.accounts")
 VERIFY, RESET = "verify", "reset"
 
 
-async def _new_link(account: Account, purpose: str, lifetime: dt.timedelta, password_hash: str | None = None) -> str:
+async def _new_link(account: Account, purpose: str, lifetime: dt.timedelta, password_hash: str | None = None,
+                    name: str | None = None) -> str:
     token = security.new_session_token()
     await MailToken(account=account.id, purpose=purpose, token_hash=security.sha256(token),
-                    password_hash=password_hash, expires=now() + lifetime).save()
+                    password_hash=password_hash, account_name=name, expires=now() + lifetime).save()
     return token
 
 
@@ -68,7 +69,7 @@ async def signup(portal: Portal, email: str, name: str, password: str, client: s
                     f"has an account.\n\nLog in: {base}/login\nForgot your password? {base}/forgot\n\n"
                     "If it was not you, you can ignore this mail.\n")
         return
-    token = await _new_link(account, VERIFY, dt.timedelta(hours=s.verify_hours), password_hash=pw_hash)
+    token = await _new_link(account, VERIFY, dt.timedelta(hours=s.verify_hours), password_hash=pw_hash, name=name)
     await _send(portal, email, "Confirm your e-mail address for the rthub portal",
                 f"Confirm your address to finish signing up (you will be asked for the password you chose):\n\n"
                 f"{base}/verify?token={token}\n\nThe link works once and for {s.verify_hours:g} hours. If you did not "
@@ -108,8 +109,10 @@ async def confirm(portal: Portal, token: str, password: str, client: str) -> str
         await ratelimit.failed(pair, s.login_max_failures, s.login_delay_s, s.login_max_delay_s, s.login_window_s)
         raise PortalError("That is not the password chosen at this sign-up.", 401, {"password": "Wrong password."})
     await _use(row)
-    await Account.update({Account.email_verified: True, Account.password_hash: row.password_hash}).where(
-        Account.id == row.account)
+    confirmed = {Account.email_verified: True, Account.password_hash: row.password_hash}
+    if row.account_name:
+        confirmed[Account.name] = row.account_name  # the name of this sign-up, not of an earlier one
+    await Account.update(confirmed).where(Account.id == row.account)
     # Every other sign-up link of this address is void now.
     await MailToken.update({MailToken.used: True}).where((MailToken.account == row.account) & (MailToken.purpose == VERIFY))
     account = await Account.objects().get(Account.id == row.account)

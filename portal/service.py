@@ -483,7 +483,8 @@ class Portal:
             await self._set(row, status="approved", pending_secret=self.box.seal(secret))
         await self.audit(actor.email, "integration.approve", row.key, _scope_text(granted))
         await self._settle(row, actor)
-        await self.notify(row, "approved")
+        if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
+            await self.notify(row, "approved")
         return row
 
     async def deny(self, actor: Account, key: str, reason: str) -> Integration:

@@ -90,12 +90,14 @@ class IssuedCredential(Table, tablename="portal_issued_cred"):
 
 
 class MailToken(Table, tablename="portal_mail_token"):
-    """A single-use link sent by mail: ``verify`` (sign-up; carries the password chosen then) or ``reset``."""
+    """A single-use link sent by mail: ``verify`` (sign-up; carries the password and name chosen then) or
+    ``reset``."""
 
     account = ForeignKey(references=Account, index=True)
     purpose = Varchar(length=16)
     token_hash = Varchar(length=64, unique=True, index=True)
     password_hash = Varchar(length=300, null=True, default=None)
+    account_name = Varchar(length=200, null=True, default=None)
     expires = Timestamptz(default=TimestamptzNow())
     used = Boolean(default=False)
 

@@ -297,6 +297,22 @@ async def test_signup_reveals_nothing_and_confirmation_is_single_use(portals, ma
     assert (await Web(url).http.get("/verify?token=forged")).status_code == 400
 
 
+async def test_a_stranger_signing_up_first_with_your_address_gets_nothing(portals, mailbox):
+    url = portals["proxied"]
+    email = f"{unique('victim')}@example.org"
+    stranger, victim = Web(url), Web(url)
+    await stranger.post("/signup", {"email": email, "name": "Mallory", "password": "mallory's password"})
+    await victim.post("/signup", {"email": email, "name": "Victim", "password": PASSWORD})
+    first = link(await mailbox.wait(email, "Confirm your e-mail", count=1), "/verify").split("token=")[1]
+    mine = link(await mailbox.wait(email, "Confirm your e-mail", count=2), "/verify").split("token=")[1]
+    # The stranger's link is in the victim's mailbox, and without the stranger's password it confirms nothing.
+    assert (await victim.post("/verify", {"token": first, "password": PASSWORD})).status_code == 401
+    landed = await victim.post("/verify", {"token": mine, "password": PASSWORD})
+    assert landed.url.path == "/integrations" and "Victim" in landed.text and "Mallory" not in landed.text
+    assert (await stranger.post("/verify", {"token": first, "password": "mallory's password"})).status_code == 400
+    assert (await Web(url).post("/login", {"email": email, "password": "mallory's password"})).status_code == 401
+
+
 async def test_unconfirmed_account_cannot_request_access(portals, mailbox, data_dir):
     url = portals["proxied"]
     email = f"{unique('u')}@example.org"

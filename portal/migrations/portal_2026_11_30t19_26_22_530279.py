@@ -241,6 +241,28 @@ async def forwards():
     manager.add_column(
         table_class_name="MailToken",
         tablename="portal_mail_token",
+        column_name="account_name",
+        db_column_name="account_name",
+        column_class_name="Varchar",
+        column_class=Varchar,
+        params={
+            "length": 200,
+            "default": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="MailToken",
+        tablename="portal_mail_token",
         column_name="expires",
         db_column_name="expires",
         column_class_name="Timestamptz",
