@@ -60,7 +60,7 @@ async def signup(portal: Portal, email: str, name: str, password: str, client: s
             if account is None:
                 raise
     if not await _mail_allowed(portal, email):
-        log.info("sign-up mail to a known address skipped (rate)")
+        log.info("sign-up mail skipped: too many mails to that address this hour")
         return
     base = s.base_url()
     if account.email_verified:
