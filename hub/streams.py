@@ -75,7 +75,9 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             await js.key_value(bucket)
             result["KV_" + bucket] = "unchanged"
         except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
-            await js.create_key_value(bucket=bucket, history=5, replicas=s.stream_replicas)
+            # Targets hold (sealed) endpoint secrets: keep no earlier revision of them (portal also rolls up).
+            await js.create_key_value(bucket=bucket, history=1 if bucket == TARGETS_BUCKET else 5,
+                                      replicas=s.stream_replicas)
         # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
             result["KV_" + bucket] = "created"
     return result

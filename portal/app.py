@@ -19,6 +19,7 @@ from litestar.exceptions import (
     NotFoundException,
     PermissionDeniedException,
 )
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -26,7 +27,8 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from portal import db
+from portal import accounts, db
+from portal.headers import SECURITY_HEADERS, SecurityHeaders
 from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
 from portal.settings import PortalSettings
 from portal.tables import Account
@@ -116,18 +118,92 @@ async def signup_form(request: Request) -> Template:
 
 
 @post("/signup")
-async def signup(request: Request) -> Template | Redirect:
+async def signup(request: Request) -> Template:
     raw = await form_of(request)
     values, errors = validate_signup(raw)
     if not errors:
         try:
-            await portal_of(request).create_account(values["email"], values["name"], values["password"])
+            await accounts.signup(portal_of(request), values["email"], values["name"], values["password"],
+                                  client_of(request))
         except PortalError as exc:
-            errors = exc.errors or {"email": exc.message}
+            if exc.status != 429:
+                raise
+            return page(request, "signup.html", status=429, form={"email": values["email"], "name": values["name"]},
+                        errors={"email": exc.message})
     if errors:
         return page(request, "signup.html", status=400, form={k: v for k, v in values.items() if k != "password"},
                     errors=errors)
-    return await _login_response(request, values["email"], values["password"])
+    # The same answer whether the address was new or already registered (its owner gets a mail either way).
+    return page(request, "mail_sent.html", message=f"We sent a mail to {values['email']}: follow its link to "
+                "finish signing up.")
+
+
+def _problem(request: Request, status: int, message: str) -> Template:
+    """The error page for a link that cannot be used (expired, used, forged)."""
+    response = page(request, "error.html", status=status, message=message)
+    response.context["status"] = status
+    return response
+
+
+@get("/verify")
+async def verify_form(request: Request, token: FromQuery[str] = "") -> Template:
+    try:
+        await accounts.check_link(token, accounts.VERIFY)
+    except PortalError as exc:
+        return _problem(request, exc.status, exc.message)
+    return page(request, "verify.html", token=token, error="")
+
+
+@post("/verify")
+async def verify(request: Request) -> Template | Redirect:
+    raw = await form_of(request)
+    token = str(raw.get("token", ""))[:200]
+    try:
+        session = await accounts.confirm(portal_of(request), token, str(raw.get("password", "")), client_of(request))
+    except PortalError as exc:
+        if exc.status == 400:
+            return _problem(request, 400, exc.message)
+        return page(request, "verify.html", status=exc.status, token=token, error=exc.message)
+    return _with_session(request, go("/", "E-mail address confirmed: welcome."), session)
+
+
+@get("/forgot")
+async def forgot_form(request: Request) -> Template:
+    return page(request, "forgot.html", error="")
+
+
+@post("/forgot")
+async def forgot(request: Request) -> Template:
+    email = str((await form_of(request)).get("email", ""))[:254]
+    try:
+        await accounts.forgot(portal_of(request), email, client_of(request))
+    except PortalError as exc:
+        return page(request, "forgot.html", status=exc.status, error=exc.message)
+    return page(request, "mail_sent.html", message=f"If {email} has an account, we sent it a link to choose a new "
+                "password.")
+
+
+@get("/reset")
+async def reset_form(request: Request, token: FromQuery[str] = "") -> Template:
+    try:
+        await accounts.check_link(token, accounts.RESET)
+    except PortalError as exc:
+        return _problem(request, exc.status, exc.message)
+    return page(request, "reset.html", token=token, error="")
+
+
+@post("/reset")
+async def reset(request: Request) -> Template | Redirect:
+    raw = await form_of(request)
+    token = str(raw.get("token", ""))[:200]
+    _, errors = validate_signup({"email": "x@example.org", "name": "x", "password": raw.get("password")})
+    if errors:
+        return page(request, "reset.html", status=400, token=token, error=errors["password"])
+    try:
+        await accounts.reset(portal_of(request), token, str(raw.get("password")))
+    except PortalError as exc:
+        return _problem(request, exc.status, exc.message)
+    return go("/login", "Password changed: log in with the new one.")
 
 
 @get("/login")
@@ -140,11 +216,14 @@ async def _login_response(request: Request, email: str, password: str) -> Templa
         token = await portal_of(request).login(email, password, client_of(request))
     except PortalError as exc:
         return page(request, "login.html", status=exc.status, form={"email": email[:254]}, error=exc.message)
+    return _with_session(request, go("/"), token)
+
+
+def _with_session(request: Request, response: Redirect, token: str) -> Redirect:
     settings: PortalSettings = request.app.state.settings
-    response = go("/")
     response.cookies.append(Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax",
-                                   secure=settings.cookie_secure, max_age=int(settings.session_hours * 3600),
-                                   path="/"))
+                                   secure=settings.cookie_secure or request.url.scheme == "https",
+                                   max_age=int(settings.session_hours * 3600), path="/"))
     return response
 
 
@@ -181,7 +260,7 @@ async def create_integration(request: Request) -> Template | Redirect:
     user = await require_user(request)
     settings: PortalSettings = request.app.state.settings
     raw = await form_of(request)
-    spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
         shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
@@ -266,12 +345,28 @@ async def create_token(request: Request) -> Template:
     user = await require_user(request)
     portal = portal_of(request)
     errors: dict[str, str] = {}
-    name = clean_text((await form_of(request)).get("name"), "name", 100, errors, required=True)
+    raw = await form_of(request)
+    name = clean_text(raw.get("name"), "name", 100, errors, required=True)
+    days = _token_days(raw.get("days"), errors)
     if errors:
         return page(request, "tokens.html", status=400, tokens=await portal.list_tokens(user), new_token=None,
-                    error=errors["name"])
-    token = await portal.create_token(user, name)
+                    error=next(iter(errors.values())))
+    token = await portal.create_token(user, name, days, read_only=bool(raw.get("read_only")))
     return page(request, "tokens.html", tokens=await portal.list_tokens(user), new_token=token)
+
+
+def _token_days(value: Any, errors: dict[str, str]) -> float | None:
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        days = float(text)
+    except ValueError:
+        days = 0
+    if not 0 < days <= 3650:
+        errors["days"] = "Expiry: a number of days from 1 to 3650 (or empty for never)."
+        return None
+    return days
 
 
 @post("/tokens/{token_id:int}/revoke")
@@ -347,11 +442,15 @@ _STATUSES = ("pending", "approved", "denied", "suspended", "revoked")
 
 # ---------------------------------------------------------------- JSON API (bearer tokens, no cookies)
 async def api_user(request: Request) -> Account:
+    """The token's account; a read-only token is refused on every method that can change state."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    user = await portal_of(request).token_account(token)
-    if user is None:
-        raise NotAuthorizedException("Send an API token: Authorization: Bearer rth_...")
+    got = await portal_of(request).token_access(token)
+    if got is None:
+        raise NotAuthorizedException("Send a valid API token: Authorization: Bearer rth_... (it may have expired).")
+    user, row = got
+    if row.read_only and request.method not in ("GET", "HEAD", "OPTIONS"):
+        raise PermissionDeniedException("This API token is read-only.")
     return user
 
 
@@ -378,7 +477,7 @@ async def api_list(request: Request) -> list[dict[str, Any]]:
 async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
     user = await api_user(request)
     settings: PortalSettings = request.app.state.settings
-    spec, errors = validate_request(data, set(settings.sites), settings.max_text)
+    spec, errors = validate_request(data, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         raise PortalError("Invalid integration request.", 400, errors)
     return public_view(await portal_of(request).create_integration(user, spec))
@@ -498,6 +597,10 @@ def create_app(settings: PortalSettings) -> Litestar:
 
     async def startup(app: Litestar) -> None:
         app.state.engine = await db.migrate(settings)
+        try:
+            await asyncio.wait_for(portal.seal_stored_secrets(), 15)
+        except (PortalError, TimeoutError) as exc:  # NATS not reachable yet: targets are sealed at their next write
+            log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
         app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
 
     async def shutdown(app: Litestar) -> None:
@@ -515,15 +618,17 @@ def create_app(settings: PortalSettings) -> Litestar:
             body: dict[str, Any] = {"error": message}
             if getattr(exc, "errors", None):
                 body["errors"] = exc.errors
-            return Response(body, status_code=status)
+            return Response(body, status_code=status, headers=SECURITY_HEADERS)
         if isinstance(exc, NotAuthorizedException):
             return go("/login", "Log in first.")
         tpl = env.get_template("error.html")
         html = tpl.render(message=message, status=status, user=None, flash="", request=request)
-        return Response(html, status_code=status, media_type="text/html")
+        # Also for paths no route matches, where route middleware (SecurityHeaders) does not run.
+        return Response(html, status_code=status, media_type="text/html", headers=SECURITY_HEADERS)
 
     return Litestar(
-        route_handlers=[home, health, signup_form, signup, login_form, login, logout, my_integrations,
+        route_handlers=[home, health, signup_form, signup, verify_form, verify, forgot_form, forgot, reset_form,
+                        reset, login_form, login, logout, my_integrations,
                         new_integration_form, create_integration, integration_page, rotate, retire, download_creds,
                         cancel, tokens_page, create_token, revoke_token, admin_home, admin_integration, admin_action,
                         audit_page, API,
@@ -533,7 +638,8 @@ def create_app(settings: PortalSettings) -> Litestar:
         state=State(state),
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),
         csrf_config=CSRFConfig(secret=settings.resolved_secret(), cookie_secure=settings.cookie_secure,
-                               exclude=["/api/", "/health", "/schema"]),
+                               exclude=["^/api/", "^/health$", "^/schema"]),
+        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure)],
         openapi_config=OpenAPIConfig(title="rthub portal", version="1.0.0", path="/schema"),
         exception_handlers={PortalError: error_page, HTTPException: error_page, NotFoundException: error_page},
     )

@@ -38,8 +38,12 @@ def serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     print(f"portal on http://{settings.portal_host}:{settings.portal_port}/ (data in {settings.data_dir})", flush=True)
+    # Proxy headers (client address, https) are believed only from the proxies named in
+    # RTHUB_FORWARDED_ALLOW_IPS; empty (default) believes none, whatever FORWARDED_ALLOW_IPS says.
+    trusted = settings.forwarded_allow_ips.strip()
     uvicorn.run(create_app(settings), host=settings.portal_host, port=settings.portal_port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, proxy_headers=bool(trusted),
+                forwarded_allow_ips=trusted or "")
     return 0
 
 
@@ -85,12 +89,16 @@ def operator() -> Account:
     return Account(email=f"cli:{getpass.getuser()}", name="command line", is_admin=True)
 
 
-async def _owner(email: str) -> Account:
+async def _owner(email: str, allow_unverified: bool) -> Account:
     account = await Account.objects().get(Account.email == email.lower())
     if account is None:
-        # Owned by operators, not a person: no usable password until one is set with create-admin.
-        account = Account(email=email.lower(), name="operator-managed", password_hash="!disabled")
+        # Owned by operators, not a person: no usable password until one is set with create-admin; the
+        # operator creating it vouches for the address.
+        account = Account(email=email.lower(), name="operator-managed", password_hash="!disabled", email_verified=True)
         await account.save()
+    elif not account.email_verified and not allow_unverified:
+        raise PortalError(f"{account.email} has not confirmed its e-mail address; pass --allow-unverified-owner "
+                          "to give it an integration anyway.", 409)
     return account
 
 
@@ -105,7 +113,7 @@ def integration_add(args: argparse.Namespace) -> int:
            "url": args.lrs_url or args.webhook_url or args.caliper_url, "basic_auth": args.basic_auth,
            "bearer": args.bearer, "sites": args.site, "orgs": args.org, "courses": args.course,
            "event_types": args.event_type, "reason": args.reason}
-    spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         print("error: invalid integration", file=sys.stderr)
         for field, message in errors.items():
@@ -113,7 +121,8 @@ def integration_add(args: argparse.Namespace) -> int:
         return 2
 
     async def work(portal: Portal):
-        row = await portal.create_integration(await _owner(args.owner), spec, approved_by=operator())
+        row = await portal.create_integration(await _owner(args.owner, args.allow_unverified_owner), spec,
+                                              approved_by=operator(), allow_unverified=args.allow_unverified_owner)
         print(f"integration {row.key} approved ({row.protocol} via {row.delivery})")
         secret = await portal.take_pending_secret(row)
         if secret:
@@ -207,6 +216,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name", required=True)
     p.add_argument("--protocol", choices=("xapi", "caliper"), required=True)
     p.add_argument("--owner", default="operator@rthub.local", help="owning account e-mail (created if missing)")
+    p.add_argument("--allow-unverified-owner", action="store_true",
+                   help="let an existing account that has not confirmed its e-mail own the integration")
     p.add_argument("--site", action="append", default=[])
     p.add_argument("--org", action="append", default=[])
     p.add_argument("--course", action="append", default=[])

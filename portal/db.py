@@ -31,8 +31,23 @@ def engine_for(settings: PortalSettings) -> Engine:
         raise SystemExit(f"unsupported database URL scheme in {url.split(':', 1)[0]!r}: use postgresql:// or sqlite:///")
     else:
         path = settings.sqlite_path()
+        private_dir(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SQLiteEngine(path=str(path))
+
+
+def private_file(path: Path) -> None:
+    """Accounts, sessions and sealed secrets: the SQLite file is readable by the portal's user only."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def private_dir(path: Path) -> None:
+    """Create the data directory, or tighten an existing one, to 0700 (owner only)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def bind(engine: Engine) -> None:
@@ -56,6 +71,8 @@ async def migrate(settings: PortalSettings) -> Engine:
     from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 
     engine = engine_for(settings)
+    if isinstance(engine, SQLiteEngine):
+        private_file(Path(engine.path))
     bind(engine)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -7,21 +7,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
+import math
 from typing import Any
 
 import msgspec
 
 from hub.grants import Grant, Target, consumer_name, delete_grant, put_grant
 from hub.natsconn import connect
+from hub.secretbox import SecretBox
 from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
-from portal import security
+from portal import ratelimit, security
 from portal.settings import PortalSettings
-from portal.tables import Account, ApiToken, AuditEntry, Integration, WebSession
+from portal.tables import Account, ApiToken, AuditEntry, Integration, IssuedCredential, WebSession
 from portal.validation import IntegrationSpec, Scope, check_narrowing
 
 log = logging.getLogger("rthub.portal")
+
+
+# Every status change an integration may make; anything else is refused (409). "revoked" from "pending" is
+# the owner cancelling a request.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"approved", "denied", "revoked"}),
+    "approved": frozenset({"suspended", "revoked"}),
+    "suspended": frozenset({"approved", "revoked"}),
+    "denied": frozenset(),
+    "revoked": frozenset(),
+}
 
 
 class PortalError(Exception):
@@ -87,9 +101,9 @@ class Portal:
         self.settings = settings
         self._nc = None
         self._lock = asyncio.Lock()
-        # Per e-mail (guessing one password) and, looser, per address (spraying many accounts; NAT-shared).
-        self.limiter = security.LoginLimiter(settings.login_max_failures, settings.login_window_s)
-        self.ip_limiter = security.LoginLimiter(settings.login_max_failures * 4, settings.login_window_s)
+        self.box = SecretBox.from_settings(settings)
+        # scrypt takes 128 MiB per hash: bound how many run at once, whatever the number of requests.
+        self._hashing = asyncio.Semaphore(2)
 
     # ---- NATS ---------------------------------------------------------------------------------------
     async def nc(self):
@@ -119,13 +133,23 @@ class Portal:
         return auth_mod
 
     # ---- accounts, sessions, tokens -----------------------------------------------------------------
-    async def create_account(self, email: str, name: str, password: str, is_admin: bool = False) -> Account:
+    async def hash_password(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(security.hash_password, password)
+
+    async def verify_password(self, password: str, stored: str) -> bool:
+        async with self._hashing:
+            return await asyncio.to_thread(security.verify_password, password, stored)
+
+    async def create_account(self, email: str, name: str, password: str, is_admin: bool = False,
+                             verified: bool = False) -> Account:
         email = email.strip().lower()
         if await Account.exists().where(Account.email == email):
             raise PortalError("An account with that e-mail address already exists.", 409,
                               {"email": "Already registered; log in instead."})
-        pw_hash = await asyncio.to_thread(security.hash_password, password)
-        account = Account(email=email, name=name, password_hash=pw_hash, is_admin=is_admin)
+        pw_hash = await self.hash_password(password)
+        account = Account(email=email, name=name, password_hash=pw_hash, is_admin=is_admin,
+                          email_verified=verified or is_admin)
         await account.save()
         await self.audit(email, "account.create", detail="admin" if is_admin else "consumer")
         return account
@@ -137,28 +161,45 @@ class Portal:
             if not password:
                 raise PortalError("A new administrator needs a password.")
             return await self.create_account(email, name, password, is_admin=True)
-        account.is_admin = True
+        values: dict[Any, Any] = {Account.is_admin: True, Account.email_verified: True}
         if password:
-            account.password_hash = await asyncio.to_thread(security.hash_password, password)
-        await account.save()
+            values[Account.password_hash] = await self.hash_password(password)
+        await Account.update(values).where(Account.id == account.id)
         await self.audit(account.email, "account.promote", detail="admin")
-        return account
+        return await Account.objects().get(Account.id == account.id)
 
     async def login(self, email: str, password: str, client: str) -> str:
-        """A session token for good credentials; failures are counted per address and per e-mail."""
+        """A session token for good credentials.
+
+        Failures delay further tries of that e-mail *from that client address* (progressively, shared by all
+        portal processes through the database), and, more loosely, of that address: someone elsewhere cannot
+        lock the owner out. An account whose e-mail is not confirmed cannot log in.
+        """
+        s = self.settings
         email = email.strip().lower()[:254]
-        wait = max(self.limiter.blocked_for(email), self.ip_limiter.blocked_for(client))
+        pair, spray = ratelimit.key("login", email, client), ratelimit.key("login-client", client)
+        wait = max(await ratelimit.blocked_for(pair), await ratelimit.blocked_for(spray))
         if wait > 0:
-            raise PortalError(f"Too many failed log-ins; try again in {int(wait // 60) + 1} minute(s).", 429)
+            raise PortalError(f"Too many failed log-ins; try again in {math.ceil(wait)} seconds.", 429)
         account = await Account.objects().get(Account.email == email)
-        ok = await asyncio.to_thread(security.verify_password, password,
-                                     account.password_hash if account else _DUMMY_HASH)
+        ok = await self.verify_password(password, account.password_hash if account else _dummy_hash())
         if not account or not ok:
-            self.limiter.failed(email)
-            self.ip_limiter.failed(client)
+            await ratelimit.failed(pair, s.login_max_failures, s.login_delay_s, s.login_max_delay_s, s.login_window_s)
+            await ratelimit.failed(spray, s.login_max_failures * 4, s.login_delay_s, s.login_max_delay_s,
+                                   s.login_window_s)
+            await ratelimit.prune(s.login_window_s)
             log.info("failed login from %s", client)
             raise PortalError("Wrong e-mail address or password.", 401)
-        self.limiter.succeeded(email)
+        await ratelimit.clear(pair)
+        if not account.email_verified:
+            raise PortalError("Confirm your e-mail address first: follow the link in the mail we sent you "
+                              "(or use “Forgot password” to get a new one).", 403)
+        if security.needs_rehash(account.password_hash):
+            await Account.update({Account.password_hash: await self.hash_password(password)}).where(
+                (Account.id == account.id) & (Account.password_hash == account.password_hash))
+        return await self.new_session(account)
+
+    async def new_session(self, account: Account) -> str:
         token = security.new_session_token()
         expires = now() + dt.timedelta(hours=self.settings.session_hours)
         await WebSession(token_hash=security.sha256(token), account=account.id, expires=expires).save()
@@ -176,18 +217,30 @@ class Portal:
         if token:
             await WebSession.delete().where(WebSession.token_hash == security.sha256(token))
 
-    async def create_token(self, account: Account, name: str) -> str:
+    async def create_token(self, account: Account, name: str, days: float | None = None,
+                           read_only: bool = False) -> str:
+        """A new API token, optionally expiring after ``days`` and/or refused on every state-changing call."""
         token = security.new_api_token()
-        await ApiToken(account=account.id, name=name or "token", prefix=token[:10],
-                       token_hash=security.sha256(token)).save()
-        await self.audit(account.email, "token.create", detail=f"{name} ({token[:10]}...)")
+        expires = now() + dt.timedelta(days=days) if days else None
+        await ApiToken(account=account.id, name=name or "token", prefix=token[:10], token_hash=security.sha256(token),
+                       expires=expires, read_only=read_only).save()
+        what = ("read-only" if read_only else "read-write") + (f", {days:g} days" if days else "")
+        await self.audit(account.email, "token.create", detail=f"{name} ({token[:10]}..., {what})")
         return token
 
-    async def token_account(self, token: str | None) -> Account | None:
+    async def token_access(self, token: str | None) -> tuple[Account, ApiToken] | None:
+        """The account and token row of a valid (not revoked, not expired) API token."""
         if not token or len(token) > 200:
             return None
         row = await ApiToken.objects().get((ApiToken.token_hash == security.sha256(token)) & (ApiToken.revoked == False))  # noqa: E712
-        return None if row is None else await Account.objects().get(Account.id == row.account)
+        if row is None or (row.expires is not None and row.expires < now()):
+            return None
+        account = await Account.objects().get(Account.id == row.account)
+        return None if account is None else (account, row)
+
+    async def token_account(self, token: str | None) -> Account | None:
+        got = await self.token_access(token)
+        return got[0] if got else None
 
     async def list_tokens(self, account: Account) -> list[ApiToken]:
         return await ApiToken.objects().where(ApiToken.account == account.id).order_by(ApiToken.id)
@@ -196,9 +249,33 @@ class Portal:
         row = await ApiToken.objects().get((ApiToken.id == token_id) & (ApiToken.account == account.id))
         if row is None:
             raise NotFound("token")
-        row.revoked = True
-        await row.save()
+        await ApiToken.update({ApiToken.revoked: True}).where(ApiToken.id == row.id)
         await self.audit(account.email, "token.revoke", detail=f"{row.name} ({row.prefix}...)")
+
+    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is logged and audited, never undoes the decision."""
+        from portal import accounts
+
+        await accounts.notify(self, row, event, reason)
+
+    async def seal_stored_secrets(self) -> int:
+        """Seal credentials stored in the clear by an earlier version (run at start-up); returns how many."""
+        rows = await Integration.select(Integration.id, Integration.auth_value, Integration.pending_secret).where(
+            Integration.auth_value.is_not_null() | Integration.pending_secret.is_not_null())
+        count = 0
+        for r in rows:
+            changes = {col: self.box.seal(r[col._meta.name]) for col in (Integration.auth_value, Integration.pending_secret)
+                       if r[col._meta.name] and not r[col._meta.name].startswith("fernet:")}
+            if changes:
+                await Integration.update(changes).where(Integration.id == r["id"])
+                count += 1
+        for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
+                                                     & (Integration.delivery != "direct")):
+            target = await self._get_target(row.key, sealed=True)
+            if target is not None and target != self.box.seal_target(target):
+                await self._put_target(target)  # _put_target seals what is still in the clear
+                count += 1
+        return count
 
     # ---- audit --------------------------------------------------------------------------------------
     async def audit(self, actor: str, action: str, key: str = "", detail: str = "") -> None:
@@ -212,10 +289,13 @@ class Portal:
 
     # ---- integrations -------------------------------------------------------------------------------
     async def create_integration(self, owner: Account, spec: IntegrationSpec, approved_by: Account | None = None,
-                                 ) -> Integration:
+                                 allow_unverified: bool = False) -> Integration:
+        if not owner.email_verified and not allow_unverified:
+            raise PortalError("Confirm the owner's e-mail address before requesting access "
+                              "(the link is in the mail sent at sign-up).", 403)
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
-            delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=spec.auth_value,
+            delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
             req_sites=_dump(spec.scope.sites), req_orgs=_dump(spec.scope.orgs),
             req_courses=_dump(spec.scope.courses), req_event_types=_dump(spec.scope.event_types),
             reason=spec.reason, status="pending",
@@ -258,34 +338,74 @@ class Portal:
         owner = await Account.objects().get(Account.id == row.owner)
         return owner.email if owner else f"account-{row.owner}"
 
-    async def _save(self, row: Integration, **changes: Any) -> None:
+    async def _set(self, row: Integration, *, status: str | None = None, **changes: Any) -> bool:
+        """Write only ``changes`` (never the whole row); with ``status`` only while the row still has it."""
+        values = {getattr(Integration, k): v for k, v in changes.items()}
+        values[Integration.updated] = now()
+        where = Integration.id == row.id
+        if status is not None:
+            where = where & (Integration.status == status)
+        done = await Integration.update(values).where(where).returning(Integration.id)
+        if done:
+            for k, v in changes.items():
+                setattr(row, k, v)
+        return bool(done)
+
+    async def _transition(self, row: Integration, to: str, **changes: Any) -> Integration:
+        """Move ``row`` from the status it was read with to ``to``, writing only the changed columns, in one
+        conditional update (``WHERE id = ? AND status = <expected>``) inside a transaction.
+
+        Someone else changing the status first (a concurrent revoke, approve or cancel) makes this a 409:
+        the decision that won stays, nothing is overwritten.
+        """
+        frm = row.status
+        if to not in TRANSITIONS.get(frm, ()):
+            raise PortalError(f"An integration that is {frm} cannot become {to}.", 409)
+        async with Integration._meta.db.transaction():
+            done = await Integration.update({Integration.status: to, Integration.updated: now(),
+                                             **{getattr(Integration, k): v for k, v in changes.items()}}
+                                            ).where((Integration.id == row.id) & (Integration.status == frm)
+                                                    ).returning(Integration.id)
+        if not done:
+            raise PortalError(f"This integration changed meanwhile (it is now {await self._status_of(row)}); "
+                              "reload the page and try again.", 409)
         for k, v in changes.items():
             setattr(row, k, v)
-        row.updated = now()
-        await row.save()
+        row.status = to
+        return row
+
+    async def _status_of(self, row: Integration) -> str:
+        got = await Integration.select(Integration.status).where(Integration.id == row.id).first()
+        return got["status"] if got else "deleted"
 
     def _target(self, row: Integration, secrets: list[str], enabled: bool = True) -> Target:
+        auth_value = self.box.open(row.auth_value)
         return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
-                      basic_auth=row.auth_value if row.auth_kind == "basic" else None,
-                      bearer=row.auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
-                      disabled_reason=None if enabled else "suspended by an administrator")
+                      basic_auth=auth_value if row.auth_kind == "basic" else None,
+                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
+                      disabled_reason=None if enabled else SUSPENDED_REASON)
 
-    async def _get_target(self, key: str) -> Target | None:
+    async def _get_target(self, key: str, sealed: bool = False) -> Target | None:
         kv = await (await self.js()).key_value(TARGETS_BUCKET)
         try:
             entry = await kv.get(key)
         except Exception:  # noqa: BLE001 - KeyNotFoundError / deleted
             return None
-        return msgspec.json.decode(entry.value, type=Target) if entry.value else None
+        if not entry.value:
+            return None
+        target = msgspec.json.decode(entry.value, type=Target)
+        return target if sealed else self.box.open_target(target)
 
     async def _put_target(self, target: Target) -> None:
-        kv = await (await self.js()).key_value(TARGETS_BUCKET)
-        await kv.put(target.id, msgspec.json.encode(target))
+        """Write the target with its secrets sealed, as a roll-up: no earlier revision (old secrets) is kept."""
+        js = await self.js()
+        await js.publish(f"$KV.{TARGETS_BUCKET}.{target.id}", msgspec.json.encode(self.box.seal_target(target)),
+                         headers={"Nats-Rollup": "sub"})
 
     async def _delete_target(self, key: str) -> None:
         kv = await (await self.js()).key_value(TARGETS_BUCKET)
         with contextlib.suppress(Exception):
-            await kv.delete(key)
+            await kv.purge(key)
 
     async def _activate(self, row: Integration, new_secret: bool) -> str | None:
         """Write grant (+ target or durable consumer); returns a new webhook secret when one was made."""
@@ -305,6 +425,41 @@ class Portal:
         await put_grant(js, grant)
         return secret
 
+    async def _deactivate(self, row: Integration) -> None:
+        """Suspended: grant kept as suspended, push target switched off (secrets kept)."""
+        js = await self.js()
+        await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
+        if row.delivery != "direct":
+            old = await self._get_target(row.key)
+            await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
+
+    async def _remove(self, row: Integration) -> None:
+        """Revoked or denied: grant, target (purged) and durable consumer gone."""
+        js = await self.js()
+        await delete_grant(js, row.key)
+        await self._delete_target(row.key)
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
+
+    async def _settle(self, row: Integration, actor: Account) -> None:
+        """After writing NATS for the status we set, re-read it: if a concurrent decision changed it meanwhile,
+        apply what the current status needs (our writes may have landed after theirs)."""
+        for _ in range(3):
+            current = await Integration.objects().get(Integration.id == row.id)
+            if current is None or current.status == row.status:
+                return
+            log.warning("integration %s changed to %s while being made %s; applying %s", row.key, current.status,
+                        row.status, current.status)
+            if current.status == "approved":
+                await self._activate(current, new_secret=False)
+            elif current.status == "suspended":
+                await self._deactivate(current)
+                await self._cut_off(current, actor, final=False)
+            elif current.status in ("revoked", "denied"):
+                await self._remove(current)
+                await self._cut_off(current, actor)
+            row = current
+
     async def approve(self, actor: Account, key: str, narrowed: Scope | None = None) -> Integration:
         row = await self.get(key)
         if row.status not in ("pending",):
@@ -313,12 +468,24 @@ class Portal:
         errors = check_narrowing(requested_scope(row), granted)
         if errors:
             raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
-        row.grant_sites, row.grant_orgs = _dump(granted.sites), _dump(granted.orgs)
-        row.grant_courses, row.grant_event_types = _dump(granted.courses), _dump(granted.event_types)
-        secret = await self._activate(row, new_secret=True)
-        await self._save(row, status="approved", decided_by=actor.email, decision_reason="",
-                         pending_secret=secret)
+        await self._transition(row, "approved", grant_sites=_dump(granted.sites), grant_orgs=_dump(granted.orgs),
+                               grant_courses=_dump(granted.courses), grant_event_types=_dump(granted.event_types),
+                               decided_by=actor.email, decision_reason="")
+        try:
+            secret = await self._activate(row, new_secret=True)
+        except Exception:
+            # NATS refused or unreachable: hand the request back to the queue (unless it changed meanwhile).
+            await Integration.update({Integration.status: "pending", Integration.updated: now()}).where(
+                (Integration.id == row.id) & (Integration.status == "approved"))
+            with contextlib.suppress(Exception):
+                await self._remove(row)
+            raise
+        if secret:
+            await self._set(row, status="approved", pending_secret=self.box.seal(secret))
         await self.audit(actor.email, "integration.approve", row.key, _scope_text(granted))
+        await self._settle(row, actor)
+        if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
+            await self.notify(row, "approved")
         return row
 
     async def deny(self, actor: Account, key: str, reason: str) -> Integration:
@@ -327,27 +494,46 @@ class Portal:
             raise PortalError(f"Only a pending request can be denied (this one is {row.status}).", 409)
         if not reason.strip():
             raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
-        await self._save(row, status="denied", decided_by=actor.email, decision_reason=reason)
+        await self._transition(row, "denied", decided_by=actor.email, decision_reason=reason)
         await self.audit(actor.email, "integration.deny", row.key, reason)
+        await self.notify(row, "denied", reason)
         return row
 
     def _auth_store(self):
         return self.auth().AuthStore.ensure(self.settings.data_dir)
 
     async def _cut_off(self, row: Integration, actor: Account, final: bool = True) -> None:
-        """Close a direct subscription's NATS account: every credential issued for ``row`` revoked, no import
-        left (``final``: never reopened). Called after the grant is gone; a failed push is audited and logged,
-        never swallowed silently."""
+        """Close a direct subscription's NATS account: every credential issued for ``row`` revoked, no import left
+        (``final``: never reopened; suspension is not final). The issued keys are read from the database at call
+        time only to mark and count them: the account's ``*`` revocation covers every key, recorded or not. A
+        failed push is audited and logged, never swallowed silently."""
         if row.delivery != "direct":
             return
-        users = _load(row.issued_users)
+        rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
+            (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
+        legacy = await Integration.select(Integration.issued_users).where(Integration.id == row.id).first()
+        users = list(dict.fromkeys([r["user_pub"] for r in rows] + _load(legacy["issued_users"] if legacy else None)))
         try:
             await self._auth_store().close_consumer(await self.nc(), row.key, final=final)
         except Exception as exc:  # noqa: BLE001 - reported below; the grant is already removed
             log.error("revoking credentials of %s failed: %s", row.key, exc)
             await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
             raise PortalError(f"The grant is removed, but pushing the credential revocation failed ({exc}).", 502) from None
+        if rows:
+            await IssuedCredential.update({IssuedCredential.revoked: True}).where(
+                IssuedCredential.id.is_in([r["id"] for r in rows]))
+        if legacy and _load(legacy["issued_users"]):
+            await Integration.update({Integration.issued_users: "[]"}).where(Integration.id == row.id)
         await self.audit(actor.email, "creds.revoke", row.key, f"{len(users)} credential(s) revoked")
+
+    async def _revoke_users(self, row: Integration, actor: Account, users: list[str]) -> None:
+        """Revoke single credentials of a direct subscription (its account stays as it is)."""
+        try:
+            await self._auth_store().revoke_consumer_users(await self.nc(), row.key, users)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            log.error("revoking credentials of %s failed: %s", row.key, exc)
+            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
+            raise PortalError(f"Pushing the credential revocation failed ({exc}).", 502) from None
 
     async def migrate_direct_access(self) -> int:
         """Bring every direct subscription into its own NATS account (start-up; idempotent): approved ones are
@@ -377,50 +563,47 @@ class Portal:
         row = await self.get(key)
         if row.status != "approved":
             raise PortalError(f"Only an approved integration can be suspended (this one is {row.status}).", 409)
-        js = await self.js()
-        await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
-        if row.delivery != "direct":
-            old = await self._get_target(row.key)
-            await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
-        await self._save(row, status="suspended", decided_by=actor.email, decision_reason=reason)
+        await self._transition(row, "suspended", decided_by=actor.email, decision_reason=reason)
+        await self._deactivate(row)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
         await self._cut_off(row, actor, final=False)
-        await self._save(row, issued_users="[]")
+        await self._settle(row, actor)
+        await self.notify(row, "suspended", reason)
         return row
 
     async def resume(self, actor: Account, key: str) -> Integration:
         row = await self.get(key)
         if row.status != "suspended":
             raise PortalError(f"Only a suspended integration can be resumed (this one is {row.status}).", 409)
+        await self._transition(row, "approved", decided_by=actor.email, decision_reason="")
         await self._activate(row, new_secret=False)
-        await self._save(row, status="approved", decided_by=actor.email, decision_reason="")
         await self.audit(actor.email, "integration.resume", row.key)
+        await self._settle(row, actor)
         return row
 
     async def revoke(self, actor: Account, key: str, reason: str, row: Integration | None = None) -> Integration:
         row = row or await self.get(key)
         if row.status in ("revoked", "denied"):
             raise PortalError(f"This integration is already {row.status}.", 409)
-        if row.status in ("approved", "suspended"):
-            js = await self.js()
-            await delete_grant(js, row.key)
-            await self._delete_target(row.key)
-            with contextlib.suppress(Exception):
-                await js.delete_consumer(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
-        await self._save(row, status="revoked", decided_by=actor.email, decision_reason=reason, pending_secret=None)
+        # The status changes first: from here on no download issues for it (issue_creds re-checks it).
+        await self._transition(row, "revoked", decided_by=actor.email, decision_reason=reason, pending_secret=None)
+        await self._remove(row)
         await self.audit(actor.email, "integration.revoke", row.key, reason)
         await self._cut_off(row, actor)
-        await self._save(row, issued_users="[]")
         return row
 
     async def take_pending_secret(self, row: Integration) -> str | None:
         """The webhook secret made at approval, returned once and then forgotten by the portal."""
-        secret = row.pending_secret
-        if secret:
-            await Integration.update({Integration.pending_secret: None}).where(Integration.id == row.id)
-            row.pending_secret = None
-            await self.audit("system", "secret.shown", row.key, "webhook signing secret displayed once")
-        return secret
+        if not row.pending_secret:
+            return None
+        # Only the request that clears it shows it: two tabs opened at once cannot both see it.
+        done = await Integration.update({Integration.pending_secret: None}).where(
+            (Integration.id == row.id) & (Integration.pending_secret == row.pending_secret)).returning(Integration.id)
+        secret, row.pending_secret = row.pending_secret, None
+        if not done:
+            return None
+        await self.audit("system", "secret.shown", row.key, "webhook signing secret displayed once")
+        return self.box.open(secret)
 
     async def rotate_secret(self, actor: Account, row: Integration) -> str:
         """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
@@ -442,22 +625,38 @@ class Portal:
     async def secret_count(self, row: Integration) -> int:
         if row.delivery != "webhook" or row.status != "approved":
             return 0
-        target = await self._get_target(row.key)
+        target = await self._get_target(row.key, sealed=True)
         return len(target.secrets) if target else 0
 
     async def issue_creds(self, actor: Account, row: Integration) -> str:
-        """A fresh ``.creds`` for a direct subscription; earlier ones stay valid until expiry or revocation."""
+        """A fresh ``.creds`` for a direct subscription; earlier ones stay valid until expiry or revocation.
+
+        Races with a revocation are closed by order: the issued key is recorded first, then the status is read
+        again; if it is no longer approved, the key just issued is revoked (and the consumer this call may have
+        re-created is removed) before answering 409. A revocation that read the keys before ours was recorded
+        is therefore always followed by this re-check.
+        """
+        row = await Integration.objects().get(Integration.id == row.id) or row
         if row.delivery != "direct" or row.status != "approved":
             raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
         store = self._auth_store()
         grant = grant_of(row, await self._consumer_label(row))
-        try:
+        try:  # under the store's lock: refused once the account is closed (suspended or revoked meanwhile)
             creds, user_pub = store.consumer_creds(grant, self.settings.creds_days * 86400)
-        except self.auth().AuthError as exc:  # closed (suspended/revoked meanwhile) or never opened
+        except self.auth().AuthError as exc:
             raise PortalError(f"No credentials: {exc}.", 409) from None
-        users = _load(row.issued_users)
-        users.append(user_pub)
-        await self._save(row, issued_users=_dump(users), creds_issued=(row.creds_issued or 0) + 1)
+        await IssuedCredential(integration=row.id, user_pub=user_pub).save()
+        await Integration.update({Integration.creds_issued: Integration.creds_issued + 1}).where(Integration.id == row.id)
+        status = await self._status_of(row)
+        if status != "approved":
+            log.warning("integration %s became %s while issuing a credential: revoking it", row.key, status)
+            if status in ("revoked", "denied"):
+                await self._remove(row)
+            await self._revoke_users(row, actor, [user_pub])
+            await IssuedCredential.update({IssuedCredential.revoked: True}).where(
+                (IssuedCredential.integration == row.id) & (IssuedCredential.user_pub == user_pub))
+            await self.audit(actor.email, "creds.revoke", row.key, f"user {user_pub[:8]}... issued during {status}")
+            raise PortalError(f"This integration is now {status}: no credentials.", 409)
         await self.audit(actor.email, "creds.issue", row.key, f"user {user_pub[:8]}..., {self.settings.creds_days:g} days")
         return creds
 
@@ -470,6 +669,19 @@ class Portal:
         return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
+
+    async def _notice_disabled(self, row: Integration, out: dict[str, Any]) -> None:
+        """The deliverer switches a failing target off in the targets bucket; the portal notices it here, when
+        it reads the status, and mails the owner once per reason (conditional update: one process sends)."""
+        reason = out.get("disabled_reason") or ""
+        if row.status != "approved" or out.get("enabled") is not False or not reason or reason == SUSPENDED_REASON:
+            return
+        done = await Integration.update({Integration.disabled_notified: reason[:2000]}).where(
+            (Integration.id == row.id) & (Integration.disabled_notified != reason[:2000])).returning(Integration.id)
+        if done:
+            row.disabled_notified = reason[:2000]
+            await self.audit("deliverer", "integration.disabled", row.key, reason)
+            await self.notify(row, "disabled", reason)
 
     async def status(self, row: Integration) -> dict[str, Any]:
         """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
@@ -491,7 +703,9 @@ class Portal:
                 out.update({k: v for k, v in dict(got).items() if k != "secrets"})
                 if out.get("lag") is None and "num_pending" in out:
                     out["lag"] = out["num_pending"]
-                return out
+        if integration_status is not None and "enabled" in out:
+            await self._notice_disabled(row, out)
+            return out
         try:
             info = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
             out["lag"] = info.num_pending
@@ -502,9 +716,15 @@ class Portal:
         return out
 
 
+SUSPENDED_REASON = "suspended by an administrator"
+
+
 def _scope_text(scope: Scope) -> str:
     parts = [f"{k}={','.join(v)}" for k, v in msgspec.to_builtins(scope).items() if v]
     return "; ".join(parts) or "nothing"
 
 
-_DUMMY_HASH = security.hash_password("not-a-real-password", n=2**15)
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the e-mail is unknown, so a wrong e-mail takes as long as a wrong password."""
+    return security.hash_password("not-a-real-password")

@@ -18,6 +18,13 @@ class PortalSettings(NatsSettings, kw_only=True):
     ``database_url`` empty means a SQLite file ``portal.sqlite`` in the data directory; a ``postgresql://`` URL
     (also taken from plain ``DATABASE_URL``) selects PostgreSQL. ``secret_key`` signs CSRF tokens; when empty
     one is generated once and kept in ``<data_dir>/portal-secret.key`` (mode 0600).
+
+    Mail: ``smtp_host`` empty writes mails to ``<data_dir>/outbox`` and prints their links (development);
+    ``smtp_tls`` is ``starttls`` (port 587), ``tls`` (465) or ``none``; the server's certificate is checked
+    against the system's CAs, or ``smtp_ca_file`` (PEM). Links in mails start with ``public_url``
+    (default ``http://<portal_host>:<portal_port>``). ``forwarded_allow_ips``: the proxies whose
+    ``X-Forwarded-For``/``-Proto`` are believed (comma-separated addresses, ``*`` for any); empty trusts none,
+    so the client address is the socket's. ``secrets_key`` seals endpoint secrets (``hub.secretbox``).
     """
 
     portal_host: str = "127.0.0.1"
@@ -32,6 +39,24 @@ class PortalSettings(NatsSettings, kw_only=True):
     login_window_s: float = 900.0
     public_nats_url: str = ""
     max_text: int = 2000
+    login_delay_s: float = 5.0
+    login_max_delay_s: float = 900.0
+    signup_per_hour: int = 10
+    mails_per_address_per_hour: int = 3
+    forwarded_allow_ips: str = ""
+    public_url: str = ""
+    secrets_key: str = ""
+    allowed_networks: list[str] = []
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_tls: str = "starttls"
+    smtp_ca_file: str = ""
+    smtp_timeout_s: float = 15.0
+    mail_from: str = "rthub portal <noreply@localhost>"
+    verify_hours: float = 48.0
+    reset_minutes: float = 60.0
 
     def db_url(self) -> str:
         return self.database_url or os.environ.get("DATABASE_URL", "")
@@ -52,6 +77,16 @@ class PortalSettings(NatsSettings, kw_only=True):
         with os.fdopen(fd, "w") as fh:
             fh.write(key)
         return key
+
+    def allowed(self) -> list:
+        """Private networks an endpoint URL may name literally (as the deliverer's ``allowed_networks``)."""
+        from hub.deliver.ssrf import networks
+
+        return networks(self.allowed_networks)
+
+    def base_url(self) -> str:
+        """Where people reach the portal (links in mails)."""
+        return (self.public_url or f"http://{self.portal_host}:{self.portal_port}").rstrip("/")
 
     def nats_url_for_consumers(self) -> str:
         """The NATS URL printed in copy-paste examples (the public one when the portal sits behind a proxy)."""

@@ -16,6 +16,7 @@ class Account(Table, tablename="portal_account"):
     password_hash = Varchar(length=300)
     is_admin = Boolean(default=False)
     created = Timestamptz(default=TimestamptzNow())
+    email_verified = Boolean(default=False)
 
 
 class WebSession(Table, tablename="portal_session"):
@@ -36,6 +37,8 @@ class ApiToken(Table, tablename="portal_api_token"):
     token_hash = Varchar(length=64, unique=True, index=True)
     created = Timestamptz(default=TimestamptzNow())
     revoked = Boolean(default=False)
+    expires = Timestamptz(null=True, default=None)
+    read_only = Boolean(default=False)
 
 
 class Integration(Table, tablename="portal_integration"):
@@ -71,6 +74,44 @@ class Integration(Table, tablename="portal_integration"):
     creds_issued = Integer(default=0)
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
+    disabled_notified = Text(default="")
+
+
+class IssuedCredential(Table, tablename="portal_issued_cred"):
+    """One direct-subscription credential handed out (its NATS user public key), so revocation finds every one.
+
+    A row is inserted (never rewritten) per download: concurrent downloads and a revocation cannot lose one.
+    """
+
+    integration = ForeignKey(references=Integration, index=True)
+    user_pub = Varchar(length=64)
+    created = Timestamptz(default=TimestamptzNow())
+    revoked = Boolean(default=False)
+
+
+class MailToken(Table, tablename="portal_mail_token"):
+    """A single-use link sent by mail: ``verify`` (sign-up; carries the password and name chosen then) or
+    ``reset``."""
+
+    account = ForeignKey(references=Account, index=True)
+    purpose = Varchar(length=16)
+    token_hash = Varchar(length=64, unique=True, index=True)
+    password_hash = Varchar(length=300, null=True, default=None)
+    account_name = Varchar(length=200, null=True, default=None)
+    expires = Timestamptz(default=TimestamptzNow())
+    used = Boolean(default=False)
+
+
+class Throttle(Table, tablename="portal_throttle"):
+    """Failure / attempt counters shared by every portal process (log-in delay, sign-up rate).
+
+    ``key`` is a SHA-256 of what is counted (e.g. e-mail + client address), never the e-mail itself.
+    """
+
+    key = Varchar(length=64, unique=True, index=True)
+    hits = Integer(default=0)
+    window_start = Timestamptz(default=TimestamptzNow())
+    blocked_until = Timestamptz(null=True, default=None)
 
 
 class AuditEntry(Table, tablename="portal_audit"):
@@ -83,4 +124,4 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry)
+TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, IssuedCredential, MailToken, Throttle)

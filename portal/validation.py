@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import unicodedata
 from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+
+from hub.deliver import ssrf
 
 PROTOCOLS = ("xapi", "caliper")
 DELIVERIES = ("webhook", "lrs", "caliper", "direct")
@@ -78,7 +81,7 @@ def clean_text(value: Any, field: str, max_len: int, errors: dict[str, str], req
     return text
 
 
-def check_url(value: Any, errors: dict[str, str], field: str = "url") -> str | None:
+def check_url(value: Any, errors: dict[str, str], field: str = "url", allowed: list | tuple = ()) -> str | None:
     text = str(value or "").strip()
     if not text:
         errors[field] = "An endpoint URL is required for this delivery."
@@ -98,6 +101,16 @@ def check_url(value: Any, errors: dict[str, str], field: str = "url") -> str | N
     if parts.username or parts.password:
         errors[field] = "Do not put credentials in the URL; use the credential fields."
         return None
+    try:
+        literal = ipaddress.ip_address(parts.hostname.split("%")[0])
+    except ValueError:
+        literal = None  # a name: the deliverer checks what it resolves to at every connection
+    if literal is not None:
+        try:
+            ssrf.check_address(literal, list(allowed))
+        except ssrf.Refused:
+            errors[field] = "This address is not allowed: give a public endpoint."
+            return None
     return text
 
 
@@ -123,7 +136,7 @@ def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, st
     return scope
 
 
-def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000
+def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000, allowed: list | tuple = ()
                      ) -> tuple[IntegrationSpec | None, dict[str, str]]:
     """Form or JSON body -> (spec, {}) or (None, {field: message})."""
     errors: dict[str, str] = {}
@@ -139,7 +152,7 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
     elif delivery == "caliper" and protocol == "xapi":
         errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
-    url = check_url(raw.get("url"), errors) if delivery in ("webhook", "lrs", "caliper") else None
+    url = check_url(raw.get("url"), errors, allowed=allowed) if delivery in ("webhook", "lrs", "caliper") else None
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)

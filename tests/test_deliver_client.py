@@ -213,7 +213,7 @@ async def test_sender_refuses_before_connecting_and_reports_redirects():
         strict = Sender(2, 5, [], False, 512, 4)
         result = await strict.post(f"http://127.0.0.1:{server.port}/", {}, b"{}")
         await strict.close()
-        assert result.error == "refused: 127.0.0.1 resolves to a refused address: address 127.0.0.1 is not public"
+        assert result.error == "refused: 127.0.0.1: address not allowed (not a public address)"
         assert len(server.requests) == 1
     finally:
         await sender.close()

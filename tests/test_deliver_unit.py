@@ -39,6 +39,7 @@ def test_rotation_sends_both_signatures():
 @pytest.mark.parametrize("addr", [
     "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
     "::1", "fe80::1", "fc00::1", "fd12:3456::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::", "224.0.0.1",
+    "2002:7f00:1::1", "2002:a00:1::1", "fec0::1",
 ])
 def test_non_public_addresses_are_refused(addr):
     with pytest.raises(ssrf.Refused):
@@ -48,6 +49,13 @@ def test_non_public_addresses_are_refused(addr):
 @pytest.mark.parametrize("addr", ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
 def test_public_addresses_pass(addr):
     ssrf.check_address(ipaddress.ip_address(addr), [])
+
+
+async def test_refusal_names_the_host_not_its_address():
+    with pytest.raises(ssrf.Refused) as refused:
+        await ssrf.resolve("http://localhost:1/x", [], False)
+    assert str(refused.value) == "localhost: address not allowed (not a public address)"
+    assert "127.0.0.1" not in str(refused.value) and "::1" not in str(refused.value)
 
 
 def test_allowed_networks_open_exactly_their_range():

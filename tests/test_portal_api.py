@@ -13,11 +13,13 @@ import pytest
 import pytest_asyncio
 
 from hub.grants import Target, decode_grant
+from hub.secretbox import SecretBox
 from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
 from portal.app import create_app
 from portal.settings import PortalSettings
 from portal.tables import Integration
 from tests.helpers import unique, wait_for
+from tests.mailbox import Mailbox, link
 
 COURSE_A = "course-v1:edX+DemoX+Demo_Course"
 COURSE_B = "course-v1:MITx+6.002x+2024_T1"
@@ -25,17 +27,31 @@ PASSWORD = "a long enough password"
 
 
 @pytest.fixture(scope="module")
-def settings(nats_server, tmp_path_factory) -> PortalSettings:
+def mailbox():
+    box = Mailbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(nats_server, tmp_path_factory, mailbox) -> PortalSettings:
     return PortalSettings(nats_url=nats_server.url, data_dir=str(tmp_path_factory.mktemp("portal")),
                           sites={"default": "http://localhost:18000", "campus": "https://campus.example.org"},
-                          login_max_failures=3)
+                          login_max_failures=3, smtp_host="127.0.0.1", smtp_port=mailbox.port, smtp_tls="none",
+                          mail_from="portal@rthub.test", public_url="http://portal.test", signup_per_hour=1000)
+
+
+def target_of(settings, raw: bytes) -> Target:
+    """A target as the deliverer sees it: its secrets are sealed in KV, opened with the shared key."""
+    return SecretBox.from_settings(settings).open_target(msgspec.json.decode(raw, type=Target))
 
 
 @pytest_asyncio.fixture(scope="module")
-async def app(settings, nc):
+async def app(settings, nc, mailbox):
     """The app with its start-up and shutdown hooks run in the test's own event loop (Litestar's
     AsyncTestClient runs the app in a thread with another loop, which a shared NATS client cannot follow)."""
     app = create_app(settings)
+    app.state.mailbox = mailbox
     for hook in app.on_startup:
         await hook(app)
     yield app
@@ -76,9 +92,21 @@ async def new_consumer(app, email: str | None = None) -> httpx.AsyncClient:
     client = Client(app)
     email = email or f"{unique('c')}@example.org"
     response = await post(client, "/signup", {"email": email, "name": "Consumer", "password": PASSWORD})
-    assert response.status_code == 200 and str(response.url).endswith("/integrations"), response.text[:500]
+    assert response.status_code == 200 and "Check your mail" in response.text, response.text[:500]
+    await confirm(client, await app.state.mailbox.wait(email, "Confirm your e-mail"))
     client.email = email
     return client
+
+
+async def confirm(client, mail, password: str = PASSWORD):
+    """Follow the confirmation link of ``mail`` and confirm with ``password``; lands logged in."""
+    url = link(mail, "/verify")
+    token = url.split("token=", 1)[1]
+    form = await client.get(url.replace("http://portal.test", ""))
+    assert form.status_code == 200 and "Confirm your e-mail address" in form.text
+    response = await post(client, "/verify", {"token": token, "password": password})
+    assert response.status_code == 200 and str(response.url).split("?")[0].endswith("/integrations"), response.text[:500]
+    return response
 
 
 async def request_access(client, **fields) -> str:
@@ -111,14 +139,22 @@ async def test_signup_login_logout(app):
     assert str(after.url).split("?")[0].endswith("/login") and client.email not in after.text
     again = await login(client, client.email, PASSWORD)
     assert str(again.url).endswith("/integrations")
+    # Signing up again with a registered address answers exactly like a new one; the owner gets a mail.
     dup = await post(client, "/signup", {"email": client.email.upper(), "name": "x", "password": PASSWORD})
-    assert dup.status_code == 400 and "Already registered" in dup.text
+    fresh = f"{unique('n')}@example.org"
+    new = await post(client, "/signup", {"email": fresh, "name": "x", "password": PASSWORD})
+    assert dup.status_code == new.status_code == 200
+    assert dup.text.replace(client.email, "ADDRESS") == new.text.replace(fresh, "ADDRESS")
+    notice = await app.state.mailbox.wait(client.email, "Your rthub portal account")
+    assert "already has an account" in notice.get_content() and "/verify" not in notice.get_content()
 
 
 async def test_session_cookie_flags(app):
     async with Client(app) as client:
         email = f"{unique('f')}@example.org"
-        response = await post(client, "/signup", {"email": email, "name": "F", "password": PASSWORD},
+        await post(client, "/signup", {"email": email, "name": "F", "password": PASSWORD})
+        url = link(await app.state.mailbox.wait(email, "Confirm your e-mail"), "/verify")
+        response = await post(client, "/verify", {"token": url.split("token=")[1], "password": PASSWORD},
                               follow_redirects=False)
         assert response.status_code == 303
         cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("rthub_session="))
@@ -146,6 +182,12 @@ async def test_login_attempts_are_rate_limited(app):
             assert bad.status_code == 401 and "Wrong e-mail address or password" in bad.text
         blocked = await login(attacker, email, PASSWORD)
         assert blocked.status_code == 429 and "Too many failed log-ins" in blocked.text
+    # The stranger's failures slow down the stranger only: the owner, from their own address, logs in.
+    owner = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=("10.9.8.7", 40000)),
+                              base_url="http://testserver.local", follow_redirects=True)
+    async with owner:
+        ok = await login(owner, email, PASSWORD)
+        assert ok.status_code == 200 and str(ok.url).endswith("/integrations"), ok.text[:300]
 
 
 async def test_request_approve_secret_rotate_suspend_revoke(app, admin, js, caplog):
@@ -170,7 +212,9 @@ async def test_request_approve_secret_rotate_suspend_revoke(app, admin, js, capl
     grant = decode_grant(await kv_get(js, GRANTS_BUCKET, key))
     assert grant.courses == [COURSE_A] and grant.sites == ["default"] and grant.protocol == "xapi"
     assert grant.delivery == "webhook" and grant.status == "active" and grant.consumer == consumer.email
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    raw = await kv_get(js, TARGETS_BUCKET, key)
+    assert b"whsec_" not in raw, "the signing secret is stored in plaintext in KV"
+    target = target_of(app.state.settings, raw)
     assert target.kind == "webhook" and target.url == "https://hooks.example.org/in" and len(target.secrets) == 1
     secret = target.secrets[0]
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]{40,}", secret)
@@ -185,20 +229,20 @@ async def test_request_approve_secret_rotate_suspend_revoke(app, admin, js, capl
 
     rotated = await post(consumer, f"/integrations/{key}/rotate")
     new_secret = re.search(r'<pre id="secret">(whsec_[^<]+)</pre>', rotated.text).group(1)
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
     assert target.secrets == [new_secret, secret]
     assert new_secret not in (await consumer.get(f"/integrations/{key}")).text
     await post(consumer, f"/integrations/{key}/retire")
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
     assert target.secrets == [new_secret]
 
     await post(admin, f"/admin/integrations/{key}/suspend", {"reason": "abuse report"})
     assert decode_grant(await kv_get(js, GRANTS_BUCKET, key)).status == "suspended"
-    assert msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target).enabled is False
+    assert target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key)).enabled is False
     assert "abuse report" in (await consumer.get(f"/integrations/{key}")).text
     await post(admin, f"/admin/integrations/{key}/resume")
     assert decode_grant(await kv_get(js, GRANTS_BUCKET, key)).status == "active"
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
     assert target.enabled and target.secrets == [new_secret]
 
     await post(admin, f"/admin/integrations/{key}/revoke", {"reason": "contract ended"})
@@ -265,7 +309,7 @@ async def make_token(client) -> str:
 async def test_every_route_refuses_anonymous_visitors(app, admin):
     consumer = await new_consumer(app)
     key = await request_access(consumer)
-    public = {"/", "/health", "/login", "/signup"}
+    public = {"/", "/health", "/login", "/signup", "/verify", "/forgot", "/reset"}
     async with Client(app) as anon:
         token = await csrf(anon)
         checked = 0
@@ -315,7 +359,7 @@ async def test_json_api_with_tokens(app, admin, js):
     assert body["id"] in [r["id"] for r in listed.json()]
     approved = await admin.post(f"/api/v1/admin/integrations/{body['id']}/approve", headers=admin_headers, json={})
     assert approved.status_code == 200 and approved.json()["status"] == "approved"
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, body["id"]), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, body["id"]))
     assert target.kind == "lrs" and target.basic_auth == "key:s3cret" and target.secrets == []
     grant = decode_grant(await kv_get(js, GRANTS_BUCKET, body["id"]))
     assert grant.orgs == ["edX"] and grant.event_types == ["edx.video.played"]
@@ -324,7 +368,9 @@ async def test_json_api_with_tokens(app, admin, js):
     assert "lag" in view.json()["status_detail"]
 
     audit = await admin.get(f"/api/v1/admin/audit?integration={body['id']}", headers=admin_headers)
-    assert [e["action"] for e in audit.json()][:2] == ["integration.approve", "integration.request"]
+    decisions = [e["action"] for e in audit.json() if not e["action"].startswith("mail.")]
+    assert decisions[:2] == ["integration.approve", "integration.request"]
+    assert "mail.notify" in [e["action"] for e in audit.json()]
     assert all("s3cret" not in e["detail"] for e in audit.json())
 
     tokens_page = await consumer.get("/tokens")
@@ -343,11 +389,11 @@ async def test_webhook_secret_via_api_shown_once(app, admin, js):
     key = created.json()["id"]
     await post(admin, f"/admin/integrations/{key}/approve")
     first = (await consumer.get(f"/api/v1/integrations/{key}", headers=headers)).json()
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
     assert first["webhook_secret"] == target.secrets[0]
     assert "webhook_secret" not in (await consumer.get(f"/api/v1/integrations/{key}", headers=headers)).json()
     rotated = (await consumer.post(f"/api/v1/integrations/{key}/rotate-secret", headers=headers)).json()
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    target = target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
     assert target.secrets == [rotated["webhook_secret"], first["webhook_secret"]]
     cancelled = await consumer.post(f"/api/v1/integrations/{key}/cancel", headers=headers)
     assert cancelled.json()["status"] == "revoked"
@@ -383,3 +429,56 @@ async def test_openapi_and_health(app):
         schema = (await client.get("/schema/openapi.json")).json()
         assert "/api/v1/integrations" in schema["paths"] and "/api/v1/admin/integrations/{key}/{action}" in schema["paths"]
         assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_login_rehashes_an_older_password_hash(app):
+    from portal import security
+    from portal.tables import Account
+
+    client = await new_consumer(app)
+    await Account.update({Account.password_hash: security.hash_password(PASSWORD, n=2**14)}).where(
+        Account.email == client.email)
+    async with Client(app) as again:
+        assert str((await login(again, client.email, PASSWORD)).url).endswith("/integrations")
+    stored = (await Account.objects().get(Account.email == client.email)).password_hash
+    assert stored.startswith(f"scrypt${2**17}$8$1$") and security.verify_password(PASSWORD, stored)
+
+
+async def test_secrets_stored_in_the_clear_earlier_are_sealed_at_start(app, admin, js):
+    consumer = await new_consumer(app)
+    headers = {"Authorization": f"Bearer {await make_token(consumer)}"}
+    key = (await consumer.post("/api/v1/integrations", headers=headers, json={
+        "name": "Old LRS", "protocol": "xapi", "delivery": "lrs", "url": "https://lrs.example.org/old",
+        "bearer": "old-plain-token-1234", "orgs": ["edX"]})).json()["id"]
+    await post(admin, f"/admin/integrations/{key}/approve")
+    # What an earlier version left: the token in the clear in the database and in the targets bucket.
+    await Integration.update({Integration.auth_value: "old-plain-token-1234"}).where(Integration.key == key)
+    kv = await js.key_value(TARGETS_BUCKET)
+    await kv.put(key, msgspec.json.encode(Target(id=key, kind="lrs", url="https://lrs.example.org/old",
+                                                 bearer="old-plain-token-1234")))
+    assert await app.state.portal.seal_stored_secrets() >= 2
+    row = await Integration.objects().get(Integration.key == key)
+    raw = await kv_get(js, TARGETS_BUCKET, key)
+    assert row.auth_value.startswith("fernet:") and b"old-plain-token-1234" not in raw
+    assert target_of(app.state.settings, raw).bearer == "old-plain-token-1234"
+    assert await app.state.portal.seal_stored_secrets() == 0
+
+
+async def test_read_only_token_is_refused_on_every_state_changing_api_route(app, admin):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer)
+    response = await post(admin, "/tokens", {"name": "ro", "read_only": "1"})
+    read_only = re.search(r'<pre id="new-token">(rth_[^<]+)</pre>', response.text).group(1)
+    headers = {"Authorization": f"Bearer {read_only}"}
+    checked = 0
+    for route in app.routes:
+        if not route.path.startswith("/api/"):
+            continue
+        concrete = route.path.replace("{key:str}", key).replace("{action:str}", "approve")
+        for method in route.methods - {"GET", "HEAD", "OPTIONS"}:
+            answer = await admin.request(method, concrete, headers=headers, json={})
+            assert answer.status_code == 403 and "read-only" in answer.json()["error"], (method, concrete)
+            checked += 1
+    assert checked >= 5  # create, rotate-secret, creds, cancel, admin action
+    assert (await admin.get("/api/v1/admin/integrations", headers=headers)).status_code == 200
+    assert (await Integration.objects().get(Integration.key == key)).status == "pending"

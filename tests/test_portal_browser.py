@@ -20,6 +20,7 @@ from hub.settings import HubSettings
 from hub.streams import ensure_streams
 from hub.subjects import subject
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
+from tests.mailbox import Mailbox, body, link
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -78,11 +79,19 @@ async def admin_nc(op_server, data_dir):
 
 
 @pytest.fixture(scope="module")
-def portal_url(op_server, data_dir, admin_nc):
+def mailbox():
+    box = Mailbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="module")
+def portal_url(op_server, data_dir, admin_nc, mailbox):
     auth = AuthStore.ensure(data_dir)
     port = free_port()
     env = rthub_env(op_server.url, RTHUB_DATA_DIR=str(data_dir), RTHUB_NATS_CREDS=str(auth.service_creds("portal")),
-                    RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}))
+                    RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}),
+                    RTHUB_PUBLIC_URL=f"http://127.0.0.1:{port}", **mailbox.env())
     made = rthub("portal", "create-admin", "--email", "admin@example.org", "--password-stdin", env=env,
                  input=(PASSWORD + "\n").encode())
     assert made.returncode == 0, made.stderr.decode()
@@ -105,7 +114,7 @@ async def fill_and_submit(page, fields: dict[str, str], button: str = "button[ty
         await page.click(button)
 
 
-async def test_signup_to_live_statements_and_revocation(portal_url, op_server, admin_nc, tmp_path):
+async def test_signup_to_live_statements_and_revocation(portal_url, op_server, admin_nc, mailbox, tmp_path):
     from playwright.async_api import async_playwright
 
     email = f"{unique('b')}@example.org"
@@ -113,9 +122,20 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             consumer = await (await browser.new_context(accept_downloads=True)).new_page()
+            console: list[str] = []
+            consumer.on("console", lambda m: console.append(m.text))
             await consumer.goto(portal_url + "/signup")
             await fill_and_submit(consumer, {"email": email, "name": "Adaptive <b>Engine</b>", "password": PASSWORD})
-            assert consumer.url.endswith("/integrations")
+            assert "Check your mail" in await consumer.inner_text("h1")
+            # Not confirmed yet: logging in is refused with a clear message.
+            await consumer.goto(portal_url + "/login")
+            await fill_and_submit(consumer, {"email": email, "password": PASSWORD})
+            assert "Confirm your e-mail address first" in await consumer.inner_text("#error")
+            mail = await mailbox.wait(email, "Confirm your e-mail")
+            assert PASSWORD not in body(mail)
+            await consumer.goto(link(mail, "/verify"))
+            await fill_and_submit(consumer, {"password": PASSWORD}, "#confirm")
+            assert consumer.url.split("?")[0].endswith("/integrations")
             await consumer.click("text=Request access to events")
             await consumer.check("input[name=protocol][value=xapi]")
             await consumer.select_option("select[name=delivery]", "direct")
@@ -125,6 +145,7 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             key = consumer.url.split("/integrations/")[1].split("?")[0]
 
             admin = await (await browser.new_context()).new_page()
+            admin.on("console", lambda m: console.append(m.text))
             await admin.goto(portal_url + "/login")
             await fill_and_submit(admin, {"email": "admin@example.org", "password": PASSWORD})
             await admin.goto(portal_url + "/admin")
@@ -134,6 +155,8 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             async with admin.expect_navigation():
                 await admin.click("#approve")
             assert await admin.inner_text("#status") == "approved"
+            approved_mail = await mailbox.wait(email, "approved")
+            assert f"/integrations/{key}" in body(approved_mail)
 
             await consumer.reload()
             assert await consumer.inner_text("#status") == "approved"
@@ -188,5 +211,43 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             await consumer.reload()
             assert await consumer.inner_text("#status") == "revoked"
             assert "Adaptive <b>Engine</b>" in await consumer.inner_text("header")  # shown as text, not markup
+            assert not [m for m in console if "Content Security Policy" in m], console
+        finally:
+            await browser.close()
+
+
+async def test_forgotten_password_reset_in_the_browser(portal_url, mailbox):
+    from playwright.async_api import async_playwright
+
+    email = f"{unique('reset')}@example.org"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(portal_url + "/signup")
+            await fill_and_submit(page, {"email": email, "name": "Forgetful", "password": PASSWORD})
+            await page.goto(link(await mailbox.wait(email, "Confirm your e-mail"), "/verify"))
+            await fill_and_submit(page, {"password": PASSWORD}, "#confirm")
+            await page.click("header form button")  # log out
+            await page.wait_for_url("**/login*")
+            await page.click("text=Forgot your password?")
+            await fill_and_submit(page, {"email": email})
+            assert "Check your mail" in await page.inner_text("h1")
+            await page.goto(link(await mailbox.wait(email, "Reset your rthub portal password"), "/reset"))
+            await fill_and_submit(page, {"password": "a new browser password"}, "#save-password")
+            assert "Password changed" in await page.inner_text(".flash")
+            await fill_and_submit(page, {"email": email, "password": PASSWORD})
+            assert "Wrong e-mail address or password" in await page.inner_text("#error")
+            await fill_and_submit(page, {"email": email, "password": "a new browser password"})
+            assert page.url.split("?")[0].endswith("/integrations")
+            await page.goto(portal_url + "/tokens")
+            await page.fill("[name=name]", "dashboard")
+            await page.fill("[name=days]", "7")
+            await page.check("[name=read_only]")
+            async with page.expect_navigation():
+                await page.click("text=Create token")
+            assert (await page.inner_text("#new-token")).startswith("rth_")
+            row = await page.inner_text("tbody tr")
+            assert "dashboard" in row and "read-only" in row and "never" not in row
         finally:
             await browser.close()

@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from hub.grants import Target, decode_grant
+from hub.secretbox import SecretBox
+from hub.settings import from_env
 from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from portal import db as portal_db
+from portal.settings import PortalSettings
 from tests.helpers import rthub, rthub_env, unique, wait_for
 
 COURSE = "course-v1:edX+DemoX+Demo_Course"
@@ -30,6 +35,12 @@ async def kv_value(js, bucket, key):
         return None
 
 
+def opened(env, raw: bytes) -> Target:
+    """The target as the deliverer reads it (secrets sealed in KV with the data directory's key)."""
+    assert b"s3cret" not in raw and b"whsec_" not in raw, "a secret is stored in plaintext in KV"
+    return SecretBox.from_settings(from_env(PortalSettings, env=env)).open_target(msgspec.json.decode(raw, type=Target))
+
+
 def run(*args, env, ok=True, **kw):
     done = rthub(*args, env=env, **kw)
     if ok:
@@ -46,7 +57,7 @@ async def test_add_lrs_list_revoke(env, js):
     assert out.startswith(f"integration {key} approved (xapi via lrs)") and "s3cret" not in out
     grant = decode_grant(await kv_value(js, GRANTS_BUCKET, key))
     assert grant.courses == [COURSE] and grant.delivery == "lrs" and grant.consumer == f"{user}@example.org"
-    target = msgspec.json.decode(await kv_value(js, TARGETS_BUCKET, key), type=Target)
+    target = opened(env, await kv_value(js, TARGETS_BUCKET, key))
     assert target.kind == "lrs" and target.url == "https://lrs.example.org/xapi" and target.basic_auth == "key:s3cret"
 
     listed = json.loads(run("integration", "list", "--json", env=env).stdout)
@@ -65,12 +76,29 @@ async def test_add_lrs_list_revoke(env, js):
     assert again.returncode == 2 and b"already revoked" in again.stderr
 
 
+async def test_owner_must_have_confirmed_its_address(env):
+    from portal.service import Portal
+
+    settings = from_env(PortalSettings, env=env)
+    engine = await portal_db.migrate(settings)
+    email = f"{unique('unconfirmed')}@example.org"
+    await Portal(settings).create_account(email, "Not confirmed", "a password of sorts")
+    await portal_db.close(engine)
+    args = ("integration", "add", "--name", "X", "--protocol", "xapi", "--course", COURSE, "--webhook-url",
+            "https://hooks.example.org/u", "--owner", email)
+    refused = await asyncio.to_thread(run, *args, env=env, ok=False)
+    assert refused.returncode == 2 and b"has not confirmed its e-mail address" in refused.stderr
+    assert b"approved" not in refused.stdout
+    allowed = await asyncio.to_thread(run, *args, "--allow-unverified-owner", env=env)
+    assert b"approved (xapi via webhook)" in allowed.stdout
+
+
 async def test_add_webhook_prints_secret_once_and_validates(env, js):
     out = run("integration", "add", "--name", "Hook", "--protocol", "caliper", "--org", "edX", "--event-type",
               "edx.video.played", "--webhook-url", "https://hooks.example.org/c", env=env).stdout.decode()
     key = out.split()[1]
     secret = out.split("webhook signing secret (shown once): ")[1].split()[0]
-    target = msgspec.json.decode(await kv_value(js, TARGETS_BUCKET, key), type=Target)
+    target = opened(env, await kv_value(js, TARGETS_BUCKET, key))
     assert target.secrets == [secret] and secret.startswith("whsec_")
     assert secret not in run("integration", "list", "--json", env=env).stdout.decode()
 
@@ -105,7 +133,7 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert errors == {}
     engine = await db.migrate(settings)
     portal = Portal(settings)
-    account = await portal.create_account(f"{unique('u')}@example.org", "U", "consumer password")
+    account = await portal.create_account(f"{unique('u')}@example.org", "U", "consumer password", verified=True)
     key = (await portal.create_integration(account, spec)).key
     await portal.close()
     await db.close(engine)
@@ -152,7 +180,8 @@ async def test_portal_on_postgresql(nats_server, tmp_path):
         try:
             rows = await conn.fetch(f"SELECT key, status FROM {schema}.portal_integration")
             assert [(r["key"], r["status"]) for r in rows] == [(key, "approved")]
-            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.migration WHERE app_name = 'portal'") == 1
+            migrations = len(list((Path(portal_db.__file__).parent / "migrations").glob("portal_*.py")))
+            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.migration WHERE app_name = 'portal'") == migrations
         finally:
             await conn.close()
     finally:

@@ -1,7 +1,10 @@
-"""Pure portal code: request validation, scope narrowing, password hashing, the login limiter (no I/O)."""
+"""Pure portal code: request validation, scope narrowing, password hashing, the login delay, sealing secrets (no network)."""
 
 from __future__ import annotations
 
+import pytest
+
+from hub.deliver import ssrf
 from portal import security
 from portal.validation import Scope, check_narrowing, check_url, split_list, validate_request, validate_signup
 
@@ -105,14 +108,59 @@ def test_password_hash_roundtrip_and_secrets_format():
     assert key[0] == "i" and len(key) == 17
 
 
-def test_login_limiter_window():
-    now = [1000.0]
-    limiter = security.LoginLimiter(3, 60, clock=lambda: now[0])
-    for _ in range(3):
-        assert limiter.blocked_for("ip:1") == 0
-        limiter.failed("ip:1", "email:a")
-    assert limiter.blocked_for("email:a") == 60
-    now[0] += 30
-    assert 29 < limiter.blocked_for("ip:1") <= 30
-    now[0] += 31
-    assert limiter.blocked_for("ip:1", "email:a") == 0
+def test_login_delay_grows_then_caps():
+    from portal.ratelimit import delay_after
+
+    assert [delay_after(n, 3, 5, 900) for n in range(1, 10)] == [0, 0, 5, 10, 20, 40, 80, 160, 320]
+    assert delay_after(40, 3, 5, 900) == 900 and delay_after(10**6, 3, 5, 900) == 900
+
+
+def test_scrypt_cost_and_rehash():
+    assert (security.SCRYPT_N, security.SCRYPT_R, security.SCRYPT_P) == (2**17, 8, 1)
+    current = security.hash_password("correct horse battery")
+    old = security.hash_password("correct horse battery", n=2**14)
+    assert security.verify_password("correct horse battery", old) and security.verify_password("correct horse battery", current)
+    assert security.needs_rehash(old) and not security.needs_rehash(current)
+    assert security.needs_rehash("!disabled") and not security.verify_password("x", "!disabled")
+
+
+def test_secretbox_seals_and_refuses_a_wrong_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    from hub.grants import Target
+    from hub.secretbox import SecretBox, SecretError, load_key
+
+    key = load_key(tmp_path)
+    assert oct((tmp_path / "secrets.key").stat().st_mode & 0o777) == "0o600" and load_key(tmp_path) == key
+    box = SecretBox(key)
+    target = Target(id="i1", kind="lrs", url="https://l.example.org", secrets=["whsec_a"], basic_auth="u:p", bearer=None)
+    sealed = box.seal_target(target)
+    assert sealed.secrets[0].startswith("fernet:") and sealed.basic_auth.startswith("fernet:") and sealed.bearer is None
+    assert "whsec_a" not in repr(sealed) and "u:p" not in repr(sealed)
+    assert box.open_target(sealed) == target and box.open_target(target) == target  # plaintext passes through
+    assert box.seal_target(sealed) == sealed  # sealing twice changes nothing
+    with pytest.raises(SecretError):
+        SecretBox(Fernet.generate_key()).open(sealed.basic_auth)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://10.0.0.1/", "http://[::1]/", "http://[2002:a00:1::1]/",
+                                 "http://[fec0::1]/", "http://169.254.169.254/latest/meta-data"])
+def test_literal_private_endpoints_are_not_allowed(url):
+    _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "sites": ["default"]},
+                                 SITES)
+    assert errors == {"url": "This address is not allowed: give a public endpoint."}
+    _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url.replace("127.0.0.1", "8.8.8.8"),
+                                  "sites": ["default"]}, SITES, allowed=ssrf.networks(["0.0.0.0/0", "::/0"]))
+    assert errors == {}
+
+
+async def test_without_smtp_mails_go_to_the_outbox_and_the_link_is_printed(tmp_path, capsys):
+    from portal import mail
+    from portal.settings import PortalSettings
+
+    settings = PortalSettings(data_dir=str(tmp_path))
+    await mail.send(settings, "a@example.org", "Confirm", "Open http://127.0.0.1:8080/verify?token=abc now.\n")
+    files = list((tmp_path / "outbox").glob("*.eml"))
+    assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
+    assert "To: a@example.org" in files[0].read_text() and "verify?token=abc" in files[0].read_text()
+    assert "http://127.0.0.1:8080/verify?token=abc" in capsys.readouterr().out

@@ -51,6 +51,7 @@ from hub.deliver.store import (
 )
 from hub.grants import Grant, GrantWatcher, Target, consumer_name
 from hub.metrics import Metrics
+from hub.secretbox import SecretBox, SecretError
 from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 
 log = logging.getLogger("rthub.deliver")
@@ -503,6 +504,7 @@ class Deliverer:
         self.max_retry_after = seconds(settings.max_retry_after)
         self.disable_after = seconds(settings.disable_after)
         self.allowed = ssrf.networks(settings.allowed_networks)
+        self.box = SecretBox.from_settings(settings)
         self.process_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.grants: dict[str, Grant] = {}
         self.targets: dict[str, Target] = {}
@@ -552,8 +554,9 @@ class Deliverer:
             self.targets.pop(entry.key, None)
         else:
             try:
-                self.targets[entry.key] = msgspec.json.decode(entry.value, type=Target)
-            except msgspec.DecodeError as exc:
+                # Secrets are sealed at rest (hub.secretbox); only this process's memory holds them open.
+                self.targets[entry.key] = self.box.open_target(msgspec.json.decode(entry.value, type=Target))
+            except (msgspec.DecodeError, SecretError) as exc:
                 log.error("ignoring unreadable target %s: %s", entry.key, exc)
                 return
         self._schedule(entry.key)

@@ -13,7 +13,8 @@ class DeliverSettings(StreamSettings, kw_only=True):
 
     ``allowed_networks`` are CIDRs an administrator lets targets reach although they are private
     (tests allow ``127.0.0.1/32``); everything private, loopback, link-local, CGNAT or unique-local is refused
-    otherwise.
+    otherwise. ``secrets_key`` opens the secrets the portal sealed in the targets bucket (``hub.secretbox``:
+    this setting, else ``<data_dir>/secrets.key``); it must be the portal's.
     """
 
     retry_schedule: list[str] = msgspec.field(
@@ -34,6 +35,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     caliper_sensor: str = "urn:rthub:deliverer"
     metrics_port: int = 0
     log_json: bool = False
+    secrets_key: str = ""
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

@@ -17,6 +17,8 @@ _BLOCKED = [ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
     "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8", "64:ff9b::/96", "2001:db8::/32",
+    "2002::/16",  # 6to4: embeds any IPv4 address, private ones included
+    "fec0::/10",  # deprecated site-local
 )]
 
 
@@ -36,7 +38,7 @@ def check_address(ip: IPAddress, allowed: list) -> None:
         return
     if (any(ip.version == n.version and ip in n for n in _BLOCKED) or ip.is_private or ip.is_loopback
             or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified):
-        raise Refused(f"address {ip} is not public")
+        raise Refused("address not allowed (not a public address)")
 
 
 def check_url(url: str, https_only: bool) -> tuple[str, str, int]:
@@ -67,8 +69,9 @@ async def resolve(url: str, allowed: list, https_only: bool) -> tuple[str, IPAdd
     for ip in ips:
         try:
             check_address(ip, allowed)
-        except Refused as exc:
-            raise Refused(f"{host} resolves to a refused address: {exc}") from None
+        except Refused:
+            # Never say which address a name resolved to: that would map the inside for whoever asks.
+            raise Refused(f"{host}: address not allowed (not a public address)") from None
     return host, ips[0]
 
 
