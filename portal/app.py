@@ -3,6 +3,7 @@ tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neith
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from markupsafe import Markup
 
-from portal import db
+from portal import db, flash, security
+from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
 from portal.settings import PortalSettings
 from portal.tables import Account
@@ -53,14 +56,65 @@ def client_of(request: Request) -> str:
 
 async def current_user(request: Request) -> Account | None:
     if "account" not in request.state:
-        request.state.account = await portal_of(request).session_account(request.cookies.get(SESSION_COOKIE))
+        token = request.cookies.get(SESSION_COOKIE)
+        request.state.account = await portal_of(request).session_account(token)
+        if request.state.account is not None:
+            recent: dict = request.app.state.recent_sessions
+            recent[security.sha256(token)] = request.state.account
+            while len(recent) > 1000:
+                recent.pop(next(iter(recent)))
     return request.state.account
+
+
+def known_session(request: Request) -> Account | None:
+    """The account of a session seen recently: only to draw the navigation of an error page that is
+    answered before any handler ran (a CSRF refusal); never used to authorise anything."""
+    token = request.cookies.get(SESSION_COOKIE)
+    return request.app.state.recent_sessions.get(security.sha256(token)) if token and len(token) <= 200 else None
+
+
+class LoginNeeded(NotAuthorizedException):
+    """No valid session: go to the log-in page, then back to ``back`` (the typed form is kept)."""
+
+    def __init__(self, back: str, box: str):
+        super().__init__("Log in first.")
+        self.back, self.box = back, box
+
+
+def safe_back(path: Any) -> str:
+    """A same-site path to return to after log-in (never another host, never a protocol-relative URL)."""
+    text = str(path or "")
+    if not text.startswith("/") or text.startswith("//") or "\\" in text or len(text) > 300 or "\n" in text:
+        return "/"
+    return text
+
+
+async def login_needed(request: Request) -> LoginNeeded:
+    """Remember where the person was (and, for a form, what they typed) so log-in brings them back."""
+    box = flash_box(request)
+    if request.method == "GET":
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    else:
+        referer = request.headers.get("referer", "")
+        origin = f"{request.url.scheme}://{request.url.netloc}"
+        back = referer[len(origin):] if referer.startswith(origin + "/") else "/"
+        back = safe_back(back.split("#")[0])
+        try:
+            typed = flash.stashable(await form_of(request))
+        except Exception:  # noqa: BLE001 - not a form body: nothing to keep
+            typed = {}
+        if typed:
+            await flash.put(box, "", "form", json.dumps(typed), path=back.split("?")[0])
+    had_session = bool(request.cookies.get(SESSION_COOKIE))
+    await flash.put(box, "", "info", "Your session has expired: log in again to continue where you were."
+                    if had_session else "Log in to continue.")
+    return LoginNeeded(safe_back(back), box)
 
 
 async def require_user(request: Request) -> Account:
     user = await current_user(request)
     if user is None:
-        raise NotAuthorizedException("Log in first.")
+        raise await login_needed(request)
     return user
 
 
@@ -84,15 +138,59 @@ async def form_of(request: Request) -> dict[str, Any]:
 def page(request: Request, name: str, status: int = 200, **context: Any) -> Template:
     settings: PortalSettings = request.app.state.settings
     context.setdefault("user", request.state.get("account"))
-    context.setdefault("flash", request.query_params.get("msg", "")[:200])
+    context.setdefault("flash", request.state.get("flash") or flash.EMPTY)
     context["known_sites"] = sorted(settings.sites)
     context["delivery_labels"] = DELIVERY_LABELS
     return Template(template_name=name, context=context, status_code=status,
                     headers={"Cache-Control": "no-store"})
 
 
-def go(path: str, msg: str = "") -> Redirect:
-    return Redirect(path + (f"?msg={quote(msg)}" if msg else ""), status_code=303)
+def flash_box(request: Request) -> str:
+    box = request.cookies.get(flash.COOKIE) or ""
+    return box if 20 <= len(box) <= 100 else (request.state.get("new_box") or flash.new_box())
+
+
+def flash_session(request: Request) -> str:
+    """The session the flash entries belong to: the cookie only while it is a live session."""
+    return request.cookies.get(SESSION_COOKIE, "") if request.state.get("account") else ""
+
+
+def with_box(response: Response, request: Request, box: str) -> Response:
+    settings: PortalSettings = request.app.state.settings
+    response.cookies.append(Cookie(key=flash.COOKIE, value=box, httponly=True, samesite="lax",
+                                   secure=settings.cookie_secure, max_age=int(flash.KEEP.total_seconds()), path="/"))
+    return response
+
+
+async def go(request: Request, path: str, msg: str = "", kind: str = "info", session: str | None = None,
+             **shown: str) -> Redirect:
+    """Redirect after a POST (reload never repeats it); ``msg`` and ``shown`` (a ``secret`` or ``token``)
+    wait on the server for the next page."""
+    box = flash_box(request)
+    session = flash_session(request) if session is None else session
+    if msg:
+        await flash.put(box, session, kind, msg)
+    for what, text in shown.items():
+        await flash.put(box, session, what, text)
+    return with_box(Redirect(path, status_code=303), request, box)
+
+
+async def load_flash(request: Request) -> None:
+    """Before each page view: what earlier POSTs left for it (read once)."""
+    if request.method != "GET" or request.url.path.startswith(("/api/", "/static", "/schema", "/health")):
+        return
+    box = request.cookies.get(flash.COOKIE)
+    if box:
+        await current_user(request)
+        request.state.flash = await flash.take(box, flash_session(request), request.url.path)
+
+
+async def once_claimed(request: Request, raw: dict[str, Any], fallback: str) -> Redirect | None:
+    """A double-clicked (or re-sent) form: go where the first submission went instead of acting again."""
+    first = await flash.claim(raw.get("_once"))
+    if first is None:
+        return None
+    return await go(request, first or fallback, "That form was already sent; it was acted on once.")
 
 
 # ---------------------------------------------------------------- pages: accounts
@@ -100,8 +198,8 @@ def go(path: str, msg: str = "") -> Redirect:
 async def home(request: Request) -> Redirect:
     user = await current_user(request)
     if user is None:
-        return go("/login")
-    return go("/admin" if user.is_admin else "/integrations")
+        return Redirect("/login", status_code=303)
+    return Redirect("/admin" if user.is_admin else "/integrations", status_code=303)
 
 
 @get("/health")
@@ -131,16 +229,20 @@ async def signup(request: Request) -> Template | Redirect:
 
 @get("/login")
 async def login_form(request: Request) -> Template:
-    return page(request, "login.html", form={}, error="")
+    back = request.query_params.get("next")
+    return page(request, "login.html", form={}, error="", next=safe_back(back) if back else "")
 
 
-async def _login_response(request: Request, email: str, password: str) -> Template | Redirect:
+async def _login_response(request: Request, email: str, password: str, back: str = "/") -> Template | Redirect:
     try:
         token = await portal_of(request).login(email, password, client_of(request))
     except PortalError as exc:
-        return page(request, "login.html", status=exc.status, form={"email": email[:254]}, error=exc.message)
+        return page(request, "login.html", status=exc.status, form={"email": email[:254]}, error=exc.message,
+                    next=back if back != "/" else "")
     settings: PortalSettings = request.app.state.settings
-    response = go("/")
+    box = flash_box(request)
+    await flash.carry(box, "", token)
+    response = with_box(Redirect(safe_back(back), status_code=303), request, box)
     response.cookies.append(Cookie(key=SESSION_COOKIE, value=token, httponly=True, samesite="lax",
                                    secure=settings.cookie_secure, max_age=int(settings.session_hours * 3600),
                                    path="/"))
@@ -150,13 +252,14 @@ async def _login_response(request: Request, email: str, password: str) -> Templa
 @post("/login")
 async def login(request: Request) -> Template | Redirect:
     raw = await form_of(request)
-    return await _login_response(request, str(raw.get("email", "")), str(raw.get("password", "")))
+    return await _login_response(request, str(raw.get("email", "")), str(raw.get("password", "")),
+                                 safe_back(raw.get("next") or "/"))
 
 
 @post("/logout")
 async def logout(request: Request) -> Redirect:
     await portal_of(request).logout(request.cookies.get(SESSION_COOKIE))
-    response = go("/login", "Logged out.")
+    response = await go(request, "/login", "Logged out.", session="")
     response.cookies.append(Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/"))
     return response
 
@@ -172,7 +275,8 @@ async def my_integrations(request: Request) -> Template:
 @get("/integrations/new")
 async def new_integration_form(request: Request) -> Template:
     await require_user(request)
-    return page(request, "integration_new.html", form={"protocol": "xapi", "delivery": "webhook"}, errors={})
+    kept = (request.state.get("flash") or flash.EMPTY)["form"]
+    return page(request, "integration_new.html", form=kept or {"protocol": "xapi", "delivery": "webhook"}, errors={})
 
 
 @post("/integrations")
@@ -184,10 +288,13 @@ async def create_integration(request: Request) -> Template | Redirect:
     if errors:
         # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
         shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
-                 for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token")}
+                 for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token", "_once")}
         return page(request, "integration_new.html", status=400, form=shown, errors=errors)
+    if again := await once_claimed(request, raw, "/integrations"):
+        return again
     row = await portal_of(request).create_integration(user, spec)
-    return go(f"/integrations/{row.key}", "Request sent: an administrator will review it.")
+    await flash.done(raw.get("_once"), f"/integrations/{row.key}")
+    return await go(request, f"/integrations/{row.key}", "Request sent: an administrator will review it.")
 
 
 @get("/integrations/{key:str}")
@@ -195,18 +302,30 @@ async def integration_page(request: Request, key: FromPath[str]) -> Template:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
-    secret = await portal.take_pending_secret(row)
+    secret = await portal.take_pending_secret(row) or (request.state.get("flash") or flash.EMPTY)["secret"]
     return await _detail(request, row, secret=secret)
 
 
 async def _detail(request: Request, row, secret: str | None = None, admin: bool = False, status_code: int = 200,
                   **extra) -> Template:
     portal = portal_of(request)
-    status = await portal.status(row)
+    state = await state_of(portal, row)
+    base = "/admin/integrations" if admin else "/integrations"
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
-                requested=requested_scope(row), granted=granted_scope(row), stats=status, secret=secret,
-                secrets=await _safe_count(portal, row), example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
+                requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
+                secrets=state.secrets, refresh_url=f"{base}/{row.key}/state.json",
+                example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
                 audit=await portal.audit_log(50, row.key), **extra)
+
+
+async def state_of(portal: Portal, row) -> EndpointState:
+    """The endpoint at a glance, with the signing-secret overlap of a webhook."""
+    stats = await portal.status(row)
+    state = endpoint_state(row.status, row.delivery, row.decision_reason, row.updated, stats)
+    state.secrets = await _safe_count(portal, row)
+    if state.secrets > 1 and row.old_secret_until:
+        state.old_secret_until = row.old_secret_until.timestamp()
+    return state
 
 
 async def _safe_count(portal: Portal, row) -> int:
@@ -217,12 +336,17 @@ async def _safe_count(portal: Portal, row) -> int:
 
 
 @post("/integrations/{key:str}/rotate")
-async def rotate(request: Request, key: FromPath[str]) -> Template:
+async def rotate(request: Request, key: FromPath[str]) -> Redirect:
     user = await require_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
+    raw = await form_of(request)
+    if again := await once_claimed(request, raw, f"/integrations/{key}"):
+        return again
     secret = await portal.rotate_secret(user, row)
-    return await _detail(request, row, secret=secret)
+    await flash.done(raw.get("_once"), f"/integrations/{key}")
+    return await go(request, f"/integrations/{key}", "New signing secret made; the previous one is still accepted "
+                    "until you retire it.", secret=secret)
 
 
 @post("/integrations/{key:str}/retire")
@@ -231,7 +355,7 @@ async def retire(request: Request, key: FromPath[str]) -> Redirect:
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
     await portal.retire_old_secret(user, row)
-    return go(f"/integrations/{key}", "The previous signing secret is no longer accepted.")
+    return await go(request, f"/integrations/{key}", "The previous signing secret is no longer accepted.")
 
 
 @post("/integrations/{key:str}/creds")
@@ -251,33 +375,38 @@ async def cancel(request: Request, key: FromPath[str]) -> Redirect:
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
     await portal.revoke(user, key, "cancelled by its owner", row=row)
-    return go(f"/integrations/{key}", "Integration cancelled.")
+    return await go(request, f"/integrations/{key}", "Integration cancelled.")
 
 
 @get("/tokens")
 async def tokens_page(request: Request) -> Template:
     user = await require_user(request)
-    return page(request, "tokens.html", tokens=await portal_of(request).list_tokens(user), new_token=None)
+    return page(request, "tokens.html", tokens=await portal_of(request).list_tokens(user),
+                new_token=(request.state.get("flash") or flash.EMPTY)["token"], errors={})
 
 
 @post("/tokens")
-async def create_token(request: Request) -> Template:
+async def create_token(request: Request) -> Template | Redirect:
     user = await require_user(request)
     portal = portal_of(request)
     errors: dict[str, str] = {}
-    name = clean_text((await form_of(request)).get("name"), "name", 100, errors, required=True)
+    raw = await form_of(request)
+    name = clean_text(raw.get("name"), "name", 100, errors, required=True)
     if errors:
         return page(request, "tokens.html", status=400, tokens=await portal.list_tokens(user), new_token=None,
-                    error=errors["name"])
+                    errors=errors)
+    if again := await once_claimed(request, raw, "/tokens"):
+        return again
     token = await portal.create_token(user, name)
-    return page(request, "tokens.html", tokens=await portal.list_tokens(user), new_token=token)
+    await flash.done(raw.get("_once"), "/tokens")
+    return await go(request, "/tokens", f"Token {name!r} created.", token=token)
 
 
 @post("/tokens/{token_id:int}/revoke")
 async def revoke_token(request: Request, token_id: FromPath[int]) -> Redirect:
     user = await require_user(request)
     await portal_of(request).revoke_token(user, token_id)
-    return go("/tokens", "Token revoked.")
+    return await go(request, "/tokens", "Token revoked.")
 
 
 # ---------------------------------------------------------------- pages: admin
@@ -285,10 +414,10 @@ async def revoke_token(request: Request, token_id: FromPath[int]) -> Redirect:
 async def admin_home(request: Request) -> Template:
     await require_admin(request)
     portal = portal_of(request)
-    status = request.query_params.get("status") or None
+    shown = request.query_params.get("status") or None
+    shown = shown if shown in _STATUSES else None
     return page(request, "admin.html", pending=await portal.list_all("pending"),
-                rows=await portal.list_all(status if status in _STATUSES else None), owners=await portal.owner_emails(),
-                status=status)
+                rows=await portal.list_all(shown), owners=await portal.owner_emails(), shown=shown)
 
 
 @get("/admin/integrations/{key:str}")
@@ -310,8 +439,9 @@ async def admin_action(request: Request, key: FromPath[str], action: FromPath[st
         if errors:
             raise PortalError(errors["reason"], 400, errors)
         if action == "approve":
+            # What the form shows is what is granted: typing a narrower scope narrows it (no extra switch).
             narrowed = None
-            if raw.get("narrow"):
+            if any(k in raw for k in ("sites", "orgs", "courses", "event_types")):
                 narrowed = check_scope(raw, set(settings.sites), errors)
                 if errors:
                     raise PortalError("Check the approved scope.", 400, errors)
@@ -330,9 +460,11 @@ async def admin_action(request: Request, key: FromPath[str], action: FromPath[st
         if exc.status == 404:
             raise
         row = await portal.get(key)
-        return await _detail(request, row, admin=True, errors=exc.errors or {"action": exc.message},
-                             error=exc.message, owner=(await portal.owner_emails()).get(row.owner), status_code=exc.status)
-    return go(f"/admin/integrations/{key}", f"Done: {action}.")
+        # Field errors are listed once (summary + field); a refusal without a field is the one message.
+        return await _detail(request, row, admin=True, errors=exc.errors, error="" if exc.errors else exc.message,
+                             owner=(await portal.owner_emails()).get(row.owner), status_code=exc.status,
+                             form=flash.stashable(raw))
+    return await go(request, f"/admin/integrations/{key}", _DONE.get(action, f"Done: {action}."))
 
 
 @get("/admin/audit")
@@ -342,6 +474,9 @@ async def audit_page(request: Request) -> Template:
 
 
 _STATUSES = ("pending", "approved", "denied", "suspended", "revoked")
+_DONE = {"approve": "Approved: the grant is active.", "deny": "Request denied; the requester sees your reason.",
+         "suspend": "Suspended: delivery and credentials are stopped.", "resume": "Resumed: delivery restarts.",
+         "revoke": "Revoked: the grant, its consumers and credentials are removed."}
 
 
 # ---------------------------------------------------------------- JSON API (bearer tokens, no cookies)
@@ -472,6 +607,11 @@ API = Router(path="/api/v1", route_handlers=[api_me, api_list, api_create, api_g
 
 
 # ---------------------------------------------------------------- errors
+_TITLES = {400: "Please check what you sent", 403: "Not allowed", 404: "Not found", 405: "Not allowed here",
+           409: "Not possible in this state", 429: "Too many attempts", 500: "Something went wrong",
+           502: "A hub service failed", 503: "Temporarily unavailable"}
+
+
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
@@ -479,7 +619,7 @@ def _is_api(request: Request) -> bool:
 def create_app(settings: PortalSettings) -> Litestar:
     """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
     portal = Portal(settings)
-    state: dict[str, Any] = {"portal": portal, "settings": settings, "engine": None}
+    state: dict[str, Any] = {"portal": portal, "settings": settings, "engine": None, "recent_sessions": {}}
 
     async def startup(app: Litestar) -> None:
         app.state.engine = await db.migrate(settings)
@@ -490,6 +630,8 @@ def create_app(settings: PortalSettings) -> Litestar:
             await db.close(app.state.engine)
 
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    env.globals["fmt"] = fmt
+    env.globals["once_input"] = lambda: Markup(f'<input type="hidden" name="_once" value="{flash.new_once()}">')
 
     def error_page(request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status", None) or getattr(exc, "status_code", 500)
@@ -499,11 +641,21 @@ def create_app(settings: PortalSettings) -> Litestar:
             if getattr(exc, "errors", None):
                 body["errors"] = exc.errors
             return Response(body, status_code=status)
+        if isinstance(exc, LoginNeeded):
+            where = "/login" + (f"?next={quote(exc.back)}" if exc.back != "/" else "")
+            return with_box(Redirect(where, status_code=303), request, exc.box)
         if isinstance(exc, NotAuthorizedException):
-            return go("/login", "Log in first.")
+            return Redirect("/login", status_code=303)
+        csrf = status == 403 and "csrf" in str(message).lower()
+        if csrf:
+            message = ("This form had expired or was sent from another page, so nothing was changed. "
+                       "Go back, reload the page and send it again.")
+        # The CSRF check runs before any handler, so the account comes from the portal's recent sessions.
+        user = request.state.get("account") or known_session(request)
         tpl = env.get_template("error.html")
-        html = tpl.render(message=message, status=status, user=None, flash="", request=request)
-        return Response(html, status_code=status, media_type="text/html")
+        html = tpl.render(message=message, status=status, title=_TITLES.get(status, "Error"), csrf=csrf, user=user,
+                          flash=flash.EMPTY, request=request, csrf_input="")
+        return Response(html, status_code=status, media_type="text/html", headers={"Cache-Control": "no-store"})
 
     return Litestar(
         route_handlers=[home, health, signup_form, signup, login_form, login, logout, my_integrations,
@@ -512,6 +664,7 @@ def create_app(settings: PortalSettings) -> Litestar:
                         audit_page, API,
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         on_startup=[startup],
+        before_request=load_flash,
         on_shutdown=[shutdown],
         state=State(state),
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),

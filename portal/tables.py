@@ -69,6 +69,7 @@ class Integration(Table, tablename="portal_integration"):
     pending_secret = Text(null=True, default=None)
     issued_users = Text(default="[]")
     creds_issued = Integer(default=0)
+    old_secret_until = Timestamptz(null=True, default=None)  # the rotated-out webhook secret is retired then
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
 
@@ -83,4 +84,6 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry)
+from portal.flash import FlashEntry, FormOnce  # noqa: E402 - kept beside the code that uses them
+
+TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, FlashEntry, FormOnce)

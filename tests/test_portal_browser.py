@@ -125,6 +125,13 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             key = consumer.url.split("/integrations/")[1].split("?")[0]
 
             admin = await (await browser.new_context()).new_page()
+            asked: list[str] = []
+
+            async def confirm(dialog):
+                asked.append(dialog.message)
+                await dialog.accept()
+
+            admin.on("dialog", confirm)
             await admin.goto(portal_url + "/login")
             await fill_and_submit(admin, {"email": "admin@example.org", "password": PASSWORD})
             await admin.goto(portal_url + "/admin")
@@ -171,6 +178,7 @@ async def test_signup_to_live_statements_and_revocation(portal_url, op_server, a
             async with admin.expect_navigation():
                 await admin.click("#revoke")
             assert await admin.inner_text("#status") == "revoked"
+            assert any(q.startswith("Revoke this integration") for q in asked)
             await asyncio.wait_for(live.disconnected.wait(), 5)
             with pytest.raises(Exception):  # noqa: B017 - nats-py raises several error types for a refused user
                 again = await nats.connect(servers=[op_server.url], user_credentials=str(creds),

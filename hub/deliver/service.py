@@ -154,6 +154,12 @@ class Runner:
             self.failing_since = float(entry.value.decode()) if entry.value else None
         except Exception:  # noqa: BLE001 - no failure streak recorded
             self.failing_since = None
+        try:  # a restart (rotation, edit, re-enable) continues this process's counters instead of zeroing them
+            entry = await self.svc.state.get(f"stats.{g.id}.{self.svc.process_id}")
+            if entry.value:
+                self.stats = msgspec.json.decode(entry.value, type=Stats)
+        except Exception:  # noqa: BLE001 - first run of this integration in this process
+            pass
         if self.lease is None:
             self.leader.set()
         else:

@@ -1,0 +1,197 @@
+# ruff: noqa: F811 - the portal fixtures are imported from test_portal_api
+"""Issue 10 bugs 1, 2, 4-7 through the portal's pages (Litestar app, real nats-server, real SQLite): status
+filters, redirect after every POST, once-only forms, server-side flash, typed narrowing, clear errors, and a
+session that expires in the middle of typing a request."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from hub.grants import Target, decode_grant
+from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from portal.deliveries import endpoint_state
+from portal.tables import ApiToken, WebSession
+from tests.helpers import wait_for
+from tests.test_portal_api import (  # noqa: F401 - fixtures
+    COURSE_A,
+    COURSE_B,
+    PASSWORD,
+    Client,
+    admin,
+    app,
+    csrf,
+    kv_get,
+    login,
+    new_consumer,
+    post,
+    request_access,
+    settings,
+)
+
+
+def once_of(html: str, action: str) -> str:
+    form = re.search(rf'<form[^>]*action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S).group(1)
+    return re.search(r'name="_once" value="([^"]+)"', form).group(1)
+
+
+async def approved_webhook(app, admin, **fields):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer, **fields)
+    await post(admin, f"/admin/integrations/{key}/approve")
+    return consumer, key
+
+
+async def test_admin_status_filters_answer(app, admin):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer, name="Filter me")
+    for status in ("pending", "approved", "suspended", "denied", "revoked", "nonsense"):
+        page = await admin.get(f"/admin?status={status}")
+        assert page.status_code == 200, (status, page.text[:300])
+    assert key in (await admin.get("/admin?status=pending")).text
+    assert f'href="/admin/integrations/{key}"' not in (await admin.get("/admin?status=approved")).text.split('id="all"')[1]
+
+
+async def test_rotate_redirects_shows_once_and_a_double_click_rotates_once(app, admin, js):
+    consumer, key = await approved_webhook(app, admin)
+    first = (await consumer.get(f"/integrations/{key}")).text  # shows the approval secret once
+    once = once_of(first, f"/integrations/{key}/rotate")
+    token = await csrf(consumer)
+    r1 = await consumer.post(f"/integrations/{key}/rotate", data={"_csrf_token": token, "_once": once},
+                             follow_redirects=False)
+    assert r1.status_code == 303 and r1.headers["location"] == f"/integrations/{key}"
+    r2 = await consumer.post(f"/integrations/{key}/rotate", data={"_csrf_token": token, "_once": once},
+                             follow_redirects=False)
+    assert r2.status_code == 303
+    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    assert len(target.secrets) == 2, "the second click rotated again"
+    shown = await consumer.get(f"/integrations/{key}")
+    assert target.secrets[0] in shown.text and "already sent" in shown.text
+    again = await consumer.get(f"/integrations/{key}")  # a reload repeats nothing and shows nothing secret
+    assert "whsec_" not in again.text
+    assert msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target).secrets == target.secrets
+
+
+async def test_token_creation_redirects_and_is_created_once(app):
+    consumer = await new_consumer(app)
+    page = (await consumer.get("/tokens")).text
+    data = {"_csrf_token": await csrf(consumer), "_once": once_of(page, "/tokens"), "name": "ci"}
+    first = await consumer.post("/tokens", data=data, follow_redirects=False)
+    assert first.status_code == 303
+    await consumer.post("/tokens", data=data, follow_redirects=False)
+    shown = await consumer.get("/tokens")
+    token = re.search(r'<pre id="new-token">(rth_[^<]+)</pre>', shown.text).group(1)
+    assert 'id="new-token"' not in (await consumer.get("/tokens")).text  # shown once, a reload repeats nothing
+    mine = await ApiToken.objects().where(ApiToken.prefix == token[:10])
+    assert len(mine) == 1
+    assert len(await ApiToken.objects().where(ApiToken.account == mine[0].account)) == 1, "created twice"
+
+
+async def test_flash_cannot_be_spoofed_by_a_link(app):
+    consumer = await new_consumer(app)
+    page = await consumer.get("/integrations?msg=Your+account+is+locked%2C+call+%2B1-555")
+    assert "locked" not in page.text and "555" not in page.text
+
+
+async def test_typed_narrower_scope_is_granted(app, admin, js):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer)  # asks for COURSE_A and COURSE_B
+    form = (await admin.get(f"/admin/integrations/{key}")).text
+    assert 'name="narrow"' not in form and COURSE_B in form
+    await post(admin, f"/admin/integrations/{key}/approve", {"sites": "default", "courses": COURSE_A})
+    grant = decode_grant(await kv_get(js, GRANTS_BUCKET, key))
+    assert grant.courses == [COURSE_A]
+
+
+async def test_clear_errors_and_titles(app, admin):
+    consumer = await new_consumer(app)
+    spaced = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "direct",
+                                                    "sites": "default", "courses": "course-v1:edX+Demo X+2024"})
+    assert spaced.status_code == 400 and "contains a space" in spaced.text and "Not a valid course key" not in spaced.text
+    assert "<title>Error: Request access" in spaced.text
+    assert 'aria-invalid="true" aria-describedby="err-courses"' in spaced.text and 'id="error-summary"' in spaced.text
+    key = await request_access(consumer, delivery="direct", url="")
+    denied = await post(admin, f"/admin/integrations/{key}/deny", {"reason": ""})
+    assert denied.status_code == 400
+    assert denied.text.count("A reason is required.") == 1 and "Give the requester a reason" not in denied.text
+    missing = await consumer.get("/integrations/i0000000000000000")
+    assert missing.status_code == 404 and "<title>Not found (404)" in missing.text
+    forged = await consumer.post("/tokens", data={"name": "x", "_csrf_token": "forged"})
+    assert forged.status_code == 403 and "expired" in forged.text
+    assert consumer.email in forged.text and 'href="/login"' not in forged.text  # the logged-in navigation
+
+
+async def test_session_expiry_keeps_the_typed_form_and_returns_to_it(app):
+    consumer = await new_consumer(app)
+    form = (await consumer.get("/integrations/new")).text
+    await WebSession.delete().where(WebSession.id > 0)  # every session expires
+    data = {"_csrf_token": await csrf(consumer), "_once": once_of(form, "/integrations"), "name": "Typed before expiry",
+            "protocol": "caliper", "delivery": "webhook", "url": "https://hooks.example.org/typed",
+            "sites": "default", "courses": COURSE_B, "reason": "long reason typed slowly", "bearer": "secret-token"}
+    sent = await consumer.post("/integrations", data=data, follow_redirects=False,
+                               headers={"referer": "http://testserver.local/integrations/new"})
+    assert sent.status_code == 303 and sent.headers["location"] == "/login?next=/integrations/new"
+    login_page = await consumer.get(sent.headers["location"])
+    assert "session has expired" in login_page.text and 'name="next" value="/integrations/new"' in login_page.text
+    back = await post(consumer, "/login", {"email": consumer.email, "password": PASSWORD, "next": "/integrations/new"})
+    assert str(back.url).endswith("/integrations/new")
+    for typed in ("Typed before expiry", "https://hooks.example.org/typed", COURSE_B, "long reason typed slowly"):
+        assert typed in back.text
+    assert "secret-token" not in back.text
+    evil = await post(consumer, "/login", {"email": consumer.email, "password": PASSWORD, "next": "//evil.example/x"})
+    assert str(evil.url).startswith("http://testserver.local/")
+
+
+def test_last_error_is_timed_and_marked_resolved():
+    stats = {"enabled": True, "delivered": 5, "last_error": "HTTP 500: oops", "last_error_at": 100.0,
+             "last_success": 200.0, "failing_since": None, "recent": []}
+    state = endpoint_state("approved", "webhook", "", None, stats)
+    assert state.state == "delivering" and state.error_resolved and state.last_error_at == 100.0
+    failing = endpoint_state("approved", "webhook", "", None, {**stats, "last_success": 50.0, "failing_since": 90.0,
+                             "recent": [{"t": 100.0, "attempt": 2, "outcome": "retry"}]}, schedule=[5.0, 300.0])
+    assert failing.state == "failing" and failing.since == 90.0 and failing.next_retry == 400.0
+    assert not failing.error_resolved
+    disabled = endpoint_state("approved", "webhook", "", None, {**stats, "enabled": False,
+                              "disabled_reason": "endpoint answered 410 Gone",
+                              "recent": [{"t": 150.0, "attempt": 1, "outcome": "disabled"}]})
+    assert disabled.state == "disabled" and disabled.since == 150.0 and "410" in disabled.reason
+    assert endpoint_state("suspended", "webhook", "abuse", None, stats).reason == "abuse"
+
+
+async def test_delivered_count_survives_a_secret_rotation(nc, js, nats_server):
+    """Bug 4: a target change restarts the integration's runner; its counters carry on instead of zeroing."""
+    from hub.deliver.status import integration_status
+    from tests.deliver_kit import (
+        deliverer,
+        delivering,
+        get_target,
+        integration,
+        publish,
+        put_target,
+        statement,
+    )
+    from tests.deliver_receivers import Receiver
+
+    receiver = await Receiver().start()
+    try:
+        async with deliverer(nc, nats_server.url) as d:
+            gid, site = await integration(js, "webhook", receiver.url + "/hook", secrets=["whsec_" + "A" * 44])
+            await delivering(d, gid)
+            for n in range(3):
+                await publish(js, site, "c1", statement(n))
+
+            async def delivered(n):
+                return (await integration_status(js, gid))["delivered"] >= n
+
+            await wait_for(lambda: delivered(3), 10, "3 delivered")
+            runner = d.runners[gid]
+            target = await get_target(js, gid)
+            target.secrets = ["whsec_" + "B" * 44, *target.secrets]
+            await put_target(js, target)
+            await wait_for(lambda: gid in d.runners and d.runners[gid] is not runner, 5, "runner restarted")
+            await delivering(d, gid)
+            await publish(js, site, "c1", statement(9))
+            await wait_for(lambda: delivered(4), 10, "4 delivered after the rotation (not 1)")
+    finally:
+        await receiver.stop()
