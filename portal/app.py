@@ -3,6 +3,7 @@ tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neith
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -27,11 +28,11 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
-from portal import db, flash, security
+from portal import db, endpoint, flash, security
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
 from portal.settings import PortalSettings
-from portal.tables import Account
+from portal.tables import Account, Integration
 from portal.validation import (
     DELIVERY_LABELS,
     Scope,
@@ -344,9 +345,10 @@ async def rotate(request: Request, key: FromPath[str]) -> Redirect:
     if again := await once_claimed(request, raw, f"/integrations/{key}"):
         return again
     secret = await portal.rotate_secret(user, row)
+    until = await endpoint.start_overlap(portal, row)
     await flash.done(raw.get("_once"), f"/integrations/{key}")
     return await go(request, f"/integrations/{key}", "New signing secret made; the previous one is still accepted "
-                    "until you retire it.", secret=secret)
+                    f"until {fmt(until.timestamp())} or until you retire it.", secret=secret)
 
 
 @post("/integrations/{key:str}/retire")
@@ -355,6 +357,7 @@ async def retire(request: Request, key: FromPath[str]) -> Redirect:
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
     await portal.retire_old_secret(user, row)
+    await portal._save(row, old_secret_until=None)
     return await go(request, f"/integrations/{key}", "The previous signing secret is no longer accepted.")
 
 
@@ -416,7 +419,8 @@ async def admin_home(request: Request) -> Template:
     portal = portal_of(request)
     shown = request.query_params.get("status") or None
     shown = shown if shown in _STATUSES else None
-    return page(request, "admin.html", pending=await portal.list_all("pending"),
+    changes = await Integration.objects().where((Integration.scope_change == True) & (Integration.status == "approved"))  # noqa: E712
+    return page(request, "admin.html", pending=[*await portal.list_all("pending"), *changes],
                 rows=await portal.list_all(shown), owners=await portal.owner_emails(), shown=shown)
 
 
@@ -445,9 +449,15 @@ async def admin_action(request: Request, key: FromPath[str], action: FromPath[st
                 narrowed = check_scope(raw, set(settings.sites), errors)
                 if errors:
                     raise PortalError("Check the approved scope.", 400, errors)
-            await portal.approve(admin, key, narrowed)
+            if (row := await portal.get(key)).scope_change and row.status == "approved":
+                await endpoint.approve_scope_change(portal, admin, row, narrowed)
+            else:
+                await portal.approve(admin, key, narrowed)
         elif action == "deny":
-            await portal.deny(admin, key, reason)
+            if (row := await portal.get(key)).scope_change and row.status == "approved":
+                await endpoint.deny_scope_change(portal, admin, row, reason)
+            else:
+                await portal.deny(admin, key, reason)
         elif action == "suspend":
             await portal.suspend(admin, key, reason)
         elif action == "resume":
@@ -536,7 +546,9 @@ async def api_rotate(request: Request, key: FromPath[str]) -> dict[str, Any]:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
-    return {"id": row.key, "webhook_secret": await portal.rotate_secret(user, row)}
+    secret = await portal.rotate_secret(user, row)
+    until = await endpoint.start_overlap(portal, row)
+    return {"id": row.key, "webhook_secret": secret, "previous_secret_accepted_until": until.isoformat()}
 
 
 @post("/integrations/{key:str}/creds", status_code=200)
@@ -581,9 +593,15 @@ async def api_admin_action(request: Request, key: FromPath[str], action: FromPat
             narrowed = check_scope(data, set(settings.sites), errors)
             if errors:
                 raise PortalError("Invalid approved scope.", 400, errors)
-        row = await portal.approve(admin, key, narrowed)
+        if (row := await portal.get(key)).scope_change and row.status == "approved":
+            await endpoint.approve_scope_change(portal, admin, row, narrowed)
+        else:
+            row = await portal.approve(admin, key, narrowed)
     elif action == "deny":
-        row = await portal.deny(admin, key, reason)
+        if (row := await portal.get(key)).scope_change and row.status == "approved":
+            await endpoint.deny_scope_change(portal, admin, row, reason)
+        else:
+            row = await portal.deny(admin, key, reason)
     elif action == "suspend":
         row = await portal.suspend(admin, key, reason)
     elif action == "resume":
@@ -618,13 +636,18 @@ def _is_api(request: Request) -> bool:
 
 def create_app(settings: PortalSettings) -> Litestar:
     """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
+    from portal import ops_routes  # its handlers use this module's helpers
+
     portal = Portal(settings)
     state: dict[str, Any] = {"portal": portal, "settings": settings, "engine": None, "recent_sessions": {}}
 
     async def startup(app: Litestar) -> None:
         app.state.engine = await db.migrate(settings)
+        app.state.sweeper = asyncio.create_task(endpoint.overlap_loop(portal))
 
     async def shutdown(app: Litestar) -> None:
+        if app.state.get("sweeper"):
+            app.state.sweeper.cancel()
         await portal.close()
         if app.state.engine is not None:
             await db.close(app.state.engine)
@@ -661,7 +684,8 @@ def create_app(settings: PortalSettings) -> Litestar:
         route_handlers=[home, health, signup_form, signup, login_form, login, logout, my_integrations,
                         new_integration_form, create_integration, integration_page, rotate, retire, download_creds,
                         cancel, tokens_page, create_token, revoke_token, admin_home, admin_integration, admin_action,
-                        audit_page, API,
+                        audit_page, API, *ops_routes.PAGES, Router(path="/api/v1", route_handlers=ops_routes.API,
+                                                                   tags=["api"], guards=[ops_routes.api_guard]),
                         create_static_files_router(path="/static", directories=[HERE / "static"])],
         on_startup=[startup],
         before_request=load_flash,

@@ -70,6 +70,7 @@ class Integration(Table, tablename="portal_integration"):
     issued_users = Text(default="[]")
     creds_issued = Integer(default=0)
     old_secret_until = Timestamptz(null=True, default=None)  # the rotated-out webhook secret is retired then
+    scope_change = Boolean(default=False)  # req_* hold a wider scope the owner asked for, awaiting an admin
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
 
@@ -84,6 +85,7 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-from portal.flash import FlashEntry, FormOnce  # noqa: E402 - kept beside the code that uses them
+from portal.charts import LagSample  # noqa: E402 - kept beside the code that uses them
+from portal.flash import FlashEntry, FormOnce  # noqa: E402
 
-TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, FlashEntry, FormOnce)
+TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, FlashEntry, FormOnce, LagSample)

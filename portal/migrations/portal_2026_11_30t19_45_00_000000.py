@@ -1,13 +1,14 @@
-"""Flash messages and once-tokens (portal/flash.py), and until when a rotated-out webhook secret is accepted."""
+"""Flash messages and once-tokens (portal/flash.py), until when a rotated-out webhook secret is accepted, and
+a scope change awaiting an administrator, and the lag samples of the 24 h chart."""
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager
-from piccolo.columns.column_types import Text, Timestamptz, Varchar
+from piccolo.columns.column_types import Boolean, Integer, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.indexes import IndexMethod
 
 ID = "2026-11-30T19:45:00:000000"
 VERSION = "1.38.0"
-DESCRIPTION = "flash messages, once-tokens, old secret overlap"
+DESCRIPTION = "flash messages, once-tokens, old secret overlap, scope change requests"
 
 
 def _params(**over):
@@ -21,6 +22,7 @@ async def forwards():
     manager = MigrationManager(migration_id=ID, app_name="portal", description=DESCRIPTION)
     manager.add_table(class_name="FlashEntry", tablename="portal_flash", schema=None, columns=None)
     manager.add_table(class_name="FormOnce", tablename="portal_once", schema=None, columns=None)
+    manager.add_table(class_name="LagSample", tablename="portal_lag", schema=None, columns=None)
     columns = [
         ("FlashEntry", "portal_flash", "box", Varchar, _params(length=64, index=True)),
         ("FlashEntry", "portal_flash", "kind", Varchar, _params(length=16)),
@@ -31,6 +33,10 @@ async def forwards():
         ("FormOnce", "portal_once", "location", Varchar, _params(length=300)),
         ("FormOnce", "portal_once", "created", Timestamptz, _params(default=TimestamptzNow())),
         ("Integration", "portal_integration", "old_secret_until", Timestamptz, _params(default=None, null=True)),
+        ("Integration", "portal_integration", "scope_change", Boolean, _params(default=False)),
+        ("LagSample", "portal_lag", "integration", Varchar, _params(length=64, index=True)),
+        ("LagSample", "portal_lag", "at", Timestamptz, _params(default=TimestamptzNow(), index=True)),
+        ("LagSample", "portal_lag", "lag", Integer, _params(default=0)),
     ]
     for class_name, tablename, column, column_class, params in columns:
         manager.add_column(table_class_name=class_name, tablename=tablename, column_name=column,
