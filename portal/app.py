@@ -4,6 +4,7 @@ tokens, OpenAPI at ``/schema``). Both call :class:`portal.service.Portal`; neith
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -30,7 +31,16 @@ from markupsafe import Markup
 
 from portal import db, endpoint, flash, security
 from portal.deliveries import EndpointState, endpoint_state, fmt
-from portal.service import NotFound, Portal, PortalError, granted_scope, public_view, requested_scope
+from portal.service import (
+    NotFound,
+    Portal,
+    PortalError,
+    grant_of,
+    granted_scope,
+    now,
+    public_view,
+    requested_scope,
+)
 from portal.settings import PortalSettings
 from portal.tables import Account, Integration
 from portal.validation import (
@@ -316,7 +326,29 @@ async def _detail(request: Request, row, secret: str | None = None, admin: bool 
                 requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
                 secrets=state.secrets, refresh_url=f"{base}/{row.key}/state.json",
                 example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
+                direct=await direct_help(portal, row) if row.delivery == "direct" and row.status == "approved" else None,
                 audit=await portal.audit_log(50, row.key), **extra)
+
+
+async def direct_help(portal: Portal, row) -> dict[str, Any]:
+    """What a direct subscriber needs besides the Python example: the CLI lines, a sample statement, subjects
+    and when the newest downloaded credential expires."""
+    from hub.deliver.ops import test_statement
+    from hub.grants import consumer_name
+
+    grant = grant_of(row, "")
+    _, sample = test_statement(row.protocol, row.key)
+    issued = [e for e in await portal.audit_log(200, row.key) if e.action == "creds.issue"]
+    last = issued[0].at if issued else None
+    try:
+        cli = portal.auth().example_nats_cli(grant, consumer_name(row.key), servers=portal.settings.nats_url_for_consumers(),
+                                             creds_file=f"{row.key}.creds")
+    except (PortalError, AttributeError):
+        cli = ""
+    return {"cli": cli, "sample": json.dumps(json.loads(sample), indent=2), "subjects": grant.filter_subjects(),
+            "days": portal.settings.creds_days, "last_issued": last,
+            "last_expires": last + dt.timedelta(days=portal.settings.creds_days) if last else None,
+            "new_expires": now() + dt.timedelta(days=portal.settings.creds_days)}
 
 
 async def state_of(portal: Portal, row) -> EndpointState:
