@@ -29,7 +29,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
-from portal import db, endpoint, flash, security
+from portal import courses, db, endpoint, flash, security
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.service import (
     NotFound,
@@ -48,6 +48,7 @@ from portal.validation import (
     Scope,
     check_scope,
     clean_text,
+    split_list,
     validate_request,
     validate_signup,
 )
@@ -287,7 +288,8 @@ async def my_integrations(request: Request) -> Template:
 async def new_integration_form(request: Request) -> Template:
     await require_user(request)
     kept = (request.state.get("flash") or flash.EMPTY)["form"]
-    return page(request, "integration_new.html", form=kept or {"protocol": "xapi", "delivery": "webhook"}, errors={})
+    return page(request, "integration_new.html", form=kept or {"protocol": "xapi", "delivery": "webhook"}, errors={},
+                known_courses=courses.for_sites(await courses.known_courses(portal_of(request)), []))
 
 
 @post("/integrations")
@@ -296,16 +298,28 @@ async def create_integration(request: Request) -> Template | Redirect:
     settings: PortalSettings = request.app.state.settings
     raw = await form_of(request)
     spec, errors = validate_request(raw, set(settings.sites), settings.max_text)
+    if spec and spec.url:
+        await endpoint.check_endpoint_url(spec.url, settings, errors)
+    known = await courses.known_courses(portal_of(request))
+    unknown = courses.unknown_courses(known, spec.scope.sites if spec else [], spec.scope.courses if spec else [])
     if errors:
         # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
         shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
                  for k, v in raw.items() if k not in ("basic_auth", "bearer", "_csrf_token", "_once")}
-        return page(request, "integration_new.html", status=400, form=shown, errors=errors)
+        return page(request, "integration_new.html", status=400, form=shown, errors=errors,
+                    known_courses=courses.for_sites(known, split_list(raw.get("sites"))))
     if again := await once_claimed(request, raw, "/integrations"):
         return again
     row = await portal_of(request).create_integration(user, spec)
     await flash.done(raw.get("_once"), f"/integrations/{row.key}")
+    if unknown:
+        await flash.put(flash_box(request), flash_session(request), "warning", unknown_warning(unknown))
     return await go(request, f"/integrations/{row.key}", "Request sent: an administrator will review it.")
+
+
+def unknown_warning(unknown: list[str]) -> str:
+    return (f"No events were seen yet for {', '.join(unknown[:5])}{' and more' if len(unknown) > 5 else ''} on "
+            "the chosen sites: check the course key (a course without activity yet is fine).")
 
 
 @get("/integrations/{key:str}")
@@ -555,9 +569,16 @@ async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[s
     user = await api_user(request)
     settings: PortalSettings = request.app.state.settings
     spec, errors = validate_request(data, set(settings.sites), settings.max_text)
+    if spec and spec.url:
+        await endpoint.check_endpoint_url(spec.url, settings, errors)
     if errors:
         raise PortalError("Invalid integration request.", 400, errors)
-    return public_view(await portal_of(request).create_integration(user, spec))
+    view = public_view(await portal_of(request).create_integration(user, spec))
+    unknown = courses.unknown_courses(await courses.known_courses(portal_of(request)), spec.scope.sites,
+                                      spec.scope.courses)
+    if unknown:
+        view["warnings"] = {"courses": unknown_warning(unknown)}
+    return view
 
 
 @get("/integrations/{key:str}")

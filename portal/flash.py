@@ -28,7 +28,7 @@ class FlashEntry(Table, tablename="portal_flash"):
     """One thing to show on the next page of the browser whose box id hashes to ``box``."""
 
     box = Varchar(length=64, index=True)
-    kind = Varchar(length=16)  # info | error | secret | token | form
+    kind = Varchar(length=16)  # info | error | warning | secret | token | form
     path = Varchar(length=300, default="")  # for ``form``: the page it fills
     text = Text(default="")
     created = Timestamptz(default=TimestamptzNow())
@@ -75,7 +75,7 @@ async def carry(box: str | None, old_session: str, new_session: str) -> None:
 async def take(box: str | None, session: str, path: str) -> dict[str, Any]:
     """Everything for this page, removed as it is read: ``{"info": [...], "error": [...], "secret": str|None,
     "token": str|None, "form": dict|None}`` (a stashed form only on the page it was typed on)."""
-    out: dict[str, Any] = {"info": [], "error": [], "secret": None, "token": None, "form": None}
+    out: dict[str, Any] = {"info": [], "error": [], "warning": [], "secret": None, "token": None, "form": None}
     if not box or len(box) > 100:
         return out
     rows = await FlashEntry.objects().where((FlashEntry.box == _key(box, session)) & (FlashEntry.created >= _now() - KEEP)
@@ -86,7 +86,7 @@ async def take(box: str | None, session: str, path: str) -> dict[str, Any]:
             if row.path != path:
                 continue
             out["form"] = json.loads(row.text)
-        elif row.kind in ("info", "error"):
+        elif row.kind in ("info", "error", "warning"):
             out[row.kind].append(row.text)
         else:
             out[row.kind] = row.text
@@ -125,4 +125,4 @@ async def done(token: Any, location: str) -> None:
         await FormOnce.update({FormOnce.location: location[:300]}).where(FormOnce.token == token)
 
 
-EMPTY: dict[str, Any] = {"info": [], "error": [], "secret": None, "token": None, "form": None}
+EMPTY: dict[str, Any] = {"info": [], "error": [], "warning": [], "secret": None, "token": None, "form": None}

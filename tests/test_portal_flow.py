@@ -195,3 +195,67 @@ async def test_delivered_count_survives_a_secret_rotation(nc, js, nats_server):
             await wait_for(lambda: delivered(4), 10, "4 delivered after the rotation (not 1)")
     finally:
         await receiver.stop()
+
+
+async def test_request_form_checks_urls_with_the_deliverers_rules(app):
+    consumer = await new_consumer(app)
+    headers = {"Authorization": f"Bearer {await _token(consumer)}"}
+    for url in ("http://169.254.169.254/latest/meta-data", "http://127.0.0.1:8080/hook", "http://10.1.2.3/x",
+                "http://[::1]/x", "http://0x7f000001/x"):
+        page = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "webhook",
+                                                      "url": url, "sites": "default", "courses": COURSE_A})
+        assert page.status_code == 400 and "will not send there" in page.text, url
+        api = await consumer.post("/api/v1/integrations", headers=headers, json={
+            "name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "courses": [COURSE_A]})
+        assert api.status_code == 400 and "url" in api.json()["errors"], url
+
+
+async def test_known_courses_are_offered_and_unknown_keys_warned(app, js):
+    from hub.streams import RAW_STREAM
+    from hub.subjects import subject
+    from hub.translate.base import CourseNames
+    from portal import courses
+
+    seen = "course-v1:SeenX+Raw1+2026"
+    named = "course-v1:NamedX+Kv1+2026"
+    await js.publish(subject("lms", "default", "SeenX", seen, "problem_check"), b"{}", stream=RAW_STREAM)
+    await CourseNames.put(js, named, "A named course")
+    courses.forget()
+    consumer = await new_consumer(app)
+    form = (await consumer.get("/integrations/new")).text
+    assert f'<option value="{seen}">' in form and f'<option value="{named}">' in form
+    made = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "direct",
+                                                   "sites": "default", "courses": f"{seen}, course-v1:Typo+X+1"})
+    assert made.status_code == 200 and "No events were seen yet for course-v1:Typo+X+1" in made.text
+    assert seen not in made.text.split('class="warning"')[1].split("</p>")[0]
+    headers = {"Authorization": f"Bearer {await _token(consumer)}"}
+    api = await consumer.post("/api/v1/integrations", headers=headers, json={
+        "name": "x", "protocol": "xapi", "delivery": "direct", "sites": ["default"], "courses": [named, "course-v1:A+B+C"]})
+    assert api.status_code == 201 and "course-v1:A+B+C" in api.json()["warnings"]["courses"]
+
+
+def test_form_placeholders_exist_in_the_demo_and_all_fields_work_without_js():
+    from pathlib import Path
+
+    from lms_publisher.demo import generate
+
+    html = (Path(__file__).parent.parent / "portal" / "templates" / "integration_new.html").read_text()
+    holders = dict(re.findall(r'name="(orgs|courses|event_types)"[^>]*placeholder="([^"]+)"', html))
+    events = generate(courses=3, users=6, seed=1)
+    seen = {"orgs": set(), "courses": set(), "event_types": set()}
+    for _, event in zip(range(3000), events, strict=False):
+        course = (event.get("context") or {}).get("course_id") or ""
+        seen["courses"].add(course)
+        seen["orgs"].add((event.get("context") or {}).get("org_id") or course.split(":")[-1].split("+")[0])
+        seen["event_types"].add(event.get("name"))
+    for field, text in holders.items():
+        for example in (x.strip() for x in text.split(",")):
+            assert example in seen[field], (field, example)
+    # without JavaScript every delivery's fields are present and visible (the script only hides others)
+    assert ' hidden' not in html.split('id="request-form"')[1]
+
+
+async def _token(client) -> str:
+    from tests.test_portal_api import make_token
+
+    return await make_token(client)
