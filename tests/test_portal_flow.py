@@ -259,3 +259,23 @@ async def _token(client) -> str:
     from tests.test_portal_api import make_token
 
     return await make_token(client)
+
+
+def test_charts_are_valid_svg_with_failures_marked():
+    import xml.etree.ElementTree as ET
+
+    from portal.charts import DAY_MIN, svg_chart
+
+    delivered = [0] * DAY_MIN
+    failed = [0] * DAY_MIN
+    delivered[100], delivered[1439], failed[500], failed[501] = 7, 3, 1, 2
+    svg = svg_chart("Delivered per minute, last 24 h", delivered, failed, now=1_800_000_000.0)
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.get("role") == "img" and "3 failed attempt(s)" in root.get("aria-label")
+    assert len([e for e in root.iter(f"{ns}line") if e.get("class") == "fail"]) == 2
+    points = root.find(f"{ns}polyline").get("points").split()
+    assert len(points) == DAY_MIN and min(float(p.split(",")[1]) for p in points) == 28.0  # the peak at the top
+    lag = svg_chart("Lag", [None] * (DAY_MIN - 2) + [4, 2], None, now=1_800_000_000.0, unit=" waiting")
+    assert "latest 2" in ET.fromstring(lag).get("aria-label")
+    assert "<script" not in svg + lag
