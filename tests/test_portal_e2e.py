@@ -117,6 +117,10 @@ async def shows(page, selector: str, text: str) -> bool:
     return (await page.inner_text(selector)).strip() == text
 
 
+async def _contains(page, selector: str, text: str) -> bool:
+    return text in await page.inner_text(selector)
+
+
 async def submit(page, selector: str = "button[type=submit]"):
     async with page.expect_navigation():
         await page.click(selector)
@@ -231,6 +235,41 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, tm
             await page.reload()
             await submit(page, "button.resend")
             assert "queued to be sent again" in await page.inner_text("main")
+
+            # a dead letter (retry now while still failing ends the schedule), then redrive it
+            switch.status = 502
+            dead = str(uuid.uuid4())
+            await admin_js.publish(subject("xapi", "default", "DemoX", COURSE, "problem_check"),
+                                   json.dumps({"id": dead}).encode())
+            await wait_for(lambda: shows(page, "#state", "failing"), 20, "failing again")
+            await page.reload()
+            await submit(page, "#op-retry-now")
+            await wait_for(lambda: shows(page, "#dead-letters", "1"), 20, "one dead letter")
+            switch.status = 200
+            await page.reload()
+            await submit(page, "#op-redrive-all")
+            assert "1 dead letter(s) sent back" in await page.inner_text("main")
+            await wait_for(lambda: dead in [r.json().get("id") for r in receiver.requests[-5:]], 10, "redriven")
+
+            # replay since 1 h: the same statement ids again
+            before = len(receiver.requests)
+            await page.fill("#f-replay-since", "1h")
+            await submit(page, "#op-replay")
+            assert "Replaying" in await page.inner_text("main")
+            await wait_for(lambda: sid in [r.json().get("id") for r in receiver.requests[before:]], 10, "replayed")
+
+            # 410 disables the endpoint; the page says why; re-enable delivers the kept backlog
+            switch.status = 410
+            gone = str(uuid.uuid4())
+            await admin_js.publish(subject("xapi", "default", "DemoX", COURSE, "problem_check"),
+                                   json.dumps({"id": gone}).encode())
+            await wait_for(lambda: shows(page, "#state", "disabled"), 20, "disabled")
+            await wait_for(lambda: _contains(page, "#state-reason", "410 Gone"), 10, "the reason, refreshed in place")
+            switch.status = 200
+            await page.reload()
+            await submit(page, "#op-reenable")
+            assert "re-enabled" in await page.inner_text("main")
+            await wait_for(lambda: gone in [r.json().get("id") for r in receiver.requests[-5:]], 10, "backlog sent")
 
             # phones: tables stack, nothing scrolls sideways, and axe still passes
             await page.set_viewport_size({"width": 390, "height": 844})

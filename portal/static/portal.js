@@ -65,6 +65,8 @@
           text("lag", s.lag === null ? "—" : String(s.lag));
           text("last-success", s.last_success_text || "—");
           text("last-error", s.last_error ? s.last_error_at_text + ": " + s.last_error + (s.error_resolved ? " (resolved: delivered successfully since)" : "") : "none");
+          var why = document.getElementById("state-reason");
+          if (why) { why.textContent = s.reason ? "Why: " + s.reason : ""; why.hidden = !s.reason; }
           text("dead-letters", s.dead_letters === null ? "—" : String(s.dead_letters));
           box.setAttribute("data-refreshed", String(Date.now()));
         })
