@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 from jinja2 import Environment, FileSystemLoader
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.config.csrf import CSRFConfig
@@ -30,6 +31,7 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
 from portal import courses, db, endpoint, flash, security
+from portal.api_types import IntegrationView, RotatedSecret
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.service import (
     NotFound,
@@ -565,7 +567,7 @@ async def api_list(request: Request) -> list[dict[str, Any]]:
 
 
 @post("/integrations", status_code=201)
-async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[str, Any]:
+async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> IntegrationView:
     user = await api_user(request)
     settings: PortalSettings = request.app.state.settings
     spec, errors = validate_request(data, set(settings.sites), settings.max_text)
@@ -578,7 +580,7 @@ async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> dict[s
                                       spec.scope.courses)
     if unknown:
         view["warnings"] = {"courses": unknown_warning(unknown)}
-    return view
+    return msgspec.convert(view, IntegrationView)
 
 
 @get("/integrations/{key:str}")
@@ -595,13 +597,13 @@ async def api_get(request: Request, key: FromPath[str]) -> dict[str, Any]:
 
 
 @post("/integrations/{key:str}/rotate-secret", status_code=200)
-async def api_rotate(request: Request, key: FromPath[str]) -> dict[str, Any]:
+async def api_rotate(request: Request, key: FromPath[str]) -> RotatedSecret:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
     secret = await portal.rotate_secret(user, row)
     until = await endpoint.start_overlap(portal, row)
-    return {"id": row.key, "webhook_secret": secret, "previous_secret_accepted_until": until.isoformat()}
+    return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
 
 
 @post("/integrations/{key:str}/creds", status_code=200)

@@ -279,3 +279,19 @@ def test_charts_are_valid_svg_with_failures_marked():
     lag = svg_chart("Lag", [None] * (DAY_MIN - 2) + [4, 2], None, now=1_800_000_000.0, unit=" waiting")
     assert "latest 2" in ET.fromstring(lag).get("aria-label")
     assert "<script" not in svg + lag
+
+
+async def test_openapi_documents_the_new_operations_with_typed_schemas(app):
+    async with Client(app) as client:
+        schema = (await client.get("/schema/openapi.json")).json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
+    for path in ("state", "deliveries", "dead-letters", "reenable", "endpoint", "scope", "retry-now", "resend",
+                 "redrive", "replay", "test-event"):
+        assert f"/api/v1/integrations/{{key}}/{path}" in paths, path
+    names = " ".join(components)
+    for struct in ("ActionResult", "AttemptPage", "AttemptView", "EndpointState", "EndpointEdit", "ScopeChange",
+                   "ResendRequest", "RedriveRequest", "ReplayRequest", "DeadLetterView", "IntegrationView",
+                   "RotatedSecret"):
+        assert struct in names, struct
+    attempt = next(v for k, v in components.items() if k.endswith("AttemptView"))
+    assert {"t", "ids", "outcome", "status", "latency_ms", "excerpt"} <= set(attempt["properties"])
