@@ -106,6 +106,8 @@ def safe_back(path: Any) -> str:
 async def login_needed(request: Request) -> LoginNeeded:
     """Remember where the person was (and, for a form, what they typed) so log-in brings them back."""
     box = flash_box(request)
+    # Only a browser that had a session (it expired) gets anything stored: anonymous hits write nothing.
+    had_session = bool(request.cookies.get(SESSION_COOKIE))
     if request.method == "GET":
         back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     else:
@@ -113,15 +115,15 @@ async def login_needed(request: Request) -> LoginNeeded:
         origin = f"{request.url.scheme}://{request.url.netloc}"
         back = referer[len(origin):] if referer.startswith(origin + "/") else "/"
         back = safe_back(back.split("#")[0])
-        try:
-            typed = flash.stashable(await form_of(request))
-        except Exception:  # noqa: BLE001 - not a form body: nothing to keep
-            typed = {}
-        if typed:
-            await flash.put(box, "", "form", json.dumps(typed), path=back.split("?")[0])
-    had_session = bool(request.cookies.get(SESSION_COOKIE))
-    await flash.put(box, "", "info", "Your session has expired: log in again to continue where you were."
-                    if had_session else "Log in to continue.")
+        if had_session:
+            try:
+                typed = json.dumps(flash.stashable(await form_of(request)))
+            except Exception:  # noqa: BLE001 - not a form body: nothing to keep
+                typed = "{}"
+            if typed != "{}" and len(typed) <= flash.MAX_STASH:
+                await flash.put(box, "", "form", typed, path=back.split("?")[0])
+    if had_session:
+        await flash.put(box, "", "info", "Your session has expired: log in again to continue where you were.")
     return LoginNeeded(safe_back(back), box)
 
 

@@ -126,12 +126,10 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
         raise PortalError("Nothing to change: the endpoint is already like that.", 409)
     target = await portal._get_target(row.key)
     await portal._save(row, **changes)
-    await portal._put_target(portal._target(row, target.secrets if target else [],
-                                            enabled=target.enabled if target else True))
-    if target and not target.enabled:  # keep the deliverer's reason visible until re-enabled
-        fixed = portal._target(row, target.secrets, enabled=False)
-        fixed.disabled_reason = target.disabled_reason
-        await portal._put_target(fixed)
+    fresh = portal._target(row, target.secrets if target else [])
+    if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
+        fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason)
+    await portal._put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else k for k in changes})
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
     return changed
@@ -215,7 +213,7 @@ async def retire_expired(portal: Portal) -> int:
         try:
             target = await portal._get_target(row.key)
             if row.status == "approved" and target and len(target.secrets) > 1:
-                await portal._put_target(portal._target(row, target.secrets[:1], enabled=target.enabled))
+                await portal._put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
                 await portal.audit("system", "secret.retire", row.key, "overlap period over")
                 count += 1
             await portal._save(row, old_secret_until=None)

@@ -20,6 +20,7 @@ from portal.security import sha256
 
 COOKIE = "rthub_flash"
 KEEP = dt.timedelta(minutes=15)
+MAX_STASH = 20_000  # characters of JSON: a request form, not a dump
 # Never stashed across a log-in: credentials, passwords and the CSRF token of the dead session.
 NOT_STASHED = frozenset({"password", "basic_auth", "bearer", "_csrf_token", "_once"})
 

@@ -14,7 +14,17 @@ from litestar.response import Redirect, Template
 
 from hub.deliver import ops
 from portal import charts, endpoint, flash
-from portal.app import api_user, form_of, go, once_claimed, page, portal_of, require_user, state_of
+from portal.app import (
+    api_user,
+    current_user,
+    form_of,
+    go,
+    once_claimed,
+    page,
+    portal_of,
+    require_user,
+    state_of,
+)
 from portal.deliveries import (
     ActionResult,
     AttemptPage,
@@ -203,7 +213,9 @@ async def deliveries_page(request: Request, key: FromPath[str]) -> Template:
 @get("/integrations/{key:str}/state.json")
 async def state_json(request: Request, key: FromPath[str]) -> Response:
     """The state box's refresh (static/portal.js): the state plus preformatted times."""
-    user = await require_user(request)
+    user = await current_user(request)
+    if user is None:  # a stale tab polling: a plain 401, no log-in redirect to a JSON URL
+        return Response({"error": "Log in first."}, status_code=401)
     portal = portal_of(request)
     state = await state_of(portal, await _row(portal, user, key))
     body = msgspec.to_builtins(state)

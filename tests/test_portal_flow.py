@@ -143,6 +143,18 @@ async def test_session_expiry_keeps_the_typed_form_and_returns_to_it(app):
     assert str(evil.url).startswith("http://testserver.local/")
 
 
+async def test_anonymous_visits_store_nothing(app):
+    from portal.flash import FlashEntry
+
+    before = await FlashEntry.count()
+    async with Client(app) as anon:
+        for _ in range(20):
+            r = await anon.get("/integrations/new", follow_redirects=False)
+            assert r.status_code == 303 and r.headers["location"] == "/login?next=/integrations/new"
+        assert "Log in to continue" in (await anon.get("/integrations/new")).text
+    assert await FlashEntry.count() == before
+
+
 def test_last_error_is_timed_and_marked_resolved():
     stats = {"enabled": True, "delivered": 5, "last_error": "HTTP 500: oops", "last_error_at": 100.0,
              "last_success": 200.0, "failing_since": None, "recent": []}

@@ -91,7 +91,8 @@ async def state(client, key: str) -> dict:
 
 async def test_operations_end_to_end(app, admin, js, nc, nats_server):
     switch = Switch()
-    receiver, other = await Receiver(switch).start(), await Receiver().start()
+    other_switch = Switch()
+    receiver, other = await Receiver(switch).start(), await Receiver(other_switch).start()
     try:
         async with deliverer(nc, nats_server.url, retry_schedule=["0.05s", "20s"]):
             consumer = await new_consumer(app)
@@ -158,7 +159,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             # 410 disables; the page says why and when; re-enable delivers the kept backlog
             switch.status = 410
             await publish(js, statement())
-            await wait_for(lambda: _is(consumer, key, "disabled"), 10, "state disabled")
+            await wait_for(lambda: _is(consumer, key, "disabled", "since"), 10, "state disabled, with when")
             disabled = await state(consumer, key)
             assert "410" in disabled["reason"] and disabled["since"]
             switch.status = 200
@@ -210,6 +211,34 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             resent = await consumer.post(f"/api/v1/integrations/{key}/resend", headers=owner_h, json={"seq": int(seq)})
             assert resent.json()["statement_id"] == s2
             assert (await consumer.get(f"/api/v1/integrations/{key}/dead-letters", headers=owner_h)).json() == []
+            # two dead letters, then redrive one by its sequence and the other by time, through the API
+            await wait_for(lambda: sent.json()["statement_id"] in ids_received(other)
+                           and s2 in ids_received(other), 10, "earlier test event and resend delivered")
+            other_switch.status = 500
+            d1, d2 = await publish(js, statement()), await publish(js, statement())
+            # one course, one lane: retry now until both have used up their schedule (a replay still catching
+            # up may deliver a new statement a second time, with the same id: more dead letters are fine)
+            async def both_dead() -> bool:
+                listed = await consumer.get(f"/api/v1/integrations/{key}/dead-letters", headers=owner_h)
+                if {d1, d2} <= {d["statement_id"] for d in listed.json()}:
+                    return True
+                await consumer.post(f"/api/v1/integrations/{key}/retry-now", headers=owner_h)
+                return False
+
+            await wait_for(both_dead, 15, "both dead-lettered", interval=0.3)
+            dead = (await consumer.get(f"/api/v1/integrations/{key}/dead-letters", headers=owner_h)).json()
+            assert all(d["last_status"] == 500 and d["statement_id"] in (d1, d2) for d in dead)
+            other_switch.status = 200
+            one = await consumer.post(f"/api/v1/integrations/{key}/redrive", headers=admin_h,
+                                      json={"seqs": [dead[0]["seq"]]})
+            assert one.json()["count"] == 1
+            await wait_for(lambda: dead[0]["statement_id"] in ids_received(other), 10, "the one redriven")
+            none = await consumer.post(f"/api/v1/integrations/{key}/redrive", headers=owner_h,
+                                       json={"since": "2999-01-01T00:00:00Z"})
+            assert none.status_code == 400 and "future" in none.json()["error"]
+            rest = await consumer.post(f"/api/v1/integrations/{key}/redrive", headers=owner_h, json={"since": "1h"})
+            assert rest.json()["count"] == len(dead) - 1
+            await wait_for(lambda: dead[1]["statement_id"] in ids_received(other), 10, "the other redriven")
             replay = await consumer.post(f"/api/v1/integrations/{key}/replay", headers=owner_h, json={"since": "soon"})
             assert replay.status_code == 400 and "since" in replay.json()["errors"]
             mallory = await new_consumer(app)

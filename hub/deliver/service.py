@@ -355,6 +355,9 @@ class Runner:
         attempt = 0
         while True:
             attempt += 1
+            # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming backoff
+            # even when it arrives while this attempt is still in flight.
+            wake = self.wake
             result = await self.send(items)
             outcome = "retry" if result.status is None else retry.classify(self.target.kind, result.status, len(items))
             if outcome == "delivered":
@@ -387,7 +390,6 @@ class Runner:
             if delay is None:
                 await self.dead_letter(items, f"failed after {attempt} attempts", result, attempt)
                 return
-            wake = self.wake  # "retry now" (``retry.<grant id>`` in the state bucket) ends every backoff at once
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), delay)
 
