@@ -193,7 +193,8 @@ async def go(request: Request, path: str, msg: str = "", kind: str = "info", ses
 
 async def load_flash(request: Request) -> None:
     """Before each page view: what earlier POSTs left for it (read once)."""
-    if request.method != "GET" or request.url.path.startswith(("/api/", "/static", "/schema", "/health")):
+    if (request.method != "GET" or request.url.path.startswith(("/api/", "/static", "/schema", "/health"))
+            or request.url.path.endswith(".json")):  # a page script's poll must not eat the next page's messages
         return
     box = request.cookies.get(flash.COOKIE)
     if box:
@@ -339,10 +340,9 @@ async def _detail(request: Request, row, secret: str | None = None, admin: bool 
                   **extra) -> Template:
     portal = portal_of(request)
     state = await state_of(portal, row)
-    base = "/admin/integrations" if admin else "/integrations"
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
                 requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
-                secrets=state.secrets, refresh_url=f"{base}/{row.key}/state.json",
+                secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",
                 example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
                 direct=await direct_help(portal, row) if row.delivery == "direct" and row.status == "approved" else None,
                 audit=await portal.audit_log(50, row.key), **extra)

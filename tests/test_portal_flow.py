@@ -125,7 +125,10 @@ async def test_clear_errors_and_titles(app, admin):
 async def test_session_expiry_keeps_the_typed_form_and_returns_to_it(app):
     consumer = await new_consumer(app)
     form = (await consumer.get("/integrations/new")).text
-    await WebSession.delete().where(WebSession.id > 0)  # every session expires
+    from portal.tables import Account
+
+    me = await Account.objects().get(Account.email == consumer.email)
+    await WebSession.delete().where(WebSession.account == me.id)  # this consumer's session expires
     data = {"_csrf_token": await csrf(consumer), "_once": once_of(form, "/integrations"), "name": "Typed before expiry",
             "protocol": "caliper", "delivery": "webhook", "url": "https://hooks.example.org/typed",
             "sites": "default", "courses": COURSE_B, "reason": "long reason typed slowly", "bearer": "secret-token"}
@@ -307,3 +310,26 @@ async def test_openapi_documents_the_new_operations_with_typed_schemas(app):
         assert struct in names, struct
     attempt = next(v for k, v in components.items() if k.endswith("AttemptView"))
     assert {"t", "ids", "outcome", "status", "latency_ms", "excerpt"} <= set(attempt["properties"])
+
+
+async def test_a_double_submitted_request_creates_one_integration(app):
+    from portal.tables import Integration
+
+    consumer = await new_consumer(app)
+    form = (await consumer.get("/integrations/new")).text
+    data = {"_csrf_token": await csrf(consumer), "_once": once_of(form, "/integrations"), "name": "Twice clicked",
+            "protocol": "xapi", "delivery": "direct", "sites": "default", "courses": COURSE_A}
+    first = await consumer.post("/integrations", data=data, follow_redirects=False)
+    second = await consumer.post("/integrations", data=data, follow_redirects=False)
+    assert first.status_code == second.status_code == 303 and first.headers["location"] == second.headers["location"]
+    assert len(await Integration.objects().where(Integration.name == "Twice clicked")) == 1
+
+
+async def test_admin_page_refreshes_from_a_route_that_exists(app, admin):
+    consumer, key = await approved_webhook(app, admin)
+    got = await admin.get(f"/admin/integrations/{key}")
+    assert got.status_code == 200, got.text[-2000:]
+    page = got.text
+    url = re.search(r'data-refresh="([^"]+)"', page).group(1)
+    polled = await admin.get(url)
+    assert polled.status_code == 200 and polled.json()["state"] in ("idle", "delivering")

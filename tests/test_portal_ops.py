@@ -299,3 +299,20 @@ async def test_scope_narrowing_applies_and_widening_waits_for_an_admin(app, admi
     await post(admin, f"/admin/integrations/{key}/approve", {"sites": ["default", "campus"], "courses": COURSE_A})
     assert decode_grant(await kv_get(js, GRANTS_BUCKET, key)).sites == ["default", "campus"]
     assert not (await Integration.objects().get(Integration.key == key)).scope_change
+
+
+async def test_lrs_credentials_are_replaced_never_shown(app, admin, js):
+    consumer = await new_consumer(app)
+    key = await request_access(consumer, delivery="lrs", url="https://lrs.example.org/xapi", basic_auth="old:secret-1")
+    await post(admin, f"/admin/integrations/{key}/approve")
+    page = (await consumer.get(f"/integrations/{key}")).text
+    assert "secret-1" not in page and 'id="edit-endpoint"' in page
+    bad = await post(consumer, f"/integrations/{key}/ops/endpoint", {"basic_auth": "no-colon"})
+    assert "USER:PASSWORD" in flash_of(bad.text)
+    done = await post(consumer, f"/integrations/{key}/ops/endpoint", {"url": "https://lrs.example.org/xapi",
+                                                                     "basic_auth": "new:secret-2"})
+    assert "Endpoint updated (credentials)" in flash_of(done.text) and "secret-2" not in done.text
+    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
+    assert target.basic_auth == "new:secret-2" and target.url == "https://lrs.example.org/xapi"
+    audit = (await admin.get(f"/admin/integrations/{key}")).text
+    assert "endpoint.edit" in audit and "secret-2" not in audit
