@@ -98,7 +98,9 @@ class LoginNeeded(NotAuthorizedException):
 def safe_back(path: Any) -> str:
     """A same-site path to return to after log-in (never another host, never a protocol-relative URL)."""
     text = str(path or "")
-    if not text.startswith("/") or text.startswith("//") or "\\" in text or len(text) > 300 or "\n" in text:
+    # Browsers drop tabs and new lines inside URLs ("/\t/evil" becomes "//evil"): refuse any control or space.
+    if (not text.startswith("/") or text.startswith("//") or "\\" in text or len(text) > 300
+            or any(ord(c) < 33 or ord(c) == 127 for c in text)):
         return "/"
     return text
 

@@ -333,3 +333,12 @@ async def test_admin_page_refreshes_from_a_route_that_exists(app, admin):
     url = re.search(r'data-refresh="([^"]+)"', page).group(1)
     polled = await admin.get(url)
     assert polled.status_code == 200 and polled.json()["state"] in ("idle", "delivering")
+
+
+def test_return_paths_after_login_stay_on_the_site():
+    from portal.app import safe_back
+
+    assert safe_back("/integrations/new?x=1") == "/integrations/new?x=1"
+    for hostile in ("//evil.example", "/\\evil.example", "/\t/evil.example", "/\r\n/evil.example", "https://evil",
+                    "javascript:alert(1)", "/" + "a" * 400, "", None):
+        assert safe_back(hostile) == "/", hostile
