@@ -316,3 +316,14 @@ async def test_lrs_credentials_are_replaced_never_shown(app, admin, js):
     assert target.basic_auth == "new:secret-2" and target.url == "https://lrs.example.org/xapi"
     audit = (await admin.get(f"/admin/integrations/{key}")).text
     assert "endpoint.edit" in audit and "secret-2" not in audit
+
+
+def test_subject_matching_for_resend():
+    from hub.deliver.ops import subject_matches
+
+    assert subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c1.play")
+    assert subject_matches("xapi.default.*.*.*", "xapi.default.edX.c1.play")
+    assert not subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c2.play")
+    assert not subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c1")
+    assert not subject_matches("xapi.default.*.*.*", "xapi.default.edX.c1.play.more")
+    assert not subject_matches("xapi.other.>", "xapi.default.edX.c1.play")
