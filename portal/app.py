@@ -105,6 +105,22 @@ def safe_back(path: Any) -> str:
     return text
 
 
+def form_page_of(path: str, raw: dict[str, Any]) -> str:
+    """The page whose form POSTs to ``path`` (no Referer: the portal sends ``Referrer-Policy: no-referrer``)."""
+    parts = [p for p in path.split("/") if p]
+    if parts == ["integrations"]:
+        return "/integrations/new"
+    if parts[:1] == ["tokens"]:
+        return "/tokens"
+    if len(parts) >= 3 and parts[0] == "integrations":
+        if parts[2] == "ops" and raw.get("back") == "deliveries":
+            return f"/integrations/{parts[1]}/deliveries"
+        return f"/integrations/{parts[1]}"
+    if len(parts) >= 4 and parts[:2] == ["admin", "integrations"]:
+        return f"/admin/integrations/{parts[2]}"
+    return "/"
+
+
 async def login_needed(request: Request) -> LoginNeeded:
     """Remember where the person was (and, for a form, what they typed) so log-in brings them back."""
     box = flash_box(request)
@@ -113,15 +129,13 @@ async def login_needed(request: Request) -> LoginNeeded:
     if request.method == "GET":
         back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     else:
-        referer = request.headers.get("referer", "")
-        origin = f"{request.url.scheme}://{request.url.netloc}"
-        back = referer[len(origin):] if referer.startswith(origin + "/") else "/"
-        back = safe_back(back.split("#")[0])
+        try:
+            raw = await form_of(request)
+        except Exception:  # noqa: BLE001 - not a form body: nothing to keep
+            raw = {}
+        back = form_page_of(request.url.path, raw)
         if had_session:
-            try:
-                typed = json.dumps(flash.stashable(await form_of(request)))
-            except Exception:  # noqa: BLE001 - not a form body: nothing to keep
-                typed = "{}"
+            typed = json.dumps(flash.stashable(raw))
             if typed != "{}" and len(typed) <= flash.MAX_STASH:
                 await flash.put(box, "", "form", typed, path=back.split("?")[0])
     if had_session:
@@ -189,7 +203,7 @@ async def go(request: Request, path: str, msg: str = "", kind: str = "info", ses
     if msg:
         await flash.put(box, session, kind, msg)
     for what, text in shown.items():
-        await flash.put(box, session, what, text)
+        await flash.put(box, session, what, flash.seal(getattr(portal_of(request), "box", None), text))
     return with_box(Redirect(path, status_code=303), request, box)
 
 
@@ -201,7 +215,10 @@ async def load_flash(request: Request) -> None:
     box = request.cookies.get(flash.COOKIE)
     if box:
         await current_user(request)
-        request.state.flash = await flash.take(box, flash_session(request), request.url.path)
+        shown = await flash.take(box, flash_session(request), request.url.path)
+        for what in ("secret", "token"):
+            shown[what] = flash.unseal(getattr(portal_of(request), "box", None), shown[what])
+        request.state.flash = shown
 
 
 async def once_claimed(request: Request, raw: dict[str, Any], fallback: str) -> Redirect | None:
@@ -409,7 +426,7 @@ async def retire(request: Request, key: FromPath[str]) -> Redirect:
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
     await portal.retire_old_secret(user, row)
-    await portal._save(row, old_secret_until=None)
+    await endpoint.update(row, old_secret_until=None)
     return await go(request, f"/integrations/{key}", "The previous signing secret is no longer accepted.")
 
 

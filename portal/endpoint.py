@@ -64,6 +64,17 @@ async def check_endpoint_url(value: Any, settings, errors: dict[str, str], field
     return url
 
 
+async def update(row: Integration, **changes: Any) -> None:
+    """Write these columns of ``row`` (never its status: status changes go through the service's transitions)."""
+    assert "status" not in changes
+    for name, value in changes.items():
+        setattr(row, name, value)
+    row.updated = now()
+    columns = {getattr(Integration, name): value for name, value in changes.items()}
+    columns[Integration.updated] = row.updated
+    await Integration.update(columns).where(Integration.id == row.id)
+
+
 async def _clear_streak(portal: Portal, key: str) -> None:
     with contextlib.suppress(Exception):
         kv = await (await portal.js()).key_value(STATE_BUCKET)
@@ -122,10 +133,12 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
             changes.update(auth_kind="none", auth_value=None)
     if errors:
         raise PortalError("Check the endpoint fields.", 400, errors)
+    if changes.get("auth_value") and getattr(portal, "box", None) is not None:  # stored sealed, like the rest
+        changes["auth_value"] = portal.box.seal(changes["auth_value"])
     if not changes:
         raise PortalError("Nothing to change: the endpoint is already like that.", 409)
     target = await portal._get_target(row.key)
-    await portal._save(row, **changes)
+    await update(row, **changes)
     fresh = portal._target(row, target.secrets if target else [])
     if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason)
@@ -151,16 +164,15 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
         row.grant_sites, row.grant_orgs = _dump(wanted.sites), _dump(wanted.orgs)
         row.grant_courses, row.grant_event_types = _dump(wanted.courses), _dump(wanted.event_types)
         await portal._activate(row, new_secret=False)
-        await portal._save(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs,
+        await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs,
                            grant_courses=row.grant_courses, grant_event_types=row.grant_event_types,
                            req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
                            req_event_types=row.grant_event_types, scope_change=False)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
         if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off, new ones are narrow
             await portal._cut_off(row, actor)
-            await portal._save(row, issued_users="[]")
         return "applied"
-    await portal._save(row, req_sites=_dump(wanted.sites), req_orgs=_dump(wanted.orgs),
+    await update(row, req_sites=_dump(wanted.sites), req_orgs=_dump(wanted.orgs),
                        req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
     await portal.audit(actor.email, "scope.request", row.key, _scope_text(wanted))
     return "requested"
@@ -179,7 +191,7 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
     row.grant_sites, row.grant_orgs = _dump(granted.sites), _dump(granted.orgs)
     row.grant_courses, row.grant_event_types = _dump(granted.courses), _dump(granted.event_types)
     await portal._activate(row, new_secret=False)
-    await portal._save(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs, grant_courses=row.grant_courses,
+    await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs, grant_courses=row.grant_courses,
                        grant_event_types=row.grant_event_types, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
 
@@ -190,7 +202,7 @@ async def deny_scope_change(portal: Portal, actor: Account, row: Integration, re
     if not reason.strip():
         raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
     current = granted_scope(row)
-    await portal._save(row, req_sites=_dump(current.sites), req_orgs=_dump(current.orgs),
+    await update(row, req_sites=_dump(current.sites), req_orgs=_dump(current.orgs),
                        req_courses=_dump(current.courses), req_event_types=_dump(current.event_types),
                        scope_change=False, decision_reason=reason, decided_by=actor.email)
     await portal.audit(actor.email, "scope.deny", row.key, reason)
@@ -200,7 +212,7 @@ async def deny_scope_change(portal: Portal, actor: Account, row: Integration, re
 async def start_overlap(portal: Portal, row: Integration) -> dt.datetime:
     """After a rotation: the previous secret is accepted until now + ``secret_overlap_hours``."""
     until = now() + dt.timedelta(hours=portal.settings.secret_overlap_hours)
-    await portal._save(row, old_secret_until=until)
+    await update(row, old_secret_until=until)
     return until
 
 
@@ -216,7 +228,7 @@ async def retire_expired(portal: Portal) -> int:
                 await portal._put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
                 await portal.audit("system", "secret.retire", row.key, "overlap period over")
                 count += 1
-            await portal._save(row, old_secret_until=None)
+            await update(row, old_secret_until=None)
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count

@@ -43,6 +43,16 @@ class FormOnce(Table, tablename="portal_once"):
     created = Timestamptz(default=TimestamptzNow())
 
 
+def seal(box, text: str) -> str:
+    """A secret kept here until its page is shown is sealed like every stored secret when the portal has a
+    secret box (``hub.secretbox``, ``Portal.box``); ``box`` None keeps it as is."""
+    return box.seal(text) if box is not None else text
+
+
+def unseal(box, text: str | None) -> str | None:
+    return box.open(text) if box is not None and text else text
+
+
 def new_box() -> str:
     return secrets.token_urlsafe(24)
 

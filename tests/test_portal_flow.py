@@ -132,8 +132,7 @@ async def test_session_expiry_keeps_the_typed_form_and_returns_to_it(app):
     data = {"_csrf_token": await csrf(consumer), "_once": once_of(form, "/integrations"), "name": "Typed before expiry",
             "protocol": "caliper", "delivery": "webhook", "url": "https://hooks.example.org/typed",
             "sites": "default", "courses": COURSE_B, "reason": "long reason typed slowly", "bearer": "secret-token"}
-    sent = await consumer.post("/integrations", data=data, follow_redirects=False,
-                               headers={"referer": "http://testserver.local/integrations/new"})
+    sent = await consumer.post("/integrations", data=data, follow_redirects=False)  # no Referer (no-referrer)
     assert sent.status_code == 303 and sent.headers["location"] == "/login?next=/integrations/new"
     login_page = await consumer.get(sent.headers["location"])
     assert "session has expired" in login_page.text and 'name="next" value="/integrations/new"' in login_page.text
@@ -336,7 +335,13 @@ async def test_admin_page_refreshes_from_a_route_that_exists(app, admin):
 
 
 def test_return_paths_after_login_stay_on_the_site():
-    from portal.app import safe_back
+    from portal.app import form_page_of, safe_back
+
+    assert form_page_of("/integrations", {}) == "/integrations/new"
+    assert form_page_of("/integrations/i1/ops/redrive", {"back": "deliveries"}) == "/integrations/i1/deliveries"
+    assert form_page_of("/integrations/i1/rotate", {}) == "/integrations/i1"
+    assert form_page_of("/admin/integrations/i1/deny", {}) == "/admin/integrations/i1"
+    assert form_page_of("/tokens/3/revoke", {}) == "/tokens" and form_page_of("/logout", {}) == "/"
 
     assert safe_back("/integrations/new?x=1") == "/integrations/new?x=1"
     for hostile in ("//evil.example", "/\\evil.example", "/\t/evil.example", "/\r\n/evil.example", "https://evil",
