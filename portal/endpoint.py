@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
+import socket
 from typing import Any
 
 import msgspec
@@ -37,22 +39,41 @@ class ScopeChange(msgspec.Struct, kw_only=True):
     event_types: list[str] | None = None
 
 
+# Names that are loopback or cloud metadata by definition (RFC 6761 ``localhost``; GCP's metadata name).
+_INWARD_NAMES = ("localhost", "metadata.google.internal", "metadata")
+
+
 async def reachable(url: str, settings) -> str | None:
-    """Refusal text when the URL points somewhere the deliverer will never send (private, loopback,
-    link-local, metadata...), with its rules and allowed networks; ``None`` when acceptable. A name that does
-    not resolve now is accepted: the deliverer resolves and checks again at every attempt."""
+    """Refusal text when the URL names a host the deliverer will never send to, with its rules and allowed
+    networks; ``None`` when acceptable.
+
+    Addresses written literally (also the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that
+    resolvers accept) and names that are inward by definition are checked here. Other names are not resolved at
+    submit time: answering "that name is internal" would make the form an oracle for the hub's private DNS; the
+    deliverer resolves and checks every connection anyway, and the endpoint state shows its refusal.
+    """
     allowed = ssrf.networks(settings.allowed_networks)
     try:
-        _, host, port = ssrf.check_url(url, settings.https_only)
+        _, host, _ = ssrf.check_url(url, settings.https_only)
     except ssrf.Refused as exc:
         return str(exc)
+    name = host.lower().rstrip(".")
     try:
-        await asyncio.wait_for(ssrf.resolve(url, allowed, settings.https_only), 5)
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            ip = None
+    if ip is None:
+        if name in _INWARD_NAMES or name.endswith(".localhost"):
+            ip = ipaddress.ip_address("127.0.0.1" if "localhost" in name else "169.254.169.254")
+        else:
+            return None
+    try:
+        ssrf.check_address(ip, allowed)
     except ssrf.Refused as exc:
-        text = str(exc)
-        return None if text.startswith("cannot resolve") else f"The deliverer will not send there: {text}."
-    except TimeoutError:
-        return None
+        return f"The deliverer will not send there: {exc}."
     return None
 
 

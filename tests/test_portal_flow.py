@@ -215,7 +215,8 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
     consumer = await new_consumer(app)
     headers = {"Authorization": f"Bearer {await _token(consumer)}"}
     for url in ("http://169.254.169.254/latest/meta-data", "http://127.0.0.1:8080/hook", "http://10.1.2.3/x",
-                "http://[::1]/x", "http://0x7f000001/x"):
+                "http://[::1]/x", "http://0x7f000001/x", "http://127.1/x", "http://localhost:9/x",
+                "http://metadata.google.internal/computeMetadata/v1/"):
         page = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "webhook",
                                                       "url": url, "sites": "default", "courses": COURSE_A})
         assert page.status_code == 400 and "will not send there" in page.text, url
@@ -347,3 +348,14 @@ def test_return_paths_after_login_stay_on_the_site():
     for hostile in ("//evil.example", "/\\evil.example", "/\t/evil.example", "/\r\n/evil.example", "https://evil",
                     "javascript:alert(1)", "/" + "a" * 400, "", None):
         assert safe_back(hostile) == "/", hostile
+
+
+async def test_names_are_not_resolved_when_typed(app):
+    """The form is no oracle for the hub's private DNS: a name is accepted as typed, the deliverer checks it."""
+    from portal.endpoint import reachable
+
+    settings = app.state.settings
+    assert await reachable("https://hooks.example.org/in", settings) is None
+    assert await reachable("https://no-such-name.invalid/x", settings) is None
+    refused = await reachable("http://10.0.0.7/x", settings)
+    assert refused and "10.0.0.7" in refused
