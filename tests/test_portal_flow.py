@@ -30,6 +30,11 @@ from tests.test_portal_api import (  # noqa: F401 - fixtures
     settings,
 )
 
+try:  # the sign-up mailbox fixture, where sign-up confirms the e-mail address
+    from tests.test_portal_api import mailbox  # noqa: F401
+except ImportError:
+    pass
+
 
 def once_of(html: str, action: str) -> str:
     form = re.search(rf'<form[^>]*action="{re.escape(action)}"[^>]*>(.*?)</form>', html, re.S).group(1)

@@ -19,7 +19,6 @@ from hub.grants import Target, decode_grant
 from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
 from hub.subjects import subject
 from portal import endpoint
-from portal.settings import PortalSettings
 from portal.tables import Integration
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
@@ -34,14 +33,19 @@ from tests.test_portal_api import (  # noqa: F401 - fixtures
     new_consumer,
     post,
     request_access,
+    settings,
 )
 
+try:  # the sign-up mailbox fixture, where sign-up confirms the e-mail address
+    from tests.test_portal_api import mailbox  # noqa: F401
+except ImportError:
+    pass
 
-@pytest.fixture(scope="module")
-def settings(nats_server, tmp_path_factory) -> PortalSettings:
-    return PortalSettings(nats_url=nats_server.url, data_dir=str(tmp_path_factory.mktemp("portal-ops")),
-                          sites={"default": "http://localhost:18000", "campus": "https://campus.example.org"},
-                          allowed_networks=["127.0.0.1/32"])
+
+@pytest.fixture(scope="module", autouse=True)
+def local_receivers(app):
+    """The receivers of this module listen on 127.0.0.1: allow it, as RTHUB_ALLOWED_NETWORKS does in tests."""
+    app.state.settings.allowed_networks = ["127.0.0.1/32"]
 
 
 class Switch:
