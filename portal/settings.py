@@ -15,6 +15,10 @@ from hub.settings import NatsSettings, register
 class PortalSettings(NatsSettings, kw_only=True):
     """The portal web app (``rthub portal serve``) and the ``rthub integration`` commands.
 
+    ``allowed_networks`` / ``https_only`` are the deliverer's (``RTHUB_ALLOWED_NETWORKS``, ``RTHUB_HTTPS_ONLY``),
+    so a URL the deliverer would refuse is refused when typed. ``secret_overlap_hours``: how long a rotated-out
+    webhook secret is still accepted before it is retired automatically.
+
     ``database_url`` empty means a SQLite file ``portal.sqlite`` in the data directory; a ``postgresql://`` URL
     (also taken from plain ``DATABASE_URL``) selects PostgreSQL. ``secret_key`` signs CSRF tokens; when empty
     one is generated once and kept in ``<data_dir>/portal-secret.key`` (mode 0600).
@@ -46,7 +50,6 @@ class PortalSettings(NatsSettings, kw_only=True):
     forwarded_allow_ips: str = ""
     public_url: str = ""
     secrets_key: str = ""
-    allowed_networks: list[str] = []
     smtp_host: str = ""
     smtp_port: int = 587
     smtp_user: str = ""
@@ -57,6 +60,10 @@ class PortalSettings(NatsSettings, kw_only=True):
     mail_from: str = "rthub portal <noreply@localhost>"
     verify_hours: float = 48.0
     reset_minutes: float = 60.0
+    # Endpoint URLs are checked at submit with the deliverer's SSRF rules: same variables, same meaning.
+    allowed_networks: list[str] = []
+    https_only: bool = False
+    secret_overlap_hours: float = 24.0
 
     def db_url(self) -> str:
         return self.database_url or os.environ.get("DATABASE_URL", "")

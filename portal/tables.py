@@ -72,6 +72,8 @@ class Integration(Table, tablename="portal_integration"):
     pending_secret = Text(null=True, default=None)
     issued_users = Text(default="[]")
     creds_issued = Integer(default=0)
+    old_secret_until = Timestamptz(null=True, default=None)  # the rotated-out webhook secret is retired then
+    scope_change = Boolean(default=False)  # req_* hold a wider scope the owner asked for, awaiting an admin
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
     disabled_notified = Text(default="")
@@ -124,4 +126,8 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, IssuedCredential, MailToken, Throttle)
+from portal.charts import LagSample  # noqa: E402 - kept beside the code that uses them
+from portal.flash import FlashEntry, FormOnce  # noqa: E402
+
+TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, IssuedCredential, MailToken, Throttle, FlashEntry,
+          FormOnce, LagSample)

@@ -114,9 +114,22 @@ def check_url(value: Any, errors: dict[str, str], field: str = "url", allowed: l
     return text
 
 
+def _spaced_course(value: Any) -> str | None:
+    """A comma-separated entry with a space inside that is not simply several valid keys (``a b`` of two keys is
+    fine): the typo behind the old confusing "not a valid course key: <half a key>"."""
+    chunks = value if isinstance(value, list) else re.split(r"[,;\n]+", str(value or ""))
+    for chunk in chunks:
+        text = str(chunk).strip()
+        if re.search(r"\s", text) and not all(COURSE.fullmatch(p) for p in text.split()):
+            return text
+    return None
+
+
 def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, str]) -> Scope:
     scope = Scope(sites=split_list(raw.get("sites")), orgs=split_list(raw.get("orgs")),
                   courses=split_list(raw.get("courses")), event_types=split_list(raw.get("event_types")))
+    errors_before = set(errors)
+    spaced = _spaced_course(raw.get("courses"))
     for field, values, pattern, what in (
         ("orgs", scope.orgs, ORG, "organisation code (letters, digits, . _ -)"),
         ("courses", scope.courses, COURSE, "course key such as course-v1:edX+DemoX+Demo_Course"),
@@ -126,8 +139,11 @@ def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, st
             errors[field] = f"At most {MAX_LIST} entries."
             continue
         bad = [v for v in values if not pattern.fullmatch(v)]
-        if bad:
+        if bad and not (field == "courses" and spaced):
             errors[field] = f"Not a valid {what}: {bad[0][:80]}"
+    if "courses" not in errors_before and spaced:
+        errors["courses"] = (f"{spaced[:80]!r} contains a space, and course keys have none. Separate several "
+                             "keys with commas; check the key in the course's URL (course-v1:ORG+NUMBER+RUN).")
     unknown = [s for s in scope.sites if s not in known_sites]
     if unknown:
         errors["sites"] = f"Unknown site {unknown[0][:80]!r}; configured sites: {', '.join(sorted(known_sites))}."

@@ -113,6 +113,11 @@ def test_service_permission_tables_are_least_privilege():
     pub, _ = service_permissions("portal")
     assert "$KV.rthub_grants.>" in pub and "xapi.>" not in pub
     assert not any(p.startswith("$JS.API.CONSUMER.MSG.NEXT.XAPI") for p in pub)
+    # delivery operations (issue 10): redrive/resend/test events, one statement by sequence, its own KV keys
+    assert {"redrive.>", "$JS.API.STREAM.MSG.GET.XAPI", "$JS.API.STREAM.MSG.DELETE.DEAD_LETTER",
+            "$KV.rthub_delivery.replay.>", "$KV.rthub_delivery.retry.>", "$KV.rthub_delivery.failing.>"} <= set(pub)
+    assert "$KV.rthub_delivery.>" not in pub and not any(p.startswith("$KV.rthub_delivery.stats") for p in pub)
+    assert "attempts.>" not in pub and "dlq.>" not in pub
     assert service_permissions("admin") == (None, None)
     for service in SERVICES[:-1]:
         assert "_INBOX.>" not in service_permissions(service)[1]

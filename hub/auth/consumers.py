@@ -57,25 +57,63 @@ def example_subscriber(grant: Grant, consumer: str | None = None, servers: str =
     inbox = consumer_inbox(grant.id)
     return f'''import asyncio
 import json
+import sys
 
 import nats
 
+ENDED = ("authorization violation", "authentication revoked", "authentication expired", "user revoked")
+
 
 async def main():
+    ended = asyncio.Event()
+
+    async def on_error(exc):
+        # Access revoked or expired (or the grant removed): stop instead of reconnecting forever.
+        if any(word in str(exc).lower() for word in ENDED):
+            print(f"access ended: {{exc}}", file=sys.stderr)
+            ended.set()
+
+    async def on_closed():
+        ended.set()
+
     # Your credential only allows this inbox prefix and this one durable consumer.
-    nc = await nats.connect("{servers}", user_credentials="{creds_file}", inbox_prefix="{inbox}")
+    nc = await nats.connect("{servers}", user_credentials="{creds_file}", inbox_prefix="{inbox}",
+                            error_cb=on_error, closed_cb=on_closed, max_reconnect_attempts=10)
     js = nc.jetstream()
     sub = await js.pull_subscribe_bind(durable="{consumer}", stream="{stream}")
-    while True:
+    while not ended.is_set():
         try:
             msgs = await sub.fetch(100, timeout=5)
         except nats.errors.TimeoutError:
             continue
+        except Exception as exc:  # connection closed, consumer deleted: the subscription is over
+            print(f"subscription ended: {{type(exc).__name__}} {{exc}}", file=sys.stderr)
+            break
         for msg in msgs:
             statement = json.loads(msg.data)
-            print(msg.subject, statement.get("id"))
+            print(msg.subject, statement.get("id"), flush=True)
             await msg.ack()
+    if not nc.is_closed:
+        await nc.close()
 
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    pass
+except Exception as exc:  # e.g. the credential is already revoked: say so, no traceback
+    sys.exit(f"cannot subscribe: {{type(exc).__name__}} {{exc}}")
 '''
+
+
+def example_nats_cli(grant: Grant, consumer: str | None = None, servers: str = "nats://127.0.0.1:4222",
+                     creds_file: str = "rthub.creds") -> str:
+    """The same with the ``nats`` CLI: pull (and ack) from the durable consumer, or watch the live feed."""
+    stream = PROTOCOL_STREAMS[grant.protocol]
+    consumer = consumer or consumer_name(grant.id)
+    live = grant.filter_subjects()[0]
+    flags = f"--server {servers} --creds {creds_file} --inbox-prefix {consumer_inbox(grant.id)}"
+    return (f"# next 10 statements from your durable consumer (acknowledged, resumes where it stopped)\n"
+            f"nats {flags} consumer next {stream} {consumer} --count 10\n\n"
+            f"# or watch the live feed of one subject of your grant (nothing is kept while you are away)\n"
+            f"nats {flags} sub '{live}'\n")

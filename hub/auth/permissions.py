@@ -126,7 +126,13 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
                *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
-               *stream_reader(DELIVERY_LOG_STREAM)]
+               *stream_reader(DELIVERY_LOG_STREAM),
+               # The consumer's delivery operations (hub/deliver/ops.py): resend gets one statement by sequence
+               # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
+               # letter; replay / retry-now / re-enable write their key in the delivery state bucket.
+               *(f"{API}.STREAM.MSG.GET.{s}" for s in protocol_streams), "redrive.>",
+               f"{API}.STREAM.MSG.DELETE.{DEAD_LETTER_STREAM}",
+               *(f"$KV.{DELIVERY_STATE_BUCKET}.{k}.>" for k in ("replay", "retry", "failing"))]
         return _dedup(pub), inbox
     raise ValueError(f"unknown service {service!r}; one of {', '.join(SERVICES)}")
 

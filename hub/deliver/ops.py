@@ -206,3 +206,48 @@ async def send_test_event(js: JetStreamContext, grant_id: str) -> str:
     subj = subject(grant.protocol, "rthub-test", None, None, "rthub.test")
     await js.publish(redrive_subject(grant_id), body, headers={H_SUBJECT: subj, H_ID: sid})
     return sid
+
+
+async def retry_now(js: JetStreamContext, grant_id: str) -> None:
+    """End the backoff of every failing delivery of ``grant_id``: each is tried again at once."""
+    await _grant(js, grant_id)
+    state = await js.key_value(STATE_BUCKET)
+    await state.put(f"retry.{grant_id}", str(time.time()).encode())
+
+
+async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
+    """Deliver one statement again (same id, same body) through ``redrive.<grant id>``: the message ``seq`` of
+    the integration's protocol stream (an attempt's ``seqs``), only if it lies within the grant's subjects.
+    Returns the statement id; ``LookupError`` when it is gone or not this integration's."""
+    grant = await _grant(js, grant_id)
+    stream = PROTOCOL_STREAMS[grant.protocol]
+    try:
+        msg = await js.get_msg(stream, seq=seq)
+    except NotFoundError:
+        raise LookupError(f"message {seq} is no longer in the {stream} stream") from None
+    if not any(subject_matches(f, msg.subject) for f in grant.filter_subjects()):
+        raise LookupError(f"message {seq} is not one of {grant_id}'s statements")
+    h = msg.headers or {}
+    sid = h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
+    await js.publish(redrive_subject(grant_id), msg.data, headers={
+        H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
+    return sid
+
+
+def subject_matches(pattern: str, subj: str) -> bool:
+    """NATS subject matching: ``*`` one token, ``>`` one or more trailing tokens."""
+    want, have = pattern.split("."), subj.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def _body_id(data: bytes) -> str | None:
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError:
+        return None
+    return str(value.get("id")) if isinstance(value, dict) and value.get("id") else None

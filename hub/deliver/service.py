@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -135,6 +136,7 @@ class Runner:
         self.stats = Stats()
         self.dirty = False
         self.failing_since: float | None = None
+        self.wake = asyncio.Event()
         self.stopping = False
         self.leader = asyncio.Event()
         self.lease = None if target.parallel else Lease(
@@ -156,6 +158,12 @@ class Runner:
             self.failing_since = float(entry.value.decode()) if entry.value else None
         except Exception:  # noqa: BLE001 - no failure streak recorded
             self.failing_since = None
+        try:  # a restart (rotation, edit, re-enable) continues this process's counters instead of zeroing them
+            entry = await self.svc.state.get(f"stats.{g.id}.{self.svc.process_id}")
+            if entry.value:
+                self.stats = msgspec.json.decode(entry.value, type=Stats)
+        except Exception:  # noqa: BLE001 - first run of this integration in this process
+            pass
         if self.lease is None:
             self.leader.set()
         else:
@@ -367,6 +375,9 @@ class Runner:
         attempt = 0
         while True:
             attempt += 1
+            # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming backoff
+            # even when it arrives while this attempt is still in flight.
+            wake = self.wake
             result = await self.send(items)
             outcome = "retry" if result.status is None else retry.classify(self.target.kind, result.status, len(items))
             if outcome == "delivered":
@@ -399,7 +410,8 @@ class Runner:
             if delay is None:
                 await self.dead_letter(items, f"failed after {attempt} attempts", result, attempt)
                 return
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), delay)
 
     async def send(self, items: list[Item]) -> Result:
         url, headers, body = build(self.target, self.grant.protocol, [i.msg.data for i in items],
@@ -414,7 +426,7 @@ class Runner:
     def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
         entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
                         status=result.status, latency_ms=result.latency_ms, error=result.error,
-                        excerpt=result.excerpt[:200] or None, source=items[0].source)
+                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[_seq(i) for i in items])
         if outcome != "delivered":
             self.stats.failures += 1
             self.stats.last_error = result.error or f"HTTP {result.status}: {result.excerpt[:200]}"
@@ -490,6 +502,13 @@ class Runner:
                 pass
 
 
+def _seq(item: Item) -> int:
+    """The statement's sequence in its protocol stream (a redriven copy carries it in a header)."""
+    if item.source != "redrive":
+        return item.msg.metadata.sequence.stream
+    return int((item.msg.headers or {}).get(H_SEQ) or 0)
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
@@ -521,7 +540,8 @@ class Deliverer:
         self.state = await self.js.key_value(STATE_BUCKET)
         self.targets_kv = await self.js.key_value(TARGETS_BUCKET)
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
-        for key, kv, handler in ((">", self.targets_kv, self._target_entry), ("replay.*", self.state, self._replay_entry)):
+        for key, kv, handler in ((">", self.targets_kv, self._target_entry), ("replay.*", self.state, self._replay_entry),
+                                 ("retry.*", self.state, self._retry_entry)):
             watcher = await kv.watch(key)
             self.watchers.append(watcher)
             ready = asyncio.get_running_loop().create_future()
@@ -565,6 +585,12 @@ class Deliverer:
         grant_id = entry.key.split(".", 1)[1]
         if entry.operation not in ("DEL", "PURGE") and grant_id in self.runners:
             self._spawn(self.runners[grant_id].maybe_replay())
+
+    def _retry_entry(self, entry) -> None:
+        runner = self.runners.get(entry.key.split(".", 1)[1])
+        if entry.operation not in ("DEL", "PURGE") and runner is not None:
+            woken, runner.wake = runner.wake, asyncio.Event()
+            woken.set()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

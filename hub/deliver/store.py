@@ -49,6 +49,7 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     error: str | None = None
     excerpt: str | None = None
     source: str = "live"
+    seqs: list[int] = []  # protocol-stream sequence of each statement (0: a test event), for "resend"
 
 
 class Stats(msgspec.Struct, kw_only=True):

@@ -1,0 +1,149 @@
+"""Two small server-rendered SVG charts per integration (no script, no CDN): statements delivered per minute over
+the last 24 h with failed attempts marked, and the lag (events waiting) sampled every minute by the portal."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from html import escape
+
+import msgspec
+from piccolo.columns import Integer, Timestamptz, Varchar
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.table import Table
+
+DAY_MIN = 24 * 60
+W, H, PAD = 720, 120, 28
+
+
+class LagSample(Table, tablename="portal_lag"):
+    """The lag of one integration at one minute (kept 24 h), for the lag chart."""
+
+    integration = Varchar(length=64, index=True)
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+    lag = Integer(default=0)
+
+
+async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int = 200_000
+                           ) -> tuple[list[int], list[int]]:
+    """Per minute of the last 24 h (oldest first): statements delivered, and failed attempts."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    now = now or time.time()
+    start = now - DAY_MIN * 60
+    delivered, failed = [0] * DAY_MIN, [0] * DAY_MIN
+    subject = f"attempts.{key}"
+    try:
+        info = await js.stream_info("DELIVERY_LOG", subjects_filter=subject)
+    except NotFoundError:
+        return delivered, failed
+    if not (info.state.subjects or {}).get(subject):
+        return delivered, failed
+    sub = await js.pull_subscribe(subject, stream="DELIVERY_LOG", config=ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(start, dt.UTC),
+        ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
+    scanned = 0
+    try:
+        while scanned < max_scan:
+            try:
+                msgs = await sub.fetch(1000, timeout=1)
+            except TimeoutError:
+                break
+            for msg in msgs:
+                scanned += 1
+                try:
+                    a = msgspec.json.decode(msg.data)
+                    i = int((float(a["t"]) - start) // 60)
+                except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+                    continue
+                if 0 <= i < DAY_MIN:
+                    if a.get("outcome") == "delivered":
+                        delivered[i] += len(a.get("ids") or [])
+                    else:
+                        failed[i] += 1
+            if msgs and msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return delivered, failed
+
+
+async def lag_minutes(key: str, now: float | None = None) -> list[int | None]:
+    now = now or time.time()
+    start = now - DAY_MIN * 60
+    out: list[int | None] = [None] * DAY_MIN
+    rows = await LagSample.select(LagSample.at, LagSample.lag).where(
+        (LagSample.integration == key) & (LagSample.at >= dt.datetime.fromtimestamp(start, dt.UTC)))
+    for r in rows:
+        i = int((r["at"].timestamp() - start) // 60)
+        if 0 <= i < DAY_MIN:
+            out[i] = r["lag"]
+    return out
+
+
+def _axis(now: float) -> str:
+    parts = []
+    for h in range(0, 25, 6):
+        x = PAD + (W - 2 * PAD) * h / 24
+        label = time.strftime("%H:%M", time.gmtime(now - (24 - h) * 3600))
+        parts.append(f'<text x="{x:.1f}" y="{H - 4}" text-anchor="middle" class="axis">{label}</text>')
+    return "".join(parts)
+
+
+def svg_chart(title: str, values: list[int | None], marks: list[int] | None = None, now: float | None = None,
+              unit: str = "") -> str:
+    """A 24 h line/area chart with optional red marks (failures); ``values`` one per minute, oldest first."""
+    now = now or time.time()
+    known = [v for v in values if v is not None]
+    top = max(known + [1])
+    span_x, span_y = W - 2 * PAD, H - 2 * PAD
+    pts = []
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        x = PAD + span_x * i / (len(values) - 1 or 1)
+        y = PAD + span_y * (1 - v / top)
+        pts.append(f"{x:.1f},{y:.1f}")
+    line = f'<polyline class="line" points="{" ".join(pts)}"/>' if pts else ""
+    ticks = ""
+    failures = 0
+    if marks:
+        for i, n in enumerate(marks):
+            if n:
+                failures += n
+                x = PAD + span_x * i / (len(marks) - 1 or 1)
+                ticks += f'<line class="fail" x1="{x:.1f}" x2="{x:.1f}" y1="{PAD - 8}" y2="{H - PAD}"/>'
+    total = sum(known)
+    summary = (f"{title}: peak {top if known else 0}{unit}, total {total}" if unit == "" else
+               f"{title}: latest {known[-1] if known else 'no data'}, peak {top if known else 0}")
+    if marks is not None:
+        summary += f", {failures} failed attempt(s) marked in red"
+    label = escape(summary)
+    return (f'<svg class="chart" viewBox="0 0 {W} {H}" role="img" aria-label="{label}" '
+            f'xmlns="http://www.w3.org/2000/svg"><title>{label}</title>'
+            f'<line class="base" x1="{PAD}" x2="{W - PAD}" y1="{H - PAD}" y2="{H - PAD}"/>'
+            f'<text x="{PAD}" y="{PAD - 12}" class="axis">{escape(title)} (max {top})</text>'
+            f"{ticks}{line}{_axis(now)}</svg>")
+
+
+async def integration_charts(js, key: str) -> str:
+    now = time.time()
+    delivered, failed = await delivery_minutes(js, key, now)
+    lag = await lag_minutes(key, now)
+    return (svg_chart("Delivered per minute, last 24 h", delivered, failed, now)
+            + svg_chart("Lag (events waiting), last 24 h", lag, None, now, unit=" waiting"))
+
+
+async def sample_lag(portal) -> int:
+    """Record the lag of every approved integration (called once a minute); drops samples older than 24 h."""
+    from portal.tables import Integration
+
+    await LagSample.delete().where(LagSample.at < dt.datetime.now(dt.UTC) - dt.timedelta(hours=25))
+    count = 0
+    for row in await Integration.objects().where(Integration.status == "approved"):
+        stats = await portal.status(row)
+        if stats.get("lag") is not None:
+            await LagSample(integration=row.key, lag=int(stats["lag"])).save()
+            count += 1
+    return count

@@ -1,0 +1,243 @@
+"""An integration's delivery as its consumer sees it: the state at a glance (pure, from the portal row and the
+deliverer's status), the attempt log read from the ``DELIVERY_LOG`` stream, and the JSON shapes of both."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+import msgspec
+
+from hub.deliver.settings import DeliverSettings, seconds
+from hub.settings import from_env
+
+
+class EndpointState(msgspec.Struct, kw_only=True):
+    """``state``: pending, denied, revoked, suspended (by an administrator), disabled (by the deliverer: 410 or
+    failing too long; ``reason``, ``since``), failing (``since``, ``next_retry``), delivering, idle (approved,
+    nothing sent yet) or direct (the consumer pulls). Times are epoch seconds."""
+
+    state: str
+    headline: str
+    since: float | None = None
+    next_retry: float | None = None
+    reason: str | None = None
+    delivered: int | None = None
+    attempts: int | None = None
+    failures: int | None = None
+    dead_letters: int | None = None
+    lag: int | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    error_resolved: bool = False
+    old_secret_until: float | None = None
+    secrets: int = 0
+
+
+def fmt(t: float | None) -> str:
+    return "—" if t is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _schedule() -> list[float]:
+    try:
+        return [seconds(x) for x in from_env(DeliverSettings).retry_schedule]
+    except Exception:  # noqa: BLE001 - a bad environment must not break the page
+        return [seconds(x) for x in DeliverSettings().retry_schedule]
+
+
+def next_retry(recent: list[dict[str, Any]], schedule: list[float]) -> float | None:
+    """When the newest retried attempt is tried again (the deliverer's schedule, jitter aside)."""
+    for a in recent:  # newest first
+        if a.get("outcome") == "delivered":
+            return None
+        if a.get("outcome") == "retry":
+            n = int(a.get("attempt") or 1)
+            return float(a["t"]) + (schedule[min(n, len(schedule)) - 1] if schedule else 0.0)
+    return None
+
+
+def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt.datetime | None,
+                   stats: dict[str, Any], schedule: list[float] | None = None) -> EndpointState:
+    """The one line a consumer needs, from the portal status and ``hub.deliver.status.integration_status``."""
+    counts = {k: stats.get(k) for k in ("delivered", "attempts", "failures", "dead_letters", "lag",
+                                        "last_success", "last_error", "last_error_at")}
+    resolved = bool(counts["last_error_at"] and counts["last_success"]
+                    and counts["last_success"] > counts["last_error_at"])
+    base = {**counts, "error_resolved": resolved}
+    when = updated.timestamp() if updated else None
+    if status == "pending":
+        return EndpointState(state="pending", headline="Waiting for an administrator's decision.", **base)
+    if status == "denied":
+        return EndpointState(state="denied", headline="Denied by an administrator.", since=when,
+                             reason=decision_reason or None, **base)
+    if status == "revoked":
+        return EndpointState(state="revoked", headline="Revoked: nothing is delivered any more.", since=when,
+                             reason=decision_reason or None, **base)
+    if status == "suspended":
+        return EndpointState(state="suspended", headline="Suspended by an administrator.", since=when,
+                             reason=decision_reason or None, **base)
+    if delivery == "direct":
+        return EndpointState(state="direct", headline="Approved: your client pulls the events with its .creds.",
+                             **base)
+    recent = stats.get("recent") or []
+    if stats.get("enabled") is False:
+        at = next((a["t"] for a in recent if a.get("outcome") == "disabled"), None)
+        return EndpointState(state="disabled", headline="Disabled by the deliverer: nothing is sent until you "
+                             "re-enable it (the backlog is kept).", since=at,
+                             reason=stats.get("disabled_reason") or None, **base)
+    if stats.get("failing_since"):
+        return EndpointState(state="failing", headline="Failing: deliveries are retried.",
+                             since=stats["failing_since"], next_retry=next_retry(recent, schedule or _schedule()),
+                             **base)
+    if counts["last_success"]:
+        return EndpointState(state="delivering", headline="Delivering.", since=counts["last_success"], **base)
+    return EndpointState(state="idle", headline="Approved: nothing delivered yet (no matching events so far).",
+                         **base)
+
+
+# ---- the attempt log --------------------------------------------------------------------------------------
+LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/store.py
+OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
+
+
+class AttemptView(msgspec.Struct, kw_only=True):
+    """One delivery attempt as the log shows it (``seq``: its place in the log, the paging cursor)."""
+
+    seq: int
+    t: float
+    ids: list[str]
+    attempt: int
+    outcome: str
+    status: int | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    excerpt: str | None = None
+    source: str = "live"
+    seqs: list[int] = []
+
+
+class AttemptPage(msgspec.Struct, kw_only=True):
+    """Newest first; ``next_before`` is the cursor of the next (older) page, None at the end."""
+
+    items: list[AttemptView]
+    next_before: int | None = None
+    scanned: int = 0
+
+
+class LogFilter(msgspec.Struct, kw_only=True):
+    outcome: str | None = None
+    status: int | None = None
+    since: float | None = None
+    until: float | None = None
+    before: int | None = None
+    limit: int = 50
+
+    def keeps(self, a: AttemptView) -> bool:
+        return ((self.outcome is None or a.outcome == self.outcome)
+                and (self.status is None or a.status == self.status)
+                and (self.since is None or a.t >= self.since) and (self.until is None or a.t < self.until)
+                and (self.before is None or a.seq < self.before))
+
+
+def parse_filter(outcome: str | None, status: str | None, since: str | None, until: str | None,
+                 before: str | None, limit: str | int | None = None) -> tuple[LogFilter, dict[str, str]]:
+    """Query parameters -> filter, or field errors (times: ISO 8601 or an age such as ``2h``)."""
+    from hub.deliver.ops import parse_time
+
+    errors: dict[str, str] = {}
+    f = LogFilter()
+    if outcome:
+        if outcome in OUTCOMES:
+            f.outcome = outcome
+        else:
+            errors["outcome"] = f"One of {', '.join(OUTCOMES)}."
+    if status:
+        if status.isdigit() and 100 <= int(status) <= 599:
+            f.status = int(status)
+        else:
+            errors["status"] = "An HTTP status code such as 500."
+    for name, value in (("since", since), ("until", until)):
+        if value:
+            try:
+                setattr(f, name, parse_time(value.strip()).timestamp())
+            except (ValueError, OverflowError):
+                errors[name] = "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h or 3d."
+    if before:
+        f.before = int(before) if before.isdigit() else None
+    if limit:
+        f.limit = max(1, min(200, int(limit))) if str(limit).isdigit() else 50
+    return f, errors
+
+
+async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000) -> AttemptPage:
+    """The newest matching attempts before the cursor, read from ``attempts.<grant id>``.
+
+    JetStream reads forwards only, so the log is read in time windows going back from the newest end (1 h,
+    then 4x wider each round) until a page is full, the ``since`` bound is reached or ``max_scan`` records
+    were read; each window is one short-lived ordered read filtered on this integration's subject.
+    """
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+    from nats.js.errors import NotFoundError
+
+    subject = f"attempts.{grant_id}"
+    try:
+        info = await js.stream_info(LOG_STREAM, subjects_filter=subject)
+    except NotFoundError:
+        return AttemptPage(items=[])
+    if not (info.state.subjects or {}).get(subject):
+        return AttemptPage(items=[])
+    first = info.state.first_ts.timestamp() if getattr(info.state, "first_ts", None) else 0.0
+    hi = min(f.until or time.time() + 60, time.time() + 60)
+    floor = max(f.since or 0.0, first - 1)
+    window, found, scanned = 3600.0, [], 0
+    while hi > floor and scanned < max_scan:
+        lo = max(floor, hi - window)
+        chunk: list[AttemptView] = []
+        sub = await js.pull_subscribe(subject, stream=LOG_STREAM, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(lo, dt.UTC),
+            ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
+        try:
+            done = False
+            while not done and scanned < max_scan:
+                try:
+                    msgs = await sub.fetch(500, timeout=1)
+                except TimeoutError:
+                    break
+                for msg in msgs:
+                    scanned += 1
+                    if msg.metadata.timestamp.timestamp() >= hi:
+                        done = True
+                        break
+                    try:
+                        a = msgspec.json.decode(msg.data)
+                        view = AttemptView(seq=msg.metadata.sequence.stream, **{
+                            k: a[k] for k in AttemptView.__struct_fields__ if k in a and k != "seq"})
+                    except (msgspec.DecodeError, TypeError):
+                        continue
+                    if f.keeps(view):
+                        chunk.append(view)
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        found = chunk + found
+        if len(found) >= f.limit:
+            break
+        hi, window = lo, window * 4
+    found.sort(key=lambda a: a.seq, reverse=True)
+    page = found[:f.limit]
+    more = len(found) > f.limit or (hi > floor and len(page) == f.limit)
+    return AttemptPage(items=page, next_before=page[-1].seq if page and more else None, scanned=scanned)
+
+
+class ActionResult(msgspec.Struct, kw_only=True):
+    """What a delivery operation did, in words for the page and fields for programs."""
+
+    integration: str
+    action: str
+    message: str
+    count: int | None = None
+    statement_id: str | None = None
+    since: str | None = None

@@ -1,0 +1,268 @@
+"""What a consumer changes about their own endpoint without asking anyone: re-enable it after the deliverer
+disabled it, edit its URL and credentials (checked with the deliverer's SSRF rules), narrow its scope at once or
+ask for a wider one (an administrator approves), and the signing-secret overlap after a rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+import msgspec
+
+from hub.deliver import ssrf
+from portal.service import Portal, PortalError, _dump, _scope_text, granted_scope, now
+from portal.tables import Account, Integration
+from portal.validation import Scope, check_narrowing, check_scope, check_url, clean_text
+
+log = logging.getLogger("rthub.portal.endpoint")
+STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
+
+
+class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A change of a push endpoint: omitted fields stay as they are; ``auth`` ``none`` removes credentials."""
+
+    url: str | None = None
+    basic_auth: str | None = None
+    bearer: str | None = None
+    remove_credentials: bool = False
+
+
+class ScopeChange(msgspec.Struct, kw_only=True):
+    sites: list[str] | None = None
+    orgs: list[str] | None = None
+    courses: list[str] | None = None
+    event_types: list[str] | None = None
+
+
+# Names that are loopback or cloud metadata by definition (RFC 6761 ``localhost``; GCP's metadata name).
+_INWARD_NAMES = ("localhost", "metadata.google.internal", "metadata")
+
+
+async def reachable(url: str, settings) -> str | None:
+    """Refusal text when the URL names a host the deliverer will never send to, with its rules and allowed
+    networks; ``None`` when acceptable.
+
+    Addresses written literally (also the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that
+    resolvers accept) and names that are inward by definition are checked here. Other names are not resolved at
+    submit time: answering "that name is internal" would make the form an oracle for the hub's private DNS; the
+    deliverer resolves and checks every connection anyway, and the endpoint state shows its refusal.
+    """
+    allowed = ssrf.networks(settings.allowed_networks)
+    try:
+        _, host, _ = ssrf.check_url(url, settings.https_only)
+    except ssrf.Refused as exc:
+        return str(exc)
+    name = host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            ip = None
+    if ip is None:
+        if name in _INWARD_NAMES or name.endswith(".localhost"):
+            ip = ipaddress.ip_address("127.0.0.1" if "localhost" in name else "169.254.169.254")
+        else:
+            return None
+    try:
+        ssrf.check_address(ip, allowed)
+    except ssrf.Refused as exc:
+        return f"The deliverer will not send there: {exc}."
+    return None
+
+
+async def check_endpoint_url(value: Any, settings, errors: dict[str, str], field: str = "url") -> str | None:
+    url = check_url(value, errors, field)
+    if url and (refusal := await reachable(url, settings)):
+        errors[field] = refusal
+        return None
+    return url
+
+
+async def update(row: Integration, **changes: Any) -> None:
+    """Write these columns of ``row`` (never its status: status changes go through the service's transitions)."""
+    assert "status" not in changes
+    for name, value in changes.items():
+        setattr(row, name, value)
+    row.updated = now()
+    columns = {getattr(Integration, name): value for name, value in changes.items()}
+    columns[Integration.updated] = row.updated
+    await Integration.update(columns).where(Integration.id == row.id)
+
+
+async def _clear_streak(portal: Portal, key: str) -> None:
+    with contextlib.suppress(Exception):
+        kv = await (await portal.js()).key_value(STATE_BUCKET)
+        await kv.delete(f"failing.{key}")
+
+
+def _push(row: Integration, what: str) -> None:
+    if row.delivery == "direct":
+        raise PortalError(f"A direct subscription has no endpoint to {what}.", 409)
+    if row.status != "approved":
+        raise PortalError(f"Only an approved integration's endpoint can be changed (this one is {row.status}).", 409)
+
+
+async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
+    """Switch a target the deliverer disabled (410, failing too long) back on; its backlog is delivered."""
+    _push(row, "re-enable")
+    target = await portal._get_target(row.key)
+    if target is None:
+        raise PortalError("The hub has no delivery target for this integration; ask an administrator.", 409)
+    if target.enabled:
+        raise PortalError("This endpoint is not disabled.", 409)
+    await _clear_streak(portal, row.key)  # else the old streak would disable it again at the first failure
+    await portal._put_target(portal._target(row, target.secrets, enabled=True))
+    await portal.audit(actor.email, "endpoint.reenable", row.key, f"was disabled: {target.disabled_reason or '?'}")
+
+
+async def edit(portal: Portal, actor: Account, row: Integration, change: EndpointEdit) -> list[str]:
+    """Apply a new URL and/or credentials at once (same scope: no re-approval); returns what changed."""
+    _push(row, "edit")
+    errors: dict[str, str] = {}
+    changes: dict[str, Any] = {}
+    if change.url is not None and change.url.strip() != (row.url or ""):
+        url = await check_endpoint_url(change.url, portal.settings, errors)
+        if url:
+            changes["url"] = url
+    basic = clean_text(change.basic_auth, "basic_auth", 500, errors) if change.basic_auth else ""
+    bearer = clean_text(change.bearer, "bearer", 2000, errors) if change.bearer else ""
+    if basic and bearer:
+        errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
+    elif basic:
+        if row.delivery != "lrs":
+            errors["basic_auth"] = "Only an xAPI LRS endpoint takes basic credentials."
+        elif ":" not in basic or basic.startswith(":"):
+            errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
+        else:
+            changes.update(auth_kind="basic", auth_value=basic)
+    elif bearer:
+        if row.delivery == "webhook":
+            errors["bearer"] = "A webhook is authenticated by its signature, not a bearer token."
+        else:
+            changes.update(auth_kind="bearer", auth_value=bearer)
+    elif change.remove_credentials:
+        if row.delivery in ("lrs", "caliper"):
+            errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
+        else:
+            changes.update(auth_kind="none", auth_value=None)
+    if errors:
+        raise PortalError("Check the endpoint fields.", 400, errors)
+    if changes.get("auth_value") and getattr(portal, "box", None) is not None:  # stored sealed, like the rest
+        changes["auth_value"] = portal.box.seal(changes["auth_value"])
+    if not changes:
+        raise PortalError("Nothing to change: the endpoint is already like that.", 409)
+    target = await portal._get_target(row.key)
+    await update(row, **changes)
+    fresh = portal._target(row, target.secrets if target else [])
+    if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
+        fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason)
+    await portal._put_target(fresh)
+    changed = sorted({"credentials" if k.startswith("auth") else k for k in changes})
+    await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
+    return changed
+
+
+async def change_scope(portal: Portal, actor: Account, row: Integration, raw: dict[str, Any]) -> str:
+    """A narrower scope applies at once; anything else becomes a request an administrator approves (the
+    current grant keeps working meanwhile). Returns ``"applied"`` or ``"requested"``."""
+    if row.status != "approved":
+        raise PortalError(f"Only an approved integration's scope can be changed (this one is {row.status}).", 409)
+    errors: dict[str, str] = {}
+    wanted = check_scope(raw, set(portal.settings.sites), errors)
+    if errors:
+        raise PortalError("Check the scope.", 400, errors)
+    current = granted_scope(row)
+    if wanted == current:
+        raise PortalError("That is the scope you already have.", 409)
+    if not check_narrowing(current, wanted):
+        row.grant_sites, row.grant_orgs = _dump(wanted.sites), _dump(wanted.orgs)
+        row.grant_courses, row.grant_event_types = _dump(wanted.courses), _dump(wanted.event_types)
+        await portal._activate(row, new_secret=False)
+        await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs,
+                           grant_courses=row.grant_courses, grant_event_types=row.grant_event_types,
+                           req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
+                           req_event_types=row.grant_event_types, scope_change=False)
+        await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
+        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off, new ones are narrow
+            await portal._cut_off(row, actor)
+        return "applied"
+    await update(row, req_sites=_dump(wanted.sites), req_orgs=_dump(wanted.orgs),
+                       req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
+    await portal.audit(actor.email, "scope.request", row.key, _scope_text(wanted))
+    return "requested"
+
+
+async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
+    """The administrator grants a requested scope change (possibly narrowed, never wider than asked)."""
+    from portal.service import requested_scope
+
+    if row.status != "approved" or not row.scope_change:
+        raise PortalError("There is no scope change waiting for approval.", 409)
+    granted = narrowed if narrowed is not None else requested_scope(row)
+    errors = check_narrowing(requested_scope(row), granted)
+    if errors:
+        raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+    row.grant_sites, row.grant_orgs = _dump(granted.sites), _dump(granted.orgs)
+    row.grant_courses, row.grant_event_types = _dump(granted.courses), _dump(granted.event_types)
+    await portal._activate(row, new_secret=False)
+    await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs, grant_courses=row.grant_courses,
+                       grant_event_types=row.grant_event_types, scope_change=False, decided_by=actor.email)
+    await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
+
+
+async def deny_scope_change(portal: Portal, actor: Account, row: Integration, reason: str) -> None:
+    if row.status != "approved" or not row.scope_change:
+        raise PortalError("There is no scope change waiting for approval.", 409)
+    if not reason.strip():
+        raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
+    current = granted_scope(row)
+    await update(row, req_sites=_dump(current.sites), req_orgs=_dump(current.orgs),
+                       req_courses=_dump(current.courses), req_event_types=_dump(current.event_types),
+                       scope_change=False, decision_reason=reason, decided_by=actor.email)
+    await portal.audit(actor.email, "scope.deny", row.key, reason)
+
+
+# ---- signing-secret overlap ---------------------------------------------------------------------------
+async def start_overlap(portal: Portal, row: Integration) -> dt.datetime:
+    """After a rotation: the previous secret is accepted until now + ``secret_overlap_hours``."""
+    until = now() + dt.timedelta(hours=portal.settings.secret_overlap_hours)
+    await update(row, old_secret_until=until)
+    return until
+
+
+async def retire_expired(portal: Portal) -> int:
+    """Retire every previous secret whose overlap has ended; returns how many (run every minute)."""
+    count = 0
+    rows = await Integration.objects().where((Integration.old_secret_until.is_not_null())
+                                             & (Integration.old_secret_until < now()))
+    for row in rows:
+        try:
+            target = await portal._get_target(row.key)
+            if row.status == "approved" and target and len(target.secrets) > 1:
+                await portal._put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
+                await portal.audit("system", "secret.retire", row.key, "overlap period over")
+                count += 1
+            await update(row, old_secret_until=None)
+        except PortalError as exc:  # NATS down: try again next round
+            log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
+    return count
+
+
+async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
+    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
+    from portal.charts import sample_lag
+
+    while True:
+        for job in (retire_expired, sample_lag):
+            try:
+                await job(portal)
+            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
+                log.exception("portal minute job %s failed", job.__name__)
+        await asyncio.sleep(period)
