@@ -78,7 +78,7 @@ async def reachable(url: str, settings) -> str | None:
 
 
 async def check_endpoint_url(value: Any, settings, errors: dict[str, str], field: str = "url") -> str | None:
-    url = check_url(value, errors, field)
+    url = check_url(value, errors, field, allowed=settings.allowed())
     if url and (refusal := await reachable(url, settings)):
         errors[field] = refusal
         return None
