@@ -108,8 +108,8 @@ def check_url(value: Any, errors: dict[str, str], field: str = "url", allowed: l
     if literal is not None:
         try:
             ssrf.check_address(literal, list(allowed))
-        except ssrf.Refused:
-            errors[field] = "This address is not allowed: give a public endpoint."
+        except ssrf.Refused as exc:  # the same words as portal.endpoint.reachable
+            errors[field] = f"The deliverer will not send there: {exc}."
             return None
     return text
 

@@ -148,7 +148,7 @@ def test_secretbox_seals_and_refuses_a_wrong_key(tmp_path):
 def test_literal_private_endpoints_are_not_allowed(url):
     _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "sites": ["default"]},
                                  SITES)
-    assert errors == {"url": "This address is not allowed: give a public endpoint."}
+    assert errors == {"url": "The deliverer will not send there: address not allowed (not a public address)."}
     _, errors = validate_request({"name": "x", "protocol": "xapi", "delivery": "webhook", "url": url.replace("127.0.0.1", "8.8.8.8"),
                                   "sites": ["default"]}, SITES, allowed=ssrf.networks(["0.0.0.0/0", "::/0"]))
     assert errors == {}
