@@ -1,16 +1,23 @@
-"""Delivery benchmark: hub + deliverer running as processes, local receivers, a nats-server of its own.
+"""Delivery benchmark: hub + deliverers running as processes, local receivers, a nats-server of its own.
 
-1. End-to-end latency: raw ``play_video`` events published to ``lms.`` at a steady rate (default 1,000/s)
-   through ``rthub hub`` and ``rthub deliver`` to a signed webhook; latency = arrival at the receiver minus
-   the event's own timestamp (the statement keeps it), so it covers publish, hub, stream, deliverer and POST.
-2. Throughput to one webhook (ordered per course, 20 courses): half of ``--statements`` pre-published to
-   ``xapi.``, then drained by the deliverer.
+Every figure comes from the same run on the same server, so they compare with each other (the machines
+differ by 3-4x from one another):
+
+1. The hub's rate: ``--hub-events`` raw ``play_video`` events pre-published to ``lms.``, counted as xAPI
+   statements arrive on ``xapi.`` (one protocol granted).
+2. Throughput to one webhook (ordered per course, 20 courses, concurrency 16): half of ``--statements``
+   pre-published to ``xapi.``, then drained by one deliverer.
 3. Throughput to one batched xAPI LRS endpoint (batch 500): ``--statements`` statements, same way, counted by
    the statements the LRS stored.
+4. The same webhook integration as in 2 with a second ``rthub deliver`` process running.
+5. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverers to
+   a signed webhook; latency = arrival at the receiver minus the event's own timestamp (the statement keeps
+   it), so it covers publish, hub, stream, deliverer and POST. The rate is half of the webhook capacity
+   measured in 2 unless ``--rate`` is given; the line says which.
 
-Usage: ``.venv/bin/python bench/delivery.py [--rate 1000] [--seconds 10] [--statements 50000]``.
-The last lines print ``webhook_statements_per_s=`` (part 2), ``p50_ms=``, ``p99_ms=`` (part 1) and
-``statements_per_s=`` (part 3, batched LRS).
+Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]``.
+The last lines print ``hub_events_per_s=``, ``webhook_statements_per_s=``, ``lrs_statements_per_s=``,
+``webhook_two_deliverers_per_s=``, ``p50_ms=`` and ``p99_ms=``.
 """
 
 from __future__ import annotations
@@ -121,6 +128,29 @@ async def throughput(js, sink: Sink, gid: str, kind: str, n: int, **kw) -> float
     return sink.count / elapsed if elapsed > 0 else 0.0
 
 
+async def hub_rate(js, nc, n: int) -> float:
+    """Raw events pre-published, then the rate at which the hub turns them into statements."""
+    site = "benchhub"
+    await put_grant(js, Grant(id="benchhub", consumer="bench", protocol="xapi", sites=[site]))
+    arrived: list[float] = []
+
+    async def on_statement(_msg) -> None:
+        arrived.append(time.monotonic())
+
+    tap = await nc.subscribe(f"xapi.{site}.>", cb=on_statement)
+    await asyncio.sleep(1)  # the hub sees the grant
+    now = dt.datetime.now(dt.UTC)
+    futures = [await js.publish_async(subject("lms", site, "BenchX", f"course-v1:BenchX+H{i % 20}+run", "play_video"),
+                                      msgspec.json.encode(play_video(f"course-v1:BenchX+H{i % 20}+run", i % 500, now)),
+                                      headers={"Nats-Msg-Id": f"hub-{i}"}) for i in range(n)]
+    await asyncio.gather(*futures)
+    deadline = time.monotonic() + 120
+    while len(arrived) < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await tap.unsubscribe()
+    return (len(arrived) - 1) / (arrived[-1] - arrived[0]) if len(arrived) > 1 else 0.0
+
+
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(free_port(), Path(tmp) / "nats", name="bench").start()
@@ -132,50 +162,22 @@ async def run(args) -> None:
             await ensure_streams(js, settings)
             env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
             env.update(RTHUB_NATS_URL=server.url, RTHUB_ID_SECRET="bench", RTHUB_DATA_DIR=str(Path(tmp) / "data"),
-                       RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT="-1", RTHUB_BATCH_SIZE="20")
-            for cmd in ("hub", "deliver"):
+                       RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT="-1", RTHUB_BATCH_SIZE="20",
+                       RTHUB_SITES=msgspec.json.encode({"default": "http://localhost:18000",
+                                                        "benchhub": "http://localhost:18000"}).decode())
+
+            def start(cmd: str) -> None:
                 procs.append(subprocess.Popen([sys.executable, "-m", "hub.cli", "--log-level", "WARNING", cmd],
                                               env=env, cwd=ROOT))
 
-            # 1. end-to-end latency at a steady rate
-            sink = await Sink().start()
-            await integration(js, "lat", "webhook", f"http://127.0.0.1:{sink.port}/hook", ["default"],
-                              secrets=[new_secret()], max_concurrency=16)
-            hub_lat: list[float] = []
+            start("hub")
+            await asyncio.sleep(2)
+            # 1. the hub alone (no deliverer yet competes for the CPU)
+            hub_eps = await hub_rate(js, nc, args.hub_events)
+            print(f"hub: {args.hub_events} raw events -> xAPI statements, events_per_s={hub_eps:.0f}")
+            start("deliver")
 
-            async def on_statement(msg) -> None:  # where the hub's share of the latency ends
-                ts = msgspec.json.decode(msg.data)["timestamp"]
-                hub_lat.append(time.time() - dt.datetime.fromisoformat(ts).timestamp())
-
-            tap = await nc.subscribe("xapi.default.>", cb=on_statement)
-            await asyncio.sleep(3)  # hub and deliverer start, consumers created
-            total = int(args.rate * args.seconds)
-            courses = [f"course-v1:BenchX+L{i}+run" for i in range(20)]
-            start = time.monotonic()
-            pending = []
-            for i in range(total):
-                due = start + i / args.rate
-                if (delay := due - time.monotonic()) > 0:
-                    await asyncio.sleep(delay)
-                event = play_video(courses[i % 20], 1000 + i % 500, dt.datetime.now(dt.UTC))
-                course = event["context"]["course_id"]
-                pending.append(await js.publish_async(
-                    subject("lms", "default", "BenchX", course, "play_video"), msgspec.json.encode(event),
-                    headers={"Nats-Msg-Id": f"lat-{i}"}))
-            await asyncio.gather(*pending)
-            sent_rate = total / (time.monotonic() - start)
-            await wait_count(sink, total, 60)
-            lat = sorted(sink.latencies[int(args.rate):])  # the first second is warm-up
-            p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
-            p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan")
-            await tap.unsubscribe()
-            hub_sorted = sorted(hub_lat[int(args.rate):]) or [float("nan")]
-            print(f"hub only (raw publish -> statement on xapi.): p50={hub_sorted[len(hub_sorted) // 2] * 1000:.1f}ms "
-                  f"p99={hub_sorted[int(len(hub_sorted) * 0.99)] * 1000:.1f}ms")
-            print(f"latency: published={total} at {sent_rate:.0f}/s delivered={sink.count} "
-                  f"p50={p50:.1f}ms p99={p99:.1f}ms max={lat[-1] * 1000 if lat else 0:.1f}ms")
-
-            # 2. one webhook, ordered per course
+            # 2. one webhook, ordered per course, one deliverer
             hook = await Sink().start()
             hook_rate = await throughput(js, hook, "hook", "webhook", args.statements // 2, max_concurrency=16,
                                          secrets=[new_secret()])
@@ -186,13 +188,63 @@ async def run(args) -> None:
             lrs_rate = await throughput(js, lrs, "lrs", "lrs", args.statements, batch_size=500,
                                         batch_wait_ms=50, max_concurrency=16)
             print(f"lrs (batch 500): delivered={lrs.count} of {args.statements} statements_per_s={lrs_rate:.0f}")
+
+            # 4. the same kind of webhook integration with a second deliverer process
+            start("deliver")
+            await asyncio.sleep(2)
+            hook2 = await Sink().start()
+            two_rate = await throughput(js, hook2, "hook2", "webhook", args.statements // 2, max_concurrency=16,
+                                        secrets=[new_secret()])
+            print(f"webhook, two deliverers: delivered={hook2.count} of {args.statements // 2} "
+                  f"statements_per_s={two_rate:.0f}")
+
+            # 5. end-to-end latency at a steady rate
+            rate = args.rate or max(50.0, hook_rate / 2)
+            sink = await Sink().start()
+            await integration(js, "lat", "webhook", f"http://127.0.0.1:{sink.port}/hook", ["default"],
+                              secrets=[new_secret()], max_concurrency=16)
+            hub_lat: list[float] = []
+
+            async def on_statement(msg) -> None:  # where the hub's share of the latency ends
+                ts = msgspec.json.decode(msg.data)["timestamp"]
+                hub_lat.append(time.time() - dt.datetime.fromisoformat(ts).timestamp())
+
+            tap = await nc.subscribe("xapi.default.>", cb=on_statement)
+            await asyncio.sleep(3)  # consumers created
+            total = int(rate * args.seconds)
+            courses = [f"course-v1:BenchX+L{i}+run" for i in range(20)]
+            began = time.monotonic()
+            pending = []
+            for i in range(total):
+                due = began + i / rate
+                if (delay := due - time.monotonic()) > 0:
+                    await asyncio.sleep(delay)
+                event = play_video(courses[i % 20], 1000 + i % 500, dt.datetime.now(dt.UTC))
+                course = event["context"]["course_id"]
+                pending.append(await js.publish_async(
+                    subject("lms", "default", "BenchX", course, "play_video"), msgspec.json.encode(event),
+                    headers={"Nats-Msg-Id": f"lat-{i}"}))
+            await asyncio.gather(*pending)
+            sent_rate = total / (time.monotonic() - began)
+            await wait_count(sink, total, 60)
+            lat = sorted(sink.latencies[int(rate):])  # the first second is warm-up
+            p50 = lat[len(lat) // 2] * 1000 if lat else float("nan")
+            p99 = lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan")
+            await tap.unsubscribe()
+            hub_sorted = sorted(hub_lat[int(rate):]) or [float("nan")]
+            print(f"latency at {rate:.0f} events/s ({'--rate' if args.rate else 'half the webhook capacity'}): "
+                  f"published={total} at {sent_rate:.0f}/s delivered={sink.count} p50={p50:.1f}ms p99={p99:.1f}ms "
+                  f"max={lat[-1] * 1000 if lat else 0:.1f}ms; hub share p50="
+                  f"{hub_sorted[len(hub_sorted) // 2] * 1000:.1f}ms p99={hub_sorted[int(len(hub_sorted) * 0.99)] * 1000:.1f}ms")
             await nc.close()
+            print(f"hub_events_per_s={hub_eps:.0f}")
             print(f"webhook_statements_per_s={hook_rate:.0f}")
+            print(f"lrs_statements_per_s={lrs_rate:.0f}")
+            print(f"webhook_two_deliverers_per_s={two_rate:.0f}")
             print(f"p50_ms={p50:.1f}")
             print(f"p99_ms={p99:.1f}")
-            print(f"statements_per_s={lrs_rate:.0f}")
         finally:
-            await asyncio.to_thread(stop, procs)  # the deliverer closes its connections to the sinks
+            await asyncio.to_thread(stop, procs)  # the deliverers close their connections to the sinks
             server.stop()
 
 
@@ -208,9 +260,11 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=1000.0, help="raw events per second in part 1")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of part 1")
-    parser.add_argument("--statements", type=int, default=50_000, help="statements for the LRS part")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="raw events per second in the latency part (default: half the webhook capacity)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency part")
+    parser.add_argument("--statements", type=int, default=50_000, help="statements for the LRS part (half: webhook)")
+    parser.add_argument("--hub-events", type=int, default=20_000, help="raw events for the hub's rate")
     asyncio.run(run(parser.parse_args()))
 
 
