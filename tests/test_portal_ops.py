@@ -286,12 +286,12 @@ async def test_rotation_overlap_is_shown_and_ends(app, admin, js):
     await consumer.get(f"/integrations/{key}")
     rotated = await post(consumer, f"/integrations/{key}/rotate")
     assert "still accepted until" in rotated.text and re.search(r'id="overlap">.*until <strong>20\d\d-', rotated.text)
-    assert len(await target_of(app, js, key).secrets) == 2
+    assert len((await target_of(app, js, key)).secrets) == 2
     row = await Integration.objects().get(Integration.key == key)
     await Integration.update({Integration.old_secret_until: dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)}
                              ).where(Integration.id == row.id)
     assert await endpoint.retire_expired(app.state.portal) >= 1
-    assert len(await target_of(app, js, key).secrets) == 1
+    assert len((await target_of(app, js, key)).secrets) == 1
     assert "secret.retire" in (await admin.get(f"/admin/integrations/{key}")).text
 
 
