@@ -232,7 +232,7 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
                 "http://metadata.google.internal/computeMetadata/v1/"):
         page = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "webhook",
                                                       "url": url, "sites": "default", "courses": COURSE_A})
-        assert page.status_code == 400 and "will not send there" in page.text, url
+        assert page.status_code == 400 and 'aria-describedby="err-url"' in page.text, url
         api = await consumer.post("/api/v1/integrations", headers=headers, json={
             "name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "courses": [COURSE_A]})
         assert api.status_code == 400 and "url" in api.json()["errors"], url
@@ -370,5 +370,4 @@ async def test_names_are_not_resolved_when_typed(app):
     settings = app.state.settings
     assert await reachable("https://hooks.example.org/in", settings) is None
     assert await reachable("https://no-such-name.invalid/x", settings) is None
-    refused = await reachable("http://10.0.0.7/x", settings)
-    assert refused and "10.0.0.7" in refused
+    assert await reachable("http://10.0.0.7/x", settings)
