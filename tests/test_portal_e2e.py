@@ -23,6 +23,11 @@ from tests.deliver_receivers import Receiver
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
 from tests.test_portal_browser import ARGS, CHROMIUM, Client
 
+try:  # where sign-up confirms the e-mail address, a real SMTP server (aiosmtpd) receives the link
+    from tests.mailbox import Mailbox, link
+except ImportError:
+    Mailbox = link = None
+
 COURSE = "course-v1:DemoX+Demo1+2024_T1"
 PASSWORD = "e2e test password!"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -63,13 +68,25 @@ async def admin_nc(op_server, data_dir):
 
 
 @pytest.fixture(scope="module")
-def system(op_server, data_dir, admin_nc):
+def mailbox():
+    if Mailbox is None:
+        yield None
+        return
+    box = Mailbox().start()
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="module")
+def system(op_server, data_dir, admin_nc, mailbox):
     """The portal and the deliverer as processes, each with its own service credentials."""
     auth = AuthStore.ensure(data_dir)
     port = free_port()
     common = {"RTHUB_DATA_DIR": str(data_dir), "RTHUB_ALLOWED_NETWORKS": "127.0.0.1/32"}
+    mail = {**mailbox.env(), "RTHUB_PUBLIC_URL": f"http://127.0.0.1:{port}"} if mailbox is not None else {}
     portal_env = rthub_env(op_server.url, **common, RTHUB_NATS_CREDS=str(auth.service_creds("portal")),
-                           RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}))
+                           RTHUB_PORTAL_PORT=str(port), RTHUB_SITES=json.dumps({"default": "http://localhost:18000"}),
+                           **mail)
     made = rthub("portal", "create-admin", "--email", "admin@example.org", "--password-stdin", env=portal_env,
                  input=(PASSWORD + "\n").encode())
     assert made.returncode == 0, made.stderr.decode()
@@ -126,7 +143,7 @@ async def submit(page, selector: str = "button[type=submit]"):
         await page.click(selector)
 
 
-async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, tmp_path):
+async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, mailbox, tmp_path):
     from playwright.async_api import async_playwright
 
     switch = Switch()
@@ -148,6 +165,10 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, tm
             await page.fill("#f-name", "E2E consumer")
             await page.fill("#f-password", PASSWORD)
             await submit(page)
+            if mailbox is not None:
+                await page.goto(link(await mailbox.wait(email, "Confirm your e-mail"), "/verify"))
+                await page.fill("[name=password]", PASSWORD)
+                await submit(page, "#confirm")
 
             # skip link first in the tab order
             await page.keyboard.press("Tab")
