@@ -370,4 +370,5 @@ async def test_names_are_not_resolved_when_typed(app):
     settings = app.state.settings
     assert await reachable("https://hooks.example.org/in", settings) is None
     assert await reachable("https://no-such-name.invalid/x", settings) is None
-    assert await reachable("http://10.0.0.7/x", settings)
+    refused = await reachable("http://10.0.0.7/x", settings)
+    assert refused and "10.0.0.7" in refused

@@ -106,7 +106,6 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
     other_switch = Switch()
     receiver, other = await Receiver(switch).start(), await Receiver(other_switch).start()
     try:
-        # the portal's data directory: where secrets are sealed, the deliverer opens them with the same key
         async with deliverer(nc, nats_server.url, retry_schedule=["0.05s", "20s"], data_dir=app.state.settings.data_dir):
             consumer = await new_consumer(app)
             key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE_A)
