@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import ipaddress
 import logging
 import socket
@@ -189,7 +190,7 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
                      req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
                      req_event_types=row.grant_event_types, scope_change=False)
         if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
-            await portal._cut_off(row, actor)
+            await _revoke_credentials(portal, row, actor)
         await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
         return "applied"
@@ -197,6 +198,16 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
                  req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
     await portal.audit(actor.email, "scope.request", row.key, _scope_text(wanted))
     return "requested"
+
+
+async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) -> None:
+    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``_activate`` then
+    writes the narrower grant). Where the service closes a subscriber's own NATS account, ``final=False``
+    keeps it re-openable."""
+    if "final" in inspect.signature(portal._cut_off).parameters:
+        await portal._cut_off(row, actor, final=False)
+    else:
+        await portal._cut_off(row, actor)
 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
