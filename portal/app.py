@@ -866,8 +866,8 @@ def create_app(settings: PortalSettings) -> Litestar:
             return Redirect("/login", status_code=303)
         csrf = status == 403 and "csrf" in str(message).lower()
         if csrf:
-            message = ("This form had expired or was sent from another page, so nothing was changed. "
-                       "Go back, reload the page and send it again.")
+            message = ("This form had expired or was sent from another page (it failed the CSRF check), so nothing "
+                       "was changed. Go back, reload the page and send it again.")
         # The CSRF check runs before any handler, so the account comes from the portal's recent sessions.
         user = request.state.get("account") or known_session(request)
         tpl = env.get_template("error.html")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import inspect
 import ipaddress
 import logging
 import socket
@@ -184,19 +185,29 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if not check_narrowing(current, wanted):
         row.grant_sites, row.grant_orgs = _dump(wanted.sites), _dump(wanted.orgs)
         row.grant_courses, row.grant_event_types = _dump(wanted.courses), _dump(wanted.event_types)
-        await portal._activate(row, new_secret=False)
         await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs,
-                           grant_courses=row.grant_courses, grant_event_types=row.grant_event_types,
-                           req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
-                           req_event_types=row.grant_event_types, scope_change=False)
+                     grant_courses=row.grant_courses, grant_event_types=row.grant_event_types,
+                     req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
+                     req_event_types=row.grant_event_types, scope_change=False)
+        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
+            await _revoke_credentials(portal, row, actor)
+        await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
-        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off, new ones are narrow
-            await portal._cut_off(row, actor)
         return "applied"
     await update(row, req_sites=_dump(wanted.sites), req_orgs=_dump(wanted.orgs),
-                       req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
+                 req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
     await portal.audit(actor.email, "scope.request", row.key, _scope_text(wanted))
     return "requested"
+
+
+async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) -> None:
+    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``_activate`` then
+    writes the narrower grant). Where the service closes a subscriber's own NATS account, ``final=False``
+    keeps it re-openable."""
+    if "final" in inspect.signature(portal._cut_off).parameters:
+        await portal._cut_off(row, actor, final=False)
+    else:
+        await portal._cut_off(row, actor)
 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
@@ -213,7 +224,7 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
     row.grant_courses, row.grant_event_types = _dump(granted.courses), _dump(granted.event_types)
     await portal._activate(row, new_secret=False)
     await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs, grant_courses=row.grant_courses,
-                       grant_event_types=row.grant_event_types, scope_change=False, decided_by=actor.email)
+                 grant_event_types=row.grant_event_types, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
 
 
@@ -224,8 +235,8 @@ async def deny_scope_change(portal: Portal, actor: Account, row: Integration, re
         raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
     current = granted_scope(row)
     await update(row, req_sites=_dump(current.sites), req_orgs=_dump(current.orgs),
-                       req_courses=_dump(current.courses), req_event_types=_dump(current.event_types),
-                       scope_change=False, decision_reason=reason, decided_by=actor.email)
+                 req_courses=_dump(current.courses), req_event_types=_dump(current.event_types),
+                 scope_change=False, decision_reason=reason, decided_by=actor.email)
     await portal.audit(actor.email, "scope.deny", row.key, reason)
 
 

@@ -301,3 +301,77 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, ma
         finally:
             await browser.close()
             await receiver.stop()
+
+
+async def login_page(browser, system: str, email: str, password: str):
+    page = await (await browser.new_context(accept_downloads=True)).new_page()
+    page.on("dialog", lambda d: __import__("asyncio").ensure_future(d.accept()))
+    await page.goto(system + "/login")
+    await page.fill("#f-email", email)
+    await page.fill("#f-password", password)
+    await submit(page)
+    return page
+
+
+async def test_narrowing_a_direct_subscription_cuts_off_its_old_credentials(system, admin_nc, op_server, tmp_path):
+    """Operator mode: the owner (here the administrator's own integration, so no sign-up is needed) narrows two
+    courses to one; the .creds issued before stop working, new ones read only the remaining course."""
+    import nats
+    from playwright.async_api import async_playwright
+
+    from hub.auth import creds_inbox_prefix
+    from hub.grants import consumer_name
+
+    other = "course-v1:OpenU+Demo2+2024_T1"
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = admin = await login_page(browser, system, "admin@example.org", PASSWORD)
+            await page.goto(system + "/integrations/new")
+            await page.fill("#f-name", "Two courses")
+            await page.check("input[name=protocol][value=xapi]")
+            await page.select_option("#f-delivery", "direct")
+            await page.check("input[name=sites][value=default]")
+            await page.fill("#f-courses", f"{COURSE}, {other}")
+            await submit(page)
+            key = page.url.split("/integrations/")[1]
+            await admin.goto(system + f"/admin/integrations/{key}")
+            await submit(admin, "#approve")
+
+            async def download(name: str) -> Path:
+                await page.goto(system + f"/integrations/{key}")
+                async with page.expect_download() as info:
+                    await page.click("#download-creds")
+                path = tmp_path / name
+                await (await info.value).save_as(path)
+                return path
+
+            old_creds = await download("old.creds")
+            await page.goto(system + f"/integrations/{key}")
+            await page.click("#change-scope summary")
+            await page.fill("#f-scope-courses", COURSE)
+            await submit(page, "#save-scope")
+            assert "Narrower scope applied" in await page.inner_text("main")
+
+            with pytest.raises(Exception):  # noqa: B017 - nats-py raises several error types for a refused user
+                refused = await nats.connect(servers=[op_server.url], user_credentials=str(old_creds),
+                                             inbox_prefix=creds_inbox_prefix(old_creds), connect_timeout=2,
+                                             max_reconnect_attempts=0, allow_reconnect=False)
+                await refused.close()
+
+            new_creds = await download("new.creds")
+            nc = await nats.connect(servers=[op_server.url], user_credentials=str(new_creds),
+                                    inbox_prefix=creds_inbox_prefix(new_creds), connect_timeout=3)
+            try:
+                sub = await nc.jetstream().pull_subscribe_bind(durable=consumer_name(key), stream="XAPI")
+                admin_js = admin_nc.jetstream()
+                await admin_js.publish(subject("xapi", "default", "OpenU", other, "problem_check"), b'{"id": "gone"}')
+                await admin_js.publish(subject("xapi", "default", "DemoX", COURSE, "problem_check"), b'{"id": "kept"}')
+                msgs = await sub.fetch(5, timeout=5)
+                assert [json.loads(m.data)["id"] for m in msgs] == ["kept"]
+            finally:
+                await nc.close()
+            audit = await admin.goto(system + "/admin/audit")
+            assert audit.ok and "scope.narrow" in await admin.inner_text("#audit")
+        finally:
+            await browser.close()

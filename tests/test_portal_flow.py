@@ -103,8 +103,8 @@ async def test_token_creation_redirects_and_is_created_once(app):
 
 async def test_flash_cannot_be_spoofed_by_a_link(app):
     consumer = await new_consumer(app)
-    page = await consumer.get("/integrations?msg=Your+account+is+locked%2C+call+%2B1-555")
-    assert "locked" not in page.text and "555" not in page.text
+    page = await consumer.get("/integrations?msg=Your+account+is+locked%2C+call+Zorglub+support")
+    assert page.status_code == 200 and "locked" not in page.text and "Zorglub" not in page.text
 
 
 async def test_typed_narrower_scope_is_granted(app, admin, js):
@@ -232,7 +232,7 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
                 "http://metadata.google.internal/computeMetadata/v1/"):
         page = await post(consumer, "/integrations", {"name": "x", "protocol": "xapi", "delivery": "webhook",
                                                       "url": url, "sites": "default", "courses": COURSE_A})
-        assert page.status_code == 400 and "will not send there" in page.text, url
+        assert page.status_code == 400 and 'aria-describedby="err-url"' in page.text, url
         api = await consumer.post("/api/v1/integrations", headers=headers, json={
             "name": "x", "protocol": "xapi", "delivery": "webhook", "url": url, "courses": [COURSE_A]})
         assert api.status_code == 400 and "url" in api.json()["errors"], url
