@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 import pytest
 from eventtracking.tracker import Tracker
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -305,3 +307,84 @@ async def test_drill_malformed_flood(js, nats_server, tmp_path):
 
 async def _quarantined(js, at_least: int) -> bool:
     return (await js.stream_info("QUARANTINE")).state.messages >= at_least
+
+
+# ---- drill 6: NATS down under steady flow, with the deliverer and a webhook (issue 13 item 1) -------------
+
+OUTAGE_S = float(os.environ.get("RTHUB_DRILL_OUTAGE_S", "25"))  # the long run: RTHUB_DRILL_OUTAGE_S=60
+CONVERGE_BOUND_S = 45.0  # NATS back -> every statement delivered (ack wait 10 s + lease + backoff + backlog)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        r = httpx.get(url, timeout=2)
+        return r.status_code, r.text
+    except httpx.HTTPError:
+        return 0, ""
+
+
+@pytest.mark.slow
+async def test_drill_nats_down_deliverer_converges(tmp_path):
+    from hub.grants import Target
+    from tests.deliver_kit import put_target
+    from tests.deliver_receivers import Receiver
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="drill6").start()
+    settings = HubSettings(nats_url=server.url)
+    nc = await connect(settings, "drill6")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    rx = await Receiver().start()
+    course = course_of("deliver")
+    gid = unique("g")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", courses=[course], delivery="webhook"))
+    metrics_port = free_port()
+    hub = start_hub(server.url, str(tmp_path / "hub.log"))
+    log = open(tmp_path / "deliver.log", "ab")  # noqa: SIM115
+    deliver = subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", str(metrics_port)],
+                               env=rthub_env(server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32"), stdout=log,
+                               stderr=log)
+    backend = NatsBackend(nats_url=server.url, spool_dir=str(tmp_path / "spool"), publish_ack_timeout_s=2.0)
+    emitter = Emitter(backend, course, rate=20)
+    health = f"http://127.0.0.1:{metrics_port}/health"
+    try:  # the consumer delivers new statements only: emit once it exists
+        await wait_for(lambda: _get(health) == (200, "ok\n"), 30, "the deliverer runs the integration")
+        emitter.start()
+        await wait_for(lambda: len(rx.requests) >= 40, 60, "webhooks flowing before the outage")
+        server.stop()
+        down_at = time.monotonic()
+        await wait_for(lambda: _get(health)[0] == 503, 15, "/health false while NATS is down")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage is the drill
+        server.start()
+        up_at = time.monotonic()
+        await wait_for(lambda: nc.is_connected, 30, "test client reconnected")
+        await asyncio.sleep(3)  # keep emitting a little after NATS is back
+        emitter.halt.set()
+        emitter.join()
+        sent = emitter.sent
+
+        def distinct() -> set[str]:
+            return {r.headers["webhook-id"] for r in rx.requests}
+
+        await wait_for(lambda: len(distinct()) >= sent, CONVERGE_BOUND_S + 3, f"{sent} statements delivered",
+                       interval=0.2)
+        converged = time.monotonic() - up_at
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        stored = set(await stored_ids(js, course))
+        print(f"\ndrill nats-down {OUTAGE_S:.0f}s: sent={sent} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} converged_after_nats_back={converged:.1f}s", flush=True)
+        assert set(ids) == stored and len(stored) == sent
+        assert converged <= CONVERGE_BOUND_S
+        assert deliver.poll() is None and hub.poll() is None  # nothing was restarted
+        await wait_for(lambda: _get(health) == (200, "ok\n"), 15, "/health ok again")
+        assert 'rthub_integrations_delivering{service="deliver"} 1' in _get(
+            f"http://127.0.0.1:{metrics_port}/metrics")[1]
+    finally:
+        emitter.halt.set()
+        backend.close()
+        stop(hub)
+        stop(deliver)
+        await rx.stop()
+        await nc.close()
+        server.stop()

@@ -139,6 +139,7 @@ class Runner:
         self.wake = asyncio.Event()
         self.stopping = False
         self.leader = asyncio.Event()
+        self.core: list[asyncio.Task] = []
         self.lease = None if target.parallel else Lease(
             svc.state, f"lease.{grant.id}", svc.process_id, max(seconds(s.lease_ttl), seconds(s.ack_wait)) + 1)
 
@@ -171,6 +172,7 @@ class Runner:
         self.tasks.append(asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")))
         self.tasks.append(asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive")))
         self.tasks.append(asyncio.create_task(self._keep_alive()))
+        self.core = list(self.tasks)
         await self.maybe_replay()
         log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
 
@@ -184,6 +186,10 @@ class Runner:
             self.replay_task = asyncio.create_task(
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
+
+    def broken(self) -> bool:
+        """A pulling, lease or keep-alive task has ended (consumer deleted, lease lost, a bug): restart me."""
+        return any(task.done() for task in self.core)
 
     async def stop(self) -> None:
         """Stop pulling and sending; hand unsettled messages back to JetStream right away."""
@@ -201,20 +207,25 @@ class Runner:
 
     # ---- pulling ---------------------------------------------------------------------------------------
     async def _hold_lease(self) -> None:
-        period = max(0.2, seconds(self.svc.settings.lease_ttl) / 3)
+        """Renew the lease every ``lease_ttl / 3``; step down when it is lost, or when no renewal has succeeded for
+        ``lease_ttl`` (an outage: a stand-by elsewhere may take over after ``max(lease_ttl, ack_wait) + 1 s``)."""
+        ttl = seconds(self.svc.settings.lease_ttl)
+        period = max(0.2, ttl / 3)
+        last_ok = time.monotonic()
         while True:
             try:
                 held = await self.lease.try_hold()
-            except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep the current state, retry soon
+                last_ok = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep the lease while it is surely ours
                 log.warning("lease %s: %s", self.grant.id, exc)
-                held = self.leader.is_set()
+                held = self.leader.is_set() and time.monotonic() - last_ok < ttl
             if held and not self.leader.is_set():
                 log.info("this process now delivers ordered integration %s", self.grant.id)
                 self.leader.set()
             elif not held and self.leader.is_set():
                 log.warning("lost the lease of %s; restarting its delivery", self.grant.id)
                 self.leader.clear()
-                self.svc.restart(self.grant.id)
+                self.svc.restart(self.grant.id, self)
                 return
             await asyncio.sleep(period)
 
@@ -535,6 +546,7 @@ class Deliverer:
         self.state = None
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
+        self.backoff: dict[str, tuple[int, float]] = {}  # grant id -> (failed starts in a row, next try)
 
     async def start(self) -> Deliverer:
         self.state = await self.js.key_value(STATE_BUCKET)
@@ -548,8 +560,36 @@ class Deliverer:
             self.background.append(asyncio.create_task(self._watch(watcher, handler, ready)))
             await ready
         self.background.append(asyncio.create_task(self._flush_loop()))
-        self.metrics.gauges["integrations_delivering"] = lambda: len(self.runners)
+        self.background.append(asyncio.create_task(self._converge_loop()))
+        self.metrics.gauges["integrations_delivering"] = lambda: sum(not r.broken() for r in self.runners.values())
         return self
+
+    def not_delivering(self) -> list[str]:
+        """Active push integrations this process should run but does not (a start failed, a runner broke)."""
+        out = []
+        for gid in self.grants:
+            runner = self.runners.get(gid)
+            if self.wanted(gid) is not None and (runner is None or runner.broken()):
+                out.append(gid)
+        return out
+
+    def healthy(self) -> bool:
+        """``/health``: connected, and every active integration has a working runner (delivering or standing by)."""
+        return self.nc.is_connected and not self.not_delivering()
+
+    async def _converge_loop(self) -> None:
+        """Retry what a fault left undone, with backoff, until it works: a wanted integration without a working
+        runner is (re)started, so an outage of any length ends in delivery without restarting the process."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for gid in self.not_delivering():
+                _, at = self.backoff.get(gid, (0, 0.0))
+                if now >= at and not self.locks[gid].locked():
+                    runner = self.runners.get(gid)
+                    if runner is not None:
+                        log.warning("delivery of %s stopped working; restarting it", gid)
+                    self._spawn(self.reconcile(gid, restart=runner is not None, expected=runner))
 
     async def _watch(self, watcher, handler, ready: asyncio.Future) -> None:
         async for entry in watcher:
@@ -600,8 +640,8 @@ class Deliverer:
     def _schedule(self, grant_id: str, revoked: bool = False) -> None:
         self._spawn(self.reconcile(grant_id, revoked))
 
-    def restart(self, grant_id: str) -> None:
-        self._spawn(self.reconcile(grant_id, restart=True))
+    def restart(self, grant_id: str, runner: Runner | None = None) -> None:
+        self._spawn(self.reconcile(grant_id, restart=True, expected=runner))
 
     def wanted(self, grant_id: str) -> tuple[Grant, Target] | None:
         grant, target = self.grants.get(grant_id), self.targets.get(grant_id)
@@ -611,11 +651,18 @@ class Deliverer:
             return None
         return grant, target
 
-    async def reconcile(self, grant_id: str, revoked: bool = False, restart: bool = False) -> None:
-        """Bring this process in line with the grant and target of ``grant_id`` (start, restart or stop)."""
+    async def reconcile(self, grant_id: str, revoked: bool = False, restart: bool = False,
+                        expected: Runner | None = None) -> None:
+        """Bring this process in line with the grant and target of ``grant_id`` (start, restart or stop).
+
+        ``restart`` with ``expected`` restarts only that runner (a newer one is left alone). A failed start is
+        retried by :meth:`_converge_loop` after a backoff of 0.5 s doubling up to ``converge_backoff_max``.
+        """
         async with self.locks[grant_id]:
             want = self.wanted(grant_id)
             runner = self.runners.get(grant_id)
+            if restart and expected is not None and runner is not expected:
+                return
             if runner is not None and want is not None and (runner.grant, runner.target) == want and not restart:
                 return
             if runner is not None:
@@ -628,10 +675,15 @@ class Deliverer:
                 runner = Runner(self, *want)
                 try:
                     await runner.start()
-                except Exception as exc:  # noqa: BLE001 - bad config (e.g. filter) must not kill the service
-                    log.error("cannot deliver %s: %s", grant_id, exc)
+                except Exception as exc:  # noqa: BLE001 - NATS down, bad config: retried with backoff
+                    failures = self.backoff.get(grant_id, (0, 0.0))[0] + 1
+                    delay = min(seconds(self.settings.converge_backoff_max), 0.5 * 2 ** (failures - 1))
+                    self.backoff[grant_id] = (failures, time.monotonic() + delay)
+                    log.error("cannot deliver %s (%d failed start(s); next try in %.1f s): %s", grant_id, failures,
+                              delay, exc or type(exc).__name__)
                     await runner.stop()
                     return
+                self.backoff.pop(grant_id, None)
                 self.runners[grant_id] = runner
             if self.on_change:
                 self.on_change(grant_id)

@@ -32,6 +32,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     fetch_batch: int = 500
     ack_wait: str = "30s"
     lease_ttl: str = "10s"
+    converge_backoff_max: str = "10s"
     caliper_sensor: str = "urn:rthub:deliverer"
     metrics_port: int = 0
     log_json: bool = False
