@@ -232,3 +232,37 @@ def test_taken_default_ports_are_replaced_and_written_for_the_other_commands(tmp
         for s in held:
             s.close()
     assert not (tmp_path / ".rthub" / "up.json").exists()  # stale addresses are not left behind
+
+
+@pytest.mark.slow
+def test_demo_waits_out_a_nats_outage(tmp_path):
+    """The demo used to exit after five failed publish retries (~10 s into an outage), which stopped `rthub up`."""
+    import asyncio
+
+    from hub.natsserver import NatsServer
+    from lms_publisher.demo import run_demo
+    from lms_publisher.settings import PublisherSettings
+    from tests.helpers import wait_for
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="demo-outage").start()
+
+    async def drill() -> None:
+        settings = PublisherSettings(nats_url=server.url, publish_ack_timeout_s=1.0)
+        stop, sent = asyncio.Event(), [0]
+        task = asyncio.create_task(run_demo(settings, 50, stop=stop, on_batch=lambda n: sent.__setitem__(0, n)))
+        try:
+            await wait_for(lambda: sent[0] >= 50, 30, "demo publishing")
+            server.stop()
+            await asyncio.sleep(20)  # the outage is the test (longer than publish_records' own retries)
+            assert not task.done(), task.exception()
+            before = sent[0]
+            server.start()
+            await wait_for(lambda: sent[0] >= before + 100, 30, "demo publishing again after the outage")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+    try:
+        asyncio.run(drill())
+    finally:
+        server.stop()
