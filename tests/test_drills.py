@@ -388,3 +388,82 @@ async def test_drill_nats_down_deliverer_converges(tmp_path):
         await rx.stop()
         await nc.close()
         server.stop()
+
+
+# ---- drill 7: the delivering deliverer SIGKILLed; the stand-by takes over (issue 13 item 3) ---------------
+
+@pytest.mark.slow
+async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp_path):
+    """Default lease and ack wait: the stand-by delivers within max(lease_ttl, ack_wait) + 1 s (11 s) + slack,
+    nothing is lost and every course's statements first arrive in publish order."""
+    from hub.deliver.settings import DeliverSettings, seconds
+    from hub.deliver.store import STATE_BUCKET, ensure_delivery
+    from hub.grants import Target
+    from tests.deliver_kit import publish, put_target, statement
+    from tests.deliver_receivers import Receiver
+
+    defaults = DeliverSettings()
+    await ensure_delivery(js, defaults)
+    bound = max(seconds(defaults.lease_ttl), seconds(defaults.ack_wait)) + 1 + 4
+    rx = await Receiver().start()
+    gid, site = unique("g"), unique("site")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", sites=[site], delivery="webhook"))
+    env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32")
+    procs = [subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
+                              stdout=open(tmp_path / f"d{i}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+             for i in range(2)]
+    state = await js.key_value(STATE_BUCKET)
+
+    async def holder() -> int | None:
+        try:
+            entry = await state.get(f"lease.{gid}")
+        except Exception:  # noqa: BLE001 - not taken yet
+            return None
+        return int(json.loads(entry.value)["owner"].rsplit("-", 2)[1]) if entry.value else None
+
+    courses = [f"c{i}" for i in range(4)]
+    sent: dict[str, list[str]] = {c: [] for c in courses}
+    stop_flow = asyncio.Event()
+
+    async def flow() -> None:
+        i = 0
+        while not stop_flow.is_set():
+            c = courses[i % len(courses)]
+            st = statement(i, c)
+            await publish(js, site, c, st)
+            sent[c].append(st["id"])
+            i += 1
+            await asyncio.sleep(0.02)  # 50 statements/s
+
+    try:
+        await wait_for(lambda: holder(), 30, "a deliverer holds the lease")
+        flowing = asyncio.create_task(flow())
+        await wait_for(lambda: len(rx.requests) >= 100, 30, "webhooks flowing")
+        pid = await holder()
+        leader = next(p for p in procs if p.pid == pid)
+        leader.kill()
+        killed_at = time.monotonic()
+        seen = {r.headers["webhook-id"] for r in rx.requests}
+        await wait_for(lambda: any(r.headers["webhook-id"] not in seen and r.t > killed_at for r in rx.requests),
+                       bound + 5, "the stand-by delivering")
+        takeover = min(r.t for r in rx.requests if r.t > killed_at and r.headers["webhook-id"] not in seen) - killed_at
+        await asyncio.sleep(2)
+        stop_flow.set()
+        await flowing
+        total = sum(len(v) for v in sent.values())
+        await wait_for(lambda: len({r.headers["webhook-id"] for r in rx.requests}) >= total, 30, "all delivered")
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        print(f"\ndrill deliverer SIGKILL: sent={total} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} takeover={takeover:.1f}s (bound {bound:.0f}s)", flush=True)
+        assert set(ids) == {i for v in sent.values() for i in v}
+        assert takeover <= bound
+        for c in courses:
+            firsts = list(dict.fromkeys(r.headers["webhook-id"] for r in rx.requests
+                                        if r.json()["object"]["id"].split("/")[-2] == c))
+            assert firsts == sent[c], f"course {c} out of order"
+    finally:
+        stop_flow.set()
+        for p in procs:
+            stop(p)
+        await rx.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import os
@@ -72,10 +71,10 @@ def replay_consumer(grant_id: str) -> str:
 class Item:
     """One message held by a lane until it is settled (acked, dead-lettered or handed back)."""
 
-    __slots__ = ("msg", "id", "subject", "source", "settled")
+    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved")
 
     def __init__(self, msg: Msg, source: str):
-        self.msg, self.source, self.settled = msg, source, False
+        self.msg, self.source, self.settled, self.retry_saved = msg, source, False, False
         headers = msg.headers or {}
         self.subject = headers.get(H_SUBJECT, msg.subject)
         self.id = headers.get(H_ID) or headers.get("Nats-Msg-Id") or _body_id(msg.data)
@@ -83,6 +82,24 @@ class Item:
     @property
     def lane_key(self) -> str:
         return ".".join(self.subject.split(".")[1:4])
+
+
+class RetryState(msgspec.Struct):
+    """Where a held message is in its retry schedule (``schedule.<id>.<stream>.<seq>`` in the state bucket)."""
+
+    attempt: int
+    tries: int
+    due: float
+
+
+async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:
+    """Until one of ``events`` is set or ``timeout`` seconds have passed."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _body_id(data: bytes) -> str:
@@ -137,6 +154,11 @@ class Runner:
         self.dirty = False
         self.failing_since: float | None = None
         self.wake = asyncio.Event()
+        self.recovered = asyncio.Event()  # set = the endpoint answers (circuit closed)
+        self.recovered.set()
+        self.prober: object | None = None
+        self.probe_delay = seconds(s.probe_min)
+        self.probe_at = 0.0
         self.stopping = False
         self.leader = asyncio.Event()
         self.core: list[asyncio.Task] = []
@@ -381,48 +403,153 @@ class Runner:
                     await self._settle(left[0], "nak")
 
     async def deliver(self, items: list[Item]) -> None:
-        """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops."""
-        schedule = self.svc.schedule
-        attempt = 0
-        while True:
-            attempt += 1
-            # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming backoff
-            # even when it arrives while this attempt is still in flight.
-            wake = self.wake
-            result = await self.send(items)
-            outcome = "retry" if result.status is None else retry.classify(self.target.kind, result.status, len(items))
-            if outcome == "delivered":
-                self.record(items, attempt, "delivered", result)
-                for item in items:
-                    await self._settle(item, "ack")
-                self.stats.delivered += len(items)
-                self.svc.metrics.inc("delivered", len(items), integration=self.grant.id)
-                await self._streak_over()
-                return
-            if outcome == "disable":
-                self.record(items, attempt, "disabled", result)
-                await self.svc.disable(self.grant.id, f"endpoint answered 410 Gone at {_iso(time.time())}")
-                return
-            if outcome == "reject":
-                if len(items) > 1:
-                    self.record(items, attempt, "split", result)
-                    half = len(items) // 2
-                    await self.deliver(items[:half])
-                    await self.deliver(items[half:])
+        """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops.
+
+        The retry schedule decides when to give up: ``attempt`` counts scheduled attempts, and it and the time of
+        the next one are kept in ``schedule.<id>.<stream>.<seq>`` of the state bucket, so a restarted deliverer
+        continues the schedule. Recovery is detected sooner than the schedule (circuit-breaker style): one
+        waiting lane per integration probes with its head every ``probe_min`` doubling to ``probe_max``, and a
+        success anywhere wakes every waiting lane (each tries early at most at its own capped backoff, so one
+        message the endpoint keeps refusing does not retry at the traffic's rate). Early tries do not advance
+        the schedule; a ``Retry-After`` is honoured (no early tries before it).
+        """
+        schedule, s = self.svc.schedule, self.svc.settings
+        attempt, tries, due = await self._restore(items[0])
+        token = object()
+        early_at, early_delay = 0.0, seconds(s.probe_min)
+        try:
+            if due is not None:  # restored: the endpoint was failing when the schedule was saved
+                self._opened()
+                early_at = time.time() + early_delay
+                await self._pause(token, due, early_at, self.wake)
+            while True:
+                scheduled = due is None or time.time() >= due
+                tries += 1
+                # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming wait
+                # even when it arrives while this attempt is still in flight.
+                wake = self.wake
+                result = await self.send(items)
+                outcome = ("retry" if result.status is None
+                           else retry.classify(self.target.kind, result.status, len(items)))
+                if outcome == "delivered":
+                    self.record(items, tries, "delivered", result)
+                    self._closed()
+                    for item in items:
+                        await self._settle(item, "ack")
+                    self.stats.delivered += len(items)
+                    self.svc.metrics.inc("delivered", len(items), integration=self.grant.id)
+                    await self._streak_over()
                     return
-                self.record(items, attempt, "dead", result)
-                await self.dead_letter(items, "rejected by the LRS as malformed", result, attempt)
+                if outcome == "disable":
+                    self.record(items, tries, "disabled", result)
+                    await self.svc.disable(self.grant.id, f"endpoint answered 410 Gone at {_iso(time.time())}")
+                    return
+                if outcome == "reject":
+                    self._closed()  # the endpoint answers
+                    if len(items) > 1:
+                        self.record(items, tries, "split", result)
+                        half = len(items) // 2
+                        await self.deliver(items[:half])
+                        await self.deliver(items[half:])
+                        return
+                    self.record(items, tries, "dead", result)
+                    await self.dead_letter(items, "rejected by the LRS as malformed", result, tries)
+                    return
+                self._opened()
+                asked = retry.retry_after(result.retry_after) if result.status in (429, 503) else None
+                if scheduled:
+                    attempt += 1
+                    delay = retry.next_delay(schedule, attempt, s.retry_jitter, result.status, asked,
+                                             self.svc.max_retry_after)
+                    self.record(items, tries, "retry" if delay is not None else "dead", result)
+                    if await self._streak_failing():
+                        return
+                    if delay is None:
+                        await self.dead_letter(items, f"failed after {tries} attempts", result, tries)
+                        return
+                    due = time.time() + delay
+                    await self._remember(items[0], attempt, tries, due)
+                else:
+                    self.record(items, tries, "retry", result)
+                    if await self._streak_failing():
+                        return
+                    if self.prober is token:
+                        self.probe_delay = min(seconds(s.probe_max), self.probe_delay * 2)
+                        self.probe_at = time.time() + self.probe_delay
+                    early_delay = min(seconds(s.probe_max), early_delay * 2)
+                early_at = due if asked is not None else time.time() + early_delay
+                await self._pause(token, due, early_at, wake)
+        finally:
+            if self.prober is token:
+                self.prober = None
+
+    def _opened(self) -> None:
+        if self.recovered.is_set():
+            self.recovered.clear()
+            self.probe_delay = seconds(self.svc.settings.probe_min)
+            self.probe_at = time.time() + self.probe_delay
+
+    def _closed(self) -> None:
+        if not self.recovered.is_set():
+            self.recovered.set()
+            self.probe_delay = seconds(self.svc.settings.probe_min)
+
+    async def _pause(self, token: object, due: float, early_at: float, wake: asyncio.Event) -> None:
+        """Wait for the next scheduled attempt (``due``), or less: "retry now" (``wake``), this lane is the prober
+        and its probe is due, or the endpoint answered another lane and this lane may try early (``early_at``)."""
+        cap = seconds(self.svc.settings.probe_max)
+        while True:
+            now = time.time()
+            if now >= due or wake.is_set():
                 return
-            delay = retry.next_delay(schedule, attempt, self.svc.settings.retry_jitter, result.status,
-                                     retry.retry_after(result.retry_after), self.svc.max_retry_after)
-            self.record(items, attempt, "retry" if delay is not None else "dead", result)
-            if await self._streak_failing():
-                return
-            if delay is None:
-                await self.dead_letter(items, f"failed after {attempt} attempts", result, attempt)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
+            if self.prober is None:
+                self.prober = token
+                self.probe_at = max(self.probe_at, now + min(self.probe_delay, cap))
+            times = [due, now + cap]
+            if self.prober is token:
+                probe = max(self.probe_at, early_at)
+                if now >= probe:
+                    return
+                times.append(probe)
+            if self.recovered.is_set():
+                if now >= early_at:
+                    return
+                times.append(early_at)
+                await _wait_any([wake], min(times) - now)
+                continue
+            await _wait_any([wake, self.recovered], min(times) - now)
+
+    def _retry_key(self, item: Item) -> str | None:
+        try:
+            meta = item.msg.metadata
+        except Exception:  # noqa: BLE001 - not a JetStream message
+            return None
+        return f"schedule.{self.grant.id}.{meta.stream}.{meta.sequence.stream}"
+
+    async def _restore(self, item: Item) -> tuple[int, int, float | None]:
+        """``(attempt, tries, due)`` of a redelivered message whose schedule an earlier process started."""
+        key = self._retry_key(item)
+        try:
+            if key is None or item.msg.metadata.num_delivered <= 1:
+                return 0, 0, None
+            entry = await self.svc.state.get(key)
+            state = msgspec.json.decode(entry.value, type=RetryState)
+        except Exception:  # noqa: BLE001 - none recorded (or unreadable): the schedule starts afresh
+            return 0, 0, None
+        item.retry_saved = True
+        log.info("integration %s: %s continues its retry schedule at attempt %d", self.grant.id, item.id,
+                 state.attempt + 1)
+        return state.attempt, state.tries, state.due
+
+    async def _remember(self, item: Item, attempt: int, tries: int, due: float) -> None:
+        key = self._retry_key(item)
+        if key is None:
+            return
+        try:
+            await self.svc.state.put(key, msgspec.json.encode(RetryState(attempt=attempt, tries=tries, due=due)))
+            item.retry_saved = True
+        except Exception as exc:  # noqa: BLE001 - best effort: a restart would start the schedule afresh
+            log.warning("could not save the retry schedule of %s: %s", item.id, exc)
 
     async def send(self, items: list[Item]) -> Result:
         url, headers, body = build(self.target, self.grant.protocol, [i.msg.data for i in items],
@@ -478,6 +605,14 @@ class Runner:
             await (item.msg.ack() if how == "ack" else item.msg.nak())
         except Exception as exc:  # noqa: BLE001 - JetStream will redeliver; receivers dedupe by id
             log.warning("could not %s %s: %s", how, item.id, exc)
+        if how == "ack" and item.retry_saved and (key := self._retry_key(item)):
+            self.svc._spawn(self._forget(key))
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.svc.state.purge(key)  # a small purge marker stays (the deliverer may not purge streams)
+        except Exception:  # noqa: BLE001 - left over: read only if this message is ever redelivered
+            pass
 
     async def _streak_over(self) -> None:
         if self.failing_since is not None:
