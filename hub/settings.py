@@ -125,6 +125,7 @@ class HubSettings(StreamSettings, kw_only=True):
     hub_max_deliver: int = 10
     hub_ack_wait_s: float = 30.0
     metrics_port: int = 0
+    lag_poll_s: float = 5.0
     id_secret: str | None = None
     external_ids_file: str | None = None
     log_json: bool = False

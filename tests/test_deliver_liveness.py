@@ -88,3 +88,63 @@ async def test_recovery_is_detected_by_probing_long_before_the_schedule(nc, js, 
     finally:
         await remove(js, gid)
         await rx.stop()
+
+
+async def test_lag_per_integration_is_a_prometheus_gauge(nc, js, nats_server):
+    state = {"down": True}
+    rx = await Receiver(lambda r: (503 if state["down"] else 200, {}, b"")).start()
+    gid, site = await integration(js, "webhook", rx.url)
+    try:
+        async with deliverer(nc, nats_server.url, lag_poll="0.2s", retry_schedule=["5m"], probe_min="0.2s",
+                             probe_max="0.5s") as d:
+            await delivering(d, gid)
+            for i in range(5):
+                await publish(js, site, "c1", statement(i))
+            series = f'rthub_integration_lag{{service="deliver",integration="{gid}"}}'
+            await wait_for(lambda: f"{series} 5\n" in d.metrics.render(), 5, "lag 5 while the receiver is down")
+            assert "# TYPE rthub_integration_lag gauge" in d.metrics.render()
+            state["down"] = False
+            await wait_for(lambda: f"{series} 0\n" in d.metrics.render(), 10, "lag 0 once delivered")
+        assert len({r.headers["webhook-id"] for r in rx.requests if r.t}) == 5
+    finally:
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def test_hub_lag_is_a_prometheus_gauge(tmp_path):
+    """Its own server: raw events published while no hub runs are the hub consumer's lag, 0 once translated."""
+    import asyncio
+
+    from hub.natsconn import connect
+    from hub.natsserver import NatsServer, free_port
+    from hub.service import serve
+    from hub.settings import HubSettings
+    from hub.streams import ensure_streams
+    from hub.subjects import subject
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="hublag").start()
+    settings = HubSettings(nats_url=server.url, metrics_port=-1, lag_poll_s=0.2, id_secret="s",
+                           data_dir=str(tmp_path))
+    nc = await connect(settings, "test")
+    stop, hubs = asyncio.Event(), []
+    task = None
+    try:
+        js = nc.jetstream()
+        await ensure_streams(js, settings)
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        await js.add_consumer("LMS_RAW", ConsumerConfig(  # the hub's durable, created before the hub runs
+            durable_name=settings.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL))
+        for i in range(7):
+            await js.publish(subject("lms", "default", "edX", "course-v1:edX+L+1", "play_video"), b"{not json",
+                             headers={"Nats-Msg-Id": f"lag-{i}"})
+        task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+        await wait_for(lambda: hubs, 10, "hub start")
+        series = f'rthub_hub_lag{{service="hub",consumer="{settings.hub_consumer}"}}'
+        await wait_for(lambda: f"{series} 0\n" in hubs[0].metrics.render(), 30, "lag 0 once all are handled")
+    finally:
+        stop.set()
+        if task:
+            await asyncio.wait_for(task, 15)
+        await nc.close()
+        server.stop()

@@ -696,6 +696,10 @@ class Deliverer:
             await ready
         self.background.append(asyncio.create_task(self._flush_loop()))
         self.background.append(asyncio.create_task(self._converge_loop()))
+        self.background.append(asyncio.create_task(self.metrics.poll_lag(
+            self.js, "integration_lag",
+            lambda: [(r.stream, consumer_name(gid), {"integration": gid}) for gid, r in list(self.runners.items())],
+            seconds(self.settings.lag_poll))))
         self.metrics.gauges["integrations_delivering"] = lambda: sum(not r.broken() for r in self.runners.values())
         return self
 

@@ -35,6 +35,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     ack_wait: str = "10s"
     lease_ttl: str = "5s"
     converge_backoff_max: str = "10s"
+    lag_poll: str = "5s"
     caliper_sensor: str = "urn:rthub:deliverer"
     metrics_port: int = 0
     log_json: bool = False
