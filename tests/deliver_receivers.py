@@ -19,6 +19,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     t: float = field(default_factory=time.monotonic)
+    status: int | None = None  # what the handler answered
 
     def json(self):
         return json.loads(self.body)
@@ -77,6 +78,7 @@ class Receiver:
                 request = Request(method, path, headers, body)
                 self.requests.append(request)
                 status, extra, data = self.handler(request)
+                request.status = status
                 head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n"
                 head += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                 writer.write(head.encode() + b"\r\n" + data)

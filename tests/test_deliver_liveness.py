@@ -148,3 +148,117 @@ async def test_hub_lag_is_a_prometheus_gauge(tmp_path):
             await asyncio.wait_for(task, 15)
         await nc.close()
         server.stop()
+
+
+async def test_secret_rotation_under_load_takes_effect_at_once_on_every_deliverer(nc, js, nats_server):
+    """Issue 10 bug 3: rotate, rotate again at once, retire, while 100 statements/s flow to two deliverers (one
+    delivering, one standing by). The receiver switches to each newest secret at once and answers 401 to
+    anything else. Within a second of the last change every request verifies with the newest secret, delivery
+    never pauses, nothing is lost, and the delivered counter does not start again from zero."""
+    import asyncio
+
+    from standardwebhooks.webhooks import Webhook
+
+    from hub.deliver.signing import new_secret
+    from hub.deliver.status import integration_status
+    from hub.grants import Target
+    from hub.natsconn import connect
+    from hub.settings import NatsSettings
+    from tests.deliver_kit import put_target
+
+    s1, s2, s3 = new_secret(), new_secret(), new_secret()
+    current = {"secret": s1}
+
+    def verify(req, secret: str) -> bool:
+        try:
+            Webhook(secret).verify(req.body, req.headers)
+            return True
+        except Exception:  # noqa: BLE001 - any verification failure
+            return False
+
+    rx = await Receiver(lambda r: (200, {}, b"ok") if verify(r, current["secret"]) else (401, {}, b"bad")).start()
+    gid, site = await integration(js, "webhook", rx.url, secrets=[s1])
+    target = Target(id=gid, kind="webhook", url=rx.url, secrets=[s1])
+    nc2 = await connect(NatsSettings(nats_url=nats_server.url), "second")
+    over = dict(retry_schedule=["0.2s"] * 30, probe_min="0.1s", probe_max="0.2s")
+    courses = [f"c{i}" for i in range(5)]
+    sent: list[str] = []
+    halt = asyncio.Event()
+
+    async def flow() -> None:
+        i = 0
+        while not halt.is_set():
+            st = statement(i, courses[i % 5])
+            await publish(js, site, courses[i % 5], st)
+            sent.append(st["id"])
+            i += 1
+            await asyncio.sleep(0.01)
+
+    try:
+        async with deliverer(nc, nats_server.url, **over) as d1, deliverer(nc2, nats_server.url, **over) as d2:
+            await wait_for(lambda: any(gid in d.runners and d.runners[gid].leader.is_set() for d in (d1, d2)), 10,
+                           "one deliverer delivers")
+            flowing = asyncio.create_task(flow())
+            await wait_for(lambda: len(rx.requests) >= 100, 10, "load before the rotation")
+            await wait_for(lambda: _status_delivered(js, gid, 50), 10, "counters flushed")
+            before = (await integration_status(js, gid))["delivered"]
+            for secrets in ([s2, s1], [s3, s2], [s3]):  # rotate, rotate again at once, retire
+                await put_target(js, msgspec_replace(target, secrets=secrets))
+                current["secret"] = secrets[0]
+            changed = time.monotonic()
+            await wait_for(lambda: len([r for r in rx.requests if r.t > changed + 1.0]) >= 100, 15,
+                           "100 requests more than a second after the last change")
+            halt.set()
+            await flowing
+            late = [r for r in rx.requests if r.t > changed + 1.0]
+            stale = [r for r in late if not verify(r, s3)]
+            assert not stale, f"{len(stale)} of {len(late)} requests signed with superseded secrets"
+            await wait_for(lambda: set(sent) <= {r.headers["webhook-id"] for r in rx.requests if r.status == 200},
+                           20, "every statement accepted")
+            times = sorted(r.t for r in rx.requests if r.t > changed - 1)
+            gap = max(b - a for a, b in zip(times, times[1:], strict=False))
+            assert gap < 1.5, f"delivery paused {gap:.1f} s around the rotation"
+            await wait_for(lambda: _status_delivered(js, gid, before + 100), 10, "counters went on")
+    finally:
+        halt.set()
+        await nc2.close()
+        await remove(js, gid)
+        await rx.stop()
+
+
+def msgspec_replace(target, **kw):
+    import msgspec
+
+    return msgspec.structs.replace(target, **kw)
+
+
+async def _status_delivered(js, gid: str, at_least: int) -> bool:
+    from hub.deliver.status import integration_status
+
+    return (await integration_status(js, gid))["delivered"] >= at_least
+
+
+async def test_a_stopped_runner_starts_no_replay_pull(nc, js, nats_server):
+    """A replay request racing a restart must not leave a pull running on the stopped runner (it would deliver
+    with the superseded target, unseen and uncounted)."""
+    import datetime as dt
+
+    from hub.deliver.ops import request_replay
+
+    rx = await Receiver().start()
+    gid, site = await integration(js, "webhook", rx.url)
+    try:
+        async with deliverer(nc, nats_server.url) as d:
+            await delivering(d, gid)
+            await publish(js, site, "c1", statement(1))
+            await wait_for(lambda: len(rx.requests) == 1, 5, "one delivered")
+            old = d.runners[gid]
+            await d.reconcile(gid, restart=True, expected=old)
+            assert old.stopping and d.runners[gid] is not old
+            await request_replay(js, gid, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+            await old.maybe_replay()  # what the replay watcher may still call on the runner it saw
+            assert all(task.done() for task in old.tasks)
+            await wait_for(lambda: len(rx.requests) == 2, 10, "the replay delivered once, by the new runner")
+    finally:
+        await remove(js, gid)
+        await rx.stop()

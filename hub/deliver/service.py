@@ -129,6 +129,14 @@ class TokenBucket:
             await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
+HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "disabled_reason")
+
+
+def hot_swappable(old: Target, new: Target) -> bool:
+    """True when ``new`` differs from ``old`` only in what a running delivery can take over in place."""
+    return old != new and msgspec.structs.replace(old, **{f: getattr(new, f) for f in HOT_FIELDS}) == new
+
+
 class Runner:
     """Delivery of one integration in this process."""
 
@@ -199,15 +207,30 @@ class Runner:
         log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
 
     async def maybe_replay(self) -> None:
-        """Run the integration's replay consumer, if a replay was requested and this process delivers."""
+        """Run the integration's replay consumer, if a replay was requested and this process delivers.
+
+        Never on a stopping runner: a replay pull started after :meth:`stop` would keep delivering with that
+        runner's superseded target (old secrets), unseen and uncounted (issue 10 bug 3)."""
+        if self.stopping:
+            return
         if self.replay_task is None or self.replay_task.done():
             try:
                 await self.svc.js.consumer_info(self.stream, replay_consumer(self.grant.id))
             except NotFoundError:
                 return
+            if self.stopping:  # stopped while asking
+                return
             self.replay_task = asyncio.create_task(
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
+
+    def retarget(self, target: Target) -> None:
+        """New secrets, URL, credentials or rate limit, applied in place: the next request (a retry included) uses
+        them. Restarting the runner instead handed every held message back and raced the lease with other
+        processes' runners still holding the superseded target (issue 10 bug 3)."""
+        if target.rate_limit_per_s != self.target.rate_limit_per_s:
+            self.bucket = TokenBucket(target.rate_limit_per_s)
+        self.target = target
 
     def broken(self) -> bool:
         """A pulling, lease or keep-alive task has ended (consumer deleted, lease lost, a bug): restart me."""
@@ -323,6 +346,9 @@ class Runner:
         return True
 
     def _dispatch(self, item: Item) -> None:
+        if self.stopping:  # handed back: JetStream redelivers it to the runner that replaces this one
+            self.svc._spawn(self._settle(item, "nak"))
+            return
         if self.target.parallel:
             key = f"{item.source}:p{next(self.rr) % max(1, self.target.max_concurrency)}"
         else:
@@ -682,6 +708,7 @@ class Deliverer:
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
         self.backoff: dict[str, tuple[int, float]] = {}  # grant id -> (failed starts in a row, next try)
+        self.kept_stats: dict[str, Stats] = {}  # counters of a stopped runner, for the next one of that grant
 
     async def start(self) -> Deliverer:
         self.state = await self.js.key_value(STATE_BUCKET)
@@ -804,14 +831,24 @@ class Deliverer:
                 return
             if runner is not None and want is not None and (runner.grant, runner.target) == want and not restart:
                 return
+            if (runner is not None and want is not None and not restart and runner.grant == want[0]
+                    and hot_swappable(runner.target, want[1])):
+                runner.retarget(want[1])
+                log.info("integration %s: new endpoint settings applied to the running delivery", grant_id)
+                if self.on_change:
+                    self.on_change(grant_id)
+                return
             if runner is not None:
                 del self.runners[grant_id]
                 await runner.stop()
+                self.kept_stats[grant_id] = runner.stats
                 log.info("stopped delivering %s", grant_id)
             if revoked and grant_id not in self.grants:
                 await self._drop_consumers(grant_id)
             if want is not None:
                 runner = Runner(self, *want)
+                if grant_id in self.kept_stats:  # this process's counters go on (they are summed per process)
+                    runner.stats, runner.dirty = self.kept_stats[grant_id], True
                 try:
                     await runner.start()
                 except Exception as exc:  # noqa: BLE001 - NATS down, bad config: retried with backoff
@@ -823,6 +860,7 @@ class Deliverer:
                     await runner.stop()
                     return
                 self.backoff.pop(grant_id, None)
+                self.kept_stats.pop(grant_id, None)
                 self.runners[grant_id] = runner
             if self.on_change:
                 self.on_change(grant_id)
