@@ -394,9 +394,10 @@ async def test_drill_nats_down_deliverer_converges(tmp_path):
 
 @pytest.mark.slow
 async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp_path):
-    """Default lease and ack wait: the stand-by delivers within max(lease_ttl, ack_wait) + 1 s (11 s) + slack,
+    """Default lease and ack wait: the stand-by delivers within takeover_after (12.7 s) + slack,
     nothing is lost and every course's statements first arrive in publish order."""
-    from hub.deliver.settings import DeliverSettings, seconds
+    from hub.deliver.service import takeover_after
+    from hub.deliver.settings import DeliverSettings
     from hub.deliver.store import STATE_BUCKET, ensure_delivery
     from hub.grants import Target
     from tests.deliver_kit import publish, put_target, statement
@@ -404,7 +405,7 @@ async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp
 
     defaults = DeliverSettings()
     await ensure_delivery(js, defaults)
-    bound = max(seconds(defaults.lease_ttl), seconds(defaults.ack_wait)) + 1 + 4
+    bound = takeover_after(defaults) + 3
     rx = await Receiver().start()
     gid, site = unique("g"), unique("site")
     await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
@@ -466,4 +467,80 @@ async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp
         stop_flow.set()
         for p in procs:
             stop(p)
+        await rx.stop()
+
+
+# ---- drill 8: per-course order across a restart of the deliverer mid-backlog (issue 10 bug 8) --------------
+
+def _out_of_order_pairs(delivered: list[str], sent: list[str]) -> list[tuple[int, int]]:
+    """Adjacent first deliveries of one course (as publish positions) that arrived in the opposite order."""
+    rank = {sid: i for i, sid in enumerate(sent)}
+    firsts = [rank[s] for s in dict.fromkeys(delivered) if s in rank]
+    return [(a, b) for a, b in zip(firsts, firsts[1:], strict=False) if b < a]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_drill_order_per_course_across_a_deliverer_restart(js, nats_server, tmp_path, how):
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.store import ensure_delivery
+    from hub.grants import Target, consumer_name
+    from tests.deliver_kit import publish, put_target, statement
+    from tests.deliver_receivers import Receiver
+
+    await ensure_delivery(js, DeliverSettings())
+    rx = await Receiver().start()
+    gid, site = unique("g"), unique("site")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url, rate_limit_per_s=300))  # a slowish receiver
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", sites=[site], delivery="webhook"))
+    env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32")
+
+    def deliverer(n: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
+                                stdout=open(tmp_path / f"d{n}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    async def has_consumer() -> bool:
+        try:
+            await js.consumer_info("XAPI", consumer_name(gid))
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    courses = [f"c{i}" for i in range(10)]
+    sent: dict[str, list[str]] = {c: [] for c in courses}
+    counter = [0]
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            c = courses[counter[0] % len(courses)]
+            st = statement(counter[0], c)
+            await publish(js, site, c, st)
+            sent[c].append(st["id"])
+            counter[0] += 1
+
+    first = deliverer(1)
+    second = None
+    try:
+        await wait_for(has_consumer, 30, "the deliverer created the consumer")
+        await send(3000)  # the backlog: ~10 s at 300/s
+        await wait_for(lambda: len(rx.requests) >= 600, 30, "mid-backlog")
+        first.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        await send(300)  # new statements while the deliverer is down
+        await asyncio.to_thread(first.wait, 30)
+        second = deliverer(2)
+        await send(300)
+        total = counter[0]
+        await wait_for(lambda: len({r.headers["webhook-id"] for r in rx.requests}) >= total, 90, "all delivered",
+                       interval=0.2)
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        pairs = {c: _out_of_order_pairs([r.headers["webhook-id"] for r in rx.requests
+                                         if r.json()["object"]["id"].split("/")[-2] == c], sent[c]) for c in courses}
+        print(f"\ndrill order across a deliverer {how}: sent={total} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} out_of_order_pairs={sum(map(len, pairs.values()))}", flush=True)
+        assert set(ids) == {i for v in sent.values() for i in v}
+        assert not any(pairs.values()), {c: p[:5] for c, p in pairs.items() if p}
+    finally:
+        for p in (first, second):
+            if p is not None:
+                stop(p)
         await rx.stop()

@@ -57,6 +57,7 @@ from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 log = logging.getLogger("rthub.deliver")
 
 PUSH = ("webhook", "lrs", "caliper")
+PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
 RECENT = 20
 
 
@@ -102,6 +103,14 @@ async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:
             w.cancel()
 
 
+def _stream_order(item: Item) -> tuple[str, int]:
+    try:
+        meta = item.msg.metadata
+        return meta.stream, meta.sequence.stream
+    except Exception:  # noqa: BLE001 - not a JetStream message
+        return "", 0
+
+
 def _body_id(data: bytes) -> str:
     try:
         value = msgspec.json.decode(data)
@@ -127,6 +136,13 @@ class TokenBucket:
                 self.tokens -= 1
                 return
             await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+def takeover_after(s: DeliverSettings) -> float:
+    """Age of a lease after which a stand-by takes it: the dead holder's last renewal was at most ``lease_ttl / 3``
+    before it died, and its unacked messages are due for redelivery ``ack_wait`` after that at the latest."""
+    ttl = seconds(s.lease_ttl)
+    return max(ttl, seconds(s.ack_wait) + ttl / 3) + 1
 
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "disabled_reason")
@@ -170,8 +186,10 @@ class Runner:
         self.stopping = False
         self.leader = asyncio.Event()
         self.core: list[asyncio.Task] = []
+        self.pulls: list[asyncio.Task] = []
+        self.draining = False
         self.lease = None if target.parallel else Lease(
-            svc.state, f"lease.{grant.id}", svc.process_id, max(seconds(s.lease_ttl), seconds(s.ack_wait)) + 1)
+            svc.state, f"lease.{grant.id}", svc.process_id, takeover_after(s))
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,8 +217,9 @@ class Runner:
             self.leader.set()
         else:
             self.tasks.append(asyncio.create_task(self._hold_lease()))
-        self.tasks.append(asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")))
-        self.tasks.append(asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive")))
+        self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")),
+                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive"))]
+        self.tasks += self.pulls
         self.tasks.append(asyncio.create_task(self._keep_alive()))
         self.core = list(self.tasks)
         await self.maybe_replay()
@@ -223,6 +242,7 @@ class Runner:
             self.replay_task = asyncio.create_task(
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
+            self.pulls.append(self.replay_task)
 
     def retarget(self, target: Target) -> None:
         """New secrets, URL, credentials or rate limit, applied in place: the next request (a retry included) uses
@@ -237,13 +257,27 @@ class Runner:
         return any(task.done() for task in self.core)
 
     async def stop(self) -> None:
-        """Stop pulling and sending; hand unsettled messages back to JetStream right away."""
+        """Stop sending, stop pulling without leaving a message in flight, hand everything back in stream order.
+
+        Lanes are cancelled first (a revocation stops requests at once). The pulls then run until their pull
+        requests are answered or expired (``PULL_EXPIRES`` + 0.5 s at most), keeping what still arrives: a
+        message left in flight would be redelivered only after the ack wait, after newer statements of its
+        course. Everything held is nak'ed in stream-sequence order, because JetStream redelivers in the order
+        of the naks; before, a restart delivered courses out of order (issue 10 bug 8).
+        """
         self.stopping = True
-        tasks = [*self.tasks, *self.lane_tasks.values()]
-        for task in tasks:
+        others = [*self.lane_tasks.values(), *(t for t in self.tasks if t not in self.pulls)]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for item in list(self.held):
+        await asyncio.gather(*others, return_exceptions=True)
+        self.draining = True
+        self.room.set()
+        if self.pulls:
+            _, late = await asyncio.wait(self.pulls, timeout=PULL_EXPIRES + 2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self.pulls, return_exceptions=True)
+        for item in sorted(self.held, key=_stream_order):
             await self._settle(item, "nak")
         if self.lease is not None:
             await self.lease.release()
@@ -285,15 +319,23 @@ class Runner:
         api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        expires = 5.0
-        outstanding, asked_at = 0, 0.0
+        expires = PULL_EXPIRES
+        outstanding, asked_at, exact = 0, 0.0, True
         try:
             while True:
-                await self.leader.wait()
+                # ``exact``: ``outstanding`` counts every message still owed (no request was reset meanwhile)
+                if self.draining:  # stopping: no new requests; wait until nothing more can arrive
+                    if (exact and outstanding <= 0) or time.monotonic() - asked_at > expires + 0.5:
+                        return
+                else:
+                    await self.leader.wait()
                 room = s.max_in_flight - len(self.held)
-                if outstanding <= s.fetch_batch // 2 and room > outstanding:
+                if self.draining:
+                    pass
+                elif outstanding <= s.fetch_batch // 2 and room > outstanding:
                     n = min(s.fetch_batch, room) - outstanding
                     req = {"batch": n, "expires": int(expires * 1e9)}
+                    exact = exact or time.monotonic() - asked_at > expires + 0.5  # earlier requests all expired
                     await nc.publish(api, msgspec.json.encode(req), reply=inbox)
                     outstanding, asked_at = outstanding + n, time.monotonic()
                 elif room <= 0:
@@ -304,7 +346,7 @@ class Runner:
                     msg = await sub.next_msg(timeout=1.0)
                 except TimeoutError:
                     if time.monotonic() - asked_at > expires + 1:
-                        outstanding = 0  # the request expired without a status (e.g. reconnect)
+                        outstanding, exact = 0, False  # the request expired without a status (e.g. reconnect)
                     if until_empty and not any(i.source == source for i in self.held):
                         if await self._replay_done(durable):
                             return
@@ -312,7 +354,7 @@ class Runner:
                 status = JetStreamContext.is_status_msg(msg)
                 if status:
                     if status in ("404", "408", "409"):
-                        outstanding = 0  # no messages / request expired / consumer gone or limits
+                        outstanding, exact = 0, False  # no messages / request expired / consumer gone or limits
                         if status == "409" and "deleted" in (msg.headers or {}).get("Description", "").lower():
                             return
                         if status == "404" and until_empty and not any(i.source == source for i in self.held):
@@ -322,7 +364,9 @@ class Runner:
                             await asyncio.sleep(0.05)  # do not spin on "no messages" or "limits reached"
                     continue
                 outstanding = max(0, outstanding - 1)
-                if self.leader.is_set():
+                if self.draining:
+                    self.held.add(Item(msg, source))  # handed back in order by stop()
+                elif self.leader.is_set():
                     self._dispatch(Item(msg, source))
         finally:
             try:
@@ -929,6 +973,5 @@ class Deliverer:
         for task in list(self.pending):
             task.cancel()
         await asyncio.gather(*self.pending, *self.background, return_exceptions=True)
-        for runner in list(self.runners.values()):
-            await runner.stop()
+        await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()
