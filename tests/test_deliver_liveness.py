@@ -262,3 +262,77 @@ async def test_a_stopped_runner_starts_no_replay_pull(nc, js, nats_server):
     finally:
         await remove(js, gid)
         await rx.stop()
+
+
+async def test_batched_ordered_webhook_keeps_up_with_a_slow_receiver(nc, js, nats_server):
+    """Issue 13 item 5: one request in flight per course capped a 0.5 s receiver at 2 statements/s per course;
+    with ``batch_size`` a webhook gets JSON arrays in publish order, signed, with a stable ``batch_`` id."""
+    import asyncio
+
+    from standardwebhooks.webhooks import Webhook
+
+    from hub.deliver.signing import new_secret
+
+    secret = new_secret()
+    rx = await Receiver(delay=0.5).start()
+    gid, site = await integration(js, "webhook", rx.url, secrets=[secret], batch_size=50, batch_wait_ms=100)
+    sts = [statement(i, "c1") for i in range(300)]
+    try:
+        async with deliverer(nc, nats_server.url) as d:
+            await delivering(d, gid)
+            started = asyncio.get_running_loop().time()
+            for st in sts:
+                await publish(js, site, "c1", st)
+            got = lambda: [s for r in rx.requests for s in r.json()]  # noqa: E731
+            await wait_for(lambda: len({s["id"] for s in got()}) == 300, 20, "300 statements in batches")
+            took = asyncio.get_running_loop().time() - started
+            assert list(dict.fromkeys(s["id"] for s in got())) == [st["id"] for st in sts]  # publish order
+            assert took < 15, took  # one at a time would take 150 s
+            assert len(rx.requests) <= 300 // 10
+            for r in rx.requests:
+                assert r.headers["webhook-id"].startswith("batch_")
+                assert Webhook(secret).verify(r.body, r.headers) == r.json()
+    finally:
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def test_an_integration_that_cannot_keep_up_is_shown(nc, js, nats_server):
+    import asyncio
+
+    from hub.deliver.status import integration_status
+
+    rx = await Receiver(delay=0.1).start()  # at most ~10 requests/s for one ordered course
+    gid, site = await integration(js, "webhook", rx.url)
+    halt = asyncio.Event()
+
+    async def flow() -> None:
+        i = 0
+        while not halt.is_set():
+            await publish(js, site, "c1", statement(i, "c1"))
+            i += 1
+            await asyncio.sleep(1 / 30)
+
+    try:
+        async with deliverer(nc, nats_server.url, lag_poll="0.2s", behind_window="1s") as d:
+            await delivering(d, gid)
+            flowing = asyncio.create_task(flow())
+            await wait_for(lambda: _status_has(js, gid, lambda s: s["behind_since"] is not None), 15,
+                           "status shows it cannot keep up")
+            assert f'rthub_integration_behind{{service="deliver",integration="{gid}"}} 1\n' in d.metrics.render()
+            assert (await integration_status(js, gid))["failing_since"] is None  # behind, not failing
+            halt.set()
+            await flowing
+            rx.delay = 0
+            await wait_for(lambda: _status_has(js, gid, lambda s: s["behind_since"] is None and s["lag"] == 0), 30,
+                           "caught up: no longer shown as behind")
+    finally:
+        halt.set()
+        await remove(js, gid)
+        await rx.stop()
+
+
+async def _status_has(js, gid: str, pred) -> bool:
+    from hub.deliver.status import integration_status
+
+    return pred(await integration_status(js, gid))

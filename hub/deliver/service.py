@@ -160,7 +160,7 @@ class Runner:
         self.svc, self.grant, self.target = svc, grant, target
         s = svc.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.batch = target.kind in ("lrs", "caliper") and target.batch_size > 1
+        self.batch = target.batch_size > 1  # webhooks too: a JSON array (xAPI) or one envelope (Caliper)
         self.sender = Sender(seconds(s.connect_timeout), seconds(s.request_timeout), svc.allowed, s.https_only,
                              s.response_excerpt_bytes, max(1, target.max_concurrency))
         self.limit = asyncio.Semaphore(max(1, target.max_concurrency))
@@ -187,6 +187,7 @@ class Runner:
         self.leader = asyncio.Event()
         self.core: list[asyncio.Task] = []
         self.pulls: list[asyncio.Task] = []
+        self.lag_samples: collections.deque[tuple[float, int]] = collections.deque()
         self.draining = False
         self.lease = None if target.parallel else Lease(
             svc.state, f"lease.{grant.id}", svc.process_id, takeover_after(s))
@@ -243,6 +244,25 @@ class Runner:
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
             self.pulls.append(self.replay_task)
+
+    def observe_lag(self, now: float, lag: int, window: float) -> None:
+        """Cannot keep up: this process delivers, the endpoint answers (a success within ``window``, no failure
+        streak), yet the lag has not come down over ``window``. An endpoint that fails is "failing", not behind."""
+        samples = self.lag_samples
+        samples.append((now, lag))
+        while len(samples) > 1 and samples[1][0] <= now - window:
+            samples.popleft()
+        then_t, then_lag = samples[0]
+        behind = (self.leader.is_set() and now - then_t >= window and lag > 0 and lag >= then_lag
+                  and self.recovered.is_set() and self.failing_since is None
+                  and (self.stats.last_success or 0) >= now - window)
+        if behind and self.stats.behind_since is None:
+            self.stats.behind_since, self.dirty = now, True
+            log.warning("integration %s cannot keep up: lag %d, was %d %.0f s ago", self.grant.id, lag, then_lag,
+                        now - then_t)
+        elif not behind and self.stats.behind_since is not None and (lag < then_lag or lag == 0
+                                                                     or not self.leader.is_set()):
+            self.stats.behind_since, self.dirty = None, True
 
     def retarget(self, target: Target) -> None:
         """New secrets, URL, credentials or rate limit, applied in place: the next request (a retry included) uses
@@ -767,12 +787,33 @@ class Deliverer:
             await ready
         self.background.append(asyncio.create_task(self._flush_loop()))
         self.background.append(asyncio.create_task(self._converge_loop()))
-        self.background.append(asyncio.create_task(self.metrics.poll_lag(
-            self.js, "integration_lag",
-            lambda: [(r.stream, consumer_name(gid), {"integration": gid}) for gid, r in list(self.runners.items())],
-            seconds(self.settings.lag_poll))))
+        self.background.append(asyncio.create_task(self._lag_loop()))
         self.metrics.gauges["integrations_delivering"] = lambda: sum(not r.broken() for r in self.runners.values())
         return self
+
+    async def _lag_loop(self) -> None:
+        """Every ``lag_poll``: gauge ``integration_lag`` (``num_pending + num_ack_pending``) of each integration
+        this process runs, and whether it keeps up (gauge ``integration_behind``, ``behind_since`` in the status):
+        see :meth:`Runner.observe_lag`."""
+        interval, window = seconds(self.settings.lag_poll), seconds(self.settings.behind_window)
+        self.metrics.help.setdefault("integration_lag", "statements not yet delivered (consumer pending + unacked)")
+        self.metrics.help.setdefault("integration_behind", "1 while the endpoint answers but cannot keep up")
+        while True:
+            keep = set()
+            for gid, runner in list(self.runners.items()):
+                try:
+                    info = await self.js.consumer_info(runner.stream, consumer_name(gid))
+                except Exception:  # noqa: BLE001 - NATS away or consumer gone: keep the last values
+                    keep.add((("integration", gid),))
+                    continue
+                lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                runner.observe_lag(time.time(), lag, window)
+                self.metrics.set("integration_lag", lag, integration=gid)
+                self.metrics.set("integration_behind", int(runner.stats.behind_since is not None), integration=gid)
+                keep.add((("integration", gid),))
+            self.metrics.retain("integration_lag", keep)
+            self.metrics.retain("integration_behind", keep)
+            await asyncio.sleep(interval)
 
     def not_delivering(self) -> list[str]:
         """Active push integrations this process should run but does not (a start failed, a runner broke)."""
@@ -949,6 +990,7 @@ class Deliverer:
         if not runner.dirty:
             return
         runner.dirty = False
+        runner.stats.updated = time.time()
         try:
             await self.state.put(f"stats.{runner.grant.id}.{self.process_id}", msgspec.json.encode(runner.stats))
         except Exception as exc:  # noqa: BLE001

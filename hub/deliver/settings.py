@@ -36,6 +36,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     lease_ttl: str = "5s"
     converge_backoff_max: str = "10s"
     lag_poll: str = "5s"
+    behind_window: str = "60s"
     caliper_sensor: str = "urn:rthub:deliverer"
     metrics_port: int = 0
     log_json: bool = False

@@ -63,6 +63,8 @@ class Stats(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     last_error_at: float | None = None
     recent: list[Attempt] = []
+    behind_since: float | None = None  # the endpoint answers but the lag has not come down (cannot keep up)
+    updated: float | None = None  # when this process last wrote these counters
 
 
 def stream_configs(s: DeliverSettings) -> list[StreamConfig]:
