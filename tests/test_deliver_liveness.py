@@ -336,3 +336,18 @@ async def _status_has(js, gid: str, pred) -> bool:
     from hub.deliver.status import integration_status
 
     return pred(await integration_status(js, gid))
+
+
+async def test_an_integration_has_its_own_retry_schedule(nc, js, nats_server):
+    rx = await Receiver(lambda r: (500, {}, b"down")).start()
+    gid, site = await integration(js, "webhook", rx.url, retry_schedule=["0.05s"])  # the deliverer's has 3 steps
+    try:
+        async with deliverer(nc, nats_server.url, probe_min="60s", probe_max="60s") as d:
+            await delivering(d, gid)
+            await publish(js, site, "c1", statement(1))
+            await wait_for(lambda: list_dead_letters(js, gid), 5, "dead-lettered")
+            assert [dl.reason for dl in await list_dead_letters(js, gid)] == ["failed after 2 attempts"]
+            assert len(rx.requests) == 2
+    finally:
+        await remove(js, gid)
+        await rx.stop()

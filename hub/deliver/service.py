@@ -145,7 +145,7 @@ def takeover_after(s: DeliverSettings) -> float:
     return max(ttl, seconds(s.ack_wait) + ttl / 3) + 1
 
 
-HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "disabled_reason")
+HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason")
 
 
 def hot_swappable(old: Target, new: Target) -> bool:
@@ -244,6 +244,15 @@ class Runner:
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
             self.pulls.append(self.replay_task)
+
+    def schedule(self) -> list[float]:
+        """The integration's own retry schedule (``Target.retry_schedule``), else the deliverer's."""
+        if self.target.retry_schedule:
+            try:
+                return [seconds(x) for x in self.target.retry_schedule]
+            except ValueError as exc:
+                log.error("integration %s: unusable retry schedule, using the default: %s", self.grant.id, exc)
+        return self.svc.schedule
 
     def observe_lag(self, now: float, lag: int, window: float) -> None:
         """Cannot keep up: this process delivers, the endpoint answers (a success within ``window``, no failure
@@ -503,7 +512,7 @@ class Runner:
         message the endpoint keeps refusing does not retry at the traffic's rate). Early tries do not advance
         the schedule; a ``Retry-After`` is honoured (no early tries before it).
         """
-        schedule, s = self.svc.schedule, self.svc.settings
+        schedule, s = self.schedule(), self.svc.settings
         attempt, tries, due = await self._restore(items[0])
         token = object()
         early_at, early_delay = 0.0, seconds(s.probe_min)
