@@ -25,7 +25,7 @@ DEFAULT_PORTS = {"nats": 4222, "portal": 8080, "metrics": 9464}
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGTERM):
+def die_with_parent(sig: int = signal.SIGKILL):
     """A ``preexec_fn`` so the child gets ``sig`` when the thread that spawned it dies (Linux
     ``prctl(PR_SET_PDEATHSIG)``): a SIGKILLed ``rthub up`` leaves no orphans holding its ports. Spawn from the
     main thread only (the signal follows the spawning thread). None where prctl does not exist."""

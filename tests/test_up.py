@@ -158,12 +158,14 @@ def test_up_restarts_crashed_children_and_its_nats_server_and_they_die_with_it(t
         # the OOM killer or a closed terminal: SIGKILL to `rthub up` alone, not its process group
         up.proc.send_signal(signal.SIGKILL)
         up.proc.wait()
-        wait_sync(lambda: not any(_alive(p) for p in seen), 30, f"every child of rthub up gone ({seen})")
+        wait_sync(lambda: not any(_alive(p) for p in seen), 30, "every child of rthub up gone")
     finally:
+        left = {p: c for p, c in seen.items() if _alive(p)}
         up.kill()
-        for pid in seen:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        if left:
+            print(f"still running after rthub up was killed (now killed): {left}")
 
 
 @pytest.mark.parametrize("after", [1, 3])
