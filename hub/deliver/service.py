@@ -781,7 +781,6 @@ class Deliverer:
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
         self.backoff: dict[str, tuple[int, float]] = {}  # grant id -> (failed starts in a row, next try)
-        self.kept_stats: dict[str, Stats] = {}  # counters of a stopped runner, for the next one of that grant
 
     async def start(self) -> Deliverer:
         self.state = await self.js.key_value(STATE_BUCKET)
@@ -935,14 +934,11 @@ class Deliverer:
             if runner is not None:
                 del self.runners[grant_id]
                 await runner.stop()
-                self.kept_stats[grant_id] = runner.stats
                 log.info("stopped delivering %s", grant_id)
             if revoked and grant_id not in self.grants:
                 await self._drop_consumers(grant_id)
             if want is not None:
                 runner = Runner(self, *want)
-                if grant_id in self.kept_stats:  # this process's counters go on (they are summed per process)
-                    runner.stats, runner.dirty = self.kept_stats[grant_id], True
                 try:
                     await runner.start()
                 except Exception as exc:  # noqa: BLE001 - NATS down, bad config: retried with backoff
@@ -954,7 +950,6 @@ class Deliverer:
                     await runner.stop()
                     return
                 self.backoff.pop(grant_id, None)
-                self.kept_stats.pop(grant_id, None)
                 self.runners[grant_id] = runner
             if self.on_change:
                 self.on_change(grant_id)
