@@ -520,7 +520,10 @@ class Runner:
             if due is not None:  # restored: the endpoint was failing when the schedule was saved
                 self._opened()
                 early_at = time.time() + early_delay
-                await self._pause(token, due, early_at, self.wake)
+                wake = self.wake
+                await self._pause(token, due, early_at, wake)
+                if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
+                    due = time.time()
             while True:
                 scheduled = due is None or time.time() >= due
                 tries += 1
@@ -578,6 +581,8 @@ class Runner:
                     early_delay = min(seconds(s.probe_max), early_delay * 2)
                 early_at = due if asked is not None else time.time() + early_delay
                 await self._pause(token, due, early_at, wake)
+                if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
+                    due = time.time()
         finally:
             if self.prober is token:
                 self.prober = None

@@ -7,7 +7,7 @@
 - ``rthub_delivery`` KV bucket: ``stats.<grant id>.<process>`` counters and recent attempts per process,
   ``failing.<grant id>`` (first failure of the current failure streak, for disable-after-N-days),
   ``lease.<grant id>`` (which process delivers an ordered integration), ``replay.<grant id>`` (a replay
-  in progress).
+  in progress), ``schedule.<grant id>.<stream>.<seq>`` (where a held message is in its retry schedule).
 """
 
 from __future__ import annotations
