@@ -55,7 +55,7 @@ class Cluster:
                       f"routes: [{routes}] }}\n")
             if self.auth:
                 config += self.auth.server_config(store / "resolver")
-            self.nodes.append(NatsServer(port, store, name=f"n{i + 1}", config=config))
+            self.nodes.append(NatsServer(port, store, name=f"n{i + 1}", config=config, parent_death=True))
 
     def creds(self, user: str) -> str | None:
         """Path of a user's ``.creds`` (``hub``, ``deliverer``, ``portal``, ``publisher``, ``admin``); ``None``

@@ -197,5 +197,6 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     parallel: bool = False
     max_concurrency: int = 4
     rate_limit_per_s: float = 0.0
+    retry_schedule: list[str] = []  # this integration's delays before each retry; empty = the deliverer's
     enabled: bool = True
     disabled_reason: str | None = None

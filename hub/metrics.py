@@ -17,11 +17,21 @@ class Metrics:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = defaultdict(int)
         self.help: dict[str, str] = {}
         self.gauges: dict[str, Callable[[], float]] = {}
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}  # labelled gauges (set())
         self.healthy: Callable[[], bool] = lambda: True
         self._server: asyncio.base_events.Server | None = None
 
     def inc(self, name: str, n: int = 1, **labels: str) -> None:
         self.counters[(name, tuple(sorted(labels.items())))] += n
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """A labelled gauge ``rthub_<name>{service, labels}``."""
+        self.values[(name, tuple(sorted(labels.items())))] = value
+
+    def retain(self, name: str, keep: set[tuple[tuple[str, str], ...]]) -> None:
+        """Drop the series of gauge ``name`` whose labels are not in ``keep`` (an integration went away)."""
+        for key in [k for k in self.values if k[0] == name and k[1] not in keep]:
+            del self.values[key]
 
     def get(self, name: str, **labels: str) -> int:
         return self.counters.get((name, tuple(sorted(labels.items()))), 0)
@@ -40,7 +50,35 @@ class Metrics:
         for name, fn in sorted(self.gauges.items()):
             lines.append(f"# TYPE rthub_{name} gauge")
             lines.append(f'rthub_{name}{{service="{self.service}"}} {fn()}')
+        for (name, labels), value in sorted(self.values.items()):
+            metric = f"rthub_{name}"
+            if metric not in seen:
+                seen.add(metric)
+                lines.append(f"# HELP {metric} {self.help.get(name, name.replace('_', ' '))}")
+                lines.append(f"# TYPE {metric} gauge")
+            label_text = ",".join(f'{k}="{v}"' for k, v in (("service", self.service), *labels))
+            lines.append(f"{metric}{{{label_text}}} {value:g}")
         return "\n".join(lines) + "\n"
+
+    async def poll_lag(self, js, name: str, consumers: Callable[[], list[tuple[str, str, dict[str, str]]]],
+                       interval: float = 5.0) -> None:
+        """Keep gauge ``rthub_<name>{labels}`` = messages of each ``(stream, durable, labels)`` consumer not yet
+        acknowledged (``num_pending + num_ack_pending``, what ``delivery-status`` calls lag), every ``interval``."""
+        self.help.setdefault(name, "messages not yet acknowledged by the consumer (num_pending + num_ack_pending)")
+        while True:
+            keep = set()
+            for stream, durable, labels in consumers():
+                key = tuple(sorted(labels.items()))
+                try:
+                    info = await js.consumer_info(stream, durable)
+                except Exception:  # noqa: BLE001 - NATS away or consumer not created yet: keep the last value
+                    if (name, key) in self.values:
+                        keep.add(key)
+                    continue
+                self.set(name, (info.num_pending or 0) + (info.num_ack_pending or 0), **labels)
+                keep.add(key)
+            self.retain(name, keep)
+            await asyncio.sleep(interval)
 
     async def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve on ``port`` (0 picks one); returns the bound port."""

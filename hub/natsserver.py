@@ -52,8 +52,9 @@ class NatsServer:
     """A nats-server child process with JetStream; ``config`` is extra config-file text (auth, cluster)."""
 
     def __init__(self, port: int, store_dir: Path | str, config: str = "", name: str = "rthub",
-                 log_file: Path | str | None = None, host: str = "127.0.0.1"):
+                 log_file: Path | str | None = None, host: str = "127.0.0.1", parent_death: bool = False):
         self.port, self.host, self.name = port, host, name
+        self.parent_death = parent_death  # SIGTERM the server when the (main thread of the) starter dies
         self.store_dir = Path(store_dir)
         self.config = config
         self.log_file = Path(log_file) if log_file else self.store_dir / f"{name}.log"
@@ -76,8 +77,14 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> NatsServer:
         conf = self.write_config()
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its life
+        preexec = None
+        if self.parent_death:
+            from hub.up import die_with_parent
+
+            preexec = die_with_parent()
         self.proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=preexec)
+        log.close()
         try:
             wait_port(self.port, timeout, self.host)
         except TimeoutError:

@@ -50,6 +50,8 @@ def from_env(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) 
         if key in env and env[key] != "":
             values[name] = _parse(env[key])
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if "nats_url" in cls.__struct_fields__ and "nats_url" not in values:
+        values.update(_from_up_file(Path(str(values.get("data_dir") or ".rthub")), "nats_creds" not in values))
     for f in msgspec.structs.fields(cls):  # resolved types of inherited fields too, in field order
         name, field_type = f.name, f.type
         value = values.get(name)
@@ -59,6 +61,24 @@ def from_env(cls: type[T], env: dict[str, str] | None = None, **overrides: Any) 
         return msgspec.convert(values, cls, strict=False)
     except msgspec.ValidationError as exc:
         raise SystemExit(f"invalid setting for {cls.__name__}: {exc}") from None
+
+
+def _from_up_file(data_dir: Path, want_creds: bool) -> dict[str, str]:
+    """NATS URL (and admin creds) of a running ``rthub up`` from ``<data dir>/up.json``, for the other commands run
+    from the same folder (``up`` may have picked a free port). Only a loopback URL and creds inside the data
+    dir are taken from the file: a planted file must not send an administrator's commands elsewhere."""
+    try:
+        info = json.loads((data_dir / "up.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    url = info.get("nats_url") if isinstance(info, dict) else None
+    if not isinstance(url, str) or not all(u.strip().startswith("nats://127.0.0.1:") for u in url.split(",")):
+        return {}
+    out = {"nats_url": url}
+    creds = info.get("nats_creds")
+    if want_creds and isinstance(creds, str) and Path(creds).resolve().is_relative_to(data_dir.resolve()):
+        out["nats_creds"] = creds
+    return out
 
 
 @register
@@ -105,6 +125,7 @@ class HubSettings(StreamSettings, kw_only=True):
     hub_max_deliver: int = 10
     hub_ack_wait_s: float = 30.0
     metrics_port: int = 0
+    lag_poll_s: float = 5.0
     id_secret: str | None = None
     external_ids_file: str | None = None
     log_json: bool = False

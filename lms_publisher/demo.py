@@ -179,7 +179,8 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
                 n = min(n, count - sent)
             if due > sent or rate <= 0:
                 batch: list[Record] = [to_record(next(events), settings.site) for _ in range(n)]
-                await publish_records(js, batch, settings.publish_ack_timeout_s)
+                if not await publish_patiently(js, batch, settings.publish_ack_timeout_s, stop):
+                    break
                 sent += len(batch)
                 if on_batch:
                     on_batch(sent)
@@ -190,6 +191,25 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
         return sent
     finally:
         await nc.close()
+
+
+async def publish_patiently(js, batch: list[Record], ack_timeout: float, stop: asyncio.Event,
+                            max_delay: float = 10.0) -> bool:
+    """Publish ``batch`` until acknowledged, waiting out a NATS outage of any length as the LMS backend does
+    (the same message ids: JetStream drops what a retry sends twice); False if ``stop`` came first."""
+    delay = 0.5
+    while True:
+        try:
+            await publish_records(js, batch, ack_timeout)
+            return True
+        except Exception as exc:  # noqa: BLE001 - timeouts, no responders, disconnected: all mean "not yet"
+            log.warning("demo: %d event(s) not acknowledged (%s); retrying in %.1f s", len(batch),
+                        exc or type(exc).__name__, delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return False
+        except TimeoutError:
+            delay = min(max_delay, delay * 2)
 
 
 def main(args) -> int:

@@ -19,6 +19,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     t: float = field(default_factory=time.monotonic)
+    status: int | None = None  # what the handler answered
 
     def json(self):
         return json.loads(self.body)
@@ -35,8 +36,8 @@ def ok(_: Request) -> Answer:
 class Receiver:
     """An HTTP server that records every request; ``handler`` answers. ``stop()``/``start()`` keep the port."""
 
-    def __init__(self, handler: Handler = ok, port: int | None = None):
-        self.handler = handler
+    def __init__(self, handler: Handler = ok, port: int | None = None, delay: float = 0.0):
+        self.handler, self.delay = handler, delay  # delay: seconds before each answer (a slow receiver)
         self.port = port or free_port()
         self.requests: list[Request] = []
         self._server: asyncio.base_events.Server | None = None
@@ -77,6 +78,9 @@ class Receiver:
                 request = Request(method, path, headers, body)
                 self.requests.append(request)
                 status, extra, data = self.handler(request)
+                request.status = status
+                if self.delay:
+                    await asyncio.sleep(self.delay)
                 head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n"
                 head += "".join(f"{k}: {v}\r\n" for k, v in extra.items())
                 writer.write(head.encode() + b"\r\n" + data)

@@ -97,3 +97,43 @@ async def _has_consumer(js, name):
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+async def test_a_failed_start_is_retried_until_it_works_and_health_tells_meanwhile(nc, js, nats_server):
+    """Issue 13 item 1: ``add_consumer`` failing (here: a push consumer squats the durable name) must not leave the
+    integration undelivered for good; /health is false until it is delivered."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from hub.grants import Grant, Target, consumer_name, put_grant
+    from tests.deliver_kit import put_target
+    from tests.helpers import unique
+
+    rx = await Receiver().start()
+    gid, site = unique("g"), unique("site")
+    await js.add_consumer("XAPI", ConsumerConfig(durable_name=consumer_name(gid), deliver_subject=f"nowhere.{gid}",
+                                                 ack_policy=AckPolicy.NONE, filter_subject=f"xapi.{site}.>"))
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
+    await put_grant(js, Grant(id=gid, consumer="c-" + gid, protocol="xapi", sites=[site], delivery="webhook"))
+    try:
+        async with deliverer(nc, nats_server.url, converge_backoff_max="1s") as d:
+            await wait_for(lambda: d.backoff.get(gid, (0, 0))[0] >= 2, 10, "two failed starts")
+            assert gid in d.not_delivering() and not d.healthy()
+            assert gid not in d.runners
+            await js.delete_consumer("XAPI", consumer_name(gid))  # the fault goes away
+            await delivering(d, gid)
+            assert gid not in d.not_delivering() and gid not in d.backoff
+            st = statement(1)
+            await publish(js, site, "c1", st)
+            await wait_for(lambda: len(rx.requests) == 1, 10, "delivered after convergence")
+            assert rx.requests[0].json() == st
+            # a consumer deleted under a running integration: the runner notices and the consumer comes back
+            await js.delete_consumer("XAPI", consumer_name(gid))
+            await wait_for(lambda: _has_consumer(js, consumer_name(gid)), 15, "consumer recreated")
+            await delivering(d, gid)
+            st2 = statement(2)
+            await publish(js, site, "c1", st2)
+            await wait_for(lambda: len(rx.requests) == 2, 10, "delivered after the consumer came back")
+            assert rx.requests[1].json() == st2
+    finally:
+        await remove(js, gid)
+        await rx.stop()

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import httpx
 import pytest
 from eventtracking.tracker import Tracker
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -305,3 +307,240 @@ async def test_drill_malformed_flood(js, nats_server, tmp_path):
 
 async def _quarantined(js, at_least: int) -> bool:
     return (await js.stream_info("QUARANTINE")).state.messages >= at_least
+
+
+# ---- drill 6: NATS down under steady flow, with the deliverer and a webhook (issue 13 item 1) -------------
+
+OUTAGE_S = float(os.environ.get("RTHUB_DRILL_OUTAGE_S", "25"))  # the long run: RTHUB_DRILL_OUTAGE_S=60
+CONVERGE_BOUND_S = 45.0  # NATS back -> every statement delivered (ack wait 10 s + lease + backoff + backlog)
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        r = httpx.get(url, timeout=2)
+        return r.status_code, r.text
+    except httpx.HTTPError:
+        return 0, ""
+
+
+@pytest.mark.slow
+async def test_drill_nats_down_deliverer_converges(tmp_path):
+    from hub.grants import Target
+    from tests.deliver_kit import put_target
+    from tests.deliver_receivers import Receiver
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="drill6").start()
+    settings = HubSettings(nats_url=server.url)
+    nc = await connect(settings, "drill6")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    rx = await Receiver().start()
+    course = course_of("deliver")
+    gid = unique("g")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", courses=[course], delivery="webhook"))
+    metrics_port = free_port()
+    hub = start_hub(server.url, str(tmp_path / "hub.log"))
+    log = open(tmp_path / "deliver.log", "ab")  # noqa: SIM115
+    deliver = subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", str(metrics_port)],
+                               env=rthub_env(server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32"), stdout=log,
+                               stderr=log)
+    backend = NatsBackend(nats_url=server.url, spool_dir=str(tmp_path / "spool"), publish_ack_timeout_s=2.0)
+    emitter = Emitter(backend, course, rate=20)
+    health = f"http://127.0.0.1:{metrics_port}/health"
+    try:  # the consumer delivers new statements only: emit once it exists
+        await wait_for(lambda: _get(health) == (200, "ok\n"), 30, "the deliverer runs the integration")
+        emitter.start()
+        await wait_for(lambda: len(rx.requests) >= 40, 60, "webhooks flowing before the outage")
+        server.stop()
+        down_at = time.monotonic()
+        await wait_for(lambda: _get(health)[0] == 503, 15, "/health false while NATS is down")
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))  # the outage is the drill
+        server.start()
+        up_at = time.monotonic()
+        await wait_for(lambda: nc.is_connected, 30, "test client reconnected")
+        await asyncio.sleep(3)  # keep emitting a little after NATS is back
+        emitter.halt.set()
+        emitter.join()
+        sent = emitter.sent
+
+        def distinct() -> set[str]:
+            return {r.headers["webhook-id"] for r in rx.requests}
+
+        await wait_for(lambda: len(distinct()) >= sent, CONVERGE_BOUND_S + 3, f"{sent} statements delivered",
+                       interval=0.2)
+        converged = time.monotonic() - up_at
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        stored = set(await stored_ids(js, course))
+        print(f"\ndrill nats-down {OUTAGE_S:.0f}s: sent={sent} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} converged_after_nats_back={converged:.1f}s", flush=True)
+        assert set(ids) == stored and len(stored) == sent
+        assert converged <= CONVERGE_BOUND_S
+        assert deliver.poll() is None and hub.poll() is None  # nothing was restarted
+        await wait_for(lambda: _get(health) == (200, "ok\n"), 15, "/health ok again")
+        assert 'rthub_integrations_delivering{service="deliver"} 1' in _get(
+            f"http://127.0.0.1:{metrics_port}/metrics")[1]
+    finally:
+        emitter.halt.set()
+        backend.close()
+        stop(hub)
+        stop(deliver)
+        await rx.stop()
+        await nc.close()
+        server.stop()
+
+
+# ---- drill 7: the delivering deliverer SIGKILLed; the stand-by takes over (issue 13 item 3) ---------------
+
+@pytest.mark.slow
+async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp_path):
+    """Default lease and ack wait: the stand-by delivers within takeover_after (12.7 s) + slack,
+    nothing is lost and every course's statements first arrive in publish order."""
+    from hub.deliver.service import takeover_after
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.store import STATE_BUCKET, ensure_delivery
+    from hub.grants import Target
+    from tests.deliver_kit import publish, put_target, statement
+    from tests.deliver_receivers import Receiver
+
+    defaults = DeliverSettings()
+    await ensure_delivery(js, defaults)
+    bound = takeover_after(defaults) + 3
+    rx = await Receiver().start()
+    gid, site = unique("g"), unique("site")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url))
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", sites=[site], delivery="webhook"))
+    env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32")
+    procs = [subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
+                              stdout=open(tmp_path / f"d{i}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+             for i in range(2)]
+    state = await js.key_value(STATE_BUCKET)
+
+    async def holder() -> int | None:
+        try:
+            entry = await state.get(f"lease.{gid}")
+        except Exception:  # noqa: BLE001 - not taken yet
+            return None
+        return int(json.loads(entry.value)["owner"].rsplit("-", 2)[1]) if entry.value else None
+
+    courses = [f"c{i}" for i in range(4)]
+    sent: dict[str, list[str]] = {c: [] for c in courses}
+    stop_flow = asyncio.Event()
+
+    async def flow() -> None:
+        i = 0
+        while not stop_flow.is_set():
+            c = courses[i % len(courses)]
+            st = statement(i, c)
+            await publish(js, site, c, st)
+            sent[c].append(st["id"])
+            i += 1
+            await asyncio.sleep(0.02)  # 50 statements/s
+
+    try:
+        await wait_for(lambda: holder(), 30, "a deliverer holds the lease")
+        flowing = asyncio.create_task(flow())
+        await wait_for(lambda: len(rx.requests) >= 100, 30, "webhooks flowing")
+        pid = await holder()
+        leader = next(p for p in procs if p.pid == pid)
+        leader.kill()
+        killed_at = time.monotonic()
+        seen = {r.headers["webhook-id"] for r in rx.requests}
+        await wait_for(lambda: any(r.headers["webhook-id"] not in seen and r.t > killed_at for r in rx.requests),
+                       bound + 5, "the stand-by delivering")
+        takeover = min(r.t for r in rx.requests if r.t > killed_at and r.headers["webhook-id"] not in seen) - killed_at
+        await asyncio.sleep(2)
+        stop_flow.set()
+        await flowing
+        total = sum(len(v) for v in sent.values())
+        await wait_for(lambda: len({r.headers["webhook-id"] for r in rx.requests}) >= total, 30, "all delivered")
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        print(f"\ndrill deliverer SIGKILL: sent={total} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} takeover={takeover:.1f}s (bound {bound:.0f}s)", flush=True)
+        assert set(ids) == {i for v in sent.values() for i in v}
+        assert takeover <= bound
+        for c in courses:
+            firsts = list(dict.fromkeys(r.headers["webhook-id"] for r in rx.requests
+                                        if r.json()["object"]["id"].split("/")[-2] == c))
+            assert firsts == sent[c], f"course {c} out of order"
+    finally:
+        stop_flow.set()
+        for p in procs:
+            stop(p)
+        await rx.stop()
+
+
+# ---- drill 8: per-course order across a restart of the deliverer mid-backlog (issue 10 bug 8) --------------
+
+def _out_of_order_pairs(delivered: list[str], sent: list[str]) -> list[tuple[int, int]]:
+    """Adjacent first deliveries of one course (as publish positions) that arrived in the opposite order."""
+    rank = {sid: i for i, sid in enumerate(sent)}
+    firsts = [rank[s] for s in dict.fromkeys(delivered) if s in rank]
+    return [(a, b) for a, b in zip(firsts, firsts[1:], strict=False) if b < a]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+async def test_drill_order_per_course_across_a_deliverer_restart(js, nats_server, tmp_path, how):
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.store import ensure_delivery
+    from hub.grants import Target, consumer_name
+    from tests.deliver_kit import publish, put_target, statement
+    from tests.deliver_receivers import Receiver
+
+    await ensure_delivery(js, DeliverSettings())
+    rx = await Receiver().start()
+    gid, site = unique("g"), unique("site")
+    await put_target(js, Target(id=gid, kind="webhook", url=rx.url, rate_limit_per_s=300))  # a slowish receiver
+    await put_grant(js, Grant(id=gid, consumer="drill", protocol="xapi", sites=[site], delivery="webhook"))
+    env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32")
+
+    def deliverer(n: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
+                                stdout=open(tmp_path / f"d{n}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+
+    async def has_consumer() -> bool:
+        try:
+            await js.consumer_info("XAPI", consumer_name(gid))
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    courses = [f"c{i}" for i in range(10)]
+    sent: dict[str, list[str]] = {c: [] for c in courses}
+    counter = [0]
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            c = courses[counter[0] % len(courses)]
+            st = statement(counter[0], c)
+            await publish(js, site, c, st)
+            sent[c].append(st["id"])
+            counter[0] += 1
+
+    first = deliverer(1)
+    second = None
+    try:
+        await wait_for(has_consumer, 30, "the deliverer created the consumer")
+        await send(3000)  # the backlog: ~10 s at 300/s
+        await wait_for(lambda: len(rx.requests) >= 600, 30, "mid-backlog")
+        first.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        await send(300)  # new statements while the deliverer is down
+        await asyncio.to_thread(first.wait, 30)
+        second = deliverer(2)
+        await send(300)
+        total = counter[0]
+        await wait_for(lambda: len({r.headers["webhook-id"] for r in rx.requests}) >= total, 90, "all delivered",
+                       interval=0.2)
+        ids = [r.headers["webhook-id"] for r in rx.requests]
+        pairs = {c: _out_of_order_pairs([r.headers["webhook-id"] for r in rx.requests
+                                         if r.json()["object"]["id"].split("/")[-2] == c], sent[c]) for c in courses}
+        print(f"\ndrill order across a deliverer {how}: sent={total} delivered_distinct={len(set(ids))} "
+              f"duplicates={len(ids) - len(set(ids))} out_of_order_pairs={sum(map(len, pairs.values()))}", flush=True)
+        assert set(ids) == {i for v in sent.values() for i in v}
+        assert not any(pairs.values()), {c: p[:5] for c, p in pairs.items() if p}
+    finally:
+        for p in (first, second):
+            if p is not None:
+                stop(p)
+        await rx.stop()

@@ -166,9 +166,10 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     await ensure_streams(js, settings)
     await ensure_delivery(js, settings)
     metrics = Metrics("deliver")
-    metrics.healthy = lambda: nc.is_connected
+    metrics.healthy = lambda: False  # until the deliverer has read its integrations
     port = await metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
     deliverer = await Deliverer(nc, settings, metrics).start()
+    metrics.healthy = deliverer.healthy
     log.info("deliverer running (%d integration(s))%s", len(deliverer.runners),
              f", metrics on http://127.0.0.1:{port}/metrics" if port else "")
     await stop.wait()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import ssl
 import time
 
@@ -35,6 +36,12 @@ def caliper_envelope(events: list[bytes], sensor: str) -> bytes:
     return head[:-1] + b',"data":[' + b",".join(events) + b"]}"
 
 
+def batch_id(ids: list[str]) -> str:
+    """``webhook-id`` of a batched webhook: ``batch_`` + a digest of its statement ids, the same on every retry of
+    that batch (receivers de-duplicate single statements by their own ids)."""
+    return "batch_" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
+
+
 def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sensor: str,
           batch: bool) -> tuple[str, dict[str, str], bytes]:
     """``(url, headers, body)`` of one POST carrying ``items`` (statements or Caliper events)."""
@@ -48,9 +55,9 @@ def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sen
         body = caliper_envelope(items, sensor)
     else:
         url = target.url
-        body = items[0]
+        body = b"[" + b",".join(items) + b"]" if batch else items[0]
     if target.kind == "webhook":
-        headers.update(signing.headers(target.secrets, ids[0], body))
+        headers.update(signing.headers(target.secrets, batch_id(ids) if batch else ids[0], body))
     if target.bearer:
         headers["authorization"] = "Bearer " + target.bearer
     elif target.basic_auth:

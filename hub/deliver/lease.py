@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 
@@ -25,30 +26,34 @@ class Lease:
         self.revision: int | None = None
 
     async def try_hold(self) -> bool:
-        """Acquire or renew; True while this process holds the lease."""
+        """Acquire or renew; True while this process holds the lease.
+
+        Only an answer from the server ("wrong last sequence": someone else wrote it) means the lease is lost;
+        a timeout or a lost connection raises, and the caller decides how long it trusts its last renewal
+        (an outage must not look like a take-over, nor a take-over like an outage).
+        """
         value = msgspec.json.encode(LeaseRecord(self.owner, time.time()))
-        try:
-            if self.revision is not None:
+        if self.revision is not None:
+            try:
                 self.revision = await self.kv.update(self.key, value, last=self.revision)
                 return True
-        except Exception:  # noqa: BLE001 - wrong last sequence: someone else took it
-            self.revision = None
-            return False
+            except KeyWrongLastSequenceError:
+                self.revision = None  # taken, or our own renewal whose answer was lost: look below
         try:
             self.revision = await self.kv.create(self.key, value)
             return True
-        except Exception:  # noqa: BLE001 - key exists
-            pass
+        except KeyWrongLastSequenceError:
+            pass  # the key exists
         try:
             entry = await self.kv.get(self.key)
-        except Exception:  # noqa: BLE001 - deleted meanwhile; next round creates it
+        except NotFoundError:  # deleted meanwhile; next round creates it
             return False
         held = msgspec.json.decode(entry.value, type=LeaseRecord) if entry.value else None
         if held is None or held.owner == self.owner or time.time() - held.t > self.stale_after:
             try:
                 self.revision = await self.kv.update(self.key, value, last=entry.revision)
                 return True
-            except Exception:  # noqa: BLE001 - another stand-by won
+            except KeyWrongLastSequenceError:  # another stand-by won
                 return False
         return False
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import os
@@ -58,6 +57,7 @@ from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 log = logging.getLogger("rthub.deliver")
 
 PUSH = ("webhook", "lrs", "caliper")
+PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
 RECENT = 20
 
 
@@ -72,10 +72,10 @@ def replay_consumer(grant_id: str) -> str:
 class Item:
     """One message held by a lane until it is settled (acked, dead-lettered or handed back)."""
 
-    __slots__ = ("msg", "id", "subject", "source", "settled")
+    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved")
 
     def __init__(self, msg: Msg, source: str):
-        self.msg, self.source, self.settled = msg, source, False
+        self.msg, self.source, self.settled, self.retry_saved = msg, source, False, False
         headers = msg.headers or {}
         self.subject = headers.get(H_SUBJECT, msg.subject)
         self.id = headers.get(H_ID) or headers.get("Nats-Msg-Id") or _body_id(msg.data)
@@ -83,6 +83,32 @@ class Item:
     @property
     def lane_key(self) -> str:
         return ".".join(self.subject.split(".")[1:4])
+
+
+class RetryState(msgspec.Struct):
+    """Where a held message is in its retry schedule (``schedule.<id>.<stream>.<seq>`` in the state bucket)."""
+
+    attempt: int
+    tries: int
+    due: float
+
+
+async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:
+    """Until one of ``events`` is set or ``timeout`` seconds have passed."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+def _stream_order(item: Item) -> tuple[str, int]:
+    try:
+        meta = item.msg.metadata
+        return meta.stream, meta.sequence.stream
+    except Exception:  # noqa: BLE001 - not a JetStream message
+        return "", 0
 
 
 def _body_id(data: bytes) -> str:
@@ -112,6 +138,21 @@ class TokenBucket:
             await asyncio.sleep((1 - self.tokens) / self.rate)
 
 
+def takeover_after(s: DeliverSettings) -> float:
+    """Age of a lease after which a stand-by takes it: the dead holder's last renewal was at most ``lease_ttl / 3``
+    before it died, and its unacked messages are due for redelivery ``ack_wait`` after that at the latest."""
+    ttl = seconds(s.lease_ttl)
+    return max(ttl, seconds(s.ack_wait) + ttl / 3) + 1
+
+
+HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason")
+
+
+def hot_swappable(old: Target, new: Target) -> bool:
+    """True when ``new`` differs from ``old`` only in what a running delivery can take over in place."""
+    return old != new and msgspec.structs.replace(old, **{f: getattr(new, f) for f in HOT_FIELDS}) == new
+
+
 class Runner:
     """Delivery of one integration in this process."""
 
@@ -119,7 +160,7 @@ class Runner:
         self.svc, self.grant, self.target = svc, grant, target
         s = svc.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.batch = target.kind in ("lrs", "caliper") and target.batch_size > 1
+        self.batch = target.batch_size > 1  # webhooks too: a JSON array (xAPI) or one envelope (Caliper)
         self.sender = Sender(seconds(s.connect_timeout), seconds(s.request_timeout), svc.allowed, s.https_only,
                              s.response_excerpt_bytes, max(1, target.max_concurrency))
         self.limit = asyncio.Semaphore(max(1, target.max_concurrency))
@@ -137,10 +178,19 @@ class Runner:
         self.dirty = False
         self.failing_since: float | None = None
         self.wake = asyncio.Event()
+        self.recovered = asyncio.Event()  # set = the endpoint answers (circuit closed)
+        self.recovered.set()
+        self.prober: object | None = None
+        self.probe_delay = seconds(s.probe_min)
+        self.probe_at = 0.0
         self.stopping = False
         self.leader = asyncio.Event()
+        self.core: list[asyncio.Task] = []
+        self.pulls: list[asyncio.Task] = []
+        self.lag_samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.draining = False
         self.lease = None if target.parallel else Lease(
-            svc.state, f"lease.{grant.id}", svc.process_id, max(seconds(s.lease_ttl), seconds(s.ack_wait)) + 1)
+            svc.state, f"lease.{grant.id}", svc.process_id, takeover_after(s))
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,31 +218,95 @@ class Runner:
             self.leader.set()
         else:
             self.tasks.append(asyncio.create_task(self._hold_lease()))
-        self.tasks.append(asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")))
-        self.tasks.append(asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive")))
+        self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")),
+                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive"))]
+        self.tasks += self.pulls
         self.tasks.append(asyncio.create_task(self._keep_alive()))
+        self.core = list(self.tasks)
         await self.maybe_replay()
         log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
 
     async def maybe_replay(self) -> None:
-        """Run the integration's replay consumer, if a replay was requested and this process delivers."""
+        """Run the integration's replay consumer, if a replay was requested and this process delivers.
+
+        Never on a stopping runner: a replay pull started after :meth:`stop` would keep delivering with that
+        runner's superseded target (old secrets), unseen and uncounted (issue 10 bug 3)."""
+        if self.stopping:
+            return
         if self.replay_task is None or self.replay_task.done():
             try:
                 await self.svc.js.consumer_info(self.stream, replay_consumer(self.grant.id))
             except NotFoundError:
                 return
+            if self.stopping:  # stopped while asking
+                return
             self.replay_task = asyncio.create_task(
                 self._pull(self.stream, replay_consumer(self.grant.id), "replay", until_empty=True))
             self.tasks.append(self.replay_task)
+            self.pulls.append(self.replay_task)
+
+    def schedule(self) -> list[float]:
+        """The integration's own retry schedule (``Target.retry_schedule``), else the deliverer's."""
+        if self.target.retry_schedule:
+            try:
+                return [seconds(x) for x in self.target.retry_schedule]
+            except ValueError as exc:
+                log.error("integration %s: unusable retry schedule, using the default: %s", self.grant.id, exc)
+        return self.svc.schedule
+
+    def observe_lag(self, now: float, lag: int, window: float) -> None:
+        """Cannot keep up: this process delivers, the endpoint answers (a success within ``window``, no failure
+        streak), yet the lag has not come down over ``window``. An endpoint that fails is "failing", not behind."""
+        samples = self.lag_samples
+        samples.append((now, lag))
+        while len(samples) > 1 and samples[1][0] <= now - window:
+            samples.popleft()
+        then_t, then_lag = samples[0]
+        behind = (self.leader.is_set() and now - then_t >= window and lag > 0 and lag >= then_lag
+                  and self.recovered.is_set() and self.failing_since is None
+                  and (self.stats.last_success or 0) >= now - window)
+        if behind and self.stats.behind_since is None:
+            self.stats.behind_since, self.dirty = now, True
+            log.warning("integration %s cannot keep up: lag %d, was %d %.0f s ago", self.grant.id, lag, then_lag,
+                        now - then_t)
+        elif not behind and self.stats.behind_since is not None and (lag < then_lag or lag == 0
+                                                                     or not self.leader.is_set()):
+            self.stats.behind_since, self.dirty = None, True
+
+    def retarget(self, target: Target) -> None:
+        """New secrets, URL, credentials or rate limit, applied in place: the next request (a retry included) uses
+        them. Restarting the runner instead handed every held message back and raced the lease with other
+        processes' runners still holding the superseded target (issue 10 bug 3)."""
+        if target.rate_limit_per_s != self.target.rate_limit_per_s:
+            self.bucket = TokenBucket(target.rate_limit_per_s)
+        self.target = target
+
+    def broken(self) -> bool:
+        """A pulling, lease or keep-alive task has ended (consumer deleted, lease lost, a bug): restart me."""
+        return any(task.done() for task in self.core)
 
     async def stop(self) -> None:
-        """Stop pulling and sending; hand unsettled messages back to JetStream right away."""
+        """Stop sending, stop pulling without leaving a message in flight, hand everything back in stream order.
+
+        Lanes are cancelled first (a revocation stops requests at once). The pulls then run until their pull
+        requests are answered or expired (``PULL_EXPIRES`` + 0.5 s at most), keeping what still arrives: a
+        message left in flight would be redelivered only after the ack wait, after newer statements of its
+        course. Everything held is nak'ed in stream-sequence order, because JetStream redelivers in the order
+        of the naks; before, a restart delivered courses out of order (issue 10 bug 8).
+        """
         self.stopping = True
-        tasks = [*self.tasks, *self.lane_tasks.values()]
-        for task in tasks:
+        others = [*self.lane_tasks.values(), *(t for t in self.tasks if t not in self.pulls)]
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for item in list(self.held):
+        await asyncio.gather(*others, return_exceptions=True)
+        self.draining = True
+        self.room.set()
+        if self.pulls:
+            _, late = await asyncio.wait(self.pulls, timeout=PULL_EXPIRES + 2)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self.pulls, return_exceptions=True)
+        for item in sorted(self.held, key=_stream_order):
             await self._settle(item, "nak")
         if self.lease is not None:
             await self.lease.release()
@@ -201,20 +315,25 @@ class Runner:
 
     # ---- pulling ---------------------------------------------------------------------------------------
     async def _hold_lease(self) -> None:
-        period = max(0.2, seconds(self.svc.settings.lease_ttl) / 3)
+        """Renew the lease every ``lease_ttl / 3``; step down when it is lost, or when no renewal has succeeded for
+        ``lease_ttl`` (an outage: a stand-by elsewhere may take over after ``max(lease_ttl, ack_wait) + 1 s``)."""
+        ttl = seconds(self.svc.settings.lease_ttl)
+        period = max(0.2, ttl / 3)
+        last_ok = time.monotonic()
         while True:
             try:
                 held = await self.lease.try_hold()
-            except Exception as exc:  # noqa: BLE001 - NATS hiccup: keep the current state, retry soon
+                last_ok = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep the lease while it is surely ours
                 log.warning("lease %s: %s", self.grant.id, exc)
-                held = self.leader.is_set()
+                held = self.leader.is_set() and time.monotonic() - last_ok < ttl
             if held and not self.leader.is_set():
                 log.info("this process now delivers ordered integration %s", self.grant.id)
                 self.leader.set()
             elif not held and self.leader.is_set():
                 log.warning("lost the lease of %s; restarting its delivery", self.grant.id)
                 self.leader.clear()
-                self.svc.restart(self.grant.id)
+                self.svc.restart(self.grant.id, self)
                 return
             await asyncio.sleep(period)
 
@@ -229,15 +348,23 @@ class Runner:
         api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
-        expires = 5.0
-        outstanding, asked_at = 0, 0.0
+        expires = PULL_EXPIRES
+        outstanding, asked_at, exact = 0, 0.0, True
         try:
             while True:
-                await self.leader.wait()
+                # ``exact``: ``outstanding`` counts every message still owed (no request was reset meanwhile)
+                if self.draining:  # stopping: no new requests; wait until nothing more can arrive
+                    if (exact and outstanding <= 0) or time.monotonic() - asked_at > expires + 0.5:
+                        return
+                else:
+                    await self.leader.wait()
                 room = s.max_in_flight - len(self.held)
-                if outstanding <= s.fetch_batch // 2 and room > outstanding:
+                if self.draining:
+                    pass
+                elif outstanding <= s.fetch_batch // 2 and room > outstanding:
                     n = min(s.fetch_batch, room) - outstanding
                     req = {"batch": n, "expires": int(expires * 1e9)}
+                    exact = exact or time.monotonic() - asked_at > expires + 0.5  # earlier requests all expired
                     await nc.publish(api, msgspec.json.encode(req), reply=inbox)
                     outstanding, asked_at = outstanding + n, time.monotonic()
                 elif room <= 0:
@@ -248,7 +375,7 @@ class Runner:
                     msg = await sub.next_msg(timeout=1.0)
                 except TimeoutError:
                     if time.monotonic() - asked_at > expires + 1:
-                        outstanding = 0  # the request expired without a status (e.g. reconnect)
+                        outstanding, exact = 0, False  # the request expired without a status (e.g. reconnect)
                     if until_empty and not any(i.source == source for i in self.held):
                         if await self._replay_done(durable):
                             return
@@ -256,7 +383,7 @@ class Runner:
                 status = JetStreamContext.is_status_msg(msg)
                 if status:
                     if status in ("404", "408", "409"):
-                        outstanding = 0  # no messages / request expired / consumer gone or limits
+                        outstanding, exact = 0, False  # no messages / request expired / consumer gone or limits
                         if status == "409" and "deleted" in (msg.headers or {}).get("Description", "").lower():
                             return
                         if status == "404" and until_empty and not any(i.source == source for i in self.held):
@@ -266,7 +393,9 @@ class Runner:
                             await asyncio.sleep(0.05)  # do not spin on "no messages" or "limits reached"
                     continue
                 outstanding = max(0, outstanding - 1)
-                if self.leader.is_set():
+                if self.draining:
+                    self.held.add(Item(msg, source))  # handed back in order by stop()
+                elif self.leader.is_set():
                     self._dispatch(Item(msg, source))
         finally:
             try:
@@ -290,6 +419,9 @@ class Runner:
         return True
 
     def _dispatch(self, item: Item) -> None:
+        if self.stopping:  # handed back: JetStream redelivers it to the runner that replaces this one
+            self.svc._spawn(self._settle(item, "nak"))
+            return
         if self.target.parallel:
             key = f"{item.source}:p{next(self.rr) % max(1, self.target.max_concurrency)}"
         else:
@@ -370,48 +502,158 @@ class Runner:
                     await self._settle(left[0], "nak")
 
     async def deliver(self, items: list[Item]) -> None:
-        """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops."""
-        schedule = self.svc.schedule
-        attempt = 0
-        while True:
-            attempt += 1
-            # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming backoff
-            # even when it arrives while this attempt is still in flight.
-            wake = self.wake
-            result = await self.send(items)
-            outcome = "retry" if result.status is None else retry.classify(self.target.kind, result.status, len(items))
-            if outcome == "delivered":
-                self.record(items, attempt, "delivered", result)
-                for item in items:
-                    await self._settle(item, "ack")
-                self.stats.delivered += len(items)
-                self.svc.metrics.inc("delivered", len(items), integration=self.grant.id)
-                await self._streak_over()
-                return
-            if outcome == "disable":
-                self.record(items, attempt, "disabled", result)
-                await self.svc.disable(self.grant.id, f"endpoint answered 410 Gone at {_iso(time.time())}")
-                return
-            if outcome == "reject":
-                if len(items) > 1:
-                    self.record(items, attempt, "split", result)
-                    half = len(items) // 2
-                    await self.deliver(items[:half])
-                    await self.deliver(items[half:])
+        """Deliver ``items`` (one POST) until delivered, rejected, dead-lettered or the integration stops.
+
+        The retry schedule decides when to give up: ``attempt`` counts scheduled attempts, and it and the time of
+        the next one are kept in ``schedule.<id>.<stream>.<seq>`` of the state bucket, so a restarted deliverer
+        continues the schedule. Recovery is detected sooner than the schedule (circuit-breaker style): one
+        waiting lane per integration probes with its head every ``probe_min`` doubling to ``probe_max``, and a
+        success anywhere wakes every waiting lane (each tries early at most at its own capped backoff, so one
+        message the endpoint keeps refusing does not retry at the traffic's rate). Early tries do not advance
+        the schedule; a ``Retry-After`` is honoured (no early tries before it).
+        """
+        schedule, s = self.schedule(), self.svc.settings
+        attempt, tries, due = await self._restore(items[0])
+        token = object()
+        early_at, early_delay = 0.0, seconds(s.probe_min)
+        try:
+            if due is not None:  # restored: the endpoint was failing when the schedule was saved
+                self._opened()
+                early_at = time.time() + early_delay
+                wake = self.wake
+                await self._pause(token, due, early_at, wake)
+                if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
+                    due = time.time()
+            while True:
+                scheduled = due is None or time.time() >= due
+                tries += 1
+                # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming wait
+                # even when it arrives while this attempt is still in flight.
+                wake = self.wake
+                result = await self.send(items)
+                outcome = ("retry" if result.status is None
+                           else retry.classify(self.target.kind, result.status, len(items)))
+                if outcome == "delivered":
+                    self.record(items, tries, "delivered", result)
+                    self._closed()
+                    for item in items:
+                        await self._settle(item, "ack")
+                    self.stats.delivered += len(items)
+                    self.svc.metrics.inc("delivered", len(items), integration=self.grant.id)
+                    await self._streak_over()
                     return
-                self.record(items, attempt, "dead", result)
-                await self.dead_letter(items, "rejected by the LRS as malformed", result, attempt)
+                if outcome == "disable":
+                    self.record(items, tries, "disabled", result)
+                    await self.svc.disable(self.grant.id, f"endpoint answered 410 Gone at {_iso(time.time())}")
+                    return
+                if outcome == "reject":
+                    self._closed()  # the endpoint answers
+                    if len(items) > 1:
+                        self.record(items, tries, "split", result)
+                        half = len(items) // 2
+                        await self.deliver(items[:half])
+                        await self.deliver(items[half:])
+                        return
+                    self.record(items, tries, "dead", result)
+                    await self.dead_letter(items, "rejected by the LRS as malformed", result, tries)
+                    return
+                self._opened()
+                asked = retry.retry_after(result.retry_after) if result.status in (429, 503) else None
+                if scheduled:
+                    attempt += 1
+                    delay = retry.next_delay(schedule, attempt, s.retry_jitter, result.status, asked,
+                                             self.svc.max_retry_after)
+                    self.record(items, tries, "retry" if delay is not None else "dead", result)
+                    if await self._streak_failing():
+                        return
+                    if delay is None:
+                        await self.dead_letter(items, f"failed after {tries} attempts", result, tries)
+                        return
+                    due = time.time() + delay
+                    await self._remember(items[0], attempt, tries, due)
+                else:
+                    self.record(items, tries, "retry", result)
+                    if await self._streak_failing():
+                        return
+                    if self.prober is token:
+                        self.probe_delay = min(seconds(s.probe_max), self.probe_delay * 2)
+                        self.probe_at = time.time() + self.probe_delay
+                    early_delay = min(seconds(s.probe_max), early_delay * 2)
+                early_at = due if asked is not None else time.time() + early_delay
+                await self._pause(token, due, early_at, wake)
+                if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
+                    due = time.time()
+        finally:
+            if self.prober is token:
+                self.prober = None
+
+    def _opened(self) -> None:
+        if self.recovered.is_set():
+            self.recovered.clear()
+            self.probe_delay = seconds(self.svc.settings.probe_min)
+            self.probe_at = time.time() + self.probe_delay
+
+    def _closed(self) -> None:
+        if not self.recovered.is_set():
+            self.recovered.set()
+            self.probe_delay = seconds(self.svc.settings.probe_min)
+
+    async def _pause(self, token: object, due: float, early_at: float, wake: asyncio.Event) -> None:
+        """Wait for the next scheduled attempt (``due``), or less: "retry now" (``wake``), this lane is the prober
+        and its probe is due, or the endpoint answered another lane and this lane may try early (``early_at``)."""
+        cap = seconds(self.svc.settings.probe_max)
+        while True:
+            now = time.time()
+            if now >= due or wake.is_set():
                 return
-            delay = retry.next_delay(schedule, attempt, self.svc.settings.retry_jitter, result.status,
-                                     retry.retry_after(result.retry_after), self.svc.max_retry_after)
-            self.record(items, attempt, "retry" if delay is not None else "dead", result)
-            if await self._streak_failing():
-                return
-            if delay is None:
-                await self.dead_letter(items, f"failed after {attempt} attempts", result, attempt)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), delay)
+            if self.prober is None:
+                self.prober = token
+                self.probe_at = max(self.probe_at, now + min(self.probe_delay, cap))
+            times = [due, now + cap]
+            if self.prober is token:
+                probe = max(self.probe_at, early_at)
+                if now >= probe:
+                    return
+                times.append(probe)
+            if self.recovered.is_set():
+                if now >= early_at:
+                    return
+                times.append(early_at)
+                await _wait_any([wake], min(times) - now)
+                continue
+            await _wait_any([wake, self.recovered], min(times) - now)
+
+    def _retry_key(self, item: Item) -> str | None:
+        try:
+            meta = item.msg.metadata
+        except Exception:  # noqa: BLE001 - not a JetStream message
+            return None
+        return f"schedule.{self.grant.id}.{meta.stream}.{meta.sequence.stream}"
+
+    async def _restore(self, item: Item) -> tuple[int, int, float | None]:
+        """``(attempt, tries, due)`` of a redelivered message whose schedule an earlier process started."""
+        key = self._retry_key(item)
+        try:
+            if key is None or item.msg.metadata.num_delivered <= 1:
+                return 0, 0, None
+            entry = await self.svc.state.get(key)
+            state = msgspec.json.decode(entry.value, type=RetryState)
+        except Exception:  # noqa: BLE001 - none recorded (or unreadable): the schedule starts afresh
+            return 0, 0, None
+        item.retry_saved = True
+        log.info("integration %s: %s continues its retry schedule at attempt %d", self.grant.id, item.id,
+                 state.attempt + 1)
+        return state.attempt, state.tries, state.due
+
+    async def _remember(self, item: Item, attempt: int, tries: int, due: float) -> None:
+        key = self._retry_key(item)
+        if key is None:
+            return
+        try:
+            await self.svc.state.put(key, msgspec.json.encode(RetryState(attempt=attempt, tries=tries, due=due)))
+            item.retry_saved = True
+        except Exception as exc:  # noqa: BLE001 - best effort: a restart would start the schedule afresh
+            log.warning("could not save the retry schedule of %s: %s", item.id, exc)
 
     async def send(self, items: list[Item]) -> Result:
         url, headers, body = build(self.target, self.grant.protocol, [i.msg.data for i in items],
@@ -467,6 +709,14 @@ class Runner:
             await (item.msg.ack() if how == "ack" else item.msg.nak())
         except Exception as exc:  # noqa: BLE001 - JetStream will redeliver; receivers dedupe by id
             log.warning("could not %s %s: %s", how, item.id, exc)
+        if how == "ack" and item.retry_saved and (key := self._retry_key(item)):
+            self.svc._spawn(self._forget(key))
+
+    async def _forget(self, key: str) -> None:
+        try:
+            await self.svc.state.purge(key)  # a small purge marker stays (the deliverer may not purge streams)
+        except Exception:  # noqa: BLE001 - left over: read only if this message is ever redelivered
+            pass
 
     async def _streak_over(self) -> None:
         if self.failing_since is not None:
@@ -535,6 +785,7 @@ class Deliverer:
         self.state = None
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
+        self.backoff: dict[str, tuple[int, float]] = {}  # grant id -> (failed starts in a row, next try)
 
     async def start(self) -> Deliverer:
         self.state = await self.js.key_value(STATE_BUCKET)
@@ -548,8 +799,61 @@ class Deliverer:
             self.background.append(asyncio.create_task(self._watch(watcher, handler, ready)))
             await ready
         self.background.append(asyncio.create_task(self._flush_loop()))
-        self.metrics.gauges["integrations_delivering"] = lambda: len(self.runners)
+        self.background.append(asyncio.create_task(self._converge_loop()))
+        self.background.append(asyncio.create_task(self._lag_loop()))
+        self.metrics.gauges["integrations_delivering"] = lambda: sum(not r.broken() for r in self.runners.values())
         return self
+
+    async def _lag_loop(self) -> None:
+        """Every ``lag_poll``: gauge ``integration_lag`` (``num_pending + num_ack_pending``) of each integration
+        this process runs, and whether it keeps up (gauge ``integration_behind``, ``behind_since`` in the status):
+        see :meth:`Runner.observe_lag`."""
+        interval, window = seconds(self.settings.lag_poll), seconds(self.settings.behind_window)
+        self.metrics.help.setdefault("integration_lag", "statements not yet delivered (consumer pending + unacked)")
+        self.metrics.help.setdefault("integration_behind", "1 while the endpoint answers but cannot keep up")
+        while True:
+            keep = set()
+            for gid, runner in list(self.runners.items()):
+                try:
+                    info = await self.js.consumer_info(runner.stream, consumer_name(gid))
+                except Exception:  # noqa: BLE001 - NATS away or consumer gone: keep the last values
+                    keep.add((("integration", gid),))
+                    continue
+                lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                runner.observe_lag(time.time(), lag, window)
+                self.metrics.set("integration_lag", lag, integration=gid)
+                self.metrics.set("integration_behind", int(runner.stats.behind_since is not None), integration=gid)
+                keep.add((("integration", gid),))
+            self.metrics.retain("integration_lag", keep)
+            self.metrics.retain("integration_behind", keep)
+            await asyncio.sleep(interval)
+
+    def not_delivering(self) -> list[str]:
+        """Active push integrations this process should run but does not (a start failed, a runner broke)."""
+        out = []
+        for gid in self.grants:
+            runner = self.runners.get(gid)
+            if self.wanted(gid) is not None and (runner is None or runner.broken()):
+                out.append(gid)
+        return out
+
+    def healthy(self) -> bool:
+        """``/health``: connected, and every active integration has a working runner (delivering or standing by)."""
+        return self.nc.is_connected and not self.not_delivering()
+
+    async def _converge_loop(self) -> None:
+        """Retry what a fault left undone, with backoff, until it works: a wanted integration without a working
+        runner is (re)started, so an outage of any length ends in delivery without restarting the process."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for gid in self.not_delivering():
+                _, at = self.backoff.get(gid, (0, 0.0))
+                if now >= at and not self.locks[gid].locked():
+                    runner = self.runners.get(gid)
+                    if runner is not None:
+                        log.warning("delivery of %s stopped working; restarting it", gid)
+                    self._spawn(self.reconcile(gid, restart=runner is not None, expected=runner))
 
     async def _watch(self, watcher, handler, ready: asyncio.Future) -> None:
         async for entry in watcher:
@@ -600,8 +904,8 @@ class Deliverer:
     def _schedule(self, grant_id: str, revoked: bool = False) -> None:
         self._spawn(self.reconcile(grant_id, revoked))
 
-    def restart(self, grant_id: str) -> None:
-        self._spawn(self.reconcile(grant_id, restart=True))
+    def restart(self, grant_id: str, runner: Runner | None = None) -> None:
+        self._spawn(self.reconcile(grant_id, restart=True, expected=runner))
 
     def wanted(self, grant_id: str) -> tuple[Grant, Target] | None:
         grant, target = self.grants.get(grant_id), self.targets.get(grant_id)
@@ -611,12 +915,26 @@ class Deliverer:
             return None
         return grant, target
 
-    async def reconcile(self, grant_id: str, revoked: bool = False, restart: bool = False) -> None:
-        """Bring this process in line with the grant and target of ``grant_id`` (start, restart or stop)."""
+    async def reconcile(self, grant_id: str, revoked: bool = False, restart: bool = False,
+                        expected: Runner | None = None) -> None:
+        """Bring this process in line with the grant and target of ``grant_id`` (start, restart or stop).
+
+        ``restart`` with ``expected`` restarts only that runner (a newer one is left alone). A failed start is
+        retried by :meth:`_converge_loop` after a backoff of 0.5 s doubling up to ``converge_backoff_max``.
+        """
         async with self.locks[grant_id]:
             want = self.wanted(grant_id)
             runner = self.runners.get(grant_id)
+            if restart and expected is not None and runner is not expected:
+                return
             if runner is not None and want is not None and (runner.grant, runner.target) == want and not restart:
+                return
+            if (runner is not None and want is not None and not restart and runner.grant == want[0]
+                    and hot_swappable(runner.target, want[1])):
+                runner.retarget(want[1])
+                log.info("integration %s: new endpoint settings applied to the running delivery", grant_id)
+                if self.on_change:
+                    self.on_change(grant_id)
                 return
             if runner is not None:
                 del self.runners[grant_id]
@@ -628,10 +946,15 @@ class Deliverer:
                 runner = Runner(self, *want)
                 try:
                     await runner.start()
-                except Exception as exc:  # noqa: BLE001 - bad config (e.g. filter) must not kill the service
-                    log.error("cannot deliver %s: %s", grant_id, exc)
+                except Exception as exc:  # noqa: BLE001 - NATS down, bad config: retried with backoff
+                    failures = self.backoff.get(grant_id, (0, 0.0))[0] + 1
+                    delay = min(seconds(self.settings.converge_backoff_max), 0.5 * 2 ** (failures - 1))
+                    self.backoff[grant_id] = (failures, time.monotonic() + delay)
+                    log.error("cannot deliver %s (%d failed start(s); next try in %.1f s): %s", grant_id, failures,
+                              delay, exc or type(exc).__name__)
                     await runner.stop()
                     return
+                self.backoff.pop(grant_id, None)
                 self.runners[grant_id] = runner
             if self.on_change:
                 self.on_change(grant_id)
@@ -676,6 +999,7 @@ class Deliverer:
         if not runner.dirty:
             return
         runner.dirty = False
+        runner.stats.updated = time.time()
         try:
             await self.state.put(f"stats.{runner.grant.id}.{self.process_id}", msgspec.json.encode(runner.stats))
         except Exception as exc:  # noqa: BLE001
@@ -700,6 +1024,5 @@ class Deliverer:
         for task in list(self.pending):
             task.cancel()
         await asyncio.gather(*self.pending, *self.background, return_exceptions=True)
-        for runner in list(self.runners.values()):
-            await runner.stop()
+        await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -26,14 +28,15 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
     Keys: ``integration``, ``kind``, ``url``, ``enabled``, ``disabled_reason``, ``delivered``, ``attempts``,
     ``failures``, ``lag`` (``num_pending`` + ``num_ack_pending`` of its consumer, None if it has none yet),
     ``pending``, ``ack_pending``, ``last_success``, ``last_error``, ``last_error_at`` (epoch seconds),
-    ``failing_since``, ``dead_letters`` (count in the dead-letter stream), ``replay_since`` and ``recent``
+    ``failing_since``, ``behind_since`` (the endpoint answers but cannot keep up: lag not coming down for
+    ``RTHUB_BEHIND_WINDOW``; None otherwise), ``dead_letters`` (count in the dead-letter stream), ``replay_since`` and ``recent``
     (newest first: ``t``, ``ids``, ``attempt``, ``outcome``, ``status``, ``latency_ms``, ``error``,
     ``excerpt``, ``source``).
     """
     out: dict = {"integration": grant_id, "kind": None, "url": None, "enabled": None, "disabled_reason": None,
                  "delivered": 0, "attempts": 0, "failures": 0, "dead_lettered": 0, "lag": None, "pending": None,
                  "ack_pending": None, "last_success": None, "last_error": None, "last_error_at": None,
-                 "failing_since": None, "dead_letters": 0, "replay_since": None, "recent": []}
+                 "failing_since": None, "behind_since": None, "dead_letters": 0, "replay_since": None, "recent": []}
     raw_grant = await _value(js, GRANTS_BUCKET, grant_id)
     raw_target = await _value(js, TARGETS_BUCKET, grant_id)
     if raw_target:
@@ -70,6 +73,8 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
                 out[field] += getattr(stats, field)
             if stats.last_success and (out["last_success"] or 0) < stats.last_success:
                 out["last_success"] = stats.last_success
+            if stats.behind_since and (stats.updated or 0) > time.time() - 30:  # a live process says so
+                out["behind_since"] = min(out["behind_since"] or stats.behind_since, stats.behind_since)
             if stats.last_error_at and (out["last_error_at"] or 0) < stats.last_error_at:
                 out.update(last_error=stats.last_error, last_error_at=stats.last_error_at)
             attempts.extend(stats.recent)

@@ -7,7 +7,7 @@
 - ``rthub_delivery`` KV bucket: ``stats.<grant id>.<process>`` counters and recent attempts per process,
   ``failing.<grant id>`` (first failure of the current failure streak, for disable-after-N-days),
   ``lease.<grant id>`` (which process delivers an ordered integration), ``replay.<grant id>`` (a replay
-  in progress).
+  in progress), ``schedule.<grant id>.<stream>.<seq>`` (where a held message is in its retry schedule).
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class Stats(msgspec.Struct, kw_only=True):
     last_error: str | None = None
     last_error_at: float | None = None
     recent: list[Attempt] = []
+    behind_since: float | None = None  # the endpoint answers but the lag has not come down (cannot keep up)
+    updated: float | None = None  # when this process last wrote these counters
 
 
 def stream_configs(s: DeliverSettings) -> list[StreamConfig]:
