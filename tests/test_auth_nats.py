@@ -295,6 +295,8 @@ async def test_cli_issues_consumer_creds_and_revokes(op_server, auth_dir, admin,
 async def test_secrets_never_in_logs_or_config(op_server, auth_dir, admin, caplog):
     caplog.set_level(logging.DEBUG)
     auth = AuthStore.ensure(auth_dir)
+    for name in ("hub", "deliverer", "portal"):  # service creds exist however this test is run
+        auth.service_creds(name)
     grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["c"])
     text, user_pub = await auth.issue_consumer_creds(admin, grant, 60)
     await auth.revoke_consumer_users(admin, grant.id, [user_pub])
