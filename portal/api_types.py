@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from portal.validation import Scope
@@ -36,3 +38,25 @@ class RotatedSecret(msgspec.Struct, kw_only=True):
     id: str
     webhook_secret: str
     previous_secret_accepted_until: str
+
+
+class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
+    """One integration with its delivery figures (``hub.deliver.status``: delivered, lag, last error, dead
+    letters, ``behind_since`` when it cannot keep up) and, once, the webhook secret made at approval."""
+
+    status_detail: dict[str, Any] = {}
+    webhook_secret: str | None = None
+
+
+class Me(msgspec.Struct, kw_only=True):
+    email: str
+    name: str
+    admin: bool
+
+
+class AuditView(msgspec.Struct, kw_only=True):
+    at: str
+    actor: str
+    action: str
+    integration: str | None
+    detail: str

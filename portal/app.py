@@ -32,7 +32,7 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 
 from portal import accounts, courses, db, endpoint, flash, security
-from portal.api_types import IntegrationView, RotatedSecret
+from portal.api_types import AuditView, IntegrationDetail, IntegrationView, Me, RotatedSecret
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
 from portal.service import (
@@ -675,15 +675,15 @@ async def api_admin(request: Request) -> Account:
 
 
 @get("/me")
-async def api_me(request: Request) -> dict[str, Any]:
+async def api_me(request: Request) -> Me:
     user = await api_user(request)
-    return {"email": user.email, "name": user.name, "admin": user.is_admin}
+    return Me(email=user.email, name=user.name, admin=user.is_admin)
 
 
 @get("/integrations")
-async def api_list(request: Request) -> list[dict[str, Any]]:
+async def api_list(request: Request) -> list[IntegrationView]:
     user = await api_user(request)
-    return [public_view(r) for r in await portal_of(request).list_for(user)]
+    return [msgspec.convert(public_view(r), IntegrationView) for r in await portal_of(request).list_for(user)]
 
 
 @post("/integrations", status_code=201)
@@ -704,7 +704,7 @@ async def api_create(request: Request, data: JSONBody[dict[str, Any]]) -> Integr
 
 
 @get("/integrations/{key:str}")
-async def api_get(request: Request, key: FromPath[str]) -> dict[str, Any]:
+async def api_get(request: Request, key: FromPath[str]) -> IntegrationDetail:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -713,7 +713,7 @@ async def api_get(request: Request, key: FromPath[str]) -> dict[str, Any]:
     secret = await portal.take_pending_secret(row)
     if secret:
         view["webhook_secret"] = secret
-    return view
+    return msgspec.convert(view, IntegrationDetail)
 
 
 @post("/integrations/{key:str}/rotate-secret", status_code=200)
@@ -726,8 +726,9 @@ async def api_rotate(request: Request, key: FromPath[str]) -> RotatedSecret:
     return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
 
 
-@post("/integrations/{key:str}/creds", status_code=200)
-async def api_creds(request: Request, key: FromPath[str]) -> Response:
+@post("/integrations/{key:str}/creds", status_code=200, media_type="text/plain",
+      description="A new `.creds` file (text) for a direct subscription, shown once.")
+async def api_creds(request: Request, key: FromPath[str]) -> Response[str]:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
@@ -736,24 +737,25 @@ async def api_creds(request: Request, key: FromPath[str]) -> Response:
 
 
 @post("/integrations/{key:str}/cancel", status_code=200)
-async def api_cancel(request: Request, key: FromPath[str]) -> dict[str, Any]:
+async def api_cancel(request: Request, key: FromPath[str]) -> IntegrationView:
     user = await api_user(request)
     portal = portal_of(request)
     row = await portal.get_owned(key, user)
-    return public_view(await portal.revoke(user, key, "cancelled by its owner", row=row))
+    return msgspec.convert(public_view(await portal.revoke(user, key, "cancelled by its owner", row=row)),
+                           IntegrationView)
 
 
 @get("/admin/integrations")
-async def api_admin_list(request: Request, status: FromQuery[str | None] = None) -> list[dict[str, Any]]:
+async def api_admin_list(request: Request, status: FromQuery[str | None] = None) -> list[IntegrationView]:
     await api_admin(request)
     portal = portal_of(request)
     owners = await portal.owner_emails()
-    return [public_view(r, owners.get(r.owner)) for r in await portal.list_all(status)]
+    return [msgspec.convert(public_view(r, owners.get(r.owner)), IntegrationView) for r in await portal.list_all(status)]
 
 
 @post("/admin/integrations/{key:str}/{action:str}", status_code=200)
 async def api_admin_action(request: Request, key: FromPath[str], action: FromPath[str], data: JSONBody[dict[str, Any] | None] = None
-                           ) -> dict[str, Any]:
+                           ) -> IntegrationView:
     admin = await api_admin(request)
     portal = portal_of(request)
     settings: PortalSettings = request.app.state.settings
@@ -785,14 +787,14 @@ async def api_admin_action(request: Request, key: FromPath[str], action: FromPat
         row = await portal.revoke(admin, key, reason)
     else:
         raise NotFound("action")
-    return public_view(row, (await portal.owner_emails()).get(row.owner))
+    return msgspec.convert(public_view(row, (await portal.owner_emails()).get(row.owner)), IntegrationView)
 
 
 @get("/admin/audit")
-async def api_audit(request: Request, integration: FromQuery[str | None] = None) -> list[dict[str, Any]]:
+async def api_audit(request: Request, integration: FromQuery[str | None] = None) -> list[AuditView]:
     await api_admin(request)
-    return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "integration": e.integration,
-             "detail": e.detail} for e in await portal_of(request).audit_log(1000, integration)]
+    return [AuditView(at=e.at.isoformat(), actor=e.actor, action=e.action, integration=e.integration,
+                      detail=e.detail) for e in await portal_of(request).audit_log(1000, integration)]
 
 
 API = Router(path="/api/v1", route_handlers=[api_me, api_list, api_create, api_get, api_rotate, api_creds, api_cancel,
