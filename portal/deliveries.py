@@ -15,7 +15,8 @@ from hub.settings import from_env
 
 class EndpointState(msgspec.Struct, kw_only=True):
     """``state``: pending, denied, revoked, suspended (by an administrator), disabled (by the deliverer: 410 or
-    failing too long; ``reason``, ``since``), failing (``since``, ``next_retry``), delivering, idle (approved,
+    failing too long; ``reason``, ``since``), failing (``since``, ``next_retry``), behind (delivering but not
+    keeping up, ``since``), delivering, idle (approved,
     nothing sent yet) or direct (the consumer pulls). Times are epoch seconds."""
 
     state: str
@@ -91,6 +92,10 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
         return EndpointState(state="failing", headline="Failing: deliveries are retried.",
                              since=stats["failing_since"], next_retry=next_retry(recent, schedule or _schedule()),
                              **base)
+    if stats.get("behind_since"):  # the endpoint answers, but the lag has not come down
+        return EndpointState(state="behind", headline="Delivering, but the endpoint cannot keep up: the backlog "
+                             "grows. A batched webhook (one POST per batch) or a faster receiver helps.",
+                             since=stats["behind_since"], **base)
     if counts["last_success"]:
         return EndpointState(state="delivering", headline="Delivering.", since=counts["last_success"], **base)
     return EndpointState(state="idle", headline="Approved: nothing delivered yet (no matching events so far).",

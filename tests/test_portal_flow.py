@@ -184,6 +184,8 @@ def test_last_error_is_timed_and_marked_resolved():
                               "recent": [{"t": 150.0, "attempt": 1, "outcome": "disabled"}]})
     assert disabled.state == "disabled" and disabled.since == 150.0 and "410" in disabled.reason
     assert endpoint_state("suspended", "webhook", "abuse", None, stats).reason == "abuse"
+    behind = endpoint_state("approved", "webhook", "", None, {**stats, "behind_since": 180.0})
+    assert behind.state == "behind" and behind.since == 180.0 and "cannot keep up" in behind.headline
 
 
 async def test_delivered_count_survives_a_secret_rotation(nc, js, nats_server):
