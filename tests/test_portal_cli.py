@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import msgspec
 import pytest
@@ -146,9 +148,15 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).status == "suspended"
 
 
+# DATABASE_URL names the server (compose's tests service points it at the postgres service); the test works in a
+# schema of its own there and drops it afterwards. Default: a local server that trusts the postgres user.
+PG_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
 def _postgres_up() -> bool:
+    parts = urlsplit(PG_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
             return True
     except OSError:
         return False
@@ -157,10 +165,10 @@ def _postgres_up() -> bool:
 @pytest.mark.postgres
 async def test_portal_on_postgresql(nats_server, tmp_path):
     if not _postgres_up():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+        pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (DATABASE_URL)")
     import asyncpg
 
-    url = "postgresql://postgres@127.0.0.1:5432/test"
+    url = PG_URL
     schema = unique("portal_")
     conn = await asyncpg.connect(url)
     await conn.execute(f"CREATE SCHEMA {schema}")

@@ -167,7 +167,7 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     await ensure_delivery(js, settings)
     metrics = Metrics("deliver")
     metrics.healthy = lambda: False  # until the deliverer has read its integrations
-    port = await metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
+    port = await metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     deliverer = await Deliverer(nc, settings, metrics).start()
     metrics.healthy = deliverer.healthy
     log.info("deliverer running (%d integration(s))%s", len(deliverer.runners),
