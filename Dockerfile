@@ -24,7 +24,7 @@ CMD ["rthub", "--help"]
 FROM base AS test
 # chromium first: the slowest layer, independent of the code, so code changes keep it cached
 RUN apt-get update -qq \
- && apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null \
+ && apt-get install -y -qq --no-install-recommends chromium fonts-liberation libatomic1 >/dev/null \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY hub hub

@@ -8,7 +8,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pytest
@@ -163,19 +163,19 @@ def _postgres_up() -> bool:
 
 
 @pytest.mark.postgres
-async def test_portal_on_postgresql(nats_server, tmp_path):
+async def test_portal_on_postgresql(nats_server, js, tmp_path):  # js: the streams and buckets exist
     if not _postgres_up():
         pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (DATABASE_URL)")
     import asyncpg
 
-    url = PG_URL
-    schema = unique("portal_")
-    conn = await asyncpg.connect(url)
-    await conn.execute(f"CREATE SCHEMA {schema}")
-    await conn.close()
+    # a database of its own (a schema is not enough: piccolo finds another schema's migration table, e.g. the
+    # running portal's in compose, and then misses its own)
+    name = unique("portal_")
+    server = await asyncpg.connect(PG_URL)
+    await server.execute(f"CREATE DATABASE {name}")
+    url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{name}"))
     try:
-        env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path),
-                        RTHUB_DATABASE_URL=f"{url}?options=-csearch_path%3D{schema}")
+        env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path), RTHUB_DATABASE_URL=url)
         made = await asyncio.to_thread(run, "portal", "create-admin", "--email", "pg@example.org", "--password-stdin",
                                        env=env, input=b"postgres admin pw\n")
         assert b"ready" in made.stdout
@@ -186,13 +186,12 @@ async def test_portal_on_postgresql(nats_server, tmp_path):
         assert [r["id"] for r in listed] == [key]
         conn = await asyncpg.connect(url)
         try:
-            rows = await conn.fetch(f"SELECT key, status FROM {schema}.portal_integration")
+            rows = await conn.fetch("SELECT key, status FROM portal_integration")
             assert [(r["key"], r["status"]) for r in rows] == [(key, "approved")]
             migrations = len(list((Path(portal_db.__file__).parent / "migrations").glob("portal_*.py")))
-            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.migration WHERE app_name = 'portal'") == migrations
+            assert await conn.fetchval("SELECT count(*) FROM migration WHERE app_name = 'portal'") == migrations
         finally:
             await conn.close()
     finally:
-        conn = await asyncpg.connect(url)
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
+        await server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await server.close()

@@ -171,7 +171,7 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     deliverer = await Deliverer(nc, settings, metrics).start()
     metrics.healthy = deliverer.healthy
     log.info("deliverer running (%d integration(s))%s", len(deliverer.runners),
-             f", metrics on http://127.0.0.1:{port}/metrics" if port else "")
+             f", metrics on http://{settings.metrics_host}:{port}/metrics" if port else "")
     await stop.wait()
     log.info("stopping deliverer")
     await deliverer.stop()

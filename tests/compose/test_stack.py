@@ -61,7 +61,11 @@ async def run_flow(stack: Stack, n: int, at: dict | None = None, timeout: float 
     await stack.emit(flow.course, n, at=at)
 
     async def complete() -> bool:
-        flow.stream_ids = await stack.stored("xapi", flow.course)
+        try:
+            flow.stream_ids = await stack.stored("xapi", flow.course)
+        except (TimeoutError, nats.errors.Error) as exc:  # a stream leader moving: look again
+            print(f"stream not readable yet ({type(exc).__name__})")
+            return False
         flow.webhook_ids = await stack.delivered_ids(WEBHOOK, f"/{RUN}/", flow.course)
         flow.lrs_ids = await stack.delivered_ids(LRS, f"/{RUN}/", flow.course)
         return all(len(set(ids)) >= n for ids in (flow.stream_ids, flow.webhook_ids, flow.lrs_ids))
