@@ -338,11 +338,13 @@ def test_secrets_required_and_ports_on_loopback():
     bound to 127.0.0.1 unless the operator says otherwise; metrics listen beyond the container's loopback."""
     text = COMPOSE.read_text()
     svcs = services()
-    for var in ("RTHUB_ID_SECRET", "RTHUB_SECRET_KEY", "POSTGRES_PASSWORD"):
+    for var in ("RTHUB_ID_SECRET", "RTHUB_SECRET_KEY", "RTHUB_SECRETS_KEY", "POSTGRES_PASSWORD"):
         assert re.search(rf"\${{{var}:\?[^}}]+}}", text), var
         assert not re.search(rf"\${{{var}:?-", text), f"{var} has a default"
     assert svcs["hub-1"]["environment"]["RTHUB_ID_SECRET"].startswith("${RTHUB_ID_SECRET:?")
     assert svcs["portal"]["environment"]["RTHUB_SECRET_KEY"].startswith("${RTHUB_SECRET_KEY:?")
+    for name in ("portal", "deliverer-1", "deliverer-2"):  # the portal seals endpoint secrets, deliverers open them
+        assert svcs[name]["environment"]["RTHUB_SECRETS_KEY"].startswith("${RTHUB_SECRETS_KEY:?"), name
     assert ":${POSTGRES_PASSWORD:?" in svcs["portal"]["environment"]["DATABASE_URL"]
     published = {name: svc["ports"] for name, svc in svcs.items() if svc.get("ports")}
     assert published == {"nats-1": ["${RTHUB_BIND_ADDRESS:-127.0.0.1}:${RTHUB_NATS_PORT:-4222}:4222"],

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import re
 import socket
+import tarfile
 import tempfile
 from dataclasses import dataclass, field
 
@@ -66,6 +68,15 @@ class Docker:
         r = await self.http.post(f"/containers/{cid}/start")
         assert r.status_code in (204, 304), r.text
         await wait_for(self.healthy_check(service), timeout, f"{service} healthy again")
+
+    async def files(self, service: str, path: str) -> dict[str, bytes]:
+        """The regular files under ``path`` in a service's container (the Engine's archive endpoint: a tar)."""
+        cid = (await self.container(service))["Id"]
+        r = await self.http.get(f"/containers/{cid}/archive", params={"path": path})
+        if r.status_code == 404:
+            return {}
+        with tarfile.open(fileobj=io.BytesIO(r.raise_for_status().content)) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
     async def running(self, service: str, want: bool = True) -> bool:
         return (await self.container(service))["State"]["Running"] is want

@@ -13,10 +13,14 @@ What "nothing lost, duplicates only where documented" means here (docs/deploymen
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
+import re
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nats
 import pytest
@@ -121,11 +125,11 @@ async def test_portal_on_postgresql_browser_direct_subscription(stack, docker, p
     mine, other = new_course(), new_course()
     email, password = f"{unique('b')}@compose.example.org", "compose browser password"
 
-    async def submit(page, fields: dict[str, str]):
+    async def submit(page, fields: dict[str, str], button: str = "button[type=submit]"):
         for name, value in fields.items():
             await page.fill(f"[name={name}]", value)
         async with page.expect_navigation():
-            await page.click("button[type=submit]")
+            await page.click(button)
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -133,7 +137,12 @@ async def test_portal_on_postgresql_browser_direct_subscription(stack, docker, p
             consumer = await (await browser.new_context(accept_downloads=True)).new_page()
             await consumer.goto(PORTAL + "/signup")
             await submit(consumer, {"email": email, "name": "Compose consumer", "password": password})
-            assert consumer.url.endswith("/integrations")
+            assert "Check your mail" in await consumer.inner_text("h1")
+            # no SMTP server configured: the portal writes its mails to the outbox in its data volume
+            verify = urlsplit(await mail_link(docker, email, "/verify"))
+            await consumer.goto(PORTAL + verify.path + (f"?{verify.query}" if verify.query else ""))
+            await submit(consumer, {"password": password}, "#confirm")
+            assert consumer.url.split("?")[0].endswith("/integrations")
             await consumer.click("text=Request access to events")
             await consumer.check("input[name=protocol][value=xapi]")
             await consumer.select_option("select[name=delivery]", "direct")
@@ -160,6 +169,22 @@ async def test_portal_on_postgresql_browser_direct_subscription(stack, docker, p
             await browser.close()
 
     await receive_scope_only(stack, creds, key, mine, other)
+
+
+async def mail_link(docker, address: str, path: str) -> str:
+    """The ``path`` link (with its token) of the mail to ``address`` in the portal container's outbox."""
+    found: list[str] = []
+
+    async def arrived() -> bool:
+        for raw in (await docker.files("portal", "/data/outbox")).values():
+            msg = email.message_from_bytes(raw, policy=email.policy.default)
+            if address in msg["To"]:
+                text = msg.get_body(("plain",)).get_content()
+                found.extend(re.findall(r"https?://\S+" + re.escape(path) + r"\S*", text))
+        return bool(found)
+
+    await wait_for(arrived, 15, f"a mail with a {path} link to {address} in the portal's outbox", 0.5)
+    return found[0]
 
 
 async def receive_scope_only(stack: Stack, creds: Path, key: str, mine: str, other: str) -> None:
