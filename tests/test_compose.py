@@ -38,7 +38,7 @@ OTHER_VARS = {
     "portal": {"DATABASE_URL"},  # read by the portal as the fallback for RTHUB_DATABASE_URL
     # point the stack tests at the composed stack; switch on tests/compose; the receivers' subnet; the database
     "tests": {"RTHUB_STACK_NATS_URL", "RTHUB_STACK_PUBLISHER_CREDS", "RTHUB_COMPOSE_TESTS", "RTHUB_RECEIVERS_SUBNET",
-              "DATABASE_URL"},
+              "RTHUB_TEST_DATABASE_URL"},
     "nats-auth-init": set(),
 }
 INIT = "nats-auth-init"

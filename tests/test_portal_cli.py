@@ -148,9 +148,11 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).status == "suspended"
 
 
-# DATABASE_URL names the server (compose's tests service points it at the postgres service); the test works in a
-# schema of its own there and drops it afterwards. Default: a local server that trusts the postgres user.
-PG_URL = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+# RTHUB_TEST_DATABASE_URL (else DATABASE_URL) names the server: compose's tests service points it at the postgres
+# service (a variable of its own there, so no other test's portal falls back to that database). The test works in
+# a database of its own and drops it afterwards. Default: a local server that trusts the postgres user.
+PG_URL = (os.environ.get("RTHUB_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+          or "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _postgres_up() -> bool:
@@ -165,7 +167,7 @@ def _postgres_up() -> bool:
 @pytest.mark.postgres
 async def test_portal_on_postgresql(nats_server, js, tmp_path):  # js: the streams and buckets exist
     if not _postgres_up():
-        pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (DATABASE_URL)")
+        pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (RTHUB_TEST_DATABASE_URL)")
     import asyncpg
 
     # a database of its own (a schema is not enough: piccolo finds another schema's migration table, e.g. the
