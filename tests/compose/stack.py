@@ -179,7 +179,8 @@ class Portal:
         email, password = f"{unique('admin')}@compose.example.org", unique("pw-") + "-long enough"
         with tempfile.TemporaryDirectory() as data:
             env = rthub_env(os.environ["RTHUB_STACK_NATS_URL"], RTHUB_DATA_DIR=data,
-                            RTHUB_NATS_CREDS=os.environ["RTHUB_NATS_CREDS"])
+                            RTHUB_NATS_CREDS=os.environ["RTHUB_NATS_CREDS"],
+                            RTHUB_DATABASE_URL=os.environ["RTHUB_TEST_DATABASE_URL"])  # the portal service's database
             made = await asyncio.to_thread(rthub, "portal", "create-admin", "--email", email, "--password-stdin",
                                            env=env, input=(password + "\n").encode())
         assert made.returncode == 0 and b"ready" in made.stdout, made.stderr.decode()
