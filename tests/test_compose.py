@@ -42,9 +42,10 @@ OTHER_VARS = {
     "nats-auth-init": set(),
 }
 INIT = "nats-auth-init"
+STREAMS_INIT = "streams-init"  # creates the R3 streams once the cluster is healthy, before any service starts
 AUTH_CONF = "/etc/nats/rthub/auth.conf"  # where every NATS node reads the generated operator config
 # which AuthStore user each rthub service connects as
-SERVICE_USER = {"hub": "hub", "deliver": "deliverer", "portal": "portal", "demo": "publisher"}
+SERVICE_USER = {"hub": "hub", "deliver": "deliverer", "portal": "portal", "demo": "publisher", "streams": "admin"}
 TEST_IMAGE = "rthub-test:local"  # the Dockerfile's test target: the tests service and the receivers it delivers to
 RECEIVERS = ("webhook", "lrs")
 
@@ -71,7 +72,7 @@ def test_every_rthub_service_runs_a_real_subcommand():
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
         assert callable(args.func), name
         checked += 1
-    assert checked == 6  # 2 hubs, 2 deliverers, portal, demo: nothing silently dropped
+    assert checked == 7  # streams-init, 2 hubs, 2 deliverers, portal, demo: nothing silently dropped
     assert {s["command"][1] for s in services().values() if s.get("image") == "rthub:local"} >= {
         "hub", "deliver", "portal", "demo"}
 
@@ -97,10 +98,12 @@ def test_topology_replicas_health_and_restart():
         if name == "tests" or name in RECEIVERS:
             assert svc["profiles"] == ["tests"] and svc["image"] == TEST_IMAGE
             continue
-        if name == INIT:
+        if name in (INIT, STREAMS_INIT):  # one-shot steps every long-running service waits for
             assert svc["restart"] == "no"
             continue
         assert svc["restart"] == "unless-stopped", name
+        if svc.get("image") == "rthub:local":
+            assert svc["depends_on"][STREAMS_INIT] == {"condition": "service_completed_successfully"}, name
         if name != "demo":
             assert svc.get("healthcheck"), f"{name} has no health check"
         env = svc.get("environment") or {}

@@ -189,7 +189,10 @@ class Portal:
         r = await http.post("/login", data={"email": email, "password": password,
                                             "_csrf_token": http.cookies["csrftoken"]})
         assert r.status_code == 303 and r.headers["location"].startswith("/"), r.text[:500]
-        r = await http.post("/tokens", data={"name": "compose tests", "_csrf_token": http.cookies["csrftoken"]})
+        form = (await http.get("/tokens")).text  # the form's hidden fields, as a browser sends them
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form))
+        r = await http.post("/tokens", data={**hidden, "name": "compose tests",
+                                             "_csrf_token": http.cookies["csrftoken"]}, follow_redirects=True)
         token = re.search(r"rth_[A-Za-z0-9_\-]+", r.text)
         assert r.status_code == 200 and token, r.text[:500]
         return cls(http, email, password, token.group(0))
