@@ -16,6 +16,7 @@ from hub.logs import setup_logging
 COMMANDS = (
     "hub.up",
     "hub.service",
+    "hub.streams",
     "hub.grant_cli",
     "hub.deliver.cli",
     "lms_publisher.cli",

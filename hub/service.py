@@ -346,7 +346,7 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
     lag = asyncio.create_task(hub.metrics.poll_lag(  # the hub consumer is shared: every hub reports the same lag
         hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})],
         settings.lag_poll_s))
-    port = await hub.metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
+    port = await hub.metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     log.info("hub running", extra={"fields": {"nats": settings.nats_url, "metrics_port": port,
                                               "sites": sorted(settings.sites)}})
     if ready:

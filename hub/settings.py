@@ -126,6 +126,7 @@ class HubSettings(StreamSettings, kw_only=True):
     hub_ack_wait_s: float = 30.0
     metrics_port: int = 0
     lag_poll_s: float = 5.0
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so a scraper outside it can reach /metrics
     id_secret: str | None = None
     external_ids_file: str | None = None
     log_json: bool = False

@@ -82,3 +82,48 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             result["KV_" + bucket] = "created"
     return result
 
+
+
+async def ensure_all(timeout: float) -> None:
+    """Every stream and bucket (the hub's and the deliverer's), retried until the cluster answers: a deployment's
+    one-shot init step, so services never race to create R3 streams while the meta leader is being elected."""
+    import asyncio
+    import time
+
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.store import ensure_delivery
+    from hub.natsconn import connect
+    from hub.settings import from_env
+
+    settings = from_env(DeliverSettings)
+    deadline = time.monotonic() + timeout
+    nc = await connect(settings, "rthub-streams")
+    try:
+        js = nc.jetstream()
+        while True:
+            try:
+                await ensure_streams(js, settings)
+                await ensure_delivery(js, settings)
+                return
+            except Exception as exc:  # noqa: BLE001 - no meta leader yet / stream leaders being elected
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("streams not ready yet (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(1)
+    finally:
+        await nc.close()
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("streams", help="create or update every stream and bucket, waiting for the cluster "
+                                       "(compose's streams-init)")
+    p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
+
+    def run(args) -> int:
+        import asyncio
+
+        asyncio.run(ensure_all(args.timeout))
+        print("streams and buckets ready")
+        return 0
+
+    p.set_defaults(func=run)

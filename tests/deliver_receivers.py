@@ -36,8 +36,9 @@ def ok(_: Request) -> Answer:
 class Receiver:
     """An HTTP server that records every request; ``handler`` answers. ``stop()``/``start()`` keep the port."""
 
-    def __init__(self, handler: Handler = ok, port: int | None = None, delay: float = 0.0):
+    def __init__(self, handler: Handler = ok, port: int | None = None, delay: float = 0.0, host: str = "127.0.0.1"):
         self.handler, self.delay = handler, delay  # delay: seconds before each answer (a slow receiver)
+        self.host = host
         self.port = port or free_port()
         self.requests: list[Request] = []
         self._server: asyncio.base_events.Server | None = None
@@ -48,7 +49,7 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
         return self
 
     async def stop(self) -> None:

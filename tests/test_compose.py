@@ -36,13 +36,18 @@ COMPOSE = ROOT / "compose.yaml"
 OTHER_VARS = {
     "postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"},
     "portal": {"DATABASE_URL"},  # read by the portal as the fallback for RTHUB_DATABASE_URL
-    "tests": {"RTHUB_STACK_NATS_URL", "RTHUB_STACK_PUBLISHER_CREDS"},  # point the stack test at the composed stack
+    # point the stack tests at the composed stack; switch on tests/compose; the receivers' subnet; the database
+    "tests": {"RTHUB_STACK_NATS_URL", "RTHUB_STACK_PUBLISHER_CREDS", "RTHUB_COMPOSE_TESTS", "RTHUB_RECEIVERS_SUBNET",
+              "RTHUB_TEST_DATABASE_URL"},
     "nats-auth-init": set(),
 }
 INIT = "nats-auth-init"
+STREAMS_INIT = "streams-init"  # creates the R3 streams once the cluster is healthy, before any service starts
 AUTH_CONF = "/etc/nats/rthub/auth.conf"  # where every NATS node reads the generated operator config
 # which AuthStore user each rthub service connects as
-SERVICE_USER = {"hub": "hub", "deliver": "deliverer", "portal": "portal", "demo": "publisher"}
+SERVICE_USER = {"hub": "hub", "deliver": "deliverer", "portal": "portal", "demo": "publisher", "streams": "admin"}
+TEST_IMAGE = "rthub-test:local"  # the Dockerfile's test target: the tests service and the receivers it delivers to
+RECEIVERS = ("webhook", "lrs")
 
 
 def services() -> dict:
@@ -67,7 +72,7 @@ def test_every_rthub_service_runs_a_real_subcommand():
         args = parser.parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
         assert callable(args.func), name
         checked += 1
-    assert checked == 6  # 2 hubs, 2 deliverers, portal, demo: nothing silently dropped
+    assert checked == 7  # streams-init, 2 hubs, 2 deliverers, portal, demo: nothing silently dropped
     assert {s["command"][1] for s in services().values() if s.get("image") == "rthub:local"} >= {
         "hub", "deliver", "portal", "demo"}
 
@@ -90,13 +95,15 @@ def test_topology_replicas_health_and_restart():
         assert cmd[cmd.index("--routes") + 1].count("nats://") == 3
         assert "--jetstream" in cmd and svcs[node]["healthcheck"]
     for name, svc in svcs.items():
-        if name == "tests":
-            assert svc["profiles"] == ["tests"]
+        if name == "tests" or name in RECEIVERS:
+            assert svc["profiles"] == ["tests"] and svc["image"] == TEST_IMAGE
             continue
-        if name == INIT:
+        if name in (INIT, STREAMS_INIT):  # one-shot steps every long-running service waits for
             assert svc["restart"] == "no"
             continue
         assert svc["restart"] == "unless-stopped", name
+        if svc.get("image") == "rthub:local":
+            assert svc["depends_on"][STREAMS_INIT] == {"condition": "service_completed_successfully"}, name
         if name != "demo":
             assert svc.get("healthcheck"), f"{name} has no health check"
         env = svc.get("environment") or {}
@@ -145,7 +152,7 @@ def test_operator_mode_wired():
     assert len(copied) >= 4, script
     mounts = {v.split(":")[0]: v.split(":")[1] for v in init["volumes"]}
     for name, svc in svcs.items():
-        if svc.get("image") != "rthub:local" or name == INIT:
+        if svc.get("image") not in ("rthub:local", TEST_IMAGE) or name == INIT or name in RECEIVERS:
             continue
         assert svc["depends_on"][INIT] == {"condition": "service_completed_successfully"}, name
         creds = svc["environment"].get("RTHUB_NATS_CREDS")
@@ -159,7 +166,9 @@ def test_operator_mode_wired():
             assert f"rthub auth creds {user}" in script
             continue
         assert copied[mounts[vol] + creds[len(target):]] == user, name
-        assert svc["volumes"] == [f"{vol}:{target}:ro"], f"{name} should mount its own creds only"
+        named = [v for v in svc["volumes"] if not v.startswith(("/", ".", "$"))]  # bind mounts aside (tests only)
+        assert named == [f"{vol}:{target}:ro"], f"{name} should mount its own creds only"
+        assert name == "tests" or named == svc["volumes"], name
         others = [n for n, o in svcs.items() if n not in (name, INIT) and f"{vol}:" in " ".join(o.get("volumes", []))]
         assert all(svcs[o]["environment"].get("RTHUB_NATS_CREDS") == creds for o in others), \
             f"{vol} shared with {others}"
@@ -325,3 +334,27 @@ async def test_stack_revocation_reaches_every_node(stack):
         assert "authorization violation" in (await _refused(stack.node_urls[2], **opts)).lower()
     finally:
         await nc.close()
+
+
+def test_secrets_required_and_ports_on_loopback():
+    """No working default secret: compose refuses to start without them; published ports are configurable and
+    bound to 127.0.0.1 unless the operator says otherwise; metrics listen beyond the container's loopback."""
+    text = COMPOSE.read_text()
+    svcs = services()
+    for var in ("RTHUB_ID_SECRET", "RTHUB_SECRET_KEY", "RTHUB_SECRETS_KEY", "POSTGRES_PASSWORD"):
+        assert re.search(rf"\${{{var}:\?[^}}]+}}", text), var
+        assert not re.search(rf"\${{{var}:?-", text), f"{var} has a default"
+    assert svcs["hub-1"]["environment"]["RTHUB_ID_SECRET"].startswith("${RTHUB_ID_SECRET:?")
+    assert svcs["portal"]["environment"]["RTHUB_SECRET_KEY"].startswith("${RTHUB_SECRET_KEY:?")
+    for name in ("portal", "deliverer-1", "deliverer-2"):  # the portal seals endpoint secrets, deliverers open them
+        assert svcs[name]["environment"]["RTHUB_SECRETS_KEY"].startswith("${RTHUB_SECRETS_KEY:?"), name
+    assert ":${POSTGRES_PASSWORD:?" in svcs["portal"]["environment"]["DATABASE_URL"]
+    published = {name: svc["ports"] for name, svc in svcs.items() if svc.get("ports")}
+    assert published == {"nats-1": ["${RTHUB_BIND_ADDRESS:-127.0.0.1}:${RTHUB_NATS_PORT:-4222}:4222"],
+                         "portal": ["${RTHUB_BIND_ADDRESS:-127.0.0.1}:${RTHUB_PORTAL_PORT:-8080}:8080"]}
+    assert "${RTHUB_NATS_PORT:-4222}" in svcs["portal"]["environment"]["RTHUB_PUBLIC_NATS_URL"]
+    for name in ("hub-1", "hub-2", "deliverer-1", "deliverer-2"):
+        assert svcs[name]["environment"]["RTHUB_METRICS_HOST"] == "0.0.0.0", name
+    build = yaml.safe_load(text)["x-rthub-image"]["build"]
+    assert build == {"context": ".", "target": "prod"} and (ROOT / "Dockerfile").exists()
+    assert "dockerfile_inline" not in text

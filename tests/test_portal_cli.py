@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 import pytest
@@ -146,28 +148,36 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).status == "suspended"
 
 
+# RTHUB_TEST_DATABASE_URL (else DATABASE_URL) names the server: compose's tests service points it at the postgres
+# service (a variable of its own there, so no other test's portal falls back to that database). The test works in
+# a database of its own and drops it afterwards. Default: a local server that trusts the postgres user.
+PG_URL = (os.environ.get("RTHUB_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
+          or "postgresql://postgres@127.0.0.1:5432/test")
+
+
 def _postgres_up() -> bool:
+    parts = urlsplit(PG_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
             return True
     except OSError:
         return False
 
 
 @pytest.mark.postgres
-async def test_portal_on_postgresql(nats_server, tmp_path):
+async def test_portal_on_postgresql(nats_server, js, tmp_path):  # js: the streams and buckets exist
     if not _postgres_up():
-        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432")
+        pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (RTHUB_TEST_DATABASE_URL)")
     import asyncpg
 
-    url = "postgresql://postgres@127.0.0.1:5432/test"
-    schema = unique("portal_")
-    conn = await asyncpg.connect(url)
-    await conn.execute(f"CREATE SCHEMA {schema}")
-    await conn.close()
+    # a database of its own (a schema is not enough: piccolo finds another schema's migration table, e.g. the
+    # running portal's in compose, and then misses its own)
+    name = unique("portal_")
+    server = await asyncpg.connect(PG_URL)
+    await server.execute(f"CREATE DATABASE {name}")
+    url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{name}"))
     try:
-        env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path),
-                        RTHUB_DATABASE_URL=f"{url}?options=-csearch_path%3D{schema}")
+        env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path), RTHUB_DATABASE_URL=url)
         made = await asyncio.to_thread(run, "portal", "create-admin", "--email", "pg@example.org", "--password-stdin",
                                        env=env, input=b"postgres admin pw\n")
         assert b"ready" in made.stdout
@@ -178,13 +188,12 @@ async def test_portal_on_postgresql(nats_server, tmp_path):
         assert [r["id"] for r in listed] == [key]
         conn = await asyncpg.connect(url)
         try:
-            rows = await conn.fetch(f"SELECT key, status FROM {schema}.portal_integration")
+            rows = await conn.fetch("SELECT key, status FROM portal_integration")
             assert [(r["key"], r["status"]) for r in rows] == [(key, "approved")]
             migrations = len(list((Path(portal_db.__file__).parent / "migrations").glob("portal_*.py")))
-            assert await conn.fetchval(f"SELECT count(*) FROM {schema}.migration WHERE app_name = 'portal'") == migrations
+            assert await conn.fetchval("SELECT count(*) FROM migration WHERE app_name = 'portal'") == migrations
         finally:
             await conn.close()
     finally:
-        conn = await asyncpg.connect(url)
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
+        await server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await server.close()

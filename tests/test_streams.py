@@ -34,3 +34,29 @@ async def test_ensure_streams_idempotent_and_updates(tmp_path):
     finally:
         server.stop()
 
+
+
+async def test_rthub_streams_creates_every_stream_and_bucket(tmp_path):
+    """`rthub streams` (compose's streams-init) leaves the hub's and the deliverer's streams and buckets in place,
+    with the retention the environment asks for."""
+    import asyncio
+
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.store import stream_configs as delivery_streams
+    from tests.helpers import rthub, rthub_env
+
+    server = NatsServer(free_port(), tmp_path, name="streams-cli").start()
+    try:
+        done = await asyncio.to_thread(rthub, "streams", "--timeout", "20",
+                                       env=rthub_env(server.url, RTHUB_RAW_MAX_AGE_DAYS="3"))
+        assert done.returncode == 0 and b"streams and buckets ready" in done.stdout, done.stderr.decode()
+        nc = await connect(HubSettings(nats_url=server.url), "test-streams-cli")
+        js = nc.jetstream()
+        names = {info.config.name for info in await js.streams_info()}
+        want = {RAW_STREAM, QUARANTINE_STREAM, *PROTOCOL_STREAMS.values()}
+        want |= {c.name for c in delivery_streams(DeliverSettings(nats_url=server.url))}
+        assert want <= names and any(n.startswith("KV_") for n in names), names
+        assert (await js.stream_info(RAW_STREAM)).config.max_age == 3 * 86400
+        await nc.close()
+    finally:
+        server.stop()

@@ -167,11 +167,11 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     await ensure_delivery(js, settings)
     metrics = Metrics("deliver")
     metrics.healthy = lambda: False  # until the deliverer has read its integrations
-    port = await metrics.serve(settings.metrics_port) if settings.metrics_port >= 0 else None
+    port = await metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     deliverer = await Deliverer(nc, settings, metrics).start()
     metrics.healthy = deliverer.healthy
     log.info("deliverer running (%d integration(s))%s", len(deliverer.runners),
-             f", metrics on http://127.0.0.1:{port}/metrics" if port else "")
+             f", metrics on http://{settings.metrics_host}:{port}/metrics" if port else "")
     await stop.wait()
     log.info("stopping deliverer")
     await deliverer.stop()

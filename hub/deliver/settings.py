@@ -39,6 +39,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     behind_window: str = "60s"
     caliper_sensor: str = "urn:rthub:deliverer"
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so a scraper outside it can reach /metrics
     log_json: bool = False
     secrets_key: str = ""
 
