@@ -148,7 +148,9 @@ def test_operator_mode_wired():
         assert svc["depends_on"][INIT] == {"condition": "service_completed_successfully"}, node
         assert store_vol not in " ".join(svc["volumes"]), f"{node} must not see the private keys"
     # each creds file the init copies, by destination path inside the init container
-    copied = {dest: user for user, dest in re.findall(r"cp \"\$\$\(rthub auth creds (\w+)\)\" (\S+)", script)}
+    copied = {dest: user for user, dest in re.findall(r"cp \"\$\$\(rthub auth creds (\w+)(?: --site \S+)?\)\" (\S+)", script)}
+    assert "auth creds publisher --site default" in script  # the LMS's creds: one site only
+    assert "mv /data/nats-auth/operator.nk /operator/" in script  # the portal's volume keeps no operator seed
     assert len(copied) >= 4, script
     mounts = {v.split(":")[0]: v.split(":")[1] for v in init["volumes"]}
     for name, svc in svcs.items():
