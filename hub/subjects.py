@@ -82,3 +82,14 @@ def filter_subject(prefix: str, site: str | None = None, org: str | None = None,
     return ".".join(
         (prefix, *("*" if v is None else encode_token(v) for v in (site, org, course, event)))
     )
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, token in enumerate(pat):
+        if token == ">":
+            return len(sub) > i
+        if i >= len(sub) or (token != "*" and token != sub[i]):
+            return False
+    return len(pat) == len(sub)

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.store import Attempt
 from hub.settings import from_env
 
 
@@ -107,20 +108,10 @@ LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/store.py
 OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
 
 
-class AttemptView(msgspec.Struct, kw_only=True):
+class AttemptView(Attempt, kw_only=True, omit_defaults=False):
     """One delivery attempt as the log shows it (``seq``: its place in the log, the paging cursor)."""
 
     seq: int
-    t: float
-    ids: list[str]
-    attempt: int
-    outcome: str
-    status: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    excerpt: str | None = None
-    source: str = "live"
-    seqs: list[int] = []
 
 
 class AttemptPage(msgspec.Struct, kw_only=True):

@@ -331,7 +331,7 @@ async def test_lrs_credentials_are_replaced_never_shown(app, admin, js):
 
 
 def test_subject_matching_for_resend():
-    from hub.deliver.ops import subject_matches
+    from hub.subjects import subject_matches
 
     assert subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c1.play")
     assert subject_matches("xapi.default.*.*.*", "xapi.default.edX.c1.play")

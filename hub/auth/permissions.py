@@ -175,13 +175,3 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     return [*((n, subj, "service") for n, subj in services),
             *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects()))]
 
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
-    pat, sub = pattern.split("."), subject.split(".")
-    for i, token in enumerate(pat):
-        if token == ">":
-            return len(sub) > i
-        if i >= len(sub) or (token != "*" and token != sub[i]):
-            return False
-    return len(pat) == len(sub)

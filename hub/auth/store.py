@@ -30,11 +30,10 @@ from hub.auth.permissions import (
     hub_exports,
     inbox_prefix_of,
     service_permissions,
-    subject_matches,
     tenant_imports,
 )
 from hub.grants import GRANT_ID, Grant
-from hub.subjects import encode_token
+from hub.subjects import encode_token, subject_matches
 
 log = logging.getLogger("rthub.auth")
 

@@ -34,7 +34,7 @@ from hub.deliver.store import (
 )
 from hub.grants import GRANTS_BUCKET, decode_grant
 from hub.streams import PROTOCOL_STREAMS
-from hub.subjects import subject
+from hub.subjects import subject, subject_matches
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -232,17 +232,6 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
     await js.publish(redrive_subject(grant_id), msg.data, headers={
         H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
     return sid
-
-
-def subject_matches(pattern: str, subj: str) -> bool:
-    """NATS subject matching: ``*`` one token, ``>`` one or more trailing tokens."""
-    want, have = pattern.split("."), subj.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
 
 
 def _body_id(data: bytes) -> str | None:
