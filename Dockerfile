@@ -15,8 +15,9 @@ COPY portal portal
 COPY lms_publisher lms_publisher
 RUN pip install -q ".[server]" && rm -rf build ./*.egg-info
 # Directories that compose.yaml mounts volumes on: created here so a fresh named volume takes this owner.
-RUN mkdir -p /data/nats-auth /nats-conf /creds/hub /creds/deliverer /creds/publisher /creds/tests \
- && chown -R 10001:10001 /data /nats-conf /creds && chmod 700 /data /data/nats-auth
+RUN mkdir -p /data/nats-auth /operator /nats-conf /creds/hub /creds/deliverer /creds/publisher /creds/tests \
+    /creds/admin \
+ && chown -R 10001:10001 /data /operator /nats-conf /creds && chmod 700 /data /data/nats-auth /operator
 ENV HOME=/data
 USER 10001:10001
 CMD ["rthub", "--help"]
