@@ -360,3 +360,20 @@ def test_secrets_required_and_ports_on_loopback():
     build = yaml.safe_load(text)["x-rthub-image"]["build"]
     assert build == {"context": ".", "target": "prod"} and (ROOT / "Dockerfile").exists()
     assert "dockerfile_inline" not in text
+
+
+def test_the_unprivileged_image_owns_every_volume_it_writes():
+    """The prod image runs as uid 10001: a fresh named volume takes the owner of the image's directory, so every
+    volume an rthub service mounts writable must be a directory the Dockerfile creates for that user."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    made = re.search(r"RUN mkdir -p ([^&]+?)&& chown -R 10001:10001 ([^&]+?) &&", dockerfile, re.S)
+    assert made, "the Dockerfile creates the mount points for uid 10001"
+    owned = set(made.group(1).replace("\\", " ").split()) | set(made.group(2).split())
+    for name, svc in services().items():
+        if svc.get("image") != "rthub:local":
+            continue
+        for volume in svc.get("volumes", []):
+            source, target, *mode = volume.split(":")
+            if source.startswith((".", "/")) or mode == ["ro"]:
+                continue  # bind mounts and read-only volumes are not written
+            assert target in owned or any(target.startswith(d + "/") for d in owned), (name, target)
