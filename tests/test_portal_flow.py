@@ -220,7 +220,8 @@ async def test_delivered_count_survives_a_secret_rotation(nc, js, nats_server):
             target.secrets = ["whsec_" + "B" * 44, *target.secrets]
             target.max_concurrency = 2  # not applicable in place: the runner restarts
             await put_target(js, target)
-            await wait_for(lambda: gid in d.runners and d.runners[gid] is not runner, 5, "runner restarted")
+            # a stopping runner drains its pull requests first (up to ~2.5 s), more on a loaded machine
+            await wait_for(lambda: gid in d.runners and d.runners[gid] is not runner, 15, "runner restarted")
             await delivering(d, gid)
             await publish(js, site, "c1", statement(9))
             await wait_for(lambda: delivered(4), 10, "4 delivered after the rotation (not 1)")

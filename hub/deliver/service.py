@@ -373,6 +373,8 @@ class Runner:
                     continue
                 try:
                     msg = await sub.next_msg(timeout=1.0)
+                except nats.errors.ConnectionClosedError:
+                    return  # the deliverer is shutting down (a reconnect keeps the connection open)
                 except TimeoutError:
                     if time.monotonic() - asked_at > expires + 1:
                         outstanding, exact = 0, False  # the request expired without a status (e.g. reconnect)
