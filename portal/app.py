@@ -52,6 +52,7 @@ from portal.validation import (
     Scope,
     check_scope,
     clean_text,
+    password_problem,
     split_list,
     validate_request,
     validate_signup,
@@ -330,9 +331,8 @@ async def reset_form(request: Request, token: FromQuery[str] = "") -> Template:
 async def reset(request: Request) -> Template | Redirect:
     raw = await form_of(request)
     token = str(raw.get("token", ""))[:200]
-    _, errors = validate_signup({"email": "x@example.org", "name": "x", "password": raw.get("password")})
-    if errors:
-        return page(request, "reset.html", status=400, token=token, error=errors["password"])
+    if problem := password_problem(str(raw.get("password") or "")):
+        return page(request, "reset.html", status=400, token=token, error=problem)
     try:
         await accounts.reset(portal_of(request), token, str(raw.get("password")))
     except PortalError as exc:

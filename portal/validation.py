@@ -216,8 +216,15 @@ def validate_signup(raw: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]
         errors["email"] = "Not a valid e-mail address."
     name = clean_text(raw.get("name"), "name", 200, errors, required=True)
     password = str(raw.get("password") or "")
-    if len(password) < 10:
-        errors["password"] = "Use at least 10 characters."
-    elif len(password) > 1000:
-        errors["password"] = "At most 1000 characters."
+    if problem := password_problem(password):
+        errors["password"] = problem
     return {"email": email, "name": name, "password": password}, errors
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is refused (sign-up and reset alike), or ``None``."""
+    if len(password) < 10:
+        return "Use at least 10 characters."
+    if len(password) > 1000:
+        return "At most 1000 characters."
+    return None

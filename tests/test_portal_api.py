@@ -46,6 +46,11 @@ def target_of(settings, raw: bytes) -> Target:
     return SecretBox.from_settings(settings).open_target(msgspec.json.decode(raw, type=Target))
 
 
+async def read_target(app, js, key: str) -> Target:
+    """The target of ``key`` in the targets bucket, opened as the deliverer reads it."""
+    return target_of(app.state.settings, await kv_get(js, TARGETS_BUCKET, key))
+
+
 @pytest_asyncio.fixture(scope="module")
 async def app(settings, nc, mailbox):
     """The app with its start-up and shutdown hooks run in the test's own event loop (Litestar's

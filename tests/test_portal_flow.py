@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import re
 
-import msgspec
-
-from hub.grants import Target, decode_grant
-from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.grants import decode_grant
+from hub.streams import GRANTS_BUCKET
 from portal.deliveries import endpoint_state
 from portal.tables import ApiToken, WebSession
 from tests.helpers import wait_for
@@ -24,24 +22,13 @@ from tests.test_portal_api import (  # noqa: F401 - fixtures
     csrf,
     kv_get,
     login,
+    mailbox,
     new_consumer,
     post,
+    read_target,
     request_access,
     settings,
 )
-
-
-async def target_of(app, js, key: str) -> Target:
-    """The target as the deliverer reads it (opened, where the portal seals stored secrets)."""
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
-    box = getattr(app.state.portal, "box", None)
-    return box.open_target(target) if box is not None else target
-
-
-try:  # the sign-up mailbox fixture, where sign-up confirms the e-mail address
-    from tests.test_portal_api import mailbox  # noqa: F401
-except ImportError:
-    pass
 
 
 def once_of(html: str, action: str) -> str:
@@ -77,13 +64,13 @@ async def test_rotate_redirects_shows_once_and_a_double_click_rotates_once(app, 
     r2 = await consumer.post(f"/integrations/{key}/rotate", data={"_csrf_token": token, "_once": once},
                              follow_redirects=False)
     assert r2.status_code == 303
-    target = await target_of(app, js, key)
+    target = await read_target(app, js, key)
     assert len(target.secrets) == 2, "the second click rotated again"
     shown = await consumer.get(f"/integrations/{key}")
     assert target.secrets[0] in shown.text and "already sent" in shown.text
     again = await consumer.get(f"/integrations/{key}")  # a reload repeats nothing and shows nothing secret
     assert "whsec_" not in again.text
-    assert (await target_of(app, js, key)).secrets == target.secrets
+    assert (await read_target(app, js, key)).secrets == target.secrets
 
 
 async def test_token_creation_redirects_and_is_created_once(app):

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from hub.deliver.status import integration_status
-from hub.grants import Target, decode_grant
-from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.grants import decode_grant
+from hub.streams import GRANTS_BUCKET
 from hub.subjects import subject
 from portal import endpoint
 from portal.tables import Integration
@@ -29,25 +29,14 @@ from tests.test_portal_api import (  # noqa: F401 - fixtures
     admin,
     app,
     kv_get,
+    mailbox,
     make_token,
     new_consumer,
     post,
+    read_target,
     request_access,
     settings,
 )
-
-
-async def target_of(app, js, key: str) -> Target:
-    """The target as the deliverer reads it (opened, where the portal seals stored secrets)."""
-    target = msgspec.json.decode(await kv_get(js, TARGETS_BUCKET, key), type=Target)
-    box = getattr(app.state.portal, "box", None)
-    return box.open_target(target) if box is not None else target
-
-
-try:  # the sign-up mailbox fixture, where sign-up confirms the e-mail address
-    from tests.test_portal_api import mailbox  # noqa: F401
-except ImportError:
-    pass
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,7 +189,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             await wait_for(lambda: s6 in ids_received(other), 10, "delivered to the new URL")
             refused = await post(consumer, f"/integrations/{key}/ops/endpoint", {"url": "http://169.254.169.254/latest"})
             assert "Check the endpoint fields" in flash_of(refused.text)  # refused, whatever the wording
-            target = await target_of(app, js, key)
+            target = await read_target(app, js, key)
             assert target.url == other.url + "/new" and target.enabled
 
             # the administrator sees the same page and can run the same operations
@@ -286,12 +275,12 @@ async def test_rotation_overlap_is_shown_and_ends(app, admin, js):
     await consumer.get(f"/integrations/{key}")
     rotated = await post(consumer, f"/integrations/{key}/rotate")
     assert "still accepted until" in rotated.text and re.search(r'id="overlap">.*until <strong>20\d\d-', rotated.text)
-    assert len((await target_of(app, js, key)).secrets) == 2
+    assert len((await read_target(app, js, key)).secrets) == 2
     row = await Integration.objects().get(Integration.key == key)
     await Integration.update({Integration.old_secret_until: dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)}
                              ).where(Integration.id == row.id)
     assert await endpoint.retire_expired(app.state.portal) >= 1
-    assert len((await target_of(app, js, key)).secrets) == 1
+    assert len((await read_target(app, js, key)).secrets) == 1
     assert "secret.retire" in (await admin.get(f"/admin/integrations/{key}")).text
 
 
@@ -324,7 +313,7 @@ async def test_lrs_credentials_are_replaced_never_shown(app, admin, js):
     done = await post(consumer, f"/integrations/{key}/ops/endpoint", {"url": "https://lrs.example.org/xapi",
                                                                      "basic_auth": "new:secret-2"})
     assert "Endpoint updated (credentials)" in flash_of(done.text) and "secret-2" not in done.text
-    target = await target_of(app, js, key)
+    target = await read_target(app, js, key)
     assert target.basic_auth == "new:secret-2" and target.url == "https://lrs.example.org/xapi"
     audit = (await admin.get(f"/admin/integrations/{key}")).text
     assert "endpoint.edit" in audit and "secret-2" not in audit
