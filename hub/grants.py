@@ -200,3 +200,4 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     retry_schedule: list[str] = []  # this integration's delays before each retry; empty = the deliverer's
     enabled: bool = True
     disabled_reason: str | None = None
+    disabled_at: float | None = None  # when the deliverer switched it off (the portal's "disabled since")

@@ -85,7 +85,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
                              **base)
     recent = stats.get("recent") or []
     if stats.get("enabled") is False:
-        at = next((a["t"] for a in recent if a.get("outcome") == "disabled"), None)
+        at = stats.get("disabled_at") or next((a["t"] for a in recent if a.get("outcome") == "disabled"), None)
         return EndpointState(state="disabled", headline="Disabled by the deliverer: nothing is sent until you "
                              "re-enable it (the backlog is kept).", since=at,
                              reason=stats.get("disabled_reason") or None, **base)

@@ -163,7 +163,8 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     await update(row, **changes)
     fresh = portal._target(row, target.secrets if target else [])
     if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
-        fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason)
+        fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
+                                        disabled_at=target.disabled_at)
     await portal._put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else k for k in changes})
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))

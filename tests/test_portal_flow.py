@@ -170,6 +170,10 @@ def test_last_error_is_timed_and_marked_resolved():
                               "disabled_reason": "endpoint answered 410 Gone",
                               "recent": [{"t": 150.0, "attempt": 1, "outcome": "disabled"}]})
     assert disabled.state == "disabled" and disabled.since == 150.0 and "410" in disabled.reason
+    # the target's own time wins: it is there even when the "disabled" attempt fell out of the recent list
+    disabled = endpoint_state("approved", "webhook", "", None, {**stats, "enabled": False, "disabled_at": 160.0,
+                              "disabled_reason": "endpoint answered 410 Gone", "recent": []})
+    assert disabled.state == "disabled" and disabled.since == 160.0
     assert endpoint_state("suspended", "webhook", "abuse", None, stats).reason == "abuse"
     behind = endpoint_state("approved", "webhook", "", None, {**stats, "behind_since": 180.0})
     assert behind.state == "behind" and behind.since == 180.0 and "cannot keep up" in behind.headline

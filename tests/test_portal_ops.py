@@ -105,7 +105,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             switch.status = 500
             s1 = await publish(js, statement())
             await wait_for(lambda: len(receiver.requests) >= 2, 10, "two failed attempts")
-            await wait_for(lambda: _is(consumer, key, "failing", "next_retry"), 10, "failing, next retry known")
+            await _wait_state(consumer, key, "failing", "next_retry")
             failing = await state(consumer, key)
             assert failing["since"] and failing["next_retry"] and "500" in failing["last_error"]
             page = (await consumer.get(f"/integrations/{key}")).text
@@ -124,7 +124,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             done = await post(consumer, f"/integrations/{key}/ops/redrive", {"back": "deliveries"})
             assert "1 dead letter(s) sent back" in flash_of(done.text)
             await wait_for(lambda: s1 in ids_received(receiver)[before:], 10, "s1 redriven and delivered")
-            await wait_for(lambda: _is(consumer, key, "delivering"), 10, "state delivering")
+            await _wait_state(consumer, key, "delivering")
             assert (await state(consumer, key))["error_resolved"] is True
 
             # resend one delivered statement (same id) from its log row
@@ -160,7 +160,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             # 410 disables; the page says why and when; re-enable delivers the kept backlog
             switch.status = 410
             await publish(js, statement())
-            await wait_for(lambda: _is(consumer, key, "disabled", "since"), 10, "state disabled, with when")
+            await _wait_state(consumer, key, "disabled", "since")
             disabled = await state(consumer, key)
             assert "410" in disabled["reason"] and disabled["since"]
             switch.status = 200
@@ -259,9 +259,19 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
         await other.stop()
 
 
-async def _is(client, key: str, name: str, *fields: str) -> bool:
-    got = await state(client, key)
-    return got["state"] == name and all(got.get(f) for f in fields)
+async def _wait_state(client, key: str, name: str, *fields: str, timeout: float = 10) -> None:
+    """Wait until the endpoint state is ``name`` with ``fields`` set; a timeout shows the last state seen."""
+    seen: dict = {}
+
+    async def reached() -> bool:
+        seen.clear()
+        seen.update(await state(client, key))
+        return seen["state"] == name and all(seen.get(f) for f in fields)
+
+    try:
+        await wait_for(reached, timeout, f"state {name} with {fields}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last state seen: {seen}") from None
 
 
 async def _dead(js, key: str, n: int) -> bool:

@@ -145,7 +145,7 @@ def takeover_after(s: DeliverSettings) -> float:
     return max(ttl, seconds(s.ack_wait) + ttl / 3) + 1
 
 
-HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason")
+HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason", "disabled_at")
 
 
 def hot_swappable(old: Target, new: Target) -> bool:
@@ -308,10 +308,12 @@ class Runner:
             await asyncio.gather(*self.pulls, return_exceptions=True)
         for item in sorted(self.held, key=_stream_order):
             await self._settle(item, "nak")
-        if self.lease is not None:
-            await self.lease.release()
-        await self.sender.close()
-        await self.svc.flush_stats(self)
+        try:
+            if self.lease is not None:
+                await self.lease.release()
+            await self.sender.close()
+        finally:  # the last attempts (a "disabled" one, say) reach the portal even if closing fails
+            await self.svc.flush_stats(self)
 
     # ---- pulling ---------------------------------------------------------------------------------------
     async def _hold_lease(self) -> None:
@@ -983,7 +985,7 @@ class Deliverer:
             target = msgspec.json.decode(entry.value, type=Target)
             if not target.enabled:
                 return
-            target.enabled, target.disabled_reason = False, reason
+            target.enabled, target.disabled_reason, target.disabled_at = False, reason, time.time()
             await self.targets_kv.update(grant_id, msgspec.json.encode(target), last=entry.revision)
         except Exception as exc:  # noqa: BLE001 - changed concurrently: the newest config wins
             log.warning("could not disable %s: %s", grant_id, exc)

@@ -25,7 +25,7 @@ async def _value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:
 async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 20) -> dict:
     """Delivery state of one integration, summed over every deliverer process.
 
-    Keys: ``integration``, ``kind``, ``url``, ``enabled``, ``disabled_reason``, ``delivered``, ``attempts``,
+    Keys: ``integration``, ``kind``, ``url``, ``enabled``, ``disabled_reason``, ``disabled_at``, ``delivered``, ``attempts``,
     ``failures``, ``lag`` (``num_pending`` + ``num_ack_pending`` of its consumer, None if it has none yet),
     ``pending``, ``ack_pending``, ``last_success``, ``last_error``, ``last_error_at`` (epoch seconds),
     ``failing_since``, ``behind_since`` (the endpoint answers but cannot keep up: lag not coming down for
@@ -34,14 +34,15 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
     ``excerpt``, ``source``).
     """
     out: dict = {"integration": grant_id, "kind": None, "url": None, "enabled": None, "disabled_reason": None,
-                 "delivered": 0, "attempts": 0, "failures": 0, "dead_lettered": 0, "lag": None, "pending": None,
+                 "disabled_at": None, "delivered": 0, "attempts": 0, "failures": 0, "dead_lettered": 0, "lag": None, "pending": None,
                  "ack_pending": None, "last_success": None, "last_error": None, "last_error_at": None,
                  "failing_since": None, "behind_since": None, "dead_letters": 0, "replay_since": None, "recent": []}
     raw_grant = await _value(js, GRANTS_BUCKET, grant_id)
     raw_target = await _value(js, TARGETS_BUCKET, grant_id)
     if raw_target:
         target = msgspec.json.decode(raw_target, type=Target)
-        out.update(kind=target.kind, url=target.url, enabled=target.enabled, disabled_reason=target.disabled_reason)
+        out.update(kind=target.kind, url=target.url, enabled=target.enabled, disabled_reason=target.disabled_reason,
+                   disabled_at=target.disabled_at)
     if raw_grant:
         grant = decode_grant(raw_grant)
         try:
