@@ -10,12 +10,15 @@ its own so the figures are the client's cost. Each client does what the delivere
   literal-address check done before the request (aiohttp does not ask the resolver for literal addresses),
   no redirects, a total timeout, the body read.
 
-Each case runs ``--rounds`` times, the two clients alternating, and keeps each client's best round. The host is
-``localhost`` (a name, resolved as a real target would be) unless ``--ip`` is given. Printed per case: POSTs/s,
-p50/p99 latency, client CPU per POST; last lines, the ratios (ours / aiohttp; > 1 means ours is faster):
-``c1_ratio=``, ``c16_ratio=``, ``c16_cpu_ratio=`` (aiohttp CPU per POST / ours).
+Each case runs ``--rounds`` times, the two clients back to back in alternating order; a round's ratio compares
+the two runs of that round (the machine's load drifts less within a round than across the run), and the figures
+are the medians over the rounds. The host is ``localhost`` (a name, resolved as a real target would be) unless
+``--ip`` is given. Printed per round and client: POSTs/s, p50/p99 latency, client CPU per POST, how busy the
+receiver was; then the medians, and last the median ratios (> 1 means ours is better): ``c1_ratio=``,
+``c16_ratio=`` (POSTs/s, ours / aiohttp), ``c1_p99_ratio=``, ``c16_p99_ratio=`` (p99, aiohttp / ours),
+``c1_cpu_ratio=``, ``c16_cpu_ratio=`` (CPU per POST, aiohttp / ours).
 
-Usage: ``.venv/bin/python bench/http_client.py [--seconds 3] [--rounds 3] [--ip]``.
+Usage: ``.venv/bin/python bench/http_client.py [--seconds 2] [--rounds 5] [--ip]``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -201,7 +205,7 @@ async def run(args) -> None:
     url = f"http://{'127.0.0.1' if args.ip else 'localhost'}:{PORT}/hook"
     print(f"receiver on {url}; {args.rounds} rounds of {args.seconds:g} s per client and concurrency",
           file=sys.stderr)
-    best: dict[tuple[str, int], dict] = {}
+    runs: dict[tuple[str, int], list[dict]] = {}
     try:
         for concurrency in (1, 16):
             for r in range(args.rounds):
@@ -209,22 +213,22 @@ async def run(args) -> None:
                     got = await measure(kind, concurrency, args.seconds, url, proc.pid)
                     print(f"  c={concurrency:<2} {kind.name:<7} round {r + 1}: {got['rate']:7.0f} POST/s  "
                           f"p50 {got['p50']:.2f} ms  p99 {got['p99']:.2f} ms  cpu {got['cpu_us']:.0f} us/POST  "
-                          f"receiver busy {got['rx_busy']:.0%}",
-                          file=sys.stderr)
-                    key = (kind.name, concurrency)
-                    if key not in best or got["rate"] > best[key]["rate"]:
-                        best[key] = got
+                          f"receiver busy {got['rx_busy']:.0%}", file=sys.stderr)
+                    runs.setdefault((kind.name, concurrency), []).append(got)
     finally:
         proc.terminate()
         proc.wait(5)
     for concurrency in (1, 16):
         for name in ("ours", "aiohttp"):
-            b = best[(name, concurrency)]
-            print(f"{name}_c{concurrency}: {b['rate']:.0f} POST/s, p50 {b['p50']:.2f} ms, p99 {b['p99']:.2f} ms, "
-                  f"{b['cpu_us']:.0f} us CPU/POST")
-    for concurrency in (1, 16):
-        print(f"c{concurrency}_ratio={best[('ours', concurrency)]['rate'] / best[('aiohttp', concurrency)]['rate']:.2f}")
-    print(f"c16_cpu_ratio={best[('aiohttp', 16)]['cpu_us'] / best[('ours', 16)]['cpu_us']:.2f}")
+            rs = runs[(name, concurrency)]
+            print(f"{name}_c{concurrency}: {median(r['rate'] for r in rs):.0f} POST/s, "
+                  f"p50 {median(r['p50'] for r in rs):.2f} ms, p99 {median(r['p99'] for r in rs):.2f} ms, "
+                  f"{median(r['cpu_us'] for r in rs):.0f} us CPU/POST (medians of {len(rs)} rounds)")
+    for what, field in (("ratio", "rate"), ("p99_ratio", "p99"), ("cpu_ratio", "cpu_us")):
+        for concurrency in (1, 16):
+            pairs = zip(runs[("ours", concurrency)], runs[("aiohttp", concurrency)], strict=True)
+            ratios = [o[field] / a[field] if field == "rate" else a[field] / o[field] for o, a in pairs]
+            print(f"c{concurrency}_{what}={median(ratios):.2f}")
 
 
 def main() -> None:
@@ -232,8 +236,8 @@ def main() -> None:
         receiver(int(sys.argv[2]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per client, concurrency, round")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per concurrency (best kept)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per client, concurrency, round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per concurrency (medians reported)")
     parser.add_argument("--ip", action="store_true", help="POST to 127.0.0.1 instead of localhost (no name to resolve)")
     asyncio.run(run(parser.parse_args()))
 
