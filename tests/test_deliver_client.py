@@ -461,3 +461,11 @@ def test_one_url_parser_for_the_guard_and_the_client():
                      ("http://a..b/", "host name"), ("http://[1.2.3.4]/", "brackets"), ("http://[::1/", "invalid URL"), ("gopher://h/", "scheme")]:
         with pytest.raises(ssrf.Refused, match=why):
             ssrf.parse(url)
+
+
+async def test_a_kept_dns_answer_is_checked_again_on_every_use():
+    loopback = ssrf.networks(["127.0.0.0/8", "::1/128"])
+    host, ip = await ssrf.resolve("http://localhost:8080/x", loopback, False)
+    assert host == "localhost" and ip.is_loopback
+    with pytest.raises(ssrf.Refused, match="localhost: address not allowed"):
+        await ssrf.resolve("http://localhost:8080/x", [], False)  # the same kept answer, no longer allowed
