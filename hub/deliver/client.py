@@ -344,15 +344,25 @@ def _request_head(method: str, target: str, headers: dict[str, str], length: int
     """The request line and headers; refuses characters that would split or smuggle a header."""
     if _BAD_VALUE.search(target) or " " in target:
         raise HTTPError("illegal request target")
-    out = f"{method} {target} HTTP/1.1\r\n"
+    if _BAD_VALUE.search(" ".join(headers.values())):
+        raise HTTPError("illegal header value")
+    out = [f"{method} {target} HTTP/1.1"]
     for name, value in headers.items():
-        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
-            raise HTTPError(f"illegal header {name[:40]!r}")
-        if name.lower() not in _FRAMING:
-            out += f"{name}: {value}\r\n"
+        if name not in _NAMES_SEEN:
+            if not _TOKEN.fullmatch(name):
+                raise HTTPError(f"illegal header {name[:40]!r}")
+            if name.lower() in _FRAMING:
+                continue  # the client frames the request itself
+            if len(_NAMES_SEEN) < 256:
+                _NAMES_SEEN.add(name)
+        out.append(f"{name}: {value}")
     if length is not None:
-        out += f"content-length: {length}\r\n"
-    return (out + "\r\n").encode()
+        out.append(f"content-length: {length}")
+    out.append("\r\n")
+    return "\r\n".join(out).encode()
+
+
+_NAMES_SEEN: set[str] = set()  # header names already known to be tokens and not framing headers
 
 
 def _parse_head(raw: bytes) -> tuple[int, str, dict[str, str]]:

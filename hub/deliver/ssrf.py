@@ -102,11 +102,15 @@ def check_address(ip: IPAddress, allowed: list) -> None:
     """Raise :class:`Refused` for a non-public address that no allowed network contains."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if any(ip.version == n.version and ip in n for n in allowed):
-        return
-    if (any(ip.version == n.version and ip in n for n in _BLOCKED) or ip.is_private or ip.is_loopback
-            or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified):
+    if not _public(ip) and not any(ip.version == n.version and ip in n for n in allowed):
         raise Refused("address not allowed (not a public address)")
+
+
+@lru_cache(maxsize=1024)
+def _public(ip: IPAddress) -> bool:
+    """Whether ``ip`` is a public address (cached: the same few addresses are checked at every attempt)."""
+    return not (any(ip.version == n.version and ip in n for n in _BLOCKED) or ip.is_private or ip.is_loopback
+                or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 def check(url: str, https_only: bool) -> URL:
