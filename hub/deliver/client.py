@@ -2,8 +2,8 @@
 
 Why not httpx here: profiling the deliverer at 1,000 webhook POSTs/s showed httpx/httpcore using most of its
 CPU (about 0.6 ms per request: anyio layers, and a pool that probes every idle connection's socket on every
-request), which saturated one deliverer below 1,100 POSTs/s; and ``bench/http_client.py`` shows it making ~1.7x
-the POSTs/s of aiohttp at about half the CPU per POST. Delivery needs little: one method, a
+request), which saturated one deliverer below 1,100 POSTs/s; and ``bench/http_client.py`` shows it making
+1.4-1.9x the POSTs/s of aiohttp at 0.5-0.6x its CPU per POST. Delivery needs little: one method, a
 ``Content-Length`` body, keep-alive connections per (scheme, address, port, server name), answers framed by
 ``Content-Length``, chunked encoding or connection close, a connect timeout, and TLS that verifies the
 certificate against the URL's host name while connecting to the checked address. Redirects are not followed.
