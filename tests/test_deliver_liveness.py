@@ -100,11 +100,11 @@ async def test_lag_per_integration_is_a_prometheus_gauge(nc, js, nats_server):
             await delivering(d, gid)
             for i in range(5):
                 await publish(js, site, "c1", statement(i))
-            series = f'rthub_integration_lag{{service="deliver",integration="{gid}"}}'
-            await wait_for(lambda: f"{series} 5\n" in d.metrics.render(), 5, "lag 5 while the receiver is down")
+            series = f'rthub_integration_lag{{integration="{gid}",service="deliver"}}'
+            await wait_for(lambda: f"{series} 5.0\n" in d.metrics.render(), 5, "lag 5 while the receiver is down")
             assert "# TYPE rthub_integration_lag gauge" in d.metrics.render()
             state["down"] = False
-            await wait_for(lambda: f"{series} 0\n" in d.metrics.render(), 10, "lag 0 once delivered")
+            await wait_for(lambda: f"{series} 0.0\n" in d.metrics.render(), 10, "lag 0 once delivered")
         assert len({r.headers["webhook-id"] for r in rx.requests if r.t}) == 5
     finally:
         await remove(js, gid)
@@ -140,8 +140,8 @@ async def test_hub_lag_is_a_prometheus_gauge(tmp_path):
                              headers={"Nats-Msg-Id": f"lag-{i}"})
         task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
         await wait_for(lambda: hubs, 10, "hub start")
-        series = f'rthub_hub_lag{{service="hub",consumer="{settings.hub_consumer}"}}'
-        await wait_for(lambda: f"{series} 0\n" in hubs[0].metrics.render(), 30, "lag 0 once all are handled")
+        series = f'rthub_hub_lag{{consumer="{settings.hub_consumer}",service="hub"}}'
+        await wait_for(lambda: f"{series} 0.0\n" in hubs[0].metrics.render(), 30, "lag 0 once all are handled")
     finally:
         stop.set()
         if task:
@@ -319,7 +319,7 @@ async def test_an_integration_that_cannot_keep_up_is_shown(nc, js, nats_server):
             flowing = asyncio.create_task(flow())
             await wait_for(lambda: _status_has(js, gid, lambda s: s["behind_since"] is not None), 15,
                            "status shows it cannot keep up")
-            assert f'rthub_integration_behind{{service="deliver",integration="{gid}"}} 1\n' in d.metrics.render()
+            assert f'rthub_integration_behind{{integration="{gid}",service="deliver"}} 1.0\n' in d.metrics.render()
             assert (await integration_status(js, gid))["failing_since"] is None  # behind, not failing
             halt.set()
             await flowing

@@ -240,7 +240,7 @@ async def test_two_hub_processes_share_the_load_without_duplicates(js, settings)
     def received(port: int) -> int:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         lines = [x for x in text.splitlines() if x.startswith("rthub_received_total")]
-        return int(lines[0].rsplit(" ", 1)[1]) if lines else 0
+        return int(float(lines[0].rsplit(" ", 1)[1])) if lines else 0
 
     try:
         await wait_for(lambda: all(up(p) for p in ports), 30, "both hubs serving")  # both pulling before events flow

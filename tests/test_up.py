@@ -55,7 +55,7 @@ def test_up_demo_translates_live_and_stops_cleanly(tmp_path):
         assert f"http://127.0.0.1:{portal_port}/" in out
         assert httpx.get(f"http://127.0.0.1:{metrics_port}/health").text == "ok\n"
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-        assert re.search(r'rthub_translated_total\{service="hub",protocol="xapi"\} [1-9]', metrics)
+        assert re.search(r'rthub_translated_total\{protocol="xapi",service="hub"\} [1-9]', metrics)
         assert httpx.get(f"http://127.0.0.1:{portal_port}/health").status_code == 200
         assert "Sign up" in httpx.get(f"http://127.0.0.1:{portal_port}/signup").text
         # operator mode: the embedded server refuses a client without credentials

@@ -9,7 +9,6 @@ import hashlib
 import ssl
 import time
 
-import httpx
 import msgspec
 
 from hub.deliver import signing, ssrf
@@ -77,20 +76,11 @@ class Sender:
         self.total = total_timeout
         self.allowed, self.https_only, self.excerpt_bytes = allowed, https_only, excerpt_bytes
         self.client = Client(connect_timeout, max_idle=max_connections, ssl_context=ssl_context)
-        self.routes: dict[str, tuple[str, int, str, str]] = {}
 
     def route(self, url: str) -> tuple[str, int, str, str]:
-        """``(scheme, port, request target, Host header)`` of ``url`` (parsed once per URL)."""
-        route = self.routes.get(url)
-        if route is None:
-            parsed = httpx.URL(url)
-            target = parsed.raw_path.decode("ascii") or "/"
-            route = (parsed.scheme, parsed.port or (443 if parsed.scheme == "https" else 80), target,
-                     parsed.netloc.decode("ascii"))
-            if len(self.routes) > 64:
-                self.routes.clear()
-            self.routes[url] = route
-        return route
+        """``(scheme, port, request target, Host header)`` of ``url``, by the SSRF guard's own parser."""
+        u = ssrf.parse(url)
+        return u.scheme, u.port, u.target, u.netloc
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> Result:
         start = time.perf_counter()
@@ -99,8 +89,6 @@ class Sender:
             scheme, port, target, netloc = self.route(url)
         except ssrf.Refused as exc:
             return Result(error=f"refused: {exc}")
-        except httpx.InvalidURL as exc:
-            return Result(error=f"refused: invalid URL: {exc}")
         try:
             async with asyncio.timeout(self.total):
                 resp = await self.client.post(scheme, str(ip), port, host, target, {"host": netloc, **headers}, body)
