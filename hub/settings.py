@@ -124,6 +124,8 @@ class HubSettings(StreamSettings, kw_only=True):
     # so no message, whatever bug it meets, can be redelivered for ever; ack wait in seconds.
     hub_max_deliver: int = 10
     hub_ack_wait_s: float = 30.0
+    hub_pull_expires_s: float = 5.0  # a pull request's life; idle heartbeats every min(1 s, half of it)
+    hub_publish_timeout_s: float = 30.0  # a batch's statements not acked within this are nak'ed for redelivery
     metrics_port: int = 0
     lag_poll_s: float = 5.0
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so a scraper outside it can reach /metrics

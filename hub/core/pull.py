@@ -7,8 +7,7 @@ still owed (and the caller's ``room`` allows). Requests carry an idle heartbeat:
 ``heartbeat`` seconds that a waiting request is alive, so a request lost to a reconnect is noticed within two
 beats instead of at its expiry. Every status is handled by name (:class:`hub.core.api.Status`); a request
 that ends tells how many messages it still owed (``Nats-Pending-Messages``), so the count of messages that
-can still arrive stays exact, which is what lets :meth:`PullStream.drain` stop without leaving a message in
-flight.
+can still arrive stays exact; :meth:`PullStream.drain` stops without leaving a message in flight.
 
 Usage::
 
@@ -188,13 +187,15 @@ class PullStream:
         self.stopping = True
         self._queue.put_nowait(_WAKE)
 
-    async def drain(self, timeout: float | None = None) -> list:
-        """After :meth:`stop`: wait until the open requests can deliver nothing more (at most ``expires`` + 0.5 s
-        after the last request, or ``timeout``), unsubscribe, and return every message delivered but never
-        handed out, in arrival order: the caller hands them back (nak) so none waits for its ack wait."""
+    async def drain(self, timeout: float = 0.25) -> list:
+        """Stop, and return every message delivered but never handed out, in arrival order: the caller hands
+        them back (nak) so none waits for its ack wait.
+
+        Waits up to ``timeout`` for the open requests to be exactly fulfilled, then drains the subscription:
+        the server forgets pull requests whose inbox lost its interest, and whatever it sent before that
+        arrives before the drain's flush returns, so nothing is left in flight."""
         self.stop()
-        deadline = min(self.asked_at + self.expires + 0.5,
-                       time.monotonic() + (self.expires + 0.5 if timeout is None else timeout))
+        deadline = time.monotonic() + timeout
         while not self.nc.is_closed and not (self.exact and self.outstanding <= 0):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -206,9 +207,9 @@ class PullStream:
                 break
         if self._sub is not None:
             try:
-                await self._sub.unsubscribe()
-            except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
-                pass  # closed with the connection
+                await self._sub.drain()
+            except nats.errors.Error as exc:  # closed, draining or reconnecting: the server forgets the requests
+                log.debug("pull %s/%s: drain: %s", self.stream, self.durable, exc)
             self._sub = None
         held, self._front = self._front, []
         while not self._queue.empty():
