@@ -170,11 +170,11 @@ async def test_drill_nats_down_30s(tmp_path):
 # ---- drill 2: the hub killed with SIGKILL mid-batch ---------------------------------------------------
 
 @pytest.mark.slow  # the killed hub's fetched batch is redelivered only after the consumer's ack wait (~30 s)
-async def test_drill_hub_sigkill_mid_batch(js, nats_server):
+async def test_drill_hub_sigkill_mid_batch(nc, js, nats_server):
     course = course_of("kill")
     await grant(js, course)
     n = 3000
-    summary = await publish_events(js, [video(course, i) for i in range(n)])
+    summary = await publish_events(nc, [video(course, i) for i in range(n)])
     assert summary.published == n
     hub = start_hub(nats_server.url)
     try:
@@ -286,7 +286,7 @@ async def test_drill_lms_sigkill_spool_replayed(js, nats_server, tmp_path):
 
 # ---- drill 5: a flood of malformed events interleaved with good ones ----------------------------------
 
-async def test_drill_malformed_flood(js, nats_server, tmp_path):
+async def test_drill_malformed_flood(nc, js, nats_server, tmp_path):
     course = course_of("flood")
     await grant(js, course)
     before = (await js.stream_info("QUARANTINE")).state.messages
@@ -298,7 +298,7 @@ async def test_drill_malformed_flood(js, nats_server, tmp_path):
         payloads.append(to_record(video(course, i), "default").payload)
     hub = start_hub(nats_server.url, str(tmp_path / "hub.log"))
     try:
-        assert (await publish_raw(js, payloads)).published == 2 * n
+        assert (await publish_raw(nc, payloads)).published == 2 * n
         check(await wait_statements(js, course, n, 60), n)
         await wait_for(lambda: _quarantined(js, before + n), 30, "bad events quarantined")
     finally:

@@ -90,6 +90,12 @@ class AckedPublisher:
             self.forget()
             raise
 
+    async def __aenter__(self) -> AckedPublisher:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
     def forget(self) -> None:
         """Drop futures nobody waits for any more (cancelled after a timeout)."""
         self.waiting = {k: f for k, f in self.waiting.items() if not f.done()}
