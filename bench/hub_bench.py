@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
 from hub.grants import Grant, put_grant  # noqa: E402
 from hub.natsconn import connect  # noqa: E402
 from hub.natsserver import NatsServer, free_port  # noqa: E402
@@ -43,7 +44,7 @@ async def main(n: int) -> None:
         nc = await connect(s, "bench")
         js = nc.jetstream()
         await ensure_streams(js, s)
-        for protocol in ("xapi", "caliper"):
+        for protocol in PROTOCOL_NAMES:
             await put_grant(js, Grant(id=protocol, consumer="bench", protocol=protocol, sites=["default"]))
         for i in range(n):
             ev = event(i)
@@ -61,7 +62,7 @@ async def main(n: int) -> None:
         start = time.perf_counter()
         await asyncio.gather(hub.run(stop), until_done())
         elapsed = time.perf_counter() - start
-        translated = {p: hub.metrics.get("translated", protocol=p) for p in ("xapi", "caliper")}
+        translated = {p: hub.metrics.get("translated", protocol=p) for p in PROTOCOL_NAMES}
         print(f"{n} raw events in {elapsed:.2f} s; statements: {translated}", file=sys.stderr)
         await hub.close()
         await nc.close()

@@ -18,12 +18,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
 from hub.core.kv import KVMirror
+from hub.core.protocols import ProtocolName
 from hub.streams import GRANTS_BUCKET
 from hub.subjects import encode_token
 
 log = logging.getLogger("rthub.grants")
 
-Protocol = Literal["xapi", "caliper"]
+Protocol = ProtocolName
 Delivery = Literal["direct", "webhook", "lrs", "caliper"]
 GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

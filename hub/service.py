@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError
 from hub.core.kv import KVMirror
+from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckedPublisher
 from hub.core.pull import PullStream
 from hub.events import InvalidEvent, normalize
@@ -82,7 +83,7 @@ class Hub:
         ids = ExternalIds.from_settings(id_secret(settings), settings.external_ids_file)
         self.contexts = {site: TranslateContext(lms_url=url, ids=ids, courses=self.courses)
                          for site, url in settings.sites.items()}
-        self.supported = {p: supported(p) for p in ("xapi", "caliper")}
+        self.supported = {p: supported(p) for p in PROTOCOLS}
         self.limits = settings.limits
         self._advisories = None
 

@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from hub.core.protocols import PROTOCOLS
 from hub.settings import StreamSettings
 
 log = logging.getLogger("rthub.streams")
@@ -16,7 +17,7 @@ DAY = 86400.0
 RAW_STREAM = "LMS_RAW"
 QUARANTINE_STREAM = "QUARANTINE"
 DEAD_LETTER_STREAM = "DEAD_LETTER"
-PROTOCOL_STREAMS = {"xapi": "XAPI", "caliper": "CALIPER"}
+PROTOCOL_STREAMS = {p.name: p.stream for p in PROTOCOLS.values()}
 
 GRANTS_BUCKET = "rthub_grants"
 TARGETS_BUCKET = "rthub_targets"
@@ -36,8 +37,7 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
 
     return [
         cfg(RAW_STREAM, ["lms.>"], s.raw_max_age_days, "raw Open edX tracking events: lms.<site>.<org>.<course>.<event>"),
-        cfg(PROTOCOL_STREAMS["xapi"], ["xapi.>"], s.protocol_max_age_days, "xAPI statements"),
-        cfg(PROTOCOL_STREAMS["caliper"], ["caliper.>"], s.protocol_max_age_days, "IMS Caliper 1.2 events"),
+        *(cfg(p.stream, [f"{p.prefix}.>"], s.protocol_max_age_days, p.description) for p in PROTOCOLS.values()),
         cfg(QUARANTINE_STREAM, ["quarantine.>"], s.quarantine_max_age_days,
             "events the hub could not process; reason in the Rthub-Reason header"),
         cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,

@@ -214,3 +214,16 @@ def test_parse_ack_never_guesses():
         parse_ack(b"")
     with pytest.raises(NoStream):
         parse_ack(b"", Status.NO_RESPONDERS)
+
+
+def test_one_protocol_registry():
+    from hub.core.protocols import NAMES, PROTOCOLS
+    from hub.settings import StreamSettings
+    from hub.streams import PROTOCOL_STREAMS, stream_configs
+    from hub.translate import supported
+
+    assert NAMES == ("xapi", "caliper")
+    assert all(supported(name) for name in NAMES)  # a translator for each protocol, under the same name
+    configs = {c.name: c.subjects for c in stream_configs(StreamSettings())}
+    for p in PROTOCOLS.values():
+        assert PROTOCOL_STREAMS[p.name] == p.stream and configs[p.stream] == [f"{p.prefix}.>"]

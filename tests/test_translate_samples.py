@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES
 from hub.events import normalize
 from hub.translate import (
     CourseNames,
@@ -182,7 +183,7 @@ def test_grades_enrollment_exam_forum_navigation_completion():
 
 def test_anonymous_is_rejected_and_unsupported_is_empty():
     anonymous, unsupported = load("edge_cases")
-    for protocol in ("xapi", "caliper"):
+    for protocol in PROTOCOL_NAMES:
         with pytest.raises(Rejected) as info:
             translate(protocol, anonymous, ctx())
         assert info.value.reason == "no user"

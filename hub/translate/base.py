@@ -20,10 +20,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from hub.core.protocols import NAMES as PROTOCOLS
+
 log = logging.getLogger("rthub.translate")
 
 TRANSFORMER_VERSION = "rthub@0.1.0"
-PROTOCOLS = ("xapi", "caliper")
 _CACHE_LIMIT = 500_000
 
 

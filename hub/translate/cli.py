@@ -12,6 +12,7 @@ from typing import TextIO
 
 import msgspec
 
+from hub.core.protocols import NAMES as PROTOCOLS
 from hub.events import DEFAULT_LIMITS, InvalidEvent, normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate
 
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Reads raw events (a JSON object per file, JSON lines, or tracking-log lines; "
                                    "stdin when no FILE), writes one statement per line to stdout, reports "
                                    "rejected inputs on stderr. Exit 1 if anything was rejected.")
-    p.add_argument("--protocol", choices=("xapi", "caliper"), required=True)
+    p.add_argument("--protocol", choices=PROTOCOLS, required=True)
     p.add_argument("--lms-url", required=True, help="LMS root URL used in ids and actors")
     p.add_argument("--external-ids", metavar="FILE",
                    help='JSON {user id or username: uuid} ("*" = every user) or CSV of Open edX external ids')
