@@ -69,6 +69,19 @@ def id_secret(s: HubSettings) -> bytes:
     return path.read_text().strip().encode()
 
 
+async def watch_course_names(js, names: CourseNames) -> KVMirror:
+    """Keep ``names`` in step with the ``rthub_courses`` bucket (key: :func:`course_kv_key`); returns once loaded."""
+
+    def changed(course: str, name: str | None) -> None:
+        if name is None:
+            names.delete(course)
+        else:
+            names.set(course, name)
+
+    return await KVMirror(js, COURSES_BUCKET, lambda b: b.decode("utf-8", "replace"), on_change=changed,
+                          key=course_from_kv_key).start()
+
+
 class Hub:
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
         self.s = settings
@@ -93,19 +106,12 @@ class Hub:
         self.publisher = await AckedPublisher(self.nc).start()
         await ensure_streams(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
-        self._course_names = await KVMirror(self.js, COURSES_BUCKET, lambda b: b.decode("utf-8", "replace"),
-                                            on_change=self._course_changed, key=course_from_kv_key).start()
+        self._course_names = await watch_course_names(self.js, self.courses)
         # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
         self._advisories = await self.nc.subscribe(max_deliveries_advisory(RAW_STREAM, self.s.hub_consumer),
                                                    queue="rthub-hub", cb=self._on_max_deliveries)
         await self._ensure_consumer()
         return self
-
-    def _course_changed(self, course: str, name: str | None) -> None:
-        if name is None:
-            self.courses.delete(course)
-        else:
-            self.courses.set(course, name)
 
     async def _ensure_consumer(self) -> None:
         config = ConsumerConfig(

@@ -74,7 +74,7 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
         try:
             await js.key_value(bucket)
             result["KV_" + bucket] = "unchanged"
-        except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
+        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
             # Targets hold (sealed) endpoint secrets: keep no earlier revision of them (portal also rolls up).
             await js.create_key_value(bucket=bucket, history=1 if bucket == TARGETS_BUCKET else 5,
                                       replicas=s.stream_replicas)

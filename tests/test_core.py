@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 
 import msgspec
@@ -15,7 +17,7 @@ from hub.core.kv import KVMirror
 from hub.core.publish import AckedPublisher, parse_ack
 from hub.core.pull import PullStream
 from hub.natsconn import connect
-from tests.helpers import unique, wait_for
+from tests.helpers import ROOT, unique, wait_for
 
 
 async def make_stream(js, n: int = 0, ack_wait: float = 30.0) -> tuple[str, str, str]:
@@ -227,3 +229,23 @@ def test_one_protocol_registry():
     configs = {c.name: c.subjects for c in stream_configs(StreamSettings())}
     for p in PROTOCOLS.values():
         assert PROTOCOL_STREAMS[p.name] == p.stream and configs[p.stream] == [f"{p.prefix}.>"]
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level packages imported by ``code`` in a fresh interpreter."""
+    probe = f"import sys\n{code}\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(out.stdout.split())
+
+
+def test_the_hub_imports_no_portal_packages():
+    """`rthub hub` loads only its own module: no Litestar, no piccolo (commands load lazily)."""
+    for code in ("import hub.service",
+                 "from hub.cli import build_parser\nbuild_parser('hub').parse_args(['hub', '--batch-size', '7'])"):
+        loaded = _modules_after(code)
+        assert "hub" in loaded and not loaded & {"litestar", "piccolo", "portal", "jinja2"}, (code, loaded)
+
+
+def test_translate_is_pure():
+    loaded = _modules_after("import hub.translate")
+    assert "hub" in loaded and not loaded & {"nats", "asyncio"}, loaded

@@ -242,7 +242,7 @@ def test_course_kv_key_and_envelope():
         assert all(c.isalnum() or c in "-_" for c in encoded)
         assert course_from_kv_key(encoded) == key
     event = one("caliper", load("video")[0])
-    envelope = caliper_envelope([event], "https://hub.rthub.test/sensor")
+    envelope = json.loads(caliper_envelope([json.dumps(event).encode()], "https://hub.rthub.test/sensor"))
     assert envelope["dataVersion"] == "http://purl.imsglobal.org/ctx/caliper/v1p2"
     assert envelope["data"] == [event] and envelope["sendTime"].endswith("Z")
     schemas = SHARED / "caliper-schema-1.2"

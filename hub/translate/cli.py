@@ -14,7 +14,7 @@ import msgspec
 
 from hub.core.protocols import NAMES as PROTOCOLS
 from hub.events import DEFAULT_LIMITS, InvalidEvent, normalize
-from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate
+from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, course_kv_key, translate
 
 DEV_SECRET = "rthub-offline-dev-secret"
 
@@ -139,7 +139,17 @@ def run_courses_import(args: argparse.Namespace) -> int:
     return asyncio.run(_import(names, args.nats_url))
 
 
+async def put_course_name(js, course_key: str, name: str) -> int:
+    """Write one course name to the ``rthub_courses`` bucket (the hub mirrors it into its translators)."""
+    from hub.streams import COURSES_BUCKET
+
+    kv = await js.key_value(COURSES_BUCKET)
+    return await kv.put(course_kv_key(course_key), name.encode())
+
+
 async def _import(names: dict[str, str], nats_url: str | None) -> int:
+    from nats.js.errors import NotFoundError
+
     from hub.natsconn import connect
     from hub.settings import NatsSettings, from_env
     from hub.streams import COURSES_BUCKET
@@ -150,10 +160,10 @@ async def _import(names: dict[str, str], nats_url: str | None) -> int:
         js = nc.jetstream()
         try:
             await js.key_value(COURSES_BUCKET)
-        except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
+        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
             await js.create_key_value(bucket=COURSES_BUCKET, history=5)
         for key, name in names.items():
-            await CourseNames.put(js, key, name)
+            await put_course_name(js, key, name)
     finally:
         await nc.close()
     print(f"imported {len(names)} course names into {COURSES_BUCKET}")
