@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -105,7 +106,7 @@ async def ensure_all(timeout: float) -> None:
                 await ensure_streams(js, settings)
                 await ensure_delivery(js, settings)
                 return
-            except Exception as exc:  # noqa: BLE001 - no meta leader yet / stream leaders being elected
+            except (nats.errors.Error, TimeoutError) as exc:  # no meta leader yet / stream leaders being elected
                 if time.monotonic() > deadline:
                     raise
                 log.warning("streams not ready yet (%s: %s); retrying", type(exc).__name__, exc)
