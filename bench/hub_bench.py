@@ -17,7 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 
+from hub.core.api import Header  # noqa: E402
 from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
+from hub.core.publish import AckedPublisher  # noqa: E402
 from hub.grants import Grant, put_grant  # noqa: E402
 from hub.natsconn import connect  # noqa: E402
 from hub.natsserver import NatsServer, free_port  # noqa: E402
@@ -46,11 +48,10 @@ async def main(n: int) -> None:
         await ensure_streams(js, s)
         for protocol in PROTOCOL_NAMES:
             await put_grant(js, Grant(id=protocol, consumer="bench", protocol=protocol, sites=["default"]))
-        for i in range(n):
-            ev = event(i)
-            await js.publish_async(subject("lms", "default", "edX", COURSE, ev["name"]), msgspec.json.encode(ev),
-                                   headers={"Nats-Msg-Id": str(i)})
-        await js.publish_async_completed()
+        async with AckedPublisher(nc) as pub:
+            acks = [await pub.publish(subject("lms", "default", "edX", COURSE, event(i)["name"]),
+                                      msgspec.json.encode(event(i)), {Header.MSG_ID: str(i)}) for i in range(n)]
+            await asyncio.gather(*acks)
         hub = await Hub(s).start()
         stop = asyncio.Event()
 

@@ -145,6 +145,15 @@ async def test_consumer_deleted_raises_consumer_gone(nc, js):
     await pull.drain(timeout=0)
 
 
+async def test_pulling_a_missing_consumer_raises_consumer_gone(nc, js):
+    stream, _, _ = await make_stream(js)
+    pull = await PullStream(nc, stream, "nobody", batch=5).start()
+    with pytest.raises(ConsumerGone) as gone:  # no responders (503), then the consumer is looked up: absent
+        await asyncio.wait_for(pull.__anext__(), 5)
+    assert gone.value.code == 503
+    await pull.drain(timeout=0)
+
+
 async def test_iteration_ends_when_the_connection_closes(hub_settings, js):
     stream, prefix, durable = await make_stream(js)
     own = await connect(hub_settings, "core-test")

@@ -68,6 +68,7 @@ class PullStream:
         self._front: list = []
         self._changed = asyncio.Event()
         self._backoff_until = 0.0
+        self._verify = False
         self._sub = None
         self._api = pull_subject(stream, durable)
         self._request_tail = b""
@@ -95,6 +96,8 @@ class PullStream:
             return
         if status == Status.CONFLICT and description.lower() == CONSUMER_DELETED.lower():
             self.error = ConsumerGone(f"consumer {self.stream}/{self.durable} deleted", 409)
+        elif status == Status.NO_RESPONDERS:
+            self._verify = True  # nobody serves the consumer: the iteration checks whether it still exists
         elif status == Status.NO_MESSAGES and self.until_empty:
             pass  # the iteration checks whether the replay is done
         elif status not in (Status.NO_MESSAGES, Status.CONFLICT, Status.NO_RESPONDERS):
@@ -156,6 +159,10 @@ class PullStream:
                     raise StopAsyncIteration from None
                 continue
             if first is _WAKE:
+                if self._verify:
+                    self._verify = False
+                    if await self._info() is None:
+                        raise ConsumerGone(f"no consumer {self.stream}/{self.durable}", 503)
                 if self.until_empty and self.outstanding == 0 and await self._empty():
                     raise StopAsyncIteration
                 continue
@@ -170,15 +177,21 @@ class PullStream:
             self.last_tick = time.monotonic()
             return msgs
 
-    async def _empty(self) -> bool:
-        """The consumer has nothing pending and nothing unacknowledged (or is gone)."""
+    async def _info(self, missing=None):
+        """The consumer's info; ``missing`` if it does not exist, ``False`` if the server did not answer."""
         try:
-            info = await self.nc.jetstream().consumer_info(self.stream, self.durable)
+            return await self.nc.jetstream().consumer_info(self.stream, self.durable)
         except NotFoundError:
-            return True
+            return missing
         except (TimeoutError, nats.errors.Error) as exc:
             log.debug("consumer info of %s/%s: %s", self.stream, self.durable, exc)
             return False
+
+    async def _empty(self) -> bool:
+        """The consumer has nothing pending and nothing unacknowledged (or is gone)."""
+        info = await self._info(missing=True)
+        if isinstance(info, bool):
+            return info
         return not info.num_pending and not info.num_ack_pending
 
     # ---- stopping -----------------------------------------------------------------------------------------
@@ -187,13 +200,14 @@ class PullStream:
         self.stopping = True
         self._queue.put_nowait(_WAKE)
 
-    async def drain(self, timeout: float = 0.25) -> list:
+    async def drain(self, timeout: float = 0.0) -> list:
         """Stop, and return every message delivered but never handed out, in arrival order: the caller hands
         them back (nak) so none waits for its ack wait.
 
-        Waits up to ``timeout`` for the open requests to be exactly fulfilled, then drains the subscription:
-        the server forgets pull requests whose inbox lost its interest, and whatever it sent before that
-        arrives before the drain's flush returns, so nothing is left in flight."""
+        Drains the subscription: the server forgets pull requests whose inbox lost its interest, and whatever it
+        sent before that arrives before the drain's flush returns, so nothing is left in flight on one server.
+        ``timeout``: first wait up to that long for the open requests to be exactly fulfilled (in a cluster a
+        message may still be on its way from the consumer's leader)."""
         self.stop()
         deadline = time.monotonic() + timeout
         while not self.nc.is_closed and not (self.exact and self.outstanding <= 0):
