@@ -77,6 +77,27 @@ async def test_stream_delivers_everything_and_refills(nc, js):
     assert await pull.drain() == []
 
 
+async def test_room_bounds_what_is_asked_for(nc, js):
+    """The deliverer's use: never hold more than ``room()`` allows; ``wake()`` once room was made."""
+    stream, prefix, durable = await make_stream(js, 10)
+    held: list = []
+    pull = await PullStream(nc, stream, durable, batch=10, room=lambda: 3 - len(held)).start()
+    held += await asyncio.wait_for(pull.__anext__(), 5)
+    await wait_for(lambda: pull.outstanding == 0, what="the 3 asked for delivered")
+    while len(held) < 3:
+        held += await asyncio.wait_for(pull.__anext__(), 5)
+    assert [int(m.data) for m in held] == [0, 1, 2] and pull.outstanding == 0  # no room: nothing more asked
+    step = asyncio.ensure_future(pull.__anext__())
+    for m in held:
+        await m.ack()
+    held.clear()
+    pull.wake()
+    msgs = await asyncio.wait_for(step, 5)
+    assert int(msgs[0].data) == 3
+    for m in msgs + await pull.drain():
+        await m.nak()
+
+
 async def test_heartbeats_keep_an_idle_request_alive(nc, js):
     stream, prefix, durable = await make_stream(js)
     pull = await PullStream(nc, stream, durable, batch=5, expires=2.0, heartbeat=0.2).start()
