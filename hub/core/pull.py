@@ -92,6 +92,7 @@ class PullStream:
             return
         description = msg.headers.get(Header.DESCRIPTION, "")
         self._request_ended(msg.headers.get(Header.PENDING_MESSAGES))
+        self._queue.put_nowait(_WAKE)  # ask again now: no gap without an open request
         if status == Status.REQUEST_TIMEOUT:
             return
         if status == Status.CONFLICT and description.lower() == CONSUMER_DELETED.lower():
@@ -103,7 +104,6 @@ class PullStream:
         elif status not in (Status.NO_MESSAGES, Status.CONFLICT, Status.NO_RESPONDERS):
             log.warning("pull %s/%s: status %s %s", self.stream, self.durable, status, description)
         self._backoff_until = time.monotonic() + _BACKOFF
-        self._queue.put_nowait(_WAKE)
 
     def _request_ended(self, pending: str | None) -> None:
         """A request ended; it still owed ``pending`` messages (header), else an unknown number."""
