@@ -292,3 +292,19 @@ def test_the_hub_imports_no_portal_packages():
 def test_translate_is_pure():
     loaded = _modules_after("import hub.translate")
     assert "hub" in loaded and not loaded & {"nats", "asyncio"}, loaded
+
+
+def test_lazy_commands_table_matches_the_parsers():
+    """``hub.cli.COMMANDS`` names exactly the subcommands each module registers (else a command would not load)."""
+    import argparse
+
+    from hub.cli import COMMANDS, build_parser
+
+    def names(parser: argparse.ArgumentParser) -> set[str]:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(action.choices)
+
+    assert names(build_parser()) == {n for ns in COMMANDS.values() for n in ns}
+    for module, commands in COMMANDS.items():
+        for command in commands:
+            assert names(build_parser(command)) == set(commands), module
