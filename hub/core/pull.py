@@ -18,6 +18,11 @@ Usage::
 
 The iteration ends after :meth:`stop`, when the connection closes, or (``until_empty``) when the consumer
 has nothing pending or unacknowledged (a replay); it raises :class:`ConsumerGone` if the consumer is deleted.
+
+What the deliverer's hand-written loop (``Runner._pull``) maps to: ``room=lambda: 0 if not leader else
+max_in_flight - len(held)`` and ``wake()`` when leadership or room returns; ``until_empty=True`` for a replay
+(then delete the replay consumer); ``except ConsumerGone`` where it returned on "consumer deleted"; at stop,
+``await pull.drain(timeout=...)`` and nak what it returns with the lanes' held messages, in stream order.
 """
 
 from __future__ import annotations
