@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 
+from hub.core.api import Header  # noqa: E402
+from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
+from hub.core.publish import AckedPublisher  # noqa: E402
 from hub.grants import Grant, put_grant  # noqa: E402
 from hub.natsconn import connect  # noqa: E402
 from hub.natsserver import NatsServer, free_port  # noqa: E402
@@ -43,13 +46,12 @@ async def main(n: int) -> None:
         nc = await connect(s, "bench")
         js = nc.jetstream()
         await ensure_streams(js, s)
-        for protocol in ("xapi", "caliper"):
+        for protocol in PROTOCOL_NAMES:
             await put_grant(js, Grant(id=protocol, consumer="bench", protocol=protocol, sites=["default"]))
-        for i in range(n):
-            ev = event(i)
-            await js.publish_async(subject("lms", "default", "edX", COURSE, ev["name"]), msgspec.json.encode(ev),
-                                   headers={"Nats-Msg-Id": str(i)})
-        await js.publish_async_completed()
+        async with AckedPublisher(nc) as pub:
+            acks = [await pub.publish(subject("lms", "default", "edX", COURSE, event(i)["name"]),
+                                      msgspec.json.encode(event(i)), {Header.MSG_ID: str(i)}) for i in range(n)]
+            await asyncio.gather(*acks)
         hub = await Hub(s).start()
         stop = asyncio.Event()
 
@@ -61,7 +63,7 @@ async def main(n: int) -> None:
         start = time.perf_counter()
         await asyncio.gather(hub.run(stop), until_done())
         elapsed = time.perf_counter() - start
-        translated = {p: hub.metrics.get("translated", protocol=p) for p in ("xapi", "caliper")}
+        translated = {p: hub.metrics.get("translated", protocol=p) for p in PROTOCOL_NAMES}
         print(f"{n} raw events in {elapsed:.2f} s; statements: {translated}", file=sys.stderr)
         await hub.close()
         await nc.close()

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import msgspec  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig  # noqa: E402
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
 from hub.grants import Grant, put_grant  # noqa: E402
 from hub.natsconn import connect  # noqa: E402
 from hub.natsserver import NatsServer, free_port  # noqa: E402
@@ -87,7 +88,7 @@ async def stored(js, stream: str, course: str) -> int:
 
 
 async def grant_course(js, course: str) -> None:
-    for protocol in ("xapi", "caliper"):
+    for protocol in PROTOCOL_NAMES:
         await put_grant(js, Grant(id=uuid.uuid4().hex[:12], consumer="bench", protocol=protocol, courses=[course]))
 
 

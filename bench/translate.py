@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES
 from hub.events import normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate_json
 
@@ -71,7 +72,7 @@ def main() -> None:
     events = load(args.events, args.users)
     print(f"events: {len(events)} ({args.users} users) from {args.events}")
     results = {}
-    for protocol in ("xapi", "caliper"):
+    for protocol in PROTOCOL_NAMES:
         rate, statements = run(protocol, events, args.seconds)
         results[protocol] = rate
         print(f"{protocol}: {rate:,.0f} events/s ({statements} statements in {args.seconds:g}s)")

@@ -2,7 +2,8 @@
 
 Each subcommand lives beside the code it runs; a module listed in ``COMMANDS`` exposes
 ``add_parser(subparsers)`` that registers its parser(s) with ``func`` set to a callable taking the parsed
-arguments and returning an exit code.
+arguments and returning an exit code. Modules load lazily: ``rthub hub`` imports the hub's module only (no
+Litestar, no piccolo); ``rthub --help`` (or an unknown command) loads them all to list them.
 """
 
 from __future__ import annotations
@@ -13,30 +14,44 @@ import sys
 
 from hub.logs import setup_logging
 
-COMMANDS = (
-    "hub.up",
-    "hub.service",
-    "hub.streams",
-    "hub.grant_cli",
-    "hub.deliver.cli",
-    "lms_publisher.cli",
-    "hub.cluster",
-    "hub.auth.cli",
-    "portal.cli",
-    "hub.translate.cli",
-)
+# module -> the subcommands its add_parser() registers
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "hub.up": ("up",),
+    "hub.service": ("hub",),
+    "hub.streams": ("streams",),
+    "hub.grant_cli": ("grant",),
+    "hub.deliver.cli": ("deliver", "deadletters", "replay", "test-event", "delivery-status"),
+    "lms_publisher.cli": ("publish", "demo"),
+    "hub.cluster": ("cluster",),
+    "hub.auth.cli": ("auth",),
+    "portal.cli": ("portal", "integration"),
+    "hub.translate.cli": ("translate", "courses"),
+}
 
 # packages of the `server` extra; a command module that needs one is left out of an LMS-side install
 SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word after the global options), else None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-level":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only the module that provides it is imported."""
     parser = argparse.ArgumentParser(prog="rthub", description=__doc__.splitlines()[0])
     parser.add_argument("--log-json", action="store_true", help="log structured JSON lines")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = [m for m, names in COMMANDS.items() if command in names] or list(COMMANDS)
     missing = []
-    for name in COMMANDS:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -52,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_of(argv)).parse_args(argv)
     setup_logging(json_lines=args.log_json, level=args.log_level)
     try:
         return int(args.func(args) or 0)

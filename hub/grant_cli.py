@@ -8,6 +8,7 @@ import uuid
 
 import msgspec
 
+from hub.core.protocols import NAMES as PROTOCOLS
 from hub.grants import Grant, delete_grant, list_grants, put_grant
 from hub.natsconn import connect
 from hub.settings import NatsSettings, from_env
@@ -69,7 +70,7 @@ def add_parser(sub) -> None:
     gsub = p.add_subparsers(dest="grant_command", required=True)
     add = gsub.add_parser("add", help="grant a consumer a protocol for sites, orgs and/or courses")
     add.add_argument("--consumer", required=True, help="who receives (name or e-mail)")
-    add.add_argument("--protocol", required=True, choices=["xapi", "caliper"])
+    add.add_argument("--protocol", required=True, choices=PROTOCOLS)
     add.add_argument("--id", help="grant id (default: generated)")
     for dim in ("site", "org", "course", "event-type"):
         add.add_argument(f"--{dim}", action="append", default=[], help=f"{dim} covered (repeatable)")

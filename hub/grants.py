@@ -7,7 +7,6 @@ An empty dimension means "any"; a grant must name at least one site, org or cour
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
@@ -16,13 +15,16 @@ from typing import Literal
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError
 
+from hub.core.kv import KVMirror
+from hub.core.protocols import ProtocolName
 from hub.streams import GRANTS_BUCKET
 from hub.subjects import encode_token
 
 log = logging.getLogger("rthub.grants")
 
-Protocol = Literal["xapi", "caliper"]
+Protocol = ProtocolName
 Delivery = Literal["direct", "webhook", "lrs", "caliper"]
 GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -106,53 +108,32 @@ class GrantIndex:
         return found
 
 class GrantWatcher:
-    """Keeps a :class:`GrantIndex` in step with the grants bucket; ``on_change`` hears every change."""
+    """Keeps a :class:`GrantIndex` in step with the grants bucket (a :class:`KVMirror`); ``on_change`` hears every
+    change, after the index has it."""
 
     def __init__(self, js: JetStreamContext, on_change: Callable[[str, Grant | None], None] | None = None):
         self.js = js
         self.index = GrantIndex()
         self.on_change = on_change
-        self._task: asyncio.Task | None = None
-        self._watcher = None
+        self._mirror: KVMirror[str, Grant] | None = None
 
     async def start(self) -> GrantWatcher:
-        kv = await self.js.key_value(GRANTS_BUCKET)
-        self._watcher = await kv.watchall()
-        ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(ready))
-        await ready
+        self._mirror = KVMirror(self.js, GRANTS_BUCKET, decode_grant, on_change=self._changed)
+        await self._mirror.start()
         return self
 
-    async def _run(self, ready: asyncio.Future) -> None:
-        async for entry in self._watcher:
-            if entry is None:
-                if not ready.done():
-                    ready.set_result(None)
-                continue
-            if entry.operation in ("DEL", "PURGE") or not entry.value:
-                self.index.remove(entry.key)
-                grant = None
-            else:
-                try:
-                    grant = decode_grant(entry.value)
-                except msgspec.DecodeError as exc:
-                    log.error("ignoring unreadable grant %s: %s", entry.key, exc)
-                    continue
-                self.index.put(grant)
-            log.info("grant %s %s", entry.key, "removed" if grant is None else grant.status)
-            if self.on_change:
-                self.on_change(entry.key, grant)
-            if not ready.done() and entry.delta == 0:
-                ready.set_result(None)
+    def _changed(self, key: str, grant: Grant | None) -> None:
+        if grant is None:
+            self.index.remove(key)
+        else:
+            self.index.put(grant)
+        log.info("grant %s %s", key, "removed" if grant is None else grant.status)
+        if self.on_change:
+            self.on_change(key, grant)
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:  # noqa: BLE001 - connection may already be closed
-                pass
-        if self._task:
-            self._task.cancel()
+        if self._mirror is not None:
+            await self._mirror.stop()
 
 async def put_grant(js: JetStreamContext, grant: Grant) -> int:
     grant.validate()
@@ -167,7 +148,7 @@ async def list_grants(js: JetStreamContext) -> list[Grant]:
     kv = await js.key_value(GRANTS_BUCKET)
     try:
         keys = await kv.keys()
-    except Exception:  # noqa: BLE001 - NoKeysError when the bucket is empty
+    except NoKeysError:  # the bucket is empty
         return []
     out = []
     for key in keys:

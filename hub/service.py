@@ -28,24 +28,26 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from hub.core.api import Header, max_deliveries_advisory
+from hub.core.errors import ConsumerGone, JetStreamError
+from hub.core.kv import KVMirror
+from hub.core.protocols import PROTOCOLS
+from hub.core.publish import AckedPublisher
+from hub.core.pull import PullStream
 from hub.events import InvalidEvent, normalize
 from hub.grants import GrantWatcher
 from hub.metrics import Metrics
 from hub.natsconn import connect
 from hub.settings import HubSettings, from_env
-from hub.streams import QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
 from hub.subjects import QUARANTINE_PREFIX, parse_subject, subject
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
+from hub.translate.base import course_from_kv_key
 
 log = logging.getLogger("rthub.hub")
 REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
-
-
-def max_deliveries_subject(hub_consumer: str) -> str:
-    """The server's advisory when a raw message reached the hub consumer's ``max_deliver``."""
-    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"
 
 
 def header_text(text: str, limit: int = 1000) -> str:
@@ -67,48 +69,17 @@ def id_secret(s: HubSettings) -> bytes:
     return path.read_text().strip().encode()
 
 
-class AckedPublisher:
-    """JetStream publishes whose acks arrive on one reply subscription.
+async def watch_course_names(js, names: CourseNames) -> KVMirror:
+    """Keep ``names`` in step with the ``rthub_courses`` bucket (key: :func:`course_kv_key`); returns once loaded."""
 
-    Like ``js.publish_async`` without its per-ack JSON parsing and PubAck objects, which cost more than a
-    translation; an ack is good unless the stream answered with an error or no stream listened.
-    """
-
-    def __init__(self, nc):
-        self.nc = nc
-        self.waiting: dict[str, asyncio.Future] = {}
-        self.count = 0
-        self.prefix = ""
-        self._sub = None
-
-    async def start(self) -> AckedPublisher:
-        self.prefix = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_ack)
-        return self
-
-    async def publish(self, subj: str, body: bytes, headers: dict[str, str]) -> asyncio.Future:
-        self.count += 1
-        token = str(self.count)
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[token] = future
-        await self.nc.publish(subj, body, reply=f"{self.prefix}.{token}", headers=headers)
-        return future
-
-    def forget(self) -> None:
-        """Drop futures nobody waits for any more (cancelled after a timeout)."""
-        self.waiting = {k: f for k, f in self.waiting.items() if not f.done()}
-
-    async def _on_ack(self, msg) -> None:
-        future = self.waiting.pop(msg.subject[len(self.prefix) + 1:], None)
-        if future is None or future.done():
-            return
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "503":
-            future.set_exception(nats.js.errors.NoStreamResponseError())
-        elif not msg.data or b'"error"' in msg.data:
-            future.set_exception(RuntimeError(f"publish refused: {msg.data[:300]!r} status {status}"))
+    def changed(course: str, name: str | None) -> None:
+        if name is None:
+            names.delete(course)
         else:
-            future.set_result(None)
+            names.set(course, name)
+
+    return await KVMirror(js, COURSES_BUCKET, lambda b: b.decode("utf-8", "replace"), on_change=changed,
+                          key=course_from_kv_key).start()
 
 
 class Hub:
@@ -118,13 +89,15 @@ class Hub:
         self.nc = None
         self.js = None
         self.grants: GrantWatcher | None = None
-        self.courses = CourseNames()
+        self.courses = CourseNames()  # kept in step with the rthub_courses bucket by ``_course_names``
+        self._course_names: KVMirror | None = None
+        self.pull: PullStream | None = None
+        self.publisher: AckedPublisher | None = None
         ids = ExternalIds.from_settings(id_secret(settings), settings.external_ids_file)
         self.contexts = {site: TranslateContext(lms_url=url, ids=ids, courses=self.courses)
                          for site, url in settings.sites.items()}
-        self.supported = {p: supported(p) for p in ("xapi", "caliper")}
+        self.supported = {p: supported(p) for p in PROTOCOLS}
         self.limits = settings.limits
-        self.last_fetch = time.monotonic()
         self._advisories = None
 
     async def start(self) -> Hub:
@@ -133,71 +106,44 @@ class Hub:
         self.publisher = await AckedPublisher(self.nc).start()
         await ensure_streams(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
-        await self.courses.watch(self.js)
+        self._course_names = await watch_course_names(self.js, self.courses)
+        # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
+        self._advisories = await self.nc.subscribe(max_deliveries_advisory(RAW_STREAM, self.s.hub_consumer),
+                                                   queue="rthub-hub", cb=self._on_max_deliveries)
+        await self._ensure_consumer()
+        return self
+
+    async def _ensure_consumer(self) -> None:
         config = ConsumerConfig(
             durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.s.hub_ack_wait_s, max_ack_pending=max(4 * self.s.batch_size, 2000),
             max_deliver=self.s.hub_max_deliver,
         )
-        # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
-        self._advisories = await self.nc.subscribe(max_deliveries_subject(self.s.hub_consumer),
-                                                   queue="rthub-hub", cb=self._on_max_deliveries)
         try:
             await self.js.add_consumer(RAW_STREAM, config)  # an existing one is updated (editable fields)
         except nats.js.errors.BadRequestError as exc:  # changed settings: keep the existing consumer
             log.warning("hub consumer exists with other settings, using it as is: %s", exc)
-        return self
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process batches until ``stop`` is set; the batch in hand is always finished first.
-
-        Pull requests are kept outstanding and each batch is whatever has arrived, so an event is processed
-        as soon as it lands (nats-py's ``fetch(n)`` waits for a full batch or its timeout once traffic
-        trickles, which would add up to that timeout to every event's latency).
-        """
-        api = f"$JS.API.CONSUMER.MSG.NEXT.{RAW_STREAM}.{self.s.hub_consumer}"
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def on_msg(msg) -> None:
-            queue.put_nowait(msg)
-
-        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=on_msg)
-        batch_size, expires = self.s.batch_size, 5.0
-        outstanding, asked_at = 0, 0.0
-        try:
-            while not stop.is_set():
-                if outstanding <= batch_size:
-                    want = 2 * batch_size - outstanding
-                    request = {"batch": want, "expires": int(expires * 1e9)}
-                    await self.nc.publish(api, msgspec.json.encode(request), reply=sub.subject)
-                    outstanding, asked_at = outstanding + want, time.monotonic()
-                try:
-                    first = await asyncio.wait_for(queue.get(), 0.5)
-                except TimeoutError:
-                    self.last_fetch = time.monotonic()
-                    if time.monotonic() - asked_at > expires + 1:
-                        outstanding = 0  # requests lost (e.g. a reconnect) expire silently
-                    continue
-                self.last_fetch = time.monotonic()
-                batch = [first]
-                while len(batch) < batch_size and not queue.empty():
-                    batch.append(queue.get_nowait())
-                msgs = []
-                for msg in batch:
-                    # a status ends a pull request; a stored message (it has an ack subject) is never one,
-                    # even if a publisher forged a Status header
-                    if msg.headers and msg.headers.get("Status") and not msg.data and not msg.reply:
-                        outstanding = 0  # 404/408/409: the request ended; ask again
-                        continue
-                    outstanding = max(0, outstanding - 1)
-                    msgs.append(msg)
-                if msgs:
+        """Process batches until ``stop`` is set; the batch in hand is always finished first, and whatever was
+        delivered but not processed is handed back at once (:class:`hub.core.pull.PullStream`)."""
+        s = self.s
+        while not stop.is_set():
+            self.pull = pull = await PullStream(
+                self.nc, RAW_STREAM, s.hub_consumer, batch=2 * s.batch_size, threshold=s.batch_size,
+                max_batch=s.batch_size, expires=s.hub_pull_expires_s).start()
+            stopper = asyncio.create_task(stop.wait())
+            stopper.add_done_callback(lambda _, p=pull: p.stop())
+            try:
+                async for msgs in pull:
                     await self.process(msgs)
-        finally:
-            await sub.unsubscribe()
-            while not queue.empty():  # delivered but never processed: give them back at once
-                msg = queue.get_nowait()
-                if msg.reply and msg.reply.startswith("$JS.ACK"):
+                return  # stopped, or the connection closed
+            except ConsumerGone:
+                log.error("the hub consumer %s was deleted; creating it again", s.hub_consumer)
+                await self._ensure_consumer()
+            finally:
+                stopper.cancel()
+                for msg in await pull.drain():
                     await msg.nak()
 
     async def process(self, msgs: list) -> None:
@@ -207,21 +153,21 @@ class Hub:
             m.inc("received")
             try:
                 futures = await self._handle(msg)
-            except Exception as exc:  # noqa: BLE001 - publishing failed (e.g. connection closed): redeliver
+            except nats.errors.Error as exc:  # publishing failed (e.g. connection closed): redeliver
                 failed = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures = [failed]
             waits.append((msg, futures))
         pending = [f for _, futures in waits for f in futures]
         if pending:  # one wait for the whole batch: a gather per message costs more than the translation
-            _, late = await asyncio.wait(pending, timeout=30)
+            _, late = await asyncio.wait(pending, timeout=self.s.hub_publish_timeout_s)
             for f in late:
                 f.cancel()
             if late:
                 self.publisher.forget()
         for msg, futures in waits:
-            errors = [f.exception() if not f.cancelled() else TimeoutError("no publish ack in 30 s")
-                      for f in futures]
+            errors = [f.exception() if not f.cancelled()
+                      else TimeoutError(f"no publish ack in {self.s.hub_publish_timeout_s:g} s") for f in futures]
             errors = [e for e in errors if e is not None]
             if errors:
                 m.inc("publish_errors", len(errors))
@@ -247,7 +193,7 @@ class Hub:
             futures.append(await self._quarantine(msg.subject, msg.data, msg.metadata.sequence.stream,
                                                   "; ".join(rejected)))
         for subj, sid, body in outputs:
-            futures.append(await self.publisher.publish(subj, body, {"Nats-Msg-Id": sid}))
+            futures.append(await self.publisher.publish(subj, body, {Header.MSG_ID: sid}))
         return futures
 
     def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
@@ -290,7 +236,7 @@ class Hub:
         tokens = raw_subject.split(".", 1)
         subj = f"{QUARANTINE_PREFIX}.{tokens[1]}" if len(tokens) == 2 else f"{QUARANTINE_PREFIX}.unknown"
         headers = {REASON_HEADER: reason, "Rthub-Subject": header_text(raw_subject), "Rthub-Raw-Seq": str(seq),
-                   "Nats-Msg-Id": f"q-{seq}", "Nats-Expected-Stream": QUARANTINE_STREAM}
+                   Header.MSG_ID: f"q-{seq}", Header.EXPECTED_STREAM: QUARANTINE_STREAM}
         room = max(self.nc.max_payload - _HEADER_ROOM, 0)
         if len(data) > room:  # the server would refuse it (and close our connection); the original stays raw
             headers["Rthub-Original-Bytes"] = str(len(data))
@@ -306,28 +252,35 @@ class Hub:
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
                       "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
-            await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason), 30)
-        except Exception as exc:  # noqa: BLE001 - e.g. the message aged out of the raw stream
+            await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason),
+                                   self.s.hub_publish_timeout_s)
+        except (nats.errors.Error, JetStreamError, TimeoutError, msgspec.DecodeError, KeyError, TypeError,
+                ValueError) as exc:  # e.g. the message aged out of the raw stream (NotFoundError)
             log.error("could not quarantine after max deliveries (%s): %s", advisory.data[:200], exc)
 
     def healthy(self) -> bool:
-        return bool(self.nc and self.nc.is_connected and time.monotonic() - self.last_fetch < 30)
+        """Connected, and the pull loop woke within 30 s (it wakes at least every heartbeat when idle)."""
+        alive = self.pull is None or time.monotonic() - self.pull.last_tick < 30
+        return bool(self.nc and self.nc.is_connected and alive)
 
     async def close(self) -> None:
         if self._advisories is not None:
             try:
                 await self._advisories.unsubscribe()
-            except Exception:  # noqa: BLE001 - connection already closed
-                pass
+            except (nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
+                pass  # closed with the connection
         if self.grants:
             await self.grants.stop()
-        await self.courses.stop()
+        if self._course_names:
+            await self._course_names.stop()
+        if self.publisher:
+            await self.publisher.close()
         if self.nc and not self.nc.is_closed:
             # Every fetched message was acked or nak'ed before run() returned; flush the acks and close
             # (drain() waits on the watchers' ordered consumers until its 30 s timeout).
             try:
                 await self.nc.flush(5)
-            except Exception as exc:  # noqa: BLE001 - disconnected: unacked messages are redelivered
+            except nats.errors.Error as exc:  # disconnected: unacked messages are redelivered
                 log.warning("flush at close failed: %s", exc)
             await self.nc.close()
 

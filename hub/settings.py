@@ -1,8 +1,8 @@
 """Settings: one msgspec struct per service, read from ``RTHUB_*`` environment variables.
 
 Every field ``foo`` of a settings struct is read from ``RTHUB_FOO``; lists and dicts are JSON (a list may
-also be comma-separated). ``env_names()`` lists every variable any service reads, so compose.yaml can be
-checked against it.
+also be comma-separated). ``env_names(*structs)`` lists the variables those structs read, so compose.yaml can
+be checked against every service's settings.
 """
 
 from __future__ import annotations
@@ -18,20 +18,16 @@ from hub.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
 
 T = TypeVar("T", bound=msgspec.Struct)
 ENV_PREFIX = "RTHUB_"
-_registry: list[type[msgspec.Struct]] = []
 
 
 def register(cls: type[T]) -> type[T]:
-    """Class decorator: record a settings struct so its variables are known to ``env_names()``."""
-    _registry.append(cls)
+    """Marks a class as a settings struct read by :func:`from_env` (documentation only: no registry)."""
     return cls
 
 
-def env_names() -> set[str]:
-    """Every environment variable read by a registered settings struct."""
-    import hub.settings_all  # noqa: F401  (imports every service's settings so they register)
-
-    return {ENV_PREFIX + f.upper() for cls in _registry for f in cls.__struct_fields__}
+def env_names(*structs: type[msgspec.Struct]) -> set[str]:
+    """Every environment variable the given settings structs read (fields inherited included)."""
+    return {ENV_PREFIX + f.upper() for cls in structs for f in cls.__struct_fields__}
 
 
 def _parse(raw: str) -> Any:
@@ -124,6 +120,8 @@ class HubSettings(StreamSettings, kw_only=True):
     # so no message, whatever bug it meets, can be redelivered for ever; ack wait in seconds.
     hub_max_deliver: int = 10
     hub_ack_wait_s: float = 30.0
+    hub_pull_expires_s: float = 5.0  # a pull request's life; idle heartbeats every min(1 s, half of it)
+    hub_publish_timeout_s: float = 30.0  # a batch's statements not acked within this are nak'ed for redelivery
     metrics_port: int = 0
     lag_poll_s: float = 5.0
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so a scraper outside it can reach /metrics

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from hub.core.protocols import PROTOCOLS
 from hub.settings import StreamSettings
 
 log = logging.getLogger("rthub.streams")
@@ -16,7 +18,7 @@ DAY = 86400.0
 RAW_STREAM = "LMS_RAW"
 QUARANTINE_STREAM = "QUARANTINE"
 DEAD_LETTER_STREAM = "DEAD_LETTER"
-PROTOCOL_STREAMS = {"xapi": "XAPI", "caliper": "CALIPER"}
+PROTOCOL_STREAMS = {p.name: p.stream for p in PROTOCOLS.values()}
 
 GRANTS_BUCKET = "rthub_grants"
 TARGETS_BUCKET = "rthub_targets"
@@ -36,8 +38,7 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
 
     return [
         cfg(RAW_STREAM, ["lms.>"], s.raw_max_age_days, "raw Open edX tracking events: lms.<site>.<org>.<course>.<event>"),
-        cfg(PROTOCOL_STREAMS["xapi"], ["xapi.>"], s.protocol_max_age_days, "xAPI statements"),
-        cfg(PROTOCOL_STREAMS["caliper"], ["caliper.>"], s.protocol_max_age_days, "IMS Caliper 1.2 events"),
+        *(cfg(p.stream, [f"{p.prefix}.>"], s.protocol_max_age_days, p.description) for p in PROTOCOLS.values()),
         cfg(QUARANTINE_STREAM, ["quarantine.>"], s.quarantine_max_age_days,
             "events the hub could not process; reason in the Rthub-Reason header"),
         cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,
@@ -74,7 +75,7 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
         try:
             await js.key_value(bucket)
             result["KV_" + bucket] = "unchanged"
-        except Exception:  # noqa: BLE001 - nats-py raises BucketNotFoundError or NotFoundError by version
+        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
             # Targets hold (sealed) endpoint secrets: keep no earlier revision of them (portal also rolls up).
             await js.create_key_value(bucket=bucket, history=1 if bucket == TARGETS_BUCKET else 5,
                                       replicas=s.stream_replicas)
@@ -105,7 +106,7 @@ async def ensure_all(timeout: float) -> None:
                 await ensure_streams(js, settings)
                 await ensure_delivery(js, settings)
                 return
-            except Exception as exc:  # noqa: BLE001 - no meta leader yet / stream leaders being elected
+            except (nats.errors.Error, TimeoutError) as exc:  # no meta leader yet / stream leaders being elected
                 if time.monotonic() > deadline:
                     raise
                 log.warning("streams not ready yet (%s: %s); retrying", type(exc).__name__, exc)

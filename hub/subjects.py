@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 
-PROTOCOLS = ("xapi", "caliper")
+from hub.core.protocols import NAMES as PROTOCOLS  # noqa: F401  (re-exported)
+
 RAW_PREFIX = "lms"
 QUARANTINE_PREFIX = "quarantine"
 NONE_TOKEN = "~none"

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from hub.core.protocols import NAMES as PROTOCOLS
 from hub.natsserver import NatsServer, free_port, port_free, wait_port
 
 SERVICES = ("hub", "deliver", "portal")
@@ -295,7 +296,7 @@ async def _prepare(nats_url: str, admin_creds: str | None, demo: bool) -> None:
         js = nc.jetstream()
         await ensure_streams(js, settings)
         if demo:
-            for protocol in ("xapi", "caliper"):
+            for protocol in PROTOCOLS:
                 await put_grant(js, Grant(id=f"demo-{protocol}", consumer="demo", protocol=protocol,
                                           sites=[settings.default_site]))
     finally:

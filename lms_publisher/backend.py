@@ -26,6 +26,10 @@ import threading
 import time
 from typing import Any
 
+import nats.errors
+
+from hub.core.errors import JetStreamError
+from hub.core.publish import AckedPublisher
 from hub.events import InvalidEvent
 from hub.settings import from_env
 from lms_publisher.codec import Record, to_record
@@ -200,7 +204,7 @@ class NatsBackend:
         return await self._connect()
 
     async def _run(self) -> None:
-        nc = js = None
+        nc = pub = None
         # nats-py retries a first connect forever (max_reconnect_attempts=-1): run it beside the loop, which
         # spools meanwhile, so an LMS started while NATS is down loses nothing.
         connecting: asyncio.Task | None = asyncio.create_task(self._connect())
@@ -210,7 +214,7 @@ class NatsBackend:
             if nc is None and connecting is not None and connecting.done():
                 try:
                     nc = connecting.result()
-                    js = nc.jetstream()
+                    pub = await AckedPublisher(nc).start()  # acks on one subscription, parsed precisely
                     connecting = None
                 except Exception as exc:  # noqa: BLE001 - e.g. bad credentials: spool and retry
                     log.warning("rthub backend: cannot connect to NATS (%s); spooling", exc)
@@ -219,12 +223,12 @@ class NatsBackend:
             if online and not self.spool.pending():
                 batch = [self._q.popleft() for _ in range(min(len(self._q), batch_max))]
                 if batch:
-                    await self._publish(js, batch)
+                    await self._publish(pub, batch)
             elif self._q and (nc is not None or self._closing or time.monotonic() > grace_until
                               or len(self._q) >= batch_max):
                 self._to_spool()
             if online and self.spool.pending() and not self._closing:
-                await self._replay(js)
+                await self._replay(pub)
             if self._closing and (not self._q or nc is None):
                 if self._q:
                     self._to_spool()
@@ -248,17 +252,18 @@ class NatsBackend:
             except Exception:  # noqa: BLE001
                 pass
 
-    async def _publish(self, js, batch: list[Record]) -> None:
+    async def _publish(self, pub: AckedPublisher, batch: list[Record]) -> None:
         """Publish with acks; whatever is not acknowledged in time goes to the spool, in order."""
         timeout = self.settings.publish_ack_timeout_s
         if self._closing:
             timeout = min(timeout, self.flush_timeout_s)
         try:
-            futures = [await js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in batch]
+            futures = [await pub.publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in batch]
             results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures),
                                            return_exceptions=True)
-        except Exception as exc:  # noqa: BLE001
+        except nats.errors.Error as exc:  # disconnected while sending: all of the batch goes to the spool
             results = [exc] * len(batch)
+        pub.forget()
         failed = [r for r, res in zip(batch, results, strict=False) if isinstance(res, BaseException)]
         failed += batch[len(results):]
         self.counts["published"] += len(batch) - len(failed)
@@ -267,7 +272,7 @@ class NatsBackend:
             log.warning("rthub backend: %d of %d events not acknowledged (%s); spooled", len(failed),
                         len(batch), next((r for r in results if isinstance(r, BaseException)), "?"))
 
-    async def _replay(self, js) -> None:
+    async def _replay(self, pub: AckedPublisher) -> None:
         """Drain the spool oldest first while NATS answers; stop at the first failure."""
         while not self._closing:
             chunk = self.spool.read(self.settings.publish_batch)
@@ -276,11 +281,11 @@ class NatsBackend:
                 return
             records, token = chunk
             try:
-                futures = [await js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id})
-                           for r in records]
+                futures = [await pub.publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in records]
                 await asyncio.gather(*(asyncio.wait_for(f, self.settings.publish_ack_timeout_s)
                                        for f in futures))
-            except Exception as exc:  # noqa: BLE001 - still down: keep the records, retry later
+            except (TimeoutError, JetStreamError, nats.errors.Error) as exc:  # still down: keep them, retry later
+                pub.forget()
                 log.warning("rthub backend: spool replay paused (%s)", exc.__class__.__name__)
                 return
             self.spool.commit(token)

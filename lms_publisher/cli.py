@@ -57,7 +57,7 @@ def publish_main(args: argparse.Namespace) -> int:
             if creds_allow(settings.nats_creds, f"$JS.API.STREAM.INFO.{RAW_STREAM}"):  # not a per-site publisher
                 await ensure_streams(js, from_env(StreamSettings))
         try:
-            return await backfill(js, args.files, settings.site, allow, batch_size=settings.publish_batch,
+            return await backfill(nc, args.files, settings.site, allow, batch_size=settings.publish_batch,
                                   rate=args.rate, state_path=args.state, dry_run=args.dry_run, raw=args.raw,
                                   progress=progress, limits=settings.limits)
         finally:

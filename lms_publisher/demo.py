@@ -17,7 +17,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import nats.errors
+
 from hub.auth.store import creds_allow
+from hub.core.publish import AckedPublisher
 from hub.natsconn import connect
 from hub.settings import StreamSettings, from_env
 from hub.streams import RAW_STREAM, ensure_streams
@@ -164,6 +167,7 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
     """Publish demo events at ``rate`` per second until ``count`` (0 = forever) or ``stop``; returns the count."""
     stop = stop or asyncio.Event()
     nc = await connect(settings, "rthub-demo")
+    pub = await AckedPublisher(nc).start()
     try:
         js = nc.jetstream()
         if creds_allow(settings.nats_creds, f"$JS.API.STREAM.INFO.{RAW_STREAM}"):  # not a per-site publisher
@@ -179,7 +183,7 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
                 n = min(n, count - sent)
             if due > sent or rate <= 0:
                 batch: list[Record] = [to_record(next(events), settings.site) for _ in range(n)]
-                if not await publish_patiently(js, batch, settings.publish_ack_timeout_s, stop):
+                if not await publish_patiently(pub, batch, settings.publish_ack_timeout_s, stop):
                     break
                 sent += len(batch)
                 if on_batch:
@@ -193,16 +197,16 @@ async def run_demo(settings: PublisherSettings, rate: float, count: int = 0,
         await nc.close()
 
 
-async def publish_patiently(js, batch: list[Record], ack_timeout: float, stop: asyncio.Event,
+async def publish_patiently(pub: AckedPublisher, batch: list[Record], ack_timeout: float, stop: asyncio.Event,
                             max_delay: float = 10.0) -> bool:
     """Publish ``batch`` until acknowledged, waiting out a NATS outage of any length as the LMS backend does
     (the same message ids: JetStream drops what a retry sends twice); False if ``stop`` came first."""
     delay = 0.5
     while True:
         try:
-            await publish_records(js, batch, ack_timeout)
+            await publish_records(pub, batch, ack_timeout)
             return True
-        except Exception as exc:  # noqa: BLE001 - timeouts, no responders, disconnected: all mean "not yet"
+        except (ConnectionError, nats.errors.Error) as exc:  # timeouts, no responders, disconnected: "not yet"
             log.warning("demo: %d event(s) not acknowledged (%s); retrying in %.1f s", len(batch),
                         exc or type(exc).__name__, delay)
         try:

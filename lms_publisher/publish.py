@@ -17,8 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from nats.js import JetStreamContext
-
+from hub.core.publish import AckedPublisher
 from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits, normalize
 from lms_publisher.codec import Record, raw_record, to_record
 from lms_publisher.settings import PublisherSettings
@@ -92,15 +91,16 @@ def _short(reason: str) -> str:
     return head + (")" if tail else "")
 
 
-async def publish_records(js: JetStreamContext, records: list[Record], ack_timeout: float = 10.0,
+async def publish_records(pub: AckedPublisher, records: list[Record], ack_timeout: float = 10.0,
                           retries: int = 5) -> tuple[int, int]:
     """Publish a batch with acks; retries what failed (safe: same ids). Returns ``(new, duplicates)``."""
     pending = records
     new = dup = 0
     for attempt in range(retries + 1):
-        futures = [await js.publish_async(r.subject, r.payload, headers={MSG_ID: r.msg_id}) for r in pending]
+        futures = [await pub.publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in pending]
         results = await asyncio.gather(*(asyncio.wait_for(f, ack_timeout) for f in futures),
                                        return_exceptions=True)
+        pub.forget()
         failed = []
         for record, result in zip(pending, results, strict=True):
             if isinstance(result, BaseException):
@@ -118,31 +118,33 @@ async def publish_records(js: JetStreamContext, records: list[Record], ack_timeo
     raise ConnectionError(f"{len(pending)} events could not be published after {retries} retries")
 
 
-async def publish_events(js: JetStreamContext, events: Iterable[dict[str, Any]], site: str = "default",
+async def publish_events(nc, events: Iterable[dict[str, Any]], site: str = "default",
                          allow: frozenset[str] | None = None, batch_size: int = 1000) -> Summary:
-    """Publish events of either shape (the library entry point used by ``rthub up --demo``)."""
+    """Publish events of either shape on connection ``nc`` (the library entry point used by ``rthub up --demo``)."""
     summary = Summary()
     batch: list[Record] = []
-    for obj in events:
-        record = prepare(obj, site, allow, summary)
-        if record is not None:
-            batch.append(record)
-        if len(batch) >= batch_size:
-            await _flush(js, batch, summary)
-    await _flush(js, batch, summary)
+    async with AckedPublisher(nc) as pub:
+        for obj in events:
+            record = prepare(obj, site, allow, summary)
+            if record is not None:
+                batch.append(record)
+            if len(batch) >= batch_size:
+                await _flush(pub, batch, summary)
+        await _flush(pub, batch, summary)
     return summary
 
 
-async def publish_raw(js: JetStreamContext, payloads: Iterable[bytes], site: str = "default") -> Summary:
+async def publish_raw(nc, payloads: Iterable[bytes], site: str = "default") -> Summary:
     """Send bytes exactly as given, valid or not: how tests feed the hub's quarantine."""
     summary = Summary()
-    await _flush(js, [raw_record(p, site) for p in payloads], summary)
+    async with AckedPublisher(nc) as pub:
+        await _flush(pub, [raw_record(p, site) for p in payloads], summary)
     return summary
 
 
-async def _flush(js: JetStreamContext, batch: list[Record], summary: Summary) -> None:
+async def _flush(pub: AckedPublisher, batch: list[Record], summary: Summary) -> None:
     if batch:
-        new, dup = await publish_records(js, batch)
+        new, dup = await publish_records(pub, batch)
         summary.published += new
         summary.duplicates += dup
         batch.clear()
@@ -222,18 +224,26 @@ class Progress:
             sys.stderr.write("\n")
 
 
-async def backfill(js: JetStreamContext | None, paths: list[str], site: str, allow: frozenset[str] | None,
-                   batch_size: int = 1000, rate: float = 0.0, state_path: Path | None = None,
-                   dry_run: bool = False, raw: bool = False, progress: bool = False,
-                   limits: Limits = DEFAULT_LIMITS) -> Summary:
+async def backfill(nc, paths: list[str], site: str, allow: frozenset[str] | None, batch_size: int = 1000,
+                   rate: float = 0.0, state_path: Path | None = None, dry_run: bool = False, raw: bool = False,
+                   progress: bool = False, limits: Limits = DEFAULT_LIMITS) -> Summary:
     """Publish every event of the given files/directories; resumable through ``state_path``.
 
     Every item is held to ``limits`` (size, nesting depth) before it is decoded, ``raw`` lines too: an event
     the hub would quarantine for them is rejected here, counted with the same reason.
 
     A file's position is saved only after its batch is acknowledged, so an interrupted run resumes without
-    loss (and anything re-sent is dropped by JetStream's de-duplication).
+    loss (and anything re-sent is dropped by JetStream's de-duplication). ``nc`` is None for a dry run.
     """
+    if dry_run:
+        return await _backfill(None, paths, site, allow, batch_size, rate, state_path, True, raw, progress, limits)
+    async with AckedPublisher(nc) as pub:
+        return await _backfill(pub, paths, site, allow, batch_size, rate, state_path, False, raw, progress, limits)
+
+
+async def _backfill(pub: AckedPublisher | None, paths: list[str], site: str, allow: frozenset[str] | None,
+                    batch_size: int, rate: float, state_path: Path | None, dry_run: bool, raw: bool,
+                    progress: bool, limits: Limits) -> Summary:
     files = expand(paths)
     summary = Summary()
     state = State(state_path)
@@ -261,11 +271,11 @@ async def backfill(js: JetStreamContext | None, paths: list[str], site: str, all
             else:
                 batch.append(record)
                 if len(batch) >= batch_size:
-                    await _flush(js, batch, summary)
+                    await _flush(pub, batch, summary)
                     state.mark(file, position)
             prog.update(summary.seen, done_before + file_bytes)
         if not dry_run:
-            await _flush(js, batch, summary)
+            await _flush(pub, batch, summary)
             state.mark(file, position, done=True)
         done_before += file.stat().st_size
     prog.close(summary.seen)

@@ -90,3 +90,13 @@ def start_operator_nats(data_dir: Path, name: str):
     auth = AuthStore.ensure(data_dir)
     return NatsServer(free_port(), data_dir / "nats", config=auth.server_config(data_dir / "nats" / "resolver"),
                       name=name).start()
+
+
+def all_settings() -> list[type]:
+    """Every service's settings struct: what compose.yaml and the Tutor plugin may set."""
+    from hub.deliver.settings import DeliverSettings
+    from hub.settings import HubSettings
+    from lms_publisher.settings import PublisherSettings
+    from portal.settings import PortalSettings
+
+    return [HubSettings, DeliverSettings, PortalSettings, PublisherSettings]

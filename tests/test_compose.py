@@ -29,7 +29,7 @@ from hub.settings import HubSettings, env_names
 from hub.streams import RAW_STREAM
 from hub.subjects import filter_subject
 from lms_publisher.backend import NatsBackend
-from tests.helpers import ROOT, rthub_env, unique, wait_for
+from tests.helpers import ROOT, all_settings, rthub_env, unique, wait_for
 
 COMPOSE = ROOT / "compose.yaml"
 # variables set in compose.yaml that no rthub settings struct reads, each documented in docs/deployment.md
@@ -78,7 +78,7 @@ def test_every_rthub_service_runs_a_real_subcommand():
 
 
 def test_every_variable_set_is_one_the_settings_read():
-    known = env_names()
+    known = env_names(*all_settings())
     docs = (ROOT / "docs" / "deployment.md").read_text()
     for name, svc in services().items():
         for var in svc.get("environment") or {}:

@@ -169,20 +169,20 @@ async def test_drill_nats_down_30s(tmp_path):
 
 # ---- drill 2: the hub killed with SIGKILL mid-batch ---------------------------------------------------
 
-@pytest.mark.slow  # the killed hub's fetched batch is redelivered only after the consumer's ack wait (~30 s)
-async def test_drill_hub_sigkill_mid_batch(js, nats_server):
+@pytest.mark.slow  # the killed hub's fetched batch is redelivered only after the consumer's ack wait (5 s here)
+async def test_drill_hub_sigkill_mid_batch(nc, js, nats_server):
     course = course_of("kill")
     await grant(js, course)
     n = 3000
-    summary = await publish_events(js, [video(course, i) for i in range(n)])
+    summary = await publish_events(nc, [video(course, i) for i in range(n)])
     assert summary.published == n
-    hub = start_hub(nats_server.url)
+    hub = start_hub(nats_server.url, RTHUB_HUB_ACK_WAIT_S="5")  # a setting: the drill need not wait 30 s
     try:
         await wait_for(lambda: _count(js, course, 200), 30, "hub working", interval=0.05)
         hub.kill()
         hub.wait()
         assert len(set(await stored_ids(js, course))) < n  # it really died mid-stream
-        hub = start_hub(nats_server.url)
+        hub = start_hub(nats_server.url, RTHUB_HUB_ACK_WAIT_S="5")
         check(await wait_statements(js, course, n, 60), n)
     finally:
         stop(hub)
@@ -286,7 +286,7 @@ async def test_drill_lms_sigkill_spool_replayed(js, nats_server, tmp_path):
 
 # ---- drill 5: a flood of malformed events interleaved with good ones ----------------------------------
 
-async def test_drill_malformed_flood(js, nats_server, tmp_path):
+async def test_drill_malformed_flood(nc, js, nats_server, tmp_path):
     course = course_of("flood")
     await grant(js, course)
     before = (await js.stream_info("QUARANTINE")).state.messages
@@ -298,7 +298,7 @@ async def test_drill_malformed_flood(js, nats_server, tmp_path):
         payloads.append(to_record(video(course, i), "default").payload)
     hub = start_hub(nats_server.url, str(tmp_path / "hub.log"))
     try:
-        assert (await publish_raw(js, payloads)).published == 2 * n
+        assert (await publish_raw(nc, payloads)).published == 2 * n
         check(await wait_statements(js, course, n, 60), n)
         await wait_for(lambda: _quarantined(js, before + n), 30, "bad events quarantined")
     finally:

@@ -8,6 +8,7 @@ import signal
 import uuid
 
 import msgspec
+import nats.js.errors
 import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given
@@ -549,3 +550,29 @@ async def test_hostile_subject_is_quarantined_and_next_event_flows(js, running_h
     q = await quarantine.next_msg(timeout=5)
     assert reason in q.headers["Rthub-Reason"] and q.headers["Rthub-Subject"] == raw_subject
     assert q.subject == "quarantine." + raw_subject.split(".", 1)[1]
+
+
+async def test_hub_recreates_its_deleted_consumer_and_goes_on(js, running_hub, settings):
+    """The pull stream reports the deletion (409 Consumer Deleted) by name; the hub creates the consumer again."""
+    await put_grant(js, Grant(id="gdel", consumer="engine", protocol="xapi", courses=[COURSE]))
+    await wait_for(lambda: running_hub.grants.index.grants.get("gdel"), 5, "grant seen by hub")
+    got = Collector()
+    nc = await connect(settings, "test-sub")
+    try:
+        await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
+        await nc.flush()
+        await js.delete_consumer("LMS_RAW", settings.hub_consumer)
+        await wait_for(lambda: consumer_exists(js, settings.hub_consumer), 10, "hub consumer created again")
+        await publish(js, video_event(COURSE))
+        await wait_for(lambda: len(got.msgs) == 1, 10, "a statement after the consumer came back")
+        assert running_hub.healthy()
+    finally:
+        await nc.close()
+
+
+async def consumer_exists(js, durable: str) -> bool:
+    try:
+        await js.consumer_info("LMS_RAW", durable)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True

@@ -237,13 +237,13 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
 async def test_known_courses_are_offered_and_unknown_keys_warned(app, js):
     from hub.streams import RAW_STREAM
     from hub.subjects import subject
-    from hub.translate.base import CourseNames
+    from hub.translate.cli import put_course_name
     from portal import courses
 
     seen = "course-v1:SeenX+Raw1+2026"
     named = "course-v1:NamedX+Kv1+2026"
     await js.publish(subject("lms", "default", "SeenX", seen, "problem_check"), b"{}", stream=RAW_STREAM)
-    await CourseNames.put(js, named, "A named course")
+    await put_course_name(js, named, "A named course")
     courses.forget()
     consumer = await new_consumer(app)
     form = (await consumer.get("/integrations/new")).text

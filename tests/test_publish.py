@@ -137,12 +137,12 @@ def test_demo_generates_realistic_activity():
 
 # ---- against nats-server -----------------------------------------------------------------------------------
 
-async def test_publish_events_library_dedups(js):
+async def test_publish_events_library_dedups(nc, js):
     site = unique("pub")
     events = [log_event(i) for i in range(50)]
-    first = await publish_events(js, events, site=site)
+    first = await publish_events(nc, events, site=site)
     assert (first.published, first.duplicates) == (50, 0)
-    again = await publish_events(js, events, site=site)
+    again = await publish_events(nc, events, site=site)
     assert (again.published, again.duplicates) == (0, 50)
     msgs = await raw_messages(js, site)
     assert len(msgs) == 50
@@ -151,15 +151,15 @@ async def test_publish_events_library_dedups(js):
     assert body["name"] == "play_video" and body["data"]["currentTime"] == 0  # browser string decoded
 
 
-async def test_publish_raw_sends_malformed_bytes_as_is(js):
+async def test_publish_raw_sends_malformed_bytes_as_is(nc, js):
     site = unique("raw")
-    summary = await publish_raw(js, [b"{not json", b"[1,2]", json.dumps(log_event(1)).encode()], site=site)
+    summary = await publish_raw(nc, [b"{not json", b"[1,2]", json.dumps(log_event(1)).encode()], site=site)
     assert summary.published == 3
     payloads = sorted(m.data for m in await raw_messages(js, site))
     assert payloads == sorted([b"{not json", b"[1,2]", json.dumps(log_event(1)).encode()])
 
 
-async def test_backfill_directory_resumes_from_state(js, tmp_path):
+async def test_backfill_directory_resumes_from_state(nc, js, tmp_path):
     site = unique("bf")
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -173,7 +173,7 @@ async def test_backfill_directory_resumes_from_state(js, tmp_path):
     assert dry.published == 50 and sum(dry.rejected.values()) == 1
     assert await raw_messages(js, site) == []
 
-    first = await backfill(js, [str(logs)], site, allow, batch_size=7, state_path=state)
+    first = await backfill(nc, [str(logs)], site, allow, batch_size=7, state_path=state)
     assert first.published == 50
     saved = json.loads(state.read_text())
     assert all(v["done"] for v in saved.values()) and len(saved) == 2
@@ -181,19 +181,19 @@ async def test_backfill_directory_resumes_from_state(js, tmp_path):
     # the log grows: a resumed run publishes only the new lines, and re-reading nothing else
     with open(logs / "a.log", "a") as f:
         f.write(PREFIX + json.dumps(log_event(999)) + "\n")
-    second = await backfill(js, [str(logs)], site, allow, state_path=state)
+    second = await backfill(nc, [str(logs)], site, allow, state_path=state)
     assert (second.published, second.duplicates) == (1, 0)
     assert "already published" in next(iter(second.skipped))
     assert len(await raw_messages(js, site)) == 51
 
 
-async def test_backfill_rate_limit_is_respected(js, tmp_path):
+async def test_backfill_rate_limit_is_respected(nc, js, tmp_path):
     import time
 
     f = tmp_path / "t.log"
     f.write_text("\n".join(json.dumps(log_event(i)) for i in range(40)) + "\n")
     started = time.monotonic()
-    s = await backfill(js, [str(f)], unique("rl"), None, rate=100, batch_size=10)
+    s = await backfill(nc, [str(f)], unique("rl"), None, rate=100, batch_size=10)
     assert s.published == 40
     assert time.monotonic() - started >= 0.35  # 40 events at 100/s cannot take less than ~0.4 s
 

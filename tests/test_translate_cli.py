@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 
 from hub.events import normalize
+from hub.service import watch_course_names
 from hub.streams import COURSES_BUCKET
 from hub.translate import CourseNames, ExternalIds, TranslateContext, course_kv_key, translate
+from hub.translate.cli import put_course_name
 from tests import xapi_validator
 from tests.helpers import rthub, rthub_env, shared_or_skip, unique, wait_for
 
@@ -69,7 +71,7 @@ def test_translate_shared_tracking_log(nats_server):
 async def test_courses_import_and_watch(tmp_path, js, nats_server):
     course = f"course-v1:RtX+{unique('C')}+2025"
     names = CourseNames()
-    await names.watch(js)
+    mirror = await watch_course_names(js, names)
     try:
         assert names.get(course) is None
         mapping = tmp_path / "courses.json"
@@ -84,12 +86,12 @@ async def test_courses_import_and_watch(tmp_path, js, nats_server):
                           "data": {"id": "v1"}, "context": {"course_id": course, "user_id": 5}})
         parent = translate("xapi", play, ctx)[0]["context"]["contextActivities"]["parent"][0]
         assert parent["definition"]["name"] == {"en-US": "Imported Course"}
-        await CourseNames.put(js, course, "Renamed Course")
+        await put_course_name(js, course, "Renamed Course")
         await wait_for(lambda: names.get(course) == "Renamed Course", 5, "renamed course")
         await kv.delete(course_kv_key(course))
         await wait_for(lambda: names.get(course) is None, 5, "deleted course name")
     finally:
-        await names.stop()
+        await mirror.stop()
 
 
 def test_translate_rejects_over_limit_lines_with_the_hubs_reason(tmp_path, nats_server):

@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES
 from hub.events import normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate
 from tests import caliper_check, xapi_validator
@@ -201,7 +202,7 @@ def test_every_raw_event_translates_validly_or_is_rejected_with_reason():
     rejected = {}
     for path in sorted(RAW.glob("*.json")):
         event = normalize(json.loads(path.read_text()))
-        for protocol in ("xapi", "caliper"):
+        for protocol in PROTOCOL_NAMES:
             try:
                 out = translate(protocol, event, context())
             except Rejected as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.core.protocols import NAMES as PROTOCOL_NAMES
 from hub.events import InvalidEvent, normalize
 from hub.translate import (
     CourseNames,
@@ -36,7 +37,7 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
 
 def check(event) -> None:
     """Only statements (valid xAPI, for xAPI) or a Rejected with a non-empty reason."""
-    for protocol in ("xapi", "caliper"):
+    for protocol in PROTOCOL_NAMES:
         try:
             out = translate(protocol, event, CTX)
             encoded = translate_json(protocol, event, CTX)

@@ -31,7 +31,7 @@ from lms_publisher.tutor_plugin.values import (
     nats_url,
     spool_max_bytes,
 )
-from tests.helpers import start_operator_nats, unique
+from tests.helpers import all_settings, start_operator_nats, unique
 from tests.test_publish import raw_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,7 +188,7 @@ def test_run_hub_adds_the_whole_system_to_tutor_local(tmp_path):
     assert set(rthub_services) == HUB_SERVICES - {"rthub-nats"}
     assert services["rthub-nats"]["image"] == "nats:2.11-alpine"
 
-    parser, known = build_parser(), env_names()
+    parser, known = build_parser(), env_names(*all_settings())
     for name, svc in rthub_services.items():
         if name == "rthub-auth-init":
             assert svc["environment"]["RTHUB_SITE"] == "learn.example.org"  # the publisher's creds: one site

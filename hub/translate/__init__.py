@@ -22,10 +22,10 @@ from hub.translate.base import (
     course_from_kv_key,
     course_kv_key,
 )
-from hub.translate.caliper import caliper_envelope
+from hub.translate.caliper import CALIPER_DATA_VERSION, caliper_envelope
 
 __all__ = [
-    "TRANSFORMER_VERSION", "CourseNames", "ExternalIds", "Rejected", "TranslateContext", "caliper_envelope",
+    "CALIPER_DATA_VERSION", "TRANSFORMER_VERSION", "CourseNames", "ExternalIds", "Rejected", "TranslateContext", "caliper_envelope",
     "course_from_kv_key", "course_kv_key", "supported", "translate", "translate_json",
 ]
 

@@ -6,7 +6,6 @@ cached, so translating an event is mostly dictionary building.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import csv
 import hashlib
@@ -16,14 +15,16 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from hub.core.protocols import NAMES as PROTOCOLS
+
 log = logging.getLogger("rthub.translate")
 
 TRANSFORMER_VERSION = "rthub@0.1.0"
-PROTOCOLS = ("xapi", "caliper")
 _CACHE_LIMIT = 500_000
 
 
@@ -126,14 +127,15 @@ def course_from_kv_key(key: str) -> str:
 
 
 class CourseNames:
-    """Course key -> display name. ``"*"`` is the default name; ``unknown`` counts lookups that found none."""
+    """Course key -> display name. ``"*"`` is the default name; ``unknown`` counts lookups that found none.
+
+    A plain lookup: whoever owns the names keeps it current (the hub mirrors the ``rthub_courses`` bucket into
+    it, ``rthub translate`` loads a file); ``version`` tells contexts to drop what they cached."""
 
     def __init__(self, names: dict[str, str] | None = None):
         self._names: dict[str, str] = dict(names or {})
         self.version = 0
         self.unknown = 0
-        self._task: asyncio.Task | None = None
-        self._watcher = None
 
     def get(self, course_key: str) -> str | None:
         return self._names.get(course_key) or self._names.get("*")
@@ -150,49 +152,6 @@ class CourseNames:
     def __len__(self) -> int:
         return len(self._names)
 
-    @staticmethod
-    async def put(js, course_key: str, name: str) -> int:
-        """Write one course name to the ``rthub_courses`` bucket (what ``rthub courses import`` does)."""
-        from hub.streams import COURSES_BUCKET
-
-        kv = await js.key_value(COURSES_BUCKET)
-        return await kv.put(course_kv_key(course_key), name.encode())
-
-    async def watch(self, js) -> CourseNames:
-        """Load the ``rthub_courses`` bucket, then follow its changes in a background task until ``stop()``."""
-        from hub.streams import COURSES_BUCKET
-
-        kv = await js.key_value(COURSES_BUCKET)
-        self._watcher = await kv.watchall()
-        ready = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._follow(ready))
-        await ready
-        return self
-
-    async def _follow(self, ready: asyncio.Future) -> None:
-        async for entry in self._watcher:
-            if entry is not None:
-                try:
-                    course = course_from_kv_key(entry.key)
-                except ValueError:
-                    log.error("ignoring course name under undecodable key %r", entry.key)
-                    continue
-                if entry.operation in ("DEL", "PURGE") or not entry.value:
-                    self.delete(course)
-                else:
-                    self.set(course, entry.value.decode("utf-8", "replace"))
-            if not ready.done() and (entry is None or entry.delta == 0):
-                ready.set_result(None)
-
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:  # noqa: BLE001 - the connection may already be closed
-                pass
-        if self._task is not None:
-            self._task.cancel()
-
 
 # ------------------------------------------------------------------------------------------------ context
 class TranslateContext:
@@ -200,11 +159,12 @@ class TranslateContext:
 
     __slots__ = ("lms_url", "ids", "courses", "version", "_users", "_courses", "_courses_version")
 
-    def __init__(self, lms_url: str, ids: ExternalIds, courses: CourseNames | None = None,
+    def __init__(self, lms_url: str, ids: ExternalIds, courses: CourseNames | Mapping[str, str] | None = None,
                  version: str = TRANSFORMER_VERSION):
+        """``courses``: a :class:`CourseNames` kept current by its owner, or a fixed mapping of names."""
         self.lms_url = lms_url.rstrip("/")
         self.ids = ids
-        self.courses = courses if courses is not None else CourseNames()
+        self.courses = courses if isinstance(courses, CourseNames) else CourseNames(dict(courses or {}))
         self.version = version
         self._users: dict[tuple[str, str], Any] = {}
         self._courses: dict[str, tuple[str, str | None]] = {}

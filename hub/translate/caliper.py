@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
+
 from hub.translate.base import (
     EventParts,
     Rejected,
@@ -28,7 +30,8 @@ from hub.translate.base import (
     uuid5,
 )
 
-CONTEXT = "http://purl.imsglobal.org/ctx/caliper/v1p2"
+CONTEXT = CALIPER_DATA_VERSION = "http://purl.imsglobal.org/ctx/caliper/v1p2"
+_encode = msgspec.json.Encoder().encode
 _ID_NS = uuid.UUID("4f6c2c9e-8a55-5c7e-9d0b-6d3c1c2f8a11").bytes  # our own namespace for Caliper event ids
 
 
@@ -258,8 +261,10 @@ def problem_check(ev: Ev) -> dict:
     return _event(ev, "GradeEvent", "Graded", attempt, generated={"score": score})
 
 
-def caliper_envelope(events: list[dict], sensor: str, send_time: datetime | None = None) -> dict:
-    """A Caliper 1.2 envelope for delivery: ``sensor``, ``sendTime``, ``dataVersion`` and ``data``."""
+def caliper_envelope(events: list[bytes], sensor: str, send_time: datetime | None = None) -> bytes:
+    """The one Caliper 1.2 envelope (``sensor``, ``sendTime``, ``dataVersion``, ``data``) around events already
+    encoded as JSON, as the streams hold them: spliced in, never decoded and encoded again."""
     moment = (send_time or datetime.now(UTC)).astimezone(UTC)
-    return {"sensor": sensor, "sendTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-            "dataVersion": CONTEXT, "data": list(events)}
+    head = _encode({"sensor": sensor, "sendTime": moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+                    "dataVersion": CALIPER_DATA_VERSION})
+    return head[:-1] + b',"data":[' + b",".join(events) + b"]}"

@@ -12,8 +12,9 @@ from typing import TextIO
 
 import msgspec
 
+from hub.core.protocols import NAMES as PROTOCOLS
 from hub.events import DEFAULT_LIMITS, InvalidEvent, normalize
-from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate
+from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, course_kv_key, translate
 
 DEV_SECRET = "rthub-offline-dev-secret"
 
@@ -23,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Reads raw events (a JSON object per file, JSON lines, or tracking-log lines; "
                                    "stdin when no FILE), writes one statement per line to stdout, reports "
                                    "rejected inputs on stderr. Exit 1 if anything was rejected.")
-    p.add_argument("--protocol", choices=("xapi", "caliper"), required=True)
+    p.add_argument("--protocol", choices=PROTOCOLS, required=True)
     p.add_argument("--lms-url", required=True, help="LMS root URL used in ids and actors")
     p.add_argument("--external-ids", metavar="FILE",
                    help='JSON {user id or username: uuid} ("*" = every user) or CSV of Open edX external ids')
@@ -138,7 +139,17 @@ def run_courses_import(args: argparse.Namespace) -> int:
     return asyncio.run(_import(names, args.nats_url))
 
 
+async def put_course_name(js, course_key: str, name: str) -> int:
+    """Write one course name to the ``rthub_courses`` bucket (the hub mirrors it into its translators)."""
+    from hub.streams import COURSES_BUCKET
+
+    kv = await js.key_value(COURSES_BUCKET)
+    return await kv.put(course_kv_key(course_key), name.encode())
+
+
 async def _import(names: dict[str, str], nats_url: str | None) -> int:
+    from nats.js.errors import NotFoundError
+
     from hub.natsconn import connect
     from hub.settings import NatsSettings, from_env
     from hub.streams import COURSES_BUCKET
@@ -149,10 +160,10 @@ async def _import(names: dict[str, str], nats_url: str | None) -> int:
         js = nc.jetstream()
         try:
             await js.key_value(COURSES_BUCKET)
-        except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
+        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
             await js.create_key_value(bucket=COURSES_BUCKET, history=5)
         for key, name in names.items():
-            await CourseNames.put(js, key, name)
+            await put_course_name(js, key, name)
     finally:
         await nc.close()
     print(f"imported {len(names)} course names into {COURSES_BUCKET}")

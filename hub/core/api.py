@@ -1,0 +1,62 @@
+"""JetStream protocol constants: the status codes, headers and API subjects the services speak.
+
+The server answers a pull request, a publish or an API call with a status line (``NATS/1.0 408 Request
+Timeout``) or a JSON body; these names replace the literals ``"404"``, ``"408"``... scattered before.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+
+class Status(StrEnum):
+    """The ``Status`` header of a control message (never of a stored message: those have an ack subject)."""
+
+    CONTROL = "100"  # idle heartbeat (``Description: Idle Heartbeat``) or flow control
+    NO_MESSAGES = "404"  # a ``no_wait`` pull request found nothing
+    REQUEST_TIMEOUT = "408"  # a pull request expired; ``Nats-Pending-Messages`` says how many it still owed
+    CONFLICT = "409"  # the request ended: consumer deleted, leadership change, max waiting/bytes exceeded...
+    NO_RESPONDERS = "503"  # nobody listens on the subject: no stream for a publish, no consumer for a pull
+
+
+class Header(StrEnum):
+    STATUS = "Status"
+    DESCRIPTION = "Description"
+    MSG_ID = "Nats-Msg-Id"
+    EXPECTED_STREAM = "Nats-Expected-Stream"
+    PENDING_MESSAGES = "Nats-Pending-Messages"  # on a 408/409: messages the ended request never delivered
+    PENDING_BYTES = "Nats-Pending-Bytes"
+
+
+class ErrCode(IntEnum):
+    """``err_code`` of a JetStream API error the services react to (the server's ``errors.json``)."""
+
+    CONSUMER_NOT_FOUND = 10014
+    STREAM_NOT_FOUND = 10059
+    STREAM_NOT_MATCH = 10060  # Nats-Expected-Stream did not match
+    MESSAGE_TOO_LARGE = 10054
+    WRONG_LAST_MSG_ID = 10070
+    WRONG_LAST_SEQUENCE = 10071
+
+
+IDLE_HEARTBEAT = "Idle Heartbeat"
+CONSUMER_DELETED = "Consumer Deleted"
+
+
+def pull_subject(stream: str, durable: str) -> str:
+    """Where pull requests for a durable consumer go."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+
+
+def max_deliveries_advisory(stream: str, durable: str) -> str:
+    """The server's advisory when a message of ``stream`` reached ``durable``'s ``max_deliver``."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
+
+
+def status_of(msg) -> str | None:
+    """The status of a control message, else None. A stored message is never one, even if a publisher forged a
+    ``Status`` header: it carries an ack subject (``$JS.ACK...``) and control messages carry none."""
+    headers = msg.headers
+    if not headers or msg.reply:
+        return None
+    return headers.get(Header.STATUS)
