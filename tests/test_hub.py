@@ -54,12 +54,16 @@ def settings(server, tmp_path) -> HubSettings:
 
 
 @pytest_asyncio.fixture
-async def js(settings):
-    nc = await connect(settings, "test")
-    js = nc.jetstream()
-    await ensure_streams(js, settings)
-    yield js
-    await nc.close()
+async def nc(settings):
+    client = await connect(settings, "test")
+    await ensure_streams(client.jetstream(), settings)
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture
+def js(nc):
+    return nc.jetstream()
 
 
 @pytest_asyncio.fixture
@@ -95,12 +99,11 @@ class Collector:
         return [json.loads(m.data)["id"] for m in self.msgs]
 
 
-async def test_granted_course_flows_other_course_does_not(js, running_hub, settings):
+async def test_granted_course_flows_other_course_does_not(nc, js, running_hub, settings):
     await put_grant(js, Grant(id="g1", consumer="engine", protocol="xapi", courses=[COURSE]))
     await wait_for(lambda: running_hub.grants.index.grants.get("g1"), 5, "grant seen by hub")
     got = Collector()
     everything = Collector()
-    nc = js._nc
     await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
     await nc.subscribe("xapi.>", cb=everything.on)
     await nc.subscribe("caliper.>", cb=everything.on)
@@ -120,12 +123,12 @@ async def test_granted_course_flows_other_course_does_not(js, running_hub, setti
     assert running_hub.metrics.get("translated", protocol="xapi") == 1
 
 
-async def test_site_sets_the_lms_root_url(js, running_hub):
+async def test_site_sets_the_lms_root_url(nc, js, running_hub):
     await put_grant(js, Grant(id="north", consumer="uni", protocol="caliper", sites=["north"]))
     await wait_for(lambda: "north" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("caliper.north.>", cb=got.on)
-    await js._nc.flush()
+    await nc.subscribe("caliper.north.>", cb=got.on)
+    await nc.flush()
     await publish(js, video_event(), site="north")
     await wait_for(lambda: got.msgs, 10, "caliper event from site north")
     ev = json.loads(got.msgs[0].data)
@@ -133,10 +136,10 @@ async def test_site_sets_the_lms_root_url(js, running_hub):
     assert ev["object"]["id"].startswith("https://lms.north.example/xblock/")
 
 
-async def test_grant_added_and_revoked_while_running(js, running_hub):
+async def test_grant_added_and_revoked_while_running(nc, js, running_hub):
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got.on)
-    await js._nc.flush()
+    await nc.subscribe("xapi.>", cb=got.on)
+    await nc.flush()
     await publish(js, video_event(OTHER), course=OTHER, org="MITx")
     await wait_for(lambda: running_hub.metrics.get("filtered") == 1, 10, "first event filtered")
     assert got.msgs == []
@@ -175,12 +178,12 @@ FIVE_MB = b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": 
     (b'{"name": "play_video", "timestamp": "2024-01-01T00:00:00Z", "data": "\xff\xfe"}', "not JSON: Invalid UTF-8"),
     (FIVE_MB, f"event is {len(FIVE_MB)} bytes, over the 1048576 byte limit"),
 ])
-async def test_malformed_goes_to_quarantine_and_next_event_flows(js, running_hub, bad, reason):
+async def test_malformed_goes_to_quarantine_and_next_event_flows(nc, js, running_hub, bad, reason):
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got.on)
-    await js._nc.flush()
+    await nc.subscribe("xapi.>", cb=got.on)
+    await nc.flush()
     quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
     await publish(js, bad)
     await publish(js, video_event())
@@ -288,12 +291,12 @@ async def test_sigterm_mid_stream_loses_nothing(js, settings):
         assert second.wait(20) == 0
 
 
-async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
+async def test_rthub_publish_end_to_end(nc, settings, js, running_hub, tmp_path):
     """`rthub publish FILE` of a tracking-log file -> the xAPI statement on the course subject."""
     await put_grant(js, Grant(id="e2e", consumer="c", protocol="xapi", courses=[COURSE]))
     await wait_for(lambda: "e2e" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
+    await nc.subscribe(f"xapi.*.edX.{COURSE}.>", cb=got.on)
     line = {"event_type": "play_video", "name": "play_video", "time": "2020-07-15T06:52:55.057099+00:00",
             "username": "edx", "session": "993110e9c27848a545da74a74114158d", "event_source": "browser",
             "event": json.dumps({"id": "0b9e39477cf34507a7a48f74be381fdd", "currentTime": 0.0327, "duration": 195}),
@@ -301,7 +304,7 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     log = tmp_path / "tracking.log"
     log.write_text("2023-05-23 13:53:13,461 INFO 20 [tracking] [user None] [ip None] logger.py:41 - "
                    + json.dumps(line) + "\n")
-    await js._nc.flush()
+    await nc.flush()
     # in a thread: the hub under test runs in this event loop
     result = await asyncio.to_thread(rthub, "publish", str(log), env=rthub_env(settings.nats_url))
     assert result.returncode == 0, result.stderr.decode()
@@ -317,7 +320,7 @@ async def test_rthub_publish_end_to_end(settings, js, running_hub, tmp_path):
     assert raw.state.messages == 1
 
 
-async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(js, running_hub, monkeypatch):
+async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(nc, js, running_hub, monkeypatch):
     """A bug one event meets (here a translator raising on it) costs that event only, with the reason."""
     import hub.service
 
@@ -332,8 +335,8 @@ async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got.on)
-    await js._nc.flush()
+    await nc.subscribe("xapi.>", cb=got.on)
+    await nc.flush()
     quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
     bad = video_event()
     bad["data"]["code"] = "trigger"
@@ -429,15 +432,15 @@ _hostile = st.one_of(
 @hsettings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(payload=_hostile)
-async def test_random_bytes_are_quarantined_and_the_hub_goes_on(js, running_hub, payload):
+async def test_random_bytes_are_quarantined_and_the_hub_goes_on(nc, js, running_hub, payload):
     """Whatever bytes arrive, each is quarantined with a reason, and the next good event is translated."""
     if "fuzz" not in running_hub.grants.index.grants:
         await put_grant(js, Grant(id="fuzz", consumer="c", protocol="xapi", sites=["default"]))
         await wait_for(lambda: "fuzz" in running_hub.grants.index.grants, 5, "grant")
     course = f"course-v1:edX+Fuzz+{uuid.uuid4().hex[:10]}"  # one course per example: its own subjects
     got = Collector()
-    sub = await js._nc.subscribe(f"xapi.*.edX.{course}.>", cb=got.on)
-    await js._nc.flush()
+    sub = await nc.subscribe(f"xapi.*.edX.{course}.>", cb=got.on)
+    await nc.flush()
     try:
         await publish(js, payload, course=course)
         await publish(js, video_event(course), course=course)
@@ -537,12 +540,12 @@ async def test_quarantined_copy_fits_a_small_max_payload(tmp_path):
     ("lms.default.~ZZ.c.e", "not an encoded subject token"),
     ("lms.default.~FF~FE.c.e", "can't decode byte 0xff"),
 ])
-async def test_hostile_subject_is_quarantined_and_next_event_flows(js, running_hub, raw_subject, reason):
+async def test_hostile_subject_is_quarantined_and_next_event_flows(nc, js, running_hub, raw_subject, reason):
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()
-    await js._nc.subscribe("xapi.>", cb=got.on)
-    await js._nc.flush()
+    await nc.subscribe("xapi.>", cb=got.on)
+    await nc.flush()
     quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
     await js.publish(raw_subject, msgspec.json.encode(video_event()), headers={"Nats-Msg-Id": uuid.uuid4().hex})
     await publish(js, video_event(user_id=4))
