@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 
 from portal import mail, ratelimit, security
-from portal.service import Portal, PortalError, now
+from portal.services import Portal, PortalError, now
 from portal.tables import Account, Integration, MailToken, WebSession
 
 log = logging.getLogger("rthub.portal.accounts")

@@ -48,6 +48,10 @@ class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
     webhook_secret: str | None = None
 
 
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+
+
 class Me(msgspec.Struct, kw_only=True):
     email: str
     name: str

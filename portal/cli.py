@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hub.settings import from_env
 from portal import db
-from portal.service import Portal, PortalError, public_view
+from portal.services import Portal, PortalError, public_view
 from portal.settings import PortalSettings
 from portal.tables import Account
 from portal.validation import check_scope, validate_request

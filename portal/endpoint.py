@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from hub.deliver import ssrf
-from portal.service import Portal, PortalError, _dump, _scope_text, granted_scope, now
+from portal.services import Portal, PortalError, granted_scope, now
+from portal.services.integrations import _dump, _scope_text
 from portal.tables import Account, Integration
 from portal.validation import Scope, check_narrowing, check_scope, check_url, clean_text
 
@@ -212,7 +213,7 @@ async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
     """The administrator grants a requested scope change (possibly narrowed, never wider than asked)."""
-    from portal.service import requested_scope
+    from portal.services import requested_scope
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)

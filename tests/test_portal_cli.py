@@ -79,7 +79,7 @@ async def test_add_lrs_list_revoke(env, js):
 
 
 async def test_owner_must_have_confirmed_its_address(env):
-    from portal.service import Portal
+    from portal.services import Portal
 
     settings = from_env(PortalSettings, env=env)
     engine = await portal_db.migrate(settings)
@@ -124,7 +124,7 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     # a consumer's pending request (made through the service layer, as the pages do), approved from the CLI
     from hub.settings import from_env
     from portal import db
-    from portal.service import Portal
+    from portal.services import Portal
     from portal.settings import PortalSettings
     from portal.validation import validate_request
 

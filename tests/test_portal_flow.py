@@ -341,7 +341,7 @@ async def test_admin_page_refreshes_from_a_route_that_exists(app, admin):
 
 
 def test_return_paths_after_login_stay_on_the_site():
-    from portal.app import form_page_of, safe_back
+    from portal.web import form_page_of, safe_back
 
     assert form_page_of("/integrations", {}) == "/integrations/new"
     assert form_page_of("/integrations/i1/ops/redrive", {"back": "deliveries"}) == "/integrations/i1/deliveries"

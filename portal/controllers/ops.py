@@ -9,22 +9,13 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.controller import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
 from hub.deliver import ops
 from portal import charts, endpoint, flash
-from portal.app import (
-    api_user,
-    current_user,
-    form_of,
-    go,
-    once_claimed,
-    page,
-    portal_of,
-    require_user,
-    state_of,
-)
+from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
     AttemptPage,
@@ -33,9 +24,11 @@ from portal.deliveries import (
     parse_filter,
     read_attempts,
 )
-from portal.service import Portal, PortalError
+from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_admin, signed_in
+from portal.services import Portal, PortalError
 from portal.tables import Account, Integration
 from portal.validation import split_list
+from portal.web import current_user, form_of, go, once_claimed, page
 
 PUSH = ("webhook", "lrs", "caliper")
 OPS = ("reenable", "endpoint", "scope", "retry-now", "resend", "redrive", "replay", "test-event")
@@ -63,11 +56,6 @@ class DeadLetterView(msgspec.Struct, kw_only=True):
     last_status: int
     response: str
     failed_at: str
-
-
-async def _row(portal: Portal, user: Account, key: str) -> Integration:
-    """The owner's integration, or any for an administrator."""
-    return await (portal.get(key) if user.is_admin else portal.get_owned(key, user))
 
 
 def _since(text: Any, field: str = "since") -> dt.datetime:
@@ -166,159 +154,145 @@ def _params(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- pages
-@post("/integrations/{key:str}/ops/{op:str}")
-async def op_page(request: Request, key: FromPath[str], op: FromPath[str]) -> Redirect:
-    user = await require_user(request)
-    portal = portal_of(request)
-    row = await _row(portal, user, key)
-    raw = await form_of(request)
-    back = str(raw.get("back") or "")
-    back = back if back in ("deliveries", "admin") else ""
-    where = {"deliveries": f"/integrations/{key}/deliveries", "admin": f"/admin/integrations/{key}"}.get(
-        back, f"/integrations/{key}")
-    if again := await once_claimed(request, raw, where):
-        return again
-    try:
-        result = await perform(portal, user, row, op, _params(raw))
-    except PortalError as exc:
-        if exc.status == 404:
-            raise
-        detail = "; ".join(exc.errors.values()) if exc.errors else ""
-        return await go(request, where, f"{exc.message} {detail}".strip(), kind="error")
-    await flash.done(raw.get("_once"), where)
-    return await go(request, where, result.message)
 
 
-@get("/integrations/{key:str}/deliveries")
-async def deliveries_page(request: Request, key: FromPath[str]) -> Template:
-    user = await require_user(request)
-    portal = portal_of(request)
-    row = await _row(portal, user, key)
-    q = request.query_params
-    f, errors = parse_filter(q.get("outcome"), q.get("status"), q.get("since"), q.get("until"), q.get("before"),
-                             q.get("limit"))
-    attempts, dead, chart = AttemptPage(items=[]), [], ""
-    if row.status in ("approved", "suspended") and not errors:
-        js = await portal.js()
-        attempts = await read_attempts(js, key, f)
-        if row.delivery in PUSH:
-            dead = await ops.list_dead_letters(js, key, limit=200)
-        chart = await charts.integration_charts(js, key)
-    state = await state_of(portal, row)
-    keep = {k: q.get(k) for k in ("outcome", "status", "since", "until", "limit") if q.get(k)}
-    return page(request, "deliveries.html", row=row, state=state, attempts=attempts, dead=dead, filters=keep,
-                errors=errors, chart=chart, refresh_url=f"/integrations/{key}/state.json", push=row.delivery in PUSH)
+class OpsPages(Controller):
+    """The owner's (or an administrator's) delivery pages and operation forms."""
+
+    guards = [signed_in, owner_or_admin]
+
+    @post("/integrations/{key:str}/ops/{op:str}")
+    async def run(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep,
+                  op: FromPath[str]) -> Redirect:
+        key = row.key
+        raw = await form_of(request)
+        back = str(raw.get("back") or "")
+        back = back if back in ("deliveries", "admin") else ""
+        where = {"deliveries": f"/integrations/{key}/deliveries", "admin": f"/admin/integrations/{key}"}.get(
+            back, f"/integrations/{key}")
+        if again := await once_claimed(request, raw, where):
+            return again
+        try:
+            result = await perform(portal, user, row, op, _params(raw))
+        except PortalError as exc:
+            if exc.status == 404:
+                raise
+            detail = "; ".join(exc.errors.values()) if exc.errors else ""
+            return await go(request, where, f"{exc.message} {detail}".strip(), kind="error")
+        await flash.done(raw.get("_once"), where)
+        return await go(request, where, result.message)
+
+    @get("/integrations/{key:str}/deliveries")
+    async def deliveries(self, request: Request, portal: PortalDep, row: RowDep) -> Template:
+        key = row.key
+        q = request.query_params
+        f, errors = parse_filter(q.get("outcome"), q.get("status"), q.get("since"), q.get("until"), q.get("before"),
+                                 q.get("limit"))
+        attempts, dead, chart = AttemptPage(items=[]), [], ""
+        if row.status in ("approved", "suspended") and not errors:
+            js = await portal.js()
+            attempts = await read_attempts(js, key, f)
+            if row.delivery in PUSH:
+                dead = await ops.list_dead_letters(js, key, limit=200)
+            chart = await charts.integration_charts(js, key)
+        state = await state_of(portal, row)
+        keep = {k: q.get(k) for k in ("outcome", "status", "since", "until", "limit") if q.get(k)}
+        return page(request, "deliveries.html", row=row, state=state, attempts=attempts, dead=dead, filters=keep,
+                    errors=errors, chart=chart, refresh_url=f"/integrations/{key}/state.json",
+                    push=row.delivery in PUSH)
 
 
 @get("/integrations/{key:str}/state.json")
-async def state_json(request: Request, key: FromPath[str]) -> Response:
-    """The state box's refresh (static/portal.js): the state plus preformatted times."""
+async def state_json(request: Request, portal: PortalDep, key: FromPath[str]) -> Response:
+    """The state box's refresh (static/portal.js): the state plus preformatted times. Not behind the
+    ``signed_in`` guard: a stale tab polling gets a plain 401, not a log-in redirect to a JSON URL."""
     user = await current_user(request)
-    if user is None:  # a stale tab polling: a plain 401, no log-in redirect to a JSON URL
+    if user is None:
         return Response({"error": "Log in first."}, status_code=401)
-    portal = portal_of(request)
-    state = await state_of(portal, await _row(portal, user, key))
+    state = await state_of(portal, await (portal.get(key) if user.is_admin else portal.get_owned(key, user)))
     body = msgspec.to_builtins(state)
     for name in ("since", "next_retry", "last_success", "last_error_at", "old_secret_until"):
         body[f"{name}_text"] = fmt(body.get(name)) if body.get(name) else ""
     return Response(body, headers={"Cache-Control": "no-store"})
 
 
-PAGES = [op_page, deliveries_page, state_json]
 
 
 # ---------------------------------------------------------------- JSON API
-async def _api_row(request: Request, key: str) -> tuple[Portal, Account, Integration]:
-    user = await api_user(request)
-    portal = portal_of(request)
-    return portal, user, await _row(portal, user, key)
 
 
-@get("/integrations/{key:str}/state")
-async def api_state(request: Request, key: FromPath[str]) -> EndpointState:
-    """The endpoint at a glance (owner or administrator)."""
-    portal, _, row = await _api_row(request, key)
-    return await state_of(portal, row)
+class OpsApi(Controller):
+    """The same operations for programs; authentication and the integration's owner are checked before the
+    body is parsed (guards), so a stranger gets 401/404, not a validation error."""
 
+    path = "/api/v1/integrations/{key:str}"
+    tags = ["api"]
+    guards = [api_signed_in, owner_or_admin]
 
-@get("/integrations/{key:str}/deliveries")
-async def api_deliveries(request: Request, key: FromPath[str], outcome: FromQuery[str | None] = None,
+    @get("/state")
+    async def state(self, portal: PortalDep, row: RowDep) -> EndpointState:
+        """The endpoint at a glance (owner or administrator)."""
+        return await state_of(portal, row)
+
+    @get("/deliveries")
+    async def deliveries(self, portal: PortalDep, row: RowDep, outcome: FromQuery[str | None] = None,
                          status: FromQuery[str | None] = None, since: FromQuery[str | None] = None,
                          until: FromQuery[str | None] = None, before: FromQuery[str | None] = None,
                          limit: FromQuery[str | None] = None) -> AttemptPage:
-    """Delivery attempts, newest first; page with ``before=<next_before>``."""
-    portal, _, row = await _api_row(request, key)
-    f, errors = parse_filter(outcome, status, since, until, before, limit)
-    if errors:
-        raise PortalError("Invalid filter.", 400, errors)
-    if row.status not in ("approved", "suspended"):
-        return AttemptPage(items=[])
-    return await read_attempts(await portal.js(), key, f)
+        """Delivery attempts, newest first; page with ``before=<next_before>``."""
+        f, errors = parse_filter(outcome, status, since, until, before, limit)
+        if errors:
+            raise PortalError("Invalid filter.", 400, errors)
+        if row.status not in ("approved", "suspended"):
+            return AttemptPage(items=[])
+        return await read_attempts(await portal.js(), row.key, f)
 
+    @get("/dead-letters")
+    async def dead_letters(self, portal: PortalDep, row: RowDep) -> list[DeadLetterView]:
+        if row.status not in ("approved", "suspended") or row.delivery not in PUSH:
+            return []
+        return [DeadLetterView(seq=d.seq, statement_id=d.statement_id, reason=d.reason, last_status=d.last_status,
+                               response=d.response, failed_at=d.failed_at)
+                for d in await ops.list_dead_letters(await portal.js(), row.key, limit=1000)]
 
-@get("/integrations/{key:str}/dead-letters")
-async def api_dead_letters(request: Request, key: FromPath[str]) -> list[DeadLetterView]:
-    portal, _, row = await _api_row(request, key)
-    if row.status not in ("approved", "suspended") or row.delivery not in PUSH:
-        return []
-    return [DeadLetterView(seq=d.seq, statement_id=d.statement_id, reason=d.reason, last_status=d.last_status,
-                           response=d.response, failed_at=d.failed_at)
-            for d in await ops.list_dead_letters(await portal.js(), key, limit=1000)]
+    @post("/reenable", status_code=200)
+    async def reenable(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        return await perform(portal, user, row, "reenable", {})
 
+    @post("/endpoint", status_code=200)
+    async def edit_endpoint(self, portal: PortalDep, user: UserDep, row: RowDep,
+                       data: JSONBody[endpoint.EndpointEdit]) -> ActionResult:
+        """New URL and/or credentials, applied at once (no re-approval: the scope is unchanged)."""
+        return await perform(portal, user, row, "endpoint", msgspec.to_builtins(data))
 
-async def _api_op(request: Request, key: str, op: str, params: dict[str, Any]) -> ActionResult:
-    portal, user, row = await _api_row(request, key)
-    return await perform(portal, user, row, op, params)
+    @post("/scope", status_code=200)
+    async def change_scope(self, portal: PortalDep, user: UserDep, row: RowDep,
+                    data: JSONBody[endpoint.ScopeChange]) -> ActionResult:
+        """A narrower scope applies at once; a wider one waits for an administrator."""
+        return await perform(portal, user, row, "scope",
+                             {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
 
+    @post("/retry-now", status_code=200)
+    async def retry_now(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        return await perform(portal, user, row, "retry-now", {})
 
-@post("/integrations/{key:str}/reenable", status_code=200)
-async def api_reenable(request: Request, key: FromPath[str]) -> ActionResult:
-    return await _api_op(request, key, "reenable", {})
+    @post("/resend", status_code=200)
+    async def resend(self, portal: PortalDep, user: UserDep, row: RowDep,
+                     data: JSONBody[ResendRequest]) -> ActionResult:
+        """Send one statement again, by its stream sequence (an attempt's ``seqs``)."""
+        return await perform(portal, user, row, "resend", {"seq": data.seq})
 
+    @post("/redrive", status_code=200)
+    async def redrive(self, portal: PortalDep, user: UserDep, row: RowDep,
+                      data: JSONBody[RedriveRequest]) -> ActionResult:
+        return await perform(portal, user, row, "redrive", {"seqs": data.seqs, "since": data.since})
 
-@post("/integrations/{key:str}/endpoint", status_code=200)
-async def api_endpoint(request: Request, key: FromPath[str], data: JSONBody[endpoint.EndpointEdit]) -> ActionResult:
-    """New URL and/or credentials, applied at once (no re-approval: the scope is unchanged)."""
-    return await _api_op(request, key, "endpoint", msgspec.to_builtins(data))
+    @post("/replay", status_code=200)
+    async def replay(self, portal: PortalDep, user: UserDep, row: RowDep,
+                     data: JSONBody[ReplayRequest]) -> ActionResult:
+        """Deliver again everything since a time, with the same statement ids."""
+        return await perform(portal, user, row, "replay", {"since": data.since})
 
-
-@post("/integrations/{key:str}/scope", status_code=200)
-async def api_scope(request: Request, key: FromPath[str], data: JSONBody[endpoint.ScopeChange]) -> ActionResult:
-    """A narrower scope applies at once; a wider one waits for an administrator."""
-    return await _api_op(request, key, "scope", {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
-
-
-@post("/integrations/{key:str}/retry-now", status_code=200)
-async def api_retry_now(request: Request, key: FromPath[str]) -> ActionResult:
-    return await _api_op(request, key, "retry-now", {})
-
-
-@post("/integrations/{key:str}/resend", status_code=200)
-async def api_resend(request: Request, key: FromPath[str], data: JSONBody[ResendRequest]) -> ActionResult:
-    """Send one statement again, by its stream sequence (an attempt's ``seqs``)."""
-    return await _api_op(request, key, "resend", {"seq": data.seq})
-
-
-@post("/integrations/{key:str}/redrive", status_code=200)
-async def api_redrive(request: Request, key: FromPath[str], data: JSONBody[RedriveRequest]) -> ActionResult:
-    return await _api_op(request, key, "redrive", {"seqs": data.seqs, "since": data.since})
-
-
-@post("/integrations/{key:str}/replay", status_code=200)
-async def api_replay(request: Request, key: FromPath[str], data: JSONBody[ReplayRequest]) -> ActionResult:
-    """Deliver again everything since a time, with the same statement ids."""
-    return await _api_op(request, key, "replay", {"since": data.since})
-
-
-@post("/integrations/{key:str}/test-event", status_code=200)
-async def api_test_event(request: Request, key: FromPath[str]) -> ActionResult:
-    return await _api_op(request, key, "test-event", {})
-
-
-async def api_guard(connection, _handler) -> None:
-    """Authenticate before the body is parsed: a stranger gets 401, not a validation error."""
-    await api_user(connection)
-
-
-API = [api_state, api_deliveries, api_dead_letters, api_reenable, api_endpoint, api_scope, api_retry_now, api_resend,
-       api_redrive, api_replay, api_test_event]
+    @post("/test-event", status_code=200)
+    async def test_event(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        return await perform(portal, user, row, "test-event", {})
