@@ -21,8 +21,10 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from markupsafe import Markup
+from msgspec import UNSET
 
 from portal import db, endpoint, flash
+from portal.api_types import ApiError
 from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
@@ -88,9 +90,7 @@ def create_app(settings: PortalSettings) -> Litestar:
         status = getattr(exc, "status", None) or getattr(exc, "status_code", 500)
         message = getattr(exc, "message", None) or getattr(exc, "detail", "Error")
         if _is_api(request):
-            body: dict[str, Any] = {"error": message}
-            if getattr(exc, "errors", None):
-                body["errors"] = exc.errors
+            body = ApiError(error=str(message), errors=getattr(exc, "errors", None) or UNSET)
             return Response(body, status_code=status, headers=SECURITY_HEADERS)
         if isinstance(exc, LoginNeeded):
             where = "/login" + (f"?next={quote(exc.back)}" if exc.back != "/" else "")

@@ -491,22 +491,57 @@ async def test_read_only_token_is_refused_on_every_state_changing_api_route(app,
 
 
 async def test_every_api_response_has_a_typed_schema(app):
-    """OpenAPI documents every JSON response of /api/v1 with a named struct (or a list of them)."""
+    """OpenAPI documents every JSON answer and body of /api/v1 with a named struct (or a list of them), refusals
+    with the portal's own error shape, and no struct has an untyped field (``{}`` or a free-form object)."""
     async with Client(app) as client:
         schema = (await client.get("/schema/openapi.json")).json()
-    untyped = []
+    components = schema["components"]["schemas"]
+
+    def ref_of(s: dict) -> str | None:
+        s = s.get("items", s) if s.get("type") == "array" else s
+        alternatives = [a for a in s.get("oneOf", []) if a.get("type") != "null"]
+        s = alternatives[0] if len(alternatives) == 1 else s  # an optional body: the struct or nothing
+        return s["$ref"].rsplit("/", 1)[1] if "$ref" in s else None
+
+    def untyped(s: dict) -> bool:
+        if not s or s.get("additionalProperties") == {}:
+            return True
+        alternatives = s.get("oneOf") or s.get("anyOf")
+        if alternatives:
+            return any(untyped(a) for a in alternatives)
+        if s.get("type") == "array":
+            return untyped(s.get("items") or {})
+        return "$ref" not in s and "type" not in s
+
+    problems, named, operations = [], set(), 0
     for path, ops in schema["paths"].items():
         if not path.startswith("/api/v1"):
             continue
         for method, op in ops.items():
-            for status, response in op.get("responses", {}).items():
-                if not status.startswith("2"):
-                    continue
-                for media, body in (response.get("content") or {}).items():
+            operations += 1
+            bodies = [("request", (op.get("requestBody") or {}).get("content") or {})]
+            bodies += [(status, r.get("content") or {}) for status, r in op.get("responses", {}).items()]
+            for where, content in bodies:
+                for media, body in content.items():
                     if media != "application/json":
                         continue
-                    s = body["schema"]
-                    s = s.get("items", s) if s.get("type") == "array" else s
-                    if "$ref" not in s:
-                        untyped.append(f"{method.upper()} {path} {status}: {s}")
-    assert not untyped, untyped
+                    name = ref_of(body["schema"])
+                    if name is None:
+                        problems.append(f"{method.upper()} {path} {where}: {body['schema']}")
+                    elif where.startswith(("4", "5")) and name != "ApiError":
+                        problems.append(f"{method.upper()} {path} {where}: {name}, not ApiError")
+                    named.add(name or "")
+            if not any(status.startswith("2") for status in op.get("responses", {})):
+                problems.append(f"{method.upper()} {path}: no success response")
+    seen: set[str] = {""}
+    while named - seen:
+        name = (named - seen).pop()
+        seen.add(name)
+        for field, s in components[name].get("properties", {}).items():
+            if untyped(s):
+                problems.append(f"{name}.{field}: {s}")
+            for inner in [s, *(s.get("oneOf") or []), s.get("items") or {}]:
+                if ref := ref_of(inner):
+                    named.add(ref)
+    assert operations >= 21 and {"ApiError", "IntegrationDetail", "StatusDetail", "ActionResult"} <= seen
+    assert not problems, problems

@@ -10,7 +10,7 @@ from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from portal import accounts, flash
-from portal.api_types import Health, Me
+from portal.api_types import ERRORS, Health, Me
 from portal.guards import PortalDep, UserDep, api_signed_in
 from portal.services import Portal, PortalError
 from portal.settings import PortalSettings
@@ -172,6 +172,6 @@ class AccountApi(Controller):
     tags = ["api"]
     guards = [api_signed_in]
 
-    @get("/me")
+    @get("/me", responses=ERRORS)
     async def me(self, user: UserDep) -> Me:
         return Me(email=user.email, name=user.name, admin=user.is_admin)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, get, post
 from litestar.controller import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
 from portal import flash
-from portal.api_types import AuditView, IntegrationView
+from portal.api_types import ERRORS, AuditView, Decision, IntegrationView
 from portal.controllers.integrations import detail_page, view_of
 from portal.guards import (
     PortalDep,
@@ -96,19 +97,20 @@ class AdminApi(Controller):
     tags = ["api"]
     guards = [api_administrator]
 
-    @get("/integrations")
+    @get("/integrations", responses=ERRORS)
     async def list_all(self, portal: PortalDep, status: FromQuery[str | None] = None) -> list[IntegrationView]:
         owners = await portal.owner_emails()
         return [view_of(r, owners.get(r.owner)) for r in await portal.list_all(status)]
 
-    @post("/integrations/{key:str}/{action:str}", status_code=200)
+    @post("/integrations/{key:str}/{action:str}", responses=ERRORS, status_code=200)
     async def decide(self, user: UserDep, portal: PortalDep, settings: SettingsDep, key: FromPath[str],
-                     action: FromPath[str], data: JSONBody[dict[str, Any] | None] = None) -> IntegrationView:
-        reason, narrowed = read_decision(data or {}, settings, "Invalid approved scope.")
+                     action: FromPath[str], data: JSONBody[Decision | None] = None) -> IntegrationView:
+        raw = msgspec.to_builtins(data) if data else {}
+        reason, narrowed = read_decision(raw, settings, "Invalid approved scope.")
         row = await portal.decide(user, key, action, reason, narrowed)
         return view_of(row, (await portal.owner_emails()).get(row.owner))
 
-    @get("/audit")
+    @get("/audit", responses=ERRORS)
     async def audit(self, portal: PortalDep, integration: FromQuery[str | None] = None) -> list[AuditView]:
         return [AuditView(at=e.at.isoformat(), actor=e.actor, action=e.action, integration=e.integration,
                           detail=e.detail) for e in await portal.audit_log(1000, integration)]

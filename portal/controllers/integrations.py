@@ -15,7 +15,7 @@ from litestar.params import JSONBody
 from litestar.response import Redirect, Template
 
 from portal import courses, endpoint, flash
-from portal.api_types import IntegrationDetail, IntegrationView, RotatedSecret
+from portal.api_types import ERRORS, IntegrationDetail, IntegrationRequest, IntegrationView, RotatedSecret
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.guards import PortalDep, RowDep, SettingsDep, UserDep, api_signed_in, owner, signed_in, verified
 from portal.services import Portal, PortalError, grant_of, granted_scope, now, public_view, requested_scope
@@ -156,14 +156,15 @@ class IntegrationApi(Controller):
     tags = ["api"]
     guards = [api_signed_in]
 
-    @get("/integrations")
+    @get("/integrations", responses=ERRORS)
     async def list_mine(self, user: UserDep, portal: PortalDep) -> list[IntegrationView]:
         return [view_of(r) for r in await portal.list_for(user)]
 
-    @post("/integrations", status_code=201, guards=[verified])
+    @post("/integrations", responses=ERRORS, status_code=201, guards=[verified])
     async def create(self, user: UserDep, settings: SettingsDep, portal: PortalDep,
-                     data: JSONBody[dict[str, Any]]) -> IntegrationView:
-        spec, errors = validate_request(data, set(settings.sites), settings.max_text, settings.allowed())
+                     data: JSONBody[IntegrationRequest]) -> IntegrationView:
+        raw = msgspec.to_builtins(data)
+        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
         if spec and spec.url:
             await endpoint.check_endpoint_url(spec.url, settings, errors)
         if errors:
@@ -174,7 +175,7 @@ class IntegrationApi(Controller):
             view["warnings"] = {"courses": unknown_warning(unknown)}
         return msgspec.convert(view, IntegrationView)
 
-    @get("/integrations/{key:str}", guards=[owner])
+    @get("/integrations/{key:str}", responses=ERRORS, guards=[owner])
     async def show(self, portal: PortalDep, row: RowDep) -> IntegrationDetail:
         view = public_view(row)
         view["status_detail"] = await portal.status(row)
@@ -183,19 +184,19 @@ class IntegrationApi(Controller):
             view["webhook_secret"] = secret
         return msgspec.convert(view, IntegrationDetail)
 
-    @post("/integrations/{key:str}/rotate-secret", status_code=200, guards=[owner])
+    @post("/integrations/{key:str}/rotate-secret", responses=ERRORS, status_code=200, guards=[owner])
     async def rotate(self, user: UserDep, portal: PortalDep, row: RowDep) -> RotatedSecret:
         secret = await portal.rotate_secret(user, row)
         until = await endpoint.start_overlap(portal, row)
         return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
 
-    @post("/integrations/{key:str}/creds", status_code=200, media_type="text/plain", guards=[owner],
+    @post("/integrations/{key:str}/creds", responses=ERRORS, status_code=200, media_type="text/plain", guards=[owner],
           description="A new `.creds` file (text) for a direct subscription, shown once.")
     async def creds(self, user: UserDep, portal: PortalDep, row: RowDep) -> Response[str]:
         return Response(await portal.issue_creds(user, row), media_type="text/plain",
                         headers={"Cache-Control": "no-store"})
 
-    @post("/integrations/{key:str}/cancel", status_code=200, guards=[owner])
+    @post("/integrations/{key:str}/cancel", responses=ERRORS, status_code=200, guards=[owner])
     async def cancel(self, user: UserDep, portal: PortalDep, row: RowDep) -> IntegrationView:
         return view_of(await portal.revoke(user, row.key, "cancelled by its owner", row=row))
 

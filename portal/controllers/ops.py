@@ -15,6 +15,7 @@ from litestar.response import Redirect, Template
 
 from hub.deliver import ops
 from portal import charts, endpoint, flash
+from portal.api_types import ERRORS
 from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
@@ -229,12 +230,12 @@ class OpsApi(Controller):
     tags = ["api"]
     guards = [api_signed_in, owner_or_admin]
 
-    @get("/state")
+    @get("/state", responses=ERRORS)
     async def state(self, portal: PortalDep, row: RowDep) -> EndpointState:
         """The endpoint at a glance (owner or administrator)."""
         return await state_of(portal, row)
 
-    @get("/deliveries")
+    @get("/deliveries", responses=ERRORS)
     async def deliveries(self, portal: PortalDep, row: RowDep, outcome: FromQuery[str | None] = None,
                          status: FromQuery[str | None] = None, since: FromQuery[str | None] = None,
                          until: FromQuery[str | None] = None, before: FromQuery[str | None] = None,
@@ -247,7 +248,7 @@ class OpsApi(Controller):
             return AttemptPage(items=[])
         return await read_attempts(await portal.js(), row.key, f)
 
-    @get("/dead-letters")
+    @get("/dead-letters", responses=ERRORS)
     async def dead_letters(self, portal: PortalDep, row: RowDep) -> list[DeadLetterView]:
         if row.status not in ("approved", "suspended") or row.delivery not in PUSH:
             return []
@@ -255,44 +256,44 @@ class OpsApi(Controller):
                                response=d.response, failed_at=d.failed_at)
                 for d in await ops.list_dead_letters(await portal.js(), row.key, limit=1000)]
 
-    @post("/reenable", status_code=200)
+    @post("/reenable", responses=ERRORS, status_code=200)
     async def reenable(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
         return await perform(portal, user, row, "reenable", {})
 
-    @post("/endpoint", status_code=200)
+    @post("/endpoint", responses=ERRORS, status_code=200)
     async def edit_endpoint(self, portal: PortalDep, user: UserDep, row: RowDep,
                        data: JSONBody[endpoint.EndpointEdit]) -> ActionResult:
         """New URL and/or credentials, applied at once (no re-approval: the scope is unchanged)."""
         return await perform(portal, user, row, "endpoint", msgspec.to_builtins(data))
 
-    @post("/scope", status_code=200)
+    @post("/scope", responses=ERRORS, status_code=200)
     async def change_scope(self, portal: PortalDep, user: UserDep, row: RowDep,
                     data: JSONBody[endpoint.ScopeChange]) -> ActionResult:
         """A narrower scope applies at once; a wider one waits for an administrator."""
         return await perform(portal, user, row, "scope",
                              {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
 
-    @post("/retry-now", status_code=200)
+    @post("/retry-now", responses=ERRORS, status_code=200)
     async def retry_now(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
         return await perform(portal, user, row, "retry-now", {})
 
-    @post("/resend", status_code=200)
+    @post("/resend", responses=ERRORS, status_code=200)
     async def resend(self, portal: PortalDep, user: UserDep, row: RowDep,
                      data: JSONBody[ResendRequest]) -> ActionResult:
         """Send one statement again, by its stream sequence (an attempt's ``seqs``)."""
         return await perform(portal, user, row, "resend", {"seq": data.seq})
 
-    @post("/redrive", status_code=200)
+    @post("/redrive", responses=ERRORS, status_code=200)
     async def redrive(self, portal: PortalDep, user: UserDep, row: RowDep,
                       data: JSONBody[RedriveRequest]) -> ActionResult:
         return await perform(portal, user, row, "redrive", {"seqs": data.seqs, "since": data.since})
 
-    @post("/replay", status_code=200)
+    @post("/replay", responses=ERRORS, status_code=200)
     async def replay(self, portal: PortalDep, user: UserDep, row: RowDep,
                      data: JSONBody[ReplayRequest]) -> ActionResult:
         """Deliver again everything since a time, with the same statement ids."""
         return await perform(portal, user, row, "replay", {"since": data.since})
 
-    @post("/test-event", status_code=200)
+    @post("/test-event", responses=ERRORS, status_code=200)
     async def test_event(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
         return await perform(portal, user, row, "test-event", {})
