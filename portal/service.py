@@ -2,4 +2,4 @@
 
 from portal.services import *  # noqa: F403
 from portal.services import __all__  # noqa: F401
-from portal.services.integrations import _dump, _scope_text  # noqa: F401
+from portal.services.integrations import _scope_text, scope_json  # noqa: F401

@@ -36,18 +36,23 @@ def _load(text: str | None) -> list[str]:
     return json.loads(text or "[]")
 
 
-def _dump(values: list[str]) -> str:
-    return json.dumps(list(values))
+def scope_json(scope: Scope) -> str:
+    """A scope as stored in ``Integration.requested`` / ``Integration.granted``."""
+    return msgspec.json.encode(scope).decode()
+
+
+def _scope_of(value: str | dict | None) -> Scope:
+    if isinstance(value, dict):  # a JSON column some driver decoded already
+        return msgspec.convert(value, Scope)
+    return msgspec.json.decode(value or "{}", type=Scope)
 
 
 def requested_scope(row: Integration) -> Scope:
-    return Scope(sites=_load(row.req_sites), orgs=_load(row.req_orgs), courses=_load(row.req_courses),
-                 event_types=_load(row.req_event_types))
+    return _scope_of(row.requested)
 
 
 def granted_scope(row: Integration) -> Scope:
-    return Scope(sites=_load(row.grant_sites), orgs=_load(row.grant_orgs), courses=_load(row.grant_courses),
-                 event_types=_load(row.grant_event_types))
+    return _scope_of(row.granted)
 
 
 def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
@@ -101,8 +106,7 @@ class IntegrationService(ServiceBase):
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
-            req_sites=_dump(spec.scope.sites), req_orgs=_dump(spec.scope.orgs),
-            req_courses=_dump(spec.scope.courses), req_event_types=_dump(spec.scope.event_types),
+            requested=scope_json(spec.scope),
             reason=spec.reason, status="pending",
         )
         await row.save()
@@ -273,9 +277,8 @@ class IntegrationService(ServiceBase):
         errors = check_narrowing(requested_scope(row), granted)
         if errors:
             raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
-        await self._transition(row, "approved", grant_sites=_dump(granted.sites), grant_orgs=_dump(granted.orgs),
-                               grant_courses=_dump(granted.courses), grant_event_types=_dump(granted.event_types),
-                               decided_by=actor.email, decision_reason="")
+        await self._transition(row, "approved", granted=scope_json(granted), decided_by=actor.email,
+                               decision_reason="")
         try:
             secret = await self._activate(row, new_secret=True)
         except Exception:
