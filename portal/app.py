@@ -23,13 +23,13 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 from msgspec import UNSET
 
-from portal import db, endpoint, flash
+from portal import db, flash
 from portal.api_types import ApiError
 from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
-from portal.services import Portal, PortalError
+from portal.services import Portal, PortalError, endpoints
 from portal.settings import PortalSettings
 from portal.web import HERE, LoginNeeded, known_session, load_flash, with_box
 
@@ -72,7 +72,7 @@ def create_app(settings: PortalSettings) -> Litestar:
         except (PortalError, TimeoutError) as exc:  # NATS not reachable yet: targets are sealed at their next write
             log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
         app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
-        app.state.sweeper = asyncio.create_task(endpoint.overlap_loop(portal))
+        app.state.sweeper = asyncio.create_task(endpoints.overlap_loop(portal))
 
     async def shutdown(app: Litestar) -> None:
         for task in ("migration", "sweeper"):

@@ -357,7 +357,7 @@ def test_return_paths_after_login_stay_on_the_site():
 
 async def test_names_are_not_resolved_when_typed(app):
     """The form is no oracle for the hub's private DNS: a name is accepted as typed, the deliverer checks it."""
-    from portal.endpoint import reachable
+    from portal.services.endpoints import reachable
 
     settings = app.state.settings
     assert await reachable("https://hooks.example.org/in", settings) is None

@@ -9,10 +9,11 @@ from litestar.datastructures import Cookie
 from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
-from portal import accounts, flash
+from portal import flash
 from portal.api_types import ERRORS, Health, Me
 from portal.guards import PortalDep, UserDep, api_signed_in
 from portal.services import Portal, PortalError
+from portal.services.accounts import RESET, VERIFY
 from portal.settings import PortalSettings
 from portal.validation import password_problem, validate_signup
 from portal.web import (
@@ -52,7 +53,7 @@ class AccountPages(Controller):
         values, errors = validate_signup(raw)
         if not errors:
             try:
-                await accounts.signup(portal, values["email"], values["name"], values["password"],
+                await portal.signup(values["email"], values["name"], values["password"],
                                       client_of(request))
             except PortalError as exc:
                 if exc.status != 429:
@@ -67,9 +68,9 @@ class AccountPages(Controller):
                     "finish signing up.")
 
     @get("/verify")
-    async def verify_form(self, request: Request, token: FromQuery[str] = "") -> Template:
+    async def verify_form(self, request: Request, portal: PortalDep, token: FromQuery[str] = "") -> Template:
         try:
-            await accounts.check_link(token, accounts.VERIFY)
+            await portal.check_link(token, VERIFY)
         except PortalError as exc:
             return _problem(request, exc.status, exc.message)
         return page(request, "verify.html", token=token, error="")
@@ -79,7 +80,7 @@ class AccountPages(Controller):
         raw = await form_of(request)
         token = str(raw.get("token", ""))[:200]
         try:
-            session = await accounts.confirm(portal, token, str(raw.get("password", "")), client_of(request))
+            session = await portal.confirm(token, str(raw.get("password", "")), client_of(request))
         except PortalError as exc:
             if exc.status == 400:
                 return _problem(request, 400, exc.message)
@@ -95,16 +96,16 @@ class AccountPages(Controller):
     async def forgot(self, request: Request, portal: PortalDep) -> Template:
         email = str((await form_of(request)).get("email", ""))[:254]
         try:
-            await accounts.forgot(portal, email, client_of(request))
+            await portal.forgot(email, client_of(request))
         except PortalError as exc:
             return page(request, "forgot.html", status=exc.status, error=exc.message)
         return page(request, "mail_sent.html", message=f"If {email} has an account, we sent it a link to choose a new "
                     "password.")
 
     @get("/reset")
-    async def reset_form(self, request: Request, token: FromQuery[str] = "") -> Template:
+    async def reset_form(self, request: Request, portal: PortalDep, token: FromQuery[str] = "") -> Template:
         try:
-            await accounts.check_link(token, accounts.RESET)
+            await portal.check_link(token, RESET)
         except PortalError as exc:
             return _problem(request, exc.status, exc.message)
         return page(request, "reset.html", token=token, error="")
@@ -116,7 +117,7 @@ class AccountPages(Controller):
         if problem := password_problem(str(raw.get("password") or "")):
             return page(request, "reset.html", status=400, token=token, error=problem)
         try:
-            await accounts.reset(portal, token, str(raw.get("password")))
+            await portal.reset_password(token, str(raw.get("password")))
         except PortalError as exc:
             return _problem(request, exc.status, exc.message)
         return await go(request, "/login", "Password changed: log in with the new one.")

@@ -14,11 +14,20 @@ from litestar.controller import Controller
 from litestar.params import JSONBody
 from litestar.response import Redirect, Template
 
-from portal import courses, endpoint, flash
+from portal import courses, flash
 from portal.api_types import ERRORS, IntegrationDetail, IntegrationRequest, IntegrationView, RotatedSecret
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.guards import PortalDep, RowDep, SettingsDep, UserDep, api_signed_in, owner, signed_in, verified
-from portal.services import Portal, PortalError, grant_of, granted_scope, now, public_view, requested_scope
+from portal.services import (
+    Portal,
+    PortalError,
+    endpoints,
+    grant_of,
+    granted_scope,
+    now,
+    public_view,
+    requested_scope,
+)
 from portal.tables import Integration
 from portal.validation import split_list, validate_request
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
@@ -43,7 +52,7 @@ class IntegrationPages(Controller):
         raw = await form_of(request)
         spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
         if spec and spec.url:
-            await endpoint.check_endpoint_url(spec.url, settings, errors)
+            await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
         unknown = courses.unknown_courses(known, spec.scope.sites if spec else [], spec.scope.courses if spec else [])
         if errors:
@@ -72,7 +81,7 @@ class IntegrationPages(Controller):
         if again := await once_claimed(request, raw, here):
             return again
         secret = await portal.rotate_secret(user, row)
-        until = await endpoint.start_overlap(portal, row)
+        until = await endpoints.start_overlap(portal, row)
         await flash.done(raw.get("_once"), here)
         return await go(request, here, "New signing secret made; the previous one is still accepted "
                         f"until {fmt(until.timestamp())} or until you retire it.", secret=secret)
@@ -80,7 +89,7 @@ class IntegrationPages(Controller):
     @post("/integrations/{key:str}/retire", guards=[owner])
     async def retire(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep) -> Redirect:
         await portal.retire_old_secret(user, row)
-        await endpoint.update(row, old_secret_until=None)
+        await endpoints.update(row, old_secret_until=None)
         return await go(request, f"/integrations/{row.key}", "The previous signing secret is no longer accepted.")
 
     @post("/integrations/{key:str}/creds", guards=[owner])
@@ -166,7 +175,7 @@ class IntegrationApi(Controller):
         raw = msgspec.to_builtins(data)
         spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
         if spec and spec.url:
-            await endpoint.check_endpoint_url(spec.url, settings, errors)
+            await endpoints.check_endpoint_url(spec.url, settings, errors)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
         view = public_view(await portal.create_integration(user, spec))
@@ -187,7 +196,7 @@ class IntegrationApi(Controller):
     @post("/integrations/{key:str}/rotate-secret", responses=ERRORS, status_code=200, guards=[owner])
     async def rotate(self, user: UserDep, portal: PortalDep, row: RowDep) -> RotatedSecret:
         secret = await portal.rotate_secret(user, row)
-        until = await endpoint.start_overlap(portal, row)
+        until = await endpoints.start_overlap(portal, row)
         return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
 
     @post("/integrations/{key:str}/creds", responses=ERRORS, status_code=200, media_type="text/plain", guards=[owner],

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
 from hub.deliver import ops
-from portal import charts, endpoint, flash
+from portal import charts, flash
 from portal.api_types import ERRORS
 from portal.controllers.integrations import state_of
 from portal.deliveries import (
@@ -26,7 +26,7 @@ from portal.deliveries import (
     read_attempts,
 )
 from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_admin, signed_in
-from portal.services import Portal, PortalError
+from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
 from portal.validation import split_list
 from portal.web import current_user, form_of, go, once_claimed, page
@@ -84,18 +84,18 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
     """Run one operation on ``row``; refusals are :class:`PortalError` with a message for the person."""
     key = row.key
     if op == "reenable":
-        await endpoint.reenable(portal, user, row)
+        await endpoints.reenable(portal, user, row)
         return ActionResult(integration=key, action=op, message="Endpoint re-enabled: delivery resumes, starting "
                             "with the backlog kept while it was disabled.")
     if op == "endpoint":
-        change = endpoint.EndpointEdit(url=p.get("url"), basic_auth=p.get("basic_auth") or None,
+        change = endpoints.EndpointEdit(url=p.get("url"), basic_auth=p.get("basic_auth") or None,
                                        bearer=p.get("bearer") or None,
                                        remove_credentials=bool(p.get("remove_credentials")))
-        changed = await endpoint.edit(portal, user, row, change)
+        changed = await endpoints.edit(portal, user, row, change)
         return ActionResult(integration=key, action=op, message=f"Endpoint updated ({', '.join(changed)}); "
                             "no re-approval needed, the scope is unchanged.")
     if op == "scope":
-        how = await endpoint.change_scope(portal, user, row, p)
+        how = await endpoints.change_scope(portal, user, row, p)
         return ActionResult(integration=key, action=op, message="Narrower scope applied at once." if how == "applied"
                             else "Scope change sent: an administrator will review it; the current scope keeps "
                             "working meanwhile.")
@@ -262,13 +262,13 @@ class OpsApi(Controller):
 
     @post("/endpoint", responses=ERRORS, status_code=200)
     async def edit_endpoint(self, portal: PortalDep, user: UserDep, row: RowDep,
-                       data: JSONBody[endpoint.EndpointEdit]) -> ActionResult:
+                       data: JSONBody[endpoints.EndpointEdit]) -> ActionResult:
         """New URL and/or credentials, applied at once (no re-approval: the scope is unchanged)."""
         return await perform(portal, user, row, "endpoint", msgspec.to_builtins(data))
 
     @post("/scope", responses=ERRORS, status_code=200)
     async def change_scope(self, portal: PortalDep, user: UserDep, row: RowDep,
-                    data: JSONBody[endpoint.ScopeChange]) -> ActionResult:
+                    data: JSONBody[endpoints.ScopeChange]) -> ActionResult:
         """A narrower scope applies at once; a wider one waits for an administrator."""
         return await perform(portal, user, row, "scope",
                              {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})

@@ -9,8 +9,9 @@ import datetime as dt
 
 from hub.natsconn import connect
 from hub.secretbox import SecretBox
+from portal import mail, ratelimit
 from portal.settings import PortalSettings
-from portal.tables import AuditEntry, Integration
+from portal.tables import AuditEntry
 
 
 class PortalError(Exception):
@@ -28,7 +29,6 @@ class NotFound(PortalError):
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
 
 
 class ServiceBase:
@@ -79,9 +79,17 @@ class ServiceBase:
             query = query.where(AuditEntry.integration == key)
         return await query
 
-    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
-        """Mail the owner about a decision; a mail failure is logged and audited, never undoes the decision."""
-        from portal import accounts
+    # ---- mail --------------------------------------------------------------------------------------
+    async def mail_allowed(self, email: str) -> bool:
+        """At most ``mails_per_address_per_hour`` mails to one address: no form can flood a mailbox."""
+        return await ratelimit.allow(ratelimit.key("mail", email), self.settings.mails_per_address_per_hour, 3600)
 
-        await accounts.notify(self, row, event, reason)
+    async def send_mail(self, to: str, subject: str, body: str, key: str = "") -> bool:
+        """Send, or audit the failure (``mail.failed``) and answer False: a mail never undoes what was done."""
+        try:
+            await mail.send(self.settings, to, subject, body)
+            return True
+        except mail.MailError as exc:
+            await self.audit("system", "mail.failed", key, f"{subject[:60]}: {exc}")
+            return False
 

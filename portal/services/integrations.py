@@ -405,15 +405,15 @@ class IntegrationService(ServiceBase):
         """An administrator's decision (the admin page, the JSON API and nothing else dispatch it): ``approve``
         (``narrowed``: grant less than asked), ``deny``, ``suspend``, ``resume``, ``revoke``. On an approved
         integration with a scope change waiting, approve and deny answer that change."""
-        from portal import endpoint
+        from portal.services import endpoints
 
         if action in ("approve", "deny"):
             row = await self.get(key)
             if row.scope_change and row.status == "approved":
                 if action == "approve":
-                    await endpoint.approve_scope_change(self, actor, row, narrowed)
+                    await endpoints.approve_scope_change(self, actor, row, narrowed)
                 else:
-                    await endpoint.deny_scope_change(self, actor, row, reason)
+                    await endpoints.deny_scope_change(self, actor, row, reason)
                 return row
             return await (self.approve(actor, key, narrowed) if action == "approve" else self.deny(actor, key, reason))
         if action == "suspend":
@@ -502,6 +502,18 @@ class IntegrationService(ServiceBase):
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
 
+    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is audited, never undoes the decision."""
+        owner = await Account.objects().get(Account.id == row.owner)
+        if owner is None or owner.password_hash == "!disabled":  # operator-managed owners have no mailbox here
+            return
+        what, text = _NOTICES[event]
+        body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
+                + (f"\nReason: {reason}\n" if reason else "")
+                + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
+        if await self.send_mail(owner.email, f"rthub: integration {row.name[:60]} {what}", body, row.key):
+            await self.audit("system", "mail.notify", row.key, f"{event} notice to the owner")
+
     async def _notice_disabled(self, row: Integration, out: dict[str, Any]) -> None:
         """The deliverer switches a failing target off in the targets bucket; the portal notices it here, when
         it reads the status, and mails the owner once per reason (conditional update: one process sends)."""
@@ -546,6 +558,16 @@ class IntegrationService(ServiceBase):
         except Exception:  # noqa: BLE001 - no consumer yet (deliverer not started)
             out["lag"] = None
         return out
+
+
+_NOTICES = {
+    "approved": ("approved", "Your request was approved. Open it for its credentials or signing secret:"),
+    "denied": ("denied", "Your request was denied."),
+    "suspended": ("suspended", "An administrator suspended it: deliveries and credentials are stopped until it "
+                               "is resumed."),
+    "disabled": ("switched off", "Deliveries were switched off automatically because the endpoint kept failing. "
+                                 "Fix the endpoint, then contact an administrator."),
+}
 
 
 SUSPENDED_REASON = "suspended by an administrator"

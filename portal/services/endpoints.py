@@ -21,7 +21,7 @@ from portal.services.integrations import _scope_text, scope_json
 from portal.tables import Account, Integration
 from portal.validation import Scope, check_narrowing, check_scope, check_url, clean_text
 
-log = logging.getLogger("rthub.portal.endpoint")
+log = logging.getLogger("rthub.portal.endpoints")
 STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
 
 
