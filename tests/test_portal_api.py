@@ -306,6 +306,21 @@ async def test_consumer_cannot_see_or_change_anothers_integrations(app, admin, j
     assert (await mallory.get("/api/v1/admin/integrations", headers=headers)).status_code == 403
 
 
+async def test_an_unconfirmed_account_cannot_request_access(app):
+    """The ``verified`` guard answers before the body is read: an account whose address is no longer confirmed
+    gets 403 with what to do, also for a body that would fail the field checks."""
+    from portal.tables import Account
+
+    consumer = await new_consumer(app)
+    headers = {"Authorization": f"Bearer {await make_token(consumer)}"}
+    await Account.update({Account.email_verified: False}).where(Account.email == consumer.email)
+    for body in ({"name": ""}, {"name": "Engine", "protocol": "xapi", "delivery": "direct", "orgs": ["edX"]}):
+        refused = await consumer.post("/api/v1/integrations", headers=headers, json=body)
+        assert refused.status_code == 403 and "Confirm the owner's e-mail address" in refused.json()["error"]
+    assert (await consumer.get("/api/v1/integrations", headers=headers)).json() == []
+    assert not await Integration.objects().where(Integration.name == "Engine")
+
+
 async def make_token(client) -> str:
     response = await post(client, "/tokens", {"name": "ci"})
     return re.search(r'<pre id="new-token">(rth_[^<]+)</pre>', response.text).group(1)
