@@ -136,3 +136,28 @@ class AuditView(msgspec.Struct, kw_only=True):
     action: str
     integration: str | None
     detail: str
+
+
+# ---- running an integration (portal.controllers.ops)
+class ResendRequest(msgspec.Struct, kw_only=True):
+    seq: int
+
+
+class RedriveRequest(msgspec.Struct, kw_only=True):
+    """``seqs`` (dead-letter sequences) or ``since`` (ISO time or age such as ``2h``); neither = all."""
+
+    seqs: list[int] | None = None
+    since: str | None = None
+
+
+class ReplayRequest(msgspec.Struct, kw_only=True):
+    since: str
+
+
+class DeadLetterView(msgspec.Struct, kw_only=True):
+    seq: int
+    statement_id: str
+    reason: str
+    last_status: int
+    response: str
+    failed_at: str
