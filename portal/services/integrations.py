@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -21,15 +21,33 @@ from portal.validation import IntegrationSpec, Scope, check_narrowing
 log = logging.getLogger("rthub.portal")
 
 
-# Every status change an integration may make; anything else is refused (409). "revoked" from "pending" is
-# the owner cancelling a request.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"approved", "denied", "revoked"}),
-    "approved": frozenset({"suspended", "revoked"}),
-    "suspended": frozenset({"approved", "revoked"}),
-    "denied": frozenset(),
-    "revoked": frozenset(),
+class Transition(NamedTuple):
+    frm: frozenset[str]  # the statuses the decision applies to
+    to: str  # the status it makes
+    refusal: str  # the 409 answer for any other status ({status}: the current one)
+
+
+# Every status change an integration may make, by the decision that makes it; anything else is refused (409).
+# "revoke" of a pending request is its owner cancelling it.
+TRANSITIONS: dict[str, Transition] = {
+    "approve": Transition(frozenset({"pending"}), "approved", "Only a pending request can be approved (this one is "
+                          "{status})."),
+    "deny": Transition(frozenset({"pending"}), "denied", "Only a pending request can be denied (this one is {status})."),
+    "suspend": Transition(frozenset({"approved"}), "suspended", "Only an approved integration can be suspended (this "
+                          "one is {status})."),
+    "resume": Transition(frozenset({"suspended"}), "approved", "Only a suspended integration can be resumed (this one "
+                         "is {status})."),
+    "revoke": Transition(frozenset({"pending", "approved", "suspended"}), "revoked", "This integration is already "
+                         "{status}."),
 }
+
+
+def check_transition(row: Integration, decision: str) -> Transition:
+    """The transition ``decision`` makes from ``row``'s status, or the 409 refusal."""
+    step = TRANSITIONS[decision]
+    if row.status not in step.frm:
+        raise PortalError(step.refusal.format(status=row.status), 409)
+    return step
 
 
 def _load(text: str | None) -> list[str]:
@@ -160,16 +178,15 @@ class IntegrationService(ServiceBase):
                 setattr(row, k, v)
         return bool(done)
 
-    async def _transition(self, row: Integration, to: str, **changes: Any) -> Integration:
-        """Move ``row`` from the status it was read with to ``to``, writing only the changed columns, in one
-        conditional update (``WHERE id = ? AND status = <expected>``) inside a transaction.
+    async def _transition(self, row: Integration, decision: str, **changes: Any) -> Integration:
+        """Make ``decision`` (a key of :data:`TRANSITIONS`) from the status ``row`` was read with, writing only
+        the changed columns, in one conditional update (``WHERE id = ? AND status = <expected>``) inside a
+        transaction.
 
         Someone else changing the status first (a concurrent revoke, approve or cancel) makes this a 409:
         the decision that won stays, nothing is overwritten.
         """
-        frm = row.status
-        if to not in TRANSITIONS.get(frm, ()):
-            raise PortalError(f"An integration that is {frm} cannot become {to}.", 409)
+        frm, to = row.status, check_transition(row, decision).to
         async with Integration._meta.db.transaction():
             done = await Integration.update({Integration.status: to, Integration.updated: now(),
                                              **{getattr(Integration, k): v for k, v in changes.items()}}
@@ -271,13 +288,12 @@ class IntegrationService(ServiceBase):
 
     async def approve(self, actor: Account, key: str, narrowed: Scope | None = None) -> Integration:
         row = await self.get(key)
-        if row.status not in ("pending",):
-            raise PortalError(f"Only a pending request can be approved (this one is {row.status}).", 409)
+        check_transition(row, "approve")  # before the scope checks: a decided request answers 409, not 400
         granted = narrowed if narrowed is not None else requested_scope(row)
         errors = check_narrowing(requested_scope(row), granted)
         if errors:
             raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
-        await self._transition(row, "approved", granted=scope_json(granted), decided_by=actor.email,
+        await self._transition(row, "approve", granted=scope_json(granted), decided_by=actor.email,
                                decision_reason="")
         try:
             secret = await self._activate(row, new_secret=True)
@@ -298,11 +314,10 @@ class IntegrationService(ServiceBase):
 
     async def deny(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
-        if row.status != "pending":
-            raise PortalError(f"Only a pending request can be denied (this one is {row.status}).", 409)
+        check_transition(row, "deny")  # before asking for a reason
         if not reason.strip():
             raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
-        await self._transition(row, "denied", decided_by=actor.email, decision_reason=reason)
+        await self._transition(row, "deny", decided_by=actor.email, decision_reason=reason)
         await self.audit(actor.email, "integration.deny", row.key, reason)
         await self.notify(row, "denied", reason)
         return row
@@ -369,9 +384,7 @@ class IntegrationService(ServiceBase):
 
     async def suspend(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
-        if row.status != "approved":
-            raise PortalError(f"Only an approved integration can be suspended (this one is {row.status}).", 409)
-        await self._transition(row, "suspended", decided_by=actor.email, decision_reason=reason)
+        await self._transition(row, "suspend", decided_by=actor.email, decision_reason=reason)
         await self._deactivate(row)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
         await self._cut_off(row, actor, final=False)
@@ -381,9 +394,7 @@ class IntegrationService(ServiceBase):
 
     async def resume(self, actor: Account, key: str) -> Integration:
         row = await self.get(key)
-        if row.status != "suspended":
-            raise PortalError(f"Only a suspended integration can be resumed (this one is {row.status}).", 409)
-        await self._transition(row, "approved", decided_by=actor.email, decision_reason="")
+        await self._transition(row, "resume", decided_by=actor.email, decision_reason="")
         await self._activate(row, new_secret=False)
         await self.audit(actor.email, "integration.resume", row.key)
         await self._settle(row, actor)
@@ -391,10 +402,8 @@ class IntegrationService(ServiceBase):
 
     async def revoke(self, actor: Account, key: str, reason: str, row: Integration | None = None) -> Integration:
         row = row or await self.get(key)
-        if row.status in ("revoked", "denied"):
-            raise PortalError(f"This integration is already {row.status}.", 409)
         # The status changes first: from here on no download issues for it (issue_creds re-checks it).
-        await self._transition(row, "revoked", decided_by=actor.email, decision_reason=reason, pending_secret=None)
+        await self._transition(row, "revoke", decided_by=actor.email, decision_reason=reason, pending_secret=None)
         await self._remove(row)
         await self.audit(actor.email, "integration.revoke", row.key, reason)
         await self._cut_off(row, actor)
