@@ -31,10 +31,6 @@ class TokenService(ServiceBase):
         account = await Account.objects().get(Account.id == row.account)
         return None if account is None else (account, row)
 
-    async def token_account(self, token: str | None) -> Account | None:
-        got = await self.token_access(token)
-        return got[0] if got else None
-
     async def list_tokens(self, account: Account) -> list[ApiToken]:
         return await ApiToken.objects().where(ApiToken.account == account.id).order_by(ApiToken.id)
 
