@@ -1,12 +1,84 @@
-"""Typed JSON shapes of the API routes this module's users touch, so OpenAPI documents them (msgspec structs)."""
+"""Typed JSON shapes of the API routes (msgspec structs), so OpenAPI documents every request and answer."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+from msgspec import UNSET, UnsetType
 
+from hub.deliver.store import Attempt
 from portal.validation import Scope
+
+
+class ApiError(msgspec.Struct, kw_only=True):
+    """Every refusal of the JSON API: a message for a person and, for a form-like body, one per field."""
+
+    error: str
+    errors: dict[str, str] | UnsetType = UNSET
+
+
+# The refusals any API route may answer with (documented once, attached to every API handler).
+ERRORS = {code: ResponseSpec(data_container=ApiError, description=text, generate_examples=False) for code, text in (
+    (400, "Invalid request (`errors` names the fields)"), (401, "No valid API token"),
+    (403, "Not allowed (administrators only, a read-only token, an unconfirmed address)"),
+    (404, "No such integration (or not yours)"), (409, "Not possible in the integration's current status"),
+    (503, "NATS unreachable; try again shortly"))}
+
+
+class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A request for events (``POST /integrations``); checked field by field, refusals name the field. Scope
+    lists are lists or comma/space separated text. ``basic_auth`` (``user:password``) or ``bearer`` are the
+    endpoint's credentials (``lrs`` needs one)."""
+
+    name: str | None = None
+    protocol: str | None = None
+    delivery: str | None = None
+    url: str | None = None
+    reason: str | None = None
+    basic_auth: str | None = None
+    bearer: str | None = None
+    sites: list[str] | str | None = None
+    orgs: list[str] | str | None = None
+    courses: list[str] | str | None = None
+    event_types: list[str] | str | None = None
+
+
+class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """An administrator's decision: the ``reason`` (required to deny) and, to approve less than asked, the
+    granted scope (any scope field sent replaces the request's)."""
+
+    reason: str | None = None
+    sites: list[str] | str | None = None
+    orgs: list[str] | str | None = None
+    courses: list[str] | str | None = None
+    event_types: list[str] | str | None = None
+
+
+class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Delivery figures of an approved or suspended integration (``hub.deliver.status``); a field the hub
+    did not report is left out. Times are epoch seconds."""
+
+    integration: str | UnsetType = UNSET
+    kind: str | None | UnsetType = UNSET
+    url: str | None | UnsetType = UNSET
+    enabled: bool | None | UnsetType = UNSET
+    disabled_reason: str | None | UnsetType = UNSET
+    delivered: int | None | UnsetType = UNSET
+    attempts: int | UnsetType = UNSET
+    failures: int | UnsetType = UNSET
+    dead_lettered: int | UnsetType = UNSET
+    lag: int | None | UnsetType = UNSET
+    pending: int | None | UnsetType = UNSET
+    ack_pending: int | None | UnsetType = UNSET
+    awaiting_ack: int | None | UnsetType = UNSET
+    last_success: float | None | UnsetType = UNSET
+    last_error: str | None | UnsetType = UNSET
+    last_error_at: float | None | UnsetType = UNSET
+    failing_since: float | None | UnsetType = UNSET
+    behind_since: float | None | UnsetType = UNSET
+    dead_letters: int | None | UnsetType = UNSET
+    replay_since: str | None | UnsetType = UNSET
+    recent: list[Attempt] | UnsetType = UNSET
 
 
 class IntegrationView(msgspec.Struct, kw_only=True):
@@ -44,8 +116,12 @@ class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
     """One integration with its delivery figures (``hub.deliver.status``: delivered, lag, last error, dead
     letters, ``behind_since`` when it cannot keep up) and, once, the webhook secret made at approval."""
 
-    status_detail: dict[str, Any] = {}
+    status_detail: StatusDetail = msgspec.field(default_factory=StatusDetail)
     webhook_secret: str | None = None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
 
 
 class Me(msgspec.Struct, kw_only=True):
@@ -60,3 +136,28 @@ class AuditView(msgspec.Struct, kw_only=True):
     action: str
     integration: str | None
     detail: str
+
+
+# ---- running an integration (portal.controllers.ops)
+class ResendRequest(msgspec.Struct, kw_only=True):
+    seq: int
+
+
+class RedriveRequest(msgspec.Struct, kw_only=True):
+    """``seqs`` (dead-letter sequences) or ``since`` (ISO time or age such as ``2h``); neither = all."""
+
+    seqs: list[int] | None = None
+    since: str | None = None
+
+
+class ReplayRequest(msgspec.Struct, kw_only=True):
+    since: str
+
+
+class DeadLetterView(msgspec.Struct, kw_only=True):
+    seq: int
+    statement_id: str
+    reason: str
+    last_status: int
+    response: str
+    failed_at: str

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hub.settings import from_env
 from portal import db
-from portal.service import Portal, PortalError, public_view
+from portal.services import Portal, PortalError, public_view
 from portal.settings import PortalSettings
 from portal.tables import Account
 from portal.validation import check_scope, validate_request
@@ -161,24 +161,15 @@ def integration_decide(args: argparse.Namespace) -> int:
     settings = settings_from(args)
 
     async def work(portal: Portal):
-        actor = operator()
-        if args.action == "approve":
-            narrowed = None
-            if args.site or args.org or args.course or args.event_type:
-                errors: dict[str, str] = {}
-                narrowed = check_scope({"sites": args.site, "orgs": args.org, "courses": args.course,
-                                        "event_types": args.event_type}, set(settings.sites), errors)
-                if errors:
-                    raise PortalError("invalid scope", 400, errors)
-            row = await portal.approve(actor, args.key, narrowed)
-        elif args.action == "deny":
-            row = await portal.deny(actor, args.key, args.reason)
-        elif args.action == "suspend":
-            row = await portal.suspend(actor, args.key, args.reason)
-        elif args.action == "resume":
-            row = await portal.resume(actor, args.key)
-        else:
-            row = await portal.revoke(actor, args.key, args.reason)
+        narrowed = None
+        if args.action == "approve" and (args.site or args.org or args.course or args.event_type):
+            errors: dict[str, str] = {}
+            narrowed = check_scope({"sites": args.site, "orgs": args.org, "courses": args.course,
+                                    "event_types": args.event_type}, set(settings.sites), errors)
+            if errors:
+                raise PortalError("invalid scope", 400, errors)
+        # The same call as the admin page and the JSON API (on a waiting scope change, approve/deny answer it).
+        row = await portal.decide(operator(), args.key, args.action, getattr(args, "reason", None) or "", narrowed)
         print(f"integration {row.key} {row.status}")
 
     return _run(settings, work)

@@ -3,7 +3,7 @@ SQLite (default, a file in the data directory) and PostgreSQL (``DATABASE_URL``)
 
 from __future__ import annotations
 
-from piccolo.columns import Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSON, Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -44,7 +44,9 @@ class ApiToken(Table, tablename="portal_api_token"):
 class Integration(Table, tablename="portal_integration"):
     """One consumer's request for events and, once approved, its grant (``key`` = grant id).
 
-    Scope lists are JSON text: ``req_*`` as requested, ``grant_*`` as approved (possibly narrowed).
+    ``requested`` and ``granted`` are each one JSON object, a :class:`portal.validation.Scope` (``sites``,
+    ``orgs``, ``courses``, ``event_types``): as asked, and as approved (possibly narrowed); read and written only
+    through ``portal.services.integrations`` (``requested_scope``, ``granted_scope``, ``scope_json``).
     ``pending_secret`` holds a new webhook secret only until its single display. ``issued_users`` lists the
     public keys of every direct-subscription credential issued, so revocation can cut them all off.
     """
@@ -57,14 +59,8 @@ class Integration(Table, tablename="portal_integration"):
     url = Varchar(length=2048, null=True, default=None)
     auth_kind = Varchar(length=16, default="none")
     auth_value = Text(null=True, default=None)
-    req_sites = Text(default="[]")
-    req_orgs = Text(default="[]")
-    req_courses = Text(default="[]")
-    req_event_types = Text(default="[]")
-    grant_sites = Text(default="[]")
-    grant_orgs = Text(default="[]")
-    grant_courses = Text(default="[]")
-    grant_event_types = Text(default="[]")
+    requested = JSON(default="{}")
+    granted = JSON(default="{}")
     reason = Text(default="")
     status = Varchar(length=16, default="pending", index=True)
     decision_reason = Text(default="")
@@ -73,7 +69,7 @@ class Integration(Table, tablename="portal_integration"):
     issued_users = Text(default="[]")
     creds_issued = Integer(default=0)
     old_secret_until = Timestamptz(null=True, default=None)  # the rotated-out webhook secret is retired then
-    scope_change = Boolean(default=False)  # req_* hold a wider scope the owner asked for, awaiting an admin
+    scope_change = Boolean(default=False)  # requested holds a wider scope the owner asked for, awaiting an admin
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
     disabled_notified = Text(default="")

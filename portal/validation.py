@@ -108,7 +108,7 @@ def check_url(value: Any, errors: dict[str, str], field: str = "url", allowed: l
     if literal is not None:
         try:
             ssrf.check_address(literal, list(allowed))
-        except ssrf.Refused as exc:  # the same words as portal.endpoint.reachable
+        except ssrf.Refused as exc:  # the same words as portal.services.endpoints.reachable
             errors[field] = f"The deliverer will not send there: {exc}."
             return None
     return text

@@ -306,6 +306,21 @@ async def test_consumer_cannot_see_or_change_anothers_integrations(app, admin, j
     assert (await mallory.get("/api/v1/admin/integrations", headers=headers)).status_code == 403
 
 
+async def test_an_unconfirmed_account_cannot_request_access(app):
+    """The ``verified`` guard answers before the body is read: an account whose address is no longer confirmed
+    gets 403 with what to do, also for a body that would fail the field checks."""
+    from portal.tables import Account
+
+    consumer = await new_consumer(app)
+    headers = {"Authorization": f"Bearer {await make_token(consumer)}"}
+    await Account.update({Account.email_verified: False}).where(Account.email == consumer.email)
+    for body in ({"name": ""}, {"name": "Engine", "protocol": "xapi", "delivery": "direct", "orgs": ["edX"]}):
+        refused = await consumer.post("/api/v1/integrations", headers=headers, json=body)
+        assert refused.status_code == 403 and "Confirm the owner's e-mail address" in refused.json()["error"]
+    assert (await consumer.get("/api/v1/integrations", headers=headers)).json() == []
+    assert not await Integration.objects().where(Integration.name == "Engine")
+
+
 async def make_token(client) -> str:
     response = await post(client, "/tokens", {"name": "ci"})
     return re.search(r'<pre id="new-token">(rth_[^<]+)</pre>', response.text).group(1)
@@ -491,22 +506,57 @@ async def test_read_only_token_is_refused_on_every_state_changing_api_route(app,
 
 
 async def test_every_api_response_has_a_typed_schema(app):
-    """OpenAPI documents every JSON response of /api/v1 with a named struct (or a list of them)."""
+    """OpenAPI documents every JSON answer and body of /api/v1 with a named struct (or a list of them), refusals
+    with the portal's own error shape, and no struct has an untyped field (``{}`` or a free-form object)."""
     async with Client(app) as client:
         schema = (await client.get("/schema/openapi.json")).json()
-    untyped = []
+    components = schema["components"]["schemas"]
+
+    def ref_of(s: dict) -> str | None:
+        s = s.get("items", s) if s.get("type") == "array" else s
+        alternatives = [a for a in s.get("oneOf", []) if a.get("type") != "null"]
+        s = alternatives[0] if len(alternatives) == 1 else s  # an optional body: the struct or nothing
+        return s["$ref"].rsplit("/", 1)[1] if "$ref" in s else None
+
+    def untyped(s: dict) -> bool:
+        if not s or s.get("additionalProperties") == {}:
+            return True
+        alternatives = s.get("oneOf") or s.get("anyOf")
+        if alternatives:
+            return any(untyped(a) for a in alternatives)
+        if s.get("type") == "array":
+            return untyped(s.get("items") or {})
+        return "$ref" not in s and "type" not in s
+
+    problems, named, operations = [], set(), 0
     for path, ops in schema["paths"].items():
         if not path.startswith("/api/v1"):
             continue
         for method, op in ops.items():
-            for status, response in op.get("responses", {}).items():
-                if not status.startswith("2"):
-                    continue
-                for media, body in (response.get("content") or {}).items():
+            operations += 1
+            bodies = [("request", (op.get("requestBody") or {}).get("content") or {})]
+            bodies += [(status, r.get("content") or {}) for status, r in op.get("responses", {}).items()]
+            for where, content in bodies:
+                for media, body in content.items():
                     if media != "application/json":
                         continue
-                    s = body["schema"]
-                    s = s.get("items", s) if s.get("type") == "array" else s
-                    if "$ref" not in s:
-                        untyped.append(f"{method.upper()} {path} {status}: {s}")
-    assert not untyped, untyped
+                    name = ref_of(body["schema"])
+                    if name is None:
+                        problems.append(f"{method.upper()} {path} {where}: {body['schema']}")
+                    elif where.startswith(("4", "5")) and name != "ApiError":
+                        problems.append(f"{method.upper()} {path} {where}: {name}, not ApiError")
+                    named.add(name or "")
+            if not any(status.startswith("2") for status in op.get("responses", {})):
+                problems.append(f"{method.upper()} {path}: no success response")
+    seen: set[str] = {""}
+    while named - seen:
+        name = (named - seen).pop()
+        seen.add(name)
+        for field, s in components[name].get("properties", {}).items():
+            if untyped(s):
+                problems.append(f"{name}.{field}: {s}")
+            for inner in [s, *(s.get("oneOf") or []), s.get("items") or {}]:
+                if ref := ref_of(inner):
+                    named.add(ref)
+    assert operations >= 21 and {"ApiError", "IntegrationDetail", "StatusDetail", "ActionResult"} <= seen
+    assert not problems, problems

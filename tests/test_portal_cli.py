@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +18,7 @@ from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
 from portal import db as portal_db
 from portal.settings import PortalSettings
 from tests.helpers import rthub, rthub_env, unique, wait_for
+from tests.portal_pg import postgres_url
 
 COURSE = "course-v1:edX+DemoX+Demo_Course"
 
@@ -79,7 +78,7 @@ async def test_add_lrs_list_revoke(env, js):
 
 
 async def test_owner_must_have_confirmed_its_address(env):
-    from portal.service import Portal
+    from portal.services import Portal
 
     settings = from_env(PortalSettings, env=env)
     engine = await portal_db.migrate(settings)
@@ -124,7 +123,7 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     # a consumer's pending request (made through the service layer, as the pages do), approved from the CLI
     from hub.settings import from_env
     from portal import db
-    from portal.service import Portal
+    from portal.services import Portal
     from portal.settings import PortalSettings
     from portal.validation import validate_request
 
@@ -148,34 +147,24 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).status == "suspended"
 
 
-# RTHUB_TEST_DATABASE_URL (else DATABASE_URL) names the server: compose's tests service points it at the postgres
-# service (a variable of its own there, so no other test's portal falls back to that database). The test works in
-# a database of its own and drops it afterwards. Default: a local server that trusts the postgres user.
-PG_URL = (os.environ.get("RTHUB_TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
-          or "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_up() -> bool:
-    parts = urlsplit(PG_URL)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), timeout=1):
-            return True
-    except OSError:
-        return False
+@pytest.fixture(scope="module")
+def pg_url():
+    """RTHUB_TEST_DATABASE_URL (else DATABASE_URL; compose's tests service points it at the postgres service),
+    else a private server started for this module (tests/portal_pg.py)."""
+    with postgres_url() as url:
+        yield url
 
 
 @pytest.mark.postgres
-async def test_portal_on_postgresql(nats_server, js, tmp_path):  # js: the streams and buckets exist
-    if not _postgres_up():
-        pytest.skip(f"PostgreSQL is not reachable at {urlsplit(PG_URL).netloc.rpartition('@')[2]} (RTHUB_TEST_DATABASE_URL)")
+async def test_portal_on_postgresql(nats_server, js, tmp_path, pg_url):  # js: the streams and buckets exist
     import asyncpg
 
     # a database of its own (a schema is not enough: piccolo finds another schema's migration table, e.g. the
     # running portal's in compose, and then misses its own)
     name = unique("portal_")
-    server = await asyncpg.connect(PG_URL)
+    server = await asyncpg.connect(pg_url)
     await server.execute(f"CREATE DATABASE {name}")
-    url = urlunsplit(urlsplit(PG_URL)._replace(path=f"/{name}"))
+    url = urlunsplit(urlsplit(pg_url)._replace(path=f"/{name}"))
     try:
         env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path), RTHUB_DATABASE_URL=url)
         made = await asyncio.to_thread(run, "portal", "create-admin", "--email", "pg@example.org", "--password-stdin",

@@ -345,7 +345,7 @@ async def test_admin_page_refreshes_from_a_route_that_exists(app, admin):
 
 
 def test_return_paths_after_login_stay_on_the_site():
-    from portal.app import form_page_of, safe_back
+    from portal.web import form_page_of, safe_back
 
     assert form_page_of("/integrations", {}) == "/integrations/new"
     assert form_page_of("/integrations/i1/ops/redrive", {"back": "deliveries"}) == "/integrations/i1/deliveries"
@@ -361,7 +361,7 @@ def test_return_paths_after_login_stay_on_the_site():
 
 async def test_names_are_not_resolved_when_typed(app):
     """The form is no oracle for the hub's private DNS: a name is accepted as typed, the deliverer checks it."""
-    from portal.endpoint import reachable
+    from portal.services.endpoints import reachable
 
     settings = app.state.settings
     assert await reachable("https://hooks.example.org/in", settings) is None

@@ -18,7 +18,7 @@ from hub.deliver.status import integration_status
 from hub.grants import decode_grant
 from hub.streams import GRANTS_BUCKET
 from hub.subjects import subject
-from portal import endpoint
+from portal.services import endpoints
 from portal.tables import Integration
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
@@ -289,7 +289,7 @@ async def test_rotation_overlap_is_shown_and_ends(app, admin, js):
     row = await Integration.objects().get(Integration.key == key)
     await Integration.update({Integration.old_secret_until: dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)}
                              ).where(Integration.id == row.id)
-    assert await endpoint.retire_expired(app.state.portal) >= 1
+    assert await endpoints.retire_expired(app.state.portal) >= 1
     assert len((await read_target(app, js, key)).secrets) == 1
     assert "secret.retire" in (await admin.get(f"/admin/integrations/{key}")).text
 

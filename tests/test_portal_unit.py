@@ -164,3 +164,24 @@ async def test_without_smtp_mails_go_to_the_outbox_and_the_link_is_printed(tmp_p
     assert len(files) == 1 and oct(files[0].stat().st_mode & 0o777) == "0o600"
     assert "To: a@example.org" in files[0].read_text() and "verify?token=abc" in files[0].read_text()
     assert "http://127.0.0.1:8080/verify?token=abc" in capsys.readouterr().out
+
+
+def test_one_table_says_which_decision_moves_which_status():
+    from types import SimpleNamespace
+
+    from portal.services import PortalError
+    from portal.services.integrations import TRANSITIONS, check_transition
+
+    moves = {(frm, step.to) for step in TRANSITIONS.values() for frm in step.frm}
+    assert moves == {("pending", "approved"), ("pending", "denied"), ("pending", "revoked"),
+                     ("approved", "suspended"), ("approved", "revoked"), ("suspended", "approved"),
+                     ("suspended", "revoked")}
+    for decision, step in TRANSITIONS.items():
+        for status in ("pending", "approved", "suspended", "denied", "revoked"):
+            row = SimpleNamespace(status=status)
+            if status in step.frm:
+                assert check_transition(row, decision).to == step.to
+            else:
+                with pytest.raises(PortalError) as refused:
+                    check_transition(row, decision)
+                assert refused.value.status == 409 and status in refused.value.message, (decision, status)

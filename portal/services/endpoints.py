@@ -16,11 +16,12 @@ from typing import Any
 import msgspec
 
 from hub.deliver import ssrf
-from portal.service import Portal, PortalError, _dump, _scope_text, granted_scope, now
+from portal.services import Portal, PortalError, granted_scope, now
+from portal.services.integrations import _scope_text, scope_json
 from portal.tables import Account, Integration
 from portal.validation import Scope, check_narrowing, check_scope, check_url, clean_text
 
-log = logging.getLogger("rthub.portal.endpoint")
+log = logging.getLogger("rthub.portal.endpoints")
 STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
 
 
@@ -184,19 +185,14 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
     if not check_narrowing(current, wanted):
-        row.grant_sites, row.grant_orgs = _dump(wanted.sites), _dump(wanted.orgs)
-        row.grant_courses, row.grant_event_types = _dump(wanted.courses), _dump(wanted.event_types)
-        await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs,
-                     grant_courses=row.grant_courses, grant_event_types=row.grant_event_types,
-                     req_sites=row.grant_sites, req_orgs=row.grant_orgs, req_courses=row.grant_courses,
-                     req_event_types=row.grant_event_types, scope_change=False)
+        row.granted = scope_json(wanted)
+        await update(row, granted=row.granted, requested=row.granted, scope_change=False)
         if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
         await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
         return "applied"
-    await update(row, req_sites=_dump(wanted.sites), req_orgs=_dump(wanted.orgs),
-                 req_courses=_dump(wanted.courses), req_event_types=_dump(wanted.event_types), scope_change=True)
+    await update(row, requested=scope_json(wanted), scope_change=True)
     await portal.audit(actor.email, "scope.request", row.key, _scope_text(wanted))
     return "requested"
 
@@ -213,7 +209,7 @@ async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
     """The administrator grants a requested scope change (possibly narrowed, never wider than asked)."""
-    from portal.service import requested_scope
+    from portal.services import requested_scope
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)
@@ -221,11 +217,9 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
-    row.grant_sites, row.grant_orgs = _dump(granted.sites), _dump(granted.orgs)
-    row.grant_courses, row.grant_event_types = _dump(granted.courses), _dump(granted.event_types)
+    row.granted = scope_json(granted)
     await portal._activate(row, new_secret=False)
-    await update(row, grant_sites=row.grant_sites, grant_orgs=row.grant_orgs, grant_courses=row.grant_courses,
-                 grant_event_types=row.grant_event_types, scope_change=False, decided_by=actor.email)
+    await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
 
 
@@ -235,9 +229,7 @@ async def deny_scope_change(portal: Portal, actor: Account, row: Integration, re
     if not reason.strip():
         raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
     current = granted_scope(row)
-    await update(row, req_sites=_dump(current.sites), req_orgs=_dump(current.orgs),
-                 req_courses=_dump(current.courses), req_event_types=_dump(current.event_types),
-                 scope_change=False, decision_reason=reason, decided_by=actor.email)
+    await update(row, requested=scope_json(current), scope_change=False, decision_reason=reason, decided_by=actor.email)
     await portal.audit(actor.email, "scope.deny", row.key, reason)
 
 

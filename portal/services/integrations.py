@@ -1,0 +1,589 @@
+"""Integrations: requests, decisions (the one table of allowed status changes, :data:`TRANSITIONS`) and the
+NATS side of each decision (grant in ``rthub_grants``, push target in ``rthub_targets``, direct-subscription
+consumer and credentials through ``hub.auth``). Every decision is written to the audit log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any, NamedTuple
+
+import msgspec
+
+from hub.grants import Grant, Target, consumer_name, delete_grant, put_grant
+from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+from portal import security
+from portal.services.base import NotFound, PortalError, ServiceBase, now
+from portal.tables import Account, Integration, IssuedCredential
+from portal.validation import IntegrationSpec, Scope, check_narrowing
+
+log = logging.getLogger("rthub.portal")
+
+
+class Transition(NamedTuple):
+    frm: frozenset[str]  # the statuses the decision applies to
+    to: str  # the status it makes
+    refusal: str  # the 409 answer for any other status ({status}: the current one)
+
+
+# Every status change an integration may make, by the decision that makes it; anything else is refused (409).
+# "revoke" of a pending request is its owner cancelling it.
+TRANSITIONS: dict[str, Transition] = {
+    "approve": Transition(frozenset({"pending"}), "approved", "Only a pending request can be approved (this one is "
+                          "{status})."),
+    "deny": Transition(frozenset({"pending"}), "denied", "Only a pending request can be denied (this one is {status})."),
+    "suspend": Transition(frozenset({"approved"}), "suspended", "Only an approved integration can be suspended (this "
+                          "one is {status})."),
+    "resume": Transition(frozenset({"suspended"}), "approved", "Only a suspended integration can be resumed (this one "
+                         "is {status})."),
+    "revoke": Transition(frozenset({"pending", "approved", "suspended"}), "revoked", "This integration is already "
+                         "{status}."),
+}
+
+
+def check_transition(row: Integration, decision: str) -> Transition:
+    """The transition ``decision`` makes from ``row``'s status, or the 409 refusal."""
+    step = TRANSITIONS[decision]
+    if row.status not in step.frm:
+        raise PortalError(step.refusal.format(status=row.status), 409)
+    return step
+
+
+def _load(text: str | None) -> list[str]:
+    return json.loads(text or "[]")
+
+
+def scope_json(scope: Scope) -> str:
+    """A scope as stored in ``Integration.requested`` / ``Integration.granted``."""
+    return msgspec.json.encode(scope).decode()
+
+
+def _scope_of(value: str | dict | None) -> Scope:
+    if isinstance(value, dict):  # a JSON column some driver decoded already
+        return msgspec.convert(value, Scope)
+    return msgspec.json.decode(value or "{}", type=Scope)
+
+
+def requested_scope(row: Integration) -> Scope:
+    return _scope_of(row.requested)
+
+
+def granted_scope(row: Integration) -> Scope:
+    return _scope_of(row.granted)
+
+
+def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
+    scope = granted_scope(row)
+    return Grant(id=row.key, consumer=consumer, protocol=row.protocol, sites=scope.sites, orgs=scope.orgs,
+                 courses=scope.courses, event_types=scope.event_types, delivery=row.delivery,
+                 status=status).validate()
+
+
+def public_view(row: Integration, owner_email: str | None = None) -> dict[str, Any]:
+    """An integration as shown to its owner or an admin: never the endpoint credentials or secrets."""
+    return {
+        "id": row.key, "name": row.name, "protocol": row.protocol, "delivery": row.delivery, "url": row.url,
+        "auth": row.auth_kind, "status": row.status, "reason": row.reason,
+        "decision_reason": row.decision_reason, "decided_by": row.decided_by,
+        "requested": msgspec.to_builtins(requested_scope(row)),
+        "granted": msgspec.to_builtins(granted_scope(row)) if row.status not in ("pending", "denied") else None,
+        "consumer": consumer_name(row.key), "owner": owner_email,
+        "created": row.created.isoformat() if row.created else None,
+        "updated": row.updated.isoformat() if row.updated else None,
+    }
+
+
+
+class IntegrationService(ServiceBase):
+    async def seal_stored_secrets(self) -> int:
+        """Seal credentials stored in the clear by an earlier version (run at start-up); returns how many."""
+        rows = await Integration.select(Integration.id, Integration.auth_value, Integration.pending_secret).where(
+            Integration.auth_value.is_not_null() | Integration.pending_secret.is_not_null())
+        count = 0
+        for r in rows:
+            changes = {col: self.box.seal(r[col._meta.name]) for col in (Integration.auth_value, Integration.pending_secret)
+                       if r[col._meta.name] and not r[col._meta.name].startswith("fernet:")}
+            if changes:
+                await Integration.update(changes).where(Integration.id == r["id"])
+                count += 1
+        for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
+                                                     & (Integration.delivery != "direct")):
+            target = await self._get_target(row.key, sealed=True)
+            if target is not None and target != self.box.seal_target(target):
+                await self._put_target(target)  # _put_target seals what is still in the clear
+                count += 1
+        return count
+
+    # ---- integrations -------------------------------------------------------------------------------
+    async def create_integration(self, owner: Account, spec: IntegrationSpec, approved_by: Account | None = None,
+                                 allow_unverified: bool = False) -> Integration:
+        if not owner.email_verified and not allow_unverified:
+            raise PortalError("Confirm the owner's e-mail address before requesting access "
+                              "(the link is in the mail sent at sign-up).", 403)
+        row = Integration(
+            key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
+            delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
+            requested=scope_json(spec.scope),
+            reason=spec.reason, status="pending",
+        )
+        await row.save()
+        await self.audit(owner.email, "integration.request", row.key,
+                         f"{spec.protocol} via {spec.delivery}; {_scope_text(spec.scope)}")
+        if approved_by is not None:
+            await self.approve(approved_by, row.key)
+            row = await Integration.objects().get(Integration.key == row.key)
+        return row
+
+    async def get(self, key: str, account: Account | None = None) -> Integration:
+        """The integration ``key``; with ``account`` only if that account owns it (or is an administrator)."""
+        row = await Integration.objects().get(Integration.key == str(key)[:64])
+        if row is None or (account is not None and not account.is_admin and row.owner != account.id):
+            raise NotFound()
+        return row
+
+    async def get_owned(self, key: str, account: Account) -> Integration:
+        """Only the owner's own integration (administrators use the admin routes)."""
+        row = await Integration.objects().get(Integration.key == str(key)[:64])
+        if row is None or row.owner != account.id:
+            raise NotFound()
+        return row
+
+    async def list_for(self, owner: Account) -> list[Integration]:
+        return await Integration.objects().where(Integration.owner == owner.id).order_by(Integration.id, ascending=False)
+
+    async def list_all(self, status: str | None = None) -> list[Integration]:
+        query = Integration.objects().order_by(Integration.id, ascending=False)
+        if status:
+            query = query.where(Integration.status == status)
+        return await query
+
+    async def owner_emails(self) -> dict[int, str]:
+        return {r["id"]: r["email"] for r in await Account.select(Account.id, Account.email)}
+
+    async def _consumer_label(self, row: Integration) -> str:
+        owner = await Account.objects().get(Account.id == row.owner)
+        return owner.email if owner else f"account-{row.owner}"
+
+    async def _set(self, row: Integration, *, status: str | None = None, **changes: Any) -> bool:
+        """Write only ``changes`` (never the whole row); with ``status`` only while the row still has it."""
+        values = {getattr(Integration, k): v for k, v in changes.items()}
+        values[Integration.updated] = now()
+        where = Integration.id == row.id
+        if status is not None:
+            where = where & (Integration.status == status)
+        done = await Integration.update(values).where(where).returning(Integration.id)
+        if done:
+            for k, v in changes.items():
+                setattr(row, k, v)
+        return bool(done)
+
+    async def _transition(self, row: Integration, decision: str, **changes: Any) -> Integration:
+        """Make ``decision`` (a key of :data:`TRANSITIONS`) from the status ``row`` was read with, writing only
+        the changed columns, in one conditional update (``WHERE id = ? AND status = <expected>``) inside a
+        transaction.
+
+        Someone else changing the status first (a concurrent revoke, approve or cancel) makes this a 409:
+        the decision that won stays, nothing is overwritten.
+        """
+        frm, to = row.status, check_transition(row, decision).to
+        async with Integration._meta.db.transaction():
+            done = await Integration.update({Integration.status: to, Integration.updated: now(),
+                                             **{getattr(Integration, k): v for k, v in changes.items()}}
+                                            ).where((Integration.id == row.id) & (Integration.status == frm)
+                                                    ).returning(Integration.id)
+        if not done:
+            raise PortalError(f"This integration changed meanwhile (it is now {await self._status_of(row)}); "
+                              "reload the page and try again.", 409)
+        for k, v in changes.items():
+            setattr(row, k, v)
+        row.status = to
+        return row
+
+    async def _status_of(self, row: Integration) -> str:
+        got = await Integration.select(Integration.status).where(Integration.id == row.id).first()
+        return got["status"] if got else "deleted"
+
+    def _target(self, row: Integration, secrets: list[str], enabled: bool = True) -> Target:
+        auth_value = self.box.open(row.auth_value)
+        return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
+                      basic_auth=auth_value if row.auth_kind == "basic" else None,
+                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
+                      disabled_reason=None if enabled else SUSPENDED_REASON)
+
+    async def _get_target(self, key: str, sealed: bool = False) -> Target | None:
+        kv = await (await self.js()).key_value(TARGETS_BUCKET)
+        try:
+            entry = await kv.get(key)
+        except Exception:  # noqa: BLE001 - KeyNotFoundError / deleted
+            return None
+        if not entry.value:
+            return None
+        target = msgspec.json.decode(entry.value, type=Target)
+        return target if sealed else self.box.open_target(target)
+
+    async def _put_target(self, target: Target) -> None:
+        """Write the target with its secrets sealed, as a roll-up: no earlier revision (old secrets) is kept."""
+        js = await self.js()
+        await js.publish(f"$KV.{TARGETS_BUCKET}.{target.id}", msgspec.json.encode(self.box.seal_target(target)),
+                         headers={"Nats-Rollup": "sub"})
+
+    async def _delete_target(self, key: str) -> None:
+        kv = await (await self.js()).key_value(TARGETS_BUCKET)
+        with contextlib.suppress(Exception):
+            await kv.purge(key)
+
+    async def _activate(self, row: Integration, new_secret: bool) -> str | None:
+        """Write grant (+ target or durable consumer); returns a new webhook secret when one was made."""
+        js = await self.js()
+        grant = grant_of(row, await self._consumer_label(row))
+        secret = None
+        if row.delivery == "direct":
+            await self.auth().ensure_consumer(js, grant)
+            await self._auth_store().activate_consumer(await self.nc(), grant)
+        else:
+            old = await self._get_target(row.key)
+            secrets = old.secrets if old and old.secrets else []
+            if row.delivery == "webhook" and (new_secret or not secrets):
+                secret = security.new_webhook_secret()
+                secrets = [secret]
+            await self._put_target(self._target(row, secrets))
+        await put_grant(js, grant)
+        return secret
+
+    async def _deactivate(self, row: Integration) -> None:
+        """Suspended: grant kept as suspended, push target switched off (secrets kept)."""
+        js = await self.js()
+        await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
+        if row.delivery != "direct":
+            old = await self._get_target(row.key)
+            await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
+
+    async def _remove(self, row: Integration) -> None:
+        """Revoked or denied: grant, target (purged) and durable consumer gone."""
+        js = await self.js()
+        await delete_grant(js, row.key)
+        await self._delete_target(row.key)
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
+
+    async def _settle(self, row: Integration, actor: Account) -> None:
+        """After writing NATS for the status we set, re-read it: if a concurrent decision changed it meanwhile,
+        apply what the current status needs (our writes may have landed after theirs)."""
+        for _ in range(3):
+            current = await Integration.objects().get(Integration.id == row.id)
+            if current is None or current.status == row.status:
+                return
+            log.warning("integration %s changed to %s while being made %s; applying %s", row.key, current.status,
+                        row.status, current.status)
+            if current.status == "approved":
+                await self._activate(current, new_secret=False)
+            elif current.status == "suspended":
+                await self._deactivate(current)
+                await self._cut_off(current, actor, final=False)
+            elif current.status in ("revoked", "denied"):
+                await self._remove(current)
+                await self._cut_off(current, actor)
+            row = current
+
+    async def approve(self, actor: Account, key: str, narrowed: Scope | None = None) -> Integration:
+        row = await self.get(key)
+        check_transition(row, "approve")  # before the scope checks: a decided request answers 409, not 400
+        granted = narrowed if narrowed is not None else requested_scope(row)
+        errors = check_narrowing(requested_scope(row), granted)
+        if errors:
+            raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+        await self._transition(row, "approve", granted=scope_json(granted), decided_by=actor.email,
+                               decision_reason="")
+        try:
+            secret = await self._activate(row, new_secret=True)
+        except Exception:
+            # NATS refused or unreachable: hand the request back to the queue (unless it changed meanwhile).
+            await Integration.update({Integration.status: "pending", Integration.updated: now()}).where(
+                (Integration.id == row.id) & (Integration.status == "approved"))
+            with contextlib.suppress(Exception):
+                await self._remove(row)
+            raise
+        if secret:
+            await self._set(row, status="approved", pending_secret=self.box.seal(secret))
+        await self.audit(actor.email, "integration.approve", row.key, _scope_text(granted))
+        await self._settle(row, actor)
+        if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
+            await self.notify(row, "approved")
+        return row
+
+    async def deny(self, actor: Account, key: str, reason: str) -> Integration:
+        row = await self.get(key)
+        check_transition(row, "deny")  # before asking for a reason
+        if not reason.strip():
+            raise PortalError("Give the requester a reason.", 400, {"reason": "A reason is required."})
+        await self._transition(row, "deny", decided_by=actor.email, decision_reason=reason)
+        await self.audit(actor.email, "integration.deny", row.key, reason)
+        await self.notify(row, "denied", reason)
+        return row
+
+    def _auth_store(self):
+        return self.auth().AuthStore.ensure(self.settings.data_dir)
+
+    async def _cut_off(self, row: Integration, actor: Account, final: bool = True) -> None:
+        """Close a direct subscription's NATS account: every credential issued for ``row`` revoked, no import left
+        (``final``: never reopened; suspension is not final). The issued keys are read from the database at call
+        time only to mark and count them: the account's ``*`` revocation covers every key, recorded or not. A
+        failed push is audited and logged, never swallowed silently."""
+        if row.delivery != "direct":
+            return
+        rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
+            (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
+        legacy = await Integration.select(Integration.issued_users).where(Integration.id == row.id).first()
+        users = list(dict.fromkeys([r["user_pub"] for r in rows] + _load(legacy["issued_users"] if legacy else None)))
+        try:
+            await self._auth_store().close_consumer(await self.nc(), row.key, final=final)
+        except Exception as exc:  # noqa: BLE001 - reported below; the grant is already removed
+            log.error("revoking credentials of %s failed: %s", row.key, exc)
+            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
+            raise PortalError(f"The grant is removed, but pushing the credential revocation failed ({exc}).", 502) from None
+        if rows:
+            await IssuedCredential.update({IssuedCredential.revoked: True}).where(
+                IssuedCredential.id.is_in([r["id"] for r in rows]))
+        if legacy and _load(legacy["issued_users"]):
+            await Integration.update({Integration.issued_users: "[]"}).where(Integration.id == row.id)
+        await self.audit(actor.email, "creds.revoke", row.key, f"{len(users)} credential(s) revoked")
+
+    async def _revoke_users(self, row: Integration, actor: Account, users: list[str]) -> None:
+        """Revoke single credentials of a direct subscription (its account stays as it is)."""
+        try:
+            await self._auth_store().revoke_consumer_users(await self.nc(), row.key, users)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            log.error("revoking credentials of %s failed: %s", row.key, exc)
+            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
+            raise PortalError(f"Pushing the credential revocation failed ({exc}).", 502) from None
+
+    async def migrate_direct_access(self) -> int:
+        """Bring every direct subscription into its own NATS account (start-up; idempotent): approved ones are
+        opened, suspended and revoked ones closed. Credentials issued by earlier versions inside the data account
+        were revoked by ``AuthStore.ensure``; their owners download new ``.creds``. Returns how many changed."""
+        store = self._auth_store()
+        changed = 0
+        rows = await Integration.objects().where(Integration.delivery == "direct")
+        for row in rows:
+            claims = store.tenant_claims(row.key)
+            is_open = bool(claims and claims["nats"].get("imports"))
+            if row.status == "approved" and claims is None:
+                grant = grant_of(row, await self._consumer_label(row))
+                await self.auth().ensure_consumer(await self.js(), grant)
+                await store.activate_consumer(await self.nc(), grant)
+            elif row.status in ("suspended", "revoked") and (is_open or claims is None):
+                await store.close_consumer(await self.nc(), row.key, final=row.status == "revoked")
+            else:
+                continue
+            changed += 1
+            await self.audit("system", "creds.migrate", row.key, f"direct access moved to its own account ({row.status})")
+        if changed:
+            log.info("moved %d direct subscription(s) into their own NATS accounts", changed)
+        return changed
+
+    async def suspend(self, actor: Account, key: str, reason: str) -> Integration:
+        row = await self.get(key)
+        await self._transition(row, "suspend", decided_by=actor.email, decision_reason=reason)
+        await self._deactivate(row)
+        await self.audit(actor.email, "integration.suspend", row.key, reason)
+        await self._cut_off(row, actor, final=False)
+        await self._settle(row, actor)
+        await self.notify(row, "suspended", reason)
+        return row
+
+    async def resume(self, actor: Account, key: str) -> Integration:
+        row = await self.get(key)
+        await self._transition(row, "resume", decided_by=actor.email, decision_reason="")
+        await self._activate(row, new_secret=False)
+        await self.audit(actor.email, "integration.resume", row.key)
+        await self._settle(row, actor)
+        return row
+
+    async def revoke(self, actor: Account, key: str, reason: str, row: Integration | None = None) -> Integration:
+        row = row or await self.get(key)
+        # The status changes first: from here on no download issues for it (issue_creds re-checks it).
+        await self._transition(row, "revoke", decided_by=actor.email, decision_reason=reason, pending_secret=None)
+        await self._remove(row)
+        await self.audit(actor.email, "integration.revoke", row.key, reason)
+        await self._cut_off(row, actor)
+        return row
+
+    async def decide(self, actor: Account, key: str, action: str, reason: str = "",
+                     narrowed: Scope | None = None) -> Integration:
+        """An administrator's decision (the admin page, the JSON API and nothing else dispatch it): ``approve``
+        (``narrowed``: grant less than asked), ``deny``, ``suspend``, ``resume``, ``revoke``. On an approved
+        integration with a scope change waiting, approve and deny answer that change."""
+        from portal.services import endpoints
+
+        if action in ("approve", "deny"):
+            row = await self.get(key)
+            if row.scope_change and row.status == "approved":
+                if action == "approve":
+                    await endpoints.approve_scope_change(self, actor, row, narrowed)
+                else:
+                    await endpoints.deny_scope_change(self, actor, row, reason)
+                return row
+            return await (self.approve(actor, key, narrowed) if action == "approve" else self.deny(actor, key, reason))
+        if action == "suspend":
+            return await self.suspend(actor, key, reason)
+        if action == "resume":
+            return await self.resume(actor, key)
+        if action == "revoke":
+            return await self.revoke(actor, key, reason)
+        raise NotFound("action")
+
+    async def take_pending_secret(self, row: Integration) -> str | None:
+        """The webhook secret made at approval, returned once and then forgotten by the portal."""
+        if not row.pending_secret:
+            return None
+        # Only the request that clears it shows it: two tabs opened at once cannot both see it.
+        done = await Integration.update({Integration.pending_secret: None}).where(
+            (Integration.id == row.id) & (Integration.pending_secret == row.pending_secret)).returning(Integration.id)
+        secret, row.pending_secret = row.pending_secret, None
+        if not done:
+            return None
+        await self.audit("system", "secret.shown", row.key, "webhook signing secret displayed once")
+        return self.box.open(secret)
+
+    async def rotate_secret(self, actor: Account, row: Integration) -> str:
+        """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
+        if row.delivery != "webhook" or row.status != "approved":
+            raise PortalError("Only an approved webhook integration has a signing secret to rotate.", 409)
+        old = await self._get_target(row.key)
+        secret = security.new_webhook_secret()
+        await self._put_target(self._target(row, [secret, *(old.secrets[:1] if old else [])]))
+        await self.audit(actor.email, "secret.rotate", row.key, "new signing secret; previous kept until retired")
+        return secret
+
+    async def retire_old_secret(self, actor: Account, row: Integration) -> None:
+        old = await self._get_target(row.key)
+        if row.delivery != "webhook" or row.status != "approved" or not old or len(old.secrets) < 2:
+            raise PortalError("There is no previous signing secret to retire.", 409)
+        await self._put_target(self._target(row, old.secrets[:1]))
+        await self.audit(actor.email, "secret.retire", row.key, "previous signing secret no longer accepted")
+
+    async def secret_count(self, row: Integration) -> int:
+        if row.delivery != "webhook" or row.status != "approved":
+            return 0
+        target = await self._get_target(row.key, sealed=True)
+        return len(target.secrets) if target else 0
+
+    async def issue_creds(self, actor: Account, row: Integration) -> str:
+        """A fresh ``.creds`` for a direct subscription; earlier ones stay valid until expiry or revocation.
+
+        Races with a revocation are closed by order: the issued key is recorded first, then the status is read
+        again; if it is no longer approved, the key just issued is revoked (and the consumer this call may have
+        re-created is removed) before answering 409. A revocation that read the keys before ours was recorded
+        is therefore always followed by this re-check.
+        """
+        row = await Integration.objects().get(Integration.id == row.id) or row
+        if row.delivery != "direct" or row.status != "approved":
+            raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
+        store = self._auth_store()
+        grant = grant_of(row, await self._consumer_label(row))
+        try:  # under the store's lock: refused once the account is closed (suspended or revoked meanwhile)
+            creds, user_pub = store.consumer_creds(grant, self.settings.creds_days * 86400)
+        except self.auth().AuthError as exc:
+            raise PortalError(f"No credentials: {exc}.", 409) from None
+        await IssuedCredential(integration=row.id, user_pub=user_pub).save()
+        await Integration.update({Integration.creds_issued: Integration.creds_issued + 1}).where(Integration.id == row.id)
+        status = await self._status_of(row)
+        if status != "approved":
+            log.warning("integration %s became %s while issuing a credential: revoking it", row.key, status)
+            if status in ("revoked", "denied"):
+                await self._remove(row)
+            await self._revoke_users(row, actor, [user_pub])
+            await IssuedCredential.update({IssuedCredential.revoked: True}).where(
+                (IssuedCredential.integration == row.id) & (IssuedCredential.user_pub == user_pub))
+            await self.audit(actor.email, "creds.revoke", row.key, f"user {user_pub[:8]}... issued during {status}")
+            raise PortalError(f"This integration is now {status}: no credentials.", 409)
+        await self.audit(actor.email, "creds.issue", row.key, f"user {user_pub[:8]}..., {self.settings.creds_days:g} days")
+        return creds
+
+    def example(self, row: Integration, creds_file: str | None = None) -> str:
+        """Copy-paste nats-py subscriber for a direct integration (written by hub.auth)."""
+        try:
+            auth = self.auth()
+        except PortalError as exc:
+            return exc.message
+        return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
+                                       servers=self.settings.nats_url_for_consumers(),
+                                       creds_file=creds_file or f"{row.key}.creds")
+
+    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is audited, never undoes the decision."""
+        owner = await Account.objects().get(Account.id == row.owner)
+        if owner is None or owner.password_hash == "!disabled":  # operator-managed owners have no mailbox here
+            return
+        what, text = _NOTICES[event]
+        body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
+                + (f"\nReason: {reason}\n" if reason else "")
+                + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
+        if await self.send_mail(owner.email, f"rthub: integration {row.name[:60]} {what}", body, row.key):
+            await self.audit("system", "mail.notify", row.key, f"{event} notice to the owner")
+
+    async def _notice_disabled(self, row: Integration, out: dict[str, Any]) -> None:
+        """The deliverer switches a failing target off in the targets bucket; the portal notices it here, when
+        it reads the status, and mails the owner once per reason (conditional update: one process sends)."""
+        reason = out.get("disabled_reason") or ""
+        if row.status != "approved" or out.get("enabled") is not False or not reason or reason == SUSPENDED_REASON:
+            return
+        done = await Integration.update({Integration.disabled_notified: reason[:2000]}).where(
+            (Integration.id == row.id) & (Integration.disabled_notified != reason[:2000])).returning(Integration.id)
+        if done:
+            row.disabled_notified = reason[:2000]
+            await self.audit("deliverer", "integration.disabled", row.key, reason)
+            await self.notify(row, "disabled", reason)
+
+    async def status(self, row: Integration) -> dict[str, Any]:
+        """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
+        out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
+        if row.status not in ("approved", "suspended"):
+            return out
+        try:
+            js = await self.js()
+        except PortalError as exc:
+            out["last_error"] = exc.message
+            return out
+        try:
+            from hub.deliver.status import integration_status
+        except ModuleNotFoundError:
+            integration_status = None
+        if integration_status is not None:
+            with contextlib.suppress(Exception):
+                got = await integration_status(js, row.key)
+                out.update({k: v for k, v in dict(got).items() if k != "secrets"})
+                if out.get("lag") is None and "num_pending" in out:
+                    out["lag"] = out["num_pending"]
+        if integration_status is not None and "enabled" in out:
+            await self._notice_disabled(row, out)
+            return out
+        try:
+            info = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
+            out["lag"] = info.num_pending
+            out["delivered"] = info.delivered.stream_seq if info.delivered else None
+            out["awaiting_ack"] = info.num_ack_pending
+        except Exception:  # noqa: BLE001 - no consumer yet (deliverer not started)
+            out["lag"] = None
+        return out
+
+
+_NOTICES = {
+    "approved": ("approved", "Your request was approved. Open it for its credentials or signing secret:"),
+    "denied": ("denied", "Your request was denied."),
+    "suspended": ("suspended", "An administrator suspended it: deliveries and credentials are stopped until it "
+                               "is resumed."),
+    "disabled": ("switched off", "Deliveries were switched off automatically because the endpoint kept failing. "
+                                 "Fix the endpoint, then contact an administrator."),
+}
+
+
+SUSPENDED_REASON = "suspended by an administrator"
+
+
+def _scope_text(scope: Scope) -> str:
+    parts = [f"{k}={','.join(v)}" for k, v in msgspec.to_builtins(scope).items() if v]
+    return "; ".join(parts) or "nothing"
+
+

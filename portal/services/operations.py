@@ -1,0 +1,101 @@
+"""Running an integration's delivery: retry now, resend one statement, send dead letters back, replay since a
+time, a test event, plus the endpoint edits of :mod:`.endpoints`. The owner and any administrator may; every
+operation is audited and answers with an :class:`ActionResult`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from hub.deliver import ops
+from portal.deliveries import ActionResult, fmt
+from portal.services import Portal, PortalError, endpoints
+from portal.tables import Account, Integration
+
+PUSH = ("webhook", "lrs", "caliper")  # delivery kinds with an endpoint the hub sends to (not "direct")
+
+
+def _since(text: Any, field: str = "since") -> dt.datetime:
+    value = str(text or "").strip()
+    if not value:
+        raise PortalError("Give a time.", 400, {field: "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h."})
+    try:
+        when = ops.parse_time(value)
+    except (ValueError, OverflowError):
+        raise PortalError("Not a time.", 400, {field: "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h."}
+                          ) from None
+    if when > dt.datetime.now(dt.UTC):
+        raise PortalError("That time is in the future.", 400, {field: "Choose a time in the past."})
+    return when
+
+
+def _need(row: Integration, push: bool = True) -> None:
+    if row.status != "approved":
+        raise PortalError(f"Only an approved integration can do this (this one is {row.status}).", 409)
+    if push and row.delivery not in PUSH:
+        raise PortalError("A direct subscription has no endpoint the hub delivers to.", 409)
+
+
+async def perform(portal: Portal, user: Account, row: Integration, op: str, p: dict[str, Any]) -> ActionResult:
+    """Run one operation on ``row``; refusals are :class:`PortalError` with a message for the person."""
+    key = row.key
+    if op == "reenable":
+        await endpoints.reenable(portal, user, row)
+        return ActionResult(integration=key, action=op, message="Endpoint re-enabled: delivery resumes, starting "
+                            "with the backlog kept while it was disabled.")
+    if op == "endpoint":
+        change = endpoints.EndpointEdit(url=p.get("url"), basic_auth=p.get("basic_auth") or None,
+                                       bearer=p.get("bearer") or None,
+                                       remove_credentials=bool(p.get("remove_credentials")))
+        changed = await endpoints.edit(portal, user, row, change)
+        return ActionResult(integration=key, action=op, message=f"Endpoint updated ({', '.join(changed)}); "
+                            "no re-approval needed, the scope is unchanged.")
+    if op == "scope":
+        how = await endpoints.change_scope(portal, user, row, p)
+        return ActionResult(integration=key, action=op, message="Narrower scope applied at once." if how == "applied"
+                            else "Scope change sent: an administrator will review it; the current scope keeps "
+                            "working meanwhile.")
+    js = await portal.js()
+    try:
+        if op == "retry-now":
+            _need(row)
+            await ops.retry_now(js, key)
+            message = "Every delivery waiting for its next retry is tried again now; see the log below."
+            result = ActionResult(integration=key, action=op, message=message)
+        elif op == "resend":
+            _need(row)
+            seq = int(p.get("seq") or 0)
+            if seq <= 0:
+                raise PortalError("This attempt has no stored statement to resend (a test event: send a new one).", 409)
+            sid = await ops.resend(js, key, seq)
+            result = ActionResult(integration=key, action=op, statement_id=sid, count=1,
+                                  message=f"Statement {sid} queued to be sent again (same id).")
+        elif op == "redrive":
+            _need(row)
+            seqs = p.get("seqs")
+            since = _since(p["since"]) if p.get("since") else None
+            n = await ops.redrive(js, key, seqs=[int(s) for s in seqs] if seqs else None, since=since)
+            result = ActionResult(integration=key, action=op, count=n, since=since.isoformat() if since else None,
+                                  message=f"{n} dead letter(s) sent back for delivery." if n else
+                                  "No dead letters matched: nothing was sent.")
+        elif op == "replay":
+            _need(row, push=False)
+            since = _since(p.get("since"))
+            info = await ops.request_replay(js, key, since)
+            how = ("they are delivered again now, with the same statement ids (your LRS de-duplicates them)"
+                   if row.delivery in PUSH else f"bind a pull subscription to durable {info['consumer']} on "
+                   f"stream {info['stream']}")
+            result = ActionResult(integration=key, action=op, count=info["statements"], since=info["since"],
+                                  message=f"Replaying {info['statements']} statement(s) since "
+                                  f"{fmt(since.timestamp())}: {how}.")
+        elif op == "test-event":
+            _need(row)
+            sid = await ops.send_test_event(js, key)
+            result = ActionResult(integration=key, action=op, statement_id=sid, count=1,
+                                  message=f"Test event {sid} queued; its attempt appears in the log below.")
+        else:
+            raise PortalError(f"No such operation {op[:40]!r}.", 404)
+    except LookupError as exc:
+        raise PortalError(f"Not possible: {exc}.", 409) from None
+    await portal.audit(user.email, f"delivery.{op}", key, result.message[:300])
+    return result
