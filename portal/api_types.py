@@ -63,6 +63,7 @@ class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
     url: str | None | UnsetType = UNSET
     enabled: bool | None | UnsetType = UNSET
     disabled_reason: str | None | UnsetType = UNSET
+    disabled_at: float | None | UnsetType = UNSET
     delivered: int | None | UnsetType = UNSET
     attempts: int | UnsetType = UNSET
     failures: int | UnsetType = UNSET

@@ -86,6 +86,6 @@ async def migrate(settings: PortalSettings) -> Engine:
 
 
 async def close(engine: Engine) -> None:
-    if isinstance(engine, PostgresEngine):
+    if isinstance(engine, PostgresEngine) and engine.pool is not None:  # no pool: nothing to close (piccolo warns)
         with contextlib.suppress(Exception):
             await engine.close_connection_pool()
