@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from hub.core.protocols import NAMES
 from hub.settings import from_env
 from portal import db
 from portal.services import Portal, PortalError, public_view
@@ -205,7 +206,7 @@ def add_parser(sub) -> None:
     p = isub.add_parser("add", help="create an approved integration directly")
     _common(p)
     p.add_argument("--name", required=True)
-    p.add_argument("--protocol", choices=("xapi", "caliper"), required=True)
+    p.add_argument("--protocol", choices=NAMES, required=True)
     p.add_argument("--owner", default="operator@rthub.local", help="owning account e-mail (created if missing)")
     p.add_argument("--allow-unverified-owner", action="store_true",
                    help="let an existing account that has not confirmed its e-mail own the integration")

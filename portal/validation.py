@@ -10,9 +10,10 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hub.core.protocols import NAMES
 from hub.deliver import ssrf
 
-PROTOCOLS = ("xapi", "caliper")
+PROTOCOLS = NAMES  # the hub's protocol registry
 DELIVERIES = ("webhook", "lrs", "caliper", "direct")
 DELIVERY_LABELS = {
     "webhook": "Webhook (signed POST, Standard Webhooks)",
