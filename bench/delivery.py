@@ -95,9 +95,9 @@ def play_video(course: str, user: int, when: dt.datetime) -> dict:
                      "duration": 195}}
 
 
-def statement(n: int) -> bytes:
+def statement(n: int, sid: str) -> bytes:
     return msgspec.json.encode({
-        "id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "id": sid, "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "actor": {"objectType": "Agent", "account": {"homePage": "http://lms", "name": f"u{n % 97}"}},
         "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced", "display": {"en": "experienced"}},
         "object": {"objectType": "Activity", "id": f"http://lms/xblock/{n}"}})
@@ -120,8 +120,9 @@ async def throughput(js, sink: Sink, gid: str, kind: str, n: int, **kw) -> float
     courses = [f"course-v1:BenchX+T{i}+run" for i in range(20)]
     await integration(js, gid, kind, f"http://127.0.0.1:{sink.port}", [site], **kw)
     await asyncio.sleep(2)  # let the deliverer create the consumer (policy: new messages only)
+    ids = [str(uuid.uuid4()) for _ in range(n)]  # as the hub publishes: the statement id as Nats-Msg-Id
     futures = [await js.publish_async(subject("xapi", site, "BenchX", courses[i % 20], "play_video"),
-                                      statement(i)) for i in range(n)]
+                                      statement(i, ids[i]), headers={"Nats-Msg-Id": ids[i]}) for i in range(n)]
     await asyncio.gather(*futures)
     await wait_count(sink, n, 120)
     elapsed = sink.last - sink.first

@@ -1,7 +1,8 @@
 """Where delivery state lives in NATS, declared once and created idempotently.
 
-- ``DELIVERY_LOG`` stream, ``attempts.<grant id>``: one JSON record per HTTP attempt, kept for the
-  configured retention (the attempt log the portal and ``rthub attempts`` show).
+- ``DELIVERY_LOG`` stream, ``attempts.<grant id>``: one JSON record per HTTP attempt (first-try deliveries
+  of the same moment summed up in one, see :func:`summarize`), kept for the configured retention (the
+  attempt log the portal shows).
 - ``REDRIVE`` stream, ``redrive.<grant id>``: dead letters sent back for another try; each deliverer runs a
   second consumer per integration on it.
 - ``rthub_delivery`` KV bucket: ``stats.<grant id>.<process>`` counters and recent attempts per process,
@@ -50,6 +51,33 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     excerpt: str | None = None
     source: str = "live"
     seqs: list[int] = []  # protocol-stream sequence of each statement (0: a test event), for "resend"
+
+
+SUMMARY_IDS = 500  # statements per summary record: ~25 KiB of ids and seqs
+
+
+def summarize(entries: list[Attempt]) -> list[Attempt]:
+    """The attempt-log records of one flush: first-try deliveries (same source and status) are summed up in one
+    record per ``SUMMARY_IDS`` statements (``t`` the latest, ``latency_ms`` the slowest, all ``ids``/``seqs``);
+    every other attempt (a retry, a failure, a late success) keeps its own record. One log message per
+    delivered statement was a third of the deliverer's NATS writes at full load."""
+    out: list[Attempt] = []
+    groups: dict[tuple[str, int | None], Attempt] = {}
+    for a in entries:
+        if a.outcome != "delivered" or a.attempt != 1 or a.error:
+            out.append(a)
+            continue
+        key = (a.source, a.status)
+        into = groups.get(key)
+        if into is None or len(into.ids) >= SUMMARY_IDS:
+            into = groups[key] = msgspec.structs.replace(a, ids=list(a.ids), seqs=list(a.seqs))
+            out.append(into)
+            continue
+        into.t = max(into.t, a.t)
+        into.latency_ms = max(into.latency_ms or 0.0, a.latency_ms or 0.0)
+        into.ids.extend(a.ids)
+        into.seqs.extend(a.seqs)
+    return out
 
 
 class Stats(msgspec.Struct, kw_only=True):
