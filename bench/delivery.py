@@ -9,13 +9,15 @@ differ by 3-4x from one another):
    pre-published to ``xapi.``, then drained by one deliverer.
 3. Throughput to one batched xAPI LRS endpoint (batch 500): ``--statements`` statements, same way, counted by
    the statements the LRS stored.
-4. The same webhook integration as in 2 with a second ``rthub deliver`` process running.
+4. The same webhook integration as in 2 with a second ``rthub deliver`` process running (the deliverers run
+   with ``RTHUB_PARTITIONS=--partitions``, default 8: each holds half of the course partitions).
 5. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverers to
    a signed webhook; latency = arrival at the receiver minus the event's own timestamp (the statement keeps
    it), so it covers publish, hub, stream, deliverer and POST. The rate is half of the webhook capacity
    measured in 2 unless ``--rate`` is given; the line says which.
 
-Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]``.
+Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]
+[--partitions 8]``.
 The last lines print ``hub_events_per_s=``, ``webhook_statements_per_s=``, ``lrs_statements_per_s=``,
 ``webhook_two_deliverers_per_s=``, ``p50_ms=`` and ``p99_ms=``.
 """
@@ -164,6 +166,7 @@ async def run(args) -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
             env.update(RTHUB_NATS_URL=server.url, RTHUB_ID_SECRET="bench", RTHUB_DATA_DIR=str(Path(tmp) / "data"),
                        RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT="-1", RTHUB_BATCH_SIZE="20",
+                       RTHUB_PARTITIONS=str(args.partitions),
                        RTHUB_SITES=msgspec.json.encode({"default": "http://localhost:18000",
                                                         "benchhub": "http://localhost:18000"}).decode())
 
@@ -266,6 +269,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency part")
     parser.add_argument("--statements", type=int, default=50_000, help="statements for the LRS part (half: webhook)")
     parser.add_argument("--hub-events", type=int, default=20_000, help="raw events for the hub's rate")
+    parser.add_argument("--partitions", type=int, default=8,
+                        help="RTHUB_PARTITIONS of the deliverers (course partitions; 0: one process per ordered "
+                             "integration)")
     asyncio.run(run(parser.parse_args()))
 
 

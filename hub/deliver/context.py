@@ -35,3 +35,4 @@ class Context:
     restart: Callable[[str, object], None]  # restart(grant_id, runner): that runner stopped working
     disable: Callable[[str, str], Awaitable[None]]  # disable(grant_id, reason) in the targets bucket
     log_attempt: Callable[[str, Attempt], None]
+    peers: Callable[[], list[str]]  # deliverer processes alive now (this one included), for course partitions

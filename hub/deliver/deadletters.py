@@ -7,7 +7,7 @@ import time
 from hub.deliver.context import Context
 from hub.deliver.held import Held
 from hub.deliver.http import Result
-from hub.deliver.items import Item
+from hub.deliver.items import Item, protocol_position
 from hub.deliver.store import (
     H_ATTEMPTS,
     H_FAILED_AT,
@@ -28,13 +28,14 @@ async def dead_letter(ctx: Context, held: Held, grant_id: str, items: list[Item]
                       attempts: int) -> None:
     """Publish each item to the dead-letter stream (acked by JetStream), then ack it."""
     for item in items:
-        meta = item.msg.metadata
+        given = item.msg.headers or {}  # a redriven copy names its protocol stream and sequence
+        stream, sequence = protocol_position(item) if item.source != "redrive" else (item.msg.metadata.stream, 0)
         headers = {
             H_REASON: reason, H_STATUS: str(result.status or 0),
             H_RESPONSE: header_text(result.error or result.excerpt, ctx.settings.response_excerpt_bytes),
             H_SUBJECT: item.subject, H_ID: item.id, H_ATTEMPTS: str(attempts), H_FAILED_AT: iso(time.time()),
-            H_STREAM: (item.msg.headers or {}).get(H_STREAM, meta.stream),
-            H_SEQ: (item.msg.headers or {}).get(H_SEQ, str(meta.sequence.stream)),
+            H_STREAM: given.get(H_STREAM, stream),
+            H_SEQ: given.get(H_SEQ, str(sequence or item.msg.metadata.sequence.stream)),
         }
         await ctx.js.publish(dlq_subject(grant_id), item.msg.data, headers=headers)
         await held.settle(item, "ack")

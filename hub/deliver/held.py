@@ -92,10 +92,10 @@ class Held:
             except Exception as exc:  # noqa: BLE001 - JetStream will redeliver; receivers dedupe by id
                 log.warning("could not nak %s: %s", item.id, exc)
 
-    async def hand_back(self) -> None:
-        """Send pending acks, then nak everything still held in stream-sequence order."""
+    async def hand_back(self, which: Callable[[Item], bool] | None = None) -> None:
+        """Send pending acks, then nak everything still held (or ``which`` of it) in stream-sequence order."""
         await self.acker.flush()
-        for item in sorted(self.items, key=stream_order):
+        for item in sorted((i for i in self.items if which is None or which(i)), key=stream_order):
             await self.settle(item, "nak")
         await self.acker.flush()
 

@@ -7,18 +7,19 @@ import uuid
 import msgspec
 from nats.aio.msg import Msg
 
-from hub.deliver.store import H_ID, H_SEQ, H_SUBJECT
+from hub.deliver.partitions import origin, original_subject
+from hub.deliver.store import H_ID, H_SEQ, H_STREAM, H_SUBJECT
 
 
 class Item:
     """One message held by a lane until it is settled (acked, dead-lettered or handed back)."""
 
-    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved")
+    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved", "part")
 
-    def __init__(self, msg: Msg, source: str):
-        self.msg, self.source, self.settled, self.retry_saved = msg, source, False, False
+    def __init__(self, msg: Msg, source: str, part: int | None = None):
+        self.msg, self.source, self.settled, self.retry_saved, self.part = msg, source, False, False, part
         headers = msg.headers or {}
-        self.subject = headers.get(H_SUBJECT, msg.subject)
+        self.subject = headers.get(H_SUBJECT) or original_subject(msg.subject)
         self.id = headers.get(H_ID) or headers.get("Nats-Msg-Id") or body_id(msg.data)
 
     @property
@@ -44,6 +45,16 @@ def stream_order(item: Item) -> tuple[str, int]:
 
 def seq(item: Item) -> int:
     """The statement's sequence in its protocol stream (a redriven copy carries it in a header)."""
-    if item.source != "redrive":
-        return item.msg.metadata.sequence.stream
-    return int((item.msg.headers or {}).get(H_SEQ) or 0)
+    return protocol_position(item)[1]
+
+
+def protocol_position(item: Item) -> tuple[str, int]:
+    """``(protocol stream, sequence)`` of the statement: a redriven copy carries them in headers, a partitioned
+    copy in the server's ``Nats-Stream-Source``."""
+    headers = item.msg.headers or {}
+    if item.source == "redrive":
+        return headers.get(H_STREAM, ""), int(headers.get(H_SEQ) or 0)
+    if item.part is not None and (where := origin(item.msg)) is not None:
+        return where
+    meta = item.msg.metadata
+    return meta.stream, meta.sequence.stream

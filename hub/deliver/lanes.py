@@ -23,13 +23,16 @@ class Lanes:
         self.wakeups: dict[str, asyncio.Event] = {}
         self.rr = itertools.count()
         self.stopping = False
+        self.parts: dict[str, int] = {}  # lane key -> course partition
 
     def add(self, item: Item) -> None:
         target = self.target()
         if target.parallel:
             key = f"{item.source}:p{next(self.rr) % max(1, target.max_concurrency)}"
         else:
-            key = f"{item.source}:{item.lane_key}"
+            key = f"{item.source}:{item.lane_key}"  # a course is in one partition, so a lane is too
+        if item.part is not None:
+            self.parts[key] = item.part
         lane = self.queues.get(key)
         if lane is None:
             lane = self.queues[key] = collections.deque()
@@ -42,6 +45,13 @@ class Lanes:
         """Cancel every lane (a revocation stops requests at once); their messages stay held."""
         self.stopping = True
         tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop_part(self, part: int) -> None:
+        """Cancel the lanes of one partition (it is handed over); their messages stay held."""
+        tasks = [task for key, task in self.tasks.items() if self.parts.get(key) == part]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -74,7 +84,9 @@ class Lanes:
                 items = [lane.popleft() for _ in range(min(size, len(lane)))]
                 await self.deliver(items)
         finally:
-            if self.queues.get(key) is lane and (not lane or self.stopping):
+            cancelled = asyncio.current_task().cancelling()
+            if self.queues.get(key) is lane and (not lane or self.stopping or cancelled):
                 self.queues.pop(key, None)
                 self.wakeups.pop(key, None)
                 self.tasks.pop(key, None)
+                self.parts.pop(key, None)

@@ -18,8 +18,6 @@ holds fewer takes free or stale ones.
 
 from __future__ import annotations
 
-import math
-
 from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamSource, SubjectTransform
 
@@ -72,9 +70,12 @@ def origin(msg: Msg) -> tuple[str, int] | None:
         return None
 
 
-def fair_share(partitions: int, processes: int) -> int:
-    """Partitions one process should hold (rounded up: none is left without a holder)."""
-    return math.ceil(partitions / max(1, processes))
+def fair_share(partitions: int, processes: list[str], me: str) -> int:
+    """Partitions ``me`` should hold: ``partitions / len(processes)``, the remainder going to the first ones by
+    id, so that every process alive agrees and the shares add up to ``partitions``."""
+    alive = sorted(set(processes) | {me})
+    base, extra = divmod(partitions, len(alive))
+    return base + (1 if alive.index(me) < extra else 0)
 
 
 def preference(partitions: int, process_id: str) -> list[int]:

@@ -26,12 +26,17 @@ PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping 
 
 async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch: int, max_in_flight: int,
                held: Held, leader: asyncio.Event, dispatch: Callable[[Item], None],
-               done: Callable[[], Awaitable[bool]] | None = None) -> None:
+               done: Callable[[], Awaitable[bool]] | None = None, part: int | None = None,
+               draining: Callable[[], bool] | None = None) -> None:
     """Pull ``durable`` until the consumer is deleted, the connection closes or the runner drains.
 
     ``leader``: pull only while set (an ordered integration's lease). ``done``: for a replay, asked whenever
-    nothing is pending and no message of ``source`` is held; True ends the pull.
+    nothing is pending and no message of ``source`` is held; True ends the pull. ``part``: the course partition
+    the consumer reads (its items are tagged with it); ``draining``: this pull stops (default: the runner's).
     """
+    if draining is None:
+        def draining() -> bool:
+            return held.draining
     api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
     inbox = nc.new_inbox()
     expires = PULL_EXPIRES
@@ -54,16 +59,16 @@ async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch:
         st["outstanding"] -= 1
         if st["outstanding"] <= half:
             signal.set()
-        if held.draining:
-            held.add(Item(msg, source))  # handed back in order by the runner's stop
+        if draining():
+            held.add(Item(msg, source, part))  # handed back in order by the runner's stop
         elif leader.is_set():
-            dispatch(Item(msg, source))
+            dispatch(Item(msg, source, part))
 
     sub = await nc.subscribe(inbox, cb=on_msg)
     asked_at = 0.0
     try:
         while not st["gone"]:
-            if held.draining:  # stopping: no new requests; wait until nothing more can arrive
+            if draining():  # stopping: no new requests; wait until nothing more can arrive
                 if (st["exact"] and st["outstanding"] <= 0) or time.monotonic() - asked_at > expires + 0.5:
                     return
             else:
@@ -73,7 +78,7 @@ async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch:
                 await asyncio.sleep(0.05)
             room = max_in_flight - len(held)
             outstanding = st["outstanding"] = max(0, st["outstanding"])
-            if held.draining:
+            if draining():
                 pass
             elif outstanding <= half and room > outstanding:
                 n = min(fetch_batch, room) - outstanding

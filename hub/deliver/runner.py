@@ -83,7 +83,21 @@ class Runner:
         return self.recorder.stats
 
     # ---- lifecycle -------------------------------------------------------------------------------------
+    def consumers(self) -> list[tuple[str, str]]:
+        """``(stream, durable)`` of the consumers that hold this integration's backlog (for its lag)."""
+        return [(self.stream, consumer_name(self.grant.id))]
+
     async def start(self) -> None:
+        await self._add_consumers()
+        await self.streak.load()
+        await self.recorder.load()
+        self._start_pulling()
+        self.core = list(self.tasks)
+        await self.maybe_replay()
+        g = self.grant
+        log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
+
+    async def _add_consumers(self) -> None:
         g, s, js = self.grant, self.ctx.settings, self.ctx.js
         await js.add_consumer(self.stream, ConsumerConfig(
             name=consumer_name(g.id), durable_name=consumer_name(g.id), filter_subjects=g.filter_subjects(),
@@ -93,8 +107,9 @@ class Runner:
             name=redrive_consumer(g.id), durable_name=redrive_consumer(g.id),
             filter_subject=redrive_subject(g.id), deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait), max_ack_pending=s.max_in_flight))
-        await self.streak.load()
-        await self.recorder.load()
+
+    def _start_pulling(self) -> None:
+        g = self.grant
         if self.lease is None:
             self.leader.set()
         else:
@@ -102,15 +117,15 @@ class Runner:
         self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")),
                        asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive"))]
         self.tasks += self.pulls
-        self.tasks.append(asyncio.create_task(self.held.keep_alive(max(0.2, seconds(s.ack_wait) / 3))))
-        self.core = list(self.tasks)
-        await self.maybe_replay()
-        log.info("delivering %s (%s %s -> %s)", g.id, g.protocol, self.target.kind, self.target.url)
+        period = max(0.2, seconds(self.ctx.settings.ack_wait) / 3)
+        self.tasks.append(asyncio.create_task(self.held.keep_alive(period)))
 
-    def _pull(self, stream: str, durable: str, source: str, done=None):
+    def _pull(self, stream: str, durable: str, source: str, done=None, leader: asyncio.Event | None = None,
+              part: int | None = None, draining=None):
         s = self.ctx.settings
         return pull(self.ctx.nc, stream, durable, source, fetch_batch=s.fetch_batch, max_in_flight=s.max_in_flight,
-                    held=self.held, leader=self.leader, dispatch=self._dispatch, done=done)
+                    held=self.held, leader=leader or self.leader, dispatch=self._dispatch, done=done, part=part,
+                    draining=draining)
 
     async def maybe_replay(self) -> None:
         """Run the integration's replay consumer, if a replay was requested and this process delivers.
@@ -191,10 +206,13 @@ class Runner:
                 task.cancel()
             await asyncio.gather(*self.pulls, return_exceptions=True)
         await self.held.hand_back()
-        if self.lease is not None:
-            await self.lease.release()
+        await self._release_leases()
         await self.endpoint.close()
         await self.recorder.flush()
+
+    async def _release_leases(self) -> None:
+        if self.lease is not None:
+            await self.lease.release()
 
     # ---- pulling ---------------------------------------------------------------------------------------
     async def _hold_lease(self) -> None:

@@ -21,6 +21,8 @@ from nats.aio.client import Client as NATS
 
 from hub.deliver import ssrf
 from hub.deliver.context import Context
+from hub.deliver.partitioned import PartitionedRunner
+from hub.deliver.partitions import ALIVE, PARTS_STREAM, part_consumer
 from hub.deliver.runner import Runner, redrive_consumer, replay_consumer, takeover_after
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.store import REDRIVE_STREAM, STATE_BUCKET, Attempt, attempts_subject, summarize
@@ -67,6 +69,7 @@ class Deliverer:
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
         self.backoff: dict[str, tuple[int, float]] = {}  # grant id -> (failed starts in a row, next try)
+        self.alive: dict[str, float] = {}  # deliverer process -> when it last announced itself
         self.attempt_log: dict[str, list[Attempt]] = {}  # grant id -> attempts not yet published
 
     async def start(self) -> Deliverer:
@@ -77,15 +80,16 @@ class Deliverer:
             process_id=self.process_id, schedule=self.schedule, max_retry_after=self.max_retry_after,
             disable_after=self.disable_after, allowed=self.allowed, spawn=self._spawn,
             restart=lambda gid, runner: self.restart(gid, runner), disable=self.disable,
-            log_attempt=self.log_attempt)
+            log_attempt=self.log_attempt, peers=self.peers)
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
         for key, kv, handler in ((">", self.targets_kv, self._target_entry), ("replay.*", self.state, self._replay_entry),
-                                 ("retry.*", self.state, self._retry_entry)):
+                                 ("retry.*", self.state, self._retry_entry), (ALIVE + "*", self.state, self._alive_entry)):
             watcher = await kv.watch(key)
             self.watchers.append(watcher)
             ready = asyncio.get_running_loop().create_future()
             self.background.append(asyncio.create_task(self._watch(watcher, handler, ready)))
             await ready
+        await self._announce()
         self.background.append(asyncio.create_task(self._flush_loop()))
         self.background.append(asyncio.create_task(self._attempt_loop()))
         self.background.append(asyncio.create_task(self._converge_loop()))
@@ -104,11 +108,13 @@ class Deliverer:
             keep = set()
             for gid, runner in list(self.runners.items()):
                 try:
-                    info = await self.js.consumer_info(runner.stream, consumer_name(gid))
+                    lag = 0
+                    for stream, durable in runner.consumers():
+                        info = await self.js.consumer_info(stream, durable)
+                        lag += (info.num_pending or 0) + (info.num_ack_pending or 0)
                 except Exception:  # noqa: BLE001 - NATS away or consumer gone: keep the last values
                     keep.add((("integration", gid),))
                     continue
-                lag = (info.num_pending or 0) + (info.num_ack_pending or 0)
                 runner.observe_lag(time.time(), lag, window)
                 self.metrics.set("integration_lag", lag, integration=gid)
                 self.metrics.set("integration_behind", int(runner.stats.behind_since is not None), integration=gid)
@@ -179,6 +185,26 @@ class Deliverer:
         if entry.operation not in ("DEL", "PURGE") and grant_id in self.runners:
             self._spawn(self.runners[grant_id].maybe_replay())
 
+    def _alive_entry(self, entry) -> None:
+        process = entry.key[len(ALIVE):]
+        try:
+            self.alive[process] = float(entry.value.decode()) if entry.value else 0.0
+        except ValueError:
+            self.alive[process] = 0.0
+
+    def peers(self) -> list[str]:
+        """Deliverer processes alive now (announced within ``takeover_after``), this one included."""
+        fresh = time.time() - takeover_after(self.settings)
+        return sorted({p for p, t in self.alive.items() if t >= fresh} | {self.process_id})
+
+    async def _announce(self) -> None:
+        if self.settings.partitions <= 0:
+            return
+        try:
+            await self.state.put(ALIVE + self.process_id, repr(time.time()).encode())
+        except Exception as exc:  # noqa: BLE001 - NATS away: the others count this process gone after a while
+            log.warning("could not announce this deliverer: %s", exc)
+
     def _retry_entry(self, entry) -> None:
         runner = self.runners.get(entry.key.split(".", 1)[1])
         if entry.operation not in ("DEL", "PURGE") and runner is not None:
@@ -231,7 +257,10 @@ class Deliverer:
             if revoked and grant_id not in self.grants:
                 await self._drop_consumers(grant_id)
             if want is not None:
-                runner = Runner(self.context, *want)
+                grant, target = want
+                partitions = self.settings.partitions
+                runner = (PartitionedRunner(self.context, grant, target, partitions)
+                          if partitions > 0 and not target.parallel else Runner(self.context, grant, target))
                 try:
                     await runner.start()
                 except Exception as exc:  # noqa: BLE001 - NATS down, bad config: retried with backoff
@@ -259,6 +288,11 @@ class Deliverer:
             await self.js.delete_consumer(REDRIVE_STREAM, redrive_consumer(grant_id))
         except Exception:  # noqa: BLE001
             pass
+        for k in range(self.settings.partitions):  # with interest retention, a left-over one would keep messages
+            try:
+                await self.js.delete_consumer(PARTS_STREAM, part_consumer(grant_id, k))
+            except Exception:  # noqa: BLE001 - not there
+                pass
 
     async def disable(self, grant_id: str, reason: str) -> None:
         """Switch the target off with a reason the portal shows; its backlog stays in the consumer."""
@@ -295,6 +329,7 @@ class Deliverer:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            await self._announce()
             for runner in list(self.runners.values()):
                 await runner.flush_stats()
 
@@ -313,3 +348,8 @@ class Deliverer:
         await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         await self.flush_attempts()
+        if self.settings.partitions > 0:
+            try:
+                await self.state.delete(ALIVE + self.process_id)  # the others take its share at once
+            except Exception:  # noqa: BLE001 - NATS away: they count it gone after a while
+                pass

@@ -118,6 +118,19 @@ async def ensure_delivery(js: JetStreamContext, s: DeliverSettings) -> None:
             continue
         if (have.max_age, have.subjects, have.num_replicas) != (want.max_age, want.subjects, want.num_replicas):
             await js.update_stream(want)
+    if s.partitions > 0:
+        from hub.deliver.partitions import PARTS_STREAM, parts_stream_config
+
+        want = parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days)
+        try:
+            have = (await js.stream_info(PARTS_STREAM)).config
+            def shape(c: StreamConfig) -> list:
+                return [(x.name, [t.dest for t in x.subject_transforms or []]) for x in c.sources or []]
+
+            if (shape(have), have.num_replicas) != (shape(want), want.num_replicas):
+                await js.update_stream(want)
+        except NotFoundError:
+            await js.add_stream(want)
     try:
         await js.key_value(STATE_BUCKET)
     except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
