@@ -9,12 +9,13 @@ differ by 3-4x from one another):
    pre-published to ``xapi.``, then drained by one deliverer.
 3. Throughput to one batched xAPI LRS endpoint (batch 500): ``--statements`` statements, same way, counted by
    the statements the LRS stored.
-4. The same webhook integration as in 2 with a second ``rthub deliver`` process running (the deliverers run
-   with ``RTHUB_PARTITIONS=--partitions``, default 8: each holds half of the course partitions).
-5. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverers to
+4. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverer to
    a signed webhook; latency = arrival at the receiver minus the event's own timestamp (the statement keeps
    it), so it covers publish, hub, stream, deliverer and POST. The rate is half of the webhook capacity
    measured in 2 unless ``--rate`` is given; the line says which.
+5. The same webhook integration as in 2 delivered by two ``rthub deliver`` processes sharing its course
+   partitions (``RTHUB_PARTITIONS=--partitions``, default 8; 2-4 run with one unpartitioned deliverer, the
+   default deployment).
 
 Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]
 [--partitions 8]``.
@@ -166,7 +167,6 @@ async def run(args) -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
             env.update(RTHUB_NATS_URL=server.url, RTHUB_ID_SECRET="bench", RTHUB_DATA_DIR=str(Path(tmp) / "data"),
                        RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT="-1", RTHUB_BATCH_SIZE="20",
-                       RTHUB_PARTITIONS=str(args.partitions),
                        RTHUB_SITES=msgspec.json.encode({"default": "http://localhost:18000",
                                                         "benchhub": "http://localhost:18000"}).decode())
 
@@ -193,16 +193,7 @@ async def run(args) -> None:
                                         batch_wait_ms=50, max_concurrency=16)
             print(f"lrs (batch 500): delivered={lrs.count} of {args.statements} statements_per_s={lrs_rate:.0f}")
 
-            # 4. the same kind of webhook integration with a second deliverer process
-            start("deliver")
-            await asyncio.sleep(2)
-            hook2 = await Sink().start()
-            two_rate = await throughput(js, hook2, "hook2", "webhook", args.statements // 2, max_concurrency=16,
-                                        secrets=[new_secret()])
-            print(f"webhook, two deliverers: delivered={hook2.count} of {args.statements // 2} "
-                  f"statements_per_s={two_rate:.0f}")
-
-            # 5. end-to-end latency at a steady rate
+            # 4. end-to-end latency at a steady rate
             rate = args.rate or max(50.0, hook_rate / 2)
             sink = await Sink().start()
             await integration(js, "lat", "webhook", f"http://127.0.0.1:{sink.port}/hook", ["default"],
@@ -240,6 +231,18 @@ async def run(args) -> None:
                   f"published={total} at {sent_rate:.0f}/s delivered={sink.count} p50={p50:.1f}ms p99={p99:.1f}ms "
                   f"max={lat[-1] * 1000 if lat else 0:.1f}ms; hub share p50="
                   f"{hub_sorted[len(hub_sorted) // 2] * 1000:.1f}ms p99={hub_sorted[int(len(hub_sorted) * 0.99)] * 1000:.1f}ms")
+            # 5. the same kind of webhook integration, delivered by two processes sharing its course partitions
+            await asyncio.to_thread(stop, procs[1:])  # the single deliverer (the hub stays)
+            del procs[1:]
+            env["RTHUB_PARTITIONS"] = str(args.partitions)
+            start("deliver")
+            start("deliver")
+            await asyncio.sleep(3)  # both announced: each takes half of the partitions of a new integration
+            hook2 = await Sink().start()
+            two_rate = await throughput(js, hook2, "hook2", "webhook", args.statements // 2, max_concurrency=16,
+                                        secrets=[new_secret()])
+            print(f"webhook, two deliverers ({args.partitions} course partitions): delivered={hook2.count} of "
+                  f"{args.statements // 2} statements_per_s={two_rate:.0f}")
             await nc.close()
             print(f"hub_events_per_s={hub_eps:.0f}")
             print(f"webhook_statements_per_s={hook_rate:.0f}")
