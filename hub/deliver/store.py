@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -121,7 +123,8 @@ async def ensure_delivery(js: JetStreamContext, s: DeliverSettings) -> None:
     if s.partitions > 0:
         from hub.deliver.partitions import PARTS_STREAM, parts_stream_config
 
-        want = parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days)
+        want = parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days,
+                                   start=dt.datetime.now(dt.UTC))  # from now on, not the history
         try:
             have = (await js.stream_info(PARTS_STREAM)).config
             def shape(c: StreamConfig) -> list:
