@@ -30,6 +30,7 @@ class Delivery:
                  streak: Streak, circuit: Circuit, schedules: Schedules):
         self.ctx, self.grant_id, self.endpoint, self.held = ctx, grant_id, endpoint, held
         self.recorder, self.streak, self.circuit, self.schedules = recorder, streak, circuit, schedules
+        self.probe_min, self.probe_max = seconds(ctx.settings.probe_min), seconds(ctx.settings.probe_max)
 
     async def guarded(self, items: list[Item]) -> None:
         """:meth:`deliver`, where an exception neither wedges the lane nor loops: a NATS failure hands the
@@ -78,7 +79,7 @@ class Delivery:
         schedule = self.endpoint.schedule()
         attempt, tries, due = await self.schedules.restore(items[0])
         token = object()
-        early_at, early_delay = 0.0, seconds(s.probe_min)
+        early_at, early_delay = 0.0, self.probe_min
         try:
             if due is not None:  # restored: the endpoint was failing when the schedule was saved
                 circuit.opened()
@@ -138,7 +139,7 @@ class Delivery:
                     if await self.streak.failing(self.recorder.stats.last_error):
                         return
                     circuit.probe_failed(token)
-                    early_delay = min(seconds(s.probe_max), early_delay * 2)
+                    early_delay = min(self.probe_max, early_delay * 2)
                 early_at = due if asked is not None else time.time() + early_delay
                 await circuit.pause(token, due, early_at, wake)
                 if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
