@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import nats.errors
@@ -102,14 +101,16 @@ class Held:
         await self.acker.flush()
 
     async def keep_alive(self, period: float) -> None:
-        """Tell JetStream the held messages are still being worked on (they may wait hours for a retry). Not those
-        that arrived within the period: at full load most are delivered within a second, and telling JetStream
-        about every held message (up to ``max_in_flight``) was a third of the acks the deliverer sent."""
+        """Tell JetStream the held messages are still being worked on (they may wait hours for a retry).
+
+        Every held message, also one that arrived just now: a dead holder's messages must all come due for
+        redelivery together, in stream order, before a take-over. Skipping the young ones (to save acks) let a
+        later statement of a course come due before an earlier one (an out-of-order pair in the SIGKILL drill).
+        """
         while True:
             await asyncio.sleep(period)
-            young = time.monotonic() - period / 2  # the first one at most 1.5 periods (ack_wait / 2) after arrival
             for item in list(self.items):
-                if not item.settled and item.since <= young:
+                if not item.settled:
                     try:
                         await item.msg.in_progress()
                     except Exception:  # noqa: BLE001 - reconnecting; JetStream redelivers if it must

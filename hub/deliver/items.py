@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import msgspec
@@ -15,11 +14,10 @@ from hub.deliver.store import H_ID, H_SEQ, H_STREAM, H_SUBJECT
 class Item:
     """One message held by a lane until it is settled (acked, dead-lettered or handed back)."""
 
-    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved", "part", "since")
+    __slots__ = ("msg", "id", "subject", "source", "settled", "retry_saved", "part")
 
     def __init__(self, msg: Msg, source: str, part: int | None = None):
         self.msg, self.source, self.settled, self.retry_saved, self.part = msg, source, False, False, part
-        self.since = time.monotonic()  # when it arrived (keep-alive skips what is younger than its period)
         headers = msg.headers or {}
         self.subject = headers.get(H_SUBJECT) or original_subject(msg.subject)
         self.id = headers.get(H_ID) or headers.get("Nats-Msg-Id") or body_id(msg.data)
