@@ -9,13 +9,16 @@ differ by 3-4x from one another):
    pre-published to ``xapi.``, then drained by one deliverer.
 3. Throughput to one batched xAPI LRS endpoint (batch 500): ``--statements`` statements, same way, counted by
    the statements the LRS stored.
-4. The same webhook integration as in 2 with a second ``rthub deliver`` process running.
-5. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverers to
+4. End-to-end latency: raw events published to ``lms.`` at a steady rate through the hub and the deliverer to
    a signed webhook; latency = arrival at the receiver minus the event's own timestamp (the statement keeps
    it), so it covers publish, hub, stream, deliverer and POST. The rate is half of the webhook capacity
    measured in 2 unless ``--rate`` is given; the line says which.
+5. The same webhook integration as in 2 delivered by two ``rthub deliver`` processes sharing its course
+   partitions (``RTHUB_PARTITIONS=--partitions``, default 8; 2-4 run with one unpartitioned deliverer, the
+   default deployment).
 
-Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]``.
+Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]
+[--partitions 8]``.
 The last lines print ``hub_events_per_s=``, ``webhook_statements_per_s=``, ``lrs_statements_per_s=``,
 ``webhook_two_deliverers_per_s=``, ``p50_ms=`` and ``p99_ms=``.
 """
@@ -95,9 +98,9 @@ def play_video(course: str, user: int, when: dt.datetime) -> dict:
                      "duration": 195}}
 
 
-def statement(n: int) -> bytes:
+def statement(n: int, sid: str) -> bytes:
     return msgspec.json.encode({
-        "id": str(uuid.uuid4()), "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        "id": sid, "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "actor": {"objectType": "Agent", "account": {"homePage": "http://lms", "name": f"u{n % 97}"}},
         "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced", "display": {"en": "experienced"}},
         "object": {"objectType": "Activity", "id": f"http://lms/xblock/{n}"}})
@@ -120,8 +123,9 @@ async def throughput(js, sink: Sink, gid: str, kind: str, n: int, **kw) -> float
     courses = [f"course-v1:BenchX+T{i}+run" for i in range(20)]
     await integration(js, gid, kind, f"http://127.0.0.1:{sink.port}", [site], **kw)
     await asyncio.sleep(2)  # let the deliverer create the consumer (policy: new messages only)
+    ids = [str(uuid.uuid4()) for _ in range(n)]  # as the hub publishes: the statement id as Nats-Msg-Id
     futures = [await js.publish_async(subject("xapi", site, "BenchX", courses[i % 20], "play_video"),
-                                      statement(i)) for i in range(n)]
+                                      statement(i, ids[i]), headers={"Nats-Msg-Id": ids[i]}) for i in range(n)]
     await asyncio.gather(*futures)
     await wait_count(sink, n, 120)
     elapsed = sink.last - sink.first
@@ -189,16 +193,7 @@ async def run(args) -> None:
                                         batch_wait_ms=50, max_concurrency=16)
             print(f"lrs (batch 500): delivered={lrs.count} of {args.statements} statements_per_s={lrs_rate:.0f}")
 
-            # 4. the same kind of webhook integration with a second deliverer process
-            start("deliver")
-            await asyncio.sleep(2)
-            hook2 = await Sink().start()
-            two_rate = await throughput(js, hook2, "hook2", "webhook", args.statements // 2, max_concurrency=16,
-                                        secrets=[new_secret()])
-            print(f"webhook, two deliverers: delivered={hook2.count} of {args.statements // 2} "
-                  f"statements_per_s={two_rate:.0f}")
-
-            # 5. end-to-end latency at a steady rate
+            # 4. end-to-end latency at a steady rate
             rate = args.rate or max(50.0, hook_rate / 2)
             sink = await Sink().start()
             await integration(js, "lat", "webhook", f"http://127.0.0.1:{sink.port}/hook", ["default"],
@@ -236,6 +231,18 @@ async def run(args) -> None:
                   f"published={total} at {sent_rate:.0f}/s delivered={sink.count} p50={p50:.1f}ms p99={p99:.1f}ms "
                   f"max={lat[-1] * 1000 if lat else 0:.1f}ms; hub share p50="
                   f"{hub_sorted[len(hub_sorted) // 2] * 1000:.1f}ms p99={hub_sorted[int(len(hub_sorted) * 0.99)] * 1000:.1f}ms")
+            # 5. the same kind of webhook integration, delivered by two processes sharing its course partitions
+            await asyncio.to_thread(stop, procs[1:])  # the single deliverer (the hub stays)
+            del procs[1:]
+            env["RTHUB_PARTITIONS"] = str(args.partitions)
+            start("deliver")
+            start("deliver")
+            await asyncio.sleep(3)  # both announced: each takes half of the partitions of a new integration
+            hook2 = await Sink().start()
+            two_rate = await throughput(js, hook2, "hook2", "webhook", args.statements // 2, max_concurrency=16,
+                                        secrets=[new_secret()])
+            print(f"webhook, two deliverers ({args.partitions} course partitions): delivered={hook2.count} of "
+                  f"{args.statements // 2} statements_per_s={two_rate:.0f}")
             await nc.close()
             print(f"hub_events_per_s={hub_eps:.0f}")
             print(f"webhook_statements_per_s={hook_rate:.0f}")
@@ -265,6 +272,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency part")
     parser.add_argument("--statements", type=int, default=50_000, help="statements for the LRS part (half: webhook)")
     parser.add_argument("--hub-events", type=int, default=20_000, help="raw events for the hub's rate")
+    parser.add_argument("--partitions", type=int, default=8,
+                        help="RTHUB_PARTITIONS of the deliverers (course partitions; 0: one process per ordered "
+                             "integration)")
     asyncio.run(run(parser.parse_args()))
 
 

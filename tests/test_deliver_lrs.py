@@ -99,16 +99,16 @@ async def test_exception_while_handling_one_message_dead_letters_it_with_the_rea
                                                                                     monkeypatch):
     """A bug one statement meets (here the request builder raising on it) costs that statement only: it is
     dead-lettered with the exception as reason, the rest of its batch and course is delivered, nothing loops."""
-    import hub.deliver.service
+    import hub.deliver.endpoint
 
-    real = hub.deliver.service.build
+    real = hub.deliver.endpoint.build
 
     def buggy(target, protocol, bodies, ids, *args):
         if any(b'"urn:n":2}' in b for b in bodies):
             raise ValueError("cannot build this one")
         return real(target, protocol, bodies, ids, *args)
 
-    monkeypatch.setattr(hub.deliver.service, "build", buggy)
+    monkeypatch.setattr(hub.deliver.endpoint, "build", buggy)
     lrs = LRS()
     rx = await Receiver(lrs).start()
     gid, site = await integration(js, "lrs", rx.url + "/xapi/", basic_auth="key:secret", batch_size=4,

@@ -25,6 +25,7 @@ SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
 # The deliverer's own streams and state bucket (hub/deliver/store.py; names repeated so auth never imports it).
 DELIVERY_LOG_STREAM = "DELIVERY_LOG"
 REDRIVE_STREAM = "REDRIVE"
+PARTS_STREAM = "DELIVERY_PARTS"  # course partitions of the protocol streams (hub/deliver/partitions.py)
 DELIVERY_STATE_BUCKET = "rthub_delivery"
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)))
@@ -115,9 +116,10 @@ def service_permissions(service: str, hub_consumer: str = "hub",
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
                *stream_reader(DEAD_LETTER_STREAM), f"{API}.STREAM.MSG.DELETE.{DEAD_LETTER_STREAM}",
-               *(p for s in (DELIVERY_LOG_STREAM, REDRIVE_STREAM, f"KV_{DELIVERY_STATE_BUCKET}")
+               *(p for s in (DELIVERY_LOG_STREAM, REDRIVE_STREAM, PARTS_STREAM, f"KV_{DELIVERY_STATE_BUCKET}")
                  for p in stream_owner(s)),
                *stream_reader(DELIVERY_LOG_STREAM), "attempts.>", *stream_reader(REDRIVE_STREAM), "redrive.>",
+               *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
                *kv_read(COURSES_BUCKET)]
         sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
@@ -126,7 +128,7 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
                *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
-               *stream_reader(DELIVERY_LOG_STREAM),
+               *stream_reader(DELIVERY_LOG_STREAM), f"{API}.CONSUMER.LIST.{PARTS_STREAM}",  # partitioned lag
                # The consumer's delivery operations (hub/deliver/ops.py): resend gets one statement by sequence
                # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
                # letter; replay / retry-now / re-enable write their key in the delivery state bucket.

@@ -34,6 +34,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
     fetch_batch: int = 500
     ack_wait: str = "10s"
     lease_ttl: str = "5s"
+    partitions: int = 0  # course partitions per ordered integration (0: one process delivers it; see partitions.py)
     converge_backoff_max: str = "10s"
     lag_poll: str = "5s"
     behind_window: str = "60s"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -50,7 +51,7 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
             out.update(pending=info.num_pending, ack_pending=info.num_ack_pending,
                        lag=(info.num_pending or 0) + (info.num_ack_pending or 0))
         except NotFoundError:
-            pass
+            await _partitioned_lag(js, grant_id, out)
     try:
         info = await js.stream_info(DEAD_LETTER_STREAM_NAME, subjects_filter=dlq_subject(grant_id))
         out["dead_letters"] = sum((info.state.subjects or {}).values())
@@ -88,3 +89,18 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
     attempts.sort(key=lambda a: a.t, reverse=True)
     out["recent"] = [msgspec.to_builtins(a) for a in attempts[:recent]]
     return out
+
+
+async def _partitioned_lag(js: JetStreamContext, grant_id: str, out: dict) -> None:
+    """An integration in course partitions: its backlog is summed over its partition consumers."""
+    from hub.deliver.partitions import PARTS_STREAM
+
+    prefix = consumer_name(grant_id) + "_p"
+    try:
+        infos = [i for i in await js.consumers_info(PARTS_STREAM)
+                 if i.name.startswith(prefix) and i.name[len(prefix):].isdigit()]
+    except (NotFoundError, TimeoutError, nats.errors.Error):  # no partitions here, or not allowed to look
+        return
+    if infos:
+        pending, ack_pending = sum(i.num_pending or 0 for i in infos), sum(i.num_ack_pending or 0 for i in infos)
+        out.update(pending=pending, ack_pending=ack_pending, lag=pending + ack_pending)

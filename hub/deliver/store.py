@@ -1,7 +1,8 @@
 """Where delivery state lives in NATS, declared once and created idempotently.
 
-- ``DELIVERY_LOG`` stream, ``attempts.<grant id>``: one JSON record per HTTP attempt, kept for the
-  configured retention (the attempt log the portal and ``rthub attempts`` show).
+- ``DELIVERY_LOG`` stream, ``attempts.<grant id>``: one JSON record per HTTP attempt (first-try deliveries
+  of the same moment summed up in one, see :func:`summarize`), kept for the configured retention (the
+  attempt log the portal shows).
 - ``REDRIVE`` stream, ``redrive.<grant id>``: dead letters sent back for another try; each deliverer runs a
   second consumer per integration on it.
 - ``rthub_delivery`` KV bucket: ``stats.<grant id>.<process>`` counters and recent attempts per process,
@@ -11,6 +12,8 @@
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import msgspec
 from nats.js import JetStreamContext
@@ -52,6 +55,33 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     seqs: list[int] = []  # protocol-stream sequence of each statement (0: a test event), for "resend"
 
 
+SUMMARY_IDS = 500  # statements per summary record: ~25 KiB of ids and seqs
+
+
+def summarize(entries: list[Attempt]) -> list[Attempt]:
+    """The attempt-log records of one flush: first-try deliveries (same source and status) are summed up in one
+    record per ``SUMMARY_IDS`` statements (``t`` the latest, ``latency_ms`` the slowest, all ``ids``/``seqs``);
+    every other attempt (a retry, a failure, a late success) keeps its own record. One log message per
+    delivered statement was a third of the deliverer's NATS writes at full load."""
+    out: list[Attempt] = []
+    groups: dict[tuple[str, int | None], Attempt] = {}
+    for a in entries:
+        if a.outcome != "delivered" or a.attempt != 1 or a.error:
+            out.append(a)
+            continue
+        key = (a.source, a.status)
+        into = groups.get(key)
+        if into is None or len(into.ids) >= SUMMARY_IDS:
+            into = groups[key] = msgspec.structs.replace(a, ids=list(a.ids), seqs=list(a.seqs))
+            out.append(into)
+            continue
+        into.t = max(into.t, a.t)
+        into.latency_ms = max(into.latency_ms or 0.0, a.latency_ms or 0.0)
+        into.ids.extend(a.ids)
+        into.seqs.extend(a.seqs)
+    return out
+
+
 class Stats(msgspec.Struct, kw_only=True):
     """Counters of one deliverer process for one integration (summed by ``integration_status``)."""
 
@@ -90,6 +120,20 @@ async def ensure_delivery(js: JetStreamContext, s: DeliverSettings) -> None:
             continue
         if (have.max_age, have.subjects, have.num_replicas) != (want.max_age, want.subjects, want.num_replicas):
             await js.update_stream(want)
+    if s.partitions > 0:
+        from hub.deliver.partitions import PARTS_STREAM, parts_stream_config
+
+        want = parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days,
+                                   start=dt.datetime.now(dt.UTC))  # from now on, not the history
+        try:
+            have = (await js.stream_info(PARTS_STREAM)).config
+            def shape(c: StreamConfig) -> list:
+                return [(x.name, [t.dest for t in x.subject_transforms or []]) for x in c.sources or []]
+
+            if (shape(have), have.num_replicas) != (shape(want), want.num_replicas):
+                await js.update_stream(want)
+        except NotFoundError:
+            await js.add_stream(want)
     try:
         await js.key_value(STATE_BUCKET)
     except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
