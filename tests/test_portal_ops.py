@@ -130,8 +130,15 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             # resend one delivered statement (same id) from its log row
             s2 = await publish(js, statement())
             await wait_for(lambda: s2 in ids_received(receiver), 10, "s2 delivered")
-            log = (await consumer.get(f"/integrations/{key}/deliveries?outcome=delivered")).text
-            row = next(r for r in log.split("<tr") if s2 in r)
+            rows: list[str] = []
+
+            async def logged() -> bool:  # the attempt log is published in batches (every 0.2 s)
+                log = (await consumer.get(f"/integrations/{key}/deliveries?outcome=delivered")).text
+                rows[:] = [r for r in log.split("<tr") if s2 in r]
+                return bool(rows)
+
+            await wait_for(logged, 10, "s2's delivery in the log")
+            row = rows[0]
             seq = re.search(r'name="seq" value="(\d+)"', row).group(1)
             done = await post(consumer, f"/integrations/{key}/ops/resend", {"seq": seq, "back": "deliveries"})
             assert f"Statement {s2} queued" in flash_of(done.text)
@@ -193,8 +200,12 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             assert target.url == other.url + "/new" and target.enabled
 
             # the administrator sees the same page and can run the same operations
-            admin_log = await admin.get(f"/integrations/{key}/deliveries")
-            assert admin_log.status_code == 200 and s6 in admin_log.text
+            async def admin_sees_s6() -> bool:
+                admin_log = await admin.get(f"/integrations/{key}/deliveries")
+                assert admin_log.status_code == 200
+                return s6 in admin_log.text
+
+            await wait_for(admin_sees_s6, 10, "s6 in the administrator's view of the log")
             done = await post(admin, f"/integrations/{key}/ops/test-event", {"back": "deliveries"})
             assert "Test event" in flash_of(done.text)
 
