@@ -37,6 +37,8 @@ class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     reason: str | None = None
     basic_auth: str | None = None
     bearer: str | None = None
+    batch_size: int | str | None = None  # statements per POST, 1..500 (push deliveries; default 1)
+    batch_wait_ms: int | str | None = None  # longest wait to fill a batch, 10..5000 ms (default 200)
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
@@ -92,6 +94,8 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     delivery: str
     url: str | None
     auth: str
+    batch_size: int = 1
+    batch_wait_ms: int = 200
     status: str
     reason: str
     decision_reason: str

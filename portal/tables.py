@@ -59,6 +59,8 @@ class Integration(Table, tablename="portal_integration"):
     url = Varchar(length=2048, null=True, default=None)
     auth_kind = Varchar(length=16, default="none")
     auth_value = Text(null=True, default=None)
+    batch_size = Integer(default=1)  # statements per POST (push deliveries); > 1 = batched
+    batch_wait_ms = Integer(default=200)
     requested = JSON(default="{}")
     granted = JSON(default="{}")
     reason = Text(default="")

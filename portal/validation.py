@@ -53,6 +53,8 @@ class IntegrationSpec(msgspec.Struct, kw_only=True):
     auth_kind: str = "none"  # none | basic | bearer
     auth_value: str | None = None
     reason: str = ""
+    batch_size: int = 1  # statements per POST (1 = one each); > 1 = a JSON array / one Caliper envelope
+    batch_wait_ms: int = 200  # longest wait to fill a batch
 
 
 def split_list(value: Any) -> list[str]:
@@ -153,6 +155,28 @@ def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, st
     return scope
 
 
+BATCH_MAX = 500  # statements per POST: an LRS takes arrays of this size, a webhook body stays well under 10 MB
+BATCH_WAIT_MS = (10, 5000)
+
+
+def check_batch(raw: dict[str, Any], errors: dict[str, str], defaults: tuple[int, int] = (1, 200)) -> tuple[int, int]:
+    """``batch_size`` (1..500) and ``batch_wait_ms`` (10..5000) from a form or JSON body; missing = ``defaults``."""
+    out = list(defaults)
+    limits = {"batch_size": (1, BATCH_MAX), "batch_wait_ms": BATCH_WAIT_MS}
+    for i, (field, (low, high)) in enumerate(limits.items()):
+        value = raw.get(field)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        text = str(value).strip()
+        if isinstance(value, bool) or not (isinstance(value, int) or (text.isascii() and text.isdigit())) \
+                or not low <= int(text) <= high:
+            errors[field] = (f"A whole number from {low} (one statement per request) to {high}." if i == 0
+                             else f"A whole number of milliseconds from {low} to {high}.")
+            continue
+        out[i] = int(text)
+    return out[0], out[1]
+
+
 def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000, allowed: list | tuple = ()
                      ) -> tuple[IntegrationSpec | None, dict[str, str]]:
     """Form or JSON body -> (spec, {}) or (None, {field: message})."""
@@ -188,11 +212,13 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer
+    batch_size, batch_wait_ms = check_batch(raw, errors) if delivery in ("webhook", "lrs", "caliper") else (1, 200)
     scope = check_scope(raw, known_sites, errors)
     if errors:
         return None, errors
     return IntegrationSpec(name=name, protocol=protocol, delivery=delivery, scope=scope, url=url,
-                           auth_kind=auth_kind, auth_value=auth_value, reason=reason), {}
+                           auth_kind=auth_kind, auth_value=auth_value, reason=reason, batch_size=batch_size,
+                           batch_wait_ms=batch_wait_ms), {}
 
 
 def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:

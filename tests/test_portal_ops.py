@@ -14,6 +14,7 @@ import uuid
 import msgspec
 import pytest
 
+from hub.deliver import signing
 from hub.deliver.status import integration_status
 from hub.grants import decode_grant
 from hub.streams import GRANTS_BUCKET
@@ -349,3 +350,51 @@ def test_subject_matching_for_resend():
     assert not subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c1")
     assert not subject_matches("xapi.default.*.*.*", "xapi.default.edX.c1.play.more")
     assert not subject_matches("xapi.other.>", "xapi.default.edX.c1.play")
+
+
+async def test_batched_webhook_chosen_in_the_portal(app, admin, js, nc, nats_server):
+    """Issue 14: a consumer chooses batching in the request form; one signed POST carries an array of up to
+    ``batch_size`` statements, in publish order; bad values are refused by field; the owner can change it."""
+    consumer = await new_consumer(app)
+    refused = await post(consumer, "/integrations", {
+        "name": "Bulk", "protocol": "xapi", "delivery": "webhook", "url": "https://hooks.example.org/in",
+        "sites": "default", "courses": COURSE_A, "batch_size": "5000", "batch_wait_ms": "-3"})
+    assert 'aria-describedby="err-batch_size"' in refused.text and 'aria-describedby="err-batch_wait_ms"' in refused.text
+    assert "from 1 (one statement per request) to 500" in refused.text
+
+    receiver = await Receiver(lambda req: (200, {}, b"ok")).start()
+    try:
+        async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
+            key = await request_access(consumer, url=receiver.url + "/bulk", courses=COURSE_A,
+                                       batch_size="25", batch_wait_ms="100")
+            await post(admin, f"/admin/integrations/{key}/approve")
+            page = (await consumer.get(f"/integrations/{key}")).text  # the secret, shown once
+            secret = re.search(r"(whsec_[A-Za-z0-9+/=]+)", page).group(1)
+            assert "batched: up to 25 statements per POST, waiting at most 100 ms" in page
+            target = await read_target(app, js, key)
+            assert (target.batch_size, target.batch_wait_ms) == (25, 100)
+            api = (await consumer.get(f"/api/v1/integrations/{key}",
+                                      headers={"Authorization": f"Bearer {await make_token(consumer)}"})).json()
+            assert (api["batch_size"], api["batch_wait_ms"]) == (25, 100)
+
+            sent = [await publish(js, statement()) for _ in range(60)]
+            await wait_for(lambda: len(ids_received(receiver)) >= 60, 15, "60 statements in batches")
+            assert ids_received(receiver) == sent  # one course: publish order, nothing twice
+            bodies = [r.json() for r in receiver.requests]
+            assert all(isinstance(b, list) and 1 <= len(b) <= 25 for b in bodies) and len(bodies) < 60
+            for r in receiver.requests:  # the Standard Webhooks signature covers the whole array
+                h = {k.lower(): v for k, v in r.headers.items()}
+                want = signing.signature(secret, h["webhook-id"], int(h["webhook-timestamp"]), r.body)
+                assert want in h["webhook-signature"].split(" ")
+
+            # back to one statement per POST, from the endpoint form
+            done = await post(consumer, f"/integrations/{key}/ops/endpoint", {"url": receiver.url + "/bulk",
+                                                                           "batch_size": "1"})
+            assert "Endpoint updated (batching)" in flash_of(done.text)
+            assert (await read_target(app, js, key)).batch_size == 1
+            n = len(receiver.requests)
+            one = await publish(js, statement())
+            await wait_for(lambda: one in ids_received(receiver), 10, "a single statement after the change")
+            assert receiver.requests[-1].json()["id"] == one and len(receiver.requests) == n + 1
+    finally:
+        await receiver.stop()

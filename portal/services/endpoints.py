@@ -19,7 +19,7 @@ from hub.deliver import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
 from portal.services.integrations import _scope_text, scope_json
 from portal.tables import Account, Integration
-from portal.validation import Scope, check_narrowing, check_scope, check_url, clean_text
+from portal.validation import Scope, check_batch, check_narrowing, check_scope, check_url, clean_text
 
 log = logging.getLogger("rthub.portal.endpoints")
 STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
@@ -32,6 +32,8 @@ class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     basic_auth: str | None = None
     bearer: str | None = None
     remove_credentials: bool = False
+    batch_size: int | str | None = None
+    batch_wait_ms: int | str | None = None
 
 
 class ScopeChange(msgspec.Struct, kw_only=True):
@@ -154,6 +156,10 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
             errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
         else:
             changes.update(auth_kind="none", auth_value=None)
+    size, wait = check_batch({"batch_size": change.batch_size, "batch_wait_ms": change.batch_wait_ms}, errors,
+                             (row.batch_size or 1, row.batch_wait_ms or 200))
+    if (size, wait) != (row.batch_size or 1, row.batch_wait_ms or 200):
+        changes.update(batch_size=size, batch_wait_ms=wait)
     if errors:
         raise PortalError("Check the endpoint fields.", 400, errors)
     if changes.get("auth_value") and getattr(portal, "box", None) is not None:  # stored sealed, like the rest
@@ -167,7 +173,8 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
                                         disabled_at=target.disabled_at)
     await portal._put_target(fresh)
-    changed = sorted({"credentials" if k.startswith("auth") else k for k in changes})
+    changed = sorted({"credentials" if k.startswith("auth") else "batching" if k.startswith("batch") else k
+                      for k in changes})
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
     return changed
 

@@ -84,7 +84,8 @@ def public_view(row: Integration, owner_email: str | None = None) -> dict[str, A
     """An integration as shown to its owner or an admin: never the endpoint credentials or secrets."""
     return {
         "id": row.key, "name": row.name, "protocol": row.protocol, "delivery": row.delivery, "url": row.url,
-        "auth": row.auth_kind, "status": row.status, "reason": row.reason,
+        "auth": row.auth_kind, "batch_size": row.batch_size or 1, "batch_wait_ms": row.batch_wait_ms or 200,
+        "status": row.status, "reason": row.reason,
         "decision_reason": row.decision_reason, "decided_by": row.decided_by,
         "requested": msgspec.to_builtins(requested_scope(row)),
         "granted": msgspec.to_builtins(granted_scope(row)) if row.status not in ("pending", "denied") else None,
@@ -124,6 +125,7 @@ class IntegrationService(ServiceBase):
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
+            batch_size=spec.batch_size, batch_wait_ms=spec.batch_wait_ms,
             requested=scope_json(spec.scope),
             reason=spec.reason, status="pending",
         )
@@ -209,6 +211,7 @@ class IntegrationService(ServiceBase):
         return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
                       basic_auth=auth_value if row.auth_kind == "basic" else None,
                       bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
+                      batch_size=row.batch_size or 1, batch_wait_ms=row.batch_wait_ms or 200,
                       disabled_reason=None if enabled else SUSPENDED_REASON)
 
     async def _get_target(self, key: str, sealed: bool = False) -> Target | None:

@@ -46,7 +46,9 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
     if op == "endpoint":
         change = endpoints.EndpointEdit(url=p.get("url"), basic_auth=p.get("basic_auth") or None,
                                        bearer=p.get("bearer") or None,
-                                       remove_credentials=bool(p.get("remove_credentials")))
+                                       remove_credentials=bool(p.get("remove_credentials")),
+                                       batch_size=p.get("batch_size") or None,
+                                       batch_wait_ms=p.get("batch_wait_ms") or None)
         changed = await endpoints.edit(portal, user, row, change)
         return ActionResult(integration=key, action=op, message=f"Endpoint updated ({', '.join(changed)}); "
                             "no re-approval needed, the scope is unchanged.")
