@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hub.core.api import Header, max_deliveries_advisory
-from hub.core.errors import ConsumerGone, JetStreamError
+from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.kv import KVMirror
 from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckedPublisher
@@ -48,6 +48,22 @@ log = logging.getLogger("rthub.hub")
 REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
+
+
+def _error(future: asyncio.Future, timeout: float) -> BaseException | None:
+    if future.cancelled():
+        return TimeoutError(f"no publish ack in {timeout:g} s")
+    return future.exception()
+
+
+def _outage(exc: BaseException) -> bool:
+    """The output side is unavailable (retry later), as opposed to a publish refused for the message itself."""
+    if isinstance(exc, PublishRefused):
+        return (exc.code or 0) >= 500
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return False
+    return isinstance(exc, TimeoutError | nats.errors.Error | JetStreamError)
 
 
 def header_text(text: str, limit: int = 1000) -> str:
@@ -99,6 +115,8 @@ class Hub:
         self.supported = {p: supported(p) for p in PROTOCOLS}
         self.limits = settings.limits
         self._advisories = None
+        self._stop = asyncio.Event()
+        self._holding = False
 
     async def start(self) -> Hub:
         self.nc = await connect(self.s, "rthub-hub")
@@ -128,10 +146,11 @@ class Hub:
         """Process batches until ``stop`` is set; the batch in hand is always finished first, and whatever was
         delivered but not processed is handed back at once (:class:`hub.core.pull.PullStream`)."""
         s = self.s
+        self._stop = stop
         while not stop.is_set():
             self.pull = pull = await PullStream(
                 self.nc, RAW_STREAM, s.hub_consumer, batch=2 * s.batch_size, threshold=s.batch_size,
-                max_batch=s.batch_size, expires=s.hub_pull_expires_s).start()
+                max_batch=s.batch_size, expires=s.hub_pull_expires_s, room=self._room).start()
             stopper = asyncio.create_task(stop.wait())
             stopper.add_done_callback(lambda _, p=pull: p.stop())
             try:
@@ -146,40 +165,109 @@ class Hub:
                 for msg in await pull.drain():
                     await msg.nak()
 
+    def _room(self) -> int:
+        """Ask for no more raw messages while a batch is held for an output outage (they would age in the queue)."""
+        return 0 if self._holding else 2 * self.s.batch_size
+
     async def process(self, msgs: list) -> None:
+        """Publish what each message yields, then ack it. A publish that failed because the output side is
+        unavailable (no stream, timeout, connection) holds the batch: in-progress acks keep the messages and the
+        failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
+        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
         m = self.metrics
-        waits: list[tuple[Any, list[asyncio.Future]]] = []
+        jobs = []
         for msg in msgs:
             m.inc("received")
+            outputs = self._handle(msg)
+            jobs.append((msg, outputs, await self._publish(outputs)))
+        delay = _RETRY_FIRST_S
+        while True:
+            held = await self._settle(jobs)
+            if not held:
+                return
+            self._holding = True
             try:
-                futures = await self._handle(msg)
-            except nats.errors.Error as exc:  # publishing failed (e.g. connection closed): redeliver
+                log.warning("publishing failed, holding %d raw messages and retrying in %g s", len(held), delay)
+                if not await self._hold([msg for msg, _ in held], delay):  # stopping, or the connection closed
+                    for msg, _ in held:
+                        await self._nak(msg)
+                    return
+            finally:
+                self._holding = False
+                if self.pull is not None:
+                    self.pull.wake()
+            delay = min(2 * delay, _RETRY_MAX_S)
+            jobs = [(msg, outputs, await self._publish(outputs)) for msg, outputs in held]
+
+    async def _publish(self, outputs: list[tuple[str, bytes, dict]]) -> list[asyncio.Future]:
+        futures = []
+        for subj, body, headers in outputs:
+            try:
+                futures.append(await self.publisher.publish(subj, body, headers))
+            except nats.errors.Error as exc:  # e.g. connection closed or reconnecting with a full buffer
                 failed = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
-                futures = [failed]
-            waits.append((msg, futures))
-        pending = [f for _, futures in waits for f in futures]
+                futures.append(failed)
+        return futures
+
+    async def _settle(self, jobs) -> list[tuple[Any, list[tuple[str, bytes, dict]]]]:
+        """Wait for the publish acks; ack each message whose publishes all succeeded, nak one refused for
+        itself, return ``(message, failed outputs)`` of those that failed for an outage (to hold and retry)."""
+        pending = [f for _, _, futures in jobs for f in futures]
         if pending:  # one wait for the whole batch: a gather per message costs more than the translation
             _, late = await asyncio.wait(pending, timeout=self.s.hub_publish_timeout_s)
             for f in late:
                 f.cancel()
             if late:
                 self.publisher.forget()
-        for msg, futures in waits:
-            errors = [f.exception() if not f.cancelled()
-                      else TimeoutError(f"no publish ack in {self.s.hub_publish_timeout_s:g} s") for f in futures]
-            errors = [e for e in errors if e is not None]
-            if errors:
-                m.inc("publish_errors", len(errors))
-                log.warning("publish failed, raw message will be redelivered: %s", errors[0])
-                # backoff, so an outage of the output streams does not spend hub_max_deliver in seconds
-                await msg.nak(delay=min(2 ** (msg.metadata.num_delivered - 1), 60))
-            else:
+        held = []
+        for msg, outputs, futures in jobs:
+            failed = [(out, _error(f, self.s.hub_publish_timeout_s)) for out, f in zip(outputs, futures, strict=True)]
+            failed = [(out, e) for out, e in failed if e is not None]
+            if not failed:
                 await msg.ack()
+                continue
+            self.metrics.inc("publish_errors", len(failed))
+            refused = [e for _, e in failed if not _outage(e)]
+            if refused:
+                log.warning("publish refused, raw message will be redelivered: %s", refused[0])
+                await self._nak(msg)
+            else:
+                held.append((msg, [out for out, _ in failed]))
+        return held
 
-    async def _handle(self, msg) -> list[asyncio.Future]:
-        """Publish what one message yields: its statements, and the message itself to quarantine if it was
-        rejected. Any exception while translating quarantines the message (with the exception as reason)."""
+    async def _nak(self, msg) -> None:
+        # backoff, so a message refused for itself does not spend hub_max_deliver in seconds
+        try:
+            await msg.nak(delay=min(2 ** (msg.metadata.num_delivered - 1), 60))
+        except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
+            log.warning("nak failed: %s", exc)
+
+    async def _hold(self, msgs: list, seconds: float) -> bool:
+        """Keep ``msgs`` (and what the pull stream delivered meanwhile) from redelivery for ``seconds`` by
+        in-progress acks; False if the hub is stopping or the connection closed."""
+        end = time.monotonic() + seconds
+        beat = max(self.s.hub_ack_wait_s / 3, 0.05)
+        while True:
+            if self._stop.is_set() or self.nc.is_closed:
+                return False
+            try:
+                for msg in msgs + (self.pull.queued() if self.pull is not None else []):
+                    await msg.in_progress()
+            except nats.errors.Error as exc:
+                log.warning("in-progress ack failed: %s", exc)
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            try:
+                await asyncio.wait_for(self._stop.wait(), min(beat, left))
+            except TimeoutError:
+                pass
+
+    def _handle(self, msg) -> list[tuple[str, bytes, dict]]:
+        """``(subject, body, headers)`` of what one message yields: its statements, and the message itself to
+        quarantine if it was rejected. Any exception while translating quarantines the message (with the
+        exception as reason)."""
         try:
             outputs, rejected = self._translate(msg)
         except (InvalidEvent, ValueError) as exc:
@@ -188,13 +276,11 @@ class Hub:
             log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
             self.metrics.inc("internal_errors")
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
-        futures: list[asyncio.Future] = []
+        out = [(subj, body, {Header.MSG_ID: sid}) for subj, sid, body in outputs]
         if rejected:  # a protocol that could not translate it does not hold back the others
-            futures.append(await self._quarantine(msg.subject, msg.data, msg.metadata.sequence.stream,
-                                                  "; ".join(rejected)))
-        for subj, sid, body in outputs:
-            futures.append(await self.publisher.publish(subj, body, {Header.MSG_ID: sid}))
-        return futures
+            out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
+                                            "; ".join(rejected)))
+        return out
 
     def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
         """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
@@ -228,8 +314,8 @@ class Hub:
             self.metrics.inc("translated", len(statements), protocol=protocol)
         return out, rejected
 
-    async def _quarantine(self, raw_subject: str, data: bytes, seq: int, reason: str) -> asyncio.Future:
-        """Copy raw message ``seq`` to the quarantine stream with its reason (one copy per sequence)."""
+    def _quarantined(self, raw_subject: str, data: bytes, seq: int, reason: str) -> tuple[str, bytes, dict]:
+        """The quarantine copy of raw message ``seq`` with its reason (one copy per sequence): what to publish."""
         self.metrics.inc("quarantined")
         reason = header_text(reason)
         log.warning("quarantined raw message %s: %s", seq, reason)
@@ -241,7 +327,7 @@ class Hub:
         if len(data) > room:  # the server would refuse it (and close our connection); the original stays raw
             headers["Rthub-Original-Bytes"] = str(len(data))
             data = data[:room]
-        return await self.publisher.publish(subj, data, headers)
+        return subj, data, headers
 
     async def _on_max_deliveries(self, advisory) -> None:
         """A raw message was delivered ``hub_max_deliver`` times and never acked: fetch it, quarantine it."""
@@ -252,8 +338,8 @@ class Hub:
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
                       "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
-            await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason),
-                                   self.s.hub_publish_timeout_s)
+            copy = self._quarantined(raw.subject, raw.data or b"", seq, reason)
+            await asyncio.wait_for(await self.publisher.publish(*copy), self.s.hub_publish_timeout_s)
         except (nats.errors.Error, JetStreamError, TimeoutError, msgspec.DecodeError, KeyError, TypeError,
                 ValueError) as exc:  # e.g. the message aged out of the raw stream (NotFoundError)
             log.error("could not quarantine after max deliveries (%s): %s", advisory.data[:200], exc)

@@ -199,6 +199,10 @@ class PullStream:
             return info
         return not info.num_pending and not info.num_ack_pending
 
+    def queued(self) -> list:
+        """Messages delivered but not handed out yet (a caller holding a batch keeps them from redelivery)."""
+        return [m for m in (*self._front, *self._queue._queue) if m is not _WAKE]
+
     # ---- stopping -----------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask for nothing more and end the iteration (the step in hand finishes first)."""
