@@ -49,6 +49,7 @@ REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
+_IN_FLIGHT = 2  # batches published and not yet settled: translating the next overlaps waiting for acks
 
 
 def _error(future: asyncio.Future, timeout: float) -> BaseException | None:
@@ -116,7 +117,8 @@ class Hub:
         self.limits = settings.limits
         self._advisories = None
         self._stop = asyncio.Event()
-        self._holding = False
+        self._holding = 0  # batches held for an output outage
+        self._settling: set[asyncio.Task] = set()
 
     async def start(self) -> Hub:
         self.nc = await connect(self.s, "rthub-hub")
@@ -156,12 +158,14 @@ class Hub:
             try:
                 async for msgs in pull:
                     await self.process(msgs)
+                await self.settled()
                 return  # stopped, or the connection closed
             except ConsumerGone:
                 log.error("the hub consumer %s was deleted; creating it again", s.hub_consumer)
                 await self._ensure_consumer()
             finally:
                 stopper.cancel()
+                await self.settled()
                 for msg in await pull.drain():
                     await msg.nak()
 
@@ -170,22 +174,36 @@ class Hub:
         return 0 if self._holding else 2 * self.s.batch_size
 
     async def process(self, msgs: list) -> None:
-        """Publish what each message yields, then ack it. A publish that failed because the output side is
-        unavailable (no stream, timeout, connection) holds the batch: in-progress acks keep the messages and the
-        failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
-        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
+        """Publish what each message yields; its acks are awaited in the background (the next batch is translated
+        meanwhile, at most ``_IN_FLIGHT`` batches unsettled), then the message is acked (:meth:`_finish`)."""
         m = self.metrics
         jobs = []
         for msg in msgs:
             m.inc("received")
             outputs = self._handle(msg)
             jobs.append((msg, outputs, await self._publish(outputs)))
+        task = asyncio.create_task(self._finish(jobs))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        if len(self._settling) >= _IN_FLIGHT:
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+
+    async def settled(self) -> None:
+        """Wait until every processed batch is acked or handed back."""
+        while self._settling:
+            await asyncio.wait(self._settling)
+
+    async def _finish(self, jobs) -> None:
+        """Ack each message once its publishes are acked. A publish that failed because the output side is
+        unavailable (no stream, timeout, connection) holds its messages: in-progress acks keep them and the
+        failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
+        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
         delay = _RETRY_FIRST_S
         while True:
             held = await self._settle(jobs)
             if not held:
                 return
-            self._holding = True
+            self._holding += 1
             try:
                 log.warning("publishing failed, holding %d raw messages and retrying in %g s", len(held), delay)
                 if not await self._hold([msg for msg, _ in held], delay):  # stopping, or the connection closed
@@ -193,7 +211,7 @@ class Hub:
                         await self._nak(msg)
                     return
             finally:
-                self._holding = False
+                self._holding -= 1
                 if self.pull is not None:
                     self.pull.wake()
             delay = min(2 * delay, _RETRY_MAX_S)
@@ -225,7 +243,10 @@ class Hub:
             failed = [(out, _error(f, self.s.hub_publish_timeout_s)) for out, f in zip(outputs, futures, strict=True)]
             failed = [(out, e) for out, e in failed if e is not None]
             if not failed:
-                await msg.ack()
+                try:
+                    await msg.ack()
+                except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
+                    log.warning("ack failed: %s", exc)
                 continue
             self.metrics.inc("publish_errors", len(failed))
             refused = [e for _, e in failed if not _outage(e)]
