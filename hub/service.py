@@ -32,7 +32,7 @@ from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.kv import KVMirror
 from hub.core.protocols import PROTOCOLS
-from hub.core.publish import AckedPublisher
+from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.events import InvalidEvent, normalize
 from hub.grants import GrantWatcher
@@ -50,12 +50,6 @@ _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the
 _decode = msgspec.json.Decoder().decode
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
 _IN_FLIGHT = 2  # batches published and not yet settled: translating the next overlaps waiting for acks
-
-
-def _error(future: asyncio.Future, timeout: float) -> BaseException | None:
-    if future.cancelled():
-        return TimeoutError(f"no publish ack in {timeout:g} s")
-    return future.exception()
 
 
 def _outage(exc: BaseException) -> bool:
@@ -121,7 +115,8 @@ class Hub:
         self._settling: set[asyncio.Task] = set()
 
     async def start(self) -> Hub:
-        self.nc = await connect(self.s, "rthub-hub")
+        # subjects are built of encoded tokens (hub.subjects) or are the server's own: no client-side regex per publish
+        self.nc = await connect(self.s, "rthub-hub", skip_subject_validation=True)
         self.js = self.nc.jetstream(timeout=10)
         self.publisher = await AckedPublisher(self.nc).start()
         await ensure_streams(self.js, self.s)
@@ -177,12 +172,15 @@ class Hub:
         """Publish what each message yields; its acks are awaited in the background (the next batch is translated
         meanwhile, at most ``_IN_FLIGHT`` batches unsettled), then the message is acked (:meth:`_finish`)."""
         m = self.metrics
+        batch = AckBatch()
         jobs = []
         for msg in msgs:
             m.inc("received")
             outputs = self._handle(msg)
-            jobs.append((msg, outputs, await self._publish(outputs)))
-        task = asyncio.create_task(self._finish(jobs))
+            jobs.append((msg, outputs, len(batch.results)))
+            for subj, body, headers in outputs:
+                await self.publisher.publish(subj, body, headers, batch)
+        task = asyncio.create_task(self._finish(jobs, batch))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         if len(self._settling) >= _IN_FLIGHT:
@@ -193,14 +191,14 @@ class Hub:
         while self._settling:
             await asyncio.wait(self._settling)
 
-    async def _finish(self, jobs) -> None:
+    async def _finish(self, jobs, batch: AckBatch) -> None:
         """Ack each message once its publishes are acked. A publish that failed because the output side is
         unavailable (no stream, timeout, connection) holds its messages: in-progress acks keep them and the
         failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
         message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
         delay = _RETRY_FIRST_S
         while True:
-            held = await self._settle(jobs)
+            held = await self._settle(jobs, batch)
             if not held:
                 return
             self._holding += 1
@@ -215,33 +213,22 @@ class Hub:
                 if self.pull is not None:
                     self.pull.wake()
             delay = min(2 * delay, _RETRY_MAX_S)
-            jobs = [(msg, outputs, await self._publish(outputs)) for msg, outputs in held]
+            batch, jobs = AckBatch(), []
+            for msg, outputs in held:
+                jobs.append((msg, outputs, len(batch.results)))
+                for subj, body, headers in outputs:
+                    await self.publisher.publish(subj, body, headers, batch)
 
-    async def _publish(self, outputs: list[tuple[str, bytes, dict]]) -> list[asyncio.Future]:
-        futures = []
-        for subj, body, headers in outputs:
-            try:
-                futures.append(await self.publisher.publish(subj, body, headers))
-            except nats.errors.Error as exc:  # e.g. connection closed or reconnecting with a full buffer
-                failed = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                futures.append(failed)
-        return futures
-
-    async def _settle(self, jobs) -> list[tuple[Any, list[tuple[str, bytes, dict]]]]:
+    async def _settle(self, jobs, batch: AckBatch) -> list[tuple[Any, list[tuple[str, bytes, dict]]]]:
         """Wait for the publish acks; ack each message whose publishes all succeeded, nak one refused for
         itself, return ``(message, failed outputs)`` of those that failed for an outage (to hold and retry)."""
-        pending = [f for _, _, futures in jobs for f in futures]
-        if pending:  # one wait for the whole batch: a gather per message costs more than the translation
-            _, late = await asyncio.wait(pending, timeout=self.s.hub_publish_timeout_s)
-            for f in late:
-                f.cancel()
-            if late:
-                self.publisher.forget()
+        results = await batch.wait(self.s.hub_publish_timeout_s)
+        if any(isinstance(r, TimeoutError) for r in results):
+            self.publisher.forget()
         held = []
-        for msg, outputs, futures in jobs:
-            failed = [(out, _error(f, self.s.hub_publish_timeout_s)) for out, f in zip(outputs, futures, strict=True)]
-            failed = [(out, e) for out, e in failed if e is not None]
+        for msg, outputs, start in jobs:
+            failed = [(out, r) for out, r in zip(outputs, results[start:start + len(outputs)], strict=True)
+                      if isinstance(r, BaseException)]
             if not failed:
                 try:
                     await msg.ack()

@@ -37,6 +37,7 @@ import nats.errors
 from nats.js.errors import NotFoundError
 
 from hub.core.api import CONSUMER_DELETED, Header, Status, pull_subject, status_of
+from hub.core.direct import subscribe_direct
 from hub.core.errors import ConsumerGone
 
 log = logging.getLogger("rthub.core.pull")
@@ -79,13 +80,13 @@ class PullStream:
         self._request_tail = b""
 
     async def start(self) -> PullStream:
-        self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_msg)
+        self._sub = await subscribe_direct(self.nc, self.nc.new_inbox(), self._on_msg)
         self._request_tail = msgspec.json.encode(
             {"expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)})
         return self
 
     # ---- receiving ----------------------------------------------------------------------------------------
-    async def _on_msg(self, msg) -> None:
+    def _on_msg(self, msg) -> None:
         self.last_seen = time.monotonic()
         self._changed.set()
         status = status_of(msg)
