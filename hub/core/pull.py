@@ -158,8 +158,9 @@ class PullStream:
                 await self._refill()
             except nats.errors.ConnectionClosedError:
                 raise StopAsyncIteration from None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), self.heartbeat)
+            try:  # a message already queued is taken without the wait's task and timer
+                first = self._queue.get_nowait() if self._queue.qsize() else \
+                    await asyncio.wait_for(self._queue.get(), self.heartbeat)
             except TimeoutError:
                 if self.until_empty and await self._empty():
                     raise StopAsyncIteration from None
