@@ -4,7 +4,10 @@ One durable pull consumer on the raw stream, shared by every hub process. For ea
 (only events some active grant covers), translate for each protocol a covering grant needs, publish to
 ``<protocol>.<site>.<org>.<course>.<event>`` with the statement id as ``Nats-Msg-Id`` (a crash between publish
 and ack re-publishes the same ids, which the stream drops as duplicates), then ack. Input the hub cannot use
-goes to the quarantine stream with its reason; it never blocks the events behind it.
+goes to the quarantine stream with its reason; it never blocks the events behind it. When the output side is
+unavailable (no stream, no publish ack in time, connection lost) the batch is held instead: in-progress acks
+keep its raw messages, and the failed publishes are retried with capped backoff, so an outage of any length
+spends none of a message's deliveries. A batch's acks are awaited while the next batch is translated.
 
 No input can stop the hub: size and nesting depth are checked on the bytes before decoding
 (:class:`hub.events.Limits`), any exception while handling one message quarantines that message, and a
