@@ -4,7 +4,10 @@ One durable pull consumer on the raw stream, shared by every hub process. For ea
 (only events some active grant covers), translate for each protocol a covering grant needs, publish to
 ``<protocol>.<site>.<org>.<course>.<event>`` with the statement id as ``Nats-Msg-Id`` (a crash between publish
 and ack re-publishes the same ids, which the stream drops as duplicates), then ack. Input the hub cannot use
-goes to the quarantine stream with its reason; it never blocks the events behind it.
+goes to the quarantine stream with its reason; it never blocks the events behind it. When the output side is
+unavailable (no stream, no publish ack in time, connection lost) the batch is held instead: in-progress acks
+keep its raw messages, and the failed publishes are retried with capped backoff, so an outage of any length
+spends none of a message's deliveries. A batch's acks are awaited while the next batch is translated.
 
 No input can stop the hub: size and nesting depth are checked on the bytes before decoding
 (:class:`hub.events.Limits`), any exception while handling one message quarantines that message, and a
@@ -15,6 +18,7 @@ moved to quarantine by the server's max-deliveries advisory instead of being red
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -29,10 +33,10 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hub.core.api import Header, max_deliveries_advisory
-from hub.core.errors import ConsumerGone, JetStreamError
+from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.kv import KVMirror
 from hub.core.protocols import PROTOCOLS
-from hub.core.publish import AckedPublisher
+from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.events import InvalidEvent, normalize
 from hub.grants import GrantWatcher
@@ -48,6 +52,17 @@ log = logging.getLogger("rthub.hub")
 REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
+_IN_FLIGHT = 2  # batches published and not yet settled: translating the next overlaps waiting for acks
+
+
+def _outage(exc: BaseException) -> bool:
+    """The output side is unavailable (retry later), as opposed to a publish refused for the message itself."""
+    if isinstance(exc, PublishRefused):
+        return (exc.code or 0) >= 500
+    if isinstance(exc, nats.errors.MaxPayloadError):
+        return False
+    return isinstance(exc, TimeoutError | nats.errors.Error | JetStreamError)
 
 
 def header_text(text: str, limit: int = 1000) -> str:
@@ -99,9 +114,15 @@ class Hub:
         self.supported = {p: supported(p) for p in PROTOCOLS}
         self.limits = settings.limits
         self._advisories = None
+        self._stop = asyncio.Event()
+        self._holding = 0  # batches held for an output outage
+        self._settling: set[asyncio.Task] = set()
+        self._routes: dict[str, tuple] = {}  # raw subject -> its parts, context and output subjects
+        self._translated = dict.fromkeys(PROTOCOLS, 0)  # statements of the batch in hand, counted once per batch
 
     async def start(self) -> Hub:
-        self.nc = await connect(self.s, "rthub-hub")
+        # subjects are built of encoded tokens (hub.subjects) or are the server's own: no client-side regex per publish
+        self.nc = await connect(self.s, "rthub-hub", skip_subject_validation=True)
         self.js = self.nc.jetstream(timeout=10)
         self.publisher = await AckedPublisher(self.nc).start()
         await ensure_streams(self.js, self.s)
@@ -128,58 +149,143 @@ class Hub:
         """Process batches until ``stop`` is set; the batch in hand is always finished first, and whatever was
         delivered but not processed is handed back at once (:class:`hub.core.pull.PullStream`)."""
         s = self.s
+        self._stop = stop
         while not stop.is_set():
             self.pull = pull = await PullStream(
                 self.nc, RAW_STREAM, s.hub_consumer, batch=2 * s.batch_size, threshold=s.batch_size,
-                max_batch=s.batch_size, expires=s.hub_pull_expires_s).start()
+                max_batch=s.batch_size, expires=s.hub_pull_expires_s, room=self._room).start()
             stopper = asyncio.create_task(stop.wait())
             stopper.add_done_callback(lambda _, p=pull: p.stop())
             try:
                 async for msgs in pull:
                     await self.process(msgs)
+                await self.settled()
                 return  # stopped, or the connection closed
             except ConsumerGone:
                 log.error("the hub consumer %s was deleted; creating it again", s.hub_consumer)
                 await self._ensure_consumer()
             finally:
                 stopper.cancel()
+                await self.settled()
                 for msg in await pull.drain():
                     await msg.nak()
 
-    async def process(self, msgs: list) -> None:
-        m = self.metrics
-        waits: list[tuple[Any, list[asyncio.Future]]] = []
-        for msg in msgs:
-            m.inc("received")
-            try:
-                futures = await self._handle(msg)
-            except nats.errors.Error as exc:  # publishing failed (e.g. connection closed): redeliver
-                failed = asyncio.get_running_loop().create_future()
-                failed.set_exception(exc)
-                futures = [failed]
-            waits.append((msg, futures))
-        pending = [f for _, futures in waits for f in futures]
-        if pending:  # one wait for the whole batch: a gather per message costs more than the translation
-            _, late = await asyncio.wait(pending, timeout=self.s.hub_publish_timeout_s)
-            for f in late:
-                f.cancel()
-            if late:
-                self.publisher.forget()
-        for msg, futures in waits:
-            errors = [f.exception() if not f.cancelled()
-                      else TimeoutError(f"no publish ack in {self.s.hub_publish_timeout_s:g} s") for f in futures]
-            errors = [e for e in errors if e is not None]
-            if errors:
-                m.inc("publish_errors", len(errors))
-                log.warning("publish failed, raw message will be redelivered: %s", errors[0])
-                # backoff, so an outage of the output streams does not spend hub_max_deliver in seconds
-                await msg.nak(delay=min(2 ** (msg.metadata.num_delivered - 1), 60))
-            else:
-                await msg.ack()
+    def _room(self) -> int:
+        """Ask for no more raw messages while a batch is held for an output outage (they would age in the queue)."""
+        return 0 if self._holding else 2 * self.s.batch_size
 
-    async def _handle(self, msg) -> list[asyncio.Future]:
-        """Publish what one message yields: its statements, and the message itself to quarantine if it was
-        rejected. Any exception while translating quarantines the message (with the exception as reason)."""
+    async def process(self, msgs: list) -> None:
+        """Publish what each message yields; its acks are awaited in the background (the next batch is translated
+        meanwhile, at most ``_IN_FLIGHT`` batches unsettled), then the message is acked (:meth:`_finish`)."""
+        m = self.metrics
+        m.inc("received", len(msgs))
+        batch = AckBatch()
+        jobs = []
+        for msg in msgs:
+            outputs = self._handle(msg)
+            jobs.append((msg, outputs, len(batch.results)))
+            for subj, body, headers in outputs:
+                await self.publisher.publish(subj, body, headers, batch)
+        for protocol, n in self._translated.items():
+            if n:
+                m.inc("translated", n, protocol=protocol)
+                self._translated[protocol] = 0
+        task = asyncio.create_task(self._finish(jobs, batch))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        if len(self._settling) >= _IN_FLIGHT:
+            await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+
+    async def settled(self) -> None:
+        """Wait until every processed batch is acked or handed back."""
+        while self._settling:
+            await asyncio.wait(self._settling)
+
+    async def _finish(self, jobs, batch: AckBatch) -> None:
+        """Ack each message once its publishes are acked. A publish that failed because the output side is
+        unavailable (no stream, timeout, connection) holds its messages: in-progress acks keep them and the
+        failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
+        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
+        delay = _RETRY_FIRST_S
+        while True:
+            held = await self._settle(jobs, batch)
+            if not held:
+                return
+            self._holding += 1
+            try:
+                log.warning("publishing failed, holding %d raw messages and retrying in %g s", len(held), delay)
+                if not await self._hold([msg for msg, _ in held], delay):  # stopping, or the connection closed
+                    for msg, _ in held:
+                        await self._nak(msg)
+                    return
+            finally:
+                self._holding -= 1
+                if self.pull is not None:
+                    self.pull.wake()
+            delay = min(2 * delay, _RETRY_MAX_S)
+            batch, jobs = AckBatch(), []
+            for msg, outputs in held:
+                jobs.append((msg, outputs, len(batch.results)))
+                for subj, body, headers in outputs:
+                    await self.publisher.publish(subj, body, headers, batch)
+
+    async def _settle(self, jobs, batch: AckBatch) -> list[tuple[Any, list[tuple[str, bytes, dict]]]]:
+        """Wait for the publish acks; ack each message whose publishes all succeeded, nak one refused for
+        itself, return ``(message, failed outputs)`` of those that failed for an outage (to hold and retry)."""
+        results = await batch.wait(self.s.hub_publish_timeout_s)
+        if any(isinstance(r, TimeoutError) for r in results):
+            self.publisher.forget()
+        held = []
+        for msg, outputs, start in jobs:
+            failed = [(out, r) for out, r in zip(outputs, results[start:start + len(outputs)], strict=True)
+                      if isinstance(r, BaseException)]
+            if not failed:
+                try:
+                    await msg.ack()
+                except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
+                    log.warning("ack failed: %s", exc)
+                continue
+            self.metrics.inc("publish_errors", len(failed))
+            refused = [e for _, e in failed if not _outage(e)]
+            if refused:
+                log.warning("publish refused, raw message will be redelivered: %s", refused[0])
+                await self._nak(msg)
+            else:
+                held.append((msg, [out for out, _ in failed]))
+        return held
+
+    async def _nak(self, msg) -> None:
+        # backoff, so a message refused for itself does not spend hub_max_deliver in seconds
+        try:
+            await msg.nak(delay=min(2 ** (msg.metadata.num_delivered - 1), 60))
+        except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
+            log.warning("nak failed: %s", exc)
+
+    async def _hold(self, msgs: list, seconds: float) -> bool:
+        """Keep ``msgs`` (and what the pull stream delivered meanwhile) from redelivery for ``seconds`` by
+        in-progress acks; False if the hub is stopping or the connection closed."""
+        end = time.monotonic() + seconds
+        beat = max(self.s.hub_ack_wait_s / 3, 0.05)
+        while True:
+            if self._stop.is_set() or self.nc.is_closed:
+                return False
+            try:
+                for msg in msgs + (self.pull.queued() if self.pull is not None else []):
+                    await msg.in_progress()
+            except nats.errors.Error as exc:
+                log.warning("in-progress ack failed: %s", exc)
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            try:
+                await asyncio.wait_for(self._stop.wait(), min(beat, left))
+            except TimeoutError:
+                pass
+
+    def _handle(self, msg) -> list[tuple[str, bytes, dict]]:
+        """``(subject, body, headers)`` of what one message yields: its statements, and the message itself to
+        quarantine if it was rejected. Any exception while translating quarantines the message (with the
+        exception as reason)."""
         try:
             outputs, rejected = self._translate(msg)
         except (InvalidEvent, ValueError) as exc:
@@ -188,22 +294,20 @@ class Hub:
             log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
             self.metrics.inc("internal_errors")
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
-        futures: list[asyncio.Future] = []
+        out = [(subj, body, {Header.MSG_ID: sid}) for subj, sid, body in outputs]
         if rejected:  # a protocol that could not translate it does not hold back the others
-            futures.append(await self._quarantine(msg.subject, msg.data, msg.metadata.sequence.stream,
-                                                  "; ".join(rejected)))
-        for subj, sid, body in outputs:
-            futures.append(await self.publisher.publish(subj, body, {Header.MSG_ID: sid}))
-        return futures
+            out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
+                                            "; ".join(rejected)))
+        return out
 
     def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
         """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
         rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
         self.limits.check(msg.data)  # size, then nesting depth, before anything decodes it
-        _, site, org, course, name = parse_subject(msg.subject)
-        ctx = self.contexts.get(site)
-        if ctx is None:
-            raise InvalidEvent(f"unknown site {site!r} (configure it in RTHUB_SITES)")
+        route = self._routes.get(msg.subject)
+        if route is None:
+            route = self._route(msg.subject)
+        site, org, course, name, ctx, outputs = route
         try:
             obj = _decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -223,13 +327,26 @@ class Hub:
             except Rejected as exc:
                 rejected.append(f"{protocol}: {exc.reason}")
                 continue
-            subj = subject(protocol, site, org, course, name)
+            subj = outputs[protocol]
             out.extend((subj, sid, body) for sid, body in statements)
-            self.metrics.inc("translated", len(statements), protocol=protocol)
+            self._translated[protocol] += len(statements)
         return out, rejected
 
-    async def _quarantine(self, raw_subject: str, data: bytes, seq: int, reason: str) -> asyncio.Future:
-        """Copy raw message ``seq`` to the quarantine stream with its reason (one copy per sequence)."""
+    def _route(self, raw_subject: str) -> tuple:
+        """``(site, org, course, name, context, {protocol: output subject})`` of a raw subject, cached (the same
+        few courses and event names come again and again)."""
+        _, site, org, course, name = parse_subject(raw_subject)
+        ctx = self.contexts.get(site)
+        if ctx is None:
+            raise InvalidEvent(f"unknown site {site!r} (configure it in RTHUB_SITES)")
+        if len(self._routes) >= 100_000:
+            self._routes.clear()
+        route = self._routes[raw_subject] = (site, org, course, name, ctx,
+                                             {p: subject(p, site, org, course, name) for p in PROTOCOLS})
+        return route
+
+    def _quarantined(self, raw_subject: str, data: bytes, seq: int, reason: str) -> tuple[str, bytes, dict]:
+        """The quarantine copy of raw message ``seq`` with its reason (one copy per sequence): what to publish."""
         self.metrics.inc("quarantined")
         reason = header_text(reason)
         log.warning("quarantined raw message %s: %s", seq, reason)
@@ -241,7 +358,7 @@ class Hub:
         if len(data) > room:  # the server would refuse it (and close our connection); the original stays raw
             headers["Rthub-Original-Bytes"] = str(len(data))
             data = data[:room]
-        return await self.publisher.publish(subj, data, headers)
+        return subj, data, headers
 
     async def _on_max_deliveries(self, advisory) -> None:
         """A raw message was delivered ``hub_max_deliver`` times and never acked: fetch it, quarantine it."""
@@ -252,8 +369,8 @@ class Hub:
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
                       "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
-            await asyncio.wait_for(await self._quarantine(raw.subject, raw.data or b"", seq, reason),
-                                   self.s.hub_publish_timeout_s)
+            copy = self._quarantined(raw.subject, raw.data or b"", seq, reason)
+            await asyncio.wait_for(await self.publisher.publish(*copy), self.s.hub_publish_timeout_s)
         except (nats.errors.Error, JetStreamError, TimeoutError, msgspec.DecodeError, KeyError, TypeError,
                 ValueError) as exc:  # e.g. the message aged out of the raw stream (NotFoundError)
             log.error("could not quarantine after max deliveries (%s): %s", advisory.data[:200], exc)
@@ -295,6 +412,9 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
         except (ValueError, RuntimeError):  # not the main thread
             pass
     hub = await Hub(settings).start()
+    # What start-up made lives as long as the process: out of the collector's way, so full collections stay
+    # short and do not show in the tail latency.
+    gc.freeze()
     hub.metrics.healthy = hub.healthy
     lag = asyncio.create_task(hub.metrics.poll_lag(  # the hub consumer is shared: every hub reports the same lag
         hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})],

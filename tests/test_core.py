@@ -14,7 +14,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from hub.core.api import Header, Status, pull_subject, status_of
 from hub.core.errors import ConsumerGone, NoStream, PublishRefused, WrongExpectedStream
 from hub.core.kv import KVMirror
-from hub.core.publish import AckedPublisher, parse_ack
+from hub.core.publish import AckBatch, AckedPublisher, parse_ack
 from hub.core.pull import PullStream
 from hub.natsconn import connect
 from tests.helpers import ROOT, unique, wait_for
@@ -245,6 +245,34 @@ async def test_publisher_acks_and_precise_errors(nc, js):
     with pytest.raises(WrongExpectedStream) as wrong:
         await pub.publish_acked(f"{prefix}.x", b"2", {Header.EXPECTED_STREAM: "ELSEWHERE"})
     assert wrong.value.err_code == 10060 and "expected stream does not match" in wrong.value.description
+    await pub.close()
+
+
+async def test_ack_batch_files_each_result_in_its_slot(nc, js):
+    stream, prefix, _ = await make_stream(js)
+    pub = await AckedPublisher(nc).start()
+    batch = AckBatch()
+    for subject in (f"{prefix}.a", unique("nostream") + ".x", f"{prefix}.b"):
+        assert await pub.publish(subject, b"1", None, batch) is None
+    first, missing, last = await batch.wait(5)
+    assert (first.stream, first.seq, last.seq) == (stream, 1, 2)
+    assert isinstance(missing, NoStream) and missing.code == 503
+    assert not pub.waiting  # every ack was filed
+    await pub.close()
+
+
+async def test_ack_batch_times_out_what_never_came(nc, js):
+    stream, prefix, _ = await make_stream(js)
+    pub = await AckedPublisher(nc).start()
+    await js.delete_stream(stream)
+    batch = AckBatch()
+    silent = await nc.subscribe(f"{prefix}.>")  # a responder that never answers: no 503, no ack
+    await pub.publish(f"{prefix}.a", b"1", None, batch)
+    [result] = await batch.wait(0.3)
+    assert isinstance(result, TimeoutError)
+    pub.forget()
+    assert not pub.waiting
+    await silent.unsubscribe()
     await pub.close()
 
 

@@ -579,3 +579,42 @@ async def consumer_exists(js, durable: str) -> bool:
     except nats.js.errors.NotFoundError:
         return False
     return True
+
+
+async def test_output_outage_longer_than_max_deliver_loses_and_quarantines_nothing(server, tmp_path, nc, js):
+    """The XAPI stream is gone for longer than max_deliver * ack_wait: the hub holds the batch (in-progress
+    acks) and retries the publishes instead of nak'ing, so once the stream is back every event arrives and
+    none went to quarantine for an outage that was not its fault."""
+    settings = HubSettings(nats_url=server.url, data_dir=str(tmp_path / "data"), id_secret="s3cret", metrics_port=-1,
+                           hub_max_deliver=2, hub_ack_wait_s=1.0, hub_publish_timeout_s=0.5)
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        quarantine = await js.subscribe("quarantine.>", stream="QUARANTINE")
+        await js.delete_stream("XAPI")
+        events = [video_event(user_id=10 + i) for i in range(20)]
+        for e in events:
+            await publish(js, e)
+        await wait_for(lambda: hubs[0].metrics.get("publish_errors") >= 1, 10, "publishes failing")
+        await asyncio.sleep(settings.hub_max_deliver * settings.hub_ack_wait_s + 2)  # the outage under test
+        info = await js.consumer_info("LMS_RAW", "hub")
+        assert info.num_ack_pending == 20 and info.num_redelivered == 0  # held, never redelivered
+        await ensure_streams(js, settings)
+        await wait_for(lambda: _stored(js, "XAPI", 20), 20, "every statement after the outage")
+        await wait_for(lambda: _acked_all(js), 10, "every raw message acked")
+        assert hubs[0].metrics.get("max_deliveries") == 0 and hubs[0].metrics.get("quarantined") == 0
+        with pytest.raises(nats.errors.TimeoutError):
+            await quarantine.next_msg(timeout=0.5)
+        users = {json.loads((await js.get_msg("XAPI", seq)).data)["actor"]["account"]["name"] for seq in range(1, 21)}
+        assert len(users) == 20
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+
+
+async def _stored(js, stream: str, n: int) -> bool:
+    return (await js.stream_info(stream)).state.messages == n

@@ -1,8 +1,9 @@
 """One acked publisher: JetStream publishes whose acks arrive on one reply subscription.
 
-Like nats-py's ``js.publish_async`` with two differences that matter on the hub's hot path: one wildcard
-subscription instead of a future per inbox lookup, and acks decoded into a small typed struct, so an error
-is recognised by its ``error`` member (with its codes), never by searching the bytes.
+Like nats-py's ``js.publish_async`` with differences that matter on the hub's hot path: one wildcard
+subscription whose acks are filed at once by the read loop (:mod:`hub.core.direct`), acks decoded into a small
+typed struct, so an error is recognised by its ``error`` member (with its codes), never by searching the bytes,
+and :class:`AckBatch`: many publishes awaited as one, without a future and a callback per message.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.errors
 
 from hub.core.api import Header, Status
+from hub.core.direct import subscribe_direct
 from hub.core.errors import NoStream, PublishRefused
+
+_PENDING = object()
 
 
 class ApiErrorBody(msgspec.Struct):
@@ -49,11 +54,50 @@ def parse_ack(data: bytes, status: str | None = None) -> PubAck:
     return ack
 
 
+class AckBatch:
+    """The acks of many publishes (``publish(..., batch=b)``), awaited together: ``results[i]`` is the
+    :class:`PubAck` or the error of the i-th publish of the batch."""
+
+    __slots__ = ("results", "left", "_done")
+
+    def __init__(self):
+        self.results: list = []
+        self.left = 0
+        self._done: asyncio.Future | None = None
+
+    def _add(self) -> int:
+        self.results.append(_PENDING)
+        self.left += 1
+        return len(self.results) - 1
+
+    def _settle(self, slot: int, result) -> None:
+        if self.results[slot] is not _PENDING:
+            return
+        self.results[slot] = result
+        self.left -= 1
+        if not self.left and self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def pending(self, slot: int) -> bool:
+        return self.results[slot] is _PENDING
+
+    async def wait(self, timeout: float) -> list:
+        """Every result, once all acks arrived or after ``timeout`` (then ``TimeoutError`` for those missing)."""
+        if self.left:
+            self._done = asyncio.get_running_loop().create_future()
+            await asyncio.wait((self._done,), timeout=timeout)
+            for slot, result in enumerate(self.results):
+                if result is _PENDING:
+                    self._settle(slot, TimeoutError(f"no publish ack in {timeout:g} s"))
+        return self.results
+
+
 class AckedPublisher:
     """Publish and get a future per message that resolves to its :class:`PubAck` (or the precise error).
 
-    ``await publish(...)`` only sends; await the returned future (or many at once) for the ack. Futures
-    nobody waits for any more (cancelled after a timeout) are dropped by :meth:`forget`.
+    ``await publish(...)`` only sends; await the returned future (or many at once) for the ack, or pass an
+    :class:`AckBatch` and await the batch. Futures nobody waits for any more (cancelled after a timeout) are
+    dropped by :meth:`forget`.
     """
 
     def __init__(self, nc):
@@ -65,20 +109,30 @@ class AckedPublisher:
 
     async def start(self) -> AckedPublisher:
         self.prefix = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self.prefix + ".*", cb=self._on_ack)
+        self._sub = await subscribe_direct(self.nc, self.prefix + ".*", self._on_ack)
         return self
 
-    async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None) -> asyncio.Future:
+    async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None,
+                      batch: AckBatch | None = None) -> asyncio.Future | None:
+        """Send; returns the ack's future, or with ``batch`` files the ack (or a nats-py error of sending) there."""
         self.count += 1
         token = str(self.count)
-        future = asyncio.get_running_loop().create_future()
-        self.waiting[token] = future
+        if batch is None:
+            entry = asyncio.get_running_loop().create_future()
+        else:
+            entry = (batch, batch._add())
+        self.waiting[token] = entry
         try:
             await self.nc.publish(subject, body, reply=f"{self.prefix}.{token}", headers=headers)
+        except nats.errors.Error as exc:
+            self.waiting.pop(token, None)
+            if batch is None:
+                raise
+            batch._settle(entry[1], exc)
         except BaseException:
             self.waiting.pop(token, None)
             raise
-        return future
+        return entry if batch is None else None
 
     async def publish_acked(self, subject: str, body: bytes, headers: dict[str, str] | None = None,
                             timeout: float = 5.0) -> PubAck:
@@ -98,23 +152,34 @@ class AckedPublisher:
 
     def forget(self) -> None:
         """Drop futures nobody waits for any more (cancelled after a timeout)."""
-        self.waiting = {k: f for k, f in self.waiting.items() if not f.done()}
+        self.waiting = {k: e for k, e in self.waiting.items()
+                        if (e[0].pending(e[1]) if type(e) is tuple else not e.done())}
 
     async def close(self) -> None:
         if self._sub is not None and not self.nc.is_closed:
             await self._sub.unsubscribe()
         self._sub = None
-        for future in self.waiting.values():
-            future.cancel()
+        for entry in self.waiting.values():
+            if type(entry) is tuple:
+                entry[0]._settle(entry[1], nats.errors.ConnectionClosedError())
+            else:
+                entry.cancel()
         self.waiting.clear()
 
-    async def _on_ack(self, msg) -> None:
-        future = self.waiting.pop(msg.subject[len(self.prefix) + 1:], None)
-        if future is None or future.done():
+    def _on_ack(self, msg) -> None:
+        entry = self.waiting.pop(msg.subject[len(self.prefix) + 1:], None)
+        if entry is None:
             return
         status = msg.headers.get(Header.STATUS) if msg.headers else None
         try:
-            future.set_result(parse_ack(msg.data, status))
+            result = parse_ack(msg.data, status)
         except (NoStream, PublishRefused) as exc:
-            future.set_exception(exc)
-
+            result = exc
+        if type(entry) is tuple:
+            entry[0]._settle(entry[1], result)
+        elif entry.done():
+            return
+        elif isinstance(result, PubAck):
+            entry.set_result(result)
+        else:
+            entry.set_exception(result)

@@ -28,6 +28,7 @@ max_in_flight - len(held)`` and ``wake()`` when leadership or room returns; ``un
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -37,11 +38,17 @@ import nats.errors
 from nats.js.errors import NotFoundError
 
 from hub.core.api import CONSUMER_DELETED, Header, Status, pull_subject, status_of
+from hub.core.direct import subscribe_direct
 from hub.core.errors import ConsumerGone
 
 log = logging.getLogger("rthub.core.pull")
 _WAKE = object()  # queued by stop() and wake(): re-check the state without a message
 _BACKOFF = 0.05  # after "no messages", "conflict" or "no responders": do not spin on requests
+
+
+def _wake_up(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class PullStream:
@@ -69,7 +76,8 @@ class PullStream:
         self.last_tick = time.monotonic()  # the iteration last woke: the consumer loop is alive
         self.stopping = False
         self.error: Exception | None = None
-        self._queue: asyncio.Queue = asyncio.Queue()
+        self._queue: collections.deque = collections.deque()  # messages and _WAKE marks, in arrival order
+        self._waiter: asyncio.Future | None = None  # the iteration waits on it for the queue to fill
         self._front: list = []
         self._changed = asyncio.Event()
         self._backoff_until = 0.0
@@ -79,25 +87,25 @@ class PullStream:
         self._request_tail = b""
 
     async def start(self) -> PullStream:
-        self._sub = await self.nc.subscribe(self.nc.new_inbox(), cb=self._on_msg)
+        self._sub = await subscribe_direct(self.nc, self.nc.new_inbox(), self._on_msg)
         self._request_tail = msgspec.json.encode(
             {"expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)})
         return self
 
     # ---- receiving ----------------------------------------------------------------------------------------
-    async def _on_msg(self, msg) -> None:
+    def _on_msg(self, msg) -> None:
         self.last_seen = time.monotonic()
         self._changed.set()
         status = status_of(msg)
         if status is None:
             self.outstanding = max(0, self.outstanding - 1)
-            self._queue.put_nowait(msg)
+            self._put(msg)
             return
         if status == Status.CONTROL:  # idle heartbeat: the request is alive
             return
         description = msg.headers.get(Header.DESCRIPTION, "")
         self._request_ended(msg.headers.get(Header.PENDING_MESSAGES))
-        self._queue.put_nowait(_WAKE)  # ask again now: no gap without an open request
+        self._put(_WAKE)  # ask again now: no gap without an open request
         if status == Status.REQUEST_TIMEOUT:
             return
         if status == Status.CONFLICT and description.lower() == CONSUMER_DELETED.lower():
@@ -116,6 +124,24 @@ class PullStream:
             self.outstanding = max(0, self.outstanding - int(pending))
         except (TypeError, ValueError):
             self.outstanding, self.exact = 0, False
+
+    def _put(self, item) -> None:
+        self._queue.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until something is queued or ``timeout``: one future and one timer, woken straight from the read loop
+        (``wait_for(queue.get())`` costs a task and two more loop turns per wake-up, in every event's latency)."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _wake_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     # ---- asking -------------------------------------------------------------------------------------------
     async def _refill(self) -> None:
@@ -140,7 +166,7 @@ class PullStream:
 
     def wake(self) -> None:
         """Re-check ``room`` now (the caller settled messages)."""
-        self._queue.put_nowait(_WAKE)
+        self._put(_WAKE)
 
     # ---- iterating ----------------------------------------------------------------------------------------
     def __aiter__(self) -> PullStream:
@@ -157,12 +183,13 @@ class PullStream:
                 await self._refill()
             except nats.errors.ConnectionClosedError:
                 raise StopAsyncIteration from None
-            try:
-                first = await asyncio.wait_for(self._queue.get(), self.heartbeat)
-            except TimeoutError:
+            if not self._queue:
+                await self._wait(self.heartbeat)
+            if not self._queue:  # a heartbeat's time without news
                 if self.until_empty and await self._empty():
                     raise StopAsyncIteration from None
                 continue
+            first = self._queue.popleft()
             if first is _WAKE:
                 if self._verify:
                     self._verify = False
@@ -175,8 +202,8 @@ class PullStream:
                 self._front.append(first)  # drain() hands it back, first
                 raise StopAsyncIteration
             msgs = [first]
-            while len(msgs) < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
+            while len(msgs) < self.max_batch and self._queue:
+                item = self._queue.popleft()
                 if item is not _WAKE:
                     msgs.append(item)
             self.last_tick = time.monotonic()
@@ -199,11 +226,15 @@ class PullStream:
             return info
         return not info.num_pending and not info.num_ack_pending
 
+    def queued(self) -> list:
+        """Messages delivered but not handed out yet (a caller holding a batch keeps them from redelivery)."""
+        return [m for m in (*self._front, *self._queue) if m is not _WAKE]
+
     # ---- stopping -----------------------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask for nothing more and end the iteration (the step in hand finishes first)."""
         self.stopping = True
-        self._queue.put_nowait(_WAKE)
+        self._put(_WAKE)
 
     async def drain(self, timeout: float = 0.0) -> list:
         """Stop, and return every message delivered but never handed out, in arrival order: the caller hands
@@ -231,8 +262,8 @@ class PullStream:
                 log.debug("pull %s/%s: drain: %s", self.stream, self.durable, exc)
             self._sub = None
         held, self._front = self._front, []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        while self._queue:
+            item = self._queue.popleft()
             if item is not _WAKE:
                 held.append(item)
         return held

@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from math import isfinite
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -301,10 +302,17 @@ def number(value: Any, what: str) -> float | int | None:
     """A JSON number (or numeric string) as a number; None stays None; anything else is rejected."""
     if value is None or value == "":
         return None
+    kind = type(value)
+    if kind is int:  # the common cases first: no isinstance chain (hot path)
+        return value
+    if kind is float:
+        if not isfinite(value):
+            raise Rejected(f"{what} is not a finite number")
+        return value
     if isinstance(value, bool):
         raise Rejected(f"{what} is not a number")
     if isinstance(value, int | float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not isfinite(value):
             raise Rejected(f"{what} is not a finite number")
         return value
     if isinstance(value, str):
@@ -312,7 +320,7 @@ def number(value: Any, what: str) -> float | int | None:
             parsed = float(value)
         except ValueError:
             raise Rejected(f"{what} is not a number") from None
-        if parsed != parsed or parsed in (float("inf"), float("-inf")):
+        if not isfinite(parsed):
             raise Rejected(f"{what} is not a finite number")
         return parsed
     raise Rejected(f"{what} is not a number")
@@ -363,12 +371,22 @@ def xapi_duration(seconds: float | int) -> str:
 def block_prefix(course_key: str) -> str:
     """The usage-key prefix of a course's blocks, as the reference builds it: ``course-v1:X`` -> ``block-v1:X``,
     ``ccx-v1:X+ccx@N`` -> ``ccx-block-v1:X+ccx@N`` (the CCX part stays); old ``Org/Course/Run`` keys ->
-    ``block-v1:Org+Course+Run`` (the reference fails on those)."""
-    if ":" in course_key:
-        kind, body = course_key.split(":", 2)[:2]
-        version = "block-" + kind.rsplit("-", 1)[-1]
-        return f"{'ccx-' if 'ccx' in kind else ''}{version}:{body}"
-    return "block-v1:" + "+".join(course_key.split("/")[:3])
+    ``block-v1:Org+Course+Run`` (the reference fails on those). Cached: the same courses come again and again."""
+    found = _prefixes.get(course_key)
+    if found is None:
+        if ":" in course_key:
+            kind, body = course_key.split(":", 2)[:2]
+            version = "block-" + kind.rsplit("-", 1)[-1]
+            found = f"{'ccx-' if 'ccx' in kind else ''}{version}:{body}"
+        else:
+            found = "block-v1:" + "+".join(course_key.split("/")[:3])
+        if len(_prefixes) >= 100_000:
+            _prefixes.clear()
+        _prefixes[course_key] = found
+    return found
+
+
+_prefixes: dict[str, str] = {}
 
 
 def block_id(block: str, course_key: str | None, block_type: str) -> str:
