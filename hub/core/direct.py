@@ -10,6 +10,7 @@ replaced by :class:`_Direct`, which calls the handler at once. Relies on nats-py
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -47,5 +48,14 @@ class _Direct:
 async def subscribe_direct(nc, subject: str, handler: Callable[[object], None]):
     """Subscribe ``handler`` (a plain function that must not block) to ``subject``; returns the subscription."""
     sub = await nc.subscribe(subject)
-    sub._pending_queue = _Direct(sub, handler)
-    return sub
+    if isinstance(getattr(sub, "_pending_queue", None), asyncio.Queue) and hasattr(sub, "_pending_size"):
+        sub._pending_queue = _Direct(sub, handler)
+        return sub
+    # a nats-py whose internals differ: the plain callback subscription (slower, same order)
+    log.warning("nats-py internals changed: %s uses a plain callback subscription", subject)
+    await sub.unsubscribe()
+
+    async def callback(msg) -> None:
+        handler(msg)
+
+    return await nc.subscribe(subject, cb=callback)
