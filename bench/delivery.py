@@ -42,13 +42,13 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from hub.core.grants import Grant, Target, put_grant  # noqa: E402
+from hub.core.natsconn import connect  # noqa: E402
+from hub.core.settings import HubSettings  # noqa: E402
+from hub.core.streams import TARGETS_BUCKET, ensure_streams  # noqa: E402
+from hub.core.subjects import subject  # noqa: E402
 from hub.deliver.signing import new_secret  # noqa: E402
-from hub.grants import Grant, Target, put_grant  # noqa: E402
-from hub.natsconn import connect  # noqa: E402
-from hub.natsserver import NatsServer, free_port  # noqa: E402
-from hub.settings import HubSettings  # noqa: E402
-from hub.streams import TARGETS_BUCKET, ensure_streams  # noqa: E402
-from hub.subjects import subject  # noqa: E402
+from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 
 
 class Sink:

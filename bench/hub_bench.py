@@ -18,15 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgspec  # noqa: E402
 
 from hub.core.api import Header  # noqa: E402
+from hub.core.grants import Grant, put_grant  # noqa: E402
+from hub.core.natsconn import connect  # noqa: E402
 from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
 from hub.core.publish import AckedPublisher  # noqa: E402
-from hub.grants import Grant, put_grant  # noqa: E402
-from hub.natsconn import connect  # noqa: E402
-from hub.natsserver import NatsServer, free_port  # noqa: E402
-from hub.service import Hub  # noqa: E402
-from hub.settings import HubSettings  # noqa: E402
-from hub.streams import ensure_streams  # noqa: E402
-from hub.subjects import subject  # noqa: E402
+from hub.core.settings import HubSettings  # noqa: E402
+from hub.core.streams import ensure_streams  # noqa: E402
+from hub.core.subjects import subject  # noqa: E402
+from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
+from hub.route.service import Hub  # noqa: E402
 
 COURSE = "course-v1:edX+DemoX+Demo_Course"
 NAMES = ("play_video", "pause_video", "seek_video", "edx.course.enrollment.activated")

@@ -37,13 +37,13 @@ sys.path.insert(0, str(ROOT))
 import msgspec  # noqa: E402
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig  # noqa: E402
 
+from hub.core.grants import Grant, put_grant  # noqa: E402
+from hub.core.natsconn import connect  # noqa: E402
 from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
-from hub.grants import Grant, put_grant  # noqa: E402
-from hub.natsconn import connect  # noqa: E402
-from hub.natsserver import NatsServer, free_port  # noqa: E402
-from hub.settings import HubSettings  # noqa: E402
-from hub.streams import ensure_streams  # noqa: E402
-from hub.subjects import filter_subject  # noqa: E402
+from hub.core.settings import HubSettings  # noqa: E402
+from hub.core.streams import ensure_streams  # noqa: E402
+from hub.core.subjects import filter_subject  # noqa: E402
+from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 from lms_publisher.backend import NatsBackend  # noqa: E402
 
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

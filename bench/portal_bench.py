@@ -12,10 +12,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.ops.natsserver import NatsServer, free_port
 from portal import db, security
 from portal.service import Portal
 from portal.settings import PortalSettings

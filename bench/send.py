@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hub.natsserver import NatsServer, free_port  # noqa: E402
+from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 from lms_publisher.backend import NatsBackend  # noqa: E402
 from lms_publisher.demo import generate  # noqa: E402
 
@@ -27,9 +27,9 @@ def main(n: int = 20_000) -> None:
         try:
             import asyncio
 
-            from hub.natsconn import connect
-            from hub.settings import HubSettings
-            from hub.streams import ensure_streams
+            from hub.core.natsconn import connect
+            from hub.core.settings import HubSettings
+            from hub.core.streams import ensure_streams
 
             async def setup():
                 nc = await connect(HubSettings(nats_url=server.url), "bench")

@@ -12,8 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from hub.core.events import normalize
 from hub.core.protocols import NAMES as PROTOCOL_NAMES
-from hub.events import normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, translate_json
 
 ROOT = Path(__file__).resolve().parent.parent

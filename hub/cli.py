@@ -12,17 +12,17 @@ import argparse
 import importlib
 import sys
 
-from hub.logs import setup_logging
+from hub.core.logs import setup_logging
 
 # module -> the subcommands its add_parser() registers
 COMMANDS: dict[str, tuple[str, ...]] = {
-    "hub.up": ("up",),
-    "hub.service": ("hub",),
-    "hub.streams": ("streams",),
-    "hub.grant_cli": ("grant",),
+    "hub.ops.up": ("up",),
+    "hub.route.service": ("hub",),
+    "hub.core.streams": ("streams",),
+    "hub.ops.grant_cli": ("grant",),
     "hub.deliver.cli": ("deliver", "deadletters", "replay", "test-event", "delivery-status"),
     "lms_publisher.cli": ("publish", "demo"),
-    "hub.cluster": ("cluster",),
+    "hub.ops.cluster": ("cluster",),
     "hub.auth.cli": ("auth",),
     "portal.cli": ("portal", "integration"),
     "hub.translate.cli": ("translate", "courses"),

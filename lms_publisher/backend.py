@@ -29,9 +29,9 @@ from typing import Any
 import nats.errors
 
 from hub.core.errors import JetStreamError
+from hub.core.events import InvalidEvent
 from hub.core.publish import AckedPublisher
-from hub.events import InvalidEvent
-from hub.settings import from_env
+from hub.core.settings import from_env
 from lms_publisher.codec import Record, to_record
 from lms_publisher.publish import MSG_ID, allowed_events
 from lms_publisher.settings import PublisherSettings
@@ -180,7 +180,7 @@ class NatsBackend:
             loop.close()
 
     async def _connect(self):
-        from hub.natsconn import connect
+        from hub.core.natsconn import connect
 
         async def disconnected() -> None:
             self.connected = False

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from hub.auth.store import creds_allow
-from hub.natsconn import connect
-from hub.settings import StreamSettings, from_env
-from hub.streams import RAW_STREAM, ensure_streams
+from hub.core.natsconn import connect
+from hub.core.settings import StreamSettings, from_env
+from hub.core.streams import RAW_STREAM, ensure_streams
 from lms_publisher.settings import PublisherSettings
 
 

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits, depth_reason, dimensions
-from hub.subjects import RAW_PREFIX, subject
+from hub.core.events import DEFAULT_LIMITS, InvalidEvent, Limits, depth_reason, dimensions
+from hub.core.subjects import RAW_PREFIX, subject
 
 
 class Record(NamedTuple):
@@ -64,7 +64,7 @@ def raw_record(data: bytes, site: str) -> Record:
         DEFAULT_LIMITS.check(data)  # never hand the decoder what could exhaust its stack
         obj = msgspec.json.decode(data)
         if isinstance(obj, dict):
-            from hub.events import normalize
+            from hub.core.events import normalize
 
             org, course, name = dimensions(normalize(obj))
     except (msgspec.DecodeError, InvalidEvent, TypeError, AttributeError):

@@ -20,10 +20,10 @@ from typing import Any
 import nats.errors
 
 from hub.auth.store import creds_allow
+from hub.core.natsconn import connect
 from hub.core.publish import AckedPublisher
-from hub.natsconn import connect
-from hub.settings import StreamSettings, from_env
-from hub.streams import RAW_STREAM, ensure_streams
+from hub.core.settings import StreamSettings, from_env
+from hub.core.streams import RAW_STREAM, ensure_streams
 from lms_publisher.codec import Record, to_record
 from lms_publisher.publish import publish_records
 from lms_publisher.settings import PublisherSettings

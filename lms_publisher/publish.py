@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hub.core.events import DEFAULT_LIMITS, InvalidEvent, Limits, normalize
 from hub.core.publish import AckedPublisher
-from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits, normalize
 from lms_publisher.codec import Record, raw_record, to_record
 from lms_publisher.settings import PublisherSettings
 from lms_publisher.sources import expand, read_items, total_size
@@ -31,7 +31,7 @@ def allowed_events(settings: PublisherSettings) -> frozenset[str]:
     """The allow-list: the configured names, else every name the translators support."""
     if settings.allow_events:
         return frozenset(settings.allow_events)
-    from hub.subjects import PROTOCOLS
+    from hub.core.subjects import PROTOCOLS
     from hub.translate import supported
 
     return frozenset().union(*(supported(p) for p in PROTOCOLS))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from hub.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
-from hub.settings import NatsSettings, register
+from hub.core.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
+from hub.core.settings import NatsSettings, register
 
 
 @register

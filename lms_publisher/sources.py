@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import msgspec
 
-from hub.events import DEFAULT_LIMITS, InvalidEvent, Limits
+from hub.core.events import DEFAULT_LIMITS, InvalidEvent, Limits
 
 _decoder = msgspec.json.Decoder()
 

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from hub.core.protocols import NAMES
-from hub.settings import from_env
+from hub.core.settings import from_env
 from portal import db
 from portal.services import Portal, PortalError, public_view
 from portal.settings import PortalSettings

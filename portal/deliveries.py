@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
+from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.store import Attempt
-from hub.settings import from_env
 
 
 class EndpointState(msgspec.Struct, kw_only=True):

@@ -45,7 +45,7 @@ class FormOnce(Table, tablename="portal_once"):
 
 def seal(box, text: str) -> str:
     """A secret kept here until its page is shown is sealed like every stored secret when the portal has a
-    secret box (``hub.secretbox``, ``Portal.box``); ``box`` None keeps it as is."""
+    secret box (``hub.core.secretbox``, ``Portal.box``); ``box`` None keeps it as is."""
     return box.seal(text) if box is not None else text
 
 

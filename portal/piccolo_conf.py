@@ -3,7 +3,7 @@ replaces it with the engine of the settings the app was created with."""
 
 from piccolo.conf.apps import AppRegistry
 
-from hub.settings import from_env
+from hub.core.settings import from_env
 from portal.db import engine_for
 from portal.settings import PortalSettings
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from hub.settings import NatsSettings, register
+from hub.core.settings import NatsSettings, register
 
 
 @register
@@ -28,7 +28,7 @@ class PortalSettings(NatsSettings, kw_only=True):
     against the system's CAs, or ``smtp_ca_file`` (PEM). Links in mails start with ``public_url``
     (default ``http://<portal_host>:<portal_port>``). ``forwarded_allow_ips``: the proxies whose
     ``X-Forwarded-For``/``-Proto`` are believed (comma-separated addresses, ``*`` for any); empty trusts none,
-    so the client address is the socket's. ``secrets_key`` seals endpoint secrets (``hub.secretbox``).
+    so the client address is the socket's. ``secrets_key`` seals endpoint secrets (``hub.core.secretbox``).
     """
 
     portal_host: str = "127.0.0.1"

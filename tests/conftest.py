@@ -8,10 +8,10 @@ import pytest
 import pytest_asyncio
 from hypothesis import settings as hypothesis_settings
 
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.ops.natsserver import NatsServer, free_port
 
 # CI replays the same generated examples every run (a red CI must mean a regression); local runs explore anew.
 hypothesis_settings.register_profile("ci", derandomize=True)

@@ -7,12 +7,12 @@ import uuid
 
 import msgspec
 
+from hub.core.grants import Grant, Target, delete_grant, put_grant
+from hub.core.streams import TARGETS_BUCKET
+from hub.core.subjects import subject
 from hub.deliver.service import Deliverer
 from hub.deliver.settings import DeliverSettings
 from hub.deliver.store import ensure_delivery
-from hub.grants import Grant, Target, delete_grant, put_grant
-from hub.streams import TARGETS_BUCKET
-from hub.subjects import subject
 from tests.helpers import unique, wait_for
 
 

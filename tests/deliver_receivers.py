@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hub.natsserver import free_port
+from hub.ops.natsserver import free_port
 
 
 @dataclass

@@ -85,7 +85,7 @@ def shared_or_skip(*parts: str) -> Path:
 def start_operator_nats(data_dir: Path, name: str):
     """A nats-server in operator mode (trust chain kept in ``data_dir``), on a free port."""
     from hub.auth import AuthStore
-    from hub.natsserver import NatsServer, free_port
+    from hub.ops.natsserver import NatsServer, free_port
 
     auth = AuthStore.ensure(data_dir)
     return NatsServer(free_port(), data_dir / "nats", config=auth.server_config(data_dir / "nats" / "resolver"),
@@ -94,8 +94,8 @@ def start_operator_nats(data_dir: Path, name: str):
 
 def all_settings() -> list[type]:
     """Every service's settings struct: what compose.yaml and the Tutor plugin may set."""
+    from hub.core.settings import HubSettings
     from hub.deliver.settings import DeliverSettings
-    from hub.settings import HubSettings
     from lms_publisher.settings import PublisherSettings
     from portal.settings import PortalSettings
 

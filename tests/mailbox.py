@@ -10,7 +10,7 @@ import threading
 
 from aiosmtpd.controller import Controller
 
-from hub.natsserver import free_port
+from hub.ops.natsserver import free_port
 from tests.helpers import wait_for
 
 

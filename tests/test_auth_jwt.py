@@ -17,7 +17,7 @@ from hub.auth.permissions import (
     service_inbox,
     service_permissions,
 )
-from hub.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name
 
 
 def test_jwt_round_trip_and_field_names():

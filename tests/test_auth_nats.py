@@ -16,11 +16,11 @@ import pytest_asyncio
 from nats.aio.client import RawCredentials
 
 from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer, jwt
-from hub.grants import Grant, consumer_name
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
-from hub.subjects import subject
+from hub.core.grants import Grant, consumer_name
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.core.subjects import subject
+from hub.ops.natsserver import NatsServer, free_port
 from tests.helpers import start_operator_nats, unique, wait_for
 
 
@@ -248,7 +248,7 @@ async def test_revocation_cuts_a_live_client_and_refuses_reconnect(op_server, au
 
 
 async def test_cli_issues_consumer_creds_and_revokes(op_server, auth_dir, admin, tmp_path):
-    from hub.grants import put_grant
+    from hub.core.grants import put_grant
     from tests.helpers import rthub, rthub_env
 
     grant = Grant(id=unique("g"), consumer="acme", protocol="xapi", courses=["course-v1:Org+CLI+1"])

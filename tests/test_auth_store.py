@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from hub.auth import AuthStore, jwt
-from hub.grants import Grant
+from hub.core.grants import Grant
 
 
 def test_service_revocations_accumulate_in_the_data_account(tmp_path):

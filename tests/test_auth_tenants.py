@@ -18,9 +18,9 @@ import pytest_asyncio
 from nats.aio.client import RawCredentials
 
 from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
-from hub.grants import Grant, consumer_name
-from hub.settings import HubSettings
-from hub.streams import (
+from hub.core.grants import Grant, consumer_name
+from hub.core.settings import HubSettings
+from hub.core.streams import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
     GRANTS_BUCKET,
@@ -29,7 +29,7 @@ from hub.streams import (
     TARGETS_BUCKET,
     ensure_streams,
 )
-from hub.subjects import subject
+from hub.core.subjects import subject
 from tests.helpers import start_operator_nats, unique, wait_for
 from tests.test_auth_nats import Probe
 

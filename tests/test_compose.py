@@ -22,12 +22,12 @@ from eventtracking.tracker import Tracker
 
 from hub.auth import AuthStore
 from hub.cli import build_parser
-from hub.grants import Grant, delete_grant, put_grant
-from hub.natsconn import connect
-from hub.natsserver import port_free
-from hub.settings import HubSettings, env_names
-from hub.streams import RAW_STREAM
-from hub.subjects import filter_subject
+from hub.core.grants import Grant, delete_grant, put_grant
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings, env_names
+from hub.core.streams import RAW_STREAM
+from hub.core.subjects import filter_subject
+from hub.ops.natsserver import port_free
 from lms_publisher.backend import NatsBackend
 from tests.helpers import ROOT, all_settings, rthub_env, unique, wait_for
 

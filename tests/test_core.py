@@ -14,9 +14,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from hub.core.api import Header, Status, pull_subject, status_of
 from hub.core.errors import ConsumerGone, NoStream, PublishRefused, WrongExpectedStream
 from hub.core.kv import KVMirror
+from hub.core.natsconn import connect
 from hub.core.publish import AckBatch, AckedPublisher, parse_ack
 from hub.core.pull import PullStream
-from hub.natsconn import connect
 from tests.helpers import ROOT, unique, wait_for
 
 
@@ -291,8 +291,8 @@ def test_parse_ack_never_guesses():
 
 def test_one_protocol_registry():
     from hub.core.protocols import NAMES, PROTOCOLS
-    from hub.settings import StreamSettings
-    from hub.streams import PROTOCOL_STREAMS, stream_configs
+    from hub.core.settings import StreamSettings
+    from hub.core.streams import PROTOCOL_STREAMS, stream_configs
     from hub.translate import supported
 
     assert NAMES == ("xapi", "caliper")
@@ -311,7 +311,7 @@ def _modules_after(code: str) -> set[str]:
 
 def test_the_hub_imports_no_portal_packages():
     """`rthub hub` loads only its own module: no Litestar, no piccolo (commands load lazily)."""
-    for code in ("import hub.service",
+    for code in ("import hub.route.service",
                  "from hub.cli import build_parser\nbuild_parser('hub').parse_args(['hub', '--batch-size', '7'])"):
         loaded = _modules_after(code)
         assert "hub" in loaded and not loaded & {"litestar", "piccolo", "portal", "jinja2"}, (code, loaded)

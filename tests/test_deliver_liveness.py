@@ -115,12 +115,12 @@ async def test_hub_lag_is_a_prometheus_gauge(tmp_path):
     """Its own server: raw events published while no hub runs are the hub consumer's lag, 0 once translated."""
     import asyncio
 
-    from hub.natsconn import connect
-    from hub.natsserver import NatsServer, free_port
-    from hub.service import serve
-    from hub.settings import HubSettings
-    from hub.streams import ensure_streams
-    from hub.subjects import subject
+    from hub.core.natsconn import connect
+    from hub.core.settings import HubSettings
+    from hub.core.streams import ensure_streams
+    from hub.core.subjects import subject
+    from hub.ops.natsserver import NatsServer, free_port
+    from hub.route.service import serve
 
     server = NatsServer(free_port(), tmp_path / "nats", name="hublag").start()
     settings = HubSettings(nats_url=server.url, metrics_port=-1, lag_poll_s=0.2, id_secret="s",
@@ -159,11 +159,11 @@ async def test_secret_rotation_under_load_takes_effect_at_once_on_every_delivere
 
     from standardwebhooks.webhooks import Webhook
 
+    from hub.core.grants import Target
+    from hub.core.natsconn import connect
+    from hub.core.settings import NatsSettings
     from hub.deliver.signing import new_secret
     from hub.deliver.status import integration_status
-    from hub.grants import Target
-    from hub.natsconn import connect
-    from hub.settings import NatsSettings
     from tests.deliver_kit import put_target
 
     s1, s2, s3 = new_secret(), new_secret(), new_secret()

@@ -12,12 +12,12 @@ import sys
 
 import pytest
 
+from hub.core.grants import Grant
+from hub.core.natsconn import connect
+from hub.core.settings import NatsSettings
 from hub.deliver.partitions import fair_share, original_subject, part_filters, preference
 from hub.deliver.service import Deliverer
 from hub.deliver.store import STATE_BUCKET, ensure_delivery
-from hub.grants import Grant
-from hub.natsconn import connect
-from hub.settings import NatsSettings
 from tests.deliver_kit import integration, publish, remove, settings, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub_env, wait_for
@@ -184,8 +184,8 @@ async def test_two_deliverer_processes_one_killed_mid_flow_lose_nothing_and_keep
 async def test_switching_to_partitions_delivers_the_single_consumers_backlog(nc, js, nats_server):
     """A backlog left in the integration's single consumer is delivered by the partitioned deliverer, which
     then deletes that consumer."""
+    from hub.core.grants import consumer_name
     from hub.deliver.partitions import PARTS_STREAM
-    from hub.grants import consumer_name
     from tests.deliver_kit import deliverer, delivering
 
     rx = await Receiver().start()

@@ -7,9 +7,9 @@ import signal
 
 import pytest
 
+from hub.core.natsconn import connect
+from hub.core.settings import NatsSettings
 from hub.deliver.service import Deliverer
-from hub.natsconn import connect
-from hub.settings import NatsSettings
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, settings, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub_env, rthub_popen, wait_for
@@ -73,7 +73,7 @@ async def test_rthub_deliver_process_delivers_and_exits_cleanly_on_sigterm(js, n
     env = rthub_env(nats_server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_ACK_WAIT="2s")
     proc = rthub_popen("deliver", env=env)
     try:
-        from hub.grants import consumer_name
+        from hub.core.grants import consumer_name
         await wait_for(lambda: _has_consumer(js, consumer_name(gid)), 15, "the process creates the consumer")
         sts = [statement(i) for i in range(5)]
         for st in sts:
@@ -104,7 +104,7 @@ async def test_a_failed_start_is_retried_until_it_works_and_health_tells_meanwhi
     integration undelivered for good; /health is false until it is delivered."""
     from nats.js.api import AckPolicy, ConsumerConfig
 
-    from hub.grants import Grant, Target, consumer_name, put_grant
+    from hub.core.grants import Grant, Target, consumer_name, put_grant
     from tests.deliver_kit import put_target
     from tests.helpers import unique
 

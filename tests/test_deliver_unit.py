@@ -10,10 +10,10 @@ import random
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from hub.core.grants import Target
 from hub.deliver import retry, signing, ssrf
 from hub.deliver.http import build, caliper_envelope
 from hub.deliver.settings import seconds
-from hub.grants import Target
 
 
 def test_signature_matches_the_independent_verifier():

@@ -166,7 +166,7 @@ async def test_ordering_per_course_with_flaky_receiver(nc, js, nats_server):
 
 
 async def test_revocation_stops_delivery_within_a_second(nc, js, nats_server):
-    from hub.grants import delete_grant
+    from hub.core.grants import delete_grant
 
     rx = await Receiver().start()
     gid, site = await integration(js, "webhook", rx.url)

@@ -20,13 +20,13 @@ import pytest
 from eventtracking.tracker import Tracker
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from hub.cluster import Cluster
-from hub.grants import Grant, put_grant
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
-from hub.subjects import filter_subject
+from hub.core.grants import Grant, put_grant
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.core.subjects import filter_subject
+from hub.ops.cluster import Cluster
+from hub.ops.natsserver import NatsServer, free_port
 from lms_publisher.backend import NatsBackend
 from lms_publisher.codec import to_record
 from lms_publisher.publish import publish_events, publish_raw
@@ -325,7 +325,7 @@ def _get(url: str) -> tuple[int, str]:
 
 @pytest.mark.slow
 async def test_drill_nats_down_deliverer_converges(tmp_path):
-    from hub.grants import Target
+    from hub.core.grants import Target
     from tests.deliver_kit import put_target
     from tests.deliver_receivers import Receiver
 
@@ -396,10 +396,10 @@ async def test_drill_nats_down_deliverer_converges(tmp_path):
 async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp_path):
     """Default lease and ack wait: the stand-by delivers within takeover_after (12.7 s) + slack,
     nothing is lost and every course's statements first arrive in publish order."""
+    from hub.core.grants import Target
     from hub.deliver.service import takeover_after
     from hub.deliver.settings import DeliverSettings
     from hub.deliver.store import STATE_BUCKET, ensure_delivery
-    from hub.grants import Target
     from tests.deliver_kit import publish, put_target, statement
     from tests.deliver_receivers import Receiver
 
@@ -482,9 +482,9 @@ def _out_of_order_pairs(delivered: list[str], sent: list[str]) -> list[tuple[int
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 async def test_drill_order_per_course_across_a_deliverer_restart(js, nats_server, tmp_path, how):
+    from hub.core.grants import Target, consumer_name
     from hub.deliver.settings import DeliverSettings
     from hub.deliver.store import ensure_delivery
-    from hub.grants import Target, consumer_name
     from tests.deliver_kit import publish, put_target, statement
     from tests.deliver_receivers import Receiver
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.events import InvalidEvent, Limits, dimensions, nesting_depth, normalize
+from hub.core.events import InvalidEvent, Limits, dimensions, nesting_depth, normalize
 
 
 def test_backend_shape_kept():

@@ -2,8 +2,8 @@
 
 import pytest
 
+from hub.core.grants import Grant, GrantIndex
 from hub.core.protocols import NAMES as PROTOCOL_NAMES
-from hub.grants import Grant, GrantIndex
 
 COURSE = "course-v1:edX+DemoX+Demo_Course"
 

@@ -15,13 +15,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from hub.grants import Grant, delete_grant, put_grant
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.service import Hub, serve
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
-from hub.subjects import subject
+from hub.core.grants import Grant, delete_grant, put_grant
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.core.subjects import subject
+from hub.ops.natsserver import NatsServer, free_port
+from hub.route.service import Hub, serve
 from tests.helpers import consumer_settled, rthub, rthub_env, rthub_popen, wait_for
 
 COURSE = "course-v1:edX+DemoX+Demo_Course"
@@ -322,16 +322,16 @@ async def test_rthub_publish_end_to_end(nc, settings, js, running_hub, tmp_path)
 
 async def test_unexpected_exception_quarantines_that_message_and_the_next_flows(nc, js, running_hub, monkeypatch):
     """A bug one event meets (here a translator raising on it) costs that event only, with the reason."""
-    import hub.service
+    import hub.route.service
 
-    real = hub.service.translate_json
+    real = hub.route.service.translate_json
 
     def buggy(protocol, event, ctx):
         if event["data"].get("code") == "trigger":
             raise ZeroDivisionError("division by zero")
         return real(protocol, event, ctx)
 
-    monkeypatch.setattr(hub.service, "translate_json", buggy)
+    monkeypatch.setattr(hub.route.service, "translate_json", buggy)
     await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
     await wait_for(lambda: "all" in running_hub.grants.index.grants, 5, "grant")
     got = Collector()

@@ -8,10 +8,10 @@ import logging
 import pytest
 from eventtracking.tracker import Tracker
 
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.ops.natsserver import NatsServer, free_port
 from lms_publisher.backend import NatsBackend
 from lms_publisher.codec import Record
 from lms_publisher.spool import Spool

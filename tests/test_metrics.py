@@ -1,4 +1,4 @@
-"""hub.metrics: the exposition a scraper reads over real HTTP, the health check and the bind address."""
+"""hub.core.metrics: the exposition a scraper reads over real HTTP, the health check and the bind address."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hub.metrics import Metrics
+from hub.core.metrics import Metrics
 
 
 async def http_get(host: str, port: int, path: str) -> tuple[int, str, str]:

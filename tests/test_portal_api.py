@@ -12,9 +12,9 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from hub.grants import Target, decode_grant
-from hub.secretbox import SecretBox
-from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.core.grants import Target, decode_grant
+from hub.core.secretbox import SecretBox
+from hub.core.streams import GRANTS_BUCKET, TARGETS_BUCKET
 from portal.app import create_app
 from portal.settings import PortalSettings
 from portal.tables import Integration

@@ -17,11 +17,11 @@ import pytest
 import pytest_asyncio
 
 from hub.auth import AuthStore, creds_inbox_prefix
-from hub.grants import consumer_name
-from hub.natsserver import free_port, wait_port
-from hub.settings import HubSettings
-from hub.streams import ensure_streams
-from hub.subjects import subject
+from hub.core.grants import consumer_name
+from hub.core.settings import HubSettings
+from hub.core.streams import ensure_streams
+from hub.core.subjects import subject
+from hub.ops.natsserver import free_port, wait_port
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
 from tests.mailbox import Mailbox, body, link
 

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import pytest
 
-from hub.grants import Target, decode_grant
-from hub.secretbox import SecretBox
-from hub.settings import from_env
-from hub.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.core.grants import Target, decode_grant
+from hub.core.secretbox import SecretBox
+from hub.core.settings import from_env
+from hub.core.streams import GRANTS_BUCKET, TARGETS_BUCKET
 from portal import db as portal_db
 from portal.settings import PortalSettings
 from tests.helpers import rthub, rthub_env, unique, wait_for
@@ -121,7 +121,7 @@ async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):
     assert short.returncode == 2 and b"at least 10" in short.stderr
 
     # a consumer's pending request (made through the service layer, as the pages do), approved from the CLI
-    from hub.settings import from_env
+    from hub.core.settings import from_env
     from portal import db
     from portal.services import Portal
     from portal.settings import PortalSettings

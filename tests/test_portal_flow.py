@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import re
 
-from hub.grants import decode_grant
-from hub.streams import GRANTS_BUCKET
+from hub.core.grants import decode_grant
+from hub.core.streams import GRANTS_BUCKET
 from portal.deliveries import endpoint_state
 from portal.tables import ApiToken, WebSession
 from tests.helpers import wait_for
@@ -235,8 +235,8 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
 
 
 async def test_known_courses_are_offered_and_unknown_keys_warned(app, js):
-    from hub.streams import RAW_STREAM
-    from hub.subjects import subject
+    from hub.core.streams import RAW_STREAM
+    from hub.core.subjects import subject
     from hub.translate.cli import put_course_name
     from portal import courses
 

@@ -12,7 +12,7 @@ from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.columns import Boolean, Integer, Text, Varchar
 from piccolo.table import Table
 
-from hub.settings import from_env
+from hub.core.settings import from_env
 from portal import db
 from portal.settings import PortalSettings
 from portal.validation import Scope

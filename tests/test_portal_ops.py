@@ -14,11 +14,11 @@ import uuid
 import msgspec
 import pytest
 
+from hub.core.grants import decode_grant
+from hub.core.streams import GRANTS_BUCKET
+from hub.core.subjects import subject
 from hub.deliver import signing
 from hub.deliver.status import integration_status
-from hub.grants import decode_grant
-from hub.streams import GRANTS_BUCKET
-from hub.subjects import subject
 from portal.services import endpoints
 from portal.tables import Integration
 from tests.deliver_kit import deliverer
@@ -342,7 +342,7 @@ async def test_lrs_credentials_are_replaced_never_shown(app, admin, js):
 
 
 def test_subject_matching_for_resend():
-    from hub.subjects import subject_matches
+    from hub.core.subjects import subject_matches
 
     assert subject_matches("xapi.default.*.c1.>", "xapi.default.edX.c1.play")
     assert subject_matches("xapi.default.*.*.*", "xapi.default.edX.c1.play")

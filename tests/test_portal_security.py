@@ -25,11 +25,11 @@ from nats.js.errors import NotFoundError
 from standardwebhooks import Webhook
 
 from hub.auth import AuthStore, creds_inbox_prefix
-from hub.grants import Target, consumer_name
-from hub.natsserver import free_port, wait_port
-from hub.settings import HubSettings
-from hub.streams import TARGETS_BUCKET, ensure_streams
-from hub.subjects import subject
+from hub.core.grants import Target, consumer_name
+from hub.core.settings import HubSettings
+from hub.core.streams import TARGETS_BUCKET, ensure_streams
+from hub.core.subjects import subject
+from hub.ops.natsserver import free_port, wait_port
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for

@@ -127,8 +127,8 @@ def test_scrypt_cost_and_rehash():
 def test_secretbox_seals_and_refuses_a_wrong_key(tmp_path):
     from cryptography.fernet import Fernet
 
-    from hub.grants import Target
-    from hub.secretbox import SecretBox, SecretError, load_key
+    from hub.core.grants import Target
+    from hub.core.secretbox import SecretBox, SecretError, load_key
 
     key = load_key(tmp_path)
     assert oct((tmp_path / "secrets.key").stat().st_mode & 0o777) == "0o600" and load_key(tmp_path) == key

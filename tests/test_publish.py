@@ -9,8 +9,8 @@ import signal
 import pytest
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from hub.events import InvalidEvent
-from hub.subjects import parse_subject
+from hub.core.events import InvalidEvent
+from hub.core.subjects import parse_subject
 from lms_publisher.codec import raw_record, to_record
 from lms_publisher.demo import generate
 from lms_publisher.publish import Summary, backfill, prepare, publish_events, publish_raw
@@ -232,7 +232,7 @@ def _over_limit_lines() -> dict[str, bytes]:
 
 
 def test_over_limit_lines_are_rejected_with_the_hubs_reason():
-    from hub.events import depth_reason, nesting_depth, size_reason
+    from hub.core.events import depth_reason, nesting_depth, size_reason
 
     summary = Summary()
     for reason, lines in _over_limit_lines().items():

@@ -1,9 +1,9 @@
 """Stream setup is idempotent: a second run changes nothing, a changed definition is updated in place."""
 
-from hub.natsconn import connect
-from hub.natsserver import NatsServer, free_port
-from hub.settings import HubSettings
-from hub.streams import PROTOCOL_STREAMS, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.streams import PROTOCOL_STREAMS, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.ops.natsserver import NatsServer, free_port
 
 
 async def test_ensure_streams_idempotent_and_updates(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hub.subjects import (
+from hub.core.subjects import (
     NONE_TOKEN,
     decode_token,
     encode_token,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from hub.events import normalize
-from hub.service import watch_course_names
-from hub.streams import COURSES_BUCKET
+from hub.core.events import normalize
+from hub.core.streams import COURSES_BUCKET
+from hub.route.service import watch_course_names
 from hub.translate import CourseNames, ExternalIds, TranslateContext, course_kv_key, translate
 from hub.translate.cli import put_course_name
 from tests import xapi_validator

@@ -11,8 +11,8 @@ import json
 
 import pytest
 
+from hub.core.events import normalize
 from hub.core.protocols import NAMES as PROTOCOL_NAMES
-from hub.events import normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate
 from tests import caliper_check, xapi_validator
 from tests.helpers import SHARED, shared_or_skip

@@ -9,8 +9,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hub.core.events import InvalidEvent, normalize
 from hub.core.protocols import NAMES as PROTOCOL_NAMES
-from hub.events import InvalidEvent, normalize
 from hub.translate import (
     CourseNames,
     ExternalIds,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hub.core.events import normalize
 from hub.core.protocols import NAMES as PROTOCOL_NAMES
-from hub.events import normalize
 from hub.translate import (
     CourseNames,
     ExternalIds,

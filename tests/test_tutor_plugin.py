@@ -20,10 +20,10 @@ import yaml
 
 from hub.auth import AuthStore
 from hub.cli import build_parser
-from hub.natsconn import connect
-from hub.settings import HubSettings, env_names
-from hub.streams import ensure_streams
-from hub.subjects import encode_token
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings, env_names
+from hub.core.streams import ensure_streams
+from hub.core.subjects import encode_token
 from lms_publisher.tutor_plugin.values import (
     allow_events,
     compose_string,

@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from hub.natsserver import free_port, port_free
+from hub.ops.natsserver import free_port, port_free
 from tests.helpers import rthub, rthub_env, wait_sync
 
 
@@ -194,7 +194,7 @@ def test_sigterm_during_start_up_leaves_no_orphan(tmp_path, after):
 def test_taken_default_ports_are_replaced_and_written_for_the_other_commands(tmp_path):
     """Default ports taken (as by another nats-server on 4222) and none asked for: `up` picks free ones, says so,
     and `rthub grant` run from the same folder finds NATS and the admin creds through .rthub/up.json."""
-    from hub.up import DEFAULT_PORTS
+    from hub.ops.up import DEFAULT_PORTS
 
     held = []
     for port in (*DEFAULT_PORTS.values(), DEFAULT_PORTS["metrics"] + 1):
@@ -241,7 +241,7 @@ def test_demo_waits_out_a_nats_outage(tmp_path):
     """The demo used to exit after five failed publish retries (~10 s into an outage), which stopped `rthub up`."""
     import asyncio
 
-    from hub.natsserver import NatsServer
+    from hub.ops.natsserver import NatsServer
     from lms_publisher.demo import run_demo
     from lms_publisher.settings import PublisherSettings
     from tests.helpers import wait_for

@@ -15,7 +15,7 @@ from pathlib import Path
 from hub.auth.consumers import ensure_consumer, example_subscriber
 from hub.auth.permissions import SERVICES
 from hub.auth.store import AuthError, AuthStore, write_private
-from hub.settings import NatsSettings, from_env
+from hub.core.settings import NatsSettings, from_env
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +92,7 @@ def _service_creds(args) -> int:
 
 
 async def _admin_connect(s: NatsSettings, auth: AuthStore):
-    from hub.natsconn import connect
+    from hub.core.natsconn import connect
 
     if not s.nats_creds:
         s = from_env(NatsSettings, env={}, nats_url=s.nats_url, data_dir=s.data_dir,
@@ -101,8 +101,8 @@ async def _admin_connect(s: NatsSettings, auth: AuthStore):
 
 
 def _consumer_creds(args) -> int:
-    from hub.grants import decode_grant
-    from hub.streams import GRANTS_BUCKET
+    from hub.core.grants import decode_grant
+    from hub.core.streams import GRANTS_BUCKET
 
     s = _settings(args)
     auth = AuthStore.ensure(s.data_path)

@@ -11,8 +11,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hub.auth.permissions import consumer_inbox
-from hub.grants import Grant, consumer_name
-from hub.streams import PROTOCOL_STREAMS
+from hub.core.grants import Grant, consumer_name
+from hub.core.streams import PROTOCOL_STREAMS
 
 
 async def ensure_consumer(js: JetStreamContext, grant: Grant, deliver_policy: DeliverPolicy = DeliverPolicy.NEW,

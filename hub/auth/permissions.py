@@ -1,6 +1,6 @@
 """Who may publish and subscribe to what: least-privilege allow lists for every service and consumer.
 
-Pure functions over the names in :mod:`hub.streams` and :mod:`hub.grants`, so the tables are tested without a
+Pure functions over the names in :mod:`hub.core.streams` and :mod:`hub.core.grants`, so the tables are tested without a
 server. Every user gets a private inbox prefix instead of ``_INBOX.>``: replies (JetStream acks, KV values,
 including webhook secrets read by the deliverer) would otherwise be readable by any other user of the account.
 Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` reads it back from a JWT).
@@ -8,8 +8,8 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` r
 
 from __future__ import annotations
 
-from hub.grants import Grant, consumer_name
-from hub.streams import (
+from hub.core.grants import Grant, consumer_name
+from hub.core.streams import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
     GRANTS_BUCKET,
@@ -18,7 +18,7 @@ from hub.streams import (
     RAW_STREAM,
     TARGETS_BUCKET,
 )
-from hub.subjects import encode_token
+from hub.core.subjects import encode_token
 
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
@@ -107,7 +107,7 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
-        # a message that was never acked to quarantine (hub/service.py).
+        # a message that was never acked to quarantine (hub/route/service.py).
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
                f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
                "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]

@@ -32,8 +32,8 @@ from hub.auth.permissions import (
     service_permissions,
     tenant_imports,
 )
-from hub.grants import GRANT_ID, Grant
-from hub.subjects import encode_token, subject_matches
+from hub.core.grants import GRANT_ID, Grant
+from hub.core.subjects import encode_token, subject_matches
 
 log = logging.getLogger("rthub.auth")
 

@@ -1,6 +1,6 @@
 """The output protocols, declared once: name, JetStream stream, subject prefix.
 
-A new protocol is one line here, one stream it gets from :func:`hub.streams.stream_configs`, and one
+A new protocol is one line here, one stream it gets from :func:`hub.core.streams.stream_configs`, and one
 translator registered under the same name in ``hub.translate``. Nothing else names the protocols.
 """
 

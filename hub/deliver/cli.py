@@ -9,8 +9,8 @@ import signal
 
 import msgspec
 
+from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings
-from hub.settings import from_env
 
 log = logging.getLogger("rthub.deliver")
 
@@ -58,9 +58,9 @@ def _run(coro) -> int:
 
 
 async def _js(settings: DeliverSettings):
+    from hub.core.natsconn import connect
+    from hub.core.streams import ensure_streams
     from hub.deliver.store import ensure_delivery
-    from hub.natsconn import connect
-    from hub.streams import ensure_streams
 
     nc = await connect(settings, "rthub-deliver-cli", max_reconnect_attempts=2)
     js = nc.jetstream()
@@ -151,11 +151,11 @@ def run_deliver(args) -> int:
 
 async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) -> int:
     """Run the deliverer until SIGTERM/SIGINT (or ``stop``); unsettled messages are handed back on exit."""
+    from hub.core.metrics import Metrics
+    from hub.core.natsconn import connect
+    from hub.core.streams import ensure_streams
     from hub.deliver.service import Deliverer
     from hub.deliver.store import ensure_delivery
-    from hub.metrics import Metrics
-    from hub.natsconn import connect
-    from hub.streams import ensure_streams
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

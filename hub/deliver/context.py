@@ -14,9 +14,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hub.core.metrics import Metrics
 from hub.deliver.settings import DeliverSettings
 from hub.deliver.store import Attempt
-from hub.metrics import Metrics
 
 
 @dataclass(frozen=True)

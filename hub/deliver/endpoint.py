@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from hub.core.grants import Target
 from hub.deliver.context import Context
 from hub.deliver.http import Result, Sender, build
 from hub.deliver.items import Item
 from hub.deliver.ratelimit import TokenBucket
 from hub.deliver.settings import seconds
-from hub.grants import Target
 
 log = logging.getLogger("rthub.deliver")
 

@@ -11,9 +11,9 @@ import time
 
 import msgspec
 
+from hub.core.grants import Target
 from hub.deliver import signing, ssrf
 from hub.deliver.client import Client, HTTPError
-from hub.grants import Target
 
 CALIPER_DATA_VERSION = "http://purl.imsglobal.org/ctx/caliper/v1p2"
 XAPI_VERSION = "1.0.3"

@@ -11,8 +11,8 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+from hub.core.grants import Target
 from hub.deliver.items import Item
-from hub.grants import Target
 
 
 class Lanes:

@@ -18,6 +18,9 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from hub.core.grants import GRANTS_BUCKET, decode_grant
+from hub.core.streams import PROTOCOL_STREAMS
+from hub.core.subjects import subject, subject_matches
 from hub.deliver.store import (
     DEAD_LETTER_STREAM_NAME,
     H_FAILED_AT,
@@ -32,9 +35,6 @@ from hub.deliver.store import (
     dlq_subject,
     redrive_subject,
 )
-from hub.grants import GRANTS_BUCKET, decode_grant
-from hub.streams import PROTOCOL_STREAMS
-from hub.subjects import subject, subject_matches
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -14,6 +14,7 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from hub.core.grants import Grant, Target, consumer_name
 from hub.deliver.context import Context
 from hub.deliver.lease import Lease
 from hub.deliver.partitions import PARTS_STREAM, fair_share, part_consumer, part_filters, preference
@@ -21,7 +22,6 @@ from hub.deliver.pull import PULL_EXPIRES
 from hub.deliver.runner import Runner, redrive_consumer, takeover_after
 from hub.deliver.settings import seconds
 from hub.deliver.store import REDRIVE_STREAM, redrive_subject
-from hub.grants import Grant, Target, consumer_name
 
 log = logging.getLogger("rthub.deliver")
 

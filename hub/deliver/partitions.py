@@ -23,8 +23,8 @@ import datetime as dt
 from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamSource, SubjectTransform
 
-from hub.grants import Grant, consumer_name
-from hub.streams import DAY, PROTOCOL_STREAMS
+from hub.core.grants import Grant, consumer_name
+from hub.core.streams import DAY, PROTOCOL_STREAMS
 
 PARTS_STREAM = "DELIVERY_PARTS"
 PREFIX = "part."

@@ -14,6 +14,8 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from hub.core.grants import Grant, Target, consumer_name
+from hub.core.streams import PROTOCOL_STREAMS
 from hub.deliver.circuit import Circuit
 from hub.deliver.context import Context
 from hub.deliver.delivery import Delivery
@@ -28,8 +30,6 @@ from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.stats import Recorder
 from hub.deliver.store import REDRIVE_STREAM, Stats, redrive_subject
 from hub.deliver.streak import Streak
-from hub.grants import Grant, Target, consumer_name
-from hub.streams import PROTOCOL_STREAMS
 
 log = logging.getLogger("rthub.deliver")
 

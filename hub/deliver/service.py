@@ -19,6 +19,10 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from hub.core.grants import Grant, GrantWatcher, Target, consumer_name
+from hub.core.metrics import Metrics
+from hub.core.secretbox import SecretBox, SecretError
+from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 from hub.deliver import ssrf
 from hub.deliver.context import Context
 from hub.deliver.partitioned import PartitionedRunner
@@ -26,10 +30,6 @@ from hub.deliver.partitions import ALIVE, PARTS_STREAM, part_consumer
 from hub.deliver.runner import Runner, redrive_consumer, replay_consumer, takeover_after
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.store import REDRIVE_STREAM, STATE_BUCKET, Attempt, attempts_subject, summarize
-from hub.grants import Grant, GrantWatcher, Target, consumer_name
-from hub.metrics import Metrics
-from hub.secretbox import SecretBox, SecretError
-from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 
 __all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
 
@@ -174,7 +174,7 @@ class Deliverer:
             self.targets.pop(entry.key, None)
         else:
             try:
-                # Secrets are sealed at rest (hub.secretbox); only this process's memory holds them open.
+                # Secrets are sealed at rest (hub.core.secretbox); only this process's memory holds them open.
                 self.targets[entry.key] = self.box.open_target(msgspec.json.decode(entry.value, type=Target))
             except (msgspec.DecodeError, SecretError) as exc:
                 log.error("ignoring unreadable target %s: %s", entry.key, exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from hub.settings import StreamSettings, register
+from hub.core.settings import StreamSettings, register
 
 
 @register
@@ -13,7 +13,7 @@ class DeliverSettings(StreamSettings, kw_only=True):
 
     ``allowed_networks`` are CIDRs an administrator lets targets reach although they are private
     (tests allow ``127.0.0.1/32``); everything private, loopback, link-local, CGNAT or unique-local is refused
-    otherwise. ``secrets_key`` opens the secrets the portal sealed in the targets bucket (``hub.secretbox``:
+    otherwise. ``secrets_key`` opens the secrets the portal sealed in the targets bucket (``hub.core.secretbox``:
     this setting, else ``<data_dir>/secrets.key``); it must be the portal's.
     """
 

@@ -9,9 +9,9 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from hub.core.grants import GRANTS_BUCKET, Target, consumer_name, decode_grant
+from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 from hub.deliver.store import DEAD_LETTER_STREAM_NAME, STATE_BUCKET, Stats, dlq_subject
-from hub.grants import GRANTS_BUCKET, Target, consumer_name, decode_grant
-from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 
 
 async def _value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:

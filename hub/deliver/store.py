@@ -20,8 +20,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from hub.core.streams import DAY, DEAD_LETTER_STREAM
 from hub.deliver.settings import DeliverSettings, seconds
-from hub.streams import DAY, DEAD_LETTER_STREAM
 
 LOG_STREAM = "DELIVERY_LOG"
 REDRIVE_STREAM = "REDRIVE"

@@ -1,6 +1,6 @@
 """Translation of Open edX events to xAPI and IMS Caliper: pure functions, a registry by event name.
 
-``translate(protocol, event, ctx)`` takes a normalized event (``hub.events.normalize``) and returns the
+``translate(protocol, event, ctx)`` takes a normalized event (``hub.core.events.normalize``) and returns the
 statements; ``translate_json`` also encodes them, which is what the hub publishes. Input the translators
 cannot use raises :class:`Rejected` with a reason, never anything else.
 """

@@ -12,8 +12,8 @@ from typing import TextIO
 
 import msgspec
 
+from hub.core.events import DEFAULT_LIMITS, InvalidEvent, normalize
 from hub.core.protocols import NAMES as PROTOCOLS
-from hub.events import DEFAULT_LIMITS, InvalidEvent, normalize
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, course_kv_key, translate
 
 DEV_SECRET = "rthub-offline-dev-secret"
@@ -141,7 +141,7 @@ def run_courses_import(args: argparse.Namespace) -> int:
 
 async def put_course_name(js, course_key: str, name: str) -> int:
     """Write one course name to the ``rthub_courses`` bucket (the hub mirrors it into its translators)."""
-    from hub.streams import COURSES_BUCKET
+    from hub.core.streams import COURSES_BUCKET
 
     kv = await js.key_value(COURSES_BUCKET)
     return await kv.put(course_kv_key(course_key), name.encode())
@@ -150,9 +150,9 @@ async def put_course_name(js, course_key: str, name: str) -> int:
 async def _import(names: dict[str, str], nats_url: str | None) -> int:
     from nats.js.errors import NotFoundError
 
-    from hub.natsconn import connect
-    from hub.settings import NatsSettings, from_env
-    from hub.streams import COURSES_BUCKET
+    from hub.core.natsconn import connect
+    from hub.core.settings import NatsSettings, from_env
+    from hub.core.streams import COURSES_BUCKET
 
     settings = from_env(NatsSettings, nats_url=nats_url)
     nc = await connect(settings, "rthub-courses-import")

@@ -125,8 +125,8 @@ async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: 
 async def direct_help(portal: Portal, row) -> dict[str, Any]:
     """What a direct subscriber needs besides the Python example: the CLI lines, a sample statement, subjects
     and when the newest downloaded credential expires."""
+    from hub.core.grants import consumer_name
     from hub.deliver.ops import test_statement
-    from hub.grants import consumer_name
 
     grant = grant_of(row, "")
     _, sample = test_statement(row.protocol, row.key)

@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import datetime as dt
 
-from hub.natsconn import connect
-from hub.secretbox import SecretBox
+from hub.core.natsconn import connect
+from hub.core.secretbox import SecretBox
 from portal import mail, ratelimit
 from portal.settings import PortalSettings
 from portal.tables import AuditEntry

@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from hub.grants import Grant, Target, consumer_name, delete_grant, put_grant
-from hub.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+from hub.core.grants import Grant, Target, consumer_name, delete_grant, put_grant
+from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, Integration, IssuedCredential

@@ -19,9 +19,9 @@ import httpx
 from eventtracking.tracker import Tracker
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from hub.natsconn import connect
-from hub.settings import HubSettings
-from hub.subjects import filter_subject
+from hub.core.natsconn import connect
+from hub.core.settings import HubSettings
+from hub.core.subjects import filter_subject
 from lms_publisher.backend import NatsBackend
 from tests.helpers import rthub, rthub_env, unique, wait_for
 

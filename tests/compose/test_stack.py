@@ -28,9 +28,9 @@ import pytest_asyncio
 from standardwebhooks import Webhook
 
 from hub.auth import creds_inbox_prefix
-from hub.grants import consumer_name
-from hub.streams import RAW_STREAM
-from hub.subjects import filter_subject, parse_subject
+from hub.core.grants import consumer_name
+from hub.core.streams import RAW_STREAM
+from hub.core.subjects import filter_subject, parse_subject
 from tests.compose.stack import LRS, ORG, PORTAL, WEBHOOK, Flow, Stack
 from tests.helpers import unique, wait_for
 

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 from hub.core.protocols import NAMES as PROTOCOLS
-from hub.natsserver import NatsServer, free_port, port_free, wait_port
+from hub.ops.natsserver import NatsServer, free_port, port_free, wait_port
 
 SERVICES = ("hub", "deliver", "portal")
-UP_FILE = "up.json"  # what runs where; read by the other ``rthub`` commands (hub.settings.from_env)
+UP_FILE = "up.json"  # what runs where; read by the other ``rthub`` commands (hub.core.settings.from_env)
 DEFAULT_PORTS = {"nats": 4222, "portal": 8080, "metrics": 9464}
 PR_SET_PDEATHSIG = 1
 
@@ -285,10 +285,10 @@ async def _supervise(children: dict[str, subprocess.Popen], commands: dict[str, 
 
 async def _prepare(nats_url: str, admin_creds: str | None, demo: bool) -> None:
     """Create the streams and buckets before any service starts; with ``--demo`` grant the demo site."""
-    from hub.grants import Grant, put_grant
-    from hub.natsconn import connect
-    from hub.settings import HubSettings, from_env
-    from hub.streams import ensure_streams
+    from hub.core.grants import Grant, put_grant
+    from hub.core.natsconn import connect
+    from hub.core.settings import HubSettings, from_env
+    from hub.core.streams import ensure_streams
 
     settings = from_env(HubSettings, nats_url=nats_url, nats_creds=admin_creds)
     nc = await connect(settings, "rthub-up")

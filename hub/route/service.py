@@ -10,7 +10,7 @@ keep its raw messages, and the failed publishes are retried with capped backoff,
 spends none of a message's deliveries. A batch's acks are awaited while the next batch is translated.
 
 No input can stop the hub: size and nesting depth are checked on the bytes before decoding
-(:class:`hub.events.Limits`), any exception while handling one message quarantines that message, and a
+(:class:`hub.core.events.Limits`), any exception while handling one message quarantines that message, and a
 message that is still not acked after ``hub_max_deliver`` deliveries (a hang, a crash, a bug not yet seen) is
 moved to quarantine by the server's max-deliveries advisory instead of being redelivered for ever.
 """
@@ -34,17 +34,17 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
+from hub.core.events import InvalidEvent, normalize
+from hub.core.grants import GrantWatcher
 from hub.core.kv import KVMirror
+from hub.core.metrics import Metrics
+from hub.core.natsconn import connect
 from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
-from hub.events import InvalidEvent, normalize
-from hub.grants import GrantWatcher
-from hub.metrics import Metrics
-from hub.natsconn import connect
-from hub.settings import HubSettings, from_env
-from hub.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
-from hub.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.core.settings import HubSettings, from_env
+from hub.core.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.core.subjects import QUARANTINE_PREFIX, parse_subject, subject
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
 from hub.translate.base import course_from_kv_key
 
@@ -121,7 +121,7 @@ class Hub:
         self._translated = dict.fromkeys(PROTOCOLS, 0)  # statements of the batch in hand, counted once per batch
 
     async def start(self) -> Hub:
-        # subjects are built of encoded tokens (hub.subjects) or are the server's own: no client-side regex per publish
+        # subjects are built of encoded tokens (hub.core.subjects) or are the server's own: no client-side regex per publish
         self.nc = await connect(self.s, "rthub-hub", skip_subject_validation=True)
         self.js = self.nc.jetstream(timeout=10)
         self.publisher = await AckedPublisher(self.nc).start()

@@ -8,10 +8,10 @@ import uuid
 
 import msgspec
 
+from hub.core.grants import Grant, delete_grant, list_grants, put_grant
+from hub.core.natsconn import connect
 from hub.core.protocols import NAMES as PROTOCOLS
-from hub.grants import Grant, delete_grant, list_grants, put_grant
-from hub.natsconn import connect
-from hub.settings import NatsSettings, from_env
+from hub.core.settings import NatsSettings, from_env
 
 
 async def _with_js(args, fn):

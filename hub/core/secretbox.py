@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken
 
-from hub.grants import Target
+from hub.core.grants import Target
 
 PREFIX = "fernet:"
 KEY_FILE = "secrets.key"

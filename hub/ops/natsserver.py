@@ -79,7 +79,7 @@ class NatsServer:
         log = open(self.log_file, "ab")  # noqa: SIM115 - owned by the child for its life
         preexec = None
         if self.parent_death:
-            from hub.up import die_with_parent
+            from hub.ops.up import die_with_parent
 
             preexec = die_with_parent()
         self.proc = subprocess.Popen([binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,

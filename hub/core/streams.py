@@ -10,7 +10,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from hub.core.protocols import PROTOCOLS
-from hub.settings import StreamSettings
+from hub.core.settings import StreamSettings
 
 log = logging.getLogger("rthub.streams")
 
@@ -91,10 +91,10 @@ async def ensure_all(timeout: float) -> None:
     import asyncio
     import time
 
+    from hub.core.natsconn import connect
+    from hub.core.settings import from_env
     from hub.deliver.settings import DeliverSettings
     from hub.deliver.store import ensure_delivery
-    from hub.natsconn import connect
-    from hub.settings import from_env
 
     settings = from_env(DeliverSettings)
     deadline = time.monotonic() + timeout

@@ -7,7 +7,7 @@ import logging
 import nats
 from nats.aio.client import Client
 
-from hub.settings import NatsSettings
+from hub.core.settings import NatsSettings
 
 log = logging.getLogger("rthub.nats")
 

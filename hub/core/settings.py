@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from hub.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
+from hub.core.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, Limits
 
 T = TypeVar("T", bound=msgspec.Struct)
 ENV_PREFIX = "RTHUB_"
@@ -112,7 +112,7 @@ class HubSettings(StreamSettings, kw_only=True):
     sites: dict[str, str] = msgspec.field(default_factory=lambda: {"default": "http://localhost:18000"})
     default_site: str = "default"
     batch_size: int = 500
-    # one limit for hub and publishers: the same variables feed PublisherSettings (hub.events.Limits)
+    # one limit for hub and publishers: the same variables feed PublisherSettings (hub.core.events.Limits)
     max_event_bytes: int = MAX_EVENT_BYTES
     max_event_depth: int = MAX_EVENT_DEPTH
     hub_consumer: str = "hub"

@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from hub.natsserver import NatsServer, free_port, port_free, wait_port
-from hub.settings import HubSettings
-from hub.up import spawn, stop_all
+from hub.core.settings import HubSettings
+from hub.ops.natsserver import NatsServer, free_port, port_free, wait_port
+from hub.ops.up import spawn, stop_all
 
 CLUSTER_NAME = "rthub"
 # service process name (as in compose.yaml) -> the AuthStore user it connects as
@@ -94,8 +94,8 @@ class Cluster:
 
     async def ready(self, timeout: float = 60.0) -> None:
         """Wait for a JetStream meta leader, then create the R3 streams (retrying while the cluster settles)."""
-        from hub.natsconn import connect
-        from hub.streams import ensure_streams
+        from hub.core.natsconn import connect
+        from hub.core.streams import ensure_streams
 
         settings = self.settings()
         nc = await connect(settings, "rthub-cluster")
