@@ -32,8 +32,10 @@ class KVMirror(Generic[K, V]):
     """
 
     def __init__(self, js, bucket: str, decode: Callable[[bytes], V],
-                 on_change: Callable[[K, V | None], None] | None = None, key: Callable[[str], K] = _same):
-        self.js, self.bucket = js, bucket
+                 on_change: Callable[[K, V | None], None] | None = None, key: Callable[[str], K] = _same,
+                 keys: str = ">"):
+        """``keys``: the keys followed (a NATS subject pattern, e.g. ``replay.*``; default all)."""
+        self.js, self.bucket, self.keys = js, bucket, keys
         self.decode, self.key, self.on_change = decode, key, on_change
         self.values: dict[K, V] = {}
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -42,7 +44,7 @@ class KVMirror(Generic[K, V]):
 
     async def start(self) -> KVMirror[K, V]:
         kv = await self.js.key_value(self.bucket)
-        self._watcher = await kv.watchall()
+        self._watcher = await kv.watch(self.keys)
         self._task = asyncio.create_task(self._follow())
         await asyncio.wait([self.ready, self._task], return_when=asyncio.FIRST_COMPLETED)
         if not self.ready.done():  # the watch ended before the content was read

@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from hub.core.metrics import Metrics
+from hub.core.publish import AckedPublisher
 from hub.deliver.settings import DeliverSettings
 from hub.deliver.store import Attempt
 
@@ -36,3 +37,4 @@ class Context:
     disable: Callable[[str, str], Awaitable[None]]  # disable(grant_id, reason) in the targets bucket
     log_attempt: Callable[[str, Attempt], None]
     peers: Callable[[], list[str]]  # deliverer processes alive now (this one included), for course partitions
+    publisher: AckedPublisher  # acked publishes with precise errors (dead letters)

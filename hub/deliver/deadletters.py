@@ -26,7 +26,8 @@ from hub.deliver.streak import iso
 
 async def dead_letter(ctx: Context, held: Held, grant_id: str, items: list[Item], reason: str, result: Result,
                       attempts: int) -> None:
-    """Publish each item to the dead-letter stream (acked by JetStream), then ack it."""
+    """Publish each item to the dead-letter stream (acked by JetStream), then ack it. Raises the core's
+    :class:`~hub.core.errors.NoStream` / :class:`~hub.core.errors.PublishRefused`, or ``TimeoutError``."""
     for item in items:
         given = item.msg.headers or {}  # a redriven copy names its protocol stream and sequence
         stream, sequence = protocol_position(item) if item.source != "redrive" else (item.msg.metadata.stream, 0)
@@ -37,5 +38,5 @@ async def dead_letter(ctx: Context, held: Held, grant_id: str, items: list[Item]
             H_STREAM: given.get(H_STREAM, stream),
             H_SEQ: given.get(H_SEQ, str(sequence or item.msg.metadata.sequence.stream)),
         }
-        await ctx.js.publish(dlq_subject(grant_id), item.msg.data, headers=headers)
+        await ctx.publisher.publish_acked(dlq_subject(grant_id), item.msg.data, headers=headers)
         await held.settle(item, "ack")

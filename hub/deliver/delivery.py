@@ -8,6 +8,7 @@ import time
 
 import nats.errors
 
+from hub.core.errors import JetStreamError
 from hub.deliver import retry
 from hub.deliver.circuit import Circuit
 from hub.deliver.context import Context
@@ -41,7 +42,7 @@ class Delivery:
         except Exception as exc:  # noqa: BLE001
             log.exception("delivery of %d item(s) to %s failed", len(items), self.grant_id)
             left = [i for i in items if not i.settled]
-            if isinstance(exc, nats.errors.Error | OSError | TimeoutError) or not left:
+            if isinstance(exc, nats.errors.Error | JetStreamError | OSError | TimeoutError) or not left:
                 for item in left:
                     await self.held.settle(item, "nak")
             elif len(left) > 1:
@@ -51,7 +52,7 @@ class Delivery:
                 error = header_text(f"internal error: {type(exc).__name__}: {exc}", 1000)
                 try:
                     await self.dead_letter(left, error, Result(error=error), 0)
-                except Exception as again:  # noqa: BLE001 - e.g. NATS down: JetStream redelivers it
+                except (nats.errors.Error, JetStreamError, TimeoutError) as again:  # JetStream redelivers it
                     log.warning("could not dead-letter %s: %s", left[0].id, again)
                     await self.held.settle(left[0], "nak")
 

@@ -65,7 +65,7 @@ class Held:
         self.items: set[Item] = set()
         self.room = asyncio.Event()
         self.room.set()
-        self.draining = False  # stopping: pulls keep what still arrives, to hand it back in order
+        self.stopping = asyncio.Event()  # set: pulls stop and keep what still arrives, to hand it back in order
         self.acker = Acker(nc)
         self.on_acked = on_acked  # e.g. forget the item's saved retry schedule
 

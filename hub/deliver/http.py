@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
 import ssl
 import time
@@ -14,8 +13,8 @@ import msgspec
 from hub.core.grants import Target
 from hub.deliver import signing, ssrf
 from hub.deliver.client import Client, HTTPError
+from hub.translate import caliper_envelope
 
-CALIPER_DATA_VERSION = "http://purl.imsglobal.org/ctx/caliper/v1p2"
 XAPI_VERSION = "1.0.3"
 CHECKED_FOR = 1.0  # seconds an SSRF-checked resolution of a URL is reused
 
@@ -27,13 +26,6 @@ class Result(msgspec.Struct, kw_only=True):
     error: str | None = None
     retry_after: str | None = None
     body: bytes = b""
-
-
-def caliper_envelope(events: list[bytes], sensor: str) -> bytes:
-    """A Caliper 1.2 envelope around already-encoded events (spliced, not re-encoded)."""
-    send_time = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    head = msgspec.json.encode({"sensor": sensor, "sendTime": send_time, "dataVersion": CALIPER_DATA_VERSION})
-    return head[:-1] + b',"data":[' + b",".join(events) + b"]}"
 
 
 def batch_id(ids: list[str]) -> str:

@@ -16,8 +16,9 @@ import uuid
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
+from hub.core.errors import NoStream, PublishRefused
 from hub.core.grants import GRANTS_BUCKET, decode_grant
 from hub.core.streams import PROTOCOL_STREAMS
 from hub.core.subjects import subject, subject_matches
@@ -141,17 +142,28 @@ async def redrive(js: JetStreamContext, grant_id: str, seqs: list[int] | None = 
             continue
         h = msg.headers or {}
         headers = {k: h[k] for k in (H_SUBJECT, H_ID, H_STREAM, H_SEQ) if k in h}
-        await js.publish(redrive_subject(grant_id), msg.data, headers=headers)
+        await _publish(js, redrive_subject(grant_id), msg.data, headers=headers)
         await js.delete_msg(DEAD_LETTER_STREAM_NAME, msg.seq)
         count += 1
     return count
+
+
+async def _publish(js: JetStreamContext, subject: str, data: bytes, headers: dict[str, str]) -> None:
+    """``js.publish`` with the core's precise errors: :class:`NoStream` (no stream stores ``subject``) or
+    :class:`PublishRefused` (the stream's code and description); ``TimeoutError`` when nobody answers."""
+    try:
+        await js.publish(subject, data, headers=headers)
+    except NoStreamResponseError:
+        raise NoStream(f"no stream stores {subject}", 503) from None
+    except APIError as exc:
+        raise PublishRefused.from_error(exc.code or 0, exc.err_code or 0, exc.description or str(exc)) from None
 
 
 async def _grant(js: JetStreamContext, grant_id: str):
     kv = await js.key_value(GRANTS_BUCKET)
     try:
         entry = await kv.get(grant_id)
-    except Exception:  # noqa: BLE001 - KeyNotFoundError
+    except KeyNotFoundError:
         raise LookupError(f"no integration {grant_id!r}") from None
     if not entry.value:
         raise LookupError(f"no integration {grant_id!r}")
@@ -204,7 +216,7 @@ async def send_test_event(js: JetStreamContext, grant_id: str) -> str:
     grant = await _grant(js, grant_id)
     sid, body = test_statement(grant.protocol, grant_id)
     subj = subject(grant.protocol, "rthub-test", None, None, "rthub.test")
-    await js.publish(redrive_subject(grant_id), body, headers={H_SUBJECT: subj, H_ID: sid})
+    await _publish(js, redrive_subject(grant_id), body, headers={H_SUBJECT: subj, H_ID: sid})
     return sid
 
 
@@ -229,7 +241,7 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
         raise LookupError(f"message {seq} is not one of {grant_id}'s statements")
     h = msg.headers or {}
     sid = h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
-    await js.publish(redrive_subject(grant_id), msg.data, headers={
+    await _publish(js, redrive_subject(grant_id), msg.data, headers={
         H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
     return sid
 

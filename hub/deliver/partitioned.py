@@ -32,7 +32,7 @@ class Part:
     def __init__(self, k: int, lease: Lease):
         self.k, self.lease = k, lease
         self.leader = asyncio.Event()  # this process holds the partition
-        self.draining = False  # being handed over
+        self.stop = asyncio.Event()  # set while being handed over: its pull stops
         self.task: asyncio.Task | None = None
         self.handover: asyncio.Task | None = None
         self.last_ok = 0.0
@@ -109,7 +109,7 @@ class PartitionedRunner(Runner):
 
     def broken(self) -> bool:
         return super().broken() or any(
-            p.leader.is_set() and not p.draining and p.task is not None and p.task.done() for p in self.parts)
+            p.leader.is_set() and not p.stop.is_set() and p.task is not None and p.task.done() for p in self.parts)
 
     async def _balance(self) -> None:
         """Every ``lease_ttl / 3``: renew the partitions held (a lost or unrenewable one is handed back), hand
@@ -159,7 +159,7 @@ class PartitionedRunner(Runner):
         p.leader.set()
         p.task = asyncio.create_task(self._pull(
             PARTS_STREAM, part_consumer(self.grant.id, p.k), "live", leader=p.leader, part=p.k,
-            draining=lambda: p.draining or self.held.draining))
+            stop=p.stop))
         self.pulls.append(p.task)
 
     def _start_hand_over(self, p: Part) -> None:
@@ -171,7 +171,7 @@ class PartitionedRunner(Runner):
     async def _hand_over(self, p: Part) -> None:
         """Stop delivering one partition without reordering its courses: cancel its lanes, let its pull requests
         run out keeping what arrives, nak what it holds in stream order, then release its lease."""
-        p.draining = True
+        p.stop.set()
         try:
             await self.lanes.stop_part(p.k)
             if p.task is not None:
@@ -185,7 +185,8 @@ class PartitionedRunner(Runner):
             await p.lease.release()
         finally:
             p.leader.clear()
-            p.task, p.draining, p.handover = None, False, None
+            p.task, p.handover = None, None
+            p.stop.clear()
 
     async def _release_leases(self) -> None:
         for p in self.parts:

@@ -1,110 +1,88 @@
-"""Pulling one durable consumer: streaming pull requests kept outstanding, each message dispatched on arrival.
+"""Pulling one durable consumer for a runner, on the core's :class:`hub.core.pull.PullStream`.
 
-nats-py's ``fetch(n)`` waits for the whole batch (or its timeout) once traffic trickles in, which adds up to
-the timeout in latency at moderate rates; streaming pull requests do not. Messages are handled in the
-subscription's callback: ``next_msg`` cost a task, a ``wait_for`` task and a uuid4 per message (~10% of the
-deliverer's CPU at full load).
+The stream keeps pull requests outstanding (each message dispatched on arrival, heartbeats notice a request
+lost to a reconnect, statuses by name). This module adds what a runner needs around it: pull only while it
+leads and has room (``max_in_flight``), dispatch each message as an :class:`Item`, keep what arrives while
+stopping (the runner naks it in stream order), end a replay once its consumer is empty.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
+from hub.core.errors import ConsumerGone
+from hub.core.pull import PullStream
 from hub.deliver.held import Held
 from hub.deliver.items import Item
 
-NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT = "404", "408", "409"  # JetStream pull status codes
 PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
 
 
 async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch: int, max_in_flight: int,
                held: Held, leader: asyncio.Event, dispatch: Callable[[Item], None],
                done: Callable[[], Awaitable[bool]] | None = None, part: int | None = None,
-               draining: Callable[[], bool] | None = None) -> None:
+               stop: asyncio.Event | None = None) -> None:
     """Pull ``durable`` until the consumer is deleted, the connection closes or the runner drains.
 
-    ``leader``: pull only while set (an ordered integration's lease). ``done``: for a replay, asked whenever
-    nothing is pending and no message of ``source`` is held; True ends the pull. ``part``: the course partition
-    the consumer reads (its items are tagged with it); ``draining``: this pull stops (default: the runner's).
+    ``leader``: pull only while set (an ordered integration's lease). ``done``: for a replay, asked once the
+    consumer has nothing pending or unacknowledged; True ends the pull. ``part``: the course partition the
+    consumer reads (its items are tagged with it); ``stop``: this pull stops when set (besides the runner's
+    ``held.stopping``); what still arrives is held, to be handed back in stream order.
     """
-    if draining is None:
-        def draining() -> bool:
-            return held.draining
-    api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-    inbox = nc.new_inbox()
-    expires = PULL_EXPIRES
-    half = fetch_batch // 2
-    # ``exact``: ``outstanding`` counts every message still owed (no request was reset meanwhile)
-    st = {"outstanding": 0, "exact": True, "gone": False, "empty": False, "pause": False}
-    signal = asyncio.Event()
+    stops = (held.stopping,) if stop is None else (held.stopping, stop)
 
-    async def on_msg(msg: Msg) -> None:
-        status = JetStreamContext.is_status_msg(msg)
-        if status:
-            if status in (NO_MESSAGES, REQUEST_TIMEOUT, CONFLICT):
-                st["outstanding"], st["exact"] = 0, False  # no messages / expired / consumer gone or limits
-                if status == CONFLICT and "deleted" in (msg.headers or {}).get("Description", "").lower():
-                    st["gone"] = True
-                st["empty"] = status == NO_MESSAGES
-                st["pause"] = status in (NO_MESSAGES, CONFLICT)  # do not spin on "no messages" or "limits"
-                signal.set()
-            return
-        st["outstanding"] -= 1
-        if st["outstanding"] <= half:
-            signal.set()
+    def draining() -> bool:
+        return any(e.is_set() for e in stops)
+
+    waiting: dict[asyncio.Event, asyncio.Task] = {}
+
+    def wake_on(event: asyncio.Event, then: Callable[[], None]) -> None:
+        task = waiting.get(event)
+        if task is None or task.done():
+            async def wait() -> None:
+                await event.wait()
+                then()
+            waiting[event] = asyncio.ensure_future(wait())
+
+    def room() -> int:
         if draining():
-            held.add(Item(msg, source, part))  # handed back in order by the runner's stop
-        elif leader.is_set():
-            dispatch(Item(msg, source, part))
+            return 0
+        if not leader.is_set():
+            wake_on(leader, ps.wake)
+            return 0
+        free = max_in_flight - len(held)
+        if free <= 0:
+            held.room.clear()
+            wake_on(held.room, ps.wake)
+        return free
 
-    sub = await nc.subscribe(inbox, cb=on_msg)
-    asked_at = 0.0
-    try:
-        while not st["gone"]:
-            if draining():  # stopping: no new requests; wait until nothing more can arrive
-                if (st["exact"] and st["outstanding"] <= 0) or time.monotonic() - asked_at > expires + 0.5:
-                    return
-            else:
-                await leader.wait()
-            if st["pause"]:
-                st["pause"] = False
-                await asyncio.sleep(0.05)
-            room = max_in_flight - len(held)
-            outstanding = st["outstanding"] = max(0, st["outstanding"])
-            if draining():
-                pass
-            elif outstanding <= half and room > outstanding:
-                n = min(fetch_batch, room) - outstanding
-                st["exact"] = st["exact"] or time.monotonic() - asked_at > expires + 0.5  # earlier ones expired
-                await nc.publish(api, msgspec.json.encode({"batch": n, "expires": int(expires * 1e9)}), reply=inbox)
-                st["outstanding"], asked_at = outstanding + n, time.monotonic()
-            elif room <= 0:
-                held.room.clear()
-                await held.room.wait()
-                continue
-            try:
-                if not signal.is_set():  # set meanwhile: look again at once (never clear an unseen signal)
-                    async with asyncio.timeout(1.0):
-                        await signal.wait()
-            except TimeoutError:
-                if time.monotonic() - asked_at > expires + 1:
-                    st["outstanding"], st["exact"] = 0, False  # expired without a status (e.g. reconnect)
-                st["empty"] = True
-            signal.clear()
-            if nc.is_closed:
-                return  # the deliverer is shutting down (a reconnect keeps the connection open)
-            if st["empty"] and done is not None and not held.has(source) and await done():
-                return
-            st["empty"] = False
-    finally:
+    while True:
+        ps = PullStream(nc, stream, durable, batch=fetch_batch, expires=PULL_EXPIRES, room=room,
+                        until_empty=done is not None)
+        await ps.start()
+        for event in stops:
+            wake_on(event, ps.stop)
         try:
-            await sub.unsubscribe()
-        except Exception:  # noqa: BLE001 - connection closing
-            pass
+            async for msgs in ps:
+                for msg in msgs:
+                    if draining():
+                        held.add(Item(msg, source, part))  # handed back in order by the runner's stop
+                    elif leader.is_set():
+                        dispatch(Item(msg, source, part))
+        except ConsumerGone:
+            return
+        finally:
+            for task in waiting.values():
+                task.cancel()
+            waiting.clear()
+            stopping = draining()  # else the consumer is empty or gone: nothing more is worth waiting for
+            for msg in await ps.drain(timeout=PULL_EXPIRES + 0.5 if stopping else 0.0):
+                if stopping or not leader.is_set():
+                    held.add(Item(msg, source, part))
+                else:
+                    dispatch(Item(msg, source, part))
+        if done is None or draining() or nc.is_closed or await done():
+            return

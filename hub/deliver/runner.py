@@ -121,11 +121,11 @@ class Runner:
         self.tasks.append(asyncio.create_task(self.held.keep_alive(period)))
 
     def _pull(self, stream: str, durable: str, source: str, done=None, leader: asyncio.Event | None = None,
-              part: int | None = None, draining=None):
+              part: int | None = None, stop: asyncio.Event | None = None):
         s = self.ctx.settings
         return pull(self.ctx.nc, stream, durable, source, fetch_batch=s.fetch_batch, max_in_flight=s.max_in_flight,
                     held=self.held, leader=leader or self.leader, dispatch=self._dispatch, done=done, part=part,
-                    draining=draining)
+                    stop=stop)
 
     async def maybe_replay(self) -> None:
         """Run the integration's replay consumer, if a replay was requested and this process delivers.
@@ -198,7 +198,7 @@ class Runner:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        self.held.draining = True
+        self.held.stopping.set()
         self.held.room.set()
         if self.pulls:
             _, late = await asyncio.wait(self.pulls, timeout=PULL_EXPIRES + 2)

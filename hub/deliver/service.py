@@ -20,7 +20,9 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.core.grants import Grant, GrantWatcher, Target, consumer_name
+from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
+from hub.core.publish import AckedPublisher
 from hub.core.secretbox import SecretBox, SecretError
 from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
 from hub.deliver import ssrf
@@ -47,6 +49,11 @@ def hot_swappable(old: Target, new: Target) -> bool:
     return old != new and msgspec.structs.replace(old, **{f: getattr(new, f) for f in HOT_FIELDS}) == new
 
 
+def _alive_time(value: bytes) -> float:
+    """When a deliverer process last announced itself (``alive.<process>``)."""
+    return float(value.decode())
+
+
 class Deliverer:
     """Watches grants, targets and replay requests; keeps one :class:`Runner` per enabled push integration."""
 
@@ -65,7 +72,7 @@ class Deliverer:
         self.locks: dict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.pending: set[asyncio.Task] = set()
         self.background: list[asyncio.Task] = []
-        self.watchers: list = []
+        self.watchers: list[KVMirror] = []
         self.state = None
         self.targets_kv = None
         self.on_change: Callable[[str], None] | None = None
@@ -81,15 +88,16 @@ class Deliverer:
             process_id=self.process_id, schedule=self.schedule, max_retry_after=self.max_retry_after,
             disable_after=self.disable_after, allowed=self.allowed, spawn=self._spawn,
             restart=lambda gid, runner: self.restart(gid, runner), disable=self.disable,
-            log_attempt=self.log_attempt, peers=self.peers)
+            log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start())
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
-        for key, kv, handler in ((">", self.targets_kv, self._target_entry), ("replay.*", self.state, self._replay_entry),
-                                 ("retry.*", self.state, self._retry_entry), (ALIVE + "*", self.state, self._alive_entry)):
-            watcher = await kv.watch(key)
-            self.watchers.append(watcher)
-            ready = asyncio.get_running_loop().create_future()
-            self.background.append(asyncio.create_task(self._watch(watcher, handler, ready)))
-            await ready
+        targets = KVMirror(self.js, TARGETS_BUCKET, self._open_target, on_change=lambda gid, _: self._schedule(gid))
+        alive = KVMirror(self.js, STATE_BUCKET, _alive_time, key=lambda k: k[len(ALIVE):], keys=ALIVE + "*")
+        self.targets, self.alive = targets.values, alive.values
+        self.watchers = [targets, alive,
+                         KVMirror(self.js, STATE_BUCKET, bytes, on_change=self._replay_entry, keys="replay.*"),
+                         KVMirror(self.js, STATE_BUCKET, bytes, on_change=self._retry_entry, keys="retry.*")]
+        for mirror in self.watchers:
+            await mirror.start()  # ready: the bucket's content is read
         await self._announce()
         self.background.append(asyncio.create_task(self._flush_loop()))
         self.background.append(asyncio.create_task(self._attempt_loop()))
@@ -151,16 +159,6 @@ class Deliverer:
                         log.warning("delivery of %s stopped working; restarting it", gid)
                     self._spawn(self.reconcile(gid, restart=runner is not None, expected=runner))
 
-    async def _watch(self, watcher, handler, ready: asyncio.Future) -> None:
-        async for entry in watcher:
-            if entry is None:
-                if not ready.done():
-                    ready.set_result(None)
-                continue
-            handler(entry)
-            if not ready.done() and entry.delta == 0:
-                ready.set_result(None)
-
     def _grant_changed(self, grant_id: str, grant: Grant | None) -> None:
         if grant is None:
             self.grants.pop(grant_id, None)
@@ -169,29 +167,22 @@ class Deliverer:
             self.grants[grant_id] = grant
             self._schedule(grant_id)
 
-    def _target_entry(self, entry) -> None:
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
-            self.targets.pop(entry.key, None)
-        else:
-            try:
-                # Secrets are sealed at rest (hub.core.secretbox); only this process's memory holds them open.
-                self.targets[entry.key] = self.box.open_target(msgspec.json.decode(entry.value, type=Target))
-            except (msgspec.DecodeError, SecretError) as exc:
-                log.error("ignoring unreadable target %s: %s", entry.key, exc)
-                return
-        self._schedule(entry.key)
+    def _open_target(self, value: bytes) -> Target:
+        """Secrets are sealed at rest (hub.core.secretbox); only this process's memory holds them open."""
+        try:
+            return self.box.open_target(msgspec.json.decode(value, type=Target))
+        except SecretError as exc:
+            raise ValueError(f"sealed secrets: {exc}") from None
 
-    def _replay_entry(self, entry) -> None:
-        grant_id = entry.key.split(".", 1)[1]
-        if entry.operation not in ("DEL", "PURGE") and grant_id in self.runners:
+    def _replay_entry(self, key: str, value: bytes | None) -> None:
+        grant_id = key.split(".", 1)[1]
+        if value is not None and grant_id in self.runners:
             self._spawn(self.runners[grant_id].maybe_replay())
 
-    def _alive_entry(self, entry) -> None:
-        process = entry.key[len(ALIVE):]
-        try:
-            self.alive[process] = float(entry.value.decode()) if entry.value else 0.0
-        except ValueError:
-            self.alive[process] = 0.0
+    def _retry_entry(self, key: str, value: bytes | None) -> None:
+        runner = self.runners.get(key.split(".", 1)[1])
+        if value is not None and runner is not None:
+            runner.retry_now()
 
     def peers(self) -> list[str]:
         """Deliverer processes alive now (announced within ``takeover_after``), this one included."""
@@ -205,11 +196,6 @@ class Deliverer:
             await self.state.put(ALIVE + self.process_id, repr(time.time()).encode())
         except Exception as exc:  # noqa: BLE001 - NATS away: the others count this process gone after a while
             log.warning("could not announce this deliverer: %s", exc)
-
-    def _retry_entry(self, entry) -> None:
-        runner = self.runners.get(entry.key.split(".", 1)[1])
-        if entry.operation not in ("DEL", "PURGE") and runner is not None:
-            runner.retry_now()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -338,17 +324,15 @@ class Deliverer:
         for task in self.background:
             task.cancel()
         await self.grant_watcher.stop()
-        for watcher in self.watchers:
-            try:
-                await watcher.stop()
-            except Exception:  # noqa: BLE001
-                pass
+        for mirror in self.watchers:
+            await mirror.stop()
         for task in list(self.pending):
             task.cancel()
         await asyncio.gather(*self.pending, *self.background, return_exceptions=True)
         await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         await self.flush_attempts()
+        await self.context.publisher.close()
         if self.settings.partitions > 0:
             try:
                 await self.state.delete(ALIVE + self.process_id)  # the others take its share at once
