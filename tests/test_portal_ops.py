@@ -155,6 +155,8 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             done = await post(consumer, f"/integrations/{key}/ops/replay", {"since": "1h", "back": "deliveries"})
             assert "Replaying 2 statement(s)" in flash_of(done.text)
             await wait_for(lambda: all(ids_received(receiver).count(s) > counts[s] for s in (s1, s2)), 10, "replayed")
+            # the replay ends once its consumer is empty (until then it also carries new statements: two lanes)
+            await wait_for(lambda: _replay_over(js, key), 15, "replay finished")
 
             # retry now while failing then fixed: delivered long before the 20 s backoff ends
             switch.status = 503
@@ -175,7 +177,10 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             s5 = await publish(js, statement())
             done = await post(consumer, f"/integrations/{key}/ops/reenable")
             assert "re-enabled" in flash_of(done.text)
-            await wait_for(lambda: s5 in ids_received(receiver), 10, "backlog delivered after re-enable")
+            try:  # the runner stopped by the disable hands its messages back first (a few seconds under load)
+                await wait_for(lambda: s5 in ids_received(receiver), 30, "backlog delivered after re-enable")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; delivery status: {await integration_status(js, key)}") from None
 
             # the log filters, newest first and paged
             log = (await consumer.get(f"/integrations/{key}/deliveries?status=500")).text
@@ -284,6 +289,10 @@ async def _wait_state(client, key: str, name: str, *fields: str, timeout: float 
         await wait_for(reached, timeout, f"state {name} with {fields}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last state seen: {seen}") from None
+
+
+async def _replay_over(js, key: str) -> bool:
+    return (await integration_status(js, key))["replay_since"] is None
 
 
 async def _dead(js, key: str, n: int) -> bool:
