@@ -17,7 +17,7 @@ from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
 from hub.ops.natsserver import NatsServer, free_port
 from portal import db, security
-from portal.service import Portal
+from portal.services import Portal
 from portal.settings import PortalSettings
 from portal.tables import Account
 from portal.validation import validate_request

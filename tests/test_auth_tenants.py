@@ -258,7 +258,7 @@ async def test_portal_moves_existing_direct_subscriptions_into_their_accounts(se
     """An integration approved by an earlier version has no account of its own: the portal's start-up migration
     opens it (approved) or keeps it closed (suspended); suspension, resumption and revocation follow."""
     from portal import db
-    from portal.service import Portal
+    from portal.services import Portal
     from portal.settings import PortalSettings
     from portal.validation import IntegrationSpec, Scope
 
