@@ -10,7 +10,6 @@ import datetime as dt
 import inspect
 import ipaddress
 import logging
-import socket
 from typing import Any
 
 import msgspec
@@ -51,8 +50,8 @@ async def reachable(url: str, settings) -> str | None:
     """Refusal text when the URL names a host the deliverer will never send to, with its rules and allowed
     networks; ``None`` when acceptable.
 
-    Addresses written literally (also the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that
-    resolvers accept) and names that are inward by definition are checked here. Other names are not resolved at
+    Addresses written literally (the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that resolvers
+    accept are refused by :func:`hub.deliver.ssrf.check_url` itself) and names that are inward by definition are checked here. Other names are not resolved at
     submit time: answering "that name is internal" would make the form an oracle for the hub's private DNS; the
     deliverer resolves and checks every connection anyway, and the endpoint state shows its refusal.
     """
@@ -64,11 +63,8 @@ async def reachable(url: str, settings) -> str | None:
     name = host.lower().rstrip(".")
     try:
         ip = ipaddress.ip_address(name)
-    except ValueError:
-        try:
-            ip = ipaddress.ip_address(socket.inet_aton(name))
-        except OSError:
-            ip = None
+    except ValueError:  # a name (legacy IPv4 forms were refused by ssrf.check_url above)
+        ip = None
     if ip is None:
         if name in _INWARD_NAMES or name.endswith(".localhost"):
             ip = ipaddress.ip_address("127.0.0.1" if "localhost" in name else "169.254.169.254")
