@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from hub.core.groups import GROUPS_BUCKET, LEARNERS_BUCKET
 from hub.core.protocols import PROTOCOLS
 from hub.core.settings import StreamSettings
 
@@ -23,7 +24,10 @@ PROTOCOL_STREAMS = {p.name: p.stream for p in PROTOCOLS.values()}
 GRANTS_BUCKET = "rthub_grants"
 TARGETS_BUCKET = "rthub_targets"
 COURSES_BUCKET = "rthub_courses"
-BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)
+BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)
+# No earlier revision kept: targets hold (sealed) endpoint secrets, learners identity fields that retirement
+# must leave nowhere.
+ONE_REVISION = (TARGETS_BUCKET, LEARNERS_BUCKET)
 
 
 def stream_configs(s: StreamSettings) -> list[StreamConfig]:
@@ -76,8 +80,8 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             await js.key_value(bucket)
             result["KV_" + bucket] = "unchanged"
         except NotFoundError:  # BucketNotFoundError (a NotFoundError)
-            # Targets hold (sealed) endpoint secrets: keep no earlier revision of them (portal also rolls up).
-            await js.create_key_value(bucket=bucket, history=1 if bucket == TARGETS_BUCKET else 5,
+            # Targets and learners keep no earlier revision (portal also rolls targets up).
+            await js.create_key_value(bucket=bucket, history=1 if bucket in ONE_REVISION else 5,
                                       replicas=s.stream_replicas)
         # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
             result["KV_" + bucket] = "created"
