@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hub.core.protocols import NAMES
-from hub.deliver import ssrf
+from hub.deliver.transport import ssrf
 
 PROTOCOLS = NAMES  # the hub's protocol registry
 DELIVERIES = ("webhook", "lrs", "caliper", "direct")

@@ -43,8 +43,15 @@ from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.core.settings import HubSettings, from_env
-from hub.core.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
-from hub.core.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import (
+    COURSES_BUCKET,
+    QUARANTINE_PREFIX,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    parse_subject,
+    subject,
+)
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
 from hub.translate.base import course_from_kv_key
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from hub.core.grants import Grant, Target, consumer_name, delete_grant, put_grant
-from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, Integration, IssuedCredential
@@ -540,7 +540,7 @@ class IntegrationService(ServiceBase):
             await self.notify(row, "disabled", reason)
 
     async def status(self, row: Integration) -> dict[str, Any]:
-        """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
+        """Delivery figures: ``hub.deliver.state.integration_status`` when installed, else the durable consumer's backlog."""
         out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
         if row.status not in ("approved", "suspended"):
             return out
@@ -550,7 +550,7 @@ class IntegrationService(ServiceBase):
             out["last_error"] = exc.message
             return out
         try:
-            from hub.deliver.status import integration_status
+            from hub.deliver.state.integration_status import integration_status
         except ModuleNotFoundError:
             integration_status = None
         if integration_status is not None:
