@@ -15,6 +15,8 @@ from hub.core.subjects import (
     DELIVERY_LOG_STREAM,
     DELIVERY_STATE_BUCKET,
     GRANTS_BUCKET,
+    GROUPS_BUCKET,
+    LEARNERS_BUCKET,
     PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
@@ -27,7 +29,7 @@ from hub.core.subjects import (
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
-               *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)))
+               *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
 
 def service_inbox(service: str) -> str:
@@ -101,7 +103,8 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # a message that was never acked to quarantine (hub/route/service.py).
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
                f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
+               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               *kv_read(LEARNERS_BUCKET)]
         sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
         return _dedup(pub), sub
     if service == "deliverer":
@@ -112,13 +115,13 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *stream_reader(DELIVERY_LOG_STREAM), "attempts.>", *stream_reader(REDRIVE_STREAM), "redrive.>",
                *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
-               *kv_read(COURSES_BUCKET)]
+               *kv_read(COURSES_BUCKET), *kv_read(LEARNERS_BUCKET)]
         sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
-               *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
+               *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
                *stream_reader(DELIVERY_LOG_STREAM), f"{API}.CONSUMER.LIST.{PARTS_STREAM}",  # partitioned lag
                # The consumer's delivery operations (hub/deliver/actions.py): resend gets one statement by sequence
                # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
@@ -139,8 +142,9 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     """
     pub = [subj for _, subj, kind in tenant_imports(grant) if kind == "service"]
     live = grant.filter_subjects()
-    # Subjects always have five tokens, so `<...>.>` grants nothing more than `<...>.*` and lets clients use
-    # the usual `xapi.*.<org>.<course>.>` form for the live feed.
+    # `<...>.>` lets clients use the usual `xapi.*.<org>.<course>.>` form for the live feed; beyond the five
+    # tokens it only adds the group-scoped copies of the same statements (a subset of what the grant covers).
+    # A grant with learner groups has six-token subjects ending in its group names: no wildcard is added.
     live += [f[:-1] + ">" for f in live if f.endswith(".*")]
     sub = [f"{consumer_inbox(grant.id)}.>", *live]
     return pub, sub

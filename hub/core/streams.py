@@ -12,11 +12,21 @@ from nats.js.errors import NotFoundError
 
 from hub.core.protocols import PROTOCOLS
 from hub.core.settings import StreamSettings
-from hub.core.subjects import BUCKETS, DEAD_LETTER_STREAM, QUARANTINE_STREAM, RAW_STREAM, TARGETS_BUCKET
+from hub.core.subjects import (
+    BUCKETS,
+    DEAD_LETTER_STREAM,
+    LEARNERS_BUCKET,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    TARGETS_BUCKET,
+)
 
 log = logging.getLogger("rthub.streams")
 
 DAY = 86400.0
+# No earlier revision kept: targets hold (sealed) endpoint secrets, learners identity fields that retirement
+# must leave nowhere.
+ONE_REVISION = (TARGETS_BUCKET, LEARNERS_BUCKET)
 
 
 def stream_configs(s: StreamSettings) -> list[StreamConfig]:
@@ -69,8 +79,8 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
             await js.key_value(bucket)
             result["KV_" + bucket] = "unchanged"
         except NotFoundError:  # BucketNotFoundError (a NotFoundError)
-            # Targets hold (sealed) endpoint secrets: keep no earlier revision of them (portal also rolls up).
-            await js.create_key_value(bucket=bucket, history=1 if bucket == TARGETS_BUCKET else 5,
+            # Targets and learners keep no earlier revision (portal also rolls targets up).
+            await js.create_key_value(bucket=bucket, history=1 if bucket in ONE_REVISION else 5,
                                       replicas=s.stream_replicas)
         # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
             result["KV_" + bucket] = "created"

@@ -25,7 +25,9 @@ PROTOCOL_STREAMS = {p.name: p.stream for p in _PROTOCOLS.values()}
 GRANTS_BUCKET = "rthub_grants"
 TARGETS_BUCKET = "rthub_targets"
 COURSES_BUCKET = "rthub_courses"
-BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)
+GROUPS_BUCKET = "rthub_groups"  # learner groups (hub.core.groups)
+LEARNERS_BUCKET = "rthub_learners"
+BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)
 # The deliverer's: attempt log, dead letters sent back, course partitions of the protocol streams, its KV state.
 DELIVERY_LOG_STREAM = "DELIVERY_LOG"
 REDRIVE_STREAM = "REDRIVE"
