@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "hub.route.service": ("hub",),
     "hub.ops.streams": ("streams",),
     "hub.ops.grant_cli": ("grant",),
+    "hub.ops.group_cli": ("group",),
     "hub.deliver.cli": ("deliver", "deadletters", "replay", "test-event", "delivery-status"),
     "lms_publisher.cli": ("publish", "demo"),
     "hub.ops.cluster": ("cluster",),

@@ -243,7 +243,7 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
     if not any(subject_matches(f, msg.subject) for f in grant.filter_subjects()):
         raise LookupError(f"message {seq} is not one of {grant_id}'s statements")
     h = msg.headers or {}
-    sid = h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
+    sid = h.get(H_ID) or h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
     await _publish(js, redrive_subject(grant_id), msg.data, headers={
         H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
     return sid

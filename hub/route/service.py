@@ -307,14 +307,16 @@ class Hub:
             log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
             self.metrics.inc("internal_errors")
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
-        out = [(subj, body, {Header.MSG_ID: sid}) for subj, sid, body in outputs]
+        out = [(subj, body, {Header.MSG_ID: sid} if gid is None else {Header.MSG_ID: gid, Header.STATEMENT_ID: sid})
+               for subj, sid, gid, body in outputs]
         if rejected:  # a protocol that could not translate it does not hold back the others
             out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
                                             "; ".join(rejected)))
         return out
 
-    def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
-        """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
+    def _translate(self, msg) -> tuple[list[tuple[str, str, str | None, bytes]], list[str]]:
+        """``(subject, statement id, group copy's message id or None, body)`` of each statement the message yields
+        (and of its group-scoped copies), and each protocol's reason for
         rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
         self.limits.check(msg.data)  # size, then nesting depth, before anything decodes it
         route = self._routes.get(msg.subject)
@@ -344,9 +346,9 @@ class Hub:
                 continue
             subj = outputs[protocol]
             if protocol in plain:
-                out.extend((subj, sid, body) for sid, body in statements)
+                out.extend((subj, sid, None, body) for sid, body in statements)
             for group in member_of.get(protocol, ()):  # group-scoped copies: <subject>.<group>, own msg ids
-                out.extend((f"{subj}.{group}", f"{sid}.{group}", body) for sid, body in statements)
+                out.extend((f"{subj}.{group}", sid, f"{sid}.{group}", body) for sid, body in statements)
             self._translated[protocol] += len(statements)
         return out, rejected
 
