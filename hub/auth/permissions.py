@@ -1,34 +1,35 @@
 """Who may publish and subscribe to what: least-privilege allow lists for every service and consumer.
 
-Pure functions over the names in :mod:`hub.core.streams` and :mod:`hub.core.grants`, so the tables are tested without a
+Pure functions over the names in :mod:`hub.core.subjects` and :mod:`hub.core.grants`, so the tables are tested without a
 server. Every user gets a private inbox prefix instead of ``_INBOX.>``: replies (JetStream acks, KV values,
 including webhook secrets read by the deliverer) would otherwise be readable by any other user of the account.
-Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` reads it back from a JWT).
+Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inbox_prefix_of` reads it back from a JWT).
 """
 
 from __future__ import annotations
 
 from hub.core.grants import Grant, consumer_name
-from hub.core.streams import (
+from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
+    DELIVERY_LOG_STREAM,
+    DELIVERY_STATE_BUCKET,
     GRANTS_BUCKET,
+    GROUPS_BUCKET,
+    LEARNERS_BUCKET,
+    PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
     RAW_STREAM,
+    REDRIVE_STREAM,
     TARGETS_BUCKET,
+    encode_token,
 )
-from hub.core.subjects import encode_token
 
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-# The deliverer's own streams and state bucket (hub/deliver/store.py; names repeated so auth never imports it).
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"
-REDRIVE_STREAM = "REDRIVE"
-PARTS_STREAM = "DELIVERY_PARTS"  # course partitions of the protocol streams (hub/deliver/partitions.py)
-DELIVERY_STATE_BUCKET = "rthub_delivery"
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
-               *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET)))
+               *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
 
 def service_inbox(service: str) -> str:
@@ -38,14 +39,6 @@ def service_inbox(service: str) -> str:
 def consumer_inbox(grant_id: str) -> str:
     """A consumer's private inbox; ``_INBOX_c_`` never collides with a service's ``_INBOX_svc_``."""
     return f"_INBOX_c_{grant_id}"
-
-
-def inbox_prefix_of(sub_allow: list[str]) -> str | None:
-    """The private inbox prefix granted by a user's subscribe allow list (``_INBOX_x.>`` -> ``_INBOX_x``)."""
-    for subj in sub_allow:
-        if subj.startswith("_INBOX_") and subj.endswith(".>"):
-            return subj[:-2]
-    return None
 
 
 def durable(stream: str, consumer: str) -> list[str]:
@@ -110,7 +103,8 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # a message that was never acked to quarantine (hub/route/service.py).
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
                f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET)]
+               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               *kv_read(LEARNERS_BUCKET)]
         sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
         return _dedup(pub), sub
     if service == "deliverer":
@@ -121,15 +115,15 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *stream_reader(DELIVERY_LOG_STREAM), "attempts.>", *stream_reader(REDRIVE_STREAM), "redrive.>",
                *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
-               *kv_read(COURSES_BUCKET)]
+               *kv_read(COURSES_BUCKET), *kv_read(LEARNERS_BUCKET)]
         sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
-               *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
+               *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
                *stream_reader(DELIVERY_LOG_STREAM), f"{API}.CONSUMER.LIST.{PARTS_STREAM}",  # partitioned lag
-               # The consumer's delivery operations (hub/deliver/ops.py): resend gets one statement by sequence
+               # The consumer's delivery operations (hub/deliver/actions.py): resend gets one statement by sequence
                # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
                # letter; replay / retry-now / re-enable write their key in the delivery state bucket.
                *(f"{API}.STREAM.MSG.GET.{s}" for s in protocol_streams), "redrive.>",
@@ -148,8 +142,9 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     """
     pub = [subj for _, subj, kind in tenant_imports(grant) if kind == "service"]
     live = grant.filter_subjects()
-    # Subjects always have five tokens, so `<...>.>` grants nothing more than `<...>.*` and lets clients use
-    # the usual `xapi.*.<org>.<course>.>` form for the live feed.
+    # `<...>.>` lets clients use the usual `xapi.*.<org>.<course>.>` form for the live feed; beyond the five
+    # tokens it only adds the group-scoped copies of the same statements (a subset of what the grant covers).
+    # A grant with learner groups has six-token subjects ending in its group names: no wildcard is added.
     live += [f[:-1] + ">" for f in live if f.endswith(".*")]
     sub = [f"{consumer_inbox(grant.id)}.>", *live]
     return pub, sub

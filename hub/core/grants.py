@@ -3,6 +3,11 @@
 Grants live in the ``rthub_grants`` KV bucket (key = integration id, value = JSON :class:`Grant`). The portal
 and ``rthub grant`` write it; the hub and the deliverers watch it, so a change takes effect within a second.
 An empty dimension means "any"; a grant must name at least one site, org or course.
+
+``learner_groups`` restricts a grant to the events of members of those groups (:mod:`hub.core.groups`): its
+subjects get a sixth token, the group, which the hub publishes only for members of groups some grant uses.
+``identity`` lists the identity fields an administrator approved for the grant (``user_id``, ``username``,
+``email``); statements stay anonymized in the streams and these are added at the edge.
 """
 
 from __future__ import annotations
@@ -17,10 +22,10 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
+from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
-from hub.core.streams import GRANTS_BUCKET
-from hub.core.subjects import encode_token
+from hub.core.subjects import GRANTS_BUCKET, encode_token
 
 log = logging.getLogger("rthub.grants")
 
@@ -38,6 +43,8 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
     event_types: list[str] = []
     delivery: Delivery = "direct"
     pii: bool = False
+    learner_groups: list[str] = []
+    identity: list[str] = []
     status: Literal["active", "suspended"] = "active"
 
     def validate(self) -> Grant:
@@ -45,6 +52,12 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
             raise ValueError(f"grant id {self.id!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
         if not (self.sites or self.orgs or self.courses):
             raise ValueError("a grant must name at least one site, org or course")
+        for name in self.learner_groups:
+            if not GROUP_NAME.fullmatch(name):
+                raise ValueError(f"group name {name!r} must be 1-64 characters of A-Z a-z 0-9 _ -")
+        unknown = sorted(set(self.identity) - set(IDENTITY_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown identity field(s) {', '.join(unknown)}; one of {', '.join(IDENTITY_FIELDS)}")
         return self
 
     @property
@@ -60,16 +73,19 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
         )
 
     def filter_subjects(self) -> list[str]:
-        """Non-overlapping subjects of ``<protocol>.<site>.<org>.<course>.<event>`` this grant covers."""
+        """Non-overlapping subjects of ``<protocol>.<site>.<org>.<course>.<event>`` this grant covers; with
+        learner groups, ``<...>.<event>.<group>`` for each group (the hub's group-scoped copies)."""
 
         def tokens(values: list[str]) -> list[str]:
             return [encode_token(v) for v in sorted(set(values))] or ["*"]
 
+        groups = sorted(set(self.learner_groups)) or [None]
         return [
-            ".".join((self.protocol, *combo))
+            ".".join((self.protocol, *combo) if group is None else (self.protocol, *combo, group))
             for combo in itertools.product(
                 tokens(self.sites), tokens(self.orgs), tokens(self.courses), tokens(self.event_types)
             )
+            for group in groups
         ]
 
 def consumer_name(grant_id: str) -> str:
@@ -96,12 +112,25 @@ class GrantIndex:
         self._cache.clear()
 
     def protocols_for(self, site: str, org: str | None, course: str | None, event: str) -> frozenset[str]:
+        """Protocols some active grant without learner groups needs for these dimensions."""
+        return self.routes_for(site, org, course, event)[0]
+
+    def routes_for(self, site: str, org: str | None, course: str | None,
+                   event: str) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+        """``(protocols for everyone, {protocol: learner groups})``: what active grants covering these
+        dimensions need; the second part names only groups some grant uses (no fan-out to unused groups)."""
         key = (site, org, course, event)
         found = self._cache.get(key)
         if found is None:
-            found = frozenset(
-                g.protocol for g in self.grants.values() if g.active and g.covers(site, org, course, event)
-            )
+            plain: set[str] = set()
+            grouped: dict[str, set[str]] = {}
+            for g in self.grants.values():
+                if g.active and g.covers(site, org, course, event):
+                    if g.learner_groups:
+                        grouped.setdefault(g.protocol, set()).update(g.learner_groups)
+                    else:
+                        plain.add(g.protocol)
+            found = (frozenset(plain), {p: frozenset(gs) for p, gs in grouped.items()})
             if len(self._cache) > 200_000:
                 self._cache.clear()
             self._cache[key] = found

@@ -36,6 +36,7 @@ from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
 from hub.core.grants import GrantWatcher
+from hub.core.groups import Membership, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.natsconn import connect
@@ -43,10 +44,18 @@ from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.core.settings import HubSettings, from_env
-from hub.core.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
-from hub.core.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import (
+    COURSES_BUCKET,
+    LEARNERS_BUCKET,
+    QUARANTINE_PREFIX,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    parse_subject,
+    subject,
+)
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
-from hub.translate.base import course_from_kv_key
+from hub.translate.base import course_from_kv_key, user_of
 
 log = logging.getLogger("rthub.hub")
 REASON_HEADER = "Rthub-Reason"
@@ -106,6 +115,8 @@ class Hub:
         self.grants: GrantWatcher | None = None
         self.courses = CourseNames()  # kept in step with the rthub_courses bucket by ``_course_names``
         self._course_names: KVMirror | None = None
+        self.membership = Membership()  # learner groups, kept in step with the rthub_learners bucket
+        self._learners: KVMirror | None = None
         self.pull: PullStream | None = None
         self.publisher: AckedPublisher | None = None
         ids = ExternalIds.from_settings(id_secret(settings), settings.external_ids_file)
@@ -128,6 +139,8 @@ class Hub:
         await ensure_streams(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
         self._course_names = await watch_course_names(self.js, self.courses)
+        self._learners = await KVMirror(self.js, LEARNERS_BUCKET, decode_learner, on_change=self.membership.apply,
+                                        key=parse_learner_key).start()
         # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
         self._advisories = await self.nc.subscribe(max_deliveries_advisory(RAW_STREAM, self.s.hub_consumer),
                                                    queue="rthub-hub", cb=self._on_max_deliveries)
@@ -294,14 +307,16 @@ class Hub:
             log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
             self.metrics.inc("internal_errors")
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
-        out = [(subj, body, {Header.MSG_ID: sid}) for subj, sid, body in outputs]
+        out = [(subj, body, {Header.MSG_ID: sid} if gid is None else {Header.MSG_ID: gid, Header.STATEMENT_ID: sid})
+               for subj, sid, gid, body in outputs]
         if rejected:  # a protocol that could not translate it does not hold back the others
             out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
                                             "; ".join(rejected)))
         return out
 
-    def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
-        """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
+    def _translate(self, msg) -> tuple[list[tuple[str, str, str | None, bytes]], list[str]]:
+        """``(subject, statement id, group copy's message id or None, body)`` of each statement the message yields
+        (and of its group-scoped copies), and each protocol's reason for
         rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
         self.limits.check(msg.data)  # size, then nesting depth, before anything decodes it
         route = self._routes.get(msg.subject)
@@ -313,7 +328,9 @@ class Hub:
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"not JSON: {exc}") from None
         event = normalize(obj, self.limits)
-        protocols = self.grants.index.protocols_for(site, org, course, name)
+        plain, grouped = self.grants.index.routes_for(site, org, course, name)
+        member_of = self._member_groups(site, event, grouped) if grouped else {}
+        protocols = plain | member_of.keys() if member_of else plain
         if not protocols:
             self.metrics.inc("filtered")
             return [], []
@@ -328,9 +345,24 @@ class Hub:
                 rejected.append(f"{protocol}: {exc.reason}")
                 continue
             subj = outputs[protocol]
-            out.extend((subj, sid, body) for sid, body in statements)
+            if protocol in plain:
+                out.extend((subj, sid, None, body) for sid, body in statements)
+            for group in member_of.get(protocol, ()):  # group-scoped copies: <subject>.<group>, own msg ids
+                out.extend((f"{subj}.{group}", sid, f"{sid}.{group}", body) for sid, body in statements)
             self._translated[protocol] += len(statements)
         return out, rejected
+
+    def _member_groups(self, site: str, event: dict, grouped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
+        """``{protocol: groups}``: the groups some grant of the protocol uses that the event's user is in."""
+        context, data = event.get("context"), event.get("data")
+        try:
+            user, _ = user_of(event, context if isinstance(context, dict) else {}, data if isinstance(data, dict) else {})
+        except Rejected:  # no user: in no group
+            return {}
+        mine = self.membership.groups_of(site, user)
+        if not mine:
+            return {}
+        return {p: sorted(mine & groups) for p, groups in grouped.items() if not mine.isdisjoint(groups)}
 
     def _route(self, raw_subject: str) -> tuple:
         """``(site, org, course, name, context, {protocol: output subject})`` of a raw subject, cached (the same
@@ -390,6 +422,8 @@ class Hub:
             await self.grants.stop()
         if self._course_names:
             await self._course_names.stop()
+        if self._learners:
+            await self._learners.stop()
         if self.publisher:
             await self.publisher.close()
         if self.nc and not self.nc.is_closed:
