@@ -322,3 +322,37 @@ def test_dead_letter_stream_exists_with_the_hub_streams():
 
     names = {c.name: c.subjects for c in stream_configs(StreamSettings())}
     assert names[STREAM] == ["openedx.>"] and names[DLQ_STREAM] == ["openedx_dlq.>"]
+
+
+async def test_operator_mode_event_bus_credentials(tmp_path):
+    """``rthub auth creds event-bus``: enough to produce, consume and dead-letter, nothing of the hub's streams."""
+    import nats.errors
+
+    from hub.auth import AuthStore
+    from hub.core.natsconn import connect
+    from hub.core.settings import NatsSettings, StreamSettings
+    from hub.core.streams import ensure_streams
+    from tests.helpers import start_operator_nats
+
+    server = start_operator_nats(tmp_path / "auth", "eb-op")
+    auth = AuthStore.ensure(tmp_path / "auth")
+    creds = str(auth.service_creds("event-bus"))
+    admin = await connect(NatsSettings(nats_url=server.url, nats_creds=str(auth.service_creds("admin"))), "t")
+    await ensure_streams(admin.jetstream(), StreamSettings())  # the hub's side declares the streams
+    bus = Bus(server.url, tmp_path)
+    settings.EVENT_BUS_NATS_CREDS = creds
+    nc = None
+    try:
+        bus.consumer("op", EVENT_BUS_NATS_CREDS=creds)
+        events.enrollment_created("opuser", COURSE)
+        assert (await _until_received(bus, 1))[0]["username"] == "opuser"
+        nc = await connect(NatsSettings(nats_url=server.url, nats_creds=creds), "eb-test")
+        with pytest.raises((nats.errors.Error, TimeoutError)):
+            await nc.jetstream().publish("lms.default.~none.~none.x", b"{}", timeout=2)  # not the raw stream
+    finally:
+        settings.EVENT_BUS_NATS_CREDS = None
+        bus.close()
+        if nc is not None:
+            await nc.close()
+        await admin.close()
+        server.stop()

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from hub.core.subjects import OPENEDX_DLQ_PREFIX as DLQ_PREFIX
+from hub.core.subjects import OPENEDX_DLQ_STREAM as DLQ_STREAM
+from hub.core.subjects import OPENEDX_PREFIX as PREFIX
+from hub.core.subjects import OPENEDX_STREAM as STREAM
 from hub.core.subjects import encode_token
 
-STREAM = "OPENEDX_EVENTS"
-PREFIX = "openedx"  # subjects ``openedx.<full topic>``: one stream, one subject per topic
-DLQ_STREAM = "OPENEDX_DEAD_LETTERS"
-DLQ_PREFIX = "openedx_dlq"  # ``openedx_dlq.<group>.<full topic>``
+__all__ = ["DLQ_PREFIX", "DLQ_STREAM", "PREFIX", "STREAM"]  # the names, kept in hub.core.subjects
 
 # CloudEvents attributes as Kafka message headers (edx-event-bus-kafka's names), and the EventsMetadata field
 # each one carries.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from typing import Any
@@ -11,6 +12,8 @@ import msgspec
 
 from hub.core.openedx import STREAM, full_topic
 from hub.core.settings import StreamSettings
+
+log = logging.getLogger("rthub.event_bus")
 
 
 class BusSettings(msgspec.Struct, kw_only=True):
@@ -82,4 +85,11 @@ async def ensure_stream(js, s: BusSettings) -> None:
         try:
             await js.stream_info(cfg.name)
         except NotFoundError:
-            await js.add_stream(cfg)
+            try:
+                await js.add_stream(cfg)
+            except Exception as exc:  # noqa: BLE001 - e.g. no right to create it: the hub does (rthub streams)
+                log.warning(
+                    "event bus: cannot create stream %s (%s); `rthub streams` or the hub creates it",
+                    cfg.name,
+                    exc,
+                )

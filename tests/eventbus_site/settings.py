@@ -27,6 +27,7 @@ EVENT_BUS_NATS_URL = os.environ.get("EVENT_BUS_NATS_URL", "nats://127.0.0.1:1")
 EVENT_BUS_NATS_SPOOL_DIR = os.environ.get(
     "EVENT_BUS_NATS_SPOOL_DIR", os.path.join(tempfile.gettempdir(), "eb-spool")
 )
+EVENT_BUS_NATS_CREDS = os.environ.get("EVENT_BUS_NATS_CREDS")
 EVENT_BUS_NATS_SITE = os.environ.get("EVENT_BUS_NATS_SITE", "default")
 EVENT_BUS_NATS_MAX_DELIVERIES = int(os.environ.get("EVENT_BUS_NATS_MAX_DELIVERIES", "3"))
 EVENT_BUS_NATS_RETRY_DELAY_S = 0.05
