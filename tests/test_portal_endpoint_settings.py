@@ -14,9 +14,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from hub.core.grants import PAUSED_REASON, Target
-from hub.core.streams import PROTOCOL_STREAMS
-from hub.deliver.http import build, drop_parts
-from hub.deliver.signing import new_secret
+from hub.core.subjects import PROTOCOL_STREAMS
+from hub.deliver.transport.request import build, drop_parts
+from hub.deliver.transport.signing import new_secret
 from portal.validation import check_custom_headers, check_payload_filter, check_rate_limit
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
