@@ -17,6 +17,10 @@ from hub.core.subjects import (
     GRANTS_BUCKET,
     GROUPS_BUCKET,
     LEARNERS_BUCKET,
+    OPENEDX_DLQ_PREFIX,
+    OPENEDX_DLQ_STREAM,
+    OPENEDX_PREFIX,
+    OPENEDX_STREAM,
     PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
@@ -27,8 +31,9 @@ from hub.core.subjects import (
 )
 
 API = "$JS.API"
-SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
+SERVICES = ("publisher", "hub", "deliverer", "portal", "event-bus", "admin")
+HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM, OPENEDX_STREAM,
+               OPENEDX_DLQ_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
 
@@ -98,6 +103,13 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # Runs inside the LMS, the least trusted place: it may only add raw events of its own site, and read
         # nothing (not even stream info). The hub declares the streams.
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
+    if service == "event-bus":
+        # The Open edX event bus (lms_publisher.event_bus) in the LMS and its consuming services: publish Open edX
+        # Events, run consumer groups on them (any durable: groups are configuration of the services; offset_time
+        # deletes and re-creates a group's), keep and work the dead letters. Nothing of the hub's own streams.
+        pub = [*info, f"{OPENEDX_PREFIX}.>", *stream_reader(OPENEDX_STREAM), f"{OPENEDX_DLQ_PREFIX}.>",
+               *stream_reader(OPENEDX_DLQ_STREAM), f"{API}.STREAM.MSG.DELETE.{OPENEDX_DLQ_STREAM}"]
+        return _dedup(pub), inbox
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).

@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
+from hub.core import openedx
 from hub.core.protocols import PROTOCOLS
 from hub.core.settings import StreamSettings
 from hub.core.subjects import (
@@ -47,6 +48,11 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
             "events the hub could not process; reason in the Rthub-Reason header"),
         cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,
             "deliveries that failed after the last retry: dlq.<integration>"),
+        # Open edX Events (the event bus, lms_publisher.event_bus): personal data like the raw stream, so its age
+        cfg(openedx.STREAM, [f"{openedx.PREFIX}.>"], s.raw_max_age_days,
+            "Open edX Events (OEP-41), Avro, Kafka-named headers: openedx.<topic>"),
+        cfg(openedx.DLQ_STREAM, [f"{openedx.DLQ_PREFIX}.>"], s.raw_max_age_days,
+            "Open edX Events whose receivers kept failing: openedx_dlq.<group>.<topic>"),
     ]
 
 
