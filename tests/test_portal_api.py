@@ -137,13 +137,15 @@ async def test_signup_login_logout(app):
     client = await new_consumer(app)
     page = await client.get("/integrations")
     assert client.email in page.text and "My integrations" in page.text
-    cookie = [h for h in page.history[0].headers.get_list("set-cookie")] if page.history else []
-    assert all("whsec" not in c for c in cookie)
     await post(client, "/logout")
     after = await client.get("/integrations")
     assert str(after.url).split("?")[0].endswith("/login") and client.email not in after.text
     again = await login(client, client.email, PASSWORD)
     assert str(again.url).endswith("/integrations")
+    # The session cookie the login sets is out of scripts' reach and not sent by other sites' requests.
+    set_cookie = [c for r in again.history for c in r.headers.get_list("set-cookie")]
+    session = [c for c in set_cookie if c.split("=", 1)[0] == "rthub_session"]
+    assert session and all("httponly" in c.lower() and "samesite=lax" in c.lower() for c in session), set_cookie
     # Signing up again with a registered address answers exactly like a new one; the owner gets a mail.
     dup = await post(client, "/signup", {"email": client.email.upper(), "name": "x", "password": PASSWORD})
     fresh = f"{unique('n')}@example.org"
