@@ -15,7 +15,14 @@ from litestar.params import JSONBody
 from litestar.response import Redirect, Template
 
 from portal import courses, flash
-from portal.api_types import ERRORS, IntegrationDetail, IntegrationRequest, IntegrationView, RotatedSecret
+from portal.api_types import (
+    ERRORS,
+    IntegrationDetail,
+    IntegrationRequest,
+    IntegrationView,
+    RotatedSecret,
+    WebhookSecret,
+)
 from portal.deliveries import EndpointState, endpoint_state, fmt
 from portal.guards import PortalDep, RowDep, SettingsDep, UserDep, api_signed_in, owner, signed_in, verified
 from portal.services import (
@@ -28,8 +35,9 @@ from portal.services import (
     public_view,
     requested_scope,
 )
+from portal.services.integrations import header_names, payload_filter_of
 from portal.tables import Integration
-from portal.validation import split_list, validate_request
+from portal.validation import PAYLOAD_PARTS, split_list, validate_request
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
 
@@ -50,7 +58,8 @@ class IntegrationPages(Controller):
     async def create(self, request: Request, user: UserDep, settings: SettingsDep, portal: PortalDep
                      ) -> Template | Redirect:
         raw = await form_of(request)
-        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
+        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed(),
+                                       max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
@@ -86,6 +95,12 @@ class IntegrationPages(Controller):
         return await go(request, here, "New signing secret made; the previous one is still accepted "
                         f"until {fmt(until.timestamp())} or until you retire it.", secret=secret)
 
+    @post("/integrations/{key:str}/secret", guards=[owner])
+    async def reveal(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep) -> Redirect:
+        secret = await portal.reveal_secret(user, row)
+        return await go(request, f"/integrations/{row.key}", "Your current signing secret is shown below.",
+                        secret=secret)
+
     @post("/integrations/{key:str}/retire", guards=[owner])
     async def retire(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep) -> Redirect:
         await portal.retire_old_secret(user, row)
@@ -114,6 +129,11 @@ async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: 
                       admin: bool = False, status_code: int = 200, **extra: Any) -> Template:
     """The integration page (the owner's, or the administrator's with the decision form)."""
     state = await state_of(portal, row)
+    extra.setdefault("kept_until", await endpoints.kept_until(portal, row))
+    extra.setdefault("custom_headers", header_names(row, portal.box) if not admin else {})
+    extra.setdefault("payload_filter", payload_filter_of(row))
+    extra.setdefault("payload_parts", PAYLOAD_PARTS.get(row.protocol, ()))
+    extra.setdefault("max_rate_limit", portal.settings.max_rate_limit)
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
                 requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
                 secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",
@@ -126,7 +146,7 @@ async def direct_help(portal: Portal, row) -> dict[str, Any]:
     """What a direct subscriber needs besides the Python example: the CLI lines, a sample statement, subjects
     and when the newest downloaded credential expires."""
     from hub.core.grants import consumer_name
-    from hub.deliver.ops import test_statement
+    from hub.deliver.actions import test_statement
 
     grant = grant_of(row, "")
     _, sample = test_statement(row.protocol, row.key)
@@ -173,12 +193,13 @@ class IntegrationApi(Controller):
     async def create(self, user: UserDep, settings: SettingsDep, portal: PortalDep,
                      data: JSONBody[IntegrationRequest]) -> IntegrationView:
         raw = msgspec.to_builtins(data)
-        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
+        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed(),
+                                       max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
-        view = public_view(await portal.create_integration(user, spec))
+        view = public_view(await portal.create_integration(user, spec), box=portal.box, reveal=True)
         unknown = courses.unknown_courses(await courses.known_courses(portal), spec.scope.sites, spec.scope.courses)
         if unknown:
             view["warnings"] = {"courses": unknown_warning(unknown)}
@@ -186,7 +207,7 @@ class IntegrationApi(Controller):
 
     @get("/integrations/{key:str}", responses=ERRORS, guards=[owner])
     async def show(self, portal: PortalDep, row: RowDep) -> IntegrationDetail:
-        view = public_view(row)
+        view = public_view(row, box=portal.box, reveal=True)
         view["status_detail"] = await portal.status(row)
         secret = await portal.take_pending_secret(row)
         if secret:
@@ -198,6 +219,11 @@ class IntegrationApi(Controller):
         secret = await portal.rotate_secret(user, row)
         until = await endpoints.start_overlap(portal, row)
         return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
+
+    @post("/integrations/{key:str}/secret", responses=ERRORS, status_code=200, guards=[owner],
+          description="The current webhook signing secret, shown again to its owner (audited).")
+    async def reveal(self, user: UserDep, portal: PortalDep, row: RowDep) -> WebhookSecret:
+        return WebhookSecret(id=row.key, webhook_secret=await portal.reveal_secret(user, row))
 
     @post("/integrations/{key:str}/creds", responses=ERRORS, status_code=200, media_type="text/plain", guards=[owner],
           description="A new `.creds` file (text) for a direct subscription, shown once.")
