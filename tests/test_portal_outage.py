@@ -11,7 +11,8 @@ import httpx
 import nats
 import pytest
 
-from hub.auth import AuthStore, creds_inbox_prefix
+from hub.auth import AuthStore
+from hub.core.creds import creds_inbox_prefix
 from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
 from hub.ops.natsserver import free_port, wait_port
