@@ -39,6 +39,9 @@ class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     bearer: str | None = None
     batch_size: int | str | None = None  # statements per POST, 1..500 (push deliveries; default 1)
     batch_wait_ms: int | str | None = None  # longest wait to fill a batch, 10..5000 ms (default 200)
+    rate_limit: float | str | None = None  # POSTs per second, 0 (no limit) .. RTHUB_MAX_RATE_LIMIT
+    custom_headers: dict[str, str] | list[dict[str, str]] | str | None = None  # reserved names refused
+    payload_filter: list[str] | str | None = None  # top-level parts to drop, e.g. ["context", "result"]
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
@@ -96,6 +99,10 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     auth: str
     batch_size: int = 1
     batch_wait_ms: int = 200
+    rate_limit: float = 0.0
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []
+    paused_since: str | None = None
     status: str
     reason: str
     decision_reason: str
@@ -123,6 +130,13 @@ class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
 
     status_detail: StatusDetail = msgspec.field(default_factory=StatusDetail)
     webhook_secret: str | None = None
+
+
+class WebhookSecret(msgspec.Struct, kw_only=True):
+    """The current webhook signing secret, shown again to its owner (``POST .../secret``; audited)."""
+
+    id: str
+    webhook_secret: str
 
 
 class Health(msgspec.Struct, kw_only=True):

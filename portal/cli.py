@@ -119,7 +119,8 @@ def integration_add(args: argparse.Namespace) -> int:
            "bearer": args.bearer, "sites": args.site, "orgs": args.org, "courses": args.course,
            "event_types": args.event_type, "learner_groups": args.group, "identity": args.identity,
            "reason": args.reason}
-    spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
+    spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed(),
+                                    max_rate=settings.max_rate_limit)
     if errors:
         print("error: invalid integration", file=sys.stderr)
         for field, message in errors.items():

@@ -237,3 +237,4 @@ class ActionResult(msgspec.Struct, kw_only=True):
     count: int | None = None
     statement_id: str | None = None
     since: str | None = None
+    until: str | None = None  # pause: when the oldest kept event starts to expire (the stream's retention)

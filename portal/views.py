@@ -11,19 +11,24 @@ import msgspec
 from litestar import Request
 from litestar.response import Template
 
-from portal.api_types import IntegrationView
+from portal.api_types import (
+    IntegrationView,
+)
 from portal.deliveries import EndpointState, endpoint_state
 from portal.guards import PortalDep, RowDep
 from portal.services import (
     Portal,
     PortalError,
+    endpoints,
     grant_of,
     granted_scope,
     now,
     public_view,
     requested_scope,
 )
+from portal.services.integrations import header_names, payload_filter_of
 from portal.tables import Integration
+from portal.validation import PAYLOAD_PARTS
 from portal.web import page
 
 
@@ -36,6 +41,11 @@ async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: 
                       admin: bool = False, status_code: int = 200, **extra: Any) -> Template:
     """The integration page (the owner's, or the administrator's with the decision form)."""
     state = await state_of(portal, row)
+    extra.setdefault("kept_until", await endpoints.kept_until(portal, row))
+    extra.setdefault("custom_headers", header_names(row, portal.box) if not admin else {})
+    extra.setdefault("payload_filter", payload_filter_of(row))
+    extra.setdefault("payload_parts", PAYLOAD_PARTS.get(row.protocol, ()))
+    extra.setdefault("max_rate_limit", portal.settings.max_rate_limit)
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
                 requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
                 secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",

@@ -227,7 +227,7 @@ async def test_request_approve_secret_rotate_suspend_revoke(app, admin, js, capl
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]{40,}", secret)
 
     first = await consumer.get(f"/integrations/{key}")
-    assert secret in first.text and "shown only once" in first.text
+    assert secret in first.text and "show the current secret again" in first.text
     second = await consumer.get(f"/integrations/{key}")
     assert secret not in second.text and "whsec_" not in second.text
     assert secret not in (await admin.get(f"/admin/integrations/{key}")).text

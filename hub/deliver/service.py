@@ -48,7 +48,7 @@ PUSH = ("webhook", "lrs", "caliper")
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason",
-              "disabled_at")
+              "disabled_at", "custom_headers", "payload_filter")
 
 
 def hot_swappable(old: Target, new: Target) -> bool:

@@ -11,7 +11,14 @@ from litestar.params import JSONBody
 from litestar.response import Redirect, Template
 
 from portal import courses, flash
-from portal.api_types import ERRORS, IntegrationDetail, IntegrationRequest, IntegrationView, RotatedSecret
+from portal.api_types import (
+    ERRORS,
+    IntegrationDetail,
+    IntegrationRequest,
+    IntegrationView,
+    RotatedSecret,
+    WebhookSecret,
+)
 from portal.deliveries import fmt
 from portal.guards import PortalDep, RowDep, SettingsDep, UserDep, api_signed_in, owner, signed_in, verified
 from portal.services import (
@@ -41,7 +48,8 @@ class IntegrationPages(Controller):
     async def create(self, request: Request, user: UserDep, settings: SettingsDep, portal: PortalDep
                      ) -> Template | Redirect:
         raw = await form_of(request)
-        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
+        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed(),
+                                       max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
@@ -77,6 +85,12 @@ class IntegrationPages(Controller):
         return await go(request, here, "New signing secret made; the previous one is still accepted "
                         f"until {fmt(until.timestamp())} or until you retire it.", secret=secret)
 
+    @post("/integrations/{key:str}/secret", guards=[owner])
+    async def reveal(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep) -> Redirect:
+        secret = await portal.reveal_secret(user, row)
+        return await go(request, f"/integrations/{row.key}", "Your current signing secret is shown below.",
+                        secret=secret)
+
     @post("/integrations/{key:str}/retire", guards=[owner])
     async def retire(self, request: Request, user: UserDep, portal: PortalDep, row: RowDep) -> Redirect:
         await portal.retire_old_secret(user, row)
@@ -109,12 +123,13 @@ class IntegrationApi(Controller):
     async def create(self, user: UserDep, settings: SettingsDep, portal: PortalDep,
                      data: JSONBody[IntegrationRequest]) -> IntegrationView:
         raw = msgspec.to_builtins(data)
-        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
+        spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed(),
+                                       max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
-        view = public_view(await portal.create_integration(user, spec))
+        view = public_view(await portal.create_integration(user, spec), box=portal.box, reveal=True)
         unknown = courses.unknown_courses(await courses.known_courses(portal), spec.scope.sites, spec.scope.courses)
         if unknown:
             view["warnings"] = {"courses": unknown_warning(unknown)}
@@ -122,7 +137,7 @@ class IntegrationApi(Controller):
 
     @get("/integrations/{key:str}", responses=ERRORS, guards=[owner])
     async def show(self, portal: PortalDep, row: RowDep) -> IntegrationDetail:
-        view = public_view(row)
+        view = public_view(row, box=portal.box, reveal=True)
         view["status_detail"] = await portal.status(row)
         secret = await portal.take_pending_secret(row)
         if secret:
@@ -134,6 +149,11 @@ class IntegrationApi(Controller):
         secret = await portal.rotate_secret(user, row)
         until = await endpoints.start_overlap(portal, row)
         return RotatedSecret(id=row.key, webhook_secret=secret, previous_secret_accepted_until=until.isoformat())
+
+    @post("/integrations/{key:str}/secret", responses=ERRORS, status_code=200, guards=[owner],
+          description="The current webhook signing secret, shown again to its owner (audited).")
+    async def reveal(self, user: UserDep, portal: PortalDep, row: RowDep) -> WebhookSecret:
+        return WebhookSecret(id=row.key, webhook_secret=await portal.reveal_secret(user, row))
 
     @post("/integrations/{key:str}/creds", responses=ERRORS, status_code=200, media_type="text/plain", guards=[owner],
           description="A new `.creds` file (text) for a direct subscription, shown once.")

@@ -37,6 +37,8 @@ def _params(raw: dict[str, Any]) -> dict[str, Any]:
         p["seqs"] = [s for s in split_list(p["seqs"]) if s.isdigit()]
     if p.get("scope_sites_present") and "sites" not in p:
         p["sites"] = []
+    if p.get("payload_filter_present") and "payload_filter" not in p:
+        p["payload_filter"] = []
     return p
 
 
@@ -158,6 +160,16 @@ class OpsApi(Controller):
         """A narrower scope applies at once; a wider one waits for an administrator."""
         return await perform(portal, user, row, "scope",
                              {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
+
+    @post("/pause", responses=ERRORS, status_code=200)
+    async def pause(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Stop delivery until ``/resume``; events are kept (``until``: when the oldest starts to expire)."""
+        return await perform(portal, user, row, "pause", {})
+
+    @post("/resume", responses=ERRORS, status_code=200)
+    async def resume(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Deliver again, starting with the events kept while paused (in order per course)."""
+        return await perform(portal, user, row, "resume", {})
 
     @post("/retry-now", responses=ERRORS, status_code=200)
     async def retry_now(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:

@@ -45,7 +45,8 @@ class Endpoint:
 
     async def send(self, items: list[Item]) -> Result:
         url, headers, body = build(self.target, self.protocol, [i.msg.data for i in items],
-                                   [i.id for i in items], self.ctx.settings.caliper_sensor, self.batch)
+                                   [i.id for i in items], self.ctx.settings.caliper_sensor, self.batch,
+                                   (items[0].msg.headers or {}).get("traceparent"))
         await self.bucket.take()
         async with self.limit:
             return await self.sender.post(url, headers, body)
