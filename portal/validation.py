@@ -290,13 +290,13 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     reason = clean_text(raw.get("reason"), "reason", max_text, errors, multiline=True)
     protocol = str(raw.get("protocol") or "")
     if protocol not in PROTOCOLS:
-        errors["protocol"] = "Choose xapi or caliper."
+        errors["protocol"] = "Choose xapi, caliper or cloudevents."
     delivery = str(raw.get("delivery") or "")
     if delivery not in DELIVERIES:
         errors["delivery"] = "Choose webhook, lrs, caliper or direct."
-    elif delivery == "lrs" and protocol == "caliper":
+    elif delivery == "lrs" and protocol != "xapi":
         errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
-    elif delivery == "caliper" and protocol == "xapi":
+    elif delivery == "caliper" and protocol != "caliper":
         errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
     url = check_url(raw.get("url"), errors, allowed=allowed) if delivery in ("webhook", "lrs", "caliper") else None
     auth_kind, auth_value = "none", None

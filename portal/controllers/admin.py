@@ -14,7 +14,6 @@ from litestar.response import Redirect, Template
 
 from portal import flash
 from portal.api_types import ERRORS, AuditView, Decision, IntegrationView
-from portal.controllers.integrations import detail_page, view_of
 from portal.guards import (
     PortalDep,
     RowDep,
@@ -28,6 +27,7 @@ from portal.services import PortalError
 from portal.settings import PortalSettings
 from portal.tables import Integration
 from portal.validation import Scope, check_scope, clean_text
+from portal.views import detail_page, view_of
 from portal.web import form_of, go, page
 
 STATUSES = ("pending", "approved", "denied", "suspended", "revoked")

@@ -15,7 +15,6 @@ from litestar.response import Redirect, Template
 from hub.deliver import actions
 from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
-from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
     AttemptPage,
@@ -28,6 +27,7 @@ from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_ad
 from portal.services import PortalError, endpoints
 from portal.services.operations import PUSH, perform
 from portal.validation import split_list
+from portal.views import state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 
