@@ -108,12 +108,14 @@ async def create(js, n: int, url: str) -> list[tuple[str, str]]:
     out = [(f"t{i}", f"tenant{i}") for i in range(n)]
 
     async def one(gid: str, site: str) -> None:
-        await kv.put(gid, msgspec.json.encode(Target(id=gid, kind="webhook", url=f"{url}/{gid}",
-                                                     secrets=[new_secret()])))
+        await kv.put(
+            gid,
+            msgspec.json.encode(Target(id=gid, kind="webhook", url=f"{url}/{gid}", secrets=[new_secret()])),
+        )
         await put_grant(js, Grant(id=gid, consumer=gid, protocol="xapi", sites=[site], delivery="webhook"))
 
     for i in range(0, n, 200):
-        await asyncio.gather(*(one(g, s) for g, s in out[i:i + 200]))
+        await asyncio.gather(*(one(g, s) for g, s in out[i : i + 200]))
     return out
 
 
@@ -130,11 +132,16 @@ async def measure(n: int, args) -> dict[str, float]:
             tenants = await create(js, n, f"http://127.0.0.1:{receiver.port}/hook")
             metrics_port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
-            env.update(RTHUB_NATS_URL=server.url, RTHUB_DATA_DIR=str(Path(tmp) / "data"),
-                       RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT=str(metrics_port))
+            env.update(
+                RTHUB_NATS_URL=server.url,
+                RTHUB_DATA_DIR=str(Path(tmp) / "data"),
+                RTHUB_ALLOWED_NETWORKS="127.0.0.1/32",
+                RTHUB_METRICS_PORT=str(metrics_port),
+            )
             began = time.monotonic()
-            proc = subprocess.Popen([sys.executable, "-m", "hub.cli", "--log-level", "WARNING", "deliver"],
-                                    env=env, cwd=ROOT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hub.cli", "--log-level", "WARNING", "deliver"], env=env, cwd=ROOT
+            )
             ready = float("nan")
             while time.monotonic() - began < args.ready_timeout and proc.poll() is None:
                 if (await gauge(metrics_port, "integrations_delivering") or 0) >= n:
@@ -143,10 +150,18 @@ async def measure(n: int, args) -> dict[str, float]:
                 await asyncio.sleep(0.5)
             result = {"tenants": n, "ready_s": ready}
             if ready != ready:  # not ready: nothing more is measurable
-                print(f"tenants={n}: the deliverer did not run every integration within {args.ready_timeout:.0f} s "
-                      f"(delivering={await gauge(metrics_port, 'integrations_delivering')})", flush=True)
-                return result | {"idle_cpu_percent": float("nan"), "first_delivery_p50_ms": float("nan"),
-                                 "first_delivery_p99_ms": float("nan"), "delivered": 0, "posts": 0}
+                print(
+                    f"tenants={n}: the deliverer did not run every integration within {args.ready_timeout:.0f} s "
+                    f"(delivering={await gauge(metrics_port, 'integrations_delivering')})",
+                    flush=True,
+                )
+                return result | {
+                    "idle_cpu_percent": float("nan"),
+                    "first_delivery_p50_ms": float("nan"),
+                    "first_delivery_p99_ms": float("nan"),
+                    "delivered": 0,
+                    "posts": 0,
+                }
             await asyncio.sleep(args.settle)  # start-up work (consumer creation, first pulls) is over
             cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
             await asyncio.sleep(args.idle_seconds)
@@ -158,25 +173,39 @@ async def measure(n: int, args) -> dict[str, float]:
                 if (delay := start + i / args.rate - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 sid = str(uuid.uuid4())
-                body = msgspec.json.encode({
-                    "id": sid, "timestamp": "2024-05-01T10:00:00Z",
-                    "actor": {"objectType": "Agent", "account": {"homePage": "http://lms", "name": "u1"}},
-                    "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced"},
-                    "object": {"objectType": "Activity", "id": f"http://lms/{gid}"}})
+                body = msgspec.json.encode(
+                    {
+                        "id": sid,
+                        "timestamp": "2024-05-01T10:00:00Z",
+                        "actor": {"objectType": "Agent", "account": {"homePage": "http://lms", "name": "u1"}},
+                        "verb": {"id": "http://adlnet.gov/expapi/verbs/experienced"},
+                        "object": {"objectType": "Activity", "id": f"http://lms/{gid}"},
+                    }
+                )
                 sent[sid] = time.time()
-                pending.append(await js.publish_async(
-                    subject("xapi", site, "Org", "course-v1:Org+C+run", "play_video"), body,
-                    headers={"Nats-Msg-Id": sid}))
+                pending.append(
+                    await js.publish_async(
+                        subject("xapi", site, "Org", "course-v1:Org+C+run", "play_video"),
+                        body,
+                        headers={"Nats-Msg-Id": sid},
+                    )
+                )
             await asyncio.gather(*pending)
             deadline = time.monotonic() + args.deliver_timeout
             while time.monotonic() < deadline and not all(s in receiver.arrived for s in sent):
                 await asyncio.sleep(0.1)
             lat = [(receiver.arrived[s] - t) * 1000 for s, t in sent.items() if s in receiver.arrived]
-            lat += [args.deliver_timeout * 1000] * (len(sent) - len(lat))  # never arrived: counted at the timeout
+            lat += [args.deliver_timeout * 1000] * (
+                len(sent) - len(lat)
+            )  # never arrived: counted at the timeout
             await nc.close()
-            return result | {"idle_cpu_percent": idle, "first_delivery_p50_ms": percentile(lat, 0.5),
-                             "first_delivery_p99_ms": percentile(lat, 0.99),
-                             "delivered": sum(s in receiver.arrived for s in sent), "posts": receiver.posts}
+            return result | {
+                "idle_cpu_percent": idle,
+                "first_delivery_p50_ms": percentile(lat, 0.5),
+                "first_delivery_p99_ms": percentile(lat, 0.99),
+                "delivered": sum(s in receiver.arrived for s in sent),
+                "posts": receiver.posts,
+            }
         finally:
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
@@ -192,8 +221,15 @@ async def run(args) -> None:
     for n in (int(x) for x in args.tenants.split(",")):
         r = await measure(n, args)
         results.append(r)
-        for key in ("tenants", "ready_s", "idle_cpu_percent", "first_delivery_p50_ms", "first_delivery_p99_ms",
-                    "delivered", "posts"):
+        for key in (
+            "tenants",
+            "ready_s",
+            "idle_cpu_percent",
+            "first_delivery_p50_ms",
+            "first_delivery_p99_ms",
+            "delivered",
+            "posts",
+        ):
             value = r[key]
             print(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}", flush=True)
     base = results[0]
@@ -206,11 +242,19 @@ async def run(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", default="100,1000,5000", help="numbers of integrations, comma-separated")
-    parser.add_argument("--rate", type=float, default=200.0, help="statements per second (one per integration)")
+    parser.add_argument(
+        "--rate", type=float, default=200.0, help="statements per second (one per integration)"
+    )
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="window of the idle CPU measure")
-    parser.add_argument("--settle", type=float, default=5.0, help="seconds between ready and the idle measure")
-    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for every integration")
-    parser.add_argument("--deliver-timeout", type=float, default=60.0, help="seconds to wait for the deliveries")
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="seconds between ready and the idle measure"
+    )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=600.0, help="seconds to wait for every integration"
+    )
+    parser.add_argument(
+        "--deliver-timeout", type=float, default=60.0, help="seconds to wait for the deliveries"
+    )
     asyncio.run(run(parser.parse_args()))
 
 
