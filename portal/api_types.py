@@ -139,8 +139,10 @@ class WebhookSecret(msgspec.Struct, kw_only=True):
     webhook_secret: str
 
 
-class Health(msgspec.Struct, kw_only=True):
-    status: str
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str  # "ok" or "degraded"
+    down: list[str] = []  # what is unreachable while degraded ("nats")
+    detail: str | None = None
 
 
 class Me(msgspec.Struct, kw_only=True):

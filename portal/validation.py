@@ -286,7 +286,7 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     reason = clean_text(raw.get("reason"), "reason", max_text, errors, multiline=True)
     protocol = str(raw.get("protocol") or "")
     if protocol not in PROTOCOLS:
-        errors["protocol"] = "Choose xapi or caliper."
+        errors["protocol"] = "Choose xapi, caliper or cloudevents."
     delivery = str(raw.get("delivery") or "")
     if delivery not in DELIVERIES:
         errors["delivery"] = f"Choose {', '.join(DELIVERIES[:-1])} or {DELIVERIES[-1]}."
