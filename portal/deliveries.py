@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state.records import Attempt
@@ -80,7 +81,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
     if status == "suspended":
         return EndpointState(state="suspended", headline="Suspended by an administrator.", since=when,
                              reason=decision_reason or None, **base)
-    if delivery == "direct":
+    if not is_push(delivery):
         return EndpointState(state="direct", headline="Approved: your client pulls the events with its .creds.",
                              **base)
     recent = stats.get("recent") or []

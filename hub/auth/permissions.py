@@ -9,6 +9,7 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inb
 from __future__ import annotations
 
 from hub.core.grants import Grant, consumer_name
+from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
@@ -31,6 +32,7 @@ from hub.core.subjects import (
 )
 
 API = "$JS.API"
+PROTOCOL_PREFIXES = tuple(p.prefix for p in PROTOCOLS.values())
 SERVICES = ("publisher", "hub", "deliverer", "portal", "event-bus", "admin")
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM, OPENEDX_STREAM,
                OPENEDX_DLQ_STREAM,
@@ -113,11 +115,15 @@ def service_permissions(service: str, hub_consumer: str = "hub",
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).
+        # Open edX Events (hub/route/openedx.py): its own durable on OPENEDX_EVENTS (RTHUB_OPENEDX_CONSUMER,
+        # default hub_openedx), the same max-deliveries guard.
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
-               f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               f"{API}.STREAM.MSG.GET.{RAW_STREAM}", *durable(OPENEDX_STREAM, "hub_openedx"),
+               f"{API}.STREAM.MSG.GET.{OPENEDX_STREAM}",
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
                *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
+        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}",
+               f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{OPENEDX_STREAM}.hub_openedx"]
         return _dedup(pub), sub
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
