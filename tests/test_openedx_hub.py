@@ -195,6 +195,12 @@ async def test_enrollment_from_django_reaches_granted_webhooks_only(tmp_path):
         async with deliverer(nc, server.url) as d:
             for protocol in secrets:
                 await delivering(d, f"oe-{protocol}")
+            direct = []  # a direct subscriber of the cloudevents grant (plain nats-py, as in the README)
+
+            async def got(msg) -> None:
+                direct.append(msg)
+
+            sub = await nc.subscribe(f"cloudevents.*.edX.{COURSE}.>", cb=got)
             events.enrollment_created("outsider", OTHER, user_id=41)  # a course no grant covers
             events.enrollment_created("edx", COURSE, user_id=3)
             await wait_for(lambda: len(rx.requests) >= 2, 30, "an xAPI and a CloudEvents webhook")
@@ -220,6 +226,9 @@ async def test_enrollment_from_django_reaches_granted_webhooks_only(tmp_path):
                 stream = {"xapi": "XAPI", "cloudevents": "CLOUDEVENTS"}[protocol]
                 assert (await js.stream_info(stream)).state.messages == 1
             assert len(rx.requests) == 2
+            await wait_for(lambda: direct, 10, "the direct subscriber's CloudEvent")
+            assert [json.loads(m.data)["id"] for m in direct] == [ce["id"]]
+            await sub.unsubscribe()
             assert TOPIC in bus.full_topic
     finally:
         stop.set()
