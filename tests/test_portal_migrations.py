@@ -51,6 +51,7 @@ class OldIntegration(Table, tablename="portal_integration"):
     grant_event_types = Text()
 
 
+OLD_SCOPE_FIELDS = ("sites", "orgs", "courses", "event_types")  # the columns before the JSON scope
 COURSE = "course-v1:edX+DemoX+Demo_Course"
 ROWS = {  # key: (status, requested, granted) as the old columns held them
     "pending1": ("pending", Scope(sites=["lms.example.org"], orgs=["edX"]), Scope()),
@@ -72,8 +73,8 @@ async def _old_database(settings: PortalSettings):
                                        is_admin=False, email_verified=True))
     owner = (await OldAccount.select(OldAccount.id).first())["id"]
     for key, (status, requested, granted) in ROWS.items():
-        values = {f"req_{f}": _text(getattr(requested, f)) for f in Scope.__struct_fields__}
-        values |= {f"grant_{f}": _text(getattr(granted, f)) for f in Scope.__struct_fields__}
+        values = {f"req_{f}": _text(getattr(requested, f)) for f in OLD_SCOPE_FIELDS}
+        values |= {f"grant_{f}": _text(getattr(granted, f)) for f in OLD_SCOPE_FIELDS}
         await OldIntegration.insert(OldIntegration(key=key, owner=owner, name=key, protocol="xapi", delivery="webhook",
                                                    status=status, scope_change=key == "widened1", **values))
     # What an old row may hold too: an empty text where a list was expected.
