@@ -6,7 +6,7 @@ import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, UnsetType
 
-from hub.deliver.store import Attempt
+from hub.deliver.state.records import Attempt
 from portal.validation import Scope
 
 
@@ -39,6 +39,9 @@ class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     bearer: str | None = None
     batch_size: int | str | None = None  # statements per POST, 1..500 (push deliveries; default 1)
     batch_wait_ms: int | str | None = None  # longest wait to fill a batch, 10..5000 ms (default 200)
+    rate_limit: float | str | None = None  # POSTs per second, 0 (no limit) .. RTHUB_MAX_RATE_LIMIT
+    custom_headers: dict[str, str] | list[dict[str, str]] | str | None = None  # reserved names refused
+    payload_filter: list[str] | str | None = None  # top-level parts to drop, e.g. ["context", "result"]
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
@@ -112,7 +115,7 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Delivery figures of an approved or suspended integration (``hub.deliver.status``); a field the hub
+    """Delivery figures of an approved or suspended integration (``hub.deliver.state.integration_status``); a field the hub
     did not report is left out. Times are epoch seconds."""
 
     integration: str | UnsetType = UNSET
@@ -151,6 +154,10 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     auth: str
     batch_size: int = 1
     batch_wait_ms: int = 200
+    rate_limit: float = 0.0
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []
+    paused_since: str | None = None
     status: str
     reason: str
     decision_reason: str
@@ -173,15 +180,24 @@ class RotatedSecret(msgspec.Struct, kw_only=True):
 
 
 class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
-    """One integration with its delivery figures (``hub.deliver.status``: delivered, lag, last error, dead
+    """One integration with its delivery figures (``hub.deliver.state.integration_status``: delivered, lag, last error, dead
     letters, ``behind_since`` when it cannot keep up) and, once, the webhook secret made at approval."""
 
     status_detail: StatusDetail = msgspec.field(default_factory=StatusDetail)
     webhook_secret: str | None = None
 
 
-class Health(msgspec.Struct, kw_only=True):
-    status: str
+class WebhookSecret(msgspec.Struct, kw_only=True):
+    """The current webhook signing secret, shown again to its owner (``POST .../secret``; audited)."""
+
+    id: str
+    webhook_secret: str
+
+
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str  # "ok" or "degraded"
+    down: list[str] = []  # what is unreachable while degraded ("nats")
+    detail: str | None = None
 
 
 class Me(msgspec.Struct, kw_only=True):

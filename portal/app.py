@@ -14,6 +14,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -29,6 +30,7 @@ from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
+from portal.outage import nats_gate
 from portal.services import Portal, PortalError, endpoints
 from portal.settings import PortalSettings
 from portal.web import HERE, LoginNeeded, known_session, load_flash, with_box
@@ -73,9 +75,10 @@ def create_app(settings: PortalSettings) -> Litestar:
             log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
         app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
         app.state.sweeper = asyncio.create_task(endpoints.overlap_loop(portal))
+        app.state.nats_keeper = asyncio.create_task(portal.keep_connected())
 
     async def shutdown(app: Litestar) -> None:
-        for task in ("migration", "sweeper"):
+        for task in ("migration", "sweeper", "nats_keeper"):
             if app.state.get(task):
                 app.state[task].cancel()
         await portal.close()
@@ -119,8 +122,12 @@ def create_app(settings: PortalSettings) -> Litestar:
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),
         csrf_config=CSRFConfig(secret=settings.resolved_secret(), cookie_secure=settings.cookie_secure,
                                exclude=["^/api/", "^/health$", "^/schema"]),
-        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure)],
+        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure), nats_gate],
         openapi_config=OpenAPIConfig(title="rthub portal", version="1.0.0", path="/schema"),
         exception_handlers={PortalError: error_page, HTTPException: error_page, NotFoundException: error_page},
+        # Litestar's default config replaces the root logger's handler with its own plain-text format: the
+        # portal logs through the process's logging set up by ``rthub`` (JSON with RTHUB_LOG_JSON/--log-json).
+        logging_config=LoggingConfig(configure_root_logger=False,
+                                     loggers={"litestar": {"level": "INFO", "propagate": True, "handlers": []}}),
     )
 

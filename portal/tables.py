@@ -3,7 +3,7 @@ SQLite (default, a file in the data directory) and PostgreSQL (``DATABASE_URL``)
 
 from __future__ import annotations
 
-from piccolo.columns import JSON, Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSON, Boolean, ForeignKey, Integer, Real, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -75,6 +75,10 @@ class Integration(Table, tablename="portal_integration"):
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
     disabled_notified = Text(default="")
+    rate_limit = Real(default=0.0)  # POSTs per second the deliverer sends at most (0 = no limit)
+    custom_headers = Text(default="")  # sealed JSON object {name: value}, added to every request
+    payload_filter = Text(default="[]")  # JSON list of top-level parts dropped before signing
+    paused_at = Timestamptz(null=True, default=None)  # paused by its owner since then (events are kept)
 
 
 class IssuedCredential(Table, tablename="portal_issued_cred"):

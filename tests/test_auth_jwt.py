@@ -13,10 +13,10 @@ from hub.auth.permissions import (
     SERVICES,
     consumer_inbox,
     consumer_permissions,
-    inbox_prefix_of,
     service_inbox,
     service_permissions,
 )
+from hub.core.creds import creds_jwt, inbox_prefix_of
 from hub.core.grants import Grant, consumer_name
 
 
@@ -60,7 +60,7 @@ def test_user_claims_and_creds_text():
     none = jwt.decode(jwt.encode(jwt.user_claims("n", jwt.public_key(user), [], []), acc))["nats"]
     assert none["pub"] == {"deny": [">"]} and none["sub"] == {"deny": [">"]}
     text = jwt.creds(token, user)
-    assert jwt.creds_jwt(text) == token and user.decode() in text
+    assert creds_jwt(text) == token and user.decode() in text
 
 
 def _grant(**kw) -> Grant:
@@ -102,9 +102,10 @@ def test_service_permission_tables_are_least_privilege():
     assert "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub" in pub and "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.*" not in pub
     # to move a message never acked to quarantine: its own consumer's advisory and single gets on the raw
     # stream, nothing more (no protocol stream's gets, no direct gets on the raw stream, no other advisory)
-    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub"]
+    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub",
+                   "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OPENEDX_EVENTS.hub_openedx"]
     gets = [p for p in pub if "GET" in p and not any(f".KV_rthub_{b}" in p for b in ("grants", "courses", "groups", "learners"))]
-    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW"]
+    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW", "$JS.API.STREAM.MSG.GET.OPENEDX_EVENTS"]
     assert service_permissions("hub", hub_consumer="hub2")[1][1].endswith("MAX_DELIVERIES.LMS_RAW.hub2")
     # reads grants, never writes them; writes only the learner group buckets (membership events from the LMS)
     assert {p for p in pub if p.startswith("$KV.")} == {"$KV.rthub_groups.>", "$KV.rthub_learners.>"}

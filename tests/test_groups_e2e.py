@@ -17,13 +17,14 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
-from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.auth import AuthStore, ensure_consumer
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import Grant, Target, consumer_name, put_grant
 from hub.core.groups import Group, change_members, put_group
 from hub.core.settings import HubSettings
-from hub.core.streams import TARGETS_BUCKET, ensure_streams
-from hub.core.subjects import subject
-from hub.deliver.signing import new_secret
+from hub.core.streams import ensure_streams
+from hub.core.subjects import TARGETS_BUCKET, subject
+from hub.deliver.transport.signing import new_secret
 from hub.route.service import serve
 from hub.translate import ExternalIds
 from tests.deliver_kit import deliverer, delivering

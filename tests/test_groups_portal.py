@@ -6,7 +6,7 @@ administrator names it (audited, in the approval mail, on the integration page).
 from __future__ import annotations
 
 from hub.core.grants import decode_grant
-from hub.core.streams import GRANTS_BUCKET
+from hub.core.subjects import GRANTS_BUCKET
 from tests.helpers import unique
 from tests.mailbox import body
 from tests.test_portal_api import (  # noqa: F401 - fixtures

@@ -1,34 +1,41 @@
 """Who may publish and subscribe to what: least-privilege allow lists for every service and consumer.
 
-Pure functions over the names in :mod:`hub.core.streams` and :mod:`hub.core.grants`, so the tables are tested without a
+Pure functions over the names in :mod:`hub.core.subjects` and :mod:`hub.core.grants`, so the tables are tested without a
 server. Every user gets a private inbox prefix instead of ``_INBOX.>``: replies (JetStream acks, KV values,
 including webhook secrets read by the deliverer) would otherwise be readable by any other user of the account.
-Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` reads it back from a JWT).
+Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inbox_prefix_of` reads it back from a JWT).
 """
 
 from __future__ import annotations
 
 from hub.core.grants import Grant, consumer_name
-from hub.core.groups import GROUPS_BUCKET, LEARNERS_BUCKET
-from hub.core.streams import (
+from hub.core.protocols import PROTOCOLS
+from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
+    DELIVERY_LOG_STREAM,
+    DELIVERY_STATE_BUCKET,
     GRANTS_BUCKET,
+    GROUPS_BUCKET,
+    LEARNERS_BUCKET,
+    OPENEDX_DLQ_PREFIX,
+    OPENEDX_DLQ_STREAM,
+    OPENEDX_PREFIX,
+    OPENEDX_STREAM,
+    PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
     RAW_STREAM,
+    REDRIVE_STREAM,
     TARGETS_BUCKET,
+    encode_token,
 )
-from hub.core.subjects import encode_token
 
 API = "$JS.API"
-SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-# The deliverer's own streams and state bucket (hub/deliver/store.py; names repeated so auth never imports it).
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"
-REDRIVE_STREAM = "REDRIVE"
-PARTS_STREAM = "DELIVERY_PARTS"  # course partitions of the protocol streams (hub/deliver/partitions.py)
-DELIVERY_STATE_BUCKET = "rthub_delivery"
-HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
+PROTOCOL_PREFIXES = tuple(p.prefix for p in PROTOCOLS.values())
+SERVICES = ("publisher", "hub", "deliverer", "portal", "event-bus", "admin")
+HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM, OPENEDX_STREAM,
+               OPENEDX_DLQ_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
 
@@ -39,14 +46,6 @@ def service_inbox(service: str) -> str:
 def consumer_inbox(grant_id: str) -> str:
     """A consumer's private inbox; ``_INBOX_c_`` never collides with a service's ``_INBOX_svc_``."""
     return f"_INBOX_c_{grant_id}"
-
-
-def inbox_prefix_of(sub_allow: list[str]) -> str | None:
-    """The private inbox prefix granted by a user's subscribe allow list (``_INBOX_x.>`` -> ``_INBOX_x``)."""
-    for subj in sub_allow:
-        if subj.startswith("_INBOX_") and subj.endswith(".>"):
-            return subj[:-2]
-    return None
 
 
 def durable(stream: str, consumer: str) -> list[str]:
@@ -106,16 +105,27 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # Runs inside the LMS, the least trusted place: it may only add raw events of its own site, and read
         # nothing (not even stream info). The hub declares the streams.
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
+    if service == "event-bus":
+        # The Open edX event bus (lms_publisher.event_bus) in the LMS and its consuming services: publish Open edX
+        # Events, run consumer groups on them (any durable: groups are configuration of the services; offset_time
+        # deletes and re-creates a group's), keep and work the dead letters. Nothing of the hub's own streams.
+        pub = [*info, f"{OPENEDX_PREFIX}.>", *stream_reader(OPENEDX_STREAM), f"{OPENEDX_DLQ_PREFIX}.>",
+               *stream_reader(OPENEDX_DLQ_STREAM), f"{API}.STREAM.MSG.DELETE.{OPENEDX_DLQ_STREAM}"]
+        return _dedup(pub), inbox
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).
+        # Open edX Events (hub/route/openedx.py): its own durable on OPENEDX_EVENTS (RTHUB_OPENEDX_CONSUMER,
+        # default hub_openedx), the same max-deliveries guard.
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
-               f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               f"{API}.STREAM.MSG.GET.{RAW_STREAM}", *durable(OPENEDX_STREAM, "hub_openedx"),
+               f"{API}.STREAM.MSG.GET.{OPENEDX_STREAM}",
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
                # learner groups: membership events from the LMS are applied by the hub; identity copies of
                # direct grants go out on ident.<grant>.> (core NATS)
                *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), "ident.>"]
-        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
+        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}",
+               f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{OPENEDX_STREAM}.hub_openedx"]
         return _dedup(pub), sub
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
@@ -133,7 +143,7 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
                *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
                *stream_reader(DELIVERY_LOG_STREAM), f"{API}.CONSUMER.LIST.{PARTS_STREAM}",  # partitioned lag
-               # The consumer's delivery operations (hub/deliver/ops.py): resend gets one statement by sequence
+               # The consumer's delivery operations (hub/deliver/actions.py): resend gets one statement by sequence
                # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
                # letter; replay / retry-now / re-enable write their key in the delivery state bucket.
                *(f"{API}.STREAM.MSG.GET.{s}" for s in protocol_streams), "redrive.>",

@@ -25,8 +25,7 @@ from nats.js.errors import NoKeysError
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
-from hub.core.streams import GRANTS_BUCKET
-from hub.core.subjects import encode_token
+from hub.core.subjects import GRANTS_BUCKET, encode_token
 
 log = logging.getLogger("rthub.grants")
 
@@ -215,6 +214,12 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``kind``: ``webhook`` (Standard Webhooks signed POST), ``lrs`` (xAPI ``<url>/statements``) or ``caliper``
     (Caliper 1.2 envelope, bearer token). ``secrets`` are ``whsec_...`` signing secrets, newest first (two
     during rotation). ``basic_auth`` is ``user:pass``; ``bearer`` a token.
+
+    Set by the consumer in the portal: ``rate_limit_per_s`` (POSTs per second, 0 = unlimited, within the
+    administrator's maximum), ``custom_headers`` (added to every request; reserved names are refused by the
+    portal and never override the hub's own), ``payload_filter`` (top-level parts of each statement or event
+    dropped before signing, e.g. ``context``). A pause by the owner is ``enabled=False`` with
+    :data:`PAUSED_REASON`: the durable consumer keeps the events until ``enabled`` again.
     """
 
     id: str
@@ -232,3 +237,8 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     enabled: bool = True
     disabled_reason: str | None = None
     disabled_at: float | None = None  # when the deliverer switched it off (the portal's "disabled since")
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []
+
+
+PAUSED_REASON = "paused by its owner"

@@ -36,7 +36,6 @@ from hub.core.grants import GrantWatcher
 from hub.core.groups import (
     CONTROL_PREFIX,
     IDENT_PREFIX,
-    LEARNERS_BUCKET,
     Membership,
     apply_control,
     decode_learner,
@@ -52,8 +51,16 @@ from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.core.settings import HubSettings, from_env
-from hub.core.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
-from hub.core.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import (
+    COURSES_BUCKET,
+    LEARNERS_BUCKET,
+    QUARANTINE_PREFIX,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    parse_subject,
+    subject,
+)
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
 from hub.translate.base import course_from_kv_key, user_of
 
@@ -99,8 +106,11 @@ async def watch_course_names(js, names: CourseNames) -> KVMirror:
 
 
 class Hub:
+    stream = RAW_STREAM  # the input stream; the Open edX Events route (hub.route.openedx) reads OPENEDX_EVENTS
+
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
         self.s = settings
+        self.consumer = settings.hub_consumer  # the input's durable consumer, shared by every hub process
         self.metrics = metrics or Metrics("hub")
         self.nc = None
         self.js = None
@@ -139,19 +149,22 @@ class Hub:
                                         key=parse_learner_key).start()
         self._control_task = asyncio.create_task(self._apply_controls())
         # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
-        self._advisories = await self.nc.subscribe(max_deliveries_advisory(RAW_STREAM, self.s.hub_consumer),
+        self._advisories = await self.nc.subscribe(max_deliveries_advisory(self.stream, self.consumer),
                                                    queue="rthub-hub", cb=self._on_max_deliveries)
         await self._ensure_consumer()
         return self
 
-    async def _ensure_consumer(self) -> None:
-        config = ConsumerConfig(
-            durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+    def _consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.s.hub_ack_wait_s, max_ack_pending=max(4 * self.s.batch_size, 2000),
             max_deliver=self.s.hub_max_deliver,
         )
+
+    async def _ensure_consumer(self) -> None:
+        config = self._consumer_config()
         try:
-            await self.js.add_consumer(RAW_STREAM, config)  # an existing one is updated (editable fields)
+            await self.js.add_consumer(self.stream, config)  # an existing one is updated (editable fields)
         except nats.js.errors.BadRequestError as exc:  # changed settings: keep the existing consumer
             log.warning("hub consumer exists with other settings, using it as is: %s", exc)
 
@@ -162,7 +175,7 @@ class Hub:
         self._stop = stop
         while not stop.is_set():
             self.pull = pull = await PullStream(
-                self.nc, RAW_STREAM, s.hub_consumer, batch=2 * s.batch_size, threshold=s.batch_size,
+                self.nc, self.stream, self.consumer, batch=2 * s.batch_size, threshold=s.batch_size,
                 max_batch=s.batch_size, expires=s.hub_pull_expires_s, room=self._room).start()
             stopper = asyncio.create_task(stop.wait())
             stopper.add_done_callback(lambda _, p=pull: p.stop())
@@ -172,7 +185,7 @@ class Hub:
                 await self.settled()
                 return  # stopped, or the connection closed
             except ConsumerGone:
-                log.error("the hub consumer %s was deleted; creating it again", s.hub_consumer)
+                log.error("the hub consumer %s was deleted; creating it again", self.consumer)
                 await self._ensure_consumer()
             finally:
                 stopper.cancel()
@@ -469,7 +482,7 @@ class Hub:
         try:
             info = msgspec.json.decode(advisory.data)
             seq = int(info["stream_seq"])
-            raw = await self.js.get_msg(RAW_STREAM, seq)
+            raw = await self.js.get_msg(self.stream, seq)
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
                       "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
@@ -530,11 +543,18 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
     port = await hub.metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     log.info("hub running", extra={"fields": {"nats": settings.nats_url, "metrics_port": port,
                                               "sites": sorted(settings.sites)}})
+    hub.openedx = None
+    if settings.openedx_topics:  # Open edX Events from the event bus: a second input, its own durable consumer
+        from hub.route.openedx import OpenedxHub
+
+        hub.openedx = await OpenedxHub(settings, hub.metrics).start()
     if ready:
         ready(hub)
     try:
-        await hub.run(stop)
+        await asyncio.gather(hub.run(stop), *([hub.openedx.run(stop)] if hub.openedx else []))
     finally:
+        if hub.openedx is not None:
+            await hub.openedx.close()
         lag.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -26,7 +26,6 @@ from portal.api_types import (
     Retired,
     Retirement,
 )
-from portal.controllers.integrations import detail_page, view_of
 from portal.guards import (
     PortalDep,
     RowDep,
@@ -40,6 +39,7 @@ from portal.services import PortalError
 from portal.settings import PortalSettings
 from portal.tables import Integration
 from portal.validation import Scope, check_scope, clean_text
+from portal.views import detail_page, view_of
 from portal.web import form_of, go, page
 
 STATUSES = ("pending", "approved", "denied", "suspended", "revoked")

@@ -12,10 +12,9 @@ from litestar.controller import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
-from hub.deliver import ops
+from hub.deliver import actions
 from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
-from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
     AttemptPage,
@@ -28,6 +27,7 @@ from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_ad
 from portal.services import PortalError, endpoints
 from portal.services.operations import PUSH, perform
 from portal.validation import split_list
+from portal.views import state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 
@@ -37,6 +37,8 @@ def _params(raw: dict[str, Any]) -> dict[str, Any]:
         p["seqs"] = [s for s in split_list(p["seqs"]) if s.isdigit()]
     if p.get("scope_sites_present") and "sites" not in p:
         p["sites"] = []
+    if p.get("payload_filter_present") and "payload_filter" not in p:
+        p["payload_filter"] = []
     return p
 
 
@@ -80,7 +82,7 @@ class OpsPages(Controller):
             js = await portal.js()
             attempts = await read_attempts(js, key, f)
             if row.delivery in PUSH:
-                dead = await ops.list_dead_letters(js, key, limit=200)
+                dead = await actions.list_dead_letters(js, key, limit=200)
             chart = await charts.integration_charts(js, key)
         state = await state_of(portal, row)
         keep = {k: q.get(k) for k in ("outcome", "status", "since", "until", "limit") if q.get(k)}
@@ -140,7 +142,7 @@ class OpsApi(Controller):
             return []
         return [DeadLetterView(seq=d.seq, statement_id=d.statement_id, reason=d.reason, last_status=d.last_status,
                                response=d.response, failed_at=d.failed_at)
-                for d in await ops.list_dead_letters(await portal.js(), row.key, limit=1000)]
+                for d in await actions.list_dead_letters(await portal.js(), row.key, limit=1000)]
 
     @post("/reenable", responses=ERRORS, status_code=200)
     async def reenable(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
@@ -158,6 +160,16 @@ class OpsApi(Controller):
         """A narrower scope applies at once; a wider one waits for an administrator."""
         return await perform(portal, user, row, "scope",
                              {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
+
+    @post("/pause", responses=ERRORS, status_code=200)
+    async def pause(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Stop delivery until ``/resume``; events are kept (``until``: when the oldest starts to expire)."""
+        return await perform(portal, user, row, "pause", {})
+
+    @post("/resume", responses=ERRORS, status_code=200)
+    async def resume(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Deliver again, starting with the events kept while paused (in order per course)."""
+        return await perform(portal, user, row, "resume", {})
 
     @post("/retry-now", responses=ERRORS, status_code=200)
     async def retry_now(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:

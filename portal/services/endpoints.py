@@ -9,19 +9,30 @@ import contextlib
 import datetime as dt
 import inspect
 import ipaddress
+import json
 import logging
 from typing import Any
 
 import msgspec
 
-from hub.deliver import ssrf
+from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
-from portal.services.integrations import _scope_text, scope_json
+from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
 from portal.tables import Account, Integration
-from portal.validation import Scope, check_batch, check_narrowing, check_scope, check_url, clean_text
+from portal.validation import (
+    Scope,
+    check_batch,
+    check_custom_headers,
+    check_narrowing,
+    check_payload_filter,
+    check_rate_limit,
+    check_scope,
+    check_url,
+    clean_text,
+)
 
 log = logging.getLogger("rthub.portal.endpoints")
-STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
+DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +44,9 @@ class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remove_credentials: bool = False
     batch_size: int | str | None = None
     batch_wait_ms: int | str | None = None
+    rate_limit: float | str | None = None
+    custom_headers: dict[str, str] | list[dict[str, str]] | str | None = None  # replaces the list; {} clears
+    payload_filter: list[str] | str | None = None  # replaces the list; [] keeps every part
 
 
 class ScopeChange(msgspec.Struct, kw_only=True):
@@ -51,7 +65,7 @@ async def reachable(url: str, settings) -> str | None:
     networks; ``None`` when acceptable.
 
     Addresses written literally (the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that resolvers
-    accept are refused by :func:`hub.deliver.ssrf.check_url` itself) and names that are inward by definition are checked here. Other names are not resolved at
+    accept are refused by :func:`hub.deliver.transport.ssrf.check_url` itself) and names that are inward by definition are checked here. Other names are not resolved at
     submit time: answering "that name is internal" would make the form an oracle for the hub's private DNS; the
     deliverer resolves and checks every connection anyway, and the endpoint state shows its refusal.
     """
@@ -98,7 +112,7 @@ async def update(row: Integration, **changes: Any) -> None:
 
 async def _clear_streak(portal: Portal, key: str) -> None:
     with contextlib.suppress(Exception):
-        kv = await (await portal.js()).key_value(STATE_BUCKET)
+        kv = await (await portal.js()).key_value(DELIVERY_STATE_BUCKET)
         await kv.delete(f"failing.{key}")
 
 
@@ -115,11 +129,53 @@ async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     target = await portal._get_target(row.key)
     if target is None:
         raise PortalError("The hub has no delivery target for this integration; ask an administrator.", 409)
+    if row.paused_at is not None:
+        raise PortalError("This endpoint is paused by you: resume it instead.", 409)
     if target.enabled:
         raise PortalError("This endpoint is not disabled.", 409)
     await _clear_streak(portal, row.key)  # else the old streak would disable it again at the first failure
     await portal._put_target(portal._target(row, target.secrets, enabled=True))
     await portal.audit(actor.email, "endpoint.reenable", row.key, f"was disabled: {target.disabled_reason or '?'}")
+
+
+async def pause(portal: Portal, actor: Account, row: Integration) -> dt.datetime:
+    """The owner stops delivery for a while: the target is switched off (``PAUSED_REASON``), the durable
+    consumer keeps every event (within the stream's retention, see :func:`kept_until`) until :func:`resume`."""
+    _push(row, "pause")
+    if row.paused_at is not None:
+        raise PortalError("This endpoint is already paused.", 409)
+    target = await portal._get_target(row.key)
+    await update(row, paused_at=now())
+    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.audit(actor.email, "endpoint.pause", row.key, "paused by its owner; events are kept")
+    return row.paused_at
+
+
+async def resume(portal: Portal, actor: Account, row: Integration) -> None:
+    """Delivery again, starting with every event kept while paused, in order per course."""
+    _push(row, "resume")
+    if row.paused_at is None:
+        raise PortalError("This endpoint is not paused.", 409)
+    target = await portal._get_target(row.key)
+    since = row.paused_at
+    await update(row, paused_at=None)
+    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.audit(actor.email, "endpoint.resume", row.key, f"paused since {since.isoformat()}")
+
+
+async def kept_until(portal: Portal, row: Integration) -> dt.datetime | None:
+    """While paused: when the oldest kept event starts to expire (pause time + the protocol stream's
+    ``max_age``); ``None`` when not paused or the stream keeps events without an age limit."""
+    if row.paused_at is None:
+        return None
+    from hub.core.subjects import PROTOCOL_STREAMS
+
+    try:
+        info = await (await portal.js()).stream_info(PROTOCOL_STREAMS[row.protocol])
+    except Exception:  # noqa: BLE001 - NATS down: the page says nothing about it
+        return None
+    age = info.config.max_age or 0
+    return row.paused_at + dt.timedelta(seconds=age) if age else None
 
 
 async def edit(portal: Portal, actor: Account, row: Integration, change: EndpointEdit) -> list[str]:
@@ -156,6 +212,15 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
                              (row.batch_size or 1, row.batch_wait_ms or 200))
     if (size, wait) != (row.batch_size or 1, row.batch_wait_ms or 200):
         changes.update(batch_size=size, batch_wait_ms=wait)
+    rate = check_rate_limit(change.rate_limit, errors, portal.settings.max_rate_limit, row.rate_limit or 0.0)
+    if rate != (row.rate_limit or 0.0):
+        changes["rate_limit"] = rate
+    headers = check_custom_headers(change.custom_headers, errors)
+    if headers is not None and headers != header_names(row, portal.box):
+        changes["custom_headers"] = portal.box.seal(json.dumps(headers)) if headers else ""
+    parts = check_payload_filter(change.payload_filter, row.protocol, errors)
+    if parts is not None and parts != payload_filter_of(row):
+        changes["payload_filter"] = json.dumps(parts)
     if errors:
         raise PortalError("Check the endpoint fields.", 400, errors)
     if changes.get("auth_value") and getattr(portal, "box", None) is not None:  # stored sealed, like the rest
@@ -165,12 +230,12 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     target = await portal._get_target(row.key)
     await update(row, **changes)
     fresh = portal._target(row, target.secrets if target else [])
-    if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
+    if target and not target.enabled and row.paused_at is None:  # stays disabled, with the deliverer's reason, until re-enabled
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
                                         disabled_at=target.disabled_at)
     await portal._put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else "batching" if k.startswith("batch") else k
-                      for k in changes})
+                      for k in changes})  # rate_limit, custom_headers, payload_filter by name
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
     return changed
 

@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from hub.core.grants import Grant, Target, consumer_name, delete_grant, put_grant
-from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+from hub.core.grants import PAUSED_REASON, Grant, Target, consumer_name, delete_grant, put_grant
+from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, Integration, IssuedCredential
@@ -80,11 +80,28 @@ def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
                  identity=scope.identity, delivery=row.delivery, status=status).validate()
 
 
-def public_view(row: Integration, owner_email: str | None = None) -> dict[str, Any]:
-    """An integration as shown to its owner or an admin: never the endpoint credentials or secrets."""
+def payload_filter_of(row: Integration) -> list[str]:
+    return json.loads(row.payload_filter or "[]")
+
+
+def header_names(row: Integration, box=None) -> dict[str, str]:
+    """The custom headers of ``row`` (stored sealed), opened with ``box``."""
+    text = row.custom_headers or ""
+    return json.loads(box.open(text) or "{}") if text and box is not None else {}
+
+
+def public_view(row: Integration, owner_email: str | None = None, box=None, reveal: bool = False) -> dict[str, Any]:
+    """An integration as shown to its owner or an admin: never the endpoint credentials or secrets. Custom
+    headers (opened with ``box``) show their values only with ``reveal`` (to the owner, who chose them)."""
+    headers = header_names(row, box) if box is not None else {}
+    if not reveal:
+        headers = dict.fromkeys(headers, "(set)")
     return {
         "id": row.key, "name": row.name, "protocol": row.protocol, "delivery": row.delivery, "url": row.url,
         "auth": row.auth_kind, "batch_size": row.batch_size or 1, "batch_wait_ms": row.batch_wait_ms or 200,
+        "rate_limit": row.rate_limit or 0.0, "custom_headers": headers,
+        "payload_filter": payload_filter_of(row),
+        "paused_since": row.paused_at.isoformat() if row.paused_at else None,
         "status": row.status, "reason": row.reason,
         "decision_reason": row.decision_reason, "decided_by": row.decided_by,
         "requested": msgspec.to_builtins(requested_scope(row)),
@@ -126,6 +143,8 @@ class IntegrationService(ServiceBase):
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
             batch_size=spec.batch_size, batch_wait_ms=spec.batch_wait_ms,
+            rate_limit=spec.rate_limit, payload_filter=json.dumps(spec.payload_filter),
+            custom_headers=self.box.seal(json.dumps(spec.custom_headers)) if spec.custom_headers else "",
             requested=scope_json(spec.scope),
             reason=spec.reason, status="pending",
         )
@@ -207,12 +226,18 @@ class IntegrationService(ServiceBase):
         return got["status"] if got else "deleted"
 
     def _target(self, row: Integration, secrets: list[str], enabled: bool = True) -> Target:
+        """The push target ``row`` describes; a paused one (by its owner) is switched off with
+        :data:`PAUSED_REASON` (a suspension's reason wins)."""
         auth_value = self.box.open(row.auth_value)
+        paused = row.paused_at is not None
+        reason = None if enabled and not paused else SUSPENDED_REASON if not enabled else PAUSED_REASON
         return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
                       basic_auth=auth_value if row.auth_kind == "basic" else None,
-                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
+                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled and not paused,
                       batch_size=row.batch_size or 1, batch_wait_ms=row.batch_wait_ms or 200,
-                      disabled_reason=None if enabled else SUSPENDED_REASON)
+                      rate_limit_per_s=float(row.rate_limit or 0.0), custom_headers=header_names(row, self.box),
+                      payload_filter=payload_filter_of(row), disabled_reason=reason,
+                      disabled_at=row.paused_at.timestamp() if paused and enabled else None)
 
     async def _get_target(self, key: str, sealed: bool = False) -> Target | None:
         kv = await (await self.js()).key_value(TARGETS_BUCKET)
@@ -454,6 +479,17 @@ class IntegrationService(ServiceBase):
         await self.audit("system", "secret.shown", row.key, "webhook signing secret displayed once")
         return self.box.open(secret)
 
+    async def reveal_secret(self, actor: Account, row: Integration) -> str:
+        """The current signing secret again, for its owner (like Svix's "reveal"): delivery starts at approval,
+        so an owner who missed the single display is not locked out of verifying it. Audited."""
+        if row.delivery != "webhook" or row.status != "approved":
+            raise PortalError("Only an approved webhook integration has a signing secret.", 409)
+        target = await self._get_target(row.key)
+        if target is None or not target.secrets:
+            raise PortalError("The hub has no signing secret for this integration yet; try again shortly.", 409)
+        await self.audit(actor.email, "secret.reveal", row.key, "signing secret shown again to its owner")
+        return target.secrets[0]
+
     async def rotate_secret(self, actor: Account, row: Integration) -> str:
         """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
         if row.delivery != "webhook" or row.status != "approved":
@@ -536,7 +572,8 @@ class IntegrationService(ServiceBase):
         """The deliverer switches a failing target off in the targets bucket; the portal notices it here, when
         it reads the status, and mails the owner once per reason (conditional update: one process sends)."""
         reason = out.get("disabled_reason") or ""
-        if row.status != "approved" or out.get("enabled") is not False or not reason or reason == SUSPENDED_REASON:
+        if row.status != "approved" or out.get("enabled") is not False or not reason or reason in (SUSPENDED_REASON,
+                                                                                                 PAUSED_REASON):
             return
         done = await Integration.update({Integration.disabled_notified: reason[:2000]}).where(
             (Integration.id == row.id) & (Integration.disabled_notified != reason[:2000])).returning(Integration.id)
@@ -546,7 +583,7 @@ class IntegrationService(ServiceBase):
             await self.notify(row, "disabled", reason)
 
     async def status(self, row: Integration) -> dict[str, Any]:
-        """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
+        """Delivery figures: ``hub.deliver.state.integration_status`` when installed, else the durable consumer's backlog."""
         out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
         if row.status not in ("approved", "suspended"):
             return out
@@ -556,7 +593,7 @@ class IntegrationService(ServiceBase):
             out["last_error"] = exc.message
             return out
         try:
-            from hub.deliver.status import integration_status
+            from hub.deliver.state.integration_status import integration_status
         except ModuleNotFoundError:
             integration_status = None
         if integration_status is not None:

@@ -1,0 +1,98 @@
+"""What one process did for one integration: counters, the latest attempts, the attempt log, "cannot keep up".
+
+Written to ``stats.<id>.<process>`` of the state bucket every second (``integration_status`` sums them).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+
+import msgspec
+
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.items import Item, seq
+from hub.deliver.state.records import Attempt, Stats
+from hub.deliver.transport.request import Result
+
+log = logging.getLogger("rthub.deliver")
+
+RECENT = 20
+
+
+class Recorder:
+    def __init__(self, ctx: Context, grant_id: str):
+        self.ctx, self.grant_id = ctx, grant_id
+        self.key = f"stats.{grant_id}.{ctx.process_id}"
+        self.stats = Stats()
+        self.dirty = False
+        self.lag_samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    async def load(self) -> None:
+        """A restart (rotation, edit, re-enable) continues this process's counters instead of zeroing them."""
+        try:
+            entry = await self.ctx.state.get(self.key)
+            if entry.value:
+                self.stats = msgspec.json.decode(entry.value, type=Stats)
+        except Exception:  # noqa: BLE001 - first run of this integration in this process
+            pass
+
+    async def flush(self) -> None:
+        if not self.dirty:
+            return
+        self.dirty = False
+        self.stats.updated = time.time()
+        del self.stats.recent[:-RECENT]
+        try:
+            await self.ctx.state.put(self.key, msgspec.json.encode(self.stats))
+        except Exception as exc:  # noqa: BLE001
+            self.dirty = True
+            log.warning("could not save delivery stats of %s: %s", self.grant_id, exc)
+
+    def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
+        entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
+                        status=result.status, latency_ms=result.latency_ms, error=result.error,
+                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items])
+        metrics, stats = self.ctx.metrics, self.stats
+        if outcome != "delivered":
+            stats.failures += 1
+            stats.last_error = result.error or f"HTTP {result.status}: {result.excerpt[:200]}"
+            stats.last_error_at = entry.t
+            metrics.inc("delivery_failures", integration=self.grant_id)
+            log.info("integration %s: %s attempt %d of %d item(s): %s", self.grant_id, outcome, attempt,
+                     len(items), stats.last_error)
+        else:
+            stats.last_success = entry.t
+        recent = stats.recent
+        recent.append(entry)
+        if len(recent) > 2 * RECENT:  # trimmed now and then, not rebuilt per attempt
+            del recent[:-RECENT]
+        self.dirty = True
+        metrics.inc("delivery_attempts", integration=self.grant_id)
+        self.ctx.log_attempt(self.grant_id, entry)
+
+    def delivered(self, n: int) -> None:
+        self.stats.delivered += n
+        self.ctx.metrics.inc("delivered", n, integration=self.grant_id)
+
+    def dead_lettered(self, n: int) -> None:
+        self.stats.dead_lettered += n
+        self.ctx.metrics.inc("dead_lettered", n, integration=self.grant_id)
+
+    def observe_lag(self, now: float, lag: int, window: float, delivering: bool, answering: bool) -> None:
+        """Cannot keep up: this process delivers, the endpoint answers (a success within ``window``, no failure
+        streak), yet the lag has not come down over ``window``. An endpoint that fails is "failing", not behind."""
+        samples = self.lag_samples
+        samples.append((now, lag))
+        while len(samples) > 1 and samples[1][0] <= now - window:
+            samples.popleft()
+        then_t, then_lag = samples[0]
+        behind = (delivering and now - then_t >= window and lag > 0 and lag >= then_lag and answering
+                  and (self.stats.last_success or 0) >= now - window)
+        if behind and self.stats.behind_since is None:
+            self.stats.behind_since, self.dirty = now, True
+            log.warning("integration %s cannot keep up: lag %d, was %d %.0f s ago", self.grant_id, lag, then_lag,
+                        now - then_t)
+        elif not behind and self.stats.behind_since is not None and (lag < then_lag or lag == 0 or not delivering):
+            self.stats.behind_since, self.dirty = None, True
