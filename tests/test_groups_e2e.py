@@ -13,7 +13,6 @@ import time
 import msgspec
 import nats
 import nats.js.errors
-import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
@@ -29,7 +28,8 @@ from hub.route.service import serve
 from hub.translate import ExternalIds
 from tests.deliver_kit import deliverer, delivering
 from tests.deliver_receivers import Receiver
-from tests.helpers import start_operator_nats, wait_for
+from tests.helpers import wait_for
+from tests.operator_kit import operator_fixtures
 from tests.test_auth_nats import Probe
 from tests.test_hub import COURSE, video_event
 
@@ -42,16 +42,7 @@ def actor(user_id: int) -> str:
     return ExternalIds(SECRET).get("xapi", str(user_id))
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("groups-e2e")
-
-
-@pytest.fixture(scope="module")
-def server(data_dir):
-    srv = start_operator_nats(data_dir, "groups")
-    yield srv
-    srv.stop()
+data_dir, server, admin_nc = operator_fixtures("groups", server="server")
 
 
 @pytest_asyncio.fixture(scope="module")

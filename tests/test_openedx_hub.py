@@ -228,3 +228,23 @@ async def test_enrollment_from_django_reaches_granted_webhooks_only(tmp_path):
         await rx.stop()
         await nc.close()
         server.stop()
+
+
+def test_rthub_event_types_lists_tracking_and_open_edx_events():
+    from tests.helpers import rthub, rthub_env
+
+    out = rthub("event-types", "--json", env=rthub_env("nats://127.0.0.1:1"))
+    rows = {e["name"]: e for e in map(json.loads, out.stdout.decode().splitlines())}
+    assert (
+        rows["play_video"]["protocols"] == ["xapi", "caliper"] and rows["play_video"]["source"] == "tracking"
+    )
+    created = rows["org.openedx.learning.course.enrollment.created.v1"]
+    assert (
+        created["protocols"] == ["xapi", "caliper", "cloudevents"] and created["source"] == "openedx-events"
+    )
+    login = rows["org.openedx.learning.auth.session.login.completed.v1"]
+    assert login["protocols"] == ["cloudevents"] and "not course activity" in login["refused"]
+    only = rthub(
+        "event-types", "--protocol", "cloudevents", env=rthub_env("nats://127.0.0.1:1")
+    ).stdout.decode()
+    assert "play_video" not in only and "enrollment.created.v1" in only

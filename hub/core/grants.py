@@ -22,6 +22,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
+from hub.core.delivery_kinds import DeliveryName, PushName
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
@@ -30,7 +31,7 @@ from hub.core.subjects import GRANTS_BUCKET, encode_token
 log = logging.getLogger("rthub.grants")
 
 Protocol = ProtocolName
-Delivery = Literal["direct", "webhook", "lrs", "caliper"]
+Delivery = DeliveryName
 GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -223,7 +224,7 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     """
 
     id: str
-    kind: Literal["webhook", "lrs", "caliper"]
+    kind: PushName
     url: str
     secrets: list[str] = []
     basic_auth: str | None = None

@@ -19,6 +19,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from hub.core.delivery_kinds import PUSH
 from hub.core.grants import Grant, GrantWatcher, Target, consumer_name
 from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
@@ -46,7 +47,6 @@ __all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_c
 
 log = logging.getLogger("rthub.deliver")
 
-PUSH = ("webhook", "lrs", "caliper")
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason",

@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.subjects import DELIVERY_STATE_BUCKET
 from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
 from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
@@ -32,7 +34,6 @@ from portal.validation import (
 )
 
 log = logging.getLogger("rthub.portal.endpoints")
-DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,7 +118,7 @@ async def _clear_streak(portal: Portal, key: str) -> None:
 
 
 def _push(row: Integration, what: str) -> None:
-    if row.delivery == "direct":
+    if not is_push(row.delivery):
         raise PortalError(f"A direct subscription has no endpoint to {what}.", 409)
     if row.status != "approved":
         raise PortalError(f"Only an approved integration's endpoint can be changed (this one is {row.status}).", 409)
@@ -192,20 +193,20 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     if basic and bearer:
         errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
     elif basic:
-        if row.delivery != "lrs":
+        if KINDS[row.delivery].credential != "basic_auth":
             errors["basic_auth"] = "Only an xAPI LRS endpoint takes basic credentials."
         elif ":" not in basic or basic.startswith(":"):
             errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
         else:
             changes.update(auth_kind="basic", auth_value=basic)
     elif bearer:
-        if row.delivery == "webhook":
+        if KINDS[row.delivery].signed:
             errors["bearer"] = "A webhook is authenticated by its signature, not a bearer token."
         else:
             changes.update(auth_kind="bearer", auth_value=bearer)
     elif change.remove_credentials:
-        if row.delivery in ("lrs", "caliper"):
-            errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
+        if KINDS[row.delivery].credential:
+            errors[KINDS[row.delivery].credential] = "This endpoint needs credentials."
         else:
             changes.update(auth_kind="none", auth_value=None)
     size, wait = check_batch({"batch_size": change.batch_size, "batch_wait_ms": change.batch_wait_ms}, errors,
@@ -260,7 +261,7 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         await update(row, granted=row.granted, requested=row.granted, scope_change=False)
-        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
+        if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
         await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
