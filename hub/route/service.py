@@ -69,6 +69,7 @@ REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
+_PROBE_S = 1.0  # while a batch is held, how often one of its publishes is tried to see whether the outage is over
 _IN_FLIGHT = 2  # batches published and not yet settled: translating the next overlaps waiting for acks
 
 
@@ -232,16 +233,26 @@ class Hub:
         """Ack each message once its publishes are acked. A publish that failed because the output side is
         unavailable (no stream, timeout, connection) holds its messages: in-progress acks keep them and the
         failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
-        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
+        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine. While
+        held, one of the failed publishes is retried every second as a probe (the statement id dedupes it): the
+        moment it is acked the outage is over, so the rest go at once and the backoff starts again from the
+        first delay (a 30 s backoff used to leave the hub idle for up to that long after NATS was back)."""
         delay = _RETRY_FIRST_S
+        outage_logged = False
         while True:
             held = await self._settle(jobs, batch)
             if not held:
+                if outage_logged:
+                    log.info("publishing works again: the held raw messages are published")
                 return
             self._holding += 1
             try:
-                log.warning("publishing failed, holding %d raw messages and retrying in %g s", len(held), delay)
-                if not await self._hold([msg for msg, _ in held], delay):  # stopping, or the connection closed
+                if not outage_logged:  # one line per outage, not one per retry
+                    log.warning("publishing failed (output side unavailable), holding %d raw messages and "
+                                "retrying until it is back", len(held))
+                    outage_logged = True
+                ended = await self._hold([msg for msg, _ in held], delay, held[0][1][0])
+                if ended is None:  # stopping, or the connection closed
                     for msg, _ in held:
                         await self._nak(msg)
                     return
@@ -249,7 +260,7 @@ class Hub:
                 self._holding -= 1
                 if self.pull is not None:
                     self.pull.wake()
-            delay = min(2 * delay, _RETRY_MAX_S)
+            delay = _RETRY_FIRST_S if ended == "probe" else min(2 * delay, _RETRY_MAX_S)
             batch, jobs = AckBatch(), []
             for msg, outputs in held:
                 jobs.append((msg, outputs, len(batch.results)))
@@ -288,26 +299,45 @@ class Hub:
         except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
             log.warning("nak failed: %s", exc)
 
-    async def _hold(self, msgs: list, seconds: float) -> bool:
+    async def _hold(self, msgs: list, seconds: float, probe: tuple[str, bytes, dict]) -> str | None:
         """Keep ``msgs`` (and what the pull stream delivered meanwhile) from redelivery for ``seconds`` by
-        in-progress acks; False if the hub is stopping or the connection closed."""
+        in-progress acks, publishing ``probe`` every :data:`_PROBE_S`: "probe" once it is acked (the output
+        side is back), "waited" after ``seconds``, None if the hub is stopping or the connection closed."""
         end = time.monotonic() + seconds
         beat = max(self.s.hub_ack_wait_s / 3, 0.05)
+        next_beat = next_probe = time.monotonic()
         while True:
             if self._stop.is_set() or self.nc.is_closed:
-                return False
+                return None
+            now = time.monotonic()
+            if now >= end:
+                return "waited"
+            if now >= next_beat:
+                next_beat = now + beat
+                try:
+                    for msg in msgs + (self.pull.queued() if self.pull is not None else []):
+                        await msg.in_progress()
+                except nats.errors.Error as exc:
+                    log.debug("in-progress ack failed: %s", exc)
+            if now >= next_probe:
+                if await self._probe(probe):
+                    return "probe"
+                next_probe = time.monotonic() + _PROBE_S
             try:
-                for msg in msgs + (self.pull.queued() if self.pull is not None else []):
-                    await msg.in_progress()
-            except nats.errors.Error as exc:
-                log.warning("in-progress ack failed: %s", exc)
-            left = end - time.monotonic()
-            if left <= 0:
-                return True
-            try:
-                await asyncio.wait_for(self._stop.wait(), min(beat, left))
+                await asyncio.wait_for(self._stop.wait(), max(0.0, min(next_beat, next_probe, end) - time.monotonic()))
             except TimeoutError:
                 pass
+
+    async def _probe(self, output: tuple[str, bytes, dict]) -> bool:
+        """Publish one held output again (deduplicated by its id): True once the output side acks it."""
+        subj, body, headers = output
+        if not self.nc.is_connected:
+            return False
+        try:
+            await self.publisher.publish_acked(subj, body, headers, timeout=min(self.s.hub_publish_timeout_s, _PROBE_S))
+        except (TimeoutError, nats.errors.Error, JetStreamError):
+            return False
+        return True
 
     def _handle(self, msg) -> list[tuple[str, bytes, dict]]:
         """``(subject, body, headers)`` of what one message yields: its statements, and the message itself to

@@ -4,7 +4,6 @@ ask for a wider one (an administrator approves), and the signing-secret overlap 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -339,16 +338,3 @@ async def retire_expired(portal: Portal) -> int:
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count
-
-
-async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
-    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
-    from portal.charts import sample_lag
-
-    while True:
-        for job in (retire_expired, sample_lag):
-            try:
-                await job(portal)
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
-                log.exception("portal minute job %s failed", job.__name__)
-        await asyncio.sleep(period)
