@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.groups import IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.core.settings import from_env
@@ -146,7 +147,7 @@ def integration_add(args: argparse.Namespace) -> int:
         secret = await portal.take_pending_secret(row)
         if secret:
             print(f"webhook signing secret (shown once): {secret}")
-        if row.delivery == "direct":
+        if not is_push(row.delivery):
             creds = await portal.issue_creds(operator(), row)
             _write_creds(Path(args.creds_out or f"{row.key}.creds"), creds)
             print(f"credentials written to {args.creds_out or row.key + '.creds'}")

@@ -10,18 +10,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.deliver.transport import ssrf
 
 PROTOCOLS = NAMES  # the hub's protocol registry
-DELIVERIES = ("webhook", "lrs", "caliper", "direct")
-DELIVERY_LABELS = {
-    "webhook": "Webhook (signed POST, Standard Webhooks)",
-    "lrs": "xAPI LRS endpoint",
-    "caliper": "Caliper endpoint (bearer token)",
-    "direct": "Direct NATS subscription (.creds file)",
-}
+DELIVERIES = tuple(KINDS)  # the hub's delivery kinds (hub.core.delivery_kinds)
+DELIVERY_LABELS = {k.name: k.label for k in KINDS.values()}
 ORG = re.compile(r"[A-Za-z0-9._\-]{1,100}")
 COURSE = re.compile(
     r"(?:course|ccx)-v1:[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~@+]+"
@@ -293,12 +289,12 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         errors["protocol"] = "Choose xapi, caliper or cloudevents."
     delivery = str(raw.get("delivery") or "")
     if delivery not in DELIVERIES:
-        errors["delivery"] = "Choose webhook, lrs, caliper or direct."
-    elif delivery == "lrs" and protocol != "xapi":
-        errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
-    elif delivery == "caliper" and protocol != "caliper":
-        errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
-    url = check_url(raw.get("url"), errors, allowed=allowed) if delivery in ("webhook", "lrs", "caliper") else None
+        errors["delivery"] = f"Choose {', '.join(DELIVERIES[:-1])} or {DELIVERIES[-1]}."
+    elif protocol in PROTOCOLS and protocol not in KINDS[delivery].protocols:
+        kind = KINDS[delivery]
+        errors["delivery"] = f"{kind.label} takes {' or '.join(kind.protocols)} only: choose protocol {kind.protocols[0]}."
+    push = is_push(delivery)
+    url = check_url(raw.get("url"), errors, allowed=allowed) if push else None
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
@@ -317,7 +313,6 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer
-    push = delivery in ("webhook", "lrs", "caliper")
     batch_size, batch_wait_ms = check_batch(raw, errors) if push else (1, 200)
     rate = check_rate_limit(raw.get("rate_limit"), errors, max_rate) if push else 0.0
     headers = check_custom_headers(raw.get("custom_headers") or None, errors) if push else None

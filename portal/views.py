@@ -11,6 +11,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Template
 
+from hub.core.delivery_kinds import is_push
 from portal.api_types import (
     IntegrationView,
 )
@@ -49,9 +50,19 @@ async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: 
     return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
                 requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
                 secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",
-                example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
-                direct=await direct_help(portal, row) if row.delivery == "direct" and row.status == "approved" else None,
-                audit=await portal.audit_log(50, row.key), **extra)
+                example=portal.example(row) if not is_push(row.delivery) and row.status == "approved" else "",
+                direct=await direct_help(portal, row) if not is_push(row.delivery) and row.status == "approved" else None,
+                audit=await portal.audit_log(50, row.key), group_sizes=await _group_sizes(portal, row), **extra)
+
+
+async def _group_sizes(portal: Portal, row) -> dict[str, int]:
+    """Sizes of the integration's learner groups (names and sizes only: never the members)."""
+    if not (requested_scope(row).learner_groups or granted_scope(row).learner_groups):
+        return {}
+    try:
+        return await portal.group_sizes()
+    except PortalError:  # NATS away: the page still shows the names
+        return {}
 
 
 async def direct_help(portal: Portal, row) -> dict[str, Any]:

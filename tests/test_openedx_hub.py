@@ -195,6 +195,12 @@ async def test_enrollment_from_django_reaches_granted_webhooks_only(tmp_path):
         async with deliverer(nc, server.url) as d:
             for protocol in secrets:
                 await delivering(d, f"oe-{protocol}")
+            direct = []  # a direct subscriber of the cloudevents grant (plain nats-py, as in the README)
+
+            async def got(msg) -> None:
+                direct.append(msg)
+
+            sub = await nc.subscribe(f"cloudevents.*.edX.{COURSE}.>", cb=got)
             events.enrollment_created("outsider", OTHER, user_id=41)  # a course no grant covers
             events.enrollment_created("edx", COURSE, user_id=3)
             await wait_for(lambda: len(rx.requests) >= 2, 30, "an xAPI and a CloudEvents webhook")
@@ -220,11 +226,89 @@ async def test_enrollment_from_django_reaches_granted_webhooks_only(tmp_path):
                 stream = {"xapi": "XAPI", "cloudevents": "CLOUDEVENTS"}[protocol]
                 assert (await js.stream_info(stream)).state.messages == 1
             assert len(rx.requests) == 2
+            await wait_for(lambda: direct, 10, "the direct subscriber's CloudEvent")
+            assert [json.loads(m.data)["id"] for m in direct] == [ce["id"]]
+            await sub.unsubscribe()
             assert TOPIC in bus.full_topic
     finally:
         stop.set()
         await asyncio.wait_for(hub_task, 20)
         bus.close()
         await rx.stop()
+        await nc.close()
+        server.stop()
+
+
+def test_rthub_event_types_lists_tracking_and_open_edx_events():
+    from tests.helpers import rthub, rthub_env
+
+    out = rthub("event-types", "--json", env=rthub_env("nats://127.0.0.1:1"))
+    rows = {e["name"]: e for e in map(json.loads, out.stdout.decode().splitlines())}
+    assert (
+        rows["play_video"]["protocols"] == ["xapi", "caliper"] and rows["play_video"]["source"] == "tracking"
+    )
+    created = rows["org.openedx.learning.course.enrollment.created.v1"]
+    assert (
+        created["protocols"] == ["xapi", "caliper", "cloudevents"] and created["source"] == "openedx-events"
+    )
+    login = rows["org.openedx.learning.auth.session.login.completed.v1"]
+    assert login["protocols"] == ["cloudevents"] and "not course activity" in login["refused"]
+    only = rthub(
+        "event-types", "--protocol", "cloudevents", env=rthub_env("nats://127.0.0.1:1")
+    ).stdout.decode()
+    assert "play_video" not in only and "enrollment.created.v1" in only
+
+
+async def test_unusable_bus_message_is_quarantined_with_its_reason_and_the_next_flows(tmp_path):
+    from hub.core.openedx import topic_subject
+    from hub.core.subjects import QUARANTINE_STREAM
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="oeq").start()
+    topic = "t-learning-course-enrollment-lifecycle"
+    settings = HubSettings(
+        nats_url=server.url,
+        data_dir=str(tmp_path / "data"),
+        id_secret="s3cret",
+        metrics_port=-1,
+        openedx_topics=[topic],
+    )
+    nc = await connect(settings, "test")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    await put_grant(js, Grant(id="q1", consumer="acme", protocol="xapi", courses=[COURSE]))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(settings, stop))
+    try:
+        base = {
+            "ce_type": tr.ENROLLED,
+            "ce_time": META["time"],
+            "ce_source": "openedx/lms/web",
+            "ce_specversion": "1.0",
+            "ce_minorversion": "0",
+        }
+        await js.publish(topic_subject(topic), b"\xff\x00not avro", headers={**base, "ce_id": "bad-1"})
+        from openedx_events.event_bus.avro.serializer import serialize_event_data_to_bytes
+        from openedx_events.learning.signals import COURSE_ENROLLMENT_CREATED
+
+        good = serialize_event_data_to_bytes(
+            {"enrollment": events.enrollment("edx", COURSE, user_id=3)}, COURSE_ENROLLMENT_CREATED
+        )
+        await js.publish(topic_subject(topic), good, headers={**base, "ce_id": META["id"]})
+
+        async def counts() -> bool:
+            return (await js.stream_info("XAPI")).state.messages == 1 and (
+                await js.stream_info(QUARANTINE_STREAM)
+            ).state.messages == 1
+
+        await wait_for(counts, 20, "one statement and one quarantined message")
+        q = await js.get_msg(QUARANTINE_STREAM, 1)
+        assert "unreadable Avro" in q.headers["Rthub-Reason"] and q.data == b"\xff\x00not avro"
+        st = json.loads((await js.get_msg("XAPI", 1)).data)
+        assert st["verb"]["display"]["en"] == "registered" and st["timestamp"].startswith(
+            "2025-03-04T05:06:07"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
         await nc.close()
         server.stop()

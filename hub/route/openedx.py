@@ -35,7 +35,7 @@ log = logging.getLogger("rthub.hub.openedx")
 
 @lru_cache(maxsize=256)
 def _schema(event_type: str) -> dict:
-    """The Avro schema of an event type, as openedx-events derives it from the signal's data classes."""
+    """The (parsed) Avro schema of an event type, as openedx-events derives it from the signal's data classes."""
     from openedx_events.event_bus.avro.serializer import AvroSignalSerializer
     from openedx_events.tooling import OpenEdxPublicSignal, load_all_signals
 
@@ -44,7 +44,9 @@ def _schema(event_type: str) -> dict:
         signal = OpenEdxPublicSignal.get_signal_by_type(event_type)
     except KeyError:
         raise InvalidEvent(f"unknown Open edX event type {event_type[:100]!r}") from None
-    return AvroSignalSerializer(signal).schema
+    import fastavro
+
+    return fastavro.parse_schema(AvroSignalSerializer(signal).schema)  # parsed once, not at every message
 
 
 def decode(headers: dict[str, str], data: bytes) -> tuple[str, dict, dict]:

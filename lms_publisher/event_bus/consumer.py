@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import signal as signals
 import threading
@@ -134,6 +135,7 @@ class NatsEventConsumer(EventBusConsumer):
             await ensure_stream(js, self.s)
             await self._ensure_consumer(js)
             publisher = await AckedPublisher(nc).start()
+            gc.freeze()  # what start-up made (Django, the signals, schemas) stays out of the collector's way
             log.info(
                 "event bus consumer %s: topic %s, group %s (durable %s)",
                 self.consumer_name,

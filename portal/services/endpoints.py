@@ -4,7 +4,6 @@ ask for a wider one (an administrator approves), and the signing-secret overlap 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -15,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.subjects import DELIVERY_STATE_BUCKET
 from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
 from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
@@ -32,7 +33,6 @@ from portal.validation import (
 )
 
 log = logging.getLogger("rthub.portal.endpoints")
-DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,7 +117,7 @@ async def _clear_streak(portal: Portal, key: str) -> None:
 
 
 def _push(row: Integration, what: str) -> None:
-    if row.delivery == "direct":
+    if not is_push(row.delivery):
         raise PortalError(f"A direct subscription has no endpoint to {what}.", 409)
     if row.status != "approved":
         raise PortalError(f"Only an approved integration's endpoint can be changed (this one is {row.status}).", 409)
@@ -192,20 +192,20 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     if basic and bearer:
         errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
     elif basic:
-        if row.delivery != "lrs":
+        if KINDS[row.delivery].credential != "basic_auth":
             errors["basic_auth"] = "Only an xAPI LRS endpoint takes basic credentials."
         elif ":" not in basic or basic.startswith(":"):
             errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
         else:
             changes.update(auth_kind="basic", auth_value=basic)
     elif bearer:
-        if row.delivery == "webhook":
+        if KINDS[row.delivery].signed:
             errors["bearer"] = "A webhook is authenticated by its signature, not a bearer token."
         else:
             changes.update(auth_kind="bearer", auth_value=bearer)
     elif change.remove_credentials:
-        if row.delivery in ("lrs", "caliper"):
-            errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
+        if KINDS[row.delivery].credential:
+            errors[KINDS[row.delivery].credential] = "This endpoint needs credentials."
         else:
             changes.update(auth_kind="none", auth_value=None)
     size, wait = check_batch({"batch_size": change.batch_size, "batch_wait_ms": change.batch_wait_ms}, errors,
@@ -250,12 +250,17 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if errors:
         raise PortalError("Check the scope.", 400, errors)
     current = granted_scope(row)
+    # a form without the learner group / identity fields keeps them as granted
+    if "learner_groups" not in raw:
+        wanted.learner_groups = list(current.learner_groups)
+    if "identity" not in raw:
+        wanted.identity = list(current.identity)
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         await update(row, granted=row.granted, requested=row.granted, scope_change=False)
-        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
+        if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
         await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
@@ -281,14 +286,22 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)
-    granted = narrowed if narrowed is not None else requested_scope(row)
+    if narrowed is not None:
+        granted = narrowed
+    else:  # identity fields beyond those already granted need the administrator to name them
+        kept = [f for f in requested_scope(row).identity if f in granted_scope(row).identity]
+        granted = msgspec.structs.replace(requested_scope(row), identity=kept)
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+    before = granted_scope(row).identity
     row.granted = scope_json(granted)
     await portal._activate(row, new_secret=False)
     await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
+    if sorted(granted.identity) != sorted(before):
+        await portal.audit(actor.email, "identity.approve", row.key,
+                           f"identity fields approved: {', '.join(granted.identity) or 'none'}")
 
 
 async def deny_scope_change(portal: Portal, actor: Account, row: Integration, reason: str) -> None:
@@ -325,16 +338,3 @@ async def retire_expired(portal: Portal) -> int:
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count
-
-
-async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
-    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
-    from portal.charts import sample_lag
-
-    while True:
-        for job in (retire_expired, sample_lag):
-            try:
-                await job(portal)
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
-                log.exception("portal minute job %s failed", job.__name__)
-        await asyncio.sleep(period)

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from hub.core.delivery_kinds import DIRECT, KINDS, is_push
 from hub.core.grants import PAUSED_REASON, Grant, Target, consumer_name, delete_grant, put_grant
 from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
@@ -126,7 +127,7 @@ class IntegrationService(ServiceBase):
                 await Integration.update(changes).where(Integration.id == r["id"])
                 count += 1
         for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
-                                                     & (Integration.delivery != "direct")):
+                                                     & (Integration.delivery != DIRECT.name)):
             target = await self._get_target(row.key, sealed=True)
             if target is not None and target != self.box.seal_target(target):
                 await self._put_target(target)  # _put_target seals what is still in the clear
@@ -266,13 +267,13 @@ class IntegrationService(ServiceBase):
         js = await self.js()
         grant = grant_of(row, await self._consumer_label(row))
         secret = None
-        if row.delivery == "direct":
+        if not is_push(row.delivery):
             await self.auth().ensure_consumer(js, grant)
             await self._auth_store().activate_consumer(await self.nc(), grant)
         else:
             old = await self._get_target(row.key)
             secrets = old.secrets if old and old.secrets else []
-            if row.delivery == "webhook" and (new_secret or not secrets):
+            if KINDS[row.delivery].signed and (new_secret or not secrets):
                 secret = security.new_webhook_secret()
                 secrets = [secret]
             await self._put_target(self._target(row, secrets))
@@ -283,7 +284,7 @@ class IntegrationService(ServiceBase):
         """Suspended: grant kept as suspended, push target switched off (secrets kept)."""
         js = await self.js()
         await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
-        if row.delivery != "direct":
+        if is_push(row.delivery):
             old = await self._get_target(row.key)
             await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
 
@@ -363,7 +364,7 @@ class IntegrationService(ServiceBase):
         (``final``: never reopened; suspension is not final). The issued keys are read from the database at call
         time only to mark and count them: the account's ``*`` revocation covers every key, recorded or not. A
         failed push is audited and logged, never swallowed silently."""
-        if row.delivery != "direct":
+        if is_push(row.delivery):
             return
         rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
             (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
@@ -397,7 +398,7 @@ class IntegrationService(ServiceBase):
         were revoked by ``AuthStore.ensure``; their owners download new ``.creds``. Returns how many changed."""
         store = self._auth_store()
         changed = 0
-        rows = await Integration.objects().where(Integration.delivery == "direct")
+        rows = await Integration.objects().where(Integration.delivery == DIRECT.name)
         for row in rows:
             claims = store.tenant_claims(row.key)
             is_open = bool(claims and claims["nats"].get("imports"))
@@ -482,7 +483,7 @@ class IntegrationService(ServiceBase):
     async def reveal_secret(self, actor: Account, row: Integration) -> str:
         """The current signing secret again, for its owner (like Svix's "reveal"): delivery starts at approval,
         so an owner who missed the single display is not locked out of verifying it. Audited."""
-        if row.delivery != "webhook" or row.status != "approved":
+        if not KINDS[row.delivery].signed or row.status != "approved":
             raise PortalError("Only an approved webhook integration has a signing secret.", 409)
         target = await self._get_target(row.key)
         if target is None or not target.secrets:
@@ -492,7 +493,7 @@ class IntegrationService(ServiceBase):
 
     async def rotate_secret(self, actor: Account, row: Integration) -> str:
         """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
-        if row.delivery != "webhook" or row.status != "approved":
+        if not KINDS[row.delivery].signed or row.status != "approved":
             raise PortalError("Only an approved webhook integration has a signing secret to rotate.", 409)
         old = await self._get_target(row.key)
         secret = security.new_webhook_secret()
@@ -502,13 +503,13 @@ class IntegrationService(ServiceBase):
 
     async def retire_old_secret(self, actor: Account, row: Integration) -> None:
         old = await self._get_target(row.key)
-        if row.delivery != "webhook" or row.status != "approved" or not old or len(old.secrets) < 2:
+        if not KINDS[row.delivery].signed or row.status != "approved" or not old or len(old.secrets) < 2:
             raise PortalError("There is no previous signing secret to retire.", 409)
         await self._put_target(self._target(row, old.secrets[:1]))
         await self.audit(actor.email, "secret.retire", row.key, "previous signing secret no longer accepted")
 
     async def secret_count(self, row: Integration) -> int:
-        if row.delivery != "webhook" or row.status != "approved":
+        if not KINDS[row.delivery].signed or row.status != "approved":
             return 0
         target = await self._get_target(row.key, sealed=True)
         return len(target.secrets) if target else 0
@@ -522,7 +523,7 @@ class IntegrationService(ServiceBase):
         is therefore always followed by this re-check.
         """
         row = await Integration.objects().get(Integration.id == row.id) or row
-        if row.delivery != "direct" or row.status != "approved":
+        if is_push(row.delivery) or row.status != "approved":
             raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
         store = self._auth_store()
         grant = grant_of(row, await self._consumer_label(row))
@@ -563,6 +564,7 @@ class IntegrationService(ServiceBase):
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
                 + (f"\nReason: {reason}\n" if reason else "")
+                + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
         if await self.send_mail(owner.email, f"rthub: integration {row.name[:60]} {what}", body, row.key):
             await self.audit("system", "mail.notify", row.key, f"{event} notice to the owner")
@@ -625,6 +627,19 @@ _NOTICES = {
 
 
 SUSPENDED_REASON = "suspended by an administrator"
+
+
+def _scope_notice(scope: Scope) -> str:
+    """What the approval mail says about learner groups and personal data (identity fields)."""
+    out = ""
+    if scope.learner_groups:
+        out += f"\nRestricted to the learners of group(s): {', '.join(scope.learner_groups)}.\n"
+    if scope.identity:
+        out += (f"\nIdentity fields approved by an administrator: {', '.join(scope.identity)}. They are added to "
+                "each statement under the extension urn:rthub:identity; handle them as personal data.\n")
+    else:
+        out += "\nIdentities stay anonymized: no identity field was approved.\n"
+    return out
 
 
 def _scope_text(scope: Scope) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from hub.core.delivery_kinds import PUSH
 from hub.deliver import actions
 from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
-
-PUSH = ("webhook", "lrs", "caliper")  # delivery kinds with an endpoint the hub sends to (not "direct")
 
 
 def _since(text: Any, field: str = "since") -> dt.datetime:

@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hub.core.groups import IdentityIndex
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.deliver.engine.watch import Watch
@@ -44,3 +45,4 @@ class Context:
     leases: LeaseBook  # ordered integrations' leases, followed in memory
     watch: Watch  # wakes dozing pull loops when a matching message is published
     starts: asyncio.Semaphore  # runner start-ups at once (consumer creation is a server round trip each)
+    identities: IdentityIndex | None = None  # learners the store knows, for grants approved for identity
