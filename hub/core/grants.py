@@ -102,15 +102,35 @@ class GrantIndex:
 
     def __init__(self, grants: Iterable[Grant] = ()):
         self.grants: dict[str, Grant] = {g.id: g for g in grants}
-        self._cache: dict[tuple, frozenset[str]] = {}
+        self._cache: dict[tuple, tuple] = {}
+        self._idents: dict[tuple, tuple[Grant, ...]] = {}
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
 
     def put(self, grant: Grant) -> None:
         self.grants[grant.id] = grant
-        self._cache.clear()
+        self._changed()
 
     def remove(self, grant_id: str) -> None:
         self.grants.pop(grant_id, None)
+        self._changed()
+
+    def _changed(self) -> None:
         self._cache.clear()
+        self._idents.clear()
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
+
+    def direct_identity_grants(self, site: str, org: str | None, course: str | None, event: str) -> tuple[Grant, ...]:
+        """Active direct grants approved for identity fields that cover these dimensions: the hub publishes
+        their learners' identity on ``ident.<grant>.<subject>`` (core NATS, never stored)."""
+        key = (site, org, course, event)
+        found = self._idents.get(key)
+        if found is None:
+            found = tuple(g for g in self.grants.values() if g.active and g.identity and g.delivery == "direct"
+                          and g.covers(site, org, course, event))
+            if len(self._idents) > 200_000:
+                self._idents.clear()
+            self._idents[key] = found
+        return found
 
     def protocols_for(self, site: str, org: str | None, course: str | None, event: str) -> frozenset[str]:
         """Protocols some active grant without learner groups needs for these dimensions."""

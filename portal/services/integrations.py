@@ -564,6 +564,7 @@ class IntegrationService(ServiceBase):
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
                 + (f"\nReason: {reason}\n" if reason else "")
+                + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
         if await self.send_mail(owner.email, f"rthub: integration {row.name[:60]} {what}", body, row.key):
             await self.audit("system", "mail.notify", row.key, f"{event} notice to the owner")
@@ -626,6 +627,19 @@ _NOTICES = {
 
 
 SUSPENDED_REASON = "suspended by an administrator"
+
+
+def _scope_notice(scope: Scope) -> str:
+    """What the approval mail says about learner groups and personal data (identity fields)."""
+    out = ""
+    if scope.learner_groups:
+        out += f"\nRestricted to the learners of group(s): {', '.join(scope.learner_groups)}.\n"
+    if scope.identity:
+        out += (f"\nIdentity fields approved by an administrator: {', '.join(scope.identity)}. They are added to "
+                "each statement under the extension urn:rthub:identity; handle them as personal data.\n")
+    else:
+        out += "\nIdentities stay anonymized: no identity field was approved.\n"
+    return out
 
 
 def _scope_text(scope: Scope) -> str:
