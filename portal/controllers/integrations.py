@@ -29,7 +29,7 @@ from portal.services import (
     requested_scope,
 )
 from portal.tables import Integration
-from portal.validation import split_list, validate_request
+from portal.validation import size_refused, split_list, validate_request
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
 
@@ -55,6 +55,8 @@ class IntegrationPages(Controller):
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
         unknown = courses.unknown_courses(known, spec.scope.sites if spec else [], spec.scope.courses if spec else [])
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
             shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
@@ -176,6 +178,8 @@ class IntegrationApi(Controller):
         spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
         view = public_view(await portal.create_integration(user, spec))
