@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT))
 from hub.core.grants import Grant, Target, put_grant  # noqa: E402
 from hub.core.natsconn import connect  # noqa: E402
 from hub.core.settings import HubSettings  # noqa: E402
-from hub.core.streams import TARGETS_BUCKET, ensure_streams  # noqa: E402
-from hub.core.subjects import subject  # noqa: E402
-from hub.deliver.signing import new_secret  # noqa: E402
+from hub.core.streams import ensure_streams  # noqa: E402
+from hub.core.subjects import TARGETS_BUCKET, subject  # noqa: E402
+from hub.deliver.transport.signing import new_secret  # noqa: E402
 from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The deliverer's own HTTP client (``hub/deliver/client.py``) against aiohttp, side by side in one run.
+"""The deliverer's own HTTP client (``hub/deliver/transport/client.py``) against aiohttp, side by side in one run.
 
 Both POST the same signed webhook body (1.2 kB) to the same local keep-alive receiver, which runs in a process of
 its own so the figures are the client's cost. Each client does what the deliverer needs per POST:
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp.abc import AbstractResolver, ResolveResult  # noqa: E402
 
-from hub.deliver import signing, ssrf  # noqa: E402
-from hub.deliver.client import Client  # noqa: E402
+from hub.deliver.transport import signing, ssrf  # noqa: E402
+from hub.deliver.transport.client import Client  # noqa: E402
 
 ALLOWED = ssrf.networks(["127.0.0.0/8"])
 BODY = b'{"id":"' + b"x" * 36 + b'","actor":' + b'{"name":"' + b"a" * 1100 + b'"}}'

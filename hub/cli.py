@@ -18,8 +18,9 @@ from hub.core.logs import setup_logging
 COMMANDS: dict[str, tuple[str, ...]] = {
     "hub.ops.up": ("up",),
     "hub.route.service": ("hub",),
-    "hub.core.streams": ("streams",),
+    "hub.ops.streams": ("streams",),
     "hub.ops.grant_cli": ("grant",),
+    "hub.ops.group_cli": ("group",),
     "hub.deliver.cli": ("deliver", "deadletters", "replay", "test-event", "delivery-status"),
     "lms_publisher.cli": ("publish", "demo"),
     "hub.ops.cluster": ("cluster",),

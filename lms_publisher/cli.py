@@ -8,10 +8,11 @@ import json
 import sys
 from pathlib import Path
 
-from hub.auth.store import creds_allow
+from hub.core.creds import creds_allow
 from hub.core.natsconn import connect
 from hub.core.settings import StreamSettings, from_env
-from hub.core.streams import RAW_STREAM, ensure_streams
+from hub.core.streams import ensure_streams
+from hub.core.subjects import RAW_STREAM
 from lms_publisher.settings import PublisherSettings
 
 

@@ -19,11 +19,12 @@ from typing import Any
 
 import nats.errors
 
-from hub.auth.store import creds_allow
+from hub.core.creds import creds_allow
 from hub.core.natsconn import connect
 from hub.core.publish import AckedPublisher
 from hub.core.settings import StreamSettings, from_env
-from hub.core.streams import RAW_STREAM, ensure_streams
+from hub.core.streams import ensure_streams
+from hub.core.subjects import RAW_STREAM
 from lms_publisher.codec import Record, to_record
 from lms_publisher.publish import publish_records
 from lms_publisher.settings import PublisherSettings

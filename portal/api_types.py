@@ -6,7 +6,7 @@ import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, UnsetType
 
-from hub.deliver.store import Attempt
+from hub.deliver.state.records import Attempt
 from portal.validation import Scope
 
 
@@ -57,7 +57,7 @@ class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Delivery figures of an approved or suspended integration (``hub.deliver.status``); a field the hub
+    """Delivery figures of an approved or suspended integration (``hub.deliver.state.integration_status``); a field the hub
     did not report is left out. Times are epoch seconds."""
 
     integration: str | UnsetType = UNSET
@@ -118,7 +118,7 @@ class RotatedSecret(msgspec.Struct, kw_only=True):
 
 
 class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
-    """One integration with its delivery figures (``hub.deliver.status``: delivered, lag, last error, dead
+    """One integration with its delivery figures (``hub.deliver.state.integration_status``: delivered, lag, last error, dead
     letters, ``behind_since`` when it cannot keep up) and, once, the webhook secret made at approval."""
 
     status_detail: StatusDetail = msgspec.field(default_factory=StatusDetail)

@@ -11,10 +11,14 @@ import os
 import sys
 from pathlib import Path
 
+import msgspec
+
+from hub.core.groups import IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.core.settings import from_env
 from portal import db
 from portal.services import Portal, PortalError, public_view
+from portal.services.integrations import requested_scope
 from portal.settings import PortalSettings
 from portal.tables import Account
 from portal.validation import check_scope, validate_request
@@ -113,7 +117,8 @@ def integration_add(args: argparse.Namespace) -> int:
     raw = {"name": args.name, "protocol": args.protocol, "delivery": deliveries[0],
            "url": args.lrs_url or args.webhook_url or args.caliper_url, "basic_auth": args.basic_auth,
            "bearer": args.bearer, "sites": args.site, "orgs": args.org, "courses": args.course,
-           "event_types": args.event_type, "reason": args.reason}
+           "event_types": args.event_type, "learner_groups": args.group, "identity": args.identity,
+           "reason": args.reason}
     spec, errors = validate_request(raw, set(settings.sites), settings.max_text, settings.allowed())
     if errors:
         print("error: invalid integration", file=sys.stderr)
@@ -163,10 +168,15 @@ def integration_decide(args: argparse.Namespace) -> int:
 
     async def work(portal: Portal):
         narrowed = None
-        if args.action == "approve" and (args.site or args.org or args.course or args.event_type):
+        if args.action == "approve" and (args.site or args.org or args.course or args.event_type or args.group
+                                         or args.identity):
+            # a dimension not given on the command line stays as requested
+            asked = msgspec.to_builtins(requested_scope(await portal.get(args.key)))
+            given = {"sites": args.site, "orgs": args.org, "courses": args.course, "event_types": args.event_type,
+                     "learner_groups": args.group, "identity": args.identity}
             errors: dict[str, str] = {}
-            narrowed = check_scope({"sites": args.site, "orgs": args.org, "courses": args.course,
-                                    "event_types": args.event_type}, set(settings.sites), errors)
+            narrowed = check_scope({k: v or (asked.get(k, []) if k != "identity" else []) for k, v in given.items()},
+                                   set(settings.sites), errors)
             if errors:
                 raise PortalError("invalid scope", 400, errors)
         # The same call as the admin page and the JSON API (on a waiting scope change, approve/deny answer it).
@@ -214,6 +224,9 @@ def add_parser(sub) -> None:
     p.add_argument("--org", action="append", default=[])
     p.add_argument("--course", action="append", default=[])
     p.add_argument("--event-type", action="append", default=[])
+    p.add_argument("--group", action="append", default=[], help="restrict to a learner group's members (repeatable)")
+    p.add_argument("--identity", action="append", default=[], choices=IDENTITY_FIELDS,
+                   help="identity field to add to statements (approved by adding it here; repeatable)")
     p.add_argument("--reason", default="added from the command line")
     p.add_argument("--lrs-url", help="xAPI LRS endpoint (statements are POSTed to URL/statements)")
     p.add_argument("--webhook-url", help="webhook endpoint (Standard Webhooks signatures)")
@@ -234,10 +247,12 @@ def add_parser(sub) -> None:
         p.add_argument("key", help="integration id (i...)")
         p.add_argument("--reason", default="", required=action == "deny")
         if action == "approve":
-            for opt in ("--site", "--org", "--course", "--event-type"):
+            for opt in ("--site", "--org", "--course", "--event-type", "--group"):
                 p.add_argument(opt, action="append", default=[], help="narrow the granted scope")
+            p.add_argument("--identity", action="append", default=[], choices=IDENTITY_FIELDS,
+                           help="approve this requested identity field (explicit, audited; repeatable)")
         else:
-            p.set_defaults(site=[], org=[], course=[], event_type=[])
+            p.set_defaults(site=[], org=[], course=[], event_type=[], group=[], identity=[])
         p.set_defaults(func=integration_decide, action=action)
     p = isub.add_parser("creds", help="issue a fresh .creds file for a direct integration")
     _common(p)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 
-from hub.core.streams import COURSES_BUCKET, RAW_STREAM
-from hub.core.subjects import parse_subject
+from hub.core.subjects import COURSES_BUCKET, RAW_STREAM, parse_subject
 from hub.translate.base import course_from_kv_key
 
 TTL = 60.0

@@ -11,7 +11,7 @@ import msgspec
 
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
-from hub.deliver.store import Attempt
+from hub.deliver.state.records import Attempt
 
 
 class EndpointState(msgspec.Struct, kw_only=True):
@@ -62,7 +62,7 @@ def next_retry(recent: list[dict[str, Any]], schedule: list[float]) -> float | N
 
 def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt.datetime | None,
                    stats: dict[str, Any], schedule: list[float] | None = None) -> EndpointState:
-    """The one line a consumer needs, from the portal status and ``hub.deliver.status.integration_status``."""
+    """The one line a consumer needs, from the portal status and ``hub.deliver.state.integration_status.integration_status``."""
     counts = {k: stats.get(k) for k in ("delivered", "attempts", "failures", "dead_letters", "lag",
                                         "last_success", "last_error", "last_error_at")}
     resolved = bool(counts["last_error_at"] and counts["last_success"]
@@ -104,7 +104,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
 
 
 # ---- the attempt log --------------------------------------------------------------------------------------
-LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/store.py
+DELIVERY_LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/state/records.py
 OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
 
 
@@ -140,7 +140,7 @@ class LogFilter(msgspec.Struct, kw_only=True):
 def parse_filter(outcome: str | None, status: str | None, since: str | None, until: str | None,
                  before: str | None, limit: str | int | None = None) -> tuple[LogFilter, dict[str, str]]:
     """Query parameters -> filter, or field errors (times: ISO 8601 or an age such as ``2h``)."""
-    from hub.deliver.ops import parse_time
+    from hub.deliver.actions import parse_time
 
     errors: dict[str, str] = {}
     f = LogFilter()
@@ -179,7 +179,7 @@ async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000)
 
     subject = f"attempts.{grant_id}"
     try:
-        info = await js.stream_info(LOG_STREAM, subjects_filter=subject)
+        info = await js.stream_info(DELIVERY_LOG_STREAM, subjects_filter=subject)
     except NotFoundError:
         return AttemptPage(items=[])
     if not (info.state.subjects or {}).get(subject):
@@ -191,7 +191,7 @@ async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000)
     while hi > floor and scanned < max_scan:
         lo = max(floor, hi - window)
         chunk: list[AttemptView] = []
-        sub = await js.pull_subscribe(subject, stream=LOG_STREAM, config=ConsumerConfig(
+        sub = await js.pull_subscribe(subject, stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(lo, dt.UTC),
             ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
         try:

@@ -87,7 +87,7 @@ class PortalSettings(NatsSettings, kw_only=True):
 
     def allowed(self) -> list:
         """Private networks an endpoint URL may name literally (as the deliverer's ``allowed_networks``)."""
-        from hub.deliver.ssrf import networks
+        from hub.deliver.transport.ssrf import networks
 
         return networks(self.allowed_networks)
 

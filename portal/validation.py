@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hub.core.grants import SIZE_REFUSAL, expansion, size_refusal
+from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.protocols import NAMES
-from hub.deliver import ssrf
+from hub.deliver.transport import ssrf
 
 PROTOCOLS = NAMES  # the hub's protocol registry
 DELIVERIES = ("webhook", "lrs", "caliper", "direct")
@@ -34,10 +35,15 @@ MAX_LIST = 50
 
 
 class Scope(msgspec.Struct, kw_only=True):
+    """What a grant covers. ``learner_groups`` restricts it to those groups' members; ``identity`` names the
+    identity fields (user_id, username, email) asked for, or approved explicitly by an administrator."""
+
     sites: list[str] = []
     orgs: list[str] = []
     courses: list[str] = []
     event_types: list[str] = []
+    learner_groups: list[str] = []
+    identity: list[str] = []
 
     def empty(self) -> bool:
         return not (self.sites or self.orgs or self.courses)
@@ -131,8 +137,16 @@ def _spaced_course(value: Any) -> str | None:
 
 def check_scope(raw: dict[str, Any], known_sites: set[str], errors: dict[str, str]) -> Scope:
     scope = Scope(sites=split_list(raw.get("sites")), orgs=split_list(raw.get("orgs")),
-                  courses=split_list(raw.get("courses")), event_types=split_list(raw.get("event_types")))
+                  courses=split_list(raw.get("courses")), event_types=split_list(raw.get("event_types")),
+                  learner_groups=split_list(raw.get("learner_groups")), identity=split_list(raw.get("identity")))
     errors_before = set(errors)
+    bad_groups = [g for g in scope.learner_groups if not GROUP_NAME.fullmatch(g)]
+    if bad_groups or len(scope.learner_groups) > MAX_LIST:
+        errors["learner_groups"] = (f"Not a group name (letters, digits, _ -): {bad_groups[0][:80]}" if bad_groups
+                                    else f"At most {MAX_LIST} entries.")
+    bad_fields = [f for f in scope.identity if f not in IDENTITY_FIELDS]
+    if bad_fields:
+        errors["identity"] = f"Unknown identity field {bad_fields[0][:40]!r}; one of {', '.join(IDENTITY_FIELDS)}."
     spaced = _spaced_course(raw.get("courses"))
     for field, values, pattern, what in (
         ("orgs", scope.orgs, ORG, "organisation code (letters, digits, . _ -)"),
@@ -244,8 +258,13 @@ def size_refused(errors: dict[str, str]) -> str | None:
 def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:
     """An approval may only narrow: every granted value must have been requested (unless "any" was asked)."""
     errors: dict[str, str] = {}
-    for field in ("sites", "orgs", "courses", "event_types"):
+    for field in ("sites", "orgs", "courses", "event_types", "learner_groups", "identity"):
         asked, given = getattr(requested, field), getattr(granted, field)
+        if field == "identity":  # nothing personal unless asked for: never "any" when the request named none
+            extra = [v for v in given if v not in asked]
+            if extra:
+                errors[field] = f"{extra[0][:80]!r} was not requested; approval can only narrow the scope."
+            continue
         if asked and not given:
             errors[field] = f"The request limited {field}; approval cannot widen it to any."
         extra = [v for v in given if asked and v not in asked]

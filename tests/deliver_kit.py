@@ -8,11 +8,10 @@ import uuid
 import msgspec
 
 from hub.core.grants import Grant, Target, delete_grant, put_grant
-from hub.core.streams import TARGETS_BUCKET
-from hub.core.subjects import subject
+from hub.core.subjects import TARGETS_BUCKET, subject
 from hub.deliver.service import Deliverer
 from hub.deliver.settings import DeliverSettings
-from hub.deliver.store import ensure_delivery
+from hub.deliver.state.setup import ensure_delivery
 from tests.helpers import unique, wait_for
 
 

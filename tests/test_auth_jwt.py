@@ -13,10 +13,10 @@ from hub.auth.permissions import (
     SERVICES,
     consumer_inbox,
     consumer_permissions,
-    inbox_prefix_of,
     service_inbox,
     service_permissions,
 )
+from hub.core.creds import creds_jwt, inbox_prefix_of
 from hub.core.grants import Grant, consumer_name
 
 
@@ -60,7 +60,7 @@ def test_user_claims_and_creds_text():
     none = jwt.decode(jwt.encode(jwt.user_claims("n", jwt.public_key(user), [], []), acc))["nats"]
     assert none["pub"] == {"deny": [">"]} and none["sub"] == {"deny": [">"]}
     text = jwt.creds(token, user)
-    assert jwt.creds_jwt(text) == token and user.decode() in text
+    assert creds_jwt(text) == token and user.decode() in text
 
 
 def _grant(**kw) -> Grant:

@@ -15,7 +15,8 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
-from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer, jwt
+from hub.auth import AuthStore, ensure_consumer, jwt
+from hub.core.creds import creds_inbox_prefix, creds_jwt
 from hub.core.grants import Grant, consumer_name
 from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
@@ -263,8 +264,8 @@ async def test_cli_issues_consumer_creds_and_revokes(op_server, auth_dir, admin,
     seed = text.split("BEGIN USER NKEY SEED-----\n")[1].split("\n")[0]
     assert seed.startswith("SU") and seed not in (done.stdout + done.stderr).decode()
     assert "pull_subscribe_bind" in done.stdout.decode()
-    user_pub = jwt.decode(jwt.creds_jwt(text))["sub"]
-    assert jwt.decode(jwt.creds_jwt(text))["exp"] > time.time() + 86000
+    user_pub = jwt.decode(creds_jwt(text))["sub"]
+    assert jwt.decode(creds_jwt(text))["exp"] > time.time() + 86000
     info = await admin.jetstream().consumer_info("XAPI", consumer_name(grant.id))
     assert info.config.filter_subjects == grant.filter_subjects()
 

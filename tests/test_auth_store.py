@@ -8,12 +8,13 @@ import stat
 import pytest
 
 from hub.auth import AuthStore, jwt
+from hub.core.creds import creds_jwt
 from hub.core.grants import Grant
 
 
 def test_service_revocations_accumulate_in_the_data_account(tmp_path):
     auth = AuthStore.ensure(tmp_path)
-    keys = [jwt.decode(jwt.creds_jwt(auth.service_creds(s).read_text()))["sub"] for s in ("hub", "deliverer")]
+    keys = [jwt.decode(creds_jwt(auth.service_creds(s).read_text()))["sub"] for s in ("hub", "deliverer")]
     first = jwt.decode(auth.add_revocations(keys[:1]))
     assert first["iss"] == auth.signing_pub and first["sub"] == auth.hub_pub  # signing key, not the operator
     second = jwt.decode(auth.add_revocations(keys[1:]))
@@ -41,7 +42,7 @@ def test_each_direct_subscriber_gets_its_own_account_with_exact_imports(tmp_path
     exports = jwt.decode(auth.hub_jwt)["nats"]["exports"]
     assert all(e["token_req"] for e in exports)  # private: an activation is required
     text, user = auth.consumer_creds(grant, expires_in=60)
-    user_claims = jwt.decode(jwt.creds_jwt(text))
+    user_claims = jwt.decode(creds_jwt(text))
     assert user_claims["iss"] == tenant["sub"] and user_claims["sub"] == user
     assert "_INBOX.>" not in user_claims["nats"]["sub"]["allow"]
     assert auth.tenant_jwts() == {tenant["sub"]: (tmp_path / "nats-auth" / "tenants" / "g1.jwt").read_text()}
@@ -60,7 +61,7 @@ def test_a_closed_account_gets_no_user_and_a_revoked_one_never_reopens(tmp_path)
     reopened = jwt.decode(auth.open_tenant(grant))  # resume
     assert reopened["nats"]["revocations"]["*"] == suspended["nats"]["revocations"]["*"]  # old users stay cut
     text, _ = auth.consumer_creds(grant)
-    assert jwt.decode(jwt.creds_jwt(text))["iat"] > reopened["nats"]["revocations"]["*"]  # the new one is not
+    assert jwt.decode(creds_jwt(text))["iat"] > reopened["nats"]["revocations"]["*"]  # the new one is not
     auth.close_tenant("g1", final=True)
     with pytest.raises(RuntimeError, match="for good"):
         auth.open_tenant(grant)
@@ -108,7 +109,7 @@ def test_service_creds_are_reissued_only_when_permissions_change(tmp_path):
     assert auth.service_creds("hub").read_text() == text
     other = auth.service_creds("hub", hub_consumer="hub2")  # a different durable: new permissions
     assert other.read_text() != text
-    claims = jwt.decode(jwt.creds_jwt(other.read_text()))
+    claims = jwt.decode(creds_jwt(other.read_text()))
     assert "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub2" in claims["nats"]["pub"]["allow"]
     assert claims["iss"] == auth.hub_pub
     assert stat.S_IMODE(os.stat(other).st_mode) == 0o600
@@ -132,9 +133,9 @@ def test_no_credential_for_a_suspended_grant(tmp_path):
 def test_a_revoked_service_credential_is_reissued(tmp_path):
     auth = AuthStore.ensure(tmp_path)
     path = auth.service_creds("publisher")
-    leaked = jwt.decode(jwt.creds_jwt(path.read_text()))["sub"]
+    leaked = jwt.decode(creds_jwt(path.read_text()))["sub"]
     auth.add_revocations([leaked])
-    fresh = jwt.decode(jwt.creds_jwt(auth.service_creds("publisher").read_text()))
+    fresh = jwt.decode(creds_jwt(auth.service_creds("publisher").read_text()))
     assert fresh["sub"] != leaked and fresh["nats"]["pub"]["allow"][0] == "lms.>"
 
 
@@ -148,7 +149,7 @@ def test_everything_after_set_up_works_without_the_operator_seed(tmp_path):
     assert tenant["iss"] == again.signing_pub
     again.consumer_creds(grant)
     again.close_tenant("g1")
-    assert jwt.decode(again.add_revocations([jwt.decode(jwt.creds_jwt(again.service_creds("hub").read_text()))["sub"]]))["iss"] == auth.signing_pub
+    assert jwt.decode(again.add_revocations([jwt.decode(creds_jwt(again.service_creds("hub").read_text()))["sub"]]))["iss"] == auth.signing_pub
     assert jwt.decode(again.operator_jwt)["nats"]["signing_keys"] == [again.signing_pub]
     with pytest.raises(RuntimeError, match="missing"):
         again.operator_seed  # noqa: B018 - only re-signing the operator JWT would need it

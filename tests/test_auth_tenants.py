@@ -17,19 +17,20 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
-from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.auth import AuthStore, ensure_consumer
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import Grant, consumer_name
 from hub.core.settings import HubSettings
-from hub.core.streams import (
+from hub.core.streams import ensure_streams
+from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
     GRANTS_BUCKET,
     QUARANTINE_STREAM,
     RAW_STREAM,
     TARGETS_BUCKET,
-    ensure_streams,
+    subject,
 )
-from hub.core.subjects import subject
 from tests.helpers import start_operator_nats, unique, wait_for
 from tests.test_auth_nats import Probe
 

@@ -25,8 +25,7 @@ from hub.cli import build_parser
 from hub.core.grants import Grant, delete_grant, put_grant
 from hub.core.natsconn import connect
 from hub.core.settings import HubSettings, env_names
-from hub.core.streams import RAW_STREAM
-from hub.core.subjects import filter_subject
+from hub.core.subjects import RAW_STREAM, filter_subject
 from hub.ops.natsserver import port_free
 from lms_publisher.backend import NatsBackend
 from tests.helpers import ROOT, all_settings, rthub_env, unique, wait_for

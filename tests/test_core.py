@@ -292,7 +292,8 @@ def test_parse_ack_never_guesses():
 def test_one_protocol_registry():
     from hub.core.protocols import NAMES, PROTOCOLS
     from hub.core.settings import StreamSettings
-    from hub.core.streams import PROTOCOL_STREAMS, stream_configs
+    from hub.core.streams import stream_configs
+    from hub.core.subjects import PROTOCOL_STREAMS
     from hub.translate import supported
 
     assert NAMES == ("xapi", "caliper")

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.deliver import ssrf
-from hub.deliver.client import Client, HTTPError
-from hub.deliver.http import Sender
+from hub.deliver.transport import ssrf
+from hub.deliver.transport.client import Client, HTTPError
+from hub.deliver.transport.request import Sender
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from hub.deliver.ops import list_dead_letters
-from hub.deliver.store import STATE_BUCKET
+from hub.core.subjects import DELIVERY_STATE_BUCKET
+from hub.deliver.actions import list_dead_letters
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import wait_for
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def _retry_keys(js, gid: str) -> list[str]:
-    info = await js.stream_info(f"KV_{STATE_BUCKET}", subjects_filter=f"$KV.{STATE_BUCKET}.schedule.{gid}.>")
+    info = await js.stream_info(f"KV_{DELIVERY_STATE_BUCKET}", subjects_filter=f"$KV.{DELIVERY_STATE_BUCKET}.schedule.{gid}.>")
     return list(info.state.subjects or {})
 
 
@@ -47,10 +47,10 @@ async def test_a_restarted_deliverer_continues_a_held_messages_retry_schedule(nc
 
 
 async def _no_keys(js, gid: str) -> bool:
-    kv = await js.key_value(STATE_BUCKET)
+    kv = await js.key_value(DELIVERY_STATE_BUCKET)
     for subject in await _retry_keys(js, gid):
         try:
-            await kv.get(subject.split(f"$KV.{STATE_BUCKET}.", 1)[1])
+            await kv.get(subject.split(f"$KV.{DELIVERY_STATE_BUCKET}.", 1)[1])
             return False
         except Exception:  # noqa: BLE001 - KeyDeletedError: purged
             continue
@@ -162,8 +162,8 @@ async def test_secret_rotation_under_load_takes_effect_at_once_on_every_delivere
     from hub.core.grants import Target
     from hub.core.natsconn import connect
     from hub.core.settings import NatsSettings
-    from hub.deliver.signing import new_secret
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
+    from hub.deliver.transport.signing import new_secret
     from tests.deliver_kit import put_target
 
     s1, s2, s3 = new_secret(), new_secret(), new_secret()
@@ -233,7 +233,7 @@ def msgspec_replace(target, **kw):
 
 
 async def _status_delivered(js, gid: str, at_least: int) -> bool:
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
 
     return (await integration_status(js, gid))["delivered"] >= at_least
 
@@ -243,7 +243,7 @@ async def test_a_stopped_runner_starts_no_replay_pull(nc, js, nats_server):
     with the superseded target, unseen and uncounted)."""
     import datetime as dt
 
-    from hub.deliver.ops import request_replay
+    from hub.deliver.actions import request_replay
 
     rx = await Receiver().start()
     gid, site = await integration(js, "webhook", rx.url)
@@ -271,7 +271,7 @@ async def test_batched_ordered_webhook_keeps_up_with_a_slow_receiver(nc, js, nat
 
     from standardwebhooks.webhooks import Webhook
 
-    from hub.deliver.signing import new_secret
+    from hub.deliver.transport.signing import new_secret
 
     secret = new_secret()
     rx = await Receiver(delay=0.5).start()
@@ -300,7 +300,7 @@ async def test_batched_ordered_webhook_keeps_up_with_a_slow_receiver(nc, js, nat
 async def test_an_integration_that_cannot_keep_up_is_shown(nc, js, nats_server):
     import asyncio
 
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
 
     rx = await Receiver(delay=0.1).start()  # at most ~10 requests/s for one ordered course
     gid, site = await integration(js, "webhook", rx.url)
@@ -333,7 +333,7 @@ async def test_an_integration_that_cannot_keep_up_is_shown(nc, js, nats_server):
 
 
 async def _status_has(js, gid: str, pred) -> bool:
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
 
     return pred(await integration_status(js, gid))
 

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from hub.deliver.status import integration_status
+from hub.deliver.state.integration_status import integration_status
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, statement
 from tests.deliver_receivers import LRS, Receiver
 from tests.helpers import wait_for
@@ -99,16 +99,16 @@ async def test_exception_while_handling_one_message_dead_letters_it_with_the_rea
                                                                                     monkeypatch):
     """A bug one statement meets (here the request builder raising on it) costs that statement only: it is
     dead-lettered with the exception as reason, the rest of its batch and course is delivered, nothing loops."""
-    import hub.deliver.endpoint
+    import hub.deliver.engine.endpoint
 
-    real = hub.deliver.endpoint.build
+    real = hub.deliver.engine.endpoint.build
 
     def buggy(target, protocol, bodies, ids, *args):
         if any(b'"urn:n":2}' in b for b in bodies):
             raise ValueError("cannot build this one")
         return real(target, protocol, bodies, ids, *args)
 
-    monkeypatch.setattr(hub.deliver.endpoint, "build", buggy)
+    monkeypatch.setattr(hub.deliver.engine.endpoint, "build", buggy)
     lrs = LRS()
     rx = await Receiver(lrs).start()
     gid, site = await integration(js, "lrs", rx.url + "/xapi/", basic_auth="key:secret", batch_size=4,

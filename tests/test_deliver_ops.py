@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from hub.deliver.ops import list_dead_letters, redrive, request_replay, send_test_event
-from hub.deliver.status import integration_status
+from hub.deliver.actions import list_dead_letters, redrive, request_replay, send_test_event
+from hub.deliver.state.integration_status import integration_status
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub, rthub_env, wait_for

@@ -15,9 +15,10 @@ import pytest
 from hub.core.grants import Grant
 from hub.core.natsconn import connect
 from hub.core.settings import NatsSettings
-from hub.deliver.partitions import fair_share, original_subject, part_filters, preference
+from hub.core.subjects import DELIVERY_STATE_BUCKET
+from hub.deliver.engine.partitions import fair_share, original_subject, part_filters, preference
 from hub.deliver.service import Deliverer
-from hub.deliver.store import STATE_BUCKET, ensure_delivery
+from hub.deliver.state.setup import ensure_delivery
 from tests.deliver_kit import integration, publish, remove, settings, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub_env, wait_for
@@ -47,7 +48,7 @@ def _first_arrivals_in_order(rx: Receiver, sent: dict[str, list[str]]) -> None:
 
 
 async def _owners(js, gid: str) -> dict[int, str]:
-    state = await js.key_value(STATE_BUCKET)
+    state = await js.key_value(DELIVERY_STATE_BUCKET)
     out = {}
     for k in range(PARTS):
         try:
@@ -186,7 +187,7 @@ async def test_switching_to_partitions_delivers_the_single_consumers_backlog(nc,
     """A backlog left in the integration's single consumer is delivered by the partitioned deliverer, which
     then deletes that consumer."""
     from hub.core.grants import consumer_name
-    from hub.deliver.partitions import PARTS_STREAM
+    from hub.core.subjects import PARTS_STREAM
     from tests.deliver_kit import deliverer, delivering
 
     rx = await Receiver().start()

@@ -11,9 +11,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from hub.core.grants import Target
-from hub.deliver import retry, signing, ssrf
-from hub.deliver.http import build, caliper_envelope
+from hub.deliver.engine import retry
 from hub.deliver.settings import seconds
+from hub.deliver.transport import signing, ssrf
+from hub.deliver.transport.request import build, caliper_envelope
 
 
 def test_signature_matches_the_independent_verifier():
@@ -120,7 +121,7 @@ def test_requests_per_kind():
 
 
 def test_attempt_log_sums_up_first_try_deliveries_and_keeps_every_other_attempt():
-    from hub.deliver.store import Attempt, summarize
+    from hub.deliver.state.records import Attempt, summarize
 
     def a(t, sid, outcome="delivered", attempt=1, status=200, source="live"):
         return Attempt(t=t, ids=[sid], attempt=attempt, outcome=outcome, status=status, latency_ms=t,

@@ -7,8 +7,8 @@ import json
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from hub.deliver.signing import new_secret
-from hub.deliver.status import integration_status
+from hub.deliver.state.integration_status import integration_status
+from hub.deliver.transport.signing import new_secret
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import wait_for

@@ -397,9 +397,10 @@ async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp
     """Default lease and ack wait: the stand-by delivers within takeover_after (12.7 s) + slack,
     nothing is lost and every course's statements first arrive in publish order."""
     from hub.core.grants import Target
+    from hub.core.subjects import DELIVERY_STATE_BUCKET
     from hub.deliver.service import takeover_after
     from hub.deliver.settings import DeliverSettings
-    from hub.deliver.store import STATE_BUCKET, ensure_delivery
+    from hub.deliver.state.setup import ensure_delivery
     from tests.deliver_kit import publish, put_target, statement
     from tests.deliver_receivers import Receiver
 
@@ -414,7 +415,7 @@ async def test_drill_deliverer_sigkill_takeover_keeps_order(js, nats_server, tmp
     procs = [subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
                               stdout=open(tmp_path / f"d{i}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
              for i in range(2)]
-    state = await js.key_value(STATE_BUCKET)
+    state = await js.key_value(DELIVERY_STATE_BUCKET)
 
     async def holder() -> int | None:
         try:
@@ -484,7 +485,7 @@ def _out_of_order_pairs(delivered: list[str], sent: list[str]) -> list[tuple[int
 async def test_drill_order_per_course_across_a_deliverer_restart(js, nats_server, tmp_path, how):
     from hub.core.grants import Target, consumer_name
     from hub.deliver.settings import DeliverSettings
-    from hub.deliver.store import ensure_delivery
+    from hub.deliver.state.setup import ensure_delivery
     from tests.deliver_kit import publish, put_target, statement
     from tests.deliver_receivers import Receiver
 

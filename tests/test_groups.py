@@ -158,7 +158,9 @@ async def test_only_members_events_reach_the_group_subject(nc, running_hub):
     await publish(js, video_event(user_id=7))
     await wait_for(lambda: len(group.msgs) == 1, 10, "the member's statement")
     assert [m.subject for m in everything.msgs] == [group.msgs[0].subject]
-    assert group.msgs[0].headers["Nats-Msg-Id"] == json.loads(group.msgs[0].data)["id"] + ".acme"
+    sid = json.loads(group.msgs[0].data)["id"]
+    assert group.msgs[0].headers["Nats-Msg-Id"] == sid + ".acme"
+    assert group.msgs[0].headers["Rthub-Statement-Id"] == sid
     assert running_hub.metrics.get("filtered") == 1
     member_actor = users_of(group)[0]
 

@@ -14,7 +14,7 @@ import pytest_asyncio
 
 from hub.core.grants import Target, decode_grant
 from hub.core.secretbox import SecretBox
-from hub.core.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.core.subjects import GRANTS_BUCKET, TARGETS_BUCKET
 from portal.app import create_app
 from portal.settings import PortalSettings
 from portal.tables import Integration

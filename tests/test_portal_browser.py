@@ -16,7 +16,8 @@ import nats
 import pytest
 import pytest_asyncio
 
-from hub.auth import AuthStore, creds_inbox_prefix
+from hub.auth import AuthStore
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import consumer_name
 from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams

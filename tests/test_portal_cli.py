@@ -14,7 +14,7 @@ import pytest
 from hub.core.grants import Target, decode_grant
 from hub.core.secretbox import SecretBox
 from hub.core.settings import from_env
-from hub.core.streams import GRANTS_BUCKET, TARGETS_BUCKET
+from hub.core.subjects import GRANTS_BUCKET, TARGETS_BUCKET
 from portal import db as portal_db
 from portal.settings import PortalSettings
 from tests.helpers import rthub, rthub_env, unique, wait_for

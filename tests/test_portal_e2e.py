@@ -16,8 +16,8 @@ import pytest_asyncio
 from hub.auth import AuthStore
 from hub.core.grants import Target
 from hub.core.settings import HubSettings
-from hub.core.streams import TARGETS_BUCKET, ensure_streams
-from hub.core.subjects import subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import TARGETS_BUCKET, subject
 from hub.ops.natsserver import free_port, wait_port
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
@@ -319,7 +319,7 @@ async def test_narrowing_a_direct_subscription_cuts_off_its_old_credentials(syst
     import nats
     from playwright.async_api import async_playwright
 
-    from hub.auth import creds_inbox_prefix
+    from hub.core.creds import creds_inbox_prefix
     from hub.core.grants import consumer_name
 
     other = "course-v1:OpenU+Demo2+2024_T1"

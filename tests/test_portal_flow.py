@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from hub.core.grants import decode_grant
-from hub.core.streams import GRANTS_BUCKET
+from hub.core.subjects import GRANTS_BUCKET
 from portal.deliveries import endpoint_state
 from portal.tables import ApiToken, WebSession
 from tests.helpers import wait_for
@@ -182,7 +182,7 @@ def test_last_error_is_timed_and_marked_resolved():
 async def test_delivered_count_survives_a_secret_rotation(nc, js, nats_server):
     """Bug 4: a target change that restarts the integration's runner (a rotation applies in place since issue 10
     bug 3; with a concurrency change it restarts) keeps its counters instead of zeroing them."""
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
     from tests.deliver_kit import (
         deliverer,
         delivering,
@@ -235,8 +235,7 @@ async def test_request_form_checks_urls_with_the_deliverers_rules(app):
 
 
 async def test_known_courses_are_offered_and_unknown_keys_warned(app, js):
-    from hub.core.streams import RAW_STREAM
-    from hub.core.subjects import subject
+    from hub.core.subjects import RAW_STREAM, subject
     from hub.translate.cli import put_course_name
     from portal import courses
 

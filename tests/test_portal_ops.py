@@ -15,10 +15,9 @@ import msgspec
 import pytest
 
 from hub.core.grants import decode_grant
-from hub.core.streams import GRANTS_BUCKET
-from hub.core.subjects import subject
-from hub.deliver import signing
-from hub.deliver.status import integration_status
+from hub.core.subjects import GRANTS_BUCKET, subject
+from hub.deliver.state.integration_status import integration_status
+from hub.deliver.transport import signing
 from portal.services import endpoints
 from portal.tables import Integration
 from tests.deliver_kit import deliverer

@@ -24,11 +24,12 @@ import pytest_asyncio
 from nats.js.errors import NotFoundError
 from standardwebhooks import Webhook
 
-from hub.auth import AuthStore, creds_inbox_prefix
+from hub.auth import AuthStore
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import Target, consumer_name
 from hub.core.settings import HubSettings
-from hub.core.streams import TARGETS_BUCKET, ensure_streams
-from hub.core.subjects import subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import TARGETS_BUCKET, subject
 from hub.ops.natsserver import free_port, wait_port
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver

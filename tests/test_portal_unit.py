@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hub.deliver import ssrf
+from hub.deliver.transport import ssrf
 from portal import security
 from portal.validation import Scope, check_narrowing, check_url, split_list, validate_request, validate_signup
 

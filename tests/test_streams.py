@@ -2,7 +2,8 @@
 
 from hub.core.natsconn import connect
 from hub.core.settings import HubSettings
-from hub.core.streams import PROTOCOL_STREAMS, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
+from hub.core.streams import ensure_streams
+from hub.core.subjects import PROTOCOL_STREAMS, QUARANTINE_STREAM, RAW_STREAM
 from hub.ops.natsserver import NatsServer, free_port
 
 
@@ -42,7 +43,7 @@ async def test_rthub_streams_creates_every_stream_and_bucket(tmp_path):
     import asyncio
 
     from hub.deliver.settings import DeliverSettings
-    from hub.deliver.store import stream_configs as delivery_streams
+    from hub.deliver.state.setup import stream_configs as delivery_streams
     from tests.helpers import rthub, rthub_env
 
     server = NatsServer(free_port(), tmp_path, name="streams-cli").start()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from hub.core.events import normalize
-from hub.core.streams import COURSES_BUCKET
+from hub.core.subjects import COURSES_BUCKET
 from hub.route.service import watch_course_names
 from hub.translate import CourseNames, ExternalIds, TranslateContext, course_kv_key, translate
 from hub.translate.cli import put_course_name

@@ -5,8 +5,8 @@ in operator mode; ``service_creds``/``consumer_creds`` issue users; ``revoke`` c
 """
 
 from hub.auth.consumers import delete_consumer, ensure_consumer, example_nats_cli, example_subscriber
-from hub.auth.permissions import consumer_inbox, inbox_prefix_of, service_inbox
-from hub.auth.store import AuthError, AuthStore, creds_allow, creds_inbox_prefix
+from hub.auth.permissions import consumer_inbox, service_inbox
+from hub.auth.store import AuthError, AuthStore
 
 __all__ = ["AuthStore", "AuthError", "ensure_consumer", "delete_consumer", "example_subscriber", "example_nats_cli",
-           "consumer_inbox", "service_inbox", "inbox_prefix_of", "creds_inbox_prefix", "creds_allow"]
+           "consumer_inbox", "service_inbox"]

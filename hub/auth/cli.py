@@ -102,7 +102,7 @@ async def _admin_connect(s: NatsSettings, auth: AuthStore):
 
 def _consumer_creds(args) -> int:
     from hub.core.grants import decode_grant
-    from hub.core.streams import GRANTS_BUCKET
+    from hub.core.subjects import GRANTS_BUCKET
 
     s = _settings(args)
     auth = AuthStore.ensure(s.data_path)

@@ -12,7 +12,7 @@ from nats.js.errors import NotFoundError
 
 from hub.auth.permissions import consumer_inbox
 from hub.core.grants import Grant, consumer_name
-from hub.core.streams import PROTOCOL_STREAMS
+from hub.core.subjects import PROTOCOL_STREAMS
 
 
 async def ensure_consumer(js: JetStreamContext, grant: Grant, deliver_policy: DeliverPolicy = DeliverPolicy.NEW,

@@ -181,12 +181,3 @@ def creds(user_jwt: str, user_seed: bytes) -> str:
         "------END USER NKEY SEED------\n\n"
         "*************************************************************\n"
     )
-
-
-def creds_jwt(creds_text: str) -> str:
-    """The user JWT inside a ``.creds`` text."""
-    lines = creds_text.splitlines()
-    for i, line in enumerate(lines):
-        if "BEGIN NATS USER JWT" in line and i + 1 < len(lines):
-            return lines[i + 1].strip()
-    raise ValueError("no user JWT in this credentials text")

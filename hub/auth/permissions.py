@@ -1,33 +1,33 @@
 """Who may publish and subscribe to what: least-privilege allow lists for every service and consumer.
 
-Pure functions over the names in :mod:`hub.core.streams` and :mod:`hub.core.grants`, so the tables are tested without a
+Pure functions over the names in :mod:`hub.core.subjects` and :mod:`hub.core.grants`, so the tables are tested without a
 server. Every user gets a private inbox prefix instead of ``_INBOX.>``: replies (JetStream acks, KV values,
 including webhook secrets read by the deliverer) would otherwise be readable by any other user of the account.
-Clients must therefore connect with ``inbox_prefix=`` (:func:`inbox_prefix_of` reads it back from a JWT).
+Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inbox_prefix_of` reads it back from a JWT).
 """
 
 from __future__ import annotations
 
 from hub.core.grants import Grant, consumer_name
-from hub.core.groups import GROUPS_BUCKET, LEARNERS_BUCKET
-from hub.core.streams import (
+from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
+    DELIVERY_LOG_STREAM,
+    DELIVERY_STATE_BUCKET,
     GRANTS_BUCKET,
+    GROUPS_BUCKET,
+    LEARNERS_BUCKET,
+    PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
     RAW_STREAM,
+    REDRIVE_STREAM,
     TARGETS_BUCKET,
+    encode_token,
 )
-from hub.core.subjects import encode_token
 
 API = "$JS.API"
 SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-# The deliverer's own streams and state bucket (hub/deliver/store.py; names repeated so auth never imports it).
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"
-REDRIVE_STREAM = "REDRIVE"
-PARTS_STREAM = "DELIVERY_PARTS"  # course partitions of the protocol streams (hub/deliver/partitions.py)
-DELIVERY_STATE_BUCKET = "rthub_delivery"
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
@@ -39,14 +39,6 @@ def service_inbox(service: str) -> str:
 def consumer_inbox(grant_id: str) -> str:
     """A consumer's private inbox; ``_INBOX_c_`` never collides with a service's ``_INBOX_svc_``."""
     return f"_INBOX_c_{grant_id}"
-
-
-def inbox_prefix_of(sub_allow: list[str]) -> str | None:
-    """The private inbox prefix granted by a user's subscribe allow list (``_INBOX_x.>`` -> ``_INBOX_x``)."""
-    for subj in sub_allow:
-        if subj.startswith("_INBOX_") and subj.endswith(".>"):
-            return subj[:-2]
-    return None
 
 
 def durable(stream: str, consumer: str) -> list[str]:
@@ -131,7 +123,7 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *kv_write(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET), *kv_write(COURSES_BUCKET),
                *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), *kv_read(DELIVERY_STATE_BUCKET), *stream_reader(DEAD_LETTER_STREAM),
                *stream_reader(DELIVERY_LOG_STREAM), f"{API}.CONSUMER.LIST.{PARTS_STREAM}",  # partitioned lag
-               # The consumer's delivery operations (hub/deliver/ops.py): resend gets one statement by sequence
+               # The consumer's delivery operations (hub/deliver/actions.py): resend gets one statement by sequence
                # (never pulls); redrive, resend and test events go to redrive.<id>; redrive removes the dead
                # letter; replay / retry-now / re-enable write their key in the delivery state bucket.
                *(f"{API}.STREAM.MSG.GET.{s}" for s in protocol_streams), "redrive.>",

@@ -28,12 +28,12 @@ from hub.auth.permissions import (
     consumer_inbox,
     consumer_permissions,
     hub_exports,
-    inbox_prefix_of,
     service_permissions,
     tenant_imports,
 )
+from hub.core.creds import creds_jwt
 from hub.core.grants import GRANT_ID, Grant
-from hub.core.subjects import encode_token, subject_matches
+from hub.core.subjects import encode_token
 
 log = logging.getLogger("rthub.auth")
 
@@ -235,7 +235,7 @@ class AuthStore:
         path = self.path / f"{name}.creds"
         with self._locked(self.path):
             if path.exists():
-                claims = jwt.decode(jwt.creds_jwt(path.read_text()), verify=False)
+                claims = jwt.decode(creds_jwt(path.read_text()), verify=False)
                 perms = claims["nats"]
                 if perms.get("pub", {}).get("allow") == pub and perms.get("sub", {}).get("allow") == sub \
                         and claims["iss"] == self.hub_pub and claims["sub"] not in self.revocations():
@@ -480,29 +480,6 @@ class AuthStore:
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
 
 
-def creds_allow(creds: str | Path | None, subject: str) -> bool:
-    """Whether a ``.creds`` file's user may publish to ``subject`` (no creds, or no allow list: yes). Lets a
-    tool skip what its user may not do (a per-site publisher declaring streams) instead of timing out."""
-    if not creds:
-        return True
-    text = Path(creds).read_text() if "BEGIN NATS USER JWT" not in str(creds) else str(creds)
-    pub = jwt.decode(jwt.creds_jwt(text), verify=False)["nats"].get("pub", {})
-    if "allow" not in pub:
-        return not pub.get("deny")
-    return any(subject_matches(p, subject) for p in pub["allow"])
-
-
-def creds_inbox_prefix(creds: str | Path) -> str | None:
-    """The private inbox prefix a ``.creds`` file's user must connect with (``None``: the default is fine).
-
-    Reads only the JWT part (public), never the seed; lets any client connect without knowing which user
-    it is, e.g. ``nats.connect(..., user_credentials=path, inbox_prefix=creds_inbox_prefix(path) or "_INBOX")``.
-    """
-    text = Path(creds).read_text() if not isinstance(creds, str) or "BEGIN NATS USER JWT" not in creds else creds
-    claims = jwt.decode(jwt.creds_jwt(text), verify=False)["nats"]
-    return inbox_prefix_of(claims.get("sub", {}).get("allow", []))
-
-
 def tenant_jwt_problem(token: str, signing_pub: str) -> str | None:
     """Why a stored subscriber account JWT must not be given to a server (``None``: it is fine)."""
     if len(token) > MAX_ACCOUNT_JWT_BYTES:
@@ -528,4 +505,4 @@ def _hub_claims(hub_pub: str, revocations: dict[str, int], now: float | None = N
     return jwt.account_claims("HUB", hub_pub, jetstream=True, revocations=revocations, now=now, exports=exports)
 
 
-__all__ = ["AuthStore", "AuthError", "SERVICES", "creds_allow", "creds_inbox_prefix"]
+__all__ = ["AuthStore", "AuthError", "SERVICES"]

@@ -26,6 +26,7 @@ class Header(StrEnum):
     EXPECTED_STREAM = "Nats-Expected-Stream"
     PENDING_MESSAGES = "Nats-Pending-Messages"  # on a 408/409: messages the ended request never delivered
     PENDING_BYTES = "Nats-Pending-Bytes"
+    STATEMENT_ID = "Rthub-Statement-Id"  # a group-scoped copy's statement id (its Nats-Msg-Id adds the group)
 
 
 class ErrCode(IntEnum):

@@ -25,8 +25,7 @@ from nats.js.errors import NoKeysError
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
-from hub.core.streams import GRANTS_BUCKET
-from hub.core.subjects import encode_token
+from hub.core.subjects import GRANTS_BUCKET, encode_token
 
 log = logging.getLogger("rthub.grants")
 

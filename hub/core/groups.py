@@ -21,10 +21,8 @@ from collections.abc import Iterable
 
 import msgspec
 
-from hub.core.subjects import decode_token, encode_token
+from hub.core.subjects import GROUPS_BUCKET, LEARNERS_BUCKET, decode_token, encode_token
 
-GROUPS_BUCKET = "rthub_groups"
-LEARNERS_BUCKET = "rthub_learners"
 GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USER_ID = re.compile(r"[0-9]{1,20}")
 IDENTITY_FIELDS = ("user_id", "username", "email")  # what an administrator may approve for a grant

@@ -21,7 +21,7 @@ async def connect(s: NatsSettings, name: str, **kwargs) -> Client:
     opts = dict(servers=s.servers, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 error_cb=on_error, connect_timeout=5)
     if s.nats_creds:
-        from hub.auth import creds_inbox_prefix  # operator-mode users may only use their private inbox
+        from hub.core.creds import creds_inbox_prefix  # operator-mode users may only use their private inbox
 
         opts["user_credentials"] = s.nats_creds
         opts["inbox_prefix"] = creds_inbox_prefix(s.nats_creds) or "_INBOX"

@@ -1,7 +1,7 @@
 """One acked publisher: JetStream publishes whose acks arrive on one reply subscription.
 
 Like nats-py's ``js.publish_async`` with differences that matter on the hub's hot path: one wildcard
-subscription whose acks are filed at once by the read loop (:mod:`hub.core.direct`), acks decoded into a small
+subscription whose acks are filed at once by the read loop (:mod:`hub.core.inline`), acks decoded into a small
 typed struct, so an error is recognised by its ``error`` member (with its codes), never by searching the bytes,
 and :class:`AckBatch`: many publishes awaited as one, without a future and a callback per message.
 """
@@ -14,8 +14,8 @@ import msgspec
 import nats.errors
 
 from hub.core.api import Header, Status
-from hub.core.direct import subscribe_direct
 from hub.core.errors import NoStream, PublishRefused
+from hub.core.inline import subscribe_inline
 
 _PENDING = object()
 
@@ -109,7 +109,7 @@ class AckedPublisher:
 
     async def start(self) -> AckedPublisher:
         self.prefix = self.nc.new_inbox()
-        self._sub = await subscribe_direct(self.nc, self.prefix + ".*", self._on_ack)
+        self._sub = await subscribe_inline(self.nc, self.prefix + ".*", self._on_ack)
         return self
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str] | None = None,

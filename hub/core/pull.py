@@ -38,8 +38,8 @@ import nats.errors
 from nats.js.errors import NotFoundError
 
 from hub.core.api import CONSUMER_DELETED, Header, Status, pull_subject, status_of
-from hub.core.direct import subscribe_direct
 from hub.core.errors import ConsumerGone
+from hub.core.inline import subscribe_inline
 
 log = logging.getLogger("rthub.core.pull")
 _WAKE = object()  # queued by stop() and wake(): re-check the state without a message
@@ -87,7 +87,7 @@ class PullStream:
         self._request_tail = b""
 
     async def start(self) -> PullStream:
-        self._sub = await subscribe_direct(self.nc, self.nc.new_inbox(), self._on_msg)
+        self._sub = await subscribe_inline(self.nc, self.nc.new_inbox(), self._on_msg)
         self._request_tail = msgspec.json.encode(
             {"expires": int(self.expires * 1e9), "idle_heartbeat": int(self.heartbeat * 1e9)})
         return self

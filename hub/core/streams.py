@@ -1,30 +1,29 @@
-"""Every JetStream stream and KV bucket the system uses, declared once and created idempotently."""
+"""The hub's JetStream streams and KV buckets (names in :mod:`hub.core.subjects`), created idempotently.
+
+The deliverer's own are declared in :mod:`hub.deliver.state.setup`; :mod:`hub.ops.streams` creates them all."""
 
 from __future__ import annotations
 
 import logging
 
-import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from hub.core.groups import GROUPS_BUCKET, LEARNERS_BUCKET
 from hub.core.protocols import PROTOCOLS
 from hub.core.settings import StreamSettings
+from hub.core.subjects import (
+    BUCKETS,
+    DEAD_LETTER_STREAM,
+    LEARNERS_BUCKET,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    TARGETS_BUCKET,
+)
 
 log = logging.getLogger("rthub.streams")
 
 DAY = 86400.0
-RAW_STREAM = "LMS_RAW"
-QUARANTINE_STREAM = "QUARANTINE"
-DEAD_LETTER_STREAM = "DEAD_LETTER"
-PROTOCOL_STREAMS = {p.name: p.stream for p in PROTOCOLS.values()}
-
-GRANTS_BUCKET = "rthub_grants"
-TARGETS_BUCKET = "rthub_targets"
-COURSES_BUCKET = "rthub_courses"
-BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)
 # No earlier revision kept: targets hold (sealed) endpoint secrets, learners identity fields that retirement
 # must leave nowhere.
 ONE_REVISION = (TARGETS_BUCKET, LEARNERS_BUCKET)
@@ -86,49 +85,3 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
         # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
             result["KV_" + bucket] = "created"
     return result
-
-
-
-async def ensure_all(timeout: float) -> None:
-    """Every stream and bucket (the hub's and the deliverer's), retried until the cluster answers: a deployment's
-    one-shot init step, so services never race to create R3 streams while the meta leader is being elected."""
-    import asyncio
-    import time
-
-    from hub.core.natsconn import connect
-    from hub.core.settings import from_env
-    from hub.deliver.settings import DeliverSettings
-    from hub.deliver.store import ensure_delivery
-
-    settings = from_env(DeliverSettings)
-    deadline = time.monotonic() + timeout
-    nc = await connect(settings, "rthub-streams")
-    try:
-        js = nc.jetstream()
-        while True:
-            try:
-                await ensure_streams(js, settings)
-                await ensure_delivery(js, settings)
-                return
-            except (nats.errors.Error, TimeoutError) as exc:  # no meta leader yet / stream leaders being elected
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("streams not ready yet (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(1)
-    finally:
-        await nc.close()
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("streams", help="create or update every stream and bucket, waiting for the cluster "
-                                       "(compose's streams-init)")
-    p.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
-
-    def run(args) -> int:
-        import asyncio
-
-        asyncio.run(ensure_all(args.timeout))
-        print("streams and buckets ready")
-        return 0
-
-    p.set_defaults(func=run)

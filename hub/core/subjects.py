@@ -11,9 +11,44 @@ from __future__ import annotations
 import re
 
 from hub.core.protocols import NAMES as PROTOCOLS  # noqa: F401  (re-exported)
+from hub.core.protocols import PROTOCOLS as _PROTOCOLS
 
 RAW_PREFIX = "lms"
 QUARANTINE_PREFIX = "quarantine"
+
+# Every stream and bucket of the system, named once here (created by hub.core.streams, hub.deliver.state.setup
+# and hub.ops.streams; granted by hub.auth.permissions).
+RAW_STREAM = "LMS_RAW"
+QUARANTINE_STREAM = "QUARANTINE"
+DEAD_LETTER_STREAM = "DEAD_LETTER"
+PROTOCOL_STREAMS = {p.name: p.stream for p in _PROTOCOLS.values()}
+GRANTS_BUCKET = "rthub_grants"
+TARGETS_BUCKET = "rthub_targets"
+COURSES_BUCKET = "rthub_courses"
+GROUPS_BUCKET = "rthub_groups"  # learner groups (hub.core.groups)
+LEARNERS_BUCKET = "rthub_learners"
+BUCKETS = (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)
+# The deliverer's: attempt log, dead letters sent back, course partitions of the protocol streams, its KV state.
+DELIVERY_LOG_STREAM = "DELIVERY_LOG"
+REDRIVE_STREAM = "REDRIVE"
+PARTS_STREAM = "DELIVERY_PARTS"
+DELIVERY_STATE_BUCKET = "rthub_delivery"
+
+
+def attempts_subject(grant_id: str) -> str:
+    """One integration's records in the attempt log."""
+    return f"attempts.{grant_id}"
+
+
+def redrive_subject(grant_id: str) -> str:
+    """One integration's dead letters sent back for another try."""
+    return f"redrive.{grant_id}"
+
+
+def dlq_subject(grant_id: str) -> str:
+    """One integration's dead letters."""
+    return f"dlq.{grant_id}"
+
 NONE_TOKEN = "~none"
 EMPTY_TOKEN = "~"
 

@@ -60,7 +60,7 @@ def _run(coro) -> int:
 async def _js(settings: DeliverSettings):
     from hub.core.natsconn import connect
     from hub.core.streams import ensure_streams
-    from hub.deliver.store import ensure_delivery
+    from hub.deliver.state.setup import ensure_delivery
 
     nc = await connect(settings, "rthub-deliver-cli", max_reconnect_attempts=2)
     js = nc.jetstream()
@@ -70,7 +70,7 @@ async def _js(settings: DeliverSettings):
 
 
 async def _list_dead(args) -> int:
-    from hub.deliver.ops import list_dead_letters
+    from hub.deliver.actions import list_dead_letters
 
     nc, js = await _js(_settings(args))
     try:
@@ -89,7 +89,7 @@ async def _list_dead(args) -> int:
 
 
 async def _redrive(args) -> int:
-    from hub.deliver.ops import parse_time, redrive
+    from hub.deliver.actions import parse_time, redrive
 
     nc, js = await _js(_settings(args))
     try:
@@ -103,7 +103,7 @@ async def _redrive(args) -> int:
 
 
 async def _replay(args) -> int:
-    from hub.deliver.ops import parse_time, request_replay
+    from hub.deliver.actions import parse_time, request_replay
 
     nc, js = await _js(_settings(args))
     try:
@@ -120,7 +120,7 @@ async def _replay(args) -> int:
 
 
 async def _test_event(args) -> int:
-    from hub.deliver.ops import send_test_event
+    from hub.deliver.actions import send_test_event
 
     nc, js = await _js(_settings(args))
     try:
@@ -135,7 +135,7 @@ async def _test_event(args) -> int:
 
 
 async def _status(args) -> int:
-    from hub.deliver.status import integration_status
+    from hub.deliver.state.integration_status import integration_status
 
     nc, js = await _js(_settings(args))
     try:
@@ -155,7 +155,7 @@ async def serve(settings: DeliverSettings, stop: asyncio.Event | None = None) ->
     from hub.core.natsconn import connect
     from hub.core.streams import ensure_streams
     from hub.deliver.service import Deliverer
-    from hub.deliver.store import ensure_delivery
+    from hub.deliver.state.setup import ensure_delivery
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,8 +1,8 @@
-"""The deliverer: one :class:`~hub.deliver.runner.Runner` per enabled push integration.
+"""The deliverer: one :class:`~hub.deliver.engine.runner.Runner` per enabled push integration.
 
 It watches grants, targets, replay and "retry now" requests, starts, restarts and stops runners, converges
 after faults, and owns what runners share: the attempt log, the counters' flush, the lag gauges. What a runner
-may use of it is the :class:`~hub.deliver.context.Context` it is given.
+may use of it is the :class:`~hub.deliver.engine.context.Context` it is given.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.core.secretbox import SecretBox, SecretError
-from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
-from hub.deliver import ssrf
-from hub.deliver.context import Context
-from hub.deliver.partitioned import PartitionedRunner
-from hub.deliver.partitions import ALIVE, PARTS_STREAM, part_consumer
-from hub.deliver.runner import Runner, redrive_consumer, replay_consumer, takeover_after
+from hub.core.subjects import (
+    DELIVERY_STATE_BUCKET,
+    PARTS_STREAM,
+    PROTOCOL_STREAMS,
+    REDRIVE_STREAM,
+    TARGETS_BUCKET,
+    attempts_subject,
+)
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.partitioned_runner import PartitionedRunner
+from hub.deliver.engine.partitions import ALIVE, part_consumer
+from hub.deliver.engine.runner import Runner, redrive_consumer, replay_consumer, takeover_after
 from hub.deliver.settings import DeliverSettings, seconds
-from hub.deliver.store import REDRIVE_STREAM, STATE_BUCKET, Attempt, attempts_subject, summarize
+from hub.deliver.state.records import Attempt, summarize
+from hub.deliver.transport import ssrf
 
 __all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
 
@@ -81,7 +88,7 @@ class Deliverer:
         self.attempt_log: dict[str, list[Attempt]] = {}  # grant id -> attempts not yet published
 
     async def start(self) -> Deliverer:
-        self.state = await self.js.key_value(STATE_BUCKET)
+        self.state = await self.js.key_value(DELIVERY_STATE_BUCKET)
         self.targets_kv = await self.js.key_value(TARGETS_BUCKET)
         self.context = Context(
             nc=self.nc, js=self.js, state=self.state, settings=self.settings, metrics=self.metrics,
@@ -91,11 +98,11 @@ class Deliverer:
             log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start())
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
         targets = KVMirror(self.js, TARGETS_BUCKET, self._open_target, on_change=lambda gid, _: self._schedule(gid))
-        alive = KVMirror(self.js, STATE_BUCKET, _alive_time, key=lambda k: k[len(ALIVE):], keys=ALIVE + "*")
+        alive = KVMirror(self.js, DELIVERY_STATE_BUCKET, _alive_time, key=lambda k: k[len(ALIVE):], keys=ALIVE + "*")
         self.targets, self.alive = targets.values, alive.values
         self.watchers = [targets, alive,
-                         KVMirror(self.js, STATE_BUCKET, bytes, on_change=self._replay_entry, keys="replay.*"),
-                         KVMirror(self.js, STATE_BUCKET, bytes, on_change=self._retry_entry, keys="retry.*")]
+                         KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._replay_entry, keys="replay.*"),
+                         KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._retry_entry, keys="retry.*")]
         for mirror in self.watchers:
             await mirror.start()  # ready: the bucket's content is read
         await self._announce()

@@ -36,7 +36,7 @@ from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
 from hub.core.grants import GrantWatcher
-from hub.core.groups import LEARNERS_BUCKET, Membership, decode_learner, parse_learner_key
+from hub.core.groups import Membership, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.natsconn import connect
@@ -44,8 +44,16 @@ from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.core.settings import HubSettings, from_env
-from hub.core.streams import COURSES_BUCKET, QUARANTINE_STREAM, RAW_STREAM, ensure_streams
-from hub.core.subjects import QUARANTINE_PREFIX, parse_subject, subject
+from hub.core.streams import ensure_streams
+from hub.core.subjects import (
+    COURSES_BUCKET,
+    LEARNERS_BUCKET,
+    QUARANTINE_PREFIX,
+    QUARANTINE_STREAM,
+    RAW_STREAM,
+    parse_subject,
+    subject,
+)
 from hub.translate import CourseNames, ExternalIds, Rejected, TranslateContext, supported, translate_json
 from hub.translate.base import course_from_kv_key, user_of
 
@@ -299,14 +307,16 @@ class Hub:
             log.exception("handling raw message %s failed", msg.metadata.sequence.stream)
             self.metrics.inc("internal_errors")
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
-        out = [(subj, body, {Header.MSG_ID: sid}) for subj, sid, body in outputs]
+        out = [(subj, body, {Header.MSG_ID: sid} if gid is None else {Header.MSG_ID: gid, Header.STATEMENT_ID: sid})
+               for subj, sid, gid, body in outputs]
         if rejected:  # a protocol that could not translate it does not hold back the others
             out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
                                             "; ".join(rejected)))
         return out
 
-    def _translate(self, msg) -> tuple[list[tuple[str, str, bytes]], list[str]]:
-        """``(subject, statement id, body)`` of each statement the message yields, and each protocol's reason for
+    def _translate(self, msg) -> tuple[list[tuple[str, str, str | None, bytes]], list[str]]:
+        """``(subject, statement id, group copy's message id or None, body)`` of each statement the message yields
+        (and of its group-scoped copies), and each protocol's reason for
         rejecting it; raises :class:`InvalidEvent` (or ``ValueError``) for input that is no usable event."""
         self.limits.check(msg.data)  # size, then nesting depth, before anything decodes it
         route = self._routes.get(msg.subject)
@@ -336,9 +346,9 @@ class Hub:
                 continue
             subj = outputs[protocol]
             if protocol in plain:
-                out.extend((subj, sid, body) for sid, body in statements)
+                out.extend((subj, sid, None, body) for sid, body in statements)
             for group in member_of.get(protocol, ()):  # group-scoped copies: <subject>.<group>, own msg ids
-                out.extend((f"{subj}.{group}", f"{sid}.{group}", body) for sid, body in statements)
+                out.extend((f"{subj}.{group}", sid, f"{sid}.{group}", body) for sid, body in statements)
             self._translated[protocol] += len(statements)
         return out, rejected
 

@@ -141,7 +141,7 @@ def run_courses_import(args: argparse.Namespace) -> int:
 
 async def put_course_name(js, course_key: str, name: str) -> int:
     """Write one course name to the ``rthub_courses`` bucket (the hub mirrors it into its translators)."""
-    from hub.core.streams import COURSES_BUCKET
+    from hub.core.subjects import COURSES_BUCKET
 
     kv = await js.key_value(COURSES_BUCKET)
     return await kv.put(course_kv_key(course_key), name.encode())
@@ -152,7 +152,7 @@ async def _import(names: dict[str, str], nats_url: str | None) -> int:
 
     from hub.core.natsconn import connect
     from hub.core.settings import NatsSettings, from_env
-    from hub.core.streams import COURSES_BUCKET
+    from hub.core.subjects import COURSES_BUCKET
 
     settings = from_env(NatsSettings, nats_url=nats_url)
     nc = await connect(settings, "rthub-courses-import")

@@ -128,7 +128,7 @@ async def direct_help(portal: Portal, row) -> dict[str, Any]:
     """What a direct subscriber needs besides the Python example: the CLI lines, a sample statement, subjects
     and when the newest downloaded credential expires."""
     from hub.core.grants import consumer_name
-    from hub.deliver.ops import test_statement
+    from hub.deliver.actions import test_statement
 
     grant = grant_of(row, "")
     _, sample = test_statement(row.protocol, row.key)

@@ -12,7 +12,7 @@ from litestar.controller import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
-from hub.deliver import ops
+from hub.deliver import actions
 from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
 from portal.controllers.integrations import state_of
@@ -80,7 +80,7 @@ class OpsPages(Controller):
             js = await portal.js()
             attempts = await read_attempts(js, key, f)
             if row.delivery in PUSH:
-                dead = await ops.list_dead_letters(js, key, limit=200)
+                dead = await actions.list_dead_letters(js, key, limit=200)
             chart = await charts.integration_charts(js, key)
         state = await state_of(portal, row)
         keep = {k: q.get(k) for k in ("outcome", "status", "since", "until", "limit") if q.get(k)}
@@ -140,7 +140,7 @@ class OpsApi(Controller):
             return []
         return [DeadLetterView(seq=d.seq, statement_id=d.statement_id, reason=d.reason, last_status=d.last_status,
                                response=d.response, failed_at=d.failed_at)
-                for d in await ops.list_dead_letters(await portal.js(), row.key, limit=1000)]
+                for d in await actions.list_dead_letters(await portal.js(), row.key, limit=1000)]
 
     @post("/reenable", responses=ERRORS, status_code=200)
     async def reenable(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:

@@ -14,14 +14,14 @@ from typing import Any
 
 import msgspec
 
-from hub.deliver import ssrf
+from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
 from portal.services.integrations import _scope_text, scope_json
 from portal.tables import Account, Integration
 from portal.validation import Scope, check_batch, check_narrowing, check_scope, check_url, clean_text
 
 log = logging.getLogger("rthub.portal.endpoints")
-STATE_BUCKET = "rthub_delivery"  # hub/deliver/store.py; its failure-streak key is cleared on re-enable
+DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -51,7 +51,7 @@ async def reachable(url: str, settings) -> str | None:
     networks; ``None`` when acceptable.
 
     Addresses written literally (the legacy IPv4 forms ``0x7f000001``, ``127.1``, ``2130706433`` that resolvers
-    accept are refused by :func:`hub.deliver.ssrf.check_url` itself) and names that are inward by definition are checked here. Other names are not resolved at
+    accept are refused by :func:`hub.deliver.transport.ssrf.check_url` itself) and names that are inward by definition are checked here. Other names are not resolved at
     submit time: answering "that name is internal" would make the form an oracle for the hub's private DNS; the
     deliverer resolves and checks every connection anyway, and the endpoint state shows its refusal.
     """
@@ -98,7 +98,7 @@ async def update(row: Integration, **changes: Any) -> None:
 
 async def _clear_streak(portal: Portal, key: str) -> None:
     with contextlib.suppress(Exception):
-        kv = await (await portal.js()).key_value(STATE_BUCKET)
+        kv = await (await portal.js()).key_value(DELIVERY_STATE_BUCKET)
         await kv.delete(f"failing.{key}")
 
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from hub.core.grants import Grant, Target, consumer_name, delete_grant, put_grant
-from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
+from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, Integration, IssuedCredential
@@ -76,8 +76,8 @@ def granted_scope(row: Integration) -> Scope:
 def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
     scope = granted_scope(row)
     return Grant(id=row.key, consumer=consumer, protocol=row.protocol, sites=scope.sites, orgs=scope.orgs,
-                 courses=scope.courses, event_types=scope.event_types, delivery=row.delivery,
-                 status=status).validate()
+                 courses=scope.courses, event_types=scope.event_types, learner_groups=scope.learner_groups,
+                 identity=scope.identity, delivery=row.delivery, status=status).validate()
 
 
 def public_view(row: Integration, owner_email: str | None = None) -> dict[str, Any]:
@@ -132,8 +132,8 @@ class IntegrationService(ServiceBase):
         await row.save()
         await self.audit(owner.email, "integration.request", row.key,
                          f"{spec.protocol} via {spec.delivery}; {_scope_text(spec.scope)}")
-        if approved_by is not None:
-            await self.approve(approved_by, row.key)
+        if approved_by is not None:  # an operator's own command: what it names (identity too) is approved
+            await self.approve(approved_by, row.key, spec.scope)
             row = await Integration.objects().get(Integration.key == row.key)
         return row
 
@@ -292,7 +292,9 @@ class IntegrationService(ServiceBase):
     async def approve(self, actor: Account, key: str, narrowed: Scope | None = None) -> Integration:
         row = await self.get(key)
         check_transition(row, "approve")  # before the scope checks: a decided request answers 409, not 400
-        granted = narrowed if narrowed is not None else requested_scope(row)
+        # Identity fields flow only when the approving administrator names them (narrowed); a plain approval
+        # grants the request without them.
+        granted = narrowed if narrowed is not None else msgspec.structs.replace(requested_scope(row), identity=[])
         errors = check_narrowing(requested_scope(row), granted)
         if errors:
             raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
@@ -311,6 +313,9 @@ class IntegrationService(ServiceBase):
         if secret:
             await self._set(row, status="approved", pending_secret=self.box.seal(secret))
         await self.audit(actor.email, "integration.approve", row.key, _scope_text(granted))
+        if granted.identity:
+            await self.audit(actor.email, "identity.approve", row.key,
+                             f"identity fields approved: {', '.join(granted.identity)}")
         await self._settle(row, actor)
         if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
             await self.notify(row, "approved")
@@ -549,7 +554,7 @@ class IntegrationService(ServiceBase):
             await self.notify(row, "disabled", reason)
 
     async def status(self, row: Integration) -> dict[str, Any]:
-        """Delivery figures: ``hub.deliver.status`` when installed, else the durable consumer's backlog."""
+        """Delivery figures: ``hub.deliver.state.integration_status`` when installed, else the durable consumer's backlog."""
         out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
         if row.status not in ("approved", "suspended"):
             return out
@@ -559,7 +564,7 @@ class IntegrationService(ServiceBase):
             out["last_error"] = exc.message
             return out
         try:
-            from hub.deliver.status import integration_status
+            from hub.deliver.state.integration_status import integration_status
         except ModuleNotFoundError:
             integration_status = None
         if integration_status is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from hub.deliver import ops
+from hub.deliver import actions
 from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
@@ -20,7 +20,7 @@ def _since(text: Any, field: str = "since") -> dt.datetime:
     if not value:
         raise PortalError("Give a time.", 400, {field: "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h."})
     try:
-        when = ops.parse_time(value)
+        when = actions.parse_time(value)
     except (ValueError, OverflowError):
         raise PortalError("Not a time.", 400, {field: "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h."}
                           ) from None
@@ -61,7 +61,7 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
     try:
         if op == "retry-now":
             _need(row)
-            await ops.retry_now(js, key)
+            await actions.retry_now(js, key)
             message = "Every delivery waiting for its next retry is tried again now; see the log below."
             result = ActionResult(integration=key, action=op, message=message)
         elif op == "resend":
@@ -69,21 +69,21 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
             seq = int(p.get("seq") or 0)
             if seq <= 0:
                 raise PortalError("This attempt has no stored statement to resend (a test event: send a new one).", 409)
-            sid = await ops.resend(js, key, seq)
+            sid = await actions.resend(js, key, seq)
             result = ActionResult(integration=key, action=op, statement_id=sid, count=1,
                                   message=f"Statement {sid} queued to be sent again (same id).")
         elif op == "redrive":
             _need(row)
             seqs = p.get("seqs")
             since = _since(p["since"]) if p.get("since") else None
-            n = await ops.redrive(js, key, seqs=[int(s) for s in seqs] if seqs else None, since=since)
+            n = await actions.redrive(js, key, seqs=[int(s) for s in seqs] if seqs else None, since=since)
             result = ActionResult(integration=key, action=op, count=n, since=since.isoformat() if since else None,
                                   message=f"{n} dead letter(s) sent back for delivery." if n else
                                   "No dead letters matched: nothing was sent.")
         elif op == "replay":
             _need(row, push=False)
             since = _since(p.get("since"))
-            info = await ops.request_replay(js, key, since)
+            info = await actions.request_replay(js, key, since)
             how = ("they are delivered again now, with the same statement ids (your LRS de-duplicates them)"
                    if row.delivery in PUSH else f"bind a pull subscription to durable {info['consumer']} on "
                    f"stream {info['stream']}")
@@ -92,7 +92,7 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
                                   f"{fmt(since.timestamp())}: {how}.")
         elif op == "test-event":
             _need(row)
-            sid = await ops.send_test_event(js, key)
+            sid = await actions.send_test_event(js, key)
             result = ActionResult(integration=key, action=op, statement_id=sid, count=1,
                                   message=f"Test event {sid} queued; its attempt appears in the log below.")
         else:

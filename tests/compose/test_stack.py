@@ -27,10 +27,9 @@ import pytest
 import pytest_asyncio
 from standardwebhooks import Webhook
 
-from hub.auth import creds_inbox_prefix
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import consumer_name
-from hub.core.streams import RAW_STREAM
-from hub.core.subjects import filter_subject, parse_subject
+from hub.core.subjects import RAW_STREAM, filter_subject, parse_subject
 from tests.compose.stack import LRS, ORG, PORTAL, WEBHOOK, Flow, Stack
 from tests.helpers import unique, wait_for
 

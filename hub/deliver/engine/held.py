@@ -14,7 +14,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from hub.deliver.items import Item, stream_order
+from hub.deliver.engine.items import Item, stream_order
 
 log = logging.getLogger("rthub.deliver")
 

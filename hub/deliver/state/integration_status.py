@@ -10,8 +10,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from hub.core.grants import GRANTS_BUCKET, Target, consumer_name, decode_grant
-from hub.core.streams import PROTOCOL_STREAMS, TARGETS_BUCKET
-from hub.deliver.store import DEAD_LETTER_STREAM_NAME, STATE_BUCKET, Stats, dlq_subject
+from hub.core.subjects import (
+    DEAD_LETTER_STREAM,
+    DELIVERY_STATE_BUCKET,
+    PROTOCOL_STREAMS,
+    TARGETS_BUCKET,
+    dlq_subject,
+)
+from hub.deliver.state.records import Stats
 
 
 async def _value(js: JetStreamContext, bucket: str, key: str) -> bytes | None:
@@ -53,15 +59,15 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
         except NotFoundError:
             await _partitioned_lag(js, grant_id, out)
     try:
-        info = await js.stream_info(DEAD_LETTER_STREAM_NAME, subjects_filter=dlq_subject(grant_id))
+        info = await js.stream_info(DEAD_LETTER_STREAM, subjects_filter=dlq_subject(grant_id))
         out["dead_letters"] = sum((info.state.subjects or {}).values())
     except NotFoundError:
         pass
     attempts = []
     try:
-        state = await js.key_value(STATE_BUCKET)
-        prefix = f"$KV.{STATE_BUCKET}."
-        info = await js.stream_info(f"KV_{STATE_BUCKET}", subjects_filter=f"{prefix}stats.{grant_id}.*")
+        state = await js.key_value(DELIVERY_STATE_BUCKET)
+        prefix = f"$KV.{DELIVERY_STATE_BUCKET}."
+        info = await js.stream_info(f"KV_{DELIVERY_STATE_BUCKET}", subjects_filter=f"{prefix}stats.{grant_id}.*")
         keys = [subj[len(prefix):] for subj in (info.state.subjects or {})]
         for key in keys:
             try:
@@ -80,9 +86,9 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
             if stats.last_error_at and (out["last_error_at"] or 0) < stats.last_error_at:
                 out.update(last_error=stats.last_error, last_error_at=stats.last_error_at)
             attempts.extend(stats.recent)
-        failing = await _value(js, STATE_BUCKET, f"failing.{grant_id}")
+        failing = await _value(js, DELIVERY_STATE_BUCKET, f"failing.{grant_id}")
         out["failing_since"] = float(failing.decode()) if failing else None
-        replay = await _value(js, STATE_BUCKET, f"replay.{grant_id}")
+        replay = await _value(js, DELIVERY_STATE_BUCKET, f"replay.{grant_id}")
         out["replay_since"] = replay.decode() if replay else None
     except Exception:  # noqa: BLE001 - deliverer never ran: no state bucket yet
         pass
@@ -93,7 +99,7 @@ async def integration_status(js: JetStreamContext, grant_id: str, recent: int = 
 
 async def _partitioned_lag(js: JetStreamContext, grant_id: str, out: dict) -> None:
     """An integration in course partitions: its backlog is summed over its partition consumers."""
-    from hub.deliver.partitions import PARTS_STREAM
+    from hub.core.subjects import PARTS_STREAM
 
     prefix = consumer_name(grant_id) + "_p"
     try:

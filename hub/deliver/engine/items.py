@@ -7,8 +7,8 @@ import uuid
 import msgspec
 from nats.aio.msg import Msg
 
-from hub.deliver.partitions import origin, original_subject
-from hub.deliver.store import H_ID, H_SEQ, H_STREAM, H_SUBJECT
+from hub.deliver.engine.partitions import origin, original_subject
+from hub.deliver.state.records import H_ID, H_SEQ, H_STREAM, H_SUBJECT
 
 
 class Item:

@@ -8,7 +8,7 @@ import logging
 import msgspec
 from nats.js.kv import KeyValue
 
-from hub.deliver.items import Item
+from hub.deliver.engine.items import Item
 
 log = logging.getLogger("rthub.deliver")
 

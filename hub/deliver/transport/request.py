@@ -11,8 +11,8 @@ import time
 import msgspec
 
 from hub.core.grants import Target
-from hub.deliver import signing, ssrf
-from hub.deliver.client import Client, HTTPError
+from hub.deliver.transport import signing, ssrf
+from hub.deliver.transport.client import Client, HTTPError
 from hub.translate import caliper_envelope
 
 XAPI_VERSION = "1.0.3"

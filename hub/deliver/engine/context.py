@@ -17,7 +17,7 @@ from nats.js.kv import KeyValue
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.deliver.settings import DeliverSettings
-from hub.deliver.store import Attempt
+from hub.deliver.state.records import Attempt
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hub.core.grants import Grant, Target, consumer_name
-from hub.deliver.context import Context
-from hub.deliver.lease import Lease
-from hub.deliver.partitions import PARTS_STREAM, fair_share, part_consumer, part_filters, preference
-from hub.deliver.pull import PULL_EXPIRES
-from hub.deliver.runner import Runner, redrive_consumer, takeover_after
+from hub.core.subjects import PARTS_STREAM, REDRIVE_STREAM, redrive_subject
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.feed import PULL_EXPIRES
+from hub.deliver.engine.partitions import fair_share, part_consumer, part_filters, preference
+from hub.deliver.engine.runner import Runner, redrive_consumer, takeover_after
 from hub.deliver.settings import seconds
-from hub.deliver.store import REDRIVE_STREAM, redrive_subject
+from hub.deliver.state.lease import Lease
 
 log = logging.getLogger("rthub.deliver")
 

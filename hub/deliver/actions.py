@@ -20,10 +20,16 @@ from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, No
 
 from hub.core.errors import NoStream, PublishRefused
 from hub.core.grants import GRANTS_BUCKET, decode_grant
-from hub.core.streams import PROTOCOL_STREAMS
-from hub.core.subjects import subject, subject_matches
-from hub.deliver.store import (
-    DEAD_LETTER_STREAM_NAME,
+from hub.core.subjects import (
+    DEAD_LETTER_STREAM,
+    DELIVERY_STATE_BUCKET,
+    PROTOCOL_STREAMS,
+    dlq_subject,
+    redrive_subject,
+    subject,
+    subject_matches,
+)
+from hub.deliver.state.records import (
     H_FAILED_AT,
     H_ID,
     H_REASON,
@@ -32,9 +38,6 @@ from hub.deliver.store import (
     H_STATUS,
     H_STREAM,
     H_SUBJECT,
-    STATE_BUCKET,
-    dlq_subject,
-    redrive_subject,
 )
 
 
@@ -119,7 +122,7 @@ def _msg_time(msg) -> float:
 
 async def list_dead_letters(js: JetStreamContext, grant_id: str, limit: int = 1000) -> list[DeadLetter]:
     out = []
-    async for msg in _scan(js, DEAD_LETTER_STREAM_NAME, dlq_subject(grant_id)):
+    async for msg in _scan(js, DEAD_LETTER_STREAM, dlq_subject(grant_id)):
         out.append(_dead_letter(grant_id, msg))
         if len(out) >= limit:
             break
@@ -134,7 +137,7 @@ async def redrive(js: JetStreamContext, grant_id: str, seqs: list[int] | None = 
     dead-letter stream. Returns how many were redriven.
     """
     count = 0
-    async for msg in _scan(js, DEAD_LETTER_STREAM_NAME, dlq_subject(grant_id)):
+    async for msg in _scan(js, DEAD_LETTER_STREAM, dlq_subject(grant_id)):
         if seqs is not None and msg.seq not in seqs:
             continue
         failed = _msg_time(msg)
@@ -143,7 +146,7 @@ async def redrive(js: JetStreamContext, grant_id: str, seqs: list[int] | None = 
         h = msg.headers or {}
         headers = {k: h[k] for k in (H_SUBJECT, H_ID, H_STREAM, H_SEQ) if k in h}
         await _publish(js, redrive_subject(grant_id), msg.data, headers=headers)
-        await js.delete_msg(DEAD_LETTER_STREAM_NAME, msg.seq)
+        await js.delete_msg(DEAD_LETTER_STREAM, msg.seq)
         count += 1
     return count
 
@@ -185,7 +188,7 @@ async def request_replay(js: JetStreamContext, grant_id: str, since: dt.datetime
         name=name, durable_name=name, filter_subjects=grant.filter_subjects(),
         deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since, ack_policy=AckPolicy.EXPLICIT,
         ack_wait=30.0, inactive_threshold=7 * 86400.0, description=f"replay of {grant_id} since {since.isoformat()}"))
-    state = await js.key_value(STATE_BUCKET)
+    state = await js.key_value(DELIVERY_STATE_BUCKET)
     await state.put(f"replay.{grant_id}", since.isoformat().encode())
     return {"integration": grant_id, "stream": stream, "consumer": name, "since": since.isoformat(),
             "statements": info.num_pending, "delivery": grant.delivery}
@@ -223,7 +226,7 @@ async def send_test_event(js: JetStreamContext, grant_id: str) -> str:
 async def retry_now(js: JetStreamContext, grant_id: str) -> None:
     """End the backoff of every failing delivery of ``grant_id``: each is tried again at once."""
     await _grant(js, grant_id)
-    state = await js.key_value(STATE_BUCKET)
+    state = await js.key_value(DELIVERY_STATE_BUCKET)
     await state.put(f"retry.{grant_id}", str(time.time()).encode())
 
 
@@ -240,7 +243,7 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
     if not any(subject_matches(f, msg.subject) for f in grant.filter_subjects()):
         raise LookupError(f"message {seq} is not one of {grant_id}'s statements")
     h = msg.headers or {}
-    sid = h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
+    sid = h.get(H_ID) or h.get("Nats-Msg-Id") or _body_id(msg.data) or ""
     await _publish(js, redrive_subject(grant_id), msg.data, headers={
         H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
     return sid

@@ -24,9 +24,9 @@ from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamSource, SubjectTransform
 
 from hub.core.grants import Grant, consumer_name
-from hub.core.streams import DAY, PROTOCOL_STREAMS
+from hub.core.streams import DAY
+from hub.core.subjects import PARTS_STREAM, PROTOCOL_STREAMS
 
-PARTS_STREAM = "DELIVERY_PARTS"
 PREFIX = "part."
 ALIVE = "alive."
 

@@ -15,8 +15,8 @@ from nats.aio.client import Client as NATS
 
 from hub.core.errors import ConsumerGone
 from hub.core.pull import PullStream
-from hub.deliver.held import Held
-from hub.deliver.items import Item
+from hub.deliver.engine.held import Held
+from hub.deliver.engine.items import Item
 
 PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
 

@@ -1,4 +1,4 @@
-"""Where delivery state lives in NATS, declared once and created idempotently.
+"""The records of delivery state in NATS (names in :mod:`hub.core.subjects`, created by :mod:`hub.deliver.state.setup`).
 
 - ``DELIVERY_LOG`` stream, ``attempts.<grant id>``: one JSON record per HTTP attempt (first-try deliveries
   of the same moment summed up in one, see :func:`summarize`), kept for the configured retention (the
@@ -13,20 +13,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 import msgspec
-from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
-
-from hub.core.streams import DAY, DEAD_LETTER_STREAM
-from hub.deliver.settings import DeliverSettings, seconds
-
-LOG_STREAM = "DELIVERY_LOG"
-REDRIVE_STREAM = "REDRIVE"
-STATE_BUCKET = "rthub_delivery"
-DEAD_LETTER_STREAM_NAME = DEAD_LETTER_STREAM
 
 # Headers of dead letters and redriven messages.
 H_REASON = "Rthub-Reason"
@@ -95,61 +82,6 @@ class Stats(msgspec.Struct, kw_only=True):
     recent: list[Attempt] = []
     behind_since: float | None = None  # the endpoint answers but the lag has not come down (cannot keep up)
     updated: float | None = None  # when this process last wrote these counters
-
-
-def stream_configs(s: DeliverSettings) -> list[StreamConfig]:
-    return [
-        StreamConfig(name=LOG_STREAM, subjects=["attempts.>"], retention=RetentionPolicy.LIMITS,
-                     max_age=seconds(s.attempt_log_retention), storage=StorageType.FILE,
-                     num_replicas=s.stream_replicas, discard=DiscardPolicy.OLD,
-                     description="delivery attempts: attempts.<integration>"),
-        StreamConfig(name=REDRIVE_STREAM, subjects=["redrive.>"], retention=RetentionPolicy.LIMITS,
-                     max_age=s.protocol_max_age_days * DAY, storage=StorageType.FILE,
-                     num_replicas=s.stream_replicas, discard=DiscardPolicy.OLD,
-                     description="dead letters sent back for delivery: redrive.<integration>"),
-    ]
-
-
-async def ensure_delivery(js: JetStreamContext, s: DeliverSettings) -> None:
-    """Create or update the delivery streams and the state bucket (idempotent)."""
-    for want in stream_configs(s):
-        try:
-            have = (await js.stream_info(want.name)).config
-        except NotFoundError:
-            await js.add_stream(want)
-            continue
-        if (have.max_age, have.subjects, have.num_replicas) != (want.max_age, want.subjects, want.num_replicas):
-            await js.update_stream(want)
-    if s.partitions > 0:
-        from hub.deliver.partitions import PARTS_STREAM, parts_stream_config
-
-        want = parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days,
-                                   start=dt.datetime.now(dt.UTC))  # from now on, not the history
-        try:
-            have = (await js.stream_info(PARTS_STREAM)).config
-            def shape(c: StreamConfig) -> list:
-                return [(x.name, [t.dest for t in x.subject_transforms or []]) for x in c.sources or []]
-
-            if (shape(have), have.num_replicas) != (shape(want), want.num_replicas):
-                await js.update_stream(want)
-        except NotFoundError:
-            await js.add_stream(want)
-    try:
-        await js.key_value(STATE_BUCKET)
-    except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
-        await js.create_key_value(bucket=STATE_BUCKET, history=1, replicas=s.stream_replicas)
-
-
-def attempts_subject(grant_id: str) -> str:
-    return f"attempts.{grant_id}"
-
-
-def redrive_subject(grant_id: str) -> str:
-    return f"redrive.{grant_id}"
-
-
-def dlq_subject(grant_id: str) -> str:
-    return f"dlq.{grant_id}"
 
 
 def header_text(text: str, limit: int) -> str:

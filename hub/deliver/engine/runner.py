@@ -15,21 +15,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from hub.core.grants import Grant, Target, consumer_name
-from hub.core.streams import PROTOCOL_STREAMS
-from hub.deliver.circuit import Circuit
-from hub.deliver.context import Context
-from hub.deliver.delivery import Delivery
-from hub.deliver.endpoint import Endpoint
-from hub.deliver.held import Held
-from hub.deliver.items import Item
-from hub.deliver.lanes import Lanes
-from hub.deliver.lease import Lease
-from hub.deliver.pull import PULL_EXPIRES, pull
-from hub.deliver.schedules import Schedules
+from hub.core.subjects import PROTOCOL_STREAMS, REDRIVE_STREAM, redrive_subject
+from hub.deliver.engine.circuit import Circuit
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.counters import Recorder
+from hub.deliver.engine.delivery import Delivery
+from hub.deliver.engine.endpoint import Endpoint
+from hub.deliver.engine.feed import PULL_EXPIRES, pull
+from hub.deliver.engine.held import Held
+from hub.deliver.engine.items import Item
+from hub.deliver.engine.lanes import Lanes
+from hub.deliver.engine.schedules import Schedules
+from hub.deliver.engine.streak import Streak
 from hub.deliver.settings import DeliverSettings, seconds
-from hub.deliver.stats import Recorder
-from hub.deliver.store import REDRIVE_STREAM, Stats, redrive_subject
-from hub.deliver.streak import Streak
+from hub.deliver.state.lease import Lease
+from hub.deliver.state.records import Stats
 
 log = logging.getLogger("rthub.deliver")
 

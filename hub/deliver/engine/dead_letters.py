@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from hub.deliver.context import Context
-from hub.deliver.held import Held
-from hub.deliver.http import Result
-from hub.deliver.items import Item, protocol_position
-from hub.deliver.store import (
+from hub.core.subjects import dlq_subject
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.held import Held
+from hub.deliver.engine.items import Item, protocol_position
+from hub.deliver.engine.streak import iso
+from hub.deliver.state.records import (
     H_ATTEMPTS,
     H_FAILED_AT,
     H_ID,
@@ -18,10 +19,9 @@ from hub.deliver.store import (
     H_STATUS,
     H_STREAM,
     H_SUBJECT,
-    dlq_subject,
     header_text,
 )
-from hub.deliver.streak import iso
+from hub.deliver.transport.request import Result
 
 
 async def dead_letter(ctx: Context, held: Held, grant_id: str, items: list[Item], reason: str, result: Result,

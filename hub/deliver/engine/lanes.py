@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from hub.core.grants import Target
-from hub.deliver.items import Item
+from hub.deliver.engine.items import Item
 
 
 class Lanes:

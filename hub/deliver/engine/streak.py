@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from hub.deliver.context import Context
+from hub.deliver.engine.context import Context
 
 
 def iso(t: float) -> str:

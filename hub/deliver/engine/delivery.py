@@ -9,19 +9,19 @@ import time
 import nats.errors
 
 from hub.core.errors import JetStreamError
-from hub.deliver import retry
-from hub.deliver.circuit import Circuit
-from hub.deliver.context import Context
-from hub.deliver.deadletters import dead_letter
-from hub.deliver.endpoint import Endpoint
-from hub.deliver.held import Held
-from hub.deliver.http import Result
-from hub.deliver.items import Item
-from hub.deliver.schedules import Schedules
+from hub.deliver.engine import retry
+from hub.deliver.engine.circuit import Circuit
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.counters import Recorder
+from hub.deliver.engine.dead_letters import dead_letter
+from hub.deliver.engine.endpoint import Endpoint
+from hub.deliver.engine.held import Held
+from hub.deliver.engine.items import Item
+from hub.deliver.engine.schedules import Schedules
+from hub.deliver.engine.streak import Streak, iso
 from hub.deliver.settings import seconds
-from hub.deliver.stats import Recorder
-from hub.deliver.store import header_text
-from hub.deliver.streak import Streak, iso
+from hub.deliver.state.records import header_text
+from hub.deliver.transport.request import Result
 
 log = logging.getLogger("rthub.deliver")
 

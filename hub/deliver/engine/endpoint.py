@@ -10,11 +10,11 @@ import asyncio
 import logging
 
 from hub.core.grants import Target
-from hub.deliver.context import Context
-from hub.deliver.http import Result, Sender, build
-from hub.deliver.items import Item
-from hub.deliver.ratelimit import TokenBucket
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.items import Item
 from hub.deliver.settings import seconds
+from hub.deliver.transport.ratelimit import TokenBucket
+from hub.deliver.transport.request import Result, Sender, build
 
 log = logging.getLogger("rthub.deliver")
 

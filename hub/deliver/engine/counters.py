@@ -11,10 +11,10 @@ import time
 
 import msgspec
 
-from hub.deliver.context import Context
-from hub.deliver.http import Result
-from hub.deliver.items import Item, seq
-from hub.deliver.store import Attempt, Stats
+from hub.deliver.engine.context import Context
+from hub.deliver.engine.items import Item, seq
+from hub.deliver.state.records import Attempt, Stats
+from hub.deliver.transport.request import Result
 
 log = logging.getLogger("rthub.deliver")
 

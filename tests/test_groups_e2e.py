@@ -1,0 +1,251 @@
+"""Learner groups end to end in operator mode: a real nats-server with accounts, the hub and the deliverer on their
+own service credentials, a real HTTP receiver, and a direct subscriber's .creds used as an attacker would.
+
+Three learners of one site: 7 in ``acme``, 8 in ``beta``, 9 in none. The acme webhook and the acme direct
+subscriber must get learner 7's statements and nothing else; membership changes apply within 2 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import msgspec
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import RawCredentials
+
+from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.core.grants import Grant, Target, consumer_name, put_grant
+from hub.core.groups import Group, change_members, put_group
+from hub.core.settings import HubSettings
+from hub.core.streams import TARGETS_BUCKET, ensure_streams
+from hub.core.subjects import subject
+from hub.deliver.signing import new_secret
+from hub.route.service import serve
+from hub.translate import ExternalIds
+from tests.deliver_kit import deliverer, delivering
+from tests.deliver_receivers import Receiver
+from tests.helpers import start_operator_nats, wait_for
+from tests.test_auth_nats import Probe
+from tests.test_hub import COURSE, video_event
+
+SITE = "campus"
+SECRET = "group-secret"
+
+
+def actor(user_id: int) -> str:
+    """The anonymized xAPI actor name the hub gives an LMS user (HMAC of the deployment secret)."""
+    return ExternalIds(SECRET).get("xapi", str(user_id))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("groups-e2e")
+
+
+@pytest.fixture(scope="module")
+def server(data_dir):
+    srv = start_operator_nats(data_dir, "groups")
+    yield srv
+    srv.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(server, data_dir):
+    """Admin connection, a running hub (hub credentials), a receiver, groups and three grants."""
+    auth = AuthStore.ensure(data_dir)
+    admin = await nats.connect(server.url, user_credentials=str(auth.service_creds("admin")))
+    js = admin.jetstream()
+    await ensure_streams(js, HubSettings(nats_url=server.url))
+    acme, beta = Group(name="acme", site=SITE), Group(name="beta", site=SITE)
+    for group, member in ((acme, "7"), (beta, "8")):
+        await put_group(js, group)
+        await change_members(js, group, add=[member])
+    rx = await Receiver().start()
+    hook = Grant(
+        id="acmehook",
+        consumer="acme",
+        protocol="xapi",
+        sites=[SITE],
+        learner_groups=["acme"],
+        delivery="webhook",
+    )
+    direct = Grant(id="acmedirect", consumer="acme", protocol="xapi", sites=[SITE], learner_groups=["acme"])
+    other = Grant(id="betadirect", consumer="beta", protocol="xapi", sites=[SITE], learner_groups=["beta"])
+    await (await js.key_value(TARGETS_BUCKET)).put(
+        hook.id,
+        msgspec.json.encode(Target(id=hook.id, kind="webhook", url=rx.url + "/hook", secrets=[new_secret()])),
+    )
+    for grant in (hook, direct, other):
+        if grant.delivery == "direct":
+            await ensure_consumer(js, grant)
+        await put_grant(js, grant)
+    settings = HubSettings(
+        nats_url=server.url,
+        nats_creds=str(auth.service_creds("hub")),
+        data_dir=str(data_dir / "hub"),
+        id_secret=SECRET,
+        metrics_port=-1,
+        sites={SITE: "https://lms.campus.example"},
+    )
+    stop, hubs = asyncio.Event(), []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    await wait_for(lambda: hubs, 10, "hub start")
+    hub = hubs[0]
+    await wait_for(
+        lambda: len(hub.grants.index.grants) == 3 and hub.membership.groups_of(SITE, "8"),
+        5,
+        "grants and members in the hub",
+    )
+    dnc = await nats.connect(
+        server.url,
+        user_credentials=str(auth.service_creds("deliverer")),
+        inbox_prefix=creds_inbox_prefix(auth.service_creds("deliverer")),
+    )
+    async with deliverer(dnc, server.url, nats_creds=str(auth.service_creds("deliverer"))) as d:
+        await delivering(d, hook.id)
+        yield admin, auth, hub, rx, direct, other
+    await dnc.close()
+    stop.set()
+    assert await asyncio.wait_for(task, 15) == 0
+    await rx.stop()
+    await admin.close()
+
+
+async def send(js, user_id: int) -> None:
+    await js.publish(
+        subject("lms", SITE, "edX", COURSE, "play_video"), msgspec.json.encode(video_event(user_id=user_id))
+    )
+
+
+def actors(bodies) -> list[str]:
+    return [b["actor"]["account"]["name"] for b in bodies if "actor" in b]
+
+
+async def test_only_members_reach_the_webhook_and_the_direct_subscriber_live(stack):
+    admin, auth, hub, rx, direct, _ = stack
+    js = admin.jetstream()
+    text, _ = await auth.issue_consumer_creds(admin, direct, 3600)
+    probe = await Probe().connect(
+        admin.connected_url.geturl(), RawCredentials(text), creds_inbox_prefix(text), allow_reconnect=False
+    )
+    live: list[dict] = []
+
+    async def on_live(msg):
+        live.append(json.loads(msg.data))
+
+    await probe.nc.subscribe(f"xapi.{SITE}.*.*.*.acme", cb=on_live)
+    await probe.nc.flush()
+
+    async def live_ready() -> bool:  # interest crosses the stream import asynchronously
+        await send(js, 7)
+        return bool(live)
+
+    await wait_for(live_ready, 5, "the acme live feed", interval=0.2)
+    await wait_for(lambda: len(actors(rx.bodies())) >= 1, 10, "warm-up on the webhook")
+    psub = await probe.nc.jetstream().pull_subscribe_bind(durable=consumer_name(direct.id), stream="XAPI")
+    pulled: list[dict] = []
+
+    async def pull_all(n: int) -> None:
+        while len(pulled) < n:
+            for msg in await psub.fetch(10, timeout=5):
+                pulled.append(json.loads(msg.data))
+                await msg.ack_sync()
+
+    await pull_all(len(live))
+    assert set(actors(pulled)) == set(actors(live)) == set(actors(rx.bodies())) == {actor(7)}
+    # the webhook's id is the statement's id (the group copy's Nats-Msg-Id carries the group too)
+    assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in rx.bodies()}
+
+    base_hook, base_live = len(rx.requests), len(live)
+    for user in (8, 9, 7):
+        await send(js, user)
+    await wait_for(
+        lambda: len(rx.requests) == base_hook + 1 and len(live) == base_live + 1, 10, "7's statement"
+    )
+    await pull_all(len(live))
+    assert (
+        actors(rx.bodies()[base_hook:])
+        == actors(live[base_live:])
+        == actors(pulled[base_live:])
+        == [actor(7)]
+    )
+
+    # live: remove 7, add 9 -> within 2 s the next events are 9's only
+    started = time.monotonic()
+    await change_members(js, Group(name="acme", site=SITE), remove=["7"], add=["9"])
+    await wait_for(
+        lambda: hub.membership.groups_of(SITE, "9") == {"acme"} and not hub.membership.groups_of(SITE, "7"),
+        2,
+        "the change in the hub",
+    )
+    for user in (7, 8, 9):
+        await send(js, user)
+    await wait_for(
+        lambda: len(rx.requests) == base_hook + 2 and len(live) == base_live + 2,
+        max(2 - (time.monotonic() - started), 0.1),
+        "9's statement within 2 s of the change",
+    )
+    await pull_all(len(live))
+    assert actors(rx.bodies()[base_hook + 1 :]) == actors(live[base_live + 1 :]) == [actor(9)]
+    assert actors(pulled[base_live + 1 :]) == [actor(9)]
+    await change_members(js, Group(name="acme", site=SITE), remove=["9"], add=["7"])
+    await probe.close()
+
+
+async def test_a_direct_subscribers_creds_reach_no_other_group(stack):
+    admin, auth, hub, _, direct, other = stack
+    js = admin.jetstream()
+    text, _ = await auth.issue_consumer_creds(admin, direct, 3600)
+    probe = await Probe().connect(
+        admin.connected_url.geturl(), RawCredentials(text), creds_inbox_prefix(text), allow_reconnect=False
+    )
+    nc = probe.nc
+    got: list[tuple[str, bytes]] = []
+
+    async def on_any(msg):
+        got.append((msg.subject, msg.data))
+
+    refused = [
+        f"xapi.{SITE}.*.*.*.beta",
+        f"xapi.{SITE}.*.*.*.*",
+        f"xapi.{SITE}.*.*.*",
+        f"xapi.{SITE}.>",
+        "xapi.>",
+        "xapi.*.*.*.*.>",
+        ">",
+        f"xapi.{SITE}.edX.{COURSE}.play_video",
+        f"_INBOX_c_{other.id}.>",
+        "_INBOX.>",
+        "$JS.ACK.>",
+        f"$JS.ACK.XAPI.{consumer_name(other.id)}.>",
+        "ident.>",
+    ]
+    for subj in refused:
+        await nc.subscribe(subj, cb=on_any)
+        await wait_for(lambda s=subj: probe.violated(f'"{s}"'), 5, f"refusal to subscribe {subj}")
+    # the other group's consumer, with replies into this subscriber's own inbox: refused, nothing arrives
+    inbox = f"{creds_inbox_prefix(text)}.steal"
+    await nc.subscribe(inbox, cb=on_any)
+    for subj in (
+        f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name(other.id)}",
+        f"$JS.API.CONSUMER.INFO.XAPI.{consumer_name(other.id)}",
+        f"$JS.API.CONSUMER.CREATE.XAPI.evil.xapi.{SITE}.*.*.*.beta",
+        f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name(direct.id)}.beta",
+    ):
+        await nc.publish(subj, b'{"batch": 10, "expires": 1000000000}', reply=inbox)
+        await wait_for(lambda s=subj: probe.violated(s), 5, f"refusal to publish {subj}")
+    base = hub.metrics.get("received")
+    for user in (8, 8, 9):
+        await send(js, user)
+    await wait_for(
+        lambda: hub.metrics.get("received") == base + 3, 10, "the hub read the other learners' events"
+    )
+    await nc.flush()
+    beta = await js.consumer_info("XAPI", consumer_name(other.id))
+    assert beta.num_pending >= 2  # beta's statements exist, in the stream, under beta's subjects
+    mine = await js.consumer_info("XAPI", consumer_name(direct.id))
+    assert got == [] and mine.num_pending == 0
+    await probe.close()
