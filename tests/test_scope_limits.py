@@ -18,8 +18,9 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
-from hub.auth import AuthStore, creds_inbox_prefix, ensure_consumer
+from hub.auth import AuthStore, ensure_consumer
 from hub.auth.store import MAX_ACCOUNT_JWT_BYTES
+from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import MAX_FILTERS_DIRECT, MAX_FILTERS_PUSH, Grant, consumer_name, expansion
 from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
@@ -224,38 +225,42 @@ async def test_owner_narrowing_to_a_huge_product_is_refused_and_audited(portal):
     assert await endpoints.change_scope(portal, root, await portal.get(row.key), ok) == "applied"
 
 
-async def test_a_stored_account_jwt_the_server_would_refuse_does_not_stop_the_next_start(
-    server, data_dir, admin, portal
-):
-    from portal.validation import IntegrationSpec
-
-    root = portal.root
-    spec = IntegrationSpec(name="keep", protocol="xapi", delivery="direct", scope=Scope(sites=[SITE]))
-    good = await portal.create_integration(root, spec, approved_by=root)
-    text = await portal.issue_creds(root, await portal.get(good.key))
-    auth = AuthStore.ensure(data_dir)
-    # What an earlier version left behind for a 10 x 10 x 10 grant: a ~1 MB account JWT.
-    bad = auth.path / "tenants" / "oversized.jwt"
-    bad.write_text("x" * (MAX_ACCOUNT_JWT_BYTES + 1))
-    garbled = auth.path / "tenants" / "garbled.jwt"
-    garbled.write_text("not.a.jwt")
-    await admin.close()
-    server.stop()
+async def test_a_stored_account_jwt_the_server_would_refuse_does_not_stop_the_next_start(tmp_path):
+    first = start_operator_nats(tmp_path, "limits-first")
+    auth = AuthStore.ensure(tmp_path)
+    grant = Grant(
+        id=unique("keep"), consumer="c", protocol="xapi", sites=[SITE], orgs=orgs(5), courses=courses(10)
+    )
+    try:
+        nc = await nats.connect(first.url, user_credentials=str(auth.service_creds("admin")))
+        await ensure_streams(nc.jetstream(), HubSettings(nats_url=first.url))
+        await auth.activate_consumer(nc, grant)
+        await ensure_consumer(nc.jetstream(), grant)
+        text, _ = auth.consumer_creds(grant)
+        await nc.close()
+    finally:
+        first.stop()
+    # What an earlier version left behind for a 10 x 10 x 10 grant: a ~1 MB account JWT; and a damaged file.
+    (auth.path / "tenants" / "oversized.jwt").write_text("x" * (MAX_ACCOUNT_JWT_BYTES + 1))
+    (auth.path / "tenants" / "garbled.jwt").write_text("not.a.jwt")
     again = NatsServer(
         free_port(),
-        data_dir / "nats",
-        config=auth.server_config(data_dir / "nats" / "resolver"),
+        tmp_path / "nats",
+        config=auth.server_config(tmp_path / "nats" / "resolver"),
         name="limits-again",
     ).start()
     try:
         refused = auth.refused_tenants()
         assert set(refused) == {"oversized", "garbled"} and "more than the" in refused["oversized"]
-        nc = await nats.connect(
+        sub = await nats.connect(
             again.url,
             user_credentials=RawCredentials(text),
             inbox_prefix=creds_inbox_prefix(text),
             allow_reconnect=False,
         )
-        await nc.close()
+        psub = await sub.jetstream().pull_subscribe_bind(durable=consumer_name(grant.id), stream="XAPI")
+        with pytest.raises(nats.errors.TimeoutError):  # the subscriber's consumer answers (nothing new yet)
+            await psub.fetch(1, timeout=1)
+        await sub.close()
     finally:
         again.stop()
