@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "hub.auth.cli": ("auth",),
     "portal.cli": ("portal", "integration"),
     "hub.translate.cli": ("translate", "courses"),
+    "hub.translate.catalog": ("event-types",),
 }
 
 # packages of the `server` extra; a command module that needs one is left out of an LMS-side install

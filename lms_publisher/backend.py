@@ -91,28 +91,44 @@ class NatsBackend:
             if event.get("name") not in self.allow:
                 self.counts["not_allowed"] += 1
                 return
-            record = to_record(event, self.site, self.limits)
-            if self._closing:
-                self.counts["after_close"] += 1
-                self.spool.append([record])
-                return
-            if len(self._q) >= self.queue_size:
-                # keep order: what is queued is older than this event, so it goes to the spool first
-                with self._order:
-                    older = [self._q.popleft() for _ in range(len(self._q))]
-                    self.counts["overflow"] += len(older) + 1
-                    self.spool.append([*older, record])
-                return
-            self._q.append(record)
-            if self._idle:
-                self._idle = False
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self.enqueue(to_record(event, self.site, self.limits))
         except InvalidEvent as exc:  # over the event limits: the hub would only quarantine it
             self.counts["rejected"] += 1
             log.warning("rthub backend rejected event %r: %s", _name(event)[:200], exc)
         except Exception:  # noqa: BLE001 - the LMS must never see our failures
             self.counts["send_errors"] += 1
             log.exception("rthub backend could not enqueue event %r", _name(event))
+
+    def enqueue(self, record: Record) -> None:
+        """Queue one encoded record for publishing (spooled behind older ones when the queue is full or we are
+        closing); never touches the network. The hook other producers on this machinery use (the Open edX event
+        bus producer, :mod:`lms_publisher.event_bus`): one queue, one worker thread, one spool."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closing:
+            self.counts["after_close"] += 1
+            self.spool.append([record])
+            return
+        if len(self._q) >= self.queue_size:
+            # keep order: what is queued is older than this event, so it goes to the spool first
+            with self._order:
+                older = [self._q.popleft() for _ in range(len(self._q))]
+                self.counts["overflow"] += len(older) + 1
+                self.spool.append([*older, record])
+            return
+        self._q.append(record)
+        if self._idle:
+            self._idle = False
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def outgoing(self, record: Record) -> tuple[str, bytes, dict[str, str]]:
+        """``(subject, body, headers)`` to publish for a queued or spooled record. Tracking events go as they
+        are, with their stable id for de-duplication; a subclass whose records carry more (headers) unpacks them."""
+        return record.subject, record.payload, {MSG_ID: record.msg_id}
+
+    async def on_connect(self, nc) -> None:
+        """Called after every (first) connect, before anything is published: a subclass may prepare the server
+        (e.g. create its stream). Exceptions are logged, not raised."""
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -194,6 +210,10 @@ class NatsBackend:
 
         nc = await connect(self.settings, "rthub-lms", connect_timeout=2, disconnected_cb=disconnected,
                            reconnected_cb=reconnected)
+        try:
+            await self.on_connect(nc)
+        except Exception as exc:  # noqa: BLE001 - publishing still works (or spools) without it
+            log.warning("rthub backend: preparing the server failed: %s", exc)
         self.connected = True
         self._connected_once.set()
         self._wake.set()
@@ -258,7 +278,7 @@ class NatsBackend:
         if self._closing:
             timeout = min(timeout, self.flush_timeout_s)
         try:
-            futures = [await pub.publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in batch]
+            futures = [await pub.publish(*self.outgoing(r)) for r in batch]
             results = await asyncio.gather(*(asyncio.wait_for(f, timeout) for f in futures),
                                            return_exceptions=True)
         except nats.errors.Error as exc:  # disconnected while sending: all of the batch goes to the spool
@@ -281,7 +301,7 @@ class NatsBackend:
                 return
             records, token = chunk
             try:
-                futures = [await pub.publish(r.subject, r.payload, {MSG_ID: r.msg_id}) for r in records]
+                futures = [await pub.publish(*self.outgoing(r)) for r in records]
                 await asyncio.gather(*(asyncio.wait_for(f, self.settings.publish_ack_timeout_s)
                                        for f in futures))
             except (TimeoutError, JetStreamError, nats.errors.Error) as exc:  # still down: keep them, retry later

@@ -39,21 +39,79 @@ class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     bearer: str | None = None
     batch_size: int | str | None = None  # statements per POST, 1..500 (push deliveries; default 1)
     batch_wait_ms: int | str | None = None  # longest wait to fill a batch, 10..5000 ms (default 200)
+    rate_limit: float | str | None = None  # POSTs per second, 0 (no limit) .. RTHUB_MAX_RATE_LIMIT
+    custom_headers: dict[str, str] | list[dict[str, str]] | str | None = None  # reserved names refused
+    payload_filter: list[str] | str | None = None  # top-level parts to drop, e.g. ["context", "result"]
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
     event_types: list[str] | str | None = None
+    learner_groups: list[str] | str | None = None  # only these learner groups' members (names from an admin)
+    identity: list[str] | str | None = None  # identity fields asked for (user_id, username, email)
+
+
+class GroupView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A learner group (administrators only): its site, size and, when one group is read, its members
+    (LMS user ids)."""
+
+    name: str
+    site: str
+    size: int
+    description: str = ""
+    members: list[str] | UnsetType = UNSET
+
+
+class GroupCreate(msgspec.Struct, kw_only=True):
+    """A new group (or more members for an existing one of the same site): LMS user ids, a list or ``"7,8"``."""
+
+    name: str
+    site: str
+    users: list[str] | str = []
+    description: str = ""
+
+
+class GroupChange(msgspec.Struct, kw_only=True):
+    """Members to add and to remove (LMS user ids); applies to the next event within seconds."""
+
+    add: list[str] | str = []
+    remove: list[str] | str = []
+
+
+class GroupImport(msgspec.Struct, kw_only=True):
+    """A CSV of members: header ``user_id`` (optional ``username``, ``email``), or one id a line."""
+
+    csv: str
+
+
+class GroupDeleted(msgspec.Struct, kw_only=True):
+    removed_members: int
+
+
+class Retired(msgspec.Struct, kw_only=True):
+    """``known``: the store had something of this learner (now purged); false: nothing was stored."""
+
+    known: bool
+
+
+class Retirement(msgspec.Struct, kw_only=True):
+    """Open edX user retirement: forget a learner (groups and identity fields) everywhere."""
+
+    site: str
+    user_id: str
 
 
 class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An administrator's decision: the ``reason`` (required to deny) and, to approve less than asked, the
-    granted scope (any scope field sent replaces the request's)."""
+    granted scope (any scope field sent replaces the request's). Identity fields are granted only when named
+    here (``identity``), explicitly; the approval is audited."""
 
     reason: str | None = None
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
     event_types: list[str] | str | None = None
+    learner_groups: list[str] | str | None = None
+    identity: list[str] | str | None = None
 
 
 class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -96,6 +154,10 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     auth: str
     batch_size: int = 1
     batch_wait_ms: int = 200
+    rate_limit: float = 0.0
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []
+    paused_since: str | None = None
     status: str
     reason: str
     decision_reason: str
@@ -125,8 +187,17 @@ class IntegrationDetail(IntegrationView, kw_only=True, omit_defaults=True):
     webhook_secret: str | None = None
 
 
-class Health(msgspec.Struct, kw_only=True):
-    status: str
+class WebhookSecret(msgspec.Struct, kw_only=True):
+    """The current webhook signing secret, shown again to its owner (``POST .../secret``; audited)."""
+
+    id: str
+    webhook_secret: str
+
+
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str  # "ok" or "degraded"
+    down: list[str] = []  # what is unreachable while degraded ("nats")
+    detail: str | None = None
 
 
 class Me(msgspec.Struct, kw_only=True):

@@ -3,14 +3,17 @@ deliverer's status), the attempt log read from the ``DELIVERY_LOG`` stream, and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.state import attempt_log
 from hub.deliver.state.records import Attempt
 
 
@@ -80,7 +83,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
     if status == "suspended":
         return EndpointState(state="suspended", headline="Suspended by an administrator.", since=when,
                              reason=decision_reason or None, **base)
-    if delivery == "direct":
+    if not is_push(delivery):
         return EndpointState(state="direct", headline="Approved: your client pulls the events with its .creds.",
                              **base)
     recent = stats.get("recent") or []
@@ -104,7 +107,6 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
 
 
 # ---- the attempt log --------------------------------------------------------------------------------------
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/state/records.py
 OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
 
 
@@ -174,50 +176,28 @@ async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000)
     then 4x wider each round) until a page is full, the ``since`` bound is reached or ``max_scan`` records
     were read; each window is one short-lived ordered read filtered on this integration's subject.
     """
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
-
-    subject = f"attempts.{grant_id}"
-    try:
-        info = await js.stream_info(DELIVERY_LOG_STREAM, subjects_filter=subject)
-    except NotFoundError:
+    first = await attempt_log.first_record_time(js, grant_id)
+    if first is None:
         return AttemptPage(items=[])
-    if not (info.state.subjects or {}).get(subject):
-        return AttemptPage(items=[])
-    first = info.state.first_ts.timestamp() if getattr(info.state, "first_ts", None) else 0.0
     hi = min(f.until or time.time() + 60, time.time() + 60)
     floor = max(f.since or 0.0, first - 1)
     window, found, scanned = 3600.0, [], 0
     while hi > floor and scanned < max_scan:
         lo = max(floor, hi - window)
         chunk: list[AttemptView] = []
-        sub = await js.pull_subscribe(subject, stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(lo, dt.UTC),
-            ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
-        try:
-            done = False
-            while not done and scanned < max_scan:
+        async with contextlib.aclosing(attempt_log.scan(js, grant_id, lo, max_scan - scanned)) as records:
+            async for msg in records:
+                scanned += 1
+                if msg.metadata.timestamp.timestamp() >= hi:
+                    break
                 try:
-                    msgs = await sub.fetch(500, timeout=1)
-                except TimeoutError:
-                    break
-                for msg in msgs:
-                    scanned += 1
-                    if msg.metadata.timestamp.timestamp() >= hi:
-                        done = True
-                        break
-                    try:
-                        a = msgspec.json.decode(msg.data)
-                        view = AttemptView(seq=msg.metadata.sequence.stream, **{
-                            k: a[k] for k in AttemptView.__struct_fields__ if k in a and k != "seq"})
-                    except (msgspec.DecodeError, TypeError):
-                        continue
-                    if f.keeps(view):
-                        chunk.append(view)
-                if msgs and msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+                    a = msgspec.json.decode(msg.data)
+                    view = AttemptView(seq=msg.metadata.sequence.stream, **{
+                        k: a[k] for k in AttemptView.__struct_fields__ if k in a and k != "seq"})
+                except (msgspec.DecodeError, TypeError):
+                    continue
+                if f.keeps(view):
+                    chunk.append(view)
         found = chunk + found
         if len(found) >= f.limit:
             break
@@ -237,3 +217,4 @@ class ActionResult(msgspec.Struct, kw_only=True):
     count: int | None = None
     statement_id: str | None = None
     since: str | None = None
+    until: str | None = None  # pause: when the oldest kept event starts to expire (the stream's retention)

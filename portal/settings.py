@@ -39,6 +39,7 @@ class PortalSettings(NatsSettings, kw_only=True):
     session_hours: float = 12.0
     sites: dict[str, str] = msgspec.field(default_factory=lambda: {"default": "http://localhost:18000"})
     creds_days: float = 30.0
+    max_rate_limit: float = 100.0  # the highest rate_limit (POSTs per second) a consumer may set
     login_max_failures: int = 5
     login_window_s: float = 900.0
     public_nats_url: str = ""

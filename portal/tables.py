@@ -3,7 +3,7 @@ SQLite (default, a file in the data directory) and PostgreSQL (``DATABASE_URL``)
 
 from __future__ import annotations
 
-from piccolo.columns import JSON, Boolean, ForeignKey, Integer, Text, Timestamptz, Varchar
+from piccolo.columns import JSON, Boolean, ForeignKey, Integer, Real, Text, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
@@ -75,6 +75,10 @@ class Integration(Table, tablename="portal_integration"):
     created = Timestamptz(default=TimestamptzNow())
     updated = Timestamptz(default=TimestamptzNow())
     disabled_notified = Text(default="")
+    rate_limit = Real(default=0.0)  # POSTs per second the deliverer sends at most (0 = no limit)
+    custom_headers = Text(default="")  # sealed JSON object {name: value}, added to every request
+    payload_filter = Text(default="[]")  # JSON list of top-level parts dropped before signing
+    paused_at = Timestamptz(null=True, default=None)  # paused by its owner since then (events are kept)
 
 
 class IssuedCredential(Table, tablename="portal_issued_cred"):
@@ -124,8 +128,29 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-from portal.charts import LagSample  # noqa: E402 - kept beside the code that uses them
-from portal.flash import FlashEntry, FormOnce  # noqa: E402
+class FlashEntry(Table, tablename="portal_flash"):
+    """One thing to show on the next page of the browser whose box id hashes to ``box``."""
+
+    box = Varchar(length=64, index=True)
+    kind = Varchar(length=16)  # info | error | warning | secret | token | form
+    path = Varchar(length=300, default="")  # for ``form``: the page it fills
+    text = Text(default="")
+    created = Timestamptz(default=TimestamptzNow())
+
+class FormOnce(Table, tablename="portal_once"):
+    """A once-token of a rendered form, claimed by its first submission; ``location`` is where it led."""
+
+    token = Varchar(length=64, unique=True, index=True)
+    location = Varchar(length=300, default="")
+    created = Timestamptz(default=TimestamptzNow())
+
+class LagSample(Table, tablename="portal_lag"):
+    """The lag of one integration at one minute (kept 24 h), for the lag chart."""
+
+    integration = Varchar(length=64, index=True)
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+    lag = Integer(default=0)
+
 
 TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, IssuedCredential, MailToken, Throttle, FlashEntry,
           FormOnce, LagSample)

@@ -10,19 +10,15 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
 from hub.core.grants import SIZE_REFUSAL, expansion, size_refusal
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.deliver.transport import ssrf
 
 PROTOCOLS = NAMES  # the hub's protocol registry
-DELIVERIES = ("webhook", "lrs", "caliper", "direct")
-DELIVERY_LABELS = {
-    "webhook": "Webhook (signed POST, Standard Webhooks)",
-    "lrs": "xAPI LRS endpoint",
-    "caliper": "Caliper endpoint (bearer token)",
-    "direct": "Direct NATS subscription (.creds file)",
-}
+DELIVERIES = tuple(KINDS)  # the hub's delivery kinds (hub.core.delivery_kinds)
+DELIVERY_LABELS = {k.name: k.label for k in KINDS.values()}
 ORG = re.compile(r"[A-Za-z0-9._\-]{1,100}")
 COURSE = re.compile(
     r"(?:course|ccx)-v1:[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~@+]+"
@@ -62,6 +58,9 @@ class IntegrationSpec(msgspec.Struct, kw_only=True):
     reason: str = ""
     batch_size: int = 1  # statements per POST (1 = one each); > 1 = a JSON array / one Caliper envelope
     batch_wait_ms: int = 200  # longest wait to fill a batch
+    rate_limit: float = 0.0  # POSTs per second, 0 = as fast as the endpoint answers
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []  # top-level parts dropped from every statement before signing
 
 
 def split_list(value: Any) -> list[str]:
@@ -192,23 +191,111 @@ def check_batch(raw: dict[str, Any], errors: dict[str, str], defaults: tuple[int
     return out[0], out[1]
 
 
-def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000, allowed: list | tuple = ()
-                     ) -> tuple[IntegrationSpec | None, dict[str, str]]:
+# Top-level parts of a statement (xAPI) or event (Caliper) a consumer may drop; what identifies the statement
+# and its meaning (id, actor, verb/action, object, ...) always stays.
+PAYLOAD_PARTS = {
+    "xapi": ("context", "result", "authority", "attachments", "timestamp", "stored", "version"),
+    "caliper": ("extensions", "session", "generated", "target", "edApp", "group", "membership", "referrer",
+                "federatedSession"),
+}
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+MAX_HEADERS = 10
+
+
+def check_rate_limit(value: Any, errors: dict[str, str], maximum: float, default: float = 0.0) -> float:
+    """POSTs per second, 0 (unlimited) up to the administrator's ``maximum`` (``RTHUB_MAX_RATE_LIMIT``)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        rate = float(str(value).strip()) if not isinstance(value, bool) else -1.0
+    except ValueError:
+        rate = -1.0
+    if not (0 <= rate <= maximum) or rate != rate:
+        errors["rate_limit"] = f"Requests per second from 0 (no limit) to {maximum:g}."
+        return default
+    return rate
+
+
+def check_custom_headers(value: Any, errors: dict[str, str]) -> dict[str, str] | None:
+    """Headers added to every request: a mapping, a list of ``{name, value}`` or ``Name: value`` lines (the
+    form). Reserved names (the hub's own, HTTP framing) are refused by name. ``None`` when absent."""
+    if value is None:
+        return None
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list):
+        for entry in value:
+            if isinstance(entry, dict) and set(entry) <= {"name", "value"}:
+                pairs.append((entry.get("name"), entry.get("value")))
+            else:
+                errors["custom_headers"] = "A list of {name, value} pairs."
+                return None
+    elif isinstance(value, str):
+        for line in value.splitlines():
+            if line.strip():
+                name, sep, text = line.partition(":")
+                if not sep:
+                    errors["custom_headers"] = f"One header per line, as Name: value (line {line[:40]!r})."
+                    return None
+                pairs.append((name.strip(), text.strip()))
+    else:
+        errors["custom_headers"] = "A list of {name, value} pairs."
+        return None
+    from hub.deliver.transport.request import RESERVED_HEADERS
+
+    out: dict[str, str] = {}
+    for name, text in pairs:
+        if not isinstance(name, str) or not HEADER_NAME.fullmatch(name):
+            errors["custom_headers"] = f"Header name {str(name)[:64]!r} is not a valid HTTP header name."
+            return None
+        if name.lower() in RESERVED_HEADERS:
+            errors["custom_headers"] = f"Header {name} is reserved (set by the hub): choose another name."
+            return None
+        if not isinstance(text, str) or len(text) > 1000 or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            errors["custom_headers"] = f"The value of {name} must be text of at most 1000 characters on one line."
+            return None
+        if name.lower() in {k.lower() for k in out}:
+            errors["custom_headers"] = f"Header {name} is given twice."
+            return None
+        out[name] = text
+    if len(out) > MAX_HEADERS:
+        errors["custom_headers"] = f"At most {MAX_HEADERS} headers."
+        return None
+    return out
+
+
+def check_payload_filter(value: Any, protocol: str, errors: dict[str, str]) -> list[str] | None:
+    """The top-level parts to drop (:data:`PAYLOAD_PARTS` of the protocol); ``None`` when absent."""
+    if value is None:
+        return None
+    parts = split_list(value)
+    allowed = PAYLOAD_PARTS.get(protocol, ())
+    wrong = [p for p in parts if p not in allowed]
+    if wrong:
+        errors["payload_filter"] = (f"{', '.join(w[:40] for w in wrong[:5])}: not a part you can drop; "
+                                    f"choose from {', '.join(allowed)}.")
+        return None
+    return sorted(set(parts), key=allowed.index)
+
+
+def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int = 2000, allowed: list | tuple = (),
+                     max_rate: float = 100.0) -> tuple[IntegrationSpec | None, dict[str, str]]:
     """Form or JSON body -> (spec, {}) or (None, {field: message})."""
     errors: dict[str, str] = {}
     name = clean_text(raw.get("name"), "name", 100, errors, required=True)
     reason = clean_text(raw.get("reason"), "reason", max_text, errors, multiline=True)
     protocol = str(raw.get("protocol") or "")
     if protocol not in PROTOCOLS:
-        errors["protocol"] = "Choose xapi or caliper."
+        errors["protocol"] = "Choose xapi, caliper or cloudevents."
     delivery = str(raw.get("delivery") or "")
     if delivery not in DELIVERIES:
-        errors["delivery"] = "Choose webhook, lrs, caliper or direct."
-    elif delivery == "lrs" and protocol == "caliper":
-        errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
-    elif delivery == "caliper" and protocol == "xapi":
-        errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
-    url = check_url(raw.get("url"), errors, allowed=allowed) if delivery in ("webhook", "lrs", "caliper") else None
+        errors["delivery"] = f"Choose {', '.join(DELIVERIES[:-1])} or {DELIVERIES[-1]}."
+    elif protocol in PROTOCOLS and protocol not in KINDS[delivery].protocols:
+        kind = KINDS[delivery]
+        errors["delivery"] = f"{kind.label} takes {' or '.join(kind.protocols)} only: choose protocol {kind.protocols[0]}."
+    push = is_push(delivery)
+    url = check_url(raw.get("url"), errors, allowed=allowed) if push else None
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
@@ -227,7 +314,10 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer
-    batch_size, batch_wait_ms = check_batch(raw, errors) if delivery in ("webhook", "lrs", "caliper") else (1, 200)
+    batch_size, batch_wait_ms = check_batch(raw, errors) if push else (1, 200)
+    rate = check_rate_limit(raw.get("rate_limit"), errors, max_rate) if push else 0.0
+    headers = check_custom_headers(raw.get("custom_headers") or None, errors) if push else None
+    parts = check_payload_filter(raw.get("payload_filter") or None, protocol, errors) if push else None
     scope = check_scope(raw, known_sites, errors)
     if delivery in DELIVERIES and "scope" not in errors:
         check_scope_size(scope, delivery, errors)
@@ -235,7 +325,8 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         return None, errors
     return IntegrationSpec(name=name, protocol=protocol, delivery=delivery, scope=scope, url=url,
                            auth_kind=auth_kind, auth_value=auth_value, reason=reason, batch_size=batch_size,
-                           batch_wait_ms=batch_wait_ms), {}
+                           batch_wait_ms=batch_wait_ms, rate_limit=rate, custom_headers=headers or {},
+                           payload_filter=parts or []), {}
 
 
 def check_scope_size(scope: Scope, delivery: str, errors: dict[str, str]) -> int:

@@ -102,11 +102,13 @@ def test_service_permission_tables_are_least_privilege():
     assert "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub" in pub and "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.*" not in pub
     # to move a message never acked to quarantine: its own consumer's advisory and single gets on the raw
     # stream, nothing more (no protocol stream's gets, no direct gets on the raw stream, no other advisory)
-    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub"]
-    gets = [p for p in pub if "GET" in p and not any(f".KV_rthub_{b}" in p for b in ("grants", "courses", "learners"))]
-    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW"]
+    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub",
+                   "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OPENEDX_EVENTS.hub_openedx"]
+    gets = [p for p in pub if "GET" in p and not any(f".KV_rthub_{b}" in p for b in ("grants", "courses", "groups", "learners"))]
+    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW", "$JS.API.STREAM.MSG.GET.OPENEDX_EVENTS"]
     assert service_permissions("hub", hub_consumer="hub2")[1][1].endswith("MAX_DELIVERIES.LMS_RAW.hub2")
-    assert not any(p.startswith("$KV.") for p in pub)  # reads grants, never writes them
+    # reads grants, never writes them; writes only the learner group buckets (membership events from the LMS)
+    assert {p for p in pub if p.startswith("$KV.")} == {"$KV.rthub_groups.>", "$KV.rthub_learners.>"}
     assert not any("STREAM.DELETE" in p or "STREAM.PURGE" in p for p in pub)
     pub, sub = service_permissions("deliverer")
     assert "dlq.>" in pub and "xapi.>" not in pub and "lms.>" not in pub and "$KV.rthub_grants.>" not in pub

@@ -294,10 +294,12 @@ def test_one_protocol_registry():
     from hub.core.settings import StreamSettings
     from hub.core.streams import stream_configs
     from hub.core.subjects import PROTOCOL_STREAMS
-    from hub.translate import supported
+    from hub.translate import openedx, supported
 
-    assert NAMES == ("xapi", "caliper")
-    assert all(supported(name) for name in NAMES)  # a translator for each protocol, under the same name
+    assert NAMES == ("xapi", "caliper", "cloudevents")
+    # a translator for each protocol, under the same name: tracking events, Open edX Events, or both
+    assert all(supported(name) or openedx.supported(name) for name in NAMES)
+    assert not supported("cloudevents") and openedx.supported("cloudevents")
     configs = {c.name: c.subjects for c in stream_configs(StreamSettings())}
     for p in PROTOCOLS.values():
         assert PROTOCOL_STREAMS[p.name] == p.stream and configs[p.stream] == [f"{p.prefix}.>"]
@@ -337,3 +339,23 @@ def test_lazy_commands_table_matches_the_parsers():
     for module, commands in COMMANDS.items():
         for command in commands:
             assert names(build_parser(command)) == set(commands), module
+
+
+async def test_inline_subscription_still_finds_the_nats_py_internals_it_replaces(nc):
+    """hub/core/inline.py swaps a subscription's private ``_pending_queue`` (an ``asyncio.Queue``) and resets
+    ``_pending_size``; without them it silently falls back to a slower callback subscription. This fails when
+    a nats-py release renames them (pyproject pins nats-py below 2.17 for that reason)."""
+    from hub.core.inline import _Inline, subscribe_inline
+
+    plain = await nc.subscribe(unique("plain"))
+    assert isinstance(plain._pending_queue, asyncio.Queue) and isinstance(plain._pending_size, int)
+    await plain.unsubscribe()
+    got: list[bytes] = []
+    subject = unique("inline")
+    sub = await subscribe_inline(nc, subject, lambda msg: got.append(msg.data))
+    assert isinstance(sub._pending_queue, _Inline)  # the fast path, not the fallback
+    await nc.publish(subject, b"one")
+    await nc.flush()
+    await wait_for(lambda: got == [b"one"], what="the inline handler called")
+    assert sub._pending_size == 0
+    await sub.unsubscribe()

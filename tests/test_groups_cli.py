@@ -9,7 +9,7 @@ import pytest
 
 from hub.core.grants import decode_grant
 from hub.core.groups import load_membership
-from hub.core.streams import GRANTS_BUCKET
+from hub.core.subjects import GRANTS_BUCKET
 from tests.helpers import rthub, rthub_env, unique
 
 

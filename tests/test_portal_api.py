@@ -137,13 +137,15 @@ async def test_signup_login_logout(app):
     client = await new_consumer(app)
     page = await client.get("/integrations")
     assert client.email in page.text and "My integrations" in page.text
-    cookie = [h for h in page.history[0].headers.get_list("set-cookie")] if page.history else []
-    assert all("whsec" not in c for c in cookie)
     await post(client, "/logout")
     after = await client.get("/integrations")
     assert str(after.url).split("?")[0].endswith("/login") and client.email not in after.text
     again = await login(client, client.email, PASSWORD)
     assert str(again.url).endswith("/integrations")
+    # The session cookie the login sets is out of scripts' reach and not sent by other sites' requests.
+    set_cookie = [c for r in again.history for c in r.headers.get_list("set-cookie")]
+    session = [c for c in set_cookie if c.split("=", 1)[0] == "rthub_session"]
+    assert session and all("httponly" in c.lower() and "samesite=lax" in c.lower() for c in session), set_cookie
     # Signing up again with a registered address answers exactly like a new one; the owner gets a mail.
     dup = await post(client, "/signup", {"email": client.email.upper(), "name": "x", "password": PASSWORD})
     fresh = f"{unique('n')}@example.org"
@@ -225,7 +227,7 @@ async def test_request_approve_secret_rotate_suspend_revoke(app, admin, js, capl
     assert re.fullmatch(r"whsec_[A-Za-z0-9+/=]{40,}", secret)
 
     first = await consumer.get(f"/integrations/{key}")
-    assert secret in first.text and "shown only once" in first.text
+    assert secret in first.text and "show the current secret again" in first.text
     second = await consumer.get(f"/integrations/{key}")
     assert secret not in second.text and "whsec_" not in second.text
     assert secret not in (await admin.get(f"/admin/integrations/{key}")).text
@@ -439,7 +441,7 @@ async def test_hostile_input_is_escaped_or_refused(app, admin):
     assert bidi.status_code == 400 and "text-direction" in bidi.text
     weird = await post(consumer, "/integrations", {"name": "x", "protocol": "<b>", "delivery": "direct",
                                                    "sites": "'; --", "courses": COURSE_A})
-    assert weird.status_code == 400 and "Unknown site" in weird.text and "Choose xapi or caliper" in weird.text
+    assert weird.status_code == 400 and "Unknown site" in weird.text and "Choose xapi, caliper or cloudevents" in weird.text
     assert (await consumer.get("/integrations/%3Cscript%3E")).status_code == 404
     huge_email = await login(consumer, "a" * 10_000 + "@x.org", "p")
     assert huge_email.status_code == 401

@@ -20,7 +20,8 @@ from tests.helpers import unique
 from tests.portal_pg import postgres_url
 
 BEFORE = "2026-11-30T19:45:00:000000"  # the last migration before the scope columns changed
-OLD_COLUMNS = [f"{p}_{f}" for p in ("req", "grant") for f in ("sites", "orgs", "courses", "event_types")]
+OLD_FIELDS = ("sites", "orgs", "courses", "event_types")  # the scope fields of that time (not learner groups)
+OLD_COLUMNS = [f"{p}_{f}" for p in ("req", "grant") for f in OLD_FIELDS]
 
 
 class OldAccount(Table, tablename="portal_account"):
@@ -72,8 +73,8 @@ async def _old_database(settings: PortalSettings):
                                        is_admin=False, email_verified=True))
     owner = (await OldAccount.select(OldAccount.id).first())["id"]
     for key, (status, requested, granted) in ROWS.items():
-        values = {f"req_{f}": _text(getattr(requested, f)) for f in Scope.__struct_fields__}
-        values |= {f"grant_{f}": _text(getattr(granted, f)) for f in Scope.__struct_fields__}
+        values = {f"req_{f}": _text(getattr(requested, f)) for f in OLD_FIELDS}
+        values |= {f"grant_{f}": _text(getattr(granted, f)) for f in OLD_FIELDS}
         await OldIntegration.insert(OldIntegration(key=key, owner=owner, name=key, protocol="xapi", delivery="webhook",
                                                    status=status, scope_change=key == "widened1", **values))
     # What an old row may hold too: an empty text where a list was expected.
@@ -104,6 +105,9 @@ async def _migrate_and_check(settings: PortalSettings, columns_now) -> None:
         view = public_view(rows["approved1"])
         assert view["requested"]["orgs"] == ["edX", "MITx"] and view["granted"]["orgs"] == ["edX"]
         assert rows["widened1"].scope_change is True
+        # issue 24's endpoint settings: old rows get no limit, no headers, every part, not paused
+        assert view["rate_limit"] == 0 and view["custom_headers"] == {} and view["payload_filter"] == []
+        assert all(r.paused_at is None and r.rate_limit == 0 for r in rows.values())
         left = set(await columns_now())
         assert not set(OLD_COLUMNS) & left and {"requested", "granted"} <= left
         # And the new columns are written as they are read.

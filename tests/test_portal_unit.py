@@ -185,3 +185,24 @@ def test_one_table_says_which_decision_moves_which_status():
                 with pytest.raises(PortalError) as refused:
                     check_transition(row, decision)
                 assert refused.value.status == 409 and status in refused.value.message, (decision, status)
+
+
+def test_every_portal_table_is_defined_in_portal_tables():
+    """One module of tables (issue 21): migrations and newcomers find every table in portal/tables.py."""
+    import importlib
+    import pkgutil
+
+    from piccolo.table import Table
+
+    import portal
+    from portal.tables import TABLES
+
+    found = set()
+    for info in pkgutil.walk_packages(portal.__path__, "portal."):
+        if ".migrations" in info.name or info.name.endswith(("piccolo_conf", "piccolo_app", "cli")):
+            continue
+        module = importlib.import_module(info.name)
+        found |= {(v.__module__, v.__name__) for v in vars(module).values()
+                  if isinstance(v, type) and issubclass(v, Table) and v is not Table}
+    assert {m for m, _ in found} == {"portal.tables"}, found
+    assert {n for _, n in found} == {t.__name__ for t in TABLES}

@@ -61,3 +61,111 @@ async def test_rthub_streams_creates_every_stream_and_bucket(tmp_path):
         await nc.close()
     finally:
         server.stop()
+
+
+async def test_twenty_concurrent_ensure_calls_all_succeed_and_agree(tmp_path):
+    """Twenty processes' worth of stream setup at once on a fresh server (hub and deliverer, with partitions):
+    none fails. Each builds the partition stream "from now on", so their configs differ in start time only,
+    which is not a conflict (issue 20: 8 of 20 failed with 10058)."""
+    import asyncio
+    import dataclasses
+    import datetime as dt
+
+    from hub.core.streams import differences, ensure_stream
+    from hub.core.subjects import DELIVERY_STATE_BUCKET, PARTS_STREAM
+    from hub.deliver.engine.partitions import parts_stream_config
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.state.setup import ensure_delivery
+
+    server = NatsServer(free_port(), tmp_path, name="streams-race").start()
+    conns = []
+    try:
+        s = DeliverSettings(nats_url=server.url, partitions=4)
+        conns = [await connect(s, f"race-{i}") for i in range(20)]
+
+        async def setup(nc) -> dict:
+            js = nc.jetstream()
+            out = await ensure_streams(js, s)
+            await ensure_delivery(js, s)
+            return out
+
+        results = await asyncio.gather(*(setup(nc) for nc in conns), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert all(r[RAW_STREAM] in ("created", "unchanged") for r in results)
+        js = conns[0].jetstream()
+        names = [i.config.name for i in await js.streams_info()]
+        assert names.count(PARTS_STREAM) == 1 and f"KV_{DELIVERY_STATE_BUCKET}" in names
+        have = (await js.stream_info(PARTS_STREAM)).config
+        later = parts_stream_config(4, 1, s.protocol_max_age_days, start=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
+        assert differences(have, later) == []  # a start time alone is no difference
+        assert await ensure_stream(js, later) == "unchanged"
+        assert (await js.stream_info(PARTS_STREAM)).config.sources[0].opt_start_time == have.sources[0].opt_start_time
+        fewer = parts_stream_config(2, 1, s.protocol_max_age_days)  # a real change is still applied
+        assert differences(have, fewer) == ["description", "sources"]
+        assert await ensure_stream(js, dataclasses.replace(fewer)) == "updated"
+    finally:
+        for nc in conns:
+            await nc.close()
+        server.stop()
+
+
+async def test_two_deliverers_started_together_both_run(tmp_path):
+    """Two ``rthub deliver`` processes with partitions, started at the same moment on a fresh server: both
+    create the streams, both stay up, and both take partitions of an ordered integration."""
+    import json
+    import subprocess
+    import sys
+
+    from hub.core.subjects import DELIVERY_STATE_BUCKET
+    from tests.deliver_kit import integration, remove
+    from tests.deliver_receivers import Receiver
+    from tests.helpers import rthub_env, wait_for
+
+    server = NatsServer(free_port(), tmp_path, name="two-deliverers").start()
+    env = rthub_env(server.url, RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_PARTITIONS="4", RTHUB_LEASE_TTL="1s")
+    procs = [subprocess.Popen([sys.executable, "-m", "hub.cli", "deliver", "--metrics-port", "-1"], env=env,
+                              stdout=open(tmp_path / f"d{i}.log", "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+             for i in range(2)]
+    rx = await Receiver().start()
+    nc = await connect(HubSettings(nats_url=server.url), "two-deliverers")
+    try:
+        js = nc.jetstream()
+
+        async def state():
+            try:
+                return await js.key_value(DELIVERY_STATE_BUCKET)
+            except Exception:  # noqa: BLE001 - not created yet
+                return None
+
+        await wait_for(state, 30, "the deliverers created their state bucket", interval=0.2)
+        gid, _site = await integration(js, "webhook", rx.url)
+
+        async def owners() -> set[str]:
+            kv = await js.key_value(DELIVERY_STATE_BUCKET)
+            held = set()
+            for k in range(4):
+                try:
+                    entry = await kv.get(f"lease.{gid}.p{k}")
+                except Exception:  # noqa: BLE001 - not held
+                    continue
+                if entry.value:
+                    held.add(json.loads(entry.value)["owner"])
+            return held
+
+        async def both_hold() -> bool:
+            assert [p.poll() for p in procs] == [None, None], [(tmp_path / f"d{i}.log").read_text() for i in range(2)]
+            return len(await owners()) == 2
+
+        await wait_for(both_hold, 30, "both deliverers hold partitions", interval=0.2)
+        assert [p.poll() for p in procs] == [None, None]
+        await remove(js, gid)
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        await nc.close()
+        await rx.stop()
+        server.stop()

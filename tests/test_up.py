@@ -29,6 +29,29 @@ def test_taken_nats_port_is_explained(tmp_path):
     assert f"port {port} is already taken" in err and "--nats-port" in err and "--nats-url" in err
 
 
+def test_a_port_left_in_time_wait_is_free():
+    """A health probe's connection, closed by the server side first, leaves the listener's port in TIME_WAIT
+    for a minute; ``rthub up`` restarted at once must take that port again (issue 20 item 2)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server, uvicorn, asyncio do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    states = open("/proc/net/tcp").read().split("\n")[1:]
+    assert any(f":{port:04X} " in line and line.split()[3] == "06" for line in states), "no TIME_WAIT socket"
+    assert port_free(port)
+    with socket.socket() as s:  # and a listener there is still refused
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        assert not port_free(port)
+
+
 def test_up_demo_translates_live_and_stops_cleanly(tmp_path):
     nats_port, portal_port, metrics_port = free_port(), free_port(), free_port()
     while not port_free(metrics_port + 1):

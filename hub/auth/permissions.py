@@ -9,6 +9,7 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inb
 from __future__ import annotations
 
 from hub.core.grants import Grant, consumer_name
+from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
@@ -17,6 +18,10 @@ from hub.core.subjects import (
     GRANTS_BUCKET,
     GROUPS_BUCKET,
     LEARNERS_BUCKET,
+    OPENEDX_DLQ_PREFIX,
+    OPENEDX_DLQ_STREAM,
+    OPENEDX_PREFIX,
+    OPENEDX_STREAM,
     PARTS_STREAM,
     PROTOCOL_STREAMS,
     QUARANTINE_STREAM,
@@ -27,8 +32,10 @@ from hub.core.subjects import (
 )
 
 API = "$JS.API"
-SERVICES = ("publisher", "hub", "deliverer", "portal", "admin")
-HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM,
+PROTOCOL_PREFIXES = tuple(p.prefix for p in PROTOCOLS.values())
+SERVICES = ("publisher", "hub", "deliverer", "portal", "event-bus", "admin")
+HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM, OPENEDX_STREAM,
+               OPENEDX_DLQ_STREAM,
                *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET, GROUPS_BUCKET, LEARNERS_BUCKET)))
 
 
@@ -98,14 +105,27 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # Runs inside the LMS, the least trusted place: it may only add raw events of its own site, and read
         # nothing (not even stream info). The hub declares the streams.
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
+    if service == "event-bus":
+        # The Open edX event bus (lms_publisher.event_bus) in the LMS and its consuming services: publish Open edX
+        # Events, run consumer groups on them (any durable: groups are configuration of the services; offset_time
+        # deletes and re-creates a group's), keep and work the dead letters. Nothing of the hub's own streams.
+        pub = [*info, f"{OPENEDX_PREFIX}.>", *stream_reader(OPENEDX_STREAM), f"{OPENEDX_DLQ_PREFIX}.>",
+               *stream_reader(OPENEDX_DLQ_STREAM), f"{API}.STREAM.MSG.DELETE.{OPENEDX_DLQ_STREAM}"]
+        return _dedup(pub), inbox
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).
+        # Open edX Events (hub/route/openedx.py): its own durable on OPENEDX_EVENTS (RTHUB_OPENEDX_CONSUMER,
+        # default hub_openedx), the same max-deliveries guard.
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
-               f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
-               *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
+               f"{API}.STREAM.MSG.GET.{RAW_STREAM}", *durable(OPENEDX_STREAM, "hub_openedx"),
+               f"{API}.STREAM.MSG.GET.{OPENEDX_STREAM}",
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               # learner groups: membership events from the LMS are applied by the hub; identity copies of
+               # direct grants go out on ident.<grant>.> (core NATS)
+               *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), "ident.>"]
+        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}",
+               f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{OPENEDX_STREAM}.hub_openedx"]
         return _dedup(pub), sub
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
@@ -146,7 +166,7 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     # tokens it only adds the group-scoped copies of the same statements (a subset of what the grant covers).
     # A grant with learner groups has six-token subjects ending in its group names: no wildcard is added.
     live += [f[:-1] + ">" for f in live if f.endswith(".*")]
-    sub = [f"{consumer_inbox(grant.id)}.>", *live]
+    sub = [f"{consumer_inbox(grant.id)}.>", *live, *([f"ident.{grant.id}.>"] if grant.identity else [])]
     return pub, sub
 
 
@@ -160,6 +180,7 @@ def hub_exports() -> list[tuple[str, str, str, bool]]:
         out += [(f"pull {stream}", f"{API}.CONSUMER.MSG.NEXT.{stream}.*", "service", True),
                 (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),
                 (f"live {protocol}", f"{protocol}.>", "stream", False)]
+    out.append(("ident", "ident.>", "stream", False))  # identity copies of direct grants approved for them
     return out
 
 
@@ -170,5 +191,6 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
     services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
     return [*((n, subj, "service") for n, subj in services),
-            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects()))]
+            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects())),
+            *([("ident", f"ident.{grant.id}.>", "stream")] if grant.identity else [])]
 

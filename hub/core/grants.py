@@ -22,6 +22,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
+from hub.core.delivery_kinds import DeliveryName, PushName
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
@@ -30,7 +31,7 @@ from hub.core.subjects import GRANTS_BUCKET, encode_token
 log = logging.getLogger("rthub.grants")
 
 Protocol = ProtocolName
-Delivery = Literal["direct", "webhook", "lrs", "caliper"]
+Delivery = DeliveryName
 GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A scope expands into the cartesian product of its dimensions (one filter subject per combination). These
 # bound that product: a push consumer's filter list is one JetStream API call the server handles under its
@@ -141,15 +142,35 @@ class GrantIndex:
 
     def __init__(self, grants: Iterable[Grant] = ()):
         self.grants: dict[str, Grant] = {g.id: g for g in grants}
-        self._cache: dict[tuple, frozenset[str]] = {}
+        self._cache: dict[tuple, tuple] = {}
+        self._idents: dict[tuple, tuple[Grant, ...]] = {}
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
 
     def put(self, grant: Grant) -> None:
         self.grants[grant.id] = grant
-        self._cache.clear()
+        self._changed()
 
     def remove(self, grant_id: str) -> None:
         self.grants.pop(grant_id, None)
+        self._changed()
+
+    def _changed(self) -> None:
         self._cache.clear()
+        self._idents.clear()
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
+
+    def direct_identity_grants(self, site: str, org: str | None, course: str | None, event: str) -> tuple[Grant, ...]:
+        """Active direct grants approved for identity fields that cover these dimensions: the hub publishes
+        their learners' identity on ``ident.<grant>.<subject>`` (core NATS, never stored)."""
+        key = (site, org, course, event)
+        found = self._idents.get(key)
+        if found is None:
+            found = tuple(g for g in self.grants.values() if g.active and g.identity and g.delivery == "direct"
+                          and g.covers(site, org, course, event))
+            if len(self._idents) > 200_000:
+                self._idents.clear()
+            self._idents[key] = found
+        return found
 
     def protocols_for(self, site: str, org: str | None, course: str | None, event: str) -> frozenset[str]:
         """Protocols some active grant without learner groups needs for these dimensions."""
@@ -234,10 +255,16 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``kind``: ``webhook`` (Standard Webhooks signed POST), ``lrs`` (xAPI ``<url>/statements``) or ``caliper``
     (Caliper 1.2 envelope, bearer token). ``secrets`` are ``whsec_...`` signing secrets, newest first (two
     during rotation). ``basic_auth`` is ``user:pass``; ``bearer`` a token.
+
+    Set by the consumer in the portal: ``rate_limit_per_s`` (POSTs per second, 0 = unlimited, within the
+    administrator's maximum), ``custom_headers`` (added to every request; reserved names are refused by the
+    portal and never override the hub's own), ``payload_filter`` (top-level parts of each statement or event
+    dropped before signing, e.g. ``context``). A pause by the owner is ``enabled=False`` with
+    :data:`PAUSED_REASON`: the durable consumer keeps the events until ``enabled`` again.
     """
 
     id: str
-    kind: Literal["webhook", "lrs", "caliper"]
+    kind: PushName
     url: str
     secrets: list[str] = []
     basic_auth: str | None = None
@@ -251,3 +278,8 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     enabled: bool = True
     disabled_reason: str | None = None
     disabled_at: float | None = None  # when the deliverer switched it off (the portal's "disabled since")
+    custom_headers: dict[str, str] = {}
+    payload_filter: list[str] = []
+
+
+PAUSED_REASON = "paused by its owner"

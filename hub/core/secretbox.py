@@ -75,8 +75,10 @@ class SecretBox:
 
     def seal_target(self, target: Target) -> Target:
         return msgspec.structs.replace(target, secrets=[self.seal(s) for s in target.secrets],
-                                       basic_auth=self.seal(target.basic_auth), bearer=self.seal(target.bearer))
+                                       basic_auth=self.seal(target.basic_auth), bearer=self.seal(target.bearer),
+                                       custom_headers={k: self.seal(v) for k, v in target.custom_headers.items()})
 
     def open_target(self, target: Target) -> Target:
         return msgspec.structs.replace(target, secrets=[self.open(s) for s in target.secrets],
-                                       basic_auth=self.open(target.basic_auth), bearer=self.open(target.bearer))
+                                       basic_auth=self.open(target.basic_auth), bearer=self.open(target.bearer),
+                                       custom_headers={k: self.open(v) for k, v in target.custom_headers.items()})

@@ -4,12 +4,14 @@ The deliverer's own are declared in :mod:`hub.deliver.state.setup`; :mod:`hub.op
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
+from hub.core import openedx
 from hub.core.protocols import PROTOCOLS
 from hub.core.settings import StreamSettings
 from hub.core.subjects import (
@@ -46,42 +48,102 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
             "events the hub could not process; reason in the Rthub-Reason header"),
         cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,
             "deliveries that failed after the last retry: dlq.<integration>"),
+        # Open edX Events (the event bus, lms_publisher.event_bus): personal data like the raw stream, so its age
+        cfg(openedx.STREAM, [f"{openedx.PREFIX}.>"], s.raw_max_age_days,
+            "Open edX Events (OEP-41), Avro, Kafka-named headers: openedx.<topic>"),
+        cfg(openedx.DLQ_STREAM, [f"{openedx.DLQ_PREFIX}.>"], s.raw_max_age_days,
+            "Open edX Events whose receivers kept failing: openedx_dlq.<group>.<topic>"),
     ]
 
 
-_COMPARED = ("subjects", "max_age", "num_replicas", "duplicate_window", "description", "discard", "retention")
+# What makes two definitions of a stream differ, when the wanted one sets it. Start times of sources are not
+# in it: every process builds its config with "from now on", and a config that differs only in when it was
+# built is the same stream (two deliverers started together both crashed on that, issue 20).
+_COMPARED = ("subjects", "retention", "max_age", "storage", "num_replicas", "discard", "duplicate_window",
+             "description", "sources")
+ALREADY_IN_USE = 10058  # JetStream: stream name already in use with a different configuration
+
+
+def _source_shape(sources) -> list | None:
+    if sources is None:
+        return None
+    return [(x.name, x.filter_subject, [(t.src, t.dest) for t in x.subject_transforms or []]) for x in sources]
+
+
+def differences(have: StreamConfig, want: StreamConfig) -> list[str]:
+    """The fields ``want`` sets that ``have`` holds otherwise (pure; source start times ignored)."""
+    out = []
+    for f in _COMPARED:
+        w, h = getattr(want, f), getattr(have, f)
+        if f == "sources":
+            w, h = _source_shape(w), _source_shape(h)
+        if w is not None and not (f == "duplicate_window" and not w) and w != h:  # 0: the server's default
+            out.append(f)
+    return out
+
+
+def _settle(have: StreamConfig, want: StreamConfig) -> StreamConfig:
+    """``want`` as it may be applied over ``have``: replicas never lowered, sources keep their start times."""
+    want = dataclasses.replace(want)
+    if (have.num_replicas or 1) > (want.num_replicas or 1):
+        # A service started without RTHUB_STREAM_REPLICAS must not shrink a clustered stream to one copy
+        # (it would lose the stream with its node); lowering replicas is an operator's explicit act.
+        log.warning("stream %s keeps %s replicas (settings ask for %s)", want.name, have.num_replicas,
+                    want.num_replicas)
+        want.num_replicas = have.num_replicas
+    if want.sources:
+        started = {x.name: x.opt_start_time for x in have.sources or []}
+        want.sources = [dataclasses.replace(x, opt_start_time=started.get(x.name, x.opt_start_time))
+                        for x in want.sources]
+    return want
+
+
+async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> str:
+    """Create ``want`` or bring the stream to it; ``created``, ``updated`` or ``unchanged``. Idempotent under
+    concurrent calls: a create that loses the race (10058) re-reads what the winner made and compares."""
+    for _ in range(5):
+        try:
+            have = (await js.stream_info(want.name)).config
+        except NotFoundError:
+            try:
+                await js.add_stream(want)
+                return "created"
+            except BadRequestError as exc:
+                if exc.err_code != ALREADY_IN_USE:
+                    raise
+                continue  # created by another process in between: compare with theirs
+        settled = _settle(have, want)
+        if not differences(have, settled):
+            return "unchanged"
+        await js.update_stream(settled)
+        log.info("stream %s updated (%s)", want.name, ", ".join(differences(have, settled)))
+        return "updated"
+    raise RuntimeError(f"stream {want.name} kept changing while it was being created")
+
+
+async def ensure_bucket(js: JetStreamContext, bucket: str, history: int, replicas: int) -> str:
+    """Create a KV bucket if missing (``created``/``unchanged``); an existing one is never changed here (its
+    replicas and history are an operator's). Idempotent under concurrent calls like :func:`ensure_stream`."""
+    for _ in range(5):
+        try:
+            await js.key_value(bucket)
+            return "unchanged"
+        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
+            pass
+        try:
+            await js.create_key_value(bucket=bucket, history=history, replicas=replicas)
+            return "created"
+        except BadRequestError as exc:
+            if exc.err_code != ALREADY_IN_USE:
+                raise
+    raise RuntimeError(f"bucket {bucket} kept changing while it was being created")
 
 
 async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, str]:
     """Create missing streams and buckets, update changed ones; returns ``{name: created|updated|unchanged}``."""
-    result: dict[str, str] = {}
-    for want in stream_configs(s):
-        try:
-            have = (await js.stream_info(want.name)).config
-        except NotFoundError:
-            await js.add_stream(want)
-            result[want.name] = "created"
-            continue
-        if (have.num_replicas or 1) > (want.num_replicas or 1):
-            # A service started without RTHUB_STREAM_REPLICAS must not shrink a clustered stream to one copy
-            # (it would lose the stream with its node); lowering replicas is an operator's explicit act.
-            log.warning("stream %s keeps %s replicas (settings ask for %s)", want.name, have.num_replicas,
-                        want.num_replicas)
-            want.num_replicas = have.num_replicas
-        if any(getattr(have, f) != getattr(want, f) for f in _COMPARED):
-            await js.update_stream(want)
-            result[want.name] = "updated"
-            log.info("stream %s updated", want.name)
-        else:
-            result[want.name] = "unchanged"
+    result = {want.name: await ensure_stream(js, want) for want in stream_configs(s)}
     for bucket in BUCKETS:
-        try:
-            await js.key_value(bucket)
-            result["KV_" + bucket] = "unchanged"
-        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
-            # Targets and learners keep no earlier revision (portal also rolls targets up).
-            await js.create_key_value(bucket=bucket, history=1 if bucket in ONE_REVISION else 5,
-                                      replicas=s.stream_replicas)
-        # (an existing bucket keeps its replicas: buckets are never shrunk or changed here)
-            result["KV_" + bucket] = "created"
+        # Targets and learners keep no earlier revision (portal also rolls targets up).
+        result["KV_" + bucket] = await ensure_bucket(js, bucket, 1 if bucket in ONE_REVISION else 5,
+                                                     s.stream_replicas)
     return result

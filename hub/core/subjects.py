@@ -33,6 +33,11 @@ DELIVERY_LOG_STREAM = "DELIVERY_LOG"
 REDRIVE_STREAM = "REDRIVE"
 PARTS_STREAM = "DELIVERY_PARTS"
 DELIVERY_STATE_BUCKET = "rthub_delivery"
+# Open edX Events (the event bus, lms_publisher.event_bus; hub.core.openedx): one stream, a subject per topic.
+OPENEDX_STREAM = "OPENEDX_EVENTS"
+OPENEDX_PREFIX = "openedx"  # ``openedx.<full topic>``
+OPENEDX_DLQ_STREAM = "OPENEDX_DEAD_LETTERS"
+OPENEDX_DLQ_PREFIX = "openedx_dlq"  # ``openedx_dlq.<group>.<full topic>``
 
 
 def attempts_subject(grant_id: str) -> str:

@@ -19,7 +19,9 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from hub.core.delivery_kinds import PUSH
 from hub.core.grants import Grant, GrantWatcher, Target, consumer_name, size_refusal
+from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
@@ -39,16 +41,16 @@ from hub.deliver.engine.runner import Runner, redrive_consumer, replay_consumer,
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state.records import Attempt, summarize
 from hub.deliver.transport import ssrf
+from hub.translate import ExternalIds
 
 __all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
 
 log = logging.getLogger("rthub.deliver")
 
-PUSH = ("webhook", "lrs", "caliper")
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason",
-              "disabled_at")
+              "disabled_at", "custom_headers", "payload_filter")
 
 
 def hot_swappable(old: Target, new: Target) -> bool:
@@ -88,6 +90,9 @@ class Deliverer:
         self.attempt_log: dict[str, list[Attempt]] = {}  # grant id -> attempts not yet published
 
     async def start(self) -> Deliverer:
+        s = self.settings
+        ids = ExternalIds.from_settings(ExternalIds.deployment_secret(s.id_secret, s.data_dir), s.external_ids_file)
+        self.identities = IdentityIndex(ids.get, PROTOCOL_STREAMS)
         self.state = await self.js.key_value(DELIVERY_STATE_BUCKET)
         self.targets_kv = await self.js.key_value(TARGETS_BUCKET)
         self.context = Context(
@@ -95,12 +100,15 @@ class Deliverer:
             process_id=self.process_id, schedule=self.schedule, max_retry_after=self.max_retry_after,
             disable_after=self.disable_after, allowed=self.allowed, spawn=self._spawn,
             restart=lambda gid, runner: self.restart(gid, runner), disable=self.disable,
-            log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start())
+            log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start(),
+            identities=self.identities)
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
         targets = KVMirror(self.js, TARGETS_BUCKET, self._open_target, on_change=lambda gid, _: self._schedule(gid))
         alive = KVMirror(self.js, DELIVERY_STATE_BUCKET, _alive_time, key=lambda k: k[len(ALIVE):], keys=ALIVE + "*")
         self.targets, self.alive = targets.values, alive.values
         self.watchers = [targets, alive,
+                         KVMirror(self.js, LEARNERS_BUCKET, decode_learner, on_change=self.identities.apply,
+                                  key=parse_learner_key),
                          KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._replay_entry, keys="replay.*"),
                          KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._retry_entry, keys="retry.*")]
         for mirror in self.watchers:

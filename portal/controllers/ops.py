@@ -15,7 +15,6 @@ from litestar.response import Redirect, Template
 from hub.deliver import actions
 from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
-from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
     AttemptPage,
@@ -28,6 +27,7 @@ from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_ad
 from portal.services import PortalError, endpoints
 from portal.services.operations import PUSH, perform
 from portal.validation import split_list
+from portal.views import state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 
@@ -37,6 +37,8 @@ def _params(raw: dict[str, Any]) -> dict[str, Any]:
         p["seqs"] = [s for s in split_list(p["seqs"]) if s.isdigit()]
     if p.get("scope_sites_present") and "sites" not in p:
         p["sites"] = []
+    if p.get("payload_filter_present") and "payload_filter" not in p:
+        p["payload_filter"] = []
     return p
 
 
@@ -158,6 +160,16 @@ class OpsApi(Controller):
         """A narrower scope applies at once; a wider one waits for an administrator."""
         return await perform(portal, user, row, "scope",
                              {k: v for k, v in msgspec.to_builtins(data).items() if v is not None})
+
+    @post("/pause", responses=ERRORS, status_code=200)
+    async def pause(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Stop delivery until ``/resume``; events are kept (``until``: when the oldest starts to expire)."""
+        return await perform(portal, user, row, "pause", {})
+
+    @post("/resume", responses=ERRORS, status_code=200)
+    async def resume(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:
+        """Deliver again, starting with the events kept while paused (in order per course)."""
+        return await perform(portal, user, row, "resume", {})
 
     @post("/retry-now", responses=ERRORS, status_code=200)
     async def retry_now(self, portal: PortalDep, user: UserDep, row: RowDep) -> ActionResult:

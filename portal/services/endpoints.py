@@ -4,24 +4,35 @@ ask for a wider one (an administrator approves), and the signing-secret overlap 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import inspect
 import ipaddress
+import json
 import logging
 from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.subjects import DELIVERY_STATE_BUCKET
 from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
-from portal.services.integrations import _scope_text, scope_json
+from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
 from portal.tables import Account, Integration
-from portal.validation import Scope, check_batch, check_narrowing, check_scope, check_url, clean_text
+from portal.validation import (
+    Scope,
+    check_batch,
+    check_custom_headers,
+    check_narrowing,
+    check_payload_filter,
+    check_rate_limit,
+    check_scope,
+    check_url,
+    clean_text,
+)
 
 log = logging.getLogger("rthub.portal.endpoints")
-DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -33,6 +44,9 @@ class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     remove_credentials: bool = False
     batch_size: int | str | None = None
     batch_wait_ms: int | str | None = None
+    rate_limit: float | str | None = None
+    custom_headers: dict[str, str] | list[dict[str, str]] | str | None = None  # replaces the list; {} clears
+    payload_filter: list[str] | str | None = None  # replaces the list; [] keeps every part
 
 
 class ScopeChange(msgspec.Struct, kw_only=True):
@@ -103,7 +117,7 @@ async def _clear_streak(portal: Portal, key: str) -> None:
 
 
 def _push(row: Integration, what: str) -> None:
-    if row.delivery == "direct":
+    if not is_push(row.delivery):
         raise PortalError(f"A direct subscription has no endpoint to {what}.", 409)
     if row.status != "approved":
         raise PortalError(f"Only an approved integration's endpoint can be changed (this one is {row.status}).", 409)
@@ -115,11 +129,53 @@ async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     target = await portal._get_target(row.key)
     if target is None:
         raise PortalError("The hub has no delivery target for this integration; ask an administrator.", 409)
+    if row.paused_at is not None:
+        raise PortalError("This endpoint is paused by you: resume it instead.", 409)
     if target.enabled:
         raise PortalError("This endpoint is not disabled.", 409)
     await _clear_streak(portal, row.key)  # else the old streak would disable it again at the first failure
     await portal._put_target(portal._target(row, target.secrets, enabled=True))
     await portal.audit(actor.email, "endpoint.reenable", row.key, f"was disabled: {target.disabled_reason or '?'}")
+
+
+async def pause(portal: Portal, actor: Account, row: Integration) -> dt.datetime:
+    """The owner stops delivery for a while: the target is switched off (``PAUSED_REASON``), the durable
+    consumer keeps every event (within the stream's retention, see :func:`kept_until`) until :func:`resume`."""
+    _push(row, "pause")
+    if row.paused_at is not None:
+        raise PortalError("This endpoint is already paused.", 409)
+    target = await portal._get_target(row.key)
+    await update(row, paused_at=now())
+    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.audit(actor.email, "endpoint.pause", row.key, "paused by its owner; events are kept")
+    return row.paused_at
+
+
+async def resume(portal: Portal, actor: Account, row: Integration) -> None:
+    """Delivery again, starting with every event kept while paused, in order per course."""
+    _push(row, "resume")
+    if row.paused_at is None:
+        raise PortalError("This endpoint is not paused.", 409)
+    target = await portal._get_target(row.key)
+    since = row.paused_at
+    await update(row, paused_at=None)
+    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.audit(actor.email, "endpoint.resume", row.key, f"paused since {since.isoformat()}")
+
+
+async def kept_until(portal: Portal, row: Integration) -> dt.datetime | None:
+    """While paused: when the oldest kept event starts to expire (pause time + the protocol stream's
+    ``max_age``); ``None`` when not paused or the stream keeps events without an age limit."""
+    if row.paused_at is None:
+        return None
+    from hub.core.subjects import PROTOCOL_STREAMS
+
+    try:
+        info = await (await portal.js()).stream_info(PROTOCOL_STREAMS[row.protocol])
+    except Exception:  # noqa: BLE001 - NATS down: the page says nothing about it
+        return None
+    age = info.config.max_age or 0
+    return row.paused_at + dt.timedelta(seconds=age) if age else None
 
 
 async def edit(portal: Portal, actor: Account, row: Integration, change: EndpointEdit) -> list[str]:
@@ -136,26 +192,35 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     if basic and bearer:
         errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
     elif basic:
-        if row.delivery != "lrs":
+        if KINDS[row.delivery].credential != "basic_auth":
             errors["basic_auth"] = "Only an xAPI LRS endpoint takes basic credentials."
         elif ":" not in basic or basic.startswith(":"):
             errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
         else:
             changes.update(auth_kind="basic", auth_value=basic)
     elif bearer:
-        if row.delivery == "webhook":
+        if KINDS[row.delivery].signed:
             errors["bearer"] = "A webhook is authenticated by its signature, not a bearer token."
         else:
             changes.update(auth_kind="bearer", auth_value=bearer)
     elif change.remove_credentials:
-        if row.delivery in ("lrs", "caliper"):
-            errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
+        if KINDS[row.delivery].credential:
+            errors[KINDS[row.delivery].credential] = "This endpoint needs credentials."
         else:
             changes.update(auth_kind="none", auth_value=None)
     size, wait = check_batch({"batch_size": change.batch_size, "batch_wait_ms": change.batch_wait_ms}, errors,
                              (row.batch_size or 1, row.batch_wait_ms or 200))
     if (size, wait) != (row.batch_size or 1, row.batch_wait_ms or 200):
         changes.update(batch_size=size, batch_wait_ms=wait)
+    rate = check_rate_limit(change.rate_limit, errors, portal.settings.max_rate_limit, row.rate_limit or 0.0)
+    if rate != (row.rate_limit or 0.0):
+        changes["rate_limit"] = rate
+    headers = check_custom_headers(change.custom_headers, errors)
+    if headers is not None and headers != header_names(row, portal.box):
+        changes["custom_headers"] = portal.box.seal(json.dumps(headers)) if headers else ""
+    parts = check_payload_filter(change.payload_filter, row.protocol, errors)
+    if parts is not None and parts != payload_filter_of(row):
+        changes["payload_filter"] = json.dumps(parts)
     if errors:
         raise PortalError("Check the endpoint fields.", 400, errors)
     if changes.get("auth_value") and getattr(portal, "box", None) is not None:  # stored sealed, like the rest
@@ -165,12 +230,12 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     target = await portal._get_target(row.key)
     await update(row, **changes)
     fresh = portal._target(row, target.secrets if target else [])
-    if target and not target.enabled:  # stays disabled, with the deliverer's reason, until re-enabled
+    if target and not target.enabled and row.paused_at is None:  # stays disabled, with the deliverer's reason, until re-enabled
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
                                         disabled_at=target.disabled_at)
     await portal._put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else "batching" if k.startswith("batch") else k
-                      for k in changes})
+                      for k in changes})  # rate_limit, custom_headers, payload_filter by name
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
     return changed
 
@@ -185,13 +250,18 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if errors:
         raise PortalError("Check the scope.", 400, errors)
     current = granted_scope(row)
+    # a form without the learner group / identity fields keeps them as granted
+    if "learner_groups" not in raw:
+        wanted.learner_groups = list(current.learner_groups)
+    if "identity" not in raw:
+        wanted.identity = list(current.identity)
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
     await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         await update(row, granted=row.granted, requested=row.granted, scope_change=False)
-        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
+        if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
         await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
@@ -217,15 +287,23 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)
-    granted = narrowed if narrowed is not None else requested_scope(row)
+    if narrowed is not None:
+        granted = narrowed
+    else:  # identity fields beyond those already granted need the administrator to name them
+        kept = [f for f in requested_scope(row).identity if f in granted_scope(row).identity]
+        granted = msgspec.structs.replace(requested_scope(row), identity=kept)
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
     await portal.refuse_size(actor, row, granted)
+    before = granted_scope(row).identity
     row.granted = scope_json(granted)
     await portal._activate(row, new_secret=False)
     await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
+    if sorted(granted.identity) != sorted(before):
+        await portal.audit(actor.email, "identity.approve", row.key,
+                           f"identity fields approved: {', '.join(granted.identity) or 'none'}")
 
 
 async def deny_scope_change(portal: Portal, actor: Account, row: Integration, reason: str) -> None:
@@ -262,16 +340,3 @@ async def retire_expired(portal: Portal) -> int:
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count
-
-
-async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
-    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
-    from portal.charts import sample_lag
-
-    while True:
-        for job in (retire_expired, sample_lag):
-            try:
-                await job(portal)
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
-                log.exception("portal minute job %s failed", job.__name__)
-        await asyncio.sleep(period)

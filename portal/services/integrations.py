@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from hub.core.grants import Grant, Target, consumer_name, delete_grant, put_grant
+from hub.core.delivery_kinds import DIRECT, KINDS, is_push
+from hub.core.grants import PAUSED_REASON, Grant, Target, consumer_name, delete_grant, put_grant
 from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
@@ -80,11 +81,28 @@ def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
                  identity=scope.identity, delivery=row.delivery, status=status).validate()
 
 
-def public_view(row: Integration, owner_email: str | None = None) -> dict[str, Any]:
-    """An integration as shown to its owner or an admin: never the endpoint credentials or secrets."""
+def payload_filter_of(row: Integration) -> list[str]:
+    return json.loads(row.payload_filter or "[]")
+
+
+def header_names(row: Integration, box=None) -> dict[str, str]:
+    """The custom headers of ``row`` (stored sealed), opened with ``box``."""
+    text = row.custom_headers or ""
+    return json.loads(box.open(text) or "{}") if text and box is not None else {}
+
+
+def public_view(row: Integration, owner_email: str | None = None, box=None, reveal: bool = False) -> dict[str, Any]:
+    """An integration as shown to its owner or an admin: never the endpoint credentials or secrets. Custom
+    headers (opened with ``box``) show their values only with ``reveal`` (to the owner, who chose them)."""
+    headers = header_names(row, box) if box is not None else {}
+    if not reveal:
+        headers = dict.fromkeys(headers, "(set)")
     return {
         "id": row.key, "name": row.name, "protocol": row.protocol, "delivery": row.delivery, "url": row.url,
         "auth": row.auth_kind, "batch_size": row.batch_size or 1, "batch_wait_ms": row.batch_wait_ms or 200,
+        "rate_limit": row.rate_limit or 0.0, "custom_headers": headers,
+        "payload_filter": payload_filter_of(row),
+        "paused_since": row.paused_at.isoformat() if row.paused_at else None,
         "status": row.status, "reason": row.reason,
         "decision_reason": row.decision_reason, "decided_by": row.decided_by,
         "requested": msgspec.to_builtins(requested_scope(row)),
@@ -109,7 +127,7 @@ class IntegrationService(ServiceBase):
                 await Integration.update(changes).where(Integration.id == r["id"])
                 count += 1
         for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
-                                                     & (Integration.delivery != "direct")):
+                                                     & (Integration.delivery != DIRECT.name)):
             target = await self._get_target(row.key, sealed=True)
             if target is not None and target != self.box.seal_target(target):
                 await self._put_target(target)  # _put_target seals what is still in the clear
@@ -126,6 +144,8 @@ class IntegrationService(ServiceBase):
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
             batch_size=spec.batch_size, batch_wait_ms=spec.batch_wait_ms,
+            rate_limit=spec.rate_limit, payload_filter=json.dumps(spec.payload_filter),
+            custom_headers=self.box.seal(json.dumps(spec.custom_headers)) if spec.custom_headers else "",
             requested=scope_json(spec.scope),
             reason=spec.reason, status="pending",
         )
@@ -207,12 +227,18 @@ class IntegrationService(ServiceBase):
         return got["status"] if got else "deleted"
 
     def _target(self, row: Integration, secrets: list[str], enabled: bool = True) -> Target:
+        """The push target ``row`` describes; a paused one (by its owner) is switched off with
+        :data:`PAUSED_REASON` (a suspension's reason wins)."""
         auth_value = self.box.open(row.auth_value)
+        paused = row.paused_at is not None
+        reason = None if enabled and not paused else SUSPENDED_REASON if not enabled else PAUSED_REASON
         return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
                       basic_auth=auth_value if row.auth_kind == "basic" else None,
-                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled,
+                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled and not paused,
                       batch_size=row.batch_size or 1, batch_wait_ms=row.batch_wait_ms or 200,
-                      disabled_reason=None if enabled else SUSPENDED_REASON)
+                      rate_limit_per_s=float(row.rate_limit or 0.0), custom_headers=header_names(row, self.box),
+                      payload_filter=payload_filter_of(row), disabled_reason=reason,
+                      disabled_at=row.paused_at.timestamp() if paused and enabled else None)
 
     async def _get_target(self, key: str, sealed: bool = False) -> Target | None:
         kv = await (await self.js()).key_value(TARGETS_BUCKET)
@@ -241,13 +267,13 @@ class IntegrationService(ServiceBase):
         js = await self.js()
         grant = grant_of(row, await self._consumer_label(row))
         secret = None
-        if row.delivery == "direct":
+        if not is_push(row.delivery):
             await self.auth().ensure_consumer(js, grant)
             await self._auth_store().activate_consumer(await self.nc(), grant)
         else:
             old = await self._get_target(row.key)
             secrets = old.secrets if old and old.secrets else []
-            if row.delivery == "webhook" and (new_secret or not secrets):
+            if KINDS[row.delivery].signed and (new_secret or not secrets):
                 secret = security.new_webhook_secret()
                 secrets = [secret]
             await self._put_target(self._target(row, secrets))
@@ -258,7 +284,7 @@ class IntegrationService(ServiceBase):
         """Suspended: grant kept as suspended, push target switched off (secrets kept)."""
         js = await self.js()
         await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
-        if row.delivery != "direct":
+        if is_push(row.delivery):
             old = await self._get_target(row.key)
             await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
 
@@ -347,7 +373,7 @@ class IntegrationService(ServiceBase):
         (``final``: never reopened; suspension is not final). The issued keys are read from the database at call
         time only to mark and count them: the account's ``*`` revocation covers every key, recorded or not. A
         failed push is audited and logged, never swallowed silently."""
-        if row.delivery != "direct":
+        if is_push(row.delivery):
             return
         rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
             (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
@@ -381,7 +407,7 @@ class IntegrationService(ServiceBase):
         were revoked by ``AuthStore.ensure``; their owners download new ``.creds``. Returns how many changed."""
         store = self._auth_store()
         changed = 0
-        rows = await Integration.objects().where(Integration.delivery == "direct")
+        rows = await Integration.objects().where(Integration.delivery == DIRECT.name)
         for row in rows:
             claims = store.tenant_claims(row.key)
             is_open = bool(claims and claims["nats"].get("imports"))
@@ -463,9 +489,20 @@ class IntegrationService(ServiceBase):
         await self.audit("system", "secret.shown", row.key, "webhook signing secret displayed once")
         return self.box.open(secret)
 
+    async def reveal_secret(self, actor: Account, row: Integration) -> str:
+        """The current signing secret again, for its owner (like Svix's "reveal"): delivery starts at approval,
+        so an owner who missed the single display is not locked out of verifying it. Audited."""
+        if not KINDS[row.delivery].signed or row.status != "approved":
+            raise PortalError("Only an approved webhook integration has a signing secret.", 409)
+        target = await self._get_target(row.key)
+        if target is None or not target.secrets:
+            raise PortalError("The hub has no signing secret for this integration yet; try again shortly.", 409)
+        await self.audit(actor.email, "secret.reveal", row.key, "signing secret shown again to its owner")
+        return target.secrets[0]
+
     async def rotate_secret(self, actor: Account, row: Integration) -> str:
         """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
-        if row.delivery != "webhook" or row.status != "approved":
+        if not KINDS[row.delivery].signed or row.status != "approved":
             raise PortalError("Only an approved webhook integration has a signing secret to rotate.", 409)
         old = await self._get_target(row.key)
         secret = security.new_webhook_secret()
@@ -475,13 +512,13 @@ class IntegrationService(ServiceBase):
 
     async def retire_old_secret(self, actor: Account, row: Integration) -> None:
         old = await self._get_target(row.key)
-        if row.delivery != "webhook" or row.status != "approved" or not old or len(old.secrets) < 2:
+        if not KINDS[row.delivery].signed or row.status != "approved" or not old or len(old.secrets) < 2:
             raise PortalError("There is no previous signing secret to retire.", 409)
         await self._put_target(self._target(row, old.secrets[:1]))
         await self.audit(actor.email, "secret.retire", row.key, "previous signing secret no longer accepted")
 
     async def secret_count(self, row: Integration) -> int:
-        if row.delivery != "webhook" or row.status != "approved":
+        if not KINDS[row.delivery].signed or row.status != "approved":
             return 0
         target = await self._get_target(row.key, sealed=True)
         return len(target.secrets) if target else 0
@@ -495,7 +532,7 @@ class IntegrationService(ServiceBase):
         is therefore always followed by this re-check.
         """
         row = await Integration.objects().get(Integration.id == row.id) or row
-        if row.delivery != "direct" or row.status != "approved":
+        if is_push(row.delivery) or row.status != "approved":
             raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
         store = self._auth_store()
         grant = grant_of(row, await self._consumer_label(row))
@@ -536,6 +573,7 @@ class IntegrationService(ServiceBase):
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
                 + (f"\nReason: {reason}\n" if reason else "")
+                + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
         if await self.send_mail(owner.email, f"rthub: integration {row.name[:60]} {what}", body, row.key):
             await self.audit("system", "mail.notify", row.key, f"{event} notice to the owner")
@@ -544,7 +582,8 @@ class IntegrationService(ServiceBase):
         """The deliverer switches a failing target off in the targets bucket; the portal notices it here, when
         it reads the status, and mails the owner once per reason (conditional update: one process sends)."""
         reason = out.get("disabled_reason") or ""
-        if row.status != "approved" or out.get("enabled") is not False or not reason or reason == SUSPENDED_REASON:
+        if row.status != "approved" or out.get("enabled") is not False or not reason or reason in (SUSPENDED_REASON,
+                                                                                                 PAUSED_REASON):
             return
         done = await Integration.update({Integration.disabled_notified: reason[:2000]}).where(
             (Integration.id == row.id) & (Integration.disabled_notified != reason[:2000])).returning(Integration.id)
@@ -597,6 +636,19 @@ _NOTICES = {
 
 
 SUSPENDED_REASON = "suspended by an administrator"
+
+
+def _scope_notice(scope: Scope) -> str:
+    """What the approval mail says about learner groups and personal data (identity fields)."""
+    out = ""
+    if scope.learner_groups:
+        out += f"\nRestricted to the learners of group(s): {', '.join(scope.learner_groups)}.\n"
+    if scope.identity:
+        out += (f"\nIdentity fields approved by an administrator: {', '.join(scope.identity)}. They are added to "
+                "each statement under the extension urn:rthub:identity; handle them as personal data.\n")
+    else:
+        out += "\nIdentities stay anonymized: no identity field was approved.\n"
+    return out
 
 
 def _scope_text(scope: Scope) -> str:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from hub.core.delivery_kinds import PUSH
 from hub.deliver import actions
 from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
-
-PUSH = ("webhook", "lrs", "caliper")  # delivery kinds with an endpoint the hub sends to (not "direct")
 
 
 def _since(text: Any, field: str = "since") -> dt.datetime:
@@ -48,10 +47,22 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
                                        bearer=p.get("bearer") or None,
                                        remove_credentials=bool(p.get("remove_credentials")),
                                        batch_size=p.get("batch_size") or None,
-                                       batch_wait_ms=p.get("batch_wait_ms") or None)
+                                       batch_wait_ms=p.get("batch_wait_ms") or None,
+                                       rate_limit=p.get("rate_limit"), custom_headers=p.get("custom_headers"),
+                                       payload_filter=p.get("payload_filter"))
         changed = await endpoints.edit(portal, user, row, change)
         return ActionResult(integration=key, action=op, message=f"Endpoint updated ({', '.join(changed)}); "
                             "no re-approval needed, the scope is unchanged.")
+    if op == "pause":
+        await endpoints.pause(portal, user, row)
+        until = await endpoints.kept_until(portal, row)
+        kept = f" (the oldest starts to expire at {fmt(until.timestamp())})" if until else ""
+        return ActionResult(integration=key, action=op, message="Paused: nothing is sent until you resume; events "
+                            f"are kept meanwhile{kept}.", until=until.isoformat() if until else None)
+    if op == "resume":
+        await endpoints.resume(portal, user, row)
+        return ActionResult(integration=key, action=op, message="Resumed: every event kept while paused is "
+                            "delivered now, in order per course.")
     if op == "scope":
         how = await endpoints.change_scope(portal, user, row, p)
         return ActionResult(integration=key, action=op, message="Narrower scope applied at once." if how == "applied"

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hub.core.groups import IdentityIndex
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.deliver.settings import DeliverSettings
@@ -38,3 +39,4 @@ class Context:
     log_attempt: Callable[[str, Attempt], None]
     peers: Callable[[], list[str]]  # deliverer processes alive now (this one included), for course partitions
     publisher: AckedPublisher  # acked publishes with precise errors (dead letters)
+    identities: IdentityIndex | None = None  # learners the store knows, for grants approved for identity

@@ -56,7 +56,7 @@ class Runner:
         self.ctx, self.grant = ctx, grant
         s = ctx.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target)
+        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity)
         self.schedules = Schedules(ctx.state, grant.id)
         self.held = Held(ctx.nc, self._acked)
         self.recorder = Recorder(ctx, grant.id)

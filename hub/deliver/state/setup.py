@@ -6,10 +6,9 @@ import datetime as dt
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
-from hub.core.streams import DAY
-from hub.core.subjects import DELIVERY_LOG_STREAM, DELIVERY_STATE_BUCKET, PARTS_STREAM, REDRIVE_STREAM
+from hub.core.streams import DAY, ensure_bucket, ensure_stream
+from hub.core.subjects import DELIVERY_LOG_STREAM, DELIVERY_STATE_BUCKET, REDRIVE_STREAM
 from hub.deliver.engine.partitions import parts_stream_config
 from hub.deliver.settings import DeliverSettings, seconds
 
@@ -40,34 +39,11 @@ def stream_configs(s: DeliverSettings) -> list[StreamConfig]:
 
 
 async def ensure_delivery(js: JetStreamContext, s: DeliverSettings) -> None:
-    """Create or update the delivery streams and the state bucket (idempotent)."""
+    """Create or update the delivery streams and the state bucket (idempotent, also when processes race)."""
     for want in stream_configs(s):
-        try:
-            have = (await js.stream_info(want.name)).config
-        except NotFoundError:
-            await js.add_stream(want)
-            continue
-        if (have.max_age, have.subjects, have.num_replicas) != (
-            want.max_age,
-            want.subjects,
-            want.num_replicas,
-        ):
-            await js.update_stream(want)
+        await ensure_stream(js, want)
     if s.partitions > 0:
-        want = parts_stream_config(
-            s.partitions, s.stream_replicas, s.protocol_max_age_days, start=dt.datetime.now(dt.UTC)
-        )  # from now on, not the history
-        try:
-            have = (await js.stream_info(PARTS_STREAM)).config
-
-            def shape(c: StreamConfig) -> list:
-                return [(x.name, [t.dest for t in x.subject_transforms or []]) for x in c.sources or []]
-
-            if (shape(have), have.num_replicas) != (shape(want), want.num_replicas):
-                await js.update_stream(want)
-        except NotFoundError:
-            await js.add_stream(want)
-    try:
-        await js.key_value(DELIVERY_STATE_BUCKET)
-    except Exception:  # noqa: BLE001 - BucketNotFoundError or NotFoundError by nats-py version
-        await js.create_key_value(bucket=DELIVERY_STATE_BUCKET, history=1, replicas=s.stream_replicas)
+        # Sources from now on, not the history; an existing stream keeps its start (ensure_stream ignores it).
+        await ensure_stream(js, parts_stream_config(s.partitions, s.stream_replicas, s.protocol_max_age_days,
+                                                    start=dt.datetime.now(dt.UTC)))
+    await ensure_bucket(js, DELIVERY_STATE_BUCKET, 1, s.stream_replicas)

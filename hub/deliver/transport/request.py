@@ -34,10 +34,43 @@ def batch_id(ids: list[str]) -> str:
     return "batch_" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
 
 
+# Header names a consumer's ``custom_headers`` may not set: the hub's own (signature, content, auth, tracing)
+# and those HTTP/1.1 framing depends on. The portal refuses them; :func:`build` skips them anyway.
+RESERVED_HEADERS = frozenset({
+    "host", "content-type", "content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive",
+    "upgrade", "te", "trailer", "expect", "proxy-authorization", "authorization", "cookie", "user-agent",
+    "webhook-id", "webhook-signature", "webhook-timestamp", "x-experience-api-version", "traceparent",
+    "tracestate"})
+
+
+def drop_parts(item: bytes, parts: list[str]) -> bytes:
+    """``item`` (one JSON statement or event) without the top-level members named in ``parts``; unchanged when
+    none is present (no re-encoding) or when it is not a JSON object."""
+    if not parts:
+        return item
+    try:
+        value = msgspec.json.decode(item)
+    except (msgspec.DecodeError, RecursionError):
+        return item
+    if not isinstance(value, dict) or not any(p in value for p in parts):
+        return item
+    for p in parts:
+        value.pop(p, None)
+    return msgspec.json.encode(value)
+
+
 def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sensor: str,
-          batch: bool) -> tuple[str, dict[str, str], bytes]:
-    """``(url, headers, body)`` of one POST carrying ``items`` (statements or Caliper events)."""
-    headers = {"content-type": "application/json", "user-agent": "rthub-deliver/0.1"}
+          batch: bool, traceparent: str | None = None) -> tuple[str, dict[str, str], bytes]:
+    """``(url, headers, body)`` of one POST carrying ``items`` (statements or Caliper events).
+
+    The payload filter applies before the body is signed; custom headers come first, so the hub's own headers
+    (signature, auth, ``traceparent``) always win."""
+    headers = {k.lower(): v for k, v in target.custom_headers.items() if k.lower() not in RESERVED_HEADERS}
+    headers.update({"content-type": "application/json", "user-agent": "rthub-deliver/0.1"})
+    if traceparent:
+        headers["traceparent"] = traceparent
+    if target.payload_filter:
+        items = [drop_parts(i, target.payload_filter) for i in items]
     if target.kind == "lrs":
         url = target.url.rstrip("/") + "/statements"
         body = b"[" + b",".join(items) + b"]" if batch else items[0]
@@ -48,6 +81,9 @@ def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sen
     else:
         url = target.url
         body = b"[" + b",".join(items) + b"]" if batch else items[0]
+        if protocol == "cloudevents":  # CloudEvents' HTTP binding, structured (and batched) mode
+            headers["content-type"] = ("application/cloudevents-batch+json" if batch
+                                       else "application/cloudevents+json")
     if target.kind == "webhook":
         headers.update(signing.headers(target.secrets, batch_id(ids) if batch else ids[0], body))
     if target.bearer:
