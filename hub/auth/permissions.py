@@ -136,7 +136,9 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
                *kv_read(COURSES_BUCKET), *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
+        # Core subscriptions to the protocol subjects and redrive.>: wake-ups of dozing pull loops (engine/watch.py).
+        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams),
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "redrive.>"]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
