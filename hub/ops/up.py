@@ -184,7 +184,7 @@ def run(args) -> int:
         if args.nats_url:
             nats_url = args.nats_url
         else:
-            config, creds = _auth_config(data_dir)
+            config, creds = _auth_config(data_dir, notes)
             server = NatsServer(nats_port, data_dir / "nats", config=config, name="rthub-nats",
                                 parent_death=True).start()
             nats_url = server.url
@@ -321,12 +321,16 @@ async def _prepare(nats_url: str, admin_creds: str | None, demo: bool) -> None:
         await nc.close()
 
 
-def _auth_config(data_dir: Path) -> tuple[str, dict[str, str]]:
-    """Operator-mode server config and each service's credentials file."""
+def _auth_config(data_dir: Path, notes: list[str] | None = None) -> tuple[str, dict[str, str]]:
+    """Operator-mode server config and each service's credentials file; a direct subscriber's stored account
+    JWT the server would refuse is left out (the server starts without it) and noted for the summary."""
     from hub.auth import AuthStore
 
     auth = AuthStore.ensure(data_dir)
     config = auth.server_config(data_dir / "nats" / "resolver")
+    for grant_id, reason in auth.refused_tenants().items():
+        (notes if notes is not None else []).append(f"direct subscription {grant_id} is failing: its account "
+                                                    f"JWT was not loaded ({reason})")
     services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "admin": "admin"}
     creds = {name: str(auth.service_creds(svc)) for name, svc in services.items()}
     # The demo publishes like an LMS: raw events of its own site only.
