@@ -20,7 +20,7 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.core.delivery_kinds import PUSH
-from hub.core.grants import Grant, GrantWatcher, Target, consumer_name
+from hub.core.grants import Grant, GrantWatcher, Target, consumer_name, size_refusal
 from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
@@ -283,6 +283,10 @@ class Deliverer:
                 await self._drop_consumers(grant_id)
             if want is not None:
                 grant, target = want
+                refusal = size_refusal(grant.filter_count(), grant.delivery)
+                if refusal:  # stored before the limit existed, or written around the portal: never sent to NATS
+                    await self.disable(grant_id, refusal)
+                    return
                 partitions = self.settings.partitions
                 runner = (PartitionedRunner(self.context, grant, target, partitions)
                           if partitions > 0 and not target.parallel else Runner(self.context, grant, target))

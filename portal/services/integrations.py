@@ -17,7 +17,7 @@ from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
 from portal import security
 from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, Integration, IssuedCredential
-from portal.validation import IntegrationSpec, Scope, check_narrowing
+from portal.validation import IntegrationSpec, Scope, check_narrowing, check_scope_size
 
 log = logging.getLogger("rthub.portal")
 
@@ -324,6 +324,7 @@ class IntegrationService(ServiceBase):
         errors = check_narrowing(requested_scope(row), granted)
         if errors:
             raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+        await self.refuse_size(actor, row, granted)
         await self._transition(row, "approve", granted=scope_json(granted), decided_by=actor.email,
                                decision_reason="")
         try:
@@ -345,6 +346,14 @@ class IntegrationService(ServiceBase):
         if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
             await self.notify(row, "approved")
         return row
+
+    async def refuse_size(self, actor: Account, row: Integration, scope: Scope) -> None:
+        """A scope too large for the row's delivery kind: refused (400, naming the limit), and audited."""
+        errors: dict[str, str] = {}
+        check_scope_size(scope, row.delivery, errors)
+        if errors:
+            await self.audit(actor.email, "scope.refused", row.key, errors["scope"])
+            raise PortalError("The scope is too large.", 400, errors)
 
     async def deny(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
