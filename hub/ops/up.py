@@ -99,17 +99,35 @@ class PortTaken(Exception):
 
 
 async def _live_count(url: str, creds: str | None, stop: asyncio.Event) -> None:
-    """Print how many statements were translated, once a second, from a core subscription."""
+    """Print how many statements were translated, once a second, from a core subscription. While NATS is away
+    (``rthub up`` restarts its nats-server) one line says so and one says it is back, with the failed tries in
+    between: nats-py's default error callback printed a traceback per reconnect attempt."""
     import nats
 
     counts = {"xapi": 0, "caliper": 0}
+    state = {"down_since": None, "errors": 0}
 
     async def on_msg(msg) -> None:
         counts[msg.subject.split(".", 1)[0]] += 1
 
+    async def on_error(exc: Exception) -> None:
+        state["errors"] += 1  # counted, said once the connection is back
+
+    async def on_disconnect() -> None:
+        if state["down_since"] is None and not stop.is_set():
+            state["down_since"], state["errors"] = time.monotonic(), 0
+            print("rthub up: live count paused: NATS connection lost", file=sys.stderr, flush=True)
+
+    async def on_reconnect() -> None:
+        if state["down_since"] is not None:
+            print(f"rthub up: live count resumed: NATS back after {time.monotonic() - state['down_since']:.0f} s "
+                  f"({state['errors']} failed connection attempts)", file=sys.stderr, flush=True)
+        state["down_since"] = None
+
     opts = {"user_credentials": creds} if creds else {}
     try:
         nc = await nats.connect(url, name="rthub-up-counter", max_reconnect_attempts=-1, reconnect_time_wait=1,
+                                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                                 **opts)
     except Exception as exc:  # noqa: BLE001 - the count is a convenience; never take `up` down for it
         print(f"rthub up: no live count ({exc})", file=sys.stderr)
