@@ -186,8 +186,13 @@ class ProvisioningService(ServiceBase):
         for row in rows:
             claims = store.tenant_claims(row.key)
             is_open = bool(claims and claims["nats"].get("imports"))
-            if row.status == "approved" and claims is None:
-                grant = grant_of(row, await self.consumer_label(row))
+            try:
+                grant = grant_of(row, await self.consumer_label(row)) if row.status == "approved" else None
+            except ValueError as exc:  # a stored scope today's limits refuse: skipped, never fatal at start
+                await self.audit("system", "grant.invalid", row.key, str(exc)[:500])
+                continue
+            if grant is not None and (claims is None or (is_open and _imports(claims) != _wanted(grant))):
+                # new, or opened by an earlier version without today's imports (the replay consumer)
                 await self.auth().ensure_consumer(await self.js(), grant)
                 await store.activate_consumer(await self.nc(), grant)
             elif row.status in ("suspended", "revoked") and (is_open or claims is None):
@@ -199,3 +204,13 @@ class ProvisioningService(ServiceBase):
         if changed:
             log.info("moved %d direct subscription(s) into their own NATS accounts", changed)
         return changed
+
+
+def _imports(claims: dict) -> set[str]:
+    return {i["subject"] for i in claims["nats"].get("imports", [])}
+
+
+def _wanted(grant: Grant) -> set[str]:
+    from hub.auth.permissions import tenant_imports
+
+    return {subj for _, subj, _ in tenant_imports(grant)}
