@@ -206,3 +206,19 @@ def test_every_portal_table_is_defined_in_portal_tables():
                   if isinstance(v, type) and issubclass(v, Table) and v is not Table}
     assert {m for m, _ in found} == {"portal.tables"}, found
     assert {n for _, n in found} == {t.__name__ for t in TABLES}
+
+
+def test_every_operation_form_has_its_handler():
+    """One handler per operation (portal.services.operations.OPERATIONS): every /ops/<name> form of the
+    pages names one, and nothing else dispatches on the operation's name."""
+    import re
+
+    from portal.services.operations import OPERATIONS
+    from tests.helpers import ROOT
+
+    used = set()
+    for page in (ROOT / "portal" / "templates").glob("*.html"):
+        used |= set(re.findall(r"/ops/([a-z-]+)", page.read_text()))
+    assert used and used <= set(OPERATIONS), used - set(OPERATIONS)
+    source = (ROOT / "portal" / "services" / "operations.py").read_text()
+    assert "if op ==" not in source and "elif op ==" not in source

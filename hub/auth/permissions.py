@@ -8,7 +8,7 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inb
 
 from __future__ import annotations
 
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name, replay_name
 from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
     COURSES_BUCKET,
@@ -136,7 +136,9 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
                *kv_read(COURSES_BUCKET), *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
+        # Core subscriptions to the protocol subjects and redrive.>: wake-ups of dozing pull loops (engine/watch.py).
+        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams),
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "redrive.>"]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
@@ -189,7 +191,10 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
     # No CONSUMER.INFO: in an account without JetStream the server's own API answers it first (503), so an
     # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
-    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
+    replay = replay_name(grant.id)  # a replay (request_replay) is pulled and acked the same way
+    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>"),
+                ("replay pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{replay}"),
+                ("replay ack", f"$JS.ACK.{stream}.{replay}.>")]
     return [*((n, subj, "service") for n, subj in services),
             *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects())),
             *([("ident", f"ident.{grant.id}.>", "stream")] if grant.identity else [])]

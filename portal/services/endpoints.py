@@ -257,6 +257,7 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
         wanted.identity = list(current.identity)
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
+    await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         await update(row, granted=row.granted, requested=row.granted, scope_change=False)
@@ -294,6 +295,7 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+    await portal.refuse_size(actor, row, granted)
     before = granted_scope(row).identity
     row.granted = scope_json(granted)
     await portal._activate(row, new_secret=False)
