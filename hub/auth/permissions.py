@@ -8,7 +8,7 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inb
 
 from __future__ import annotations
 
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name, replay_name
 from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
     COURSES_BUCKET,
@@ -191,7 +191,10 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
     # No CONSUMER.INFO: in an account without JetStream the server's own API answers it first (503), so an
     # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
-    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
+    replay = replay_name(grant.id)  # a replay (request_replay) is pulled and acked the same way
+    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>"),
+                ("replay pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{replay}"),
+                ("replay ack", f"$JS.ACK.{stream}.{replay}.>")]
     return [*((n, subj, "service") for n, subj in services),
             *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects())),
             *([("ident", f"ident.{grant.id}.>", "stream")] if grant.identity else [])]

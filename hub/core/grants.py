@@ -134,6 +134,12 @@ def consumer_name(grant_id: str) -> str:
     return f"rthub_{grant_id}"
 
 
+def replay_name(grant_id: str) -> str:
+    """The replay consumer of an integration (statements since a time, created on request next to the main one);
+    a direct subscriber pulls it like its main consumer."""
+    return f"{consumer_name(grant_id)}_replay"
+
+
 def decode_grant(data: bytes) -> Grant:
     return msgspec.json.decode(data, type=Grant)
 

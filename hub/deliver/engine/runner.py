@@ -14,7 +14,7 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from hub.core.grants import Grant, Target, consumer_name
+from hub.core.grants import Grant, Target, consumer_name, replay_name
 from hub.core.subjects import PROTOCOL_STREAMS, REDRIVE_STREAM, redrive_subject
 from hub.deliver.engine.circuit import Circuit
 from hub.deliver.engine.context import Context
@@ -38,7 +38,7 @@ def redrive_consumer(grant_id: str) -> str:
 
 
 def replay_consumer(grant_id: str) -> str:
-    return consumer_name(grant_id) + "_replay"
+    return replay_name(grant_id)
 
 
 def takeover_after(s: DeliverSettings) -> float:
