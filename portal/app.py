@@ -24,14 +24,14 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 from msgspec import UNSET
 
-from portal import db, flash
+from portal import db, flash, jobs
 from portal.api_types import ApiError
 from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
 from portal.outage import nats_gate
-from portal.services import Portal, PortalError, endpoints
+from portal.services import Portal, PortalError
 from portal.settings import PortalSettings
 from portal.web import HERE, LoginNeeded, known_session, load_flash, with_box
 
@@ -48,20 +48,6 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-async def _migrate_direct_access(portal: Portal) -> None:
-    """Move direct subscriptions into their own NATS accounts once NATS answers (retried, never fatal)."""
-    delay = 1.0
-    while True:
-        try:
-            await portal.migrate_direct_access()
-            return
-        except Exception as exc:  # noqa: BLE001 - NATS down or store missing: logged, retried with backoff
-            log.warning("moving direct subscriptions into their own accounts failed (%s); retrying in %.0f s",
-                        exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 60.0)
-
-
 def create_app(settings: PortalSettings) -> Litestar:
     """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
     portal = Portal(settings)
@@ -73,14 +59,10 @@ def create_app(settings: PortalSettings) -> Litestar:
             await asyncio.wait_for(portal.seal_stored_secrets(), 15)
         except (PortalError, TimeoutError) as exc:  # NATS not reachable yet: targets are sealed at their next write
             log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
-        app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
-        app.state.sweeper = asyncio.create_task(endpoints.overlap_loop(portal))
-        app.state.nats_keeper = asyncio.create_task(portal.keep_connected())
+        app.state.jobs = jobs.start(portal)
 
     async def shutdown(app: Litestar) -> None:
-        for task in ("migration", "sweeper", "nats_keeper"):
-            if app.state.get(task):
-                app.state[task].cancel()
+        jobs.stop(app.state.get("jobs") or [])
         await portal.close()
         if app.state.engine is not None:
             await db.close(app.state.engine)

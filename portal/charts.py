@@ -8,22 +8,12 @@ import time
 from html import escape
 
 import msgspec
-from piccolo.columns import Integer, Timestamptz, Varchar
-from piccolo.columns.defaults.timestamptz import TimestamptzNow
-from piccolo.table import Table
 
 from hub.deliver.state import attempt_log
+from portal.tables import Integration, LagSample
 
 DAY_MIN = 24 * 60
 W, H, PAD = 720, 120, 28
-
-
-class LagSample(Table, tablename="portal_lag"):
-    """The lag of one integration at one minute (kept 24 h), for the lag chart."""
-
-    integration = Varchar(length=64, index=True)
-    at = Timestamptz(default=TimestamptzNow(), index=True)
-    lag = Integer(default=0)
 
 
 async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int = 200_000
@@ -116,8 +106,6 @@ async def integration_charts(js, key: str) -> str:
 
 async def sample_lag(portal) -> int:
     """Record the lag of every approved integration (called once a minute); drops samples older than 24 h."""
-    from portal.tables import Integration
-
     await LagSample.delete().where(LagSample.at < dt.datetime.now(dt.UTC) - dt.timedelta(hours=25))
     count = 0
     for row in await Integration.objects().where(Integration.status == "approved"):

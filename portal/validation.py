@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.grants import SIZE_REFUSAL, expansion, size_refusal
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.deliver.transport import ssrf
@@ -318,12 +319,31 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     headers = check_custom_headers(raw.get("custom_headers") or None, errors) if push else None
     parts = check_payload_filter(raw.get("payload_filter") or None, protocol, errors) if push else None
     scope = check_scope(raw, known_sites, errors)
+    if delivery in DELIVERIES and "scope" not in errors:
+        check_scope_size(scope, delivery, errors)
     if errors:
         return None, errors
     return IntegrationSpec(name=name, protocol=protocol, delivery=delivery, scope=scope, url=url,
                            auth_kind=auth_kind, auth_value=auth_value, reason=reason, batch_size=batch_size,
                            batch_wait_ms=batch_wait_ms, rate_limit=rate, custom_headers=headers or {},
                            payload_filter=parts or []), {}
+
+
+def check_scope_size(scope: Scope, delivery: str, errors: dict[str, str]) -> int:
+    """Refuse a scope whose expansion (sites x orgs x courses x event types x groups) exceeds the delivery
+    kind's limit (:data:`hub.core.grants.MAX_FILTERS_PUSH` / ``MAX_FILTERS_DIRECT``); returns the count."""
+    _, count = expansion(scope.sites, scope.orgs, scope.courses, scope.event_types,
+                         getattr(scope, "learner_groups", ()))
+    refusal = size_refusal(count, delivery)
+    if refusal:
+        errors["scope"] = refusal
+    return count
+
+
+def size_refused(errors: dict[str, str]) -> str | None:
+    """The scope-size refusal among ``errors`` (the audit log records it), if that is one of them."""
+    text = errors.get("scope", "")
+    return text if text.startswith(SIZE_REFUSAL) else None
 
 
 def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:

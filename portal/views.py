@@ -52,7 +52,17 @@ async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: 
                 secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",
                 example=portal.example(row) if not is_push(row.delivery) and row.status == "approved" else "",
                 direct=await direct_help(portal, row) if not is_push(row.delivery) and row.status == "approved" else None,
-                audit=await portal.audit_log(50, row.key), **extra)
+                audit=await portal.audit_log(50, row.key), group_sizes=await _group_sizes(portal, row), **extra)
+
+
+async def _group_sizes(portal: Portal, row) -> dict[str, int]:
+    """Sizes of the integration's learner groups (names and sizes only: never the members)."""
+    if not (requested_scope(row).learner_groups or granted_scope(row).learner_groups):
+        return {}
+    try:
+        return await portal.group_sizes()
+    except PortalError:  # NATS away: the page still shows the names
+        return {}
 
 
 async def direct_help(portal: Portal, row) -> dict[str, Any]:

@@ -116,6 +116,17 @@ async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, 
         finally:
             await site_pub.close()
 
+        heard: list[str] = []  # the deliverer's watch (hub/deliver/engine/watch.py): core subscriptions
+
+        async def on_msg(msg) -> None:
+            heard.append(msg.subject)
+
+        await deliverer.nc.subscribe("xapi.>", cb=on_msg)
+        await deliverer.nc.subscribe("redrive.>", cb=on_msg)
+        await deliverer.nc.flush()
+        await hjs.publish(xapi_subj, b"{}")
+        await wait_for(lambda: xapi_subj in heard, 5, "the deliverer hears the protocol subjects")
+        assert not deliverer.violated('"xapi.>"') and not deliverer.violated('"redrive.>"')
         await deliverer.nc.publish(xapi_subj, b"{}")
         await wait_for(lambda: deliverer.violated(f'"{xapi_subj}"'), 5, "deliverer refused on xapi publish")
         await deliverer.nc.publish("$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub", b"")

@@ -191,6 +191,39 @@ def test_up_restarts_crashed_children_and_its_nats_server_and_they_die_with_it(t
             print(f"still running after rthub up was killed (now killed): {left}")
 
 
+def test_up_demo_through_a_nats_server_crash_logs_state_changes_not_tracebacks_and_restarts_on_its_ports(tmp_path):
+    """Issue 20 items 6 and 2: the demo's live-count client says once that NATS is away and once that it is
+    back (its default error callback printed a traceback per reconnect attempt); and `rthub up` stopped after
+    /health probes starts again at once on the same explicit ports."""
+    args = _ports()
+    metrics_port = int(args[5])
+    data = str(tmp_path / "data")
+    up = Up("--demo", "--demo-rate", "20", "--no-portal", "--no-deliver", "--data-dir", data, *args)
+    try:
+        wait_sync(lambda: "Ctrl-C stops everything" in up.text(), 90, "rthub up started")
+        wait_sync(lambda: re.search(r"live: [1-9]\d* xAPI", up.text()), 60, "a live count")
+        nats = next(pid for pid, cmd in _children(up.proc.pid).items() if "nats-server" in cmd)
+        os.kill(nats, signal.SIGKILL)
+        wait_sync(lambda: "live count resumed: NATS back" in up.text(), 60, "the live count back after the restart")
+        for _ in range(5):  # probes, as a health check makes them
+            assert httpx.get(f"http://127.0.0.1:{metrics_port}/health").status_code in (200, 503)
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(30) == 0
+    text = up.text()
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("live count paused: NATS connection lost") == 1, text[-3000:]
+    assert re.search(r"live count resumed: NATS back after \d+ s \(\d+ failed connection attempts\)", text)
+    again = Up("--no-portal", "--no-deliver", "--data-dir", data, *args)  # at once, same ports
+    try:
+        wait_sync(lambda: "Ctrl-C stops everything" in again.text() or again.proc.poll() is not None, 90,
+                  "rthub up started again")
+        assert again.proc.poll() is None, again.text()
+    finally:
+        again.proc.send_signal(signal.SIGINT)
+        assert again.proc.wait(30) == 0
+
+
 @pytest.mark.parametrize("after", [1, 3])
 def test_sigterm_during_start_up_leaves_no_orphan(tmp_path, after):
     up = Up("--data-dir", str(tmp_path / "data"), *_ports())

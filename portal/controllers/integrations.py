@@ -26,7 +26,7 @@ from portal.services import (
     endpoints,
     public_view,
 )
-from portal.validation import split_list, validate_request
+from portal.validation import size_refused, split_list, validate_request
 from portal.views import detail_page, unknown_warning, view_of
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
@@ -54,6 +54,8 @@ class IntegrationPages(Controller):
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
         unknown = courses.unknown_courses(known, spec.scope.sites if spec else [], spec.scope.courses if spec else [])
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
             shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
@@ -127,6 +129,8 @@ class IntegrationApi(Controller):
                                        max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
         view = public_view(await portal.create_integration(user, spec), box=portal.box, reveal=True)

@@ -4,7 +4,6 @@ ask for a wider one (an administrator approves), and the signing-secret overlap 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import inspect
@@ -251,8 +250,14 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if errors:
         raise PortalError("Check the scope.", 400, errors)
     current = granted_scope(row)
+    # a form without the learner group / identity fields keeps them as granted
+    if "learner_groups" not in raw:
+        wanted.learner_groups = list(current.learner_groups)
+    if "identity" not in raw:
+        wanted.identity = list(current.identity)
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
+    await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         await update(row, granted=row.granted, requested=row.granted, scope_change=False)
@@ -282,14 +287,23 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)
-    granted = narrowed if narrowed is not None else requested_scope(row)
+    if narrowed is not None:
+        granted = narrowed
+    else:  # identity fields beyond those already granted need the administrator to name them
+        kept = [f for f in requested_scope(row).identity if f in granted_scope(row).identity]
+        granted = msgspec.structs.replace(requested_scope(row), identity=kept)
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+    await portal.refuse_size(actor, row, granted)
+    before = granted_scope(row).identity
     row.granted = scope_json(granted)
     await portal._activate(row, new_secret=False)
     await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
+    if sorted(granted.identity) != sorted(before):
+        await portal.audit(actor.email, "identity.approve", row.key,
+                           f"identity fields approved: {', '.join(granted.identity) or 'none'}")
 
 
 async def deny_scope_change(portal: Portal, actor: Account, row: Integration, reason: str) -> None:
@@ -326,16 +340,3 @@ async def retire_expired(portal: Portal) -> int:
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count
-
-
-async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
-    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
-    from portal.charts import sample_lag
-
-    while True:
-        for job in (retire_expired, sample_lag):
-            try:
-                await job(portal)
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
-                log.exception("portal minute job %s failed", job.__name__)
-        await asyncio.sleep(period)
