@@ -12,6 +12,8 @@ from piccolo.columns import Integer, Timestamptz, Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
+from hub.deliver.state.records import unpack
+
 DAY_MIN = 24 * 60
 W, H, PAD = 720, 120, 28
 
@@ -53,15 +55,19 @@ async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int
             for msg in msgs:
                 scanned += 1
                 try:
-                    a = msgspec.json.decode(msg.data)
-                    i = int((float(a["t"]) - start) // 60)
-                except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+                    records = unpack(msg.data)
+                except (msgspec.DecodeError, RecursionError):
                     continue
-                if 0 <= i < DAY_MIN:
-                    if a.get("outcome") == "delivered":
-                        delivered[i] += len(a.get("ids") or [])
-                    else:
-                        failed[i] += 1
+                for a in records:
+                    try:
+                        i = int((float(a["t"]) - start) // 60)
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    if 0 <= i < DAY_MIN:
+                        if a.get("outcome") == "delivered":
+                            delivered[i] += len(a.get("ids") or [])
+                        else:
+                            failed[i] += 1
             if msgs and msgs[-1].metadata.num_pending == 0:
                 break
     finally:

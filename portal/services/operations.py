@@ -12,7 +12,8 @@ from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
 
-PUSH = ("webhook", "lrs", "caliper")  # delivery kinds with an endpoint the hub sends to (not "direct")
+PUSH = ("webhook", "lrs", "caliper")
+RESEND_MAX = 500  # statements one resend sends again: the largest batch (validation.BATCH_MAX)  # delivery kinds with an endpoint the hub sends to (not "direct")
 
 
 def _since(text: Any, field: str = "since") -> dt.datetime:
@@ -66,6 +67,9 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
                             "delivered now, in order per course.")
     if op == "scope":
         how = await endpoints.change_scope(portal, user, row, p)
+        if how == "applied" and row.scope_change:
+            return ActionResult(integration=key, action=op, message="Narrower scope applied at once. Your request "
+                                "for a wider scope is still pending with an administrator.")
         return ActionResult(integration=key, action=op, message="Narrower scope applied at once." if how == "applied"
                             else "Scope change sent: an administrator will review it; the current scope keeps "
                             "working meanwhile.")
@@ -78,12 +82,16 @@ async def perform(portal: Portal, user: Account, row: Integration, op: str, p: d
             result = ActionResult(integration=key, action=op, message=message)
         elif op == "resend":
             _need(row)
-            seq = int(p.get("seq") or 0)
-            if seq <= 0:
+            # one statement (``seq``) or every statement of one POST (``seqs``, an attempt's), in their order
+            raw = p.get("seqs") if p.get("seqs") else [p.get("seq") or 0]
+            seqs = [int(s) for s in raw if str(s).isdigit() and int(s) > 0][:RESEND_MAX]
+            if not seqs:
                 raise PortalError("This attempt has no stored statement to resend (a test event: send a new one).", 409)
-            sid = await actions.resend(js, key, seq)
-            result = ActionResult(integration=key, action=op, statement_id=sid, count=1,
-                                  message=f"Statement {sid} queued to be sent again (same id).")
+            sids = [await actions.resend(js, key, s) for s in seqs]
+            result = ActionResult(integration=key, action=op, statement_id=sids[0], count=len(sids),
+                                  message=f"Statement {sids[0]} queued to be sent again (same id)." if len(sids) == 1
+                                  else f"{len(sids)} statements of that request queued to be sent again (same ids, "
+                                  "same order).")
         elif op == "redrive":
             _need(row)
             seqs = p.get("seqs")
