@@ -13,7 +13,8 @@ COPY pyproject.toml README.md ./
 COPY hub hub
 COPY portal portal
 COPY lms_publisher lms_publisher
-RUN pip install -q ".[server]" && rm -rf build ./*.egg-info
+# openedx: the hub decodes Open edX Events from the event bus (RTHUB_OPENEDX_TOPICS) with openedx-events' schemas
+RUN pip install -q ".[server,openedx]" && rm -rf build ./*.egg-info
 # Directories that compose.yaml mounts volumes on: created here so a fresh named volume takes this owner.
 RUN mkdir -p /data/nats-auth /operator /nats-conf /creds/hub /creds/deliverer /creds/publisher /creds/tests \
     /creds/admin \

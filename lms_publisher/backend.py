@@ -70,6 +70,8 @@ class NatsBackend:
         self._order = threading.Lock()  # taken when queued records move to the spool (rare), keeps them in order
         self._idle = False
         self._closing = False
+        self._paused_since: float | None = None  # the spool replay failed since then (logged once)
+        self._paused_tries = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -293,11 +295,13 @@ class NatsBackend:
                         len(batch), next((r for r in results if isinstance(r, BaseException)), "?"))
 
     async def _replay(self, pub: AckedPublisher) -> None:
-        """Drain the spool oldest first while NATS answers; stop at the first failure."""
+        """Drain the spool oldest first while NATS answers; stop at the first failure. One line when the replay
+        pauses and one when it resumes (with counts), not one per try: during a JetStream outage with the
+        connection up it is tried twice a second (an outage wrote thousands of "paused" lines)."""
         while not self._closing:
             chunk = self.spool.read(self.settings.publish_batch)
             if chunk is None:
-                log.info("rthub backend: spool drained")
+                log.info("rthub backend: spool drained (%d events replayed in all)", self.counts["replayed"])
                 return
             records, token = chunk
             try:
@@ -306,8 +310,16 @@ class NatsBackend:
                                        for f in futures))
             except (TimeoutError, JetStreamError, nats.errors.Error) as exc:  # still down: keep them, retry later
                 pub.forget()
-                log.warning("rthub backend: spool replay paused (%s)", exc.__class__.__name__)
+                self.counts["replay_paused"] += 1
+                if self._paused_since is None:
+                    self._paused_since, self._paused_tries = time.monotonic(), self.counts["replay_paused"] - 1
+                    log.warning("rthub backend: spool replay paused (%s): %d bytes spooled; retrying quietly "
+                                "until NATS takes them", exc.__class__.__name__, self.spool.size)
                 return
+            if self._paused_since is not None:
+                log.info("rthub backend: spool replay resumed after %.0f s (%d tries failed meanwhile)",
+                         time.monotonic() - self._paused_since, self.counts["replay_paused"] - self._paused_tries)
+                self._paused_since = None
             self.spool.commit(token)
             self.counts["replayed"] += len(records)
             if self._q:

@@ -46,17 +46,72 @@ class IntegrationRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
     event_types: list[str] | str | None = None
+    learner_groups: list[str] | str | None = None  # only these learner groups' members (names from an admin)
+    identity: list[str] | str | None = None  # identity fields asked for (user_id, username, email)
+
+
+class GroupView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A learner group (administrators only): its site, size and, when one group is read, its members
+    (LMS user ids)."""
+
+    name: str
+    site: str
+    size: int
+    description: str = ""
+    members: list[str] | UnsetType = UNSET
+
+
+class GroupCreate(msgspec.Struct, kw_only=True):
+    """A new group (or more members for an existing one of the same site): LMS user ids, a list or ``"7,8"``."""
+
+    name: str
+    site: str
+    users: list[str] | str = []
+    description: str = ""
+
+
+class GroupChange(msgspec.Struct, kw_only=True):
+    """Members to add and to remove (LMS user ids); applies to the next event within seconds."""
+
+    add: list[str] | str = []
+    remove: list[str] | str = []
+
+
+class GroupImport(msgspec.Struct, kw_only=True):
+    """A CSV of members: header ``user_id`` (optional ``username``, ``email``), or one id a line."""
+
+    csv: str
+
+
+class GroupDeleted(msgspec.Struct, kw_only=True):
+    removed_members: int
+
+
+class Retired(msgspec.Struct, kw_only=True):
+    """``known``: the store had something of this learner (now purged); false: nothing was stored."""
+
+    known: bool
+
+
+class Retirement(msgspec.Struct, kw_only=True):
+    """Open edX user retirement: forget a learner (groups and identity fields) everywhere."""
+
+    site: str
+    user_id: str
 
 
 class Decision(msgspec.Struct, kw_only=True, omit_defaults=True):
     """An administrator's decision: the ``reason`` (required to deny) and, to approve less than asked, the
-    granted scope (any scope field sent replaces the request's)."""
+    granted scope (any scope field sent replaces the request's). Identity fields are granted only when named
+    here (``identity``), explicitly; the approval is audited."""
 
     reason: str | None = None
     sites: list[str] | str | None = None
     orgs: list[str] | str | None = None
     courses: list[str] | str | None = None
     event_types: list[str] | str | None = None
+    learner_groups: list[str] | str | None = None
+    identity: list[str] | str | None = None
 
 
 class StatusDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -139,8 +194,10 @@ class WebhookSecret(msgspec.Struct, kw_only=True):
     webhook_secret: str
 
 
-class Health(msgspec.Struct, kw_only=True):
-    status: str
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str  # "ok" or "degraded"
+    down: list[str] = []  # what is unreachable while degraded ("nats")
+    detail: str | None = None
 
 
 class Me(msgspec.Struct, kw_only=True):

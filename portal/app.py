@@ -14,6 +14,7 @@ from litestar import Litestar, Request, Response
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotAuthorizedException, NotFoundException
+from litestar.logging.config import LoggingConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
@@ -23,13 +24,14 @@ from litestar.template.config import TemplateConfig
 from markupsafe import Markup
 from msgspec import UNSET
 
-from portal import db, flash
+from portal import db, flash, jobs
 from portal.api_types import ApiError
 from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
-from portal.services import Portal, PortalError, endpoints
+from portal.outage import nats_gate
+from portal.services import Portal, PortalError
 from portal.settings import PortalSettings
 from portal.web import HERE, LoginNeeded, known_session, load_flash, with_box
 
@@ -46,20 +48,6 @@ def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
 
 
-async def _migrate_direct_access(portal: Portal) -> None:
-    """Move direct subscriptions into their own NATS accounts once NATS answers (retried, never fatal)."""
-    delay = 1.0
-    while True:
-        try:
-            await portal.migrate_direct_access()
-            return
-        except Exception as exc:  # noqa: BLE001 - NATS down or store missing: logged, retried with backoff
-            log.warning("moving direct subscriptions into their own accounts failed (%s); retrying in %.0f s",
-                        exc, delay)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 60.0)
-
-
 def create_app(settings: PortalSettings) -> Litestar:
     """The portal app; start-up binds the database (running migrations) and shutdown closes NATS."""
     portal = Portal(settings)
@@ -71,13 +59,10 @@ def create_app(settings: PortalSettings) -> Litestar:
             await asyncio.wait_for(portal.seal_stored_secrets(), 15)
         except (PortalError, TimeoutError) as exc:  # NATS not reachable yet: targets are sealed at their next write
             log.warning("could not seal stored secrets in the targets bucket: %s", getattr(exc, "message", "timeout"))
-        app.state.migration = asyncio.create_task(_migrate_direct_access(portal))
-        app.state.sweeper = asyncio.create_task(endpoints.overlap_loop(portal))
+        app.state.jobs = jobs.start(portal)
 
     async def shutdown(app: Litestar) -> None:
-        for task in ("migration", "sweeper"):
-            if app.state.get(task):
-                app.state[task].cancel()
+        jobs.stop(app.state.get("jobs") or [])
         await portal.close()
         if app.state.engine is not None:
             await db.close(app.state.engine)
@@ -119,8 +104,12 @@ def create_app(settings: PortalSettings) -> Litestar:
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),
         csrf_config=CSRFConfig(secret=settings.resolved_secret(), cookie_secure=settings.cookie_secure,
                                exclude=["^/api/", "^/health$", "^/schema"]),
-        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure)],
+        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure), nats_gate],
         openapi_config=OpenAPIConfig(title="rthub portal", version="1.0.0", path="/schema"),
         exception_handlers={PortalError: error_page, HTTPException: error_page, NotFoundException: error_page},
+        # Litestar's default config replaces the root logger's handler with its own plain-text format: the
+        # portal logs through the process's logging set up by ``rthub`` (JSON with RTHUB_LOG_JSON/--log-json).
+        logging_config=LoggingConfig(configure_root_logger=False,
+                                     loggers={"litestar": {"level": "INFO", "propagate": True, "handlers": []}}),
     )
 

@@ -8,70 +8,38 @@ import time
 from html import escape
 
 import msgspec
-from piccolo.columns import Integer, Timestamptz, Varchar
-from piccolo.columns.defaults.timestamptz import TimestamptzNow
-from piccolo.table import Table
 
+from hub.deliver.state import attempt_log
 from hub.deliver.state.records import unpack
+from portal.tables import Integration, LagSample
 
 DAY_MIN = 24 * 60
 W, H, PAD = 720, 120, 28
 
 
-class LagSample(Table, tablename="portal_lag"):
-    """The lag of one integration at one minute (kept 24 h), for the lag chart."""
-
-    integration = Varchar(length=64, index=True)
-    at = Timestamptz(default=TimestamptzNow(), index=True)
-    lag = Integer(default=0)
-
-
 async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int = 200_000
                            ) -> tuple[list[int], list[int]]:
     """Per minute of the last 24 h (oldest first): statements delivered, and failed attempts."""
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
-
     now = now or time.time()
     start = now - DAY_MIN * 60
     delivered, failed = [0] * DAY_MIN, [0] * DAY_MIN
-    subject = f"attempts.{key}"
-    try:
-        info = await js.stream_info("DELIVERY_LOG", subjects_filter=subject)
-    except NotFoundError:
+    if await attempt_log.first_record_time(js, key) is None:
         return delivered, failed
-    if not (info.state.subjects or {}).get(subject):
-        return delivered, failed
-    sub = await js.pull_subscribe(subject, stream="DELIVERY_LOG", config=ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(start, dt.UTC),
-        ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
-    scanned = 0
-    try:
-        while scanned < max_scan:
+    async for msg in attempt_log.scan(js, key, start, max_scan, batch=1000):
+        try:
+            records = unpack(msg.data)
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        for a in records:
             try:
-                msgs = await sub.fetch(1000, timeout=1)
-            except TimeoutError:
-                break
-            for msg in msgs:
-                scanned += 1
-                try:
-                    records = unpack(msg.data)
-                except (msgspec.DecodeError, RecursionError):
-                    continue
-                for a in records:
-                    try:
-                        i = int((float(a["t"]) - start) // 60)
-                    except (KeyError, TypeError, ValueError):
-                        continue
-                    if 0 <= i < DAY_MIN:
-                        if a.get("outcome") == "delivered":
-                            delivered[i] += len(a.get("ids") or [])
-                        else:
-                            failed[i] += 1
-            if msgs and msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
+                i = int((float(a["t"]) - start) // 60)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if 0 <= i < DAY_MIN:
+                if a.get("outcome") == "delivered":
+                    delivered[i] += len(a.get("ids") or [])
+                else:
+                    failed[i] += 1
     return delivered, failed
 
 
@@ -143,8 +111,6 @@ async def integration_charts(js, key: str) -> str:
 
 async def sample_lag(portal) -> int:
     """Record the lag of every approved integration (called once a minute); drops samples older than 24 h."""
-    from portal.tables import Integration
-
     await LagSample.delete().where(LagSample.at < dt.datetime.now(dt.UTC) - dt.timedelta(hours=25))
     count = 0
     for row in await Integration.objects().where(Integration.status == "approved"):

@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import getpass
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.groups import IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.core.settings import from_env
@@ -22,6 +24,8 @@ from portal.services.integrations import requested_scope
 from portal.settings import PortalSettings
 from portal.tables import Account
 from portal.validation import check_scope, validate_request
+
+log = logging.getLogger("rthub.portal")
 
 
 def settings_from(args: argparse.Namespace) -> PortalSettings:
@@ -42,12 +46,12 @@ def serve(args: argparse.Namespace) -> int:
     from portal.app import create_app
 
     settings = settings_from(args)
-    print(f"portal on http://{settings.portal_host}:{settings.portal_port}/ (data in {settings.data_dir})", flush=True)
+    log.info("portal on http://%s:%s/ (data in %s)", settings.portal_host, settings.portal_port, settings.data_dir)
     # Proxy headers (client address, https) are believed only from the proxies named in
     # RTHUB_FORWARDED_ALLOW_IPS; empty (default) believes none, whatever FORWARDED_ALLOW_IPS says.
     trusted = settings.forwarded_allow_ips.strip()
     uvicorn.run(create_app(settings), host=settings.portal_host, port=settings.portal_port,
-                log_level="warning", access_log=False, proxy_headers=bool(trusted),
+                log_level="warning", access_log=False, log_config=None,  # uvicorn's lines go to our handler proxy_headers=bool(trusted),
                 forwarded_allow_ips=trusted or "")
     return 0
 
@@ -89,9 +93,18 @@ def create_admin(args: argparse.Namespace) -> int:
     return _run(settings_from(args), work)
 
 
+def login_name() -> str:
+    """Who runs the command: the login name, else ``uid<N>``. Container images run as a uid without a passwd
+    entry (the shipped one runs as 10001), where ``getpass.getuser()`` raises KeyError (OSError since 3.13)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
 def operator() -> Account:
     """The actor recorded in the audit log for command-line changes."""
-    return Account(email=f"cli:{getpass.getuser()}", name="command line", is_admin=True)
+    return Account(email=f"cli:{login_name()}", name="command line", is_admin=True)
 
 
 async def _owner(email: str, allow_unverified: bool) -> Account:
@@ -134,7 +147,7 @@ def integration_add(args: argparse.Namespace) -> int:
         secret = await portal.take_pending_secret(row)
         if secret:
             print(f"webhook signing secret (shown once): {secret}")
-        if row.delivery == "direct":
+        if not is_push(row.delivery):
             creds = await portal.issue_creds(operator(), row)
             _write_creds(Path(args.creds_out or f"{row.key}.creds"), creds)
             print(f"credentials written to {args.creds_out or row.key + '.creds'}")

@@ -3,15 +3,18 @@ deliverer's status), the attempt log read from the ``DELIVERY_LOG`` stream, and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.grants import PAUSED_REASON
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.state import attempt_log
 from hub.deliver.state.records import Attempt, unpack
 
 
@@ -81,7 +84,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
     if status == "suspended":
         return EndpointState(state="suspended", headline="Suspended by an administrator.", since=when,
                              reason=decision_reason or None, **base)
-    if delivery == "direct":
+    if not is_push(delivery):
         return EndpointState(state="direct", headline="Approved: your client pulls the events with its .creds.",
                              **base)
     recent = stats.get("recent") or []
@@ -108,7 +111,6 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
 
 
 # ---- the attempt log --------------------------------------------------------------------------------------
-DELIVERY_LOG_STREAM = "DELIVERY_LOG"  # hub/deliver/state/records.py
 OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
 
 
@@ -142,29 +144,15 @@ def parse_attempt_id(text: str) -> tuple[int, int] | None:
 async def read_attempt(js, grant_id: str, attempt_id: str) -> AttemptView | None:
     """One attempt by its id, read from ``attempts.<grant id>`` only (another integration's record is never
     found, whatever sequence is asked for)."""
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
-
     where = parse_attempt_id(attempt_id)
     if where is None or where[0] <= 0:
         return None
     seq, n = where
-    try:
-        sub = await js.pull_subscribe(f"attempts.{grant_id}", stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq, ack_policy=AckPolicy.NONE,
-            inactive_threshold=5.0, mem_storage=True))
-    except NotFoundError:
+    msg = await attempt_log.message_at(js, grant_id, seq)
+    if msg is None:
         return None
     try:
-        msgs = await sub.fetch(1, timeout=2)
-    except TimeoutError:
-        return None
-    finally:
-        await sub.unsubscribe()
-    if not msgs or msgs[0].metadata.sequence.stream != seq:
-        return None
-    try:
-        views = attempt_views(seq, msgs[0].data)
+        views = attempt_views(seq, msg.data)
     except (msgspec.DecodeError, RecursionError):
         return None
     return views[n] if n < len(views) else None
@@ -246,47 +234,25 @@ async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000)
     then 4x wider each round) until a page is full, the ``since`` bound is reached or ``max_scan`` records
     were read; each window is one short-lived ordered read filtered on this integration's subject.
     """
-    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-    from nats.js.errors import NotFoundError
-
-    subject = f"attempts.{grant_id}"
-    try:
-        info = await js.stream_info(DELIVERY_LOG_STREAM, subjects_filter=subject)
-    except NotFoundError:
+    first = await attempt_log.first_record_time(js, grant_id)
+    if first is None:
         return AttemptPage(items=[])
-    if not (info.state.subjects or {}).get(subject):
-        return AttemptPage(items=[])
-    first = info.state.first_ts.timestamp() if getattr(info.state, "first_ts", None) else 0.0
     hi = min(f.until or time.time() + 60, time.time() + 60)
     floor = max(f.since or 0.0, first - 1)
     window, found, scanned = 3600.0, [], 0
     while hi > floor and scanned < max_scan:
         lo = max(floor, hi - window)
         chunk: list[AttemptView] = []
-        sub = await js.pull_subscribe(subject, stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(lo, dt.UTC),
-            ack_policy=AckPolicy.NONE, inactive_threshold=5.0, mem_storage=True))
-        try:
-            done = False
-            while not done and scanned < max_scan:
+        async with contextlib.aclosing(attempt_log.scan(js, grant_id, lo, max_scan - scanned)) as records:
+            async for msg in records:
+                scanned += 1
+                if msg.metadata.timestamp.timestamp() >= hi:
+                    break
                 try:
-                    msgs = await sub.fetch(500, timeout=1)
-                except TimeoutError:
-                    break
-                for msg in msgs:
-                    scanned += 1
-                    if msg.metadata.timestamp.timestamp() >= hi:
-                        done = True
-                        break
-                    try:
-                        views = attempt_views(msg.metadata.sequence.stream, msg.data)
-                    except (msgspec.DecodeError, RecursionError):
-                        continue
-                    chunk.extend(v for v in views if f.keeps(v))
-                if msgs and msgs[-1].metadata.num_pending == 0:
-                    break
-        finally:
-            await sub.unsubscribe()
+                    views = attempt_views(msg.metadata.sequence.stream, msg.data)
+                except (msgspec.DecodeError, RecursionError):
+                    continue
+                chunk.extend(v for v in views if f.keeps(v))
         found = chunk + found
         if len(found) >= f.limit:
             break

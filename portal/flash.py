@@ -12,35 +12,14 @@ import json
 import secrets
 from typing import Any
 
-from piccolo.columns import Text, Timestamptz, Varchar
-from piccolo.columns.defaults.timestamptz import TimestamptzNow
-from piccolo.table import Table
-
 from portal.security import sha256
+from portal.tables import FlashEntry, FormOnce
 
 COOKIE = "rthub_flash"
 KEEP = dt.timedelta(minutes=15)
 MAX_STASH = 20_000  # characters of JSON: a request form, not a dump
 # Never stashed across a log-in: credentials, passwords and the CSRF token of the dead session.
 NOT_STASHED = frozenset({"password", "basic_auth", "bearer", "_csrf_token", "_once"})
-
-
-class FlashEntry(Table, tablename="portal_flash"):
-    """One thing to show on the next page of the browser whose box id hashes to ``box``."""
-
-    box = Varchar(length=64, index=True)
-    kind = Varchar(length=16)  # info | error | warning | secret | token | form
-    path = Varchar(length=300, default="")  # for ``form``: the page it fills
-    text = Text(default="")
-    created = Timestamptz(default=TimestamptzNow())
-
-
-class FormOnce(Table, tablename="portal_once"):
-    """A once-token of a rendered form, claimed by its first submission; ``location`` is where it led."""
-
-    token = Varchar(length=64, unique=True, index=True)
-    location = Varchar(length=300, default="")
-    created = Timestamptz(default=TimestamptzNow())
 
 
 def seal(box, text: str) -> str:

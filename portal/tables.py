@@ -128,8 +128,29 @@ class AuditEntry(Table, tablename="portal_audit"):
     detail = Text(default="")
 
 
-from portal.charts import LagSample  # noqa: E402 - kept beside the code that uses them
-from portal.flash import FlashEntry, FormOnce  # noqa: E402
+class FlashEntry(Table, tablename="portal_flash"):
+    """One thing to show on the next page of the browser whose box id hashes to ``box``."""
+
+    box = Varchar(length=64, index=True)
+    kind = Varchar(length=16)  # info | error | warning | secret | token | form
+    path = Varchar(length=300, default="")  # for ``form``: the page it fills
+    text = Text(default="")
+    created = Timestamptz(default=TimestamptzNow())
+
+class FormOnce(Table, tablename="portal_once"):
+    """A once-token of a rendered form, claimed by its first submission; ``location`` is where it led."""
+
+    token = Varchar(length=64, unique=True, index=True)
+    location = Varchar(length=300, default="")
+    created = Timestamptz(default=TimestamptzNow())
+
+class LagSample(Table, tablename="portal_lag"):
+    """The lag of one integration at one minute (kept 24 h), for the lag chart."""
+
+    integration = Varchar(length=64, index=True)
+    at = Timestamptz(default=TimestamptzNow(), index=True)
+    lag = Integer(default=0)
+
 
 TABLES = (Account, WebSession, ApiToken, Integration, AuditEntry, IssuedCredential, MailToken, Throttle, FlashEntry,
           FormOnce, LagSample)

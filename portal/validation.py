@@ -10,18 +10,15 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.grants import SIZE_REFUSAL, expansion, size_refusal
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.protocols import NAMES
 from hub.deliver.transport import ssrf
 
 PROTOCOLS = NAMES  # the hub's protocol registry
-DELIVERIES = ("webhook", "lrs", "caliper", "direct")
-DELIVERY_LABELS = {
-    "webhook": "Webhook (signed POST, Standard Webhooks)",
-    "lrs": "xAPI LRS endpoint",
-    "caliper": "Caliper endpoint (bearer token)",
-    "direct": "Direct NATS subscription (.creds file)",
-}
+DELIVERIES = tuple(KINDS)  # the hub's delivery kinds (hub.core.delivery_kinds)
+DELIVERY_LABELS = {k.name: k.label for k in KINDS.values()}
 ORG = re.compile(r"[A-Za-z0-9._\-]{1,100}")
 COURSE = re.compile(
     r"(?:course|ccx)-v1:[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~]+\+[A-Za-z0-9._\-~@+]+"
@@ -290,15 +287,15 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     reason = clean_text(raw.get("reason"), "reason", max_text, errors, multiline=True)
     protocol = str(raw.get("protocol") or "")
     if protocol not in PROTOCOLS:
-        errors["protocol"] = "Choose xapi or caliper."
+        errors["protocol"] = "Choose xapi, caliper or cloudevents."
     delivery = str(raw.get("delivery") or "")
     if delivery not in DELIVERIES:
-        errors["delivery"] = "Choose webhook, lrs, caliper or direct."
-    elif delivery == "lrs" and protocol == "caliper":
-        errors["delivery"] = "An xAPI LRS receives xAPI statements: choose protocol xapi."
-    elif delivery == "caliper" and protocol == "xapi":
-        errors["delivery"] = "A Caliper endpoint receives Caliper events: choose protocol caliper."
-    url = check_url(raw.get("url"), errors, allowed=allowed) if delivery in ("webhook", "lrs", "caliper") else None
+        errors["delivery"] = f"Choose {', '.join(DELIVERIES[:-1])} or {DELIVERIES[-1]}."
+    elif protocol in PROTOCOLS and protocol not in KINDS[delivery].protocols:
+        kind = KINDS[delivery]
+        errors["delivery"] = f"{kind.label} takes {' or '.join(kind.protocols)} only: choose protocol {kind.protocols[0]}."
+    push = is_push(delivery)
+    url = check_url(raw.get("url"), errors, allowed=allowed) if push else None
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
@@ -317,18 +314,36 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer
-    push = delivery in ("webhook", "lrs", "caliper")
     batch_size, batch_wait_ms = check_batch(raw, errors) if push else (1, 200)
     rate = check_rate_limit(raw.get("rate_limit"), errors, max_rate) if push else 0.0
     headers = check_custom_headers(raw.get("custom_headers") or None, errors) if push else None
     parts = check_payload_filter(raw.get("payload_filter") or None, protocol, errors) if push else None
     scope = check_scope(raw, known_sites, errors)
+    if delivery in DELIVERIES and "scope" not in errors:
+        check_scope_size(scope, delivery, errors)
     if errors:
         return None, errors
     return IntegrationSpec(name=name, protocol=protocol, delivery=delivery, scope=scope, url=url,
                            auth_kind=auth_kind, auth_value=auth_value, reason=reason, batch_size=batch_size,
                            batch_wait_ms=batch_wait_ms, rate_limit=rate, custom_headers=headers or {},
                            payload_filter=parts or []), {}
+
+
+def check_scope_size(scope: Scope, delivery: str, errors: dict[str, str]) -> int:
+    """Refuse a scope whose expansion (sites x orgs x courses x event types x groups) exceeds the delivery
+    kind's limit (:data:`hub.core.grants.MAX_FILTERS_PUSH` / ``MAX_FILTERS_DIRECT``); returns the count."""
+    _, count = expansion(scope.sites, scope.orgs, scope.courses, scope.event_types,
+                         getattr(scope, "learner_groups", ()))
+    refusal = size_refusal(count, delivery)
+    if refusal:
+        errors["scope"] = refusal
+    return count
+
+
+def size_refused(errors: dict[str, str]) -> str | None:
+    """The scope-size refusal among ``errors`` (the audit log records it), if that is one of them."""
+    text = errors.get("scope", "")
+    return text if text.startswith(SIZE_REFUSAL) else None
 
 
 def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:

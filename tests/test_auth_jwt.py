@@ -17,7 +17,7 @@ from hub.auth.permissions import (
     service_permissions,
 )
 from hub.core.creds import creds_jwt, inbox_prefix_of
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name, replay_name
 
 
 def test_jwt_round_trip_and_field_names():
@@ -72,7 +72,9 @@ def _grant(**kw) -> Grant:
 def test_consumer_permissions_name_one_consumer_exactly():
     grant = _grant(sites=["s1"])
     pub, sub = consumer_permissions(grant)
-    assert pub == [f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name('g1')}", f"$JS.ACK.XAPI.{consumer_name('g1')}.>"]
+    main, replay = consumer_name("g1"), replay_name("g1")  # its durable and its replay (issue 19, item 3)
+    assert pub == [f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{main}", f"$JS.ACK.XAPI.{main}.>",
+                   f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{replay}", f"$JS.ACK.XAPI.{replay}.>"]
     assert "_INBOX.>" not in sub and f"{consumer_inbox('g1')}.>" in sub
     assert grant.filter_subjects() == ["xapi.s1.*.course-v1:Org+C1+2024.*"]
     assert sub[1:] == ["xapi.s1.*.course-v1:Org+C1+2024.*", "xapi.s1.*.course-v1:Org+C1+2024.>"]
@@ -102,11 +104,13 @@ def test_service_permission_tables_are_least_privilege():
     assert "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub" in pub and "$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.*" not in pub
     # to move a message never acked to quarantine: its own consumer's advisory and single gets on the raw
     # stream, nothing more (no protocol stream's gets, no direct gets on the raw stream, no other advisory)
-    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub"]
-    gets = [p for p in pub if "GET" in p and not any(f".KV_rthub_{b}" in p for b in ("grants", "courses", "learners"))]
-    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW"]
+    assert sub == [f"{service_inbox('hub')}.>", "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.LMS_RAW.hub",
+                   "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.OPENEDX_EVENTS.hub_openedx"]
+    gets = [p for p in pub if "GET" in p and not any(f".KV_rthub_{b}" in p for b in ("grants", "courses", "groups", "learners"))]
+    assert gets == ["$JS.API.STREAM.MSG.GET.LMS_RAW", "$JS.API.STREAM.MSG.GET.OPENEDX_EVENTS"]
     assert service_permissions("hub", hub_consumer="hub2")[1][1].endswith("MAX_DELIVERIES.LMS_RAW.hub2")
-    assert not any(p.startswith("$KV.") for p in pub)  # reads grants, never writes them
+    # reads grants, never writes them; writes only the learner group buckets (membership events from the LMS)
+    assert {p for p in pub if p.startswith("$KV.")} == {"$KV.rthub_groups.>", "$KV.rthub_learners.>"}
     assert not any("STREAM.DELETE" in p or "STREAM.PURGE" in p for p in pub)
     pub, sub = service_permissions("deliverer")
     assert "dlq.>" in pub and "xapi.>" not in pub and "lms.>" not in pub and "$KV.rthub_grants.>" not in pub

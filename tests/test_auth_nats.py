@@ -12,7 +12,6 @@ import time
 
 import nats
 import pytest
-import pytest_asyncio
 from nats.aio.client import RawCredentials
 
 from hub.auth import AuthStore, ensure_consumer, jwt
@@ -22,7 +21,8 @@ from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
 from hub.core.subjects import subject
 from hub.ops.natsserver import NatsServer, free_port
-from tests.helpers import start_operator_nats, unique, wait_for
+from tests.helpers import unique, wait_for
+from tests.operator_kit import operator_fixtures
 
 
 class Probe:
@@ -57,25 +57,7 @@ class Probe:
             await self.nc.close()
 
 
-@pytest.fixture(scope="module")
-def auth_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("authdata")
-
-
-@pytest.fixture(scope="module")
-def op_server(auth_dir):
-    server = start_operator_nats(auth_dir, "auth")
-    yield server
-    server.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def admin(op_server, auth_dir):
-    auth = AuthStore.ensure(auth_dir)
-    probe = await Probe().connect(op_server.url, str(auth.service_creds("admin")), None)
-    await ensure_streams(probe.nc.jetstream(), HubSettings(nats_url=op_server.url))
-    yield probe.nc
-    await probe.close()
+auth_dir, op_server, admin = operator_fixtures("auth", data_dir="auth_dir", admin="admin")
 
 
 async def service(server, auth: AuthStore, name: str) -> Probe:
@@ -134,6 +116,17 @@ async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, 
         finally:
             await site_pub.close()
 
+        heard: list[str] = []  # the deliverer's watch (hub/deliver/engine/watch.py): core subscriptions
+
+        async def on_msg(msg) -> None:
+            heard.append(msg.subject)
+
+        await deliverer.nc.subscribe("xapi.>", cb=on_msg)
+        await deliverer.nc.subscribe("redrive.>", cb=on_msg)
+        await deliverer.nc.flush()
+        await hjs.publish(xapi_subj, b"{}")
+        await wait_for(lambda: xapi_subj in heard, 5, "the deliverer hears the protocol subjects")
+        assert not deliverer.violated('"xapi.>"') and not deliverer.violated('"redrive.>"')
         await deliverer.nc.publish(xapi_subj, b"{}")
         await wait_for(lambda: deliverer.violated(f'"{xapi_subj}"'), 5, "deliverer refused on xapi publish")
         await deliverer.nc.publish("$JS.API.CONSUMER.MSG.NEXT.LMS_RAW.hub", b"")

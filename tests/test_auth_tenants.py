@@ -31,7 +31,8 @@ from hub.core.subjects import (
     TARGETS_BUCKET,
     subject,
 )
-from tests.helpers import start_operator_nats, unique, wait_for
+from tests.helpers import unique, wait_for
+from tests.operator_kit import operator_fixtures
 from tests.test_auth_nats import Probe
 
 SITE = "s1"
@@ -41,16 +42,7 @@ STREAMS = [RAW_STREAM, "XAPI", "CALIPER", QUARANTINE_STREAM, DEAD_LETTER_STREAM,
            *(f"KV_{b}" for b in (GRANTS_BUCKET, TARGETS_BUCKET, COURSES_BUCKET))]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tenants")
-
-
-@pytest.fixture(scope="module")
-def server(data_dir):
-    srv = start_operator_nats(data_dir, "tenants")
-    yield srv
-    srv.stop()
+data_dir, server, admin_nc = operator_fixtures("tenants", server="server")
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -119,6 +119,27 @@ def init_rthub_commands() -> list[list[str]]:
     return [shlex.split(cmd) for cmd in found]
 
 
+def test_the_test_receivers_stop_on_sigterm(tmp_path):
+    """Issue 20 item 12: `docker compose stop` sends SIGTERM to the receiver (PID 1 of its container): it must
+    stop at once with exit 0, not wait for the 10 s kill (exit 137)."""
+    from hub.ops.natsserver import free_port, wait_port
+
+    for kind in ("webhook", "lrs"):
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "tests.compose.receivers", kind, str(port)], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_port(port, 20)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert f"{kind} receiver stopped".encode() in out
+
+
 def test_operator_mode_wired():
     """An init service creates the trust chain and the server config; every NATS node loads that config and
     depends on the init; every rthub service depends on it too and connects with its own creds file."""

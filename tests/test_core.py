@@ -294,10 +294,12 @@ def test_one_protocol_registry():
     from hub.core.settings import StreamSettings
     from hub.core.streams import stream_configs
     from hub.core.subjects import PROTOCOL_STREAMS
-    from hub.translate import supported
+    from hub.translate import openedx, supported
 
-    assert NAMES == ("xapi", "caliper")
-    assert all(supported(name) for name in NAMES)  # a translator for each protocol, under the same name
+    assert NAMES == ("xapi", "caliper", "cloudevents")
+    # a translator for each protocol, under the same name: tracking events, Open edX Events, or both
+    assert all(supported(name) or openedx.supported(name) for name in NAMES)
+    assert not supported("cloudevents") and openedx.supported("cloudevents")
     configs = {c.name: c.subjects for c in stream_configs(StreamSettings())}
     for p in PROTOCOLS.values():
         assert PROTOCOL_STREAMS[p.name] == p.stream and configs[p.stream] == [f"{p.prefix}.>"]

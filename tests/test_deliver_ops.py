@@ -139,3 +139,40 @@ async def test_ssrf_refusals(nc, js, nats_server):
         for gid in (by_ip, by_name, private):
             await remove(js, gid)
         await rx.stop()
+
+
+async def test_attempt_log_one_reader_for_the_portals_list_and_chart(js, nats_server):
+    """The portal's attempt list (newest first, filtered, paged) and its delivery chart read the same records
+    through hub.deliver.state.attempt_log."""
+    import time
+
+    import msgspec
+
+    from hub.core.subjects import attempts_subject
+    from hub.deliver.state.attempt_log import first_record_time
+    from hub.deliver.state.records import Attempt
+    from hub.deliver.state.setup import ensure_delivery
+    from portal.charts import delivery_minutes
+    from portal.deliveries import LogFilter, read_attempts
+    from tests.deliver_kit import settings
+    from tests.helpers import unique
+
+    await ensure_delivery(js, settings(nats_server.url))
+    gid = unique("g")
+    assert await first_record_time(js, gid) is None
+    now = time.time()
+    records = [Attempt(t=now - 120, ids=["a", "b"], attempt=1, outcome="delivered", status=200),
+               Attempt(t=now - 60, ids=["c"], attempt=1, outcome="retry", status=500),
+               Attempt(t=now - 1, ids=["c"], attempt=2, outcome="delivered", status=200)]
+    for a in records:
+        await js.publish(attempts_subject(gid), msgspec.json.encode(a))
+    await js.publish(attempts_subject(unique("other")), msgspec.json.encode(records[0]))  # not this one's
+    page = await read_attempts(js, gid, LogFilter(limit=2))
+    assert [(a.outcome, a.attempt) for a in page.items] == [("delivered", 2), ("retry", 1)]
+    assert page.next_before is not None
+    rest = await read_attempts(js, gid, LogFilter(limit=2, before=page.next_before))
+    assert [a.ids for a in rest.items] == [["a", "b"]] and rest.next_before is None
+    failed_only = await read_attempts(js, gid, LogFilter(outcome="retry"))
+    assert [a.status for a in failed_only.items] == [500]
+    delivered, failed = await delivery_minutes(js, gid, now=now)
+    assert sum(delivered) == 3 and sum(failed) == 1

@@ -132,3 +132,30 @@ def test_attempt_log_keeps_one_record_per_attempt_packed_per_flush():
     assert unpack(b'{"t": 1, "ids": ["a"], "attempt": 1, "outcome": "delivered"}')[0]["ids"] == ["a"]  # old records
 
 
+def test_delivery_kinds_registry_is_the_one_list():
+    """Grants, targets, the deliverer and the portal's form all take the kinds from hub.core.delivery_kinds."""
+    import typing
+
+    from hub.core.delivery_kinds import KINDS, PUSH, DeliveryName, PushName
+    from hub.core.grants import Grant, Target
+    from portal.validation import DELIVERIES, DELIVERY_LABELS
+
+    assert set(typing.get_args(DeliveryName)) == set(KINDS) == set(DELIVERIES) == set(DELIVERY_LABELS)
+    assert set(typing.get_args(PushName)) == set(PUSH) == {"webhook", "lrs", "caliper"}
+    assert Grant.__annotations__["delivery"] in ("Delivery", "DeliveryName") and Target.__annotations__["kind"] == "PushName"
+    # The LRS's special answers come from its row: 409 on one statement is "already stored", on a batch a split.
+    assert retry.classify("lrs", 409) == "delivered" and retry.classify("lrs", 409, batch_len=5) == "reject"
+    assert retry.classify("webhook", 409) == "retry" and retry.classify("caliper", 400) == "retry"
+
+
+def test_portal_form_takes_protocol_rules_from_the_registry():
+    from portal.validation import validate_request
+
+    def delivery_error(delivery: str, protocol: str) -> str | None:
+        _, errors = validate_request({"name": "n", "protocol": protocol, "delivery": delivery, "sites": "s",
+                                      "url": "https://lrs.example.org/x", "basic_auth": "u:p", "bearer": "t"},
+                                     known_sites=["s"])
+        return errors.get("delivery")
+
+    assert "xapi" in delivery_error("lrs", "caliper") and "caliper" in delivery_error("caliper", "xapi")
+    assert delivery_error("webhook", "caliper") is None and delivery_error("direct", "xapi") is None

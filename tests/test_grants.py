@@ -42,7 +42,7 @@ def test_index_answers_protocols_and_forgets_suspended_and_removed():
         Grant(id="x", consumer="c", protocol="xapi", orgs=["edX"]),
         Grant(id="y", consumer="d", protocol="caliper", courses=[COURSE]),
     ])
-    assert idx.protocols_for("default", "edX", COURSE, "play_video") == set(PROTOCOL_NAMES)
+    assert idx.protocols_for("default", "edX", COURSE, "play_video") == {"xapi", "caliper"} <= set(PROTOCOL_NAMES)
     assert idx.protocols_for("default", "MITx", "course-v1:MITx+1+1", "play_video") == frozenset()
     idx.put(Grant(id="y", consumer="d", protocol="caliper", courses=[COURSE], status="suspended"))
     assert idx.protocols_for("default", "edX", COURSE, "play_video") == {"xapi"}

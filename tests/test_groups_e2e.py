@@ -12,7 +12,7 @@ import time
 
 import msgspec
 import nats
-import pytest
+import nats.js.errors
 import pytest_asyncio
 from nats.aio.client import RawCredentials
 
@@ -28,7 +28,8 @@ from hub.route.service import serve
 from hub.translate import ExternalIds
 from tests.deliver_kit import deliverer, delivering
 from tests.deliver_receivers import Receiver
-from tests.helpers import start_operator_nats, wait_for
+from tests.helpers import wait_for
+from tests.operator_kit import operator_fixtures
 from tests.test_auth_nats import Probe
 from tests.test_hub import COURSE, video_event
 
@@ -41,16 +42,7 @@ def actor(user_id: int) -> str:
     return ExternalIds(SECRET).get("xapi", str(user_id))
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("groups-e2e")
-
-
-@pytest.fixture(scope="module")
-def server(data_dir):
-    srv = start_operator_nats(data_dir, "groups")
-    yield srv
-    srv.stop()
+data_dir, server, admin_nc = operator_fixtures("groups", server="server")
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -105,7 +97,9 @@ async def stack(server, data_dir):
         user_credentials=str(auth.service_creds("deliverer")),
         inbox_prefix=creds_inbox_prefix(auth.service_creds("deliverer")),
     )
-    async with deliverer(dnc, server.url, nats_creds=str(auth.service_creds("deliverer"))) as d:
+    async with deliverer(
+        dnc, server.url, nats_creds=str(auth.service_creds("deliverer")), id_secret=SECRET
+    ) as d:
         await delivering(d, hook.id)
         yield admin, auth, hub, rx, direct, other
     await dnc.close()
@@ -250,3 +244,124 @@ async def test_a_direct_subscribers_creds_reach_no_other_group(stack):
     mine = await js.consumer_info("XAPI", consumer_name(direct.id))
     assert got == [] and mine.num_pending == 0
     await probe.close()
+
+
+def control(name: str, **data) -> bytes:
+    """A membership event as lms_publisher.groups publishes it."""
+    return msgspec.json.encode(
+        {"name": name, "timestamp": "2026-01-05T10:00:00+00:00", "context": {}, "data": data}
+    )
+
+
+async def stream_bytes(js, stream: str) -> bytes:
+    """Every message still stored in ``stream`` (headers and data), concatenated."""
+    info = await js.stream_info(stream)
+    out = b""
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        out += (msg.data or b"") + json.dumps(msg.headers or {}).encode()
+    return out
+
+
+IDENT = "urn:rthub:identity"
+
+
+async def test_identity_only_where_approved_and_gone_at_retirement(stack):
+    admin, auth, hub, rx, _, _ = stack
+    js = admin.jetstream()
+    named = await Receiver().start()
+    hook = Grant(
+        id="acmenamed",
+        consumer="acme",
+        protocol="xapi",
+        sites=[SITE],
+        learner_groups=["acme"],
+        delivery="webhook",
+        identity=["user_id", "username", "email"],
+    )
+    direct = Grant(
+        id="acmenameddirect",
+        consumer="acme",
+        protocol="xapi",
+        sites=[SITE],
+        learner_groups=["acme"],
+        identity=["username"],
+    )
+    await (await js.key_value(TARGETS_BUCKET)).put(
+        hook.id,
+        msgspec.json.encode(Target(id=hook.id, kind="webhook", url=named.url, secrets=[new_secret()])),
+    )
+    await ensure_consumer(js, direct)
+    for grant in (hook, direct):
+        await put_grant(js, grant)
+    # learner 11 joins acme through the LMS (lms_publisher.groups), with the e-mail the LMS knows
+    await js.publish(
+        subject("lms", SITE, None, None, "rthub.group.member_added"),
+        control("rthub.group.member_added", group="acme", user_id=11, email="eleven@acme.example"),
+    )
+    await wait_for(
+        lambda: hub.membership.groups_of(SITE, "11") == {"acme"} and hub.grants.index.any_identity,
+        5,
+        "membership event applied, identity grants seen",
+    )
+    text, _ = await auth.issue_consumer_creds(admin, direct, 3600)
+    probe = await Probe().connect(
+        admin.connected_url.geturl(), RawCredentials(text), creds_inbox_prefix(text), allow_reconnect=False
+    )
+    named_live: list[dict] = []
+
+    async def on_ident(msg):
+        named_live.append(json.loads(msg.data))
+
+    await probe.nc.subscribe(f"ident.{direct.id}.>", cb=on_ident)
+    await probe.nc.flush()
+
+    async def named_everywhere() -> bool:  # the hub learns the username from the learner's events
+        await send(js, 11)
+        await asyncio.sleep(0.1)  # pace the events while the stream import and the learned username settle
+        return any(
+            b.get("context", {}).get("extensions", {}).get(IDENT, {}).get("username") == "u11"
+            for b in named.bodies()
+        ) and any(b["context"]["extensions"][IDENT].get("username") == "u11" for b in named_live)
+
+    await wait_for(
+        named_everywhere, 15, "statements of learner 11 with the approved identity fields", interval=0.3
+    )
+    last = named.bodies()[-1]
+    assert last["context"]["extensions"][IDENT] == {
+        "user_id": "11",
+        "username": "u11",
+        "email": "eleven@acme.example",
+    }
+    assert last["actor"]["account"]["name"] == actor(11)  # still the anonymized actor
+    assert named_live[-1]["context"]["extensions"][IDENT] == {"username": "u11"}  # only what was approved
+    # the grant without identity approval never carries a username, nor the streams
+    assert not any(IDENT in json.dumps(b) or "u11" in json.dumps(b) for b in rx.bodies())
+    assert actor(11) in json.dumps(rx.bodies())  # it did get learner 11's statements, anonymized
+    stored = await stream_bytes(js, "XAPI")
+    assert b"u11" not in stored and b"eleven@" not in stored and IDENT.encode() not in stored
+
+    # retirement, as the LMS publishes it: within a minute (here: the next event) nothing of learner 11 flows
+    await js.publish(
+        subject("lms", SITE, None, None, "rthub.learner.retired"),
+        control("rthub.learner.retired", user_id=11),
+    )
+    started = time.monotonic()
+    await wait_for(lambda: ("campus", "11") not in hub.membership.learners, 60, "the learner forgotten")
+    assert time.monotonic() - started < 60
+    before_named, before_live, before_rx = len(named.requests), len(named_live), len(rx.requests)
+    await send(js, 11)
+    await send(js, 7)  # a marker behind it: once 7's statement is delivered, 11's was processed
+    await wait_for(lambda: len(rx.requests) > before_rx, 10, "the marker statement")
+    await wait_for(lambda: len(named.requests) > before_named, 10, "the marker on the named webhook")
+    assert actors(named.bodies()[before_named:]) == [actor(7)] and actors(rx.bodies()[before_rx:]) == [
+        actor(7)
+    ]
+    assert all(b["actor"]["account"]["name"] != actor(11) for b in named_live[before_live:])
+    learners = await stream_bytes(js, "KV_rthub_learners")
+    assert b"u11" not in learners and b"eleven@" not in learners
+    await probe.close()
+    await named.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import time
 import uuid
 
 import msgspec
@@ -611,6 +612,42 @@ async def test_output_outage_longer_than_max_deliver_loses_and_quarantines_nothi
             await quarantine.next_msg(timeout=0.5)
         users = {json.loads((await js.get_msg("XAPI", seq)).data)["actor"]["account"]["name"] for seq in range(1, 21)}
         assert len(users) == 20
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 15) == 0
+
+
+@pytest.mark.parametrize("outage", ["stream", "nats-server"])
+async def test_hub_resumes_within_a_second_once_the_output_side_is_back(server, tmp_path, nc, js, outage):
+    """Issue 20 item 5: after an output outage long enough for the retry backoff to reach 8 s, the held
+    statements are published within a second or two of the output coming back (a probe publish every second),
+    not when the backoff ends. The outage: the XAPI stream gone, or also the whole nats-server stopped."""
+    settings = HubSettings(nats_url=server.url, data_dir=str(tmp_path / "data"), id_secret="s3cret", metrics_port=-1,
+                           hub_ack_wait_s=2.0, hub_publish_timeout_s=0.5)
+    stop = asyncio.Event()
+    hubs: list[Hub] = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 10, "hub start")
+        await put_grant(js, Grant(id="all", consumer="c", protocol="xapi", sites=["default"]))
+        await wait_for(lambda: "all" in hubs[0].grants.index.grants, 5, "grant")
+        await js.delete_stream("XAPI")
+        for i in range(20):
+            await publish(js, video_event(user_id=100 + i))
+        await wait_for(lambda: hubs[0].metrics.get("publish_errors") >= 1, 10, "publishes failing")
+        if outage == "nats-server":
+            server.stop()
+        # The outage under test: retries after 0.5, 1, 2 and 4 s fail, the next backoff (8 s) has begun.
+        await asyncio.sleep(9)
+        if outage == "nats-server":
+            server.start()
+            await wait_for(lambda: nc.is_connected, 10, "the test's client reconnected")
+        await ensure_streams(js, settings)
+        back = time.monotonic()
+        await wait_for(lambda: _stored(js, "XAPI", 20), 20, "every statement after the outage")
+        took = time.monotonic() - back
+        assert took < 2.5, f"resumed {took:.1f} s after the output side was back"
+        await wait_for(lambda: _acked_all(js), 10, "every raw message acked")
     finally:
         stop.set()
         assert await asyncio.wait_for(task, 15) == 0

@@ -127,10 +127,12 @@ async def test_over_limit_events_are_rejected_in_the_lms_with_the_hubs_reason(js
 
 
 def test_default_allow_list_is_what_the_translators_support(tmp_path, nats_server):
+    from hub.core.groups import MEMBERSHIP_EVENTS
     from hub.translate import supported
 
     backend = NatsBackend(nats_url=nats_server.url, spool_dir=str(tmp_path), start=False)
-    assert backend.allow == supported("xapi") | supported("caliper")
+    # and the learner group membership events of lms_publisher.groups, which the hub applies
+    assert backend.allow == supported("xapi") | supported("caliper") | MEMBERSHIP_EVENTS
     assert "play_video" in backend.allow and "edx.bi.user.logged_in" not in backend.allow
     backend.spool.close()
 
@@ -176,6 +178,39 @@ async def test_nats_down_spools_then_replays_in_order(tmp_path):
     times = [json.loads(m.data)["data"]["currentTime"] for m in msgs]
     assert sorted(times) == list(range(-1, 300))  # every event exactly once
     assert times == sorted(times)  # and in the order they were emitted
+
+
+async def test_a_jetstream_outage_logs_the_paused_replay_once(tmp_path, caplog):
+    """Issue 20 item 6: the connection stays up but the raw stream is gone, so the spool replay fails twice a
+    second: one "paused" line (with what is spooled) and one "resumed" line, not one per try."""
+    server = NatsServer(free_port(), tmp_path / "nats", name="jsdown").start()
+    settings = HubSettings(nats_url=server.url)
+    nc = await connect(settings, "t")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    caplog.set_level(logging.INFO, "rthub.lms")
+    backend = NatsBackend(nats_url=server.url, spool_dir=str(tmp_path / "spool"), site="s1", allow_events=ALLOW,
+                          publish_ack_timeout_s=0.5)
+    try:
+        tracker = tracker_with(backend)
+        tracker.emit("play_video", {"currentTime": -1})
+        await wait_for(lambda: backend.counts["published"] == 1, 10, "first event acked")
+        await js.delete_stream("LMS_RAW")
+        for i in range(20):
+            tracker.emit("play_video", {"currentTime": i})
+        await wait_for(lambda: backend.counts["replay_paused"] >= 6, 30, "the replay tried and failed six times")
+        assert backend.connected and backend.spool.pending()
+        await ensure_streams(js, settings)
+        await wait_for(lambda: not backend.spool.pending() and backend.counts["replayed"] >= 20, 30, "replayed")
+    finally:
+        backend.close()
+        await nc.close()
+        server.stop()
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("rthub.lms")]
+    paused = [m for m in said if "replay paused" in m]
+    assert len(paused) == 1 and "bytes spooled" in paused[0], said
+    resumed = [m for m in said if "replay resumed" in m]
+    assert len(resumed) == 1 and "tries failed meanwhile" in resumed[0], said
 
 
 async def test_close_flushes_what_is_queued(js, nats_server, tmp_path):

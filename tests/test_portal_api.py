@@ -441,7 +441,7 @@ async def test_hostile_input_is_escaped_or_refused(app, admin):
     assert bidi.status_code == 400 and "text-direction" in bidi.text
     weird = await post(consumer, "/integrations", {"name": "x", "protocol": "<b>", "delivery": "direct",
                                                    "sites": "'; --", "courses": COURSE_A})
-    assert weird.status_code == 400 and "Unknown site" in weird.text and "Choose xapi or caliper" in weird.text
+    assert weird.status_code == 400 and "Unknown site" in weird.text and "Choose xapi, caliper or cloudevents" in weird.text
     assert (await consumer.get("/integrations/%3Cscript%3E")).status_code == 404
     huge_email = await login(consumer, "a" * 10_000 + "@x.org", "p")
     assert huge_email.status_code == 401

@@ -10,21 +10,18 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import nats
 import pytest
-import pytest_asyncio
 
 from hub.auth import AuthStore
 from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import consumer_name
-from hub.core.settings import HubSettings
-from hub.core.streams import ensure_streams
 from hub.core.subjects import subject
 from hub.ops.natsserver import free_port, wait_port
-from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
+from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
 from tests.mailbox import Mailbox, body, link
+from tests.operator_kit import operator_fixtures
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -37,16 +34,7 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("portal-browser")
-
-
-@pytest.fixture(scope="module")
-def op_server(data_dir):
-    server = start_operator_nats(data_dir, "portal-op")
-    yield server
-    server.stop()
+data_dir, op_server, admin_nc = operator_fixtures("portal-op")
 
 
 class Client:
@@ -71,15 +59,6 @@ class Client:
     def violated(self, text: str) -> bool:
         # nats-py lower-cases the server's error text
         return any("permissions violation" in e.lower() and text.lower() in e.lower() for e in self.errors)
-
-
-@pytest_asyncio.fixture(scope="module")
-async def admin_nc(op_server, data_dir):
-    auth = AuthStore.ensure(data_dir)
-    client = await Client().connect(op_server.url, str(auth.service_creds("admin")))
-    await ensure_streams(client.nc.jetstream(), HubSettings(nats_url=op_server.url))
-    yield client.nc
-    await client.nc.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -110,6 +112,27 @@ async def test_add_webhook_prints_secret_once_and_validates(env, js):
     both = run("integration", "add", "--name", "x", "--protocol", "xapi", "--course", COURSE, "--direct",
                "--webhook-url", "https://h.example.org/", env=env, ok=False)
     assert both.returncode == 2 and b"exactly one of" in both.stderr
+
+
+async def test_operator_commands_run_as_a_uid_without_a_passwd_entry(env, js):
+    """The shipped image runs as uid 10001 with no passwd entry: ``getpass.getuser()`` raised KeyError there
+    (issue 20 item 8). A user namespace maps us to such a uid (no USER/LOGNAME to fall back on)."""
+    free_uid = 54321
+    import pwd
+
+    assert free_uid not in {p.pw_uid for p in pwd.getpwall()}
+    bare = {k: v for k, v in env.items() if k not in ("USER", "LOGNAME", "LNAME", "USERNAME")}
+    as_uid = ["unshare", "--user", f"--map-user={free_uid}", f"--map-group={free_uid}", sys.executable, "-m",
+              "hub.cli"]
+    cmd = [*as_uid, "integration", "add", "--name", "Nobody's", "--protocol", "xapi", "--course", COURSE,
+           "--webhook-url", "https://hooks.example.org/n"]
+    done = await asyncio.to_thread(subprocess.run, cmd, env=bare, capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    key = done.stdout.decode().split()[1]
+    assert decode_grant(await kv_value(js, GRANTS_BUCKET, key)).courses == [COURSE]
+    cmd = [*as_uid, "integration", "suspend", key, "--reason", "uid check"]
+    done = await asyncio.to_thread(subprocess.run, cmd, env=bare, capture_output=True, timeout=60)
+    assert done.returncode == 0 and f"integration {key} suspended".encode() in done.stdout, done.stderr[-2000:]
 
 
 async def test_create_admin_then_pending_approve_narrowed(env, js, tmp_path):

@@ -11,18 +11,16 @@ from pathlib import Path
 
 import msgspec
 import pytest
-import pytest_asyncio
 
 from hub.auth import AuthStore
 from hub.core.grants import Target
-from hub.core.settings import HubSettings
-from hub.core.streams import ensure_streams
 from hub.core.subjects import TARGETS_BUCKET, subject
 from hub.ops.natsserver import free_port, wait_port
 from tests.deliver_receivers import Receiver
-from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
+from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
 from tests.mailbox import Mailbox, link
-from tests.test_portal_browser import ARGS, CHROMIUM, Client
+from tests.operator_kit import operator_fixtures
+from tests.test_portal_browser import ARGS, CHROMIUM
 
 COURSE = "course-v1:DemoX+Demo1+2024_T1"
 PASSWORD = "e2e test password!"
@@ -42,25 +40,7 @@ class Switch:
         return self.status, {}, (b"ok" if self.status < 300 else b'{"error": "receiver down"}')
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("portal-e2e")
-
-
-@pytest.fixture(scope="module")
-def op_server(data_dir):
-    server = start_operator_nats(data_dir, "portal-e2e")
-    yield server
-    server.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def admin_nc(op_server, data_dir):
-    auth = AuthStore.ensure(data_dir)
-    client = await Client().connect(op_server.url, str(auth.service_creds("admin")))
-    await ensure_streams(client.nc.jetstream(), HubSettings(nats_url=op_server.url))
-    yield client.nc
-    await client.nc.close()
+data_dir, op_server, admin_nc = operator_fixtures("portal-e2e")
 
 
 @pytest.fixture(scope="module")

@@ -146,7 +146,7 @@ async def test_session_expiry_keeps_the_typed_form_and_returns_to_it(app):
 
 
 async def test_anonymous_visits_store_nothing(app):
-    from portal.flash import FlashEntry
+    from portal.tables import FlashEntry
 
     before = await FlashEntry.count()
     async with Client(app) as anon:

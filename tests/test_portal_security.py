@@ -20,39 +20,27 @@ import httpx
 import msgspec
 import nats
 import pytest
-import pytest_asyncio
 from nats.js.errors import NotFoundError
 from standardwebhooks import Webhook
 
 from hub.auth import AuthStore
 from hub.core.creds import creds_inbox_prefix
 from hub.core.grants import Target, consumer_name
-from hub.core.settings import HubSettings
-from hub.core.streams import ensure_streams
 from hub.core.subjects import TARGETS_BUCKET, subject
 from hub.ops.natsserver import free_port, wait_port
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
-from tests.helpers import rthub, rthub_env, rthub_popen, start_operator_nats, unique, wait_for
+from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
 from tests.mailbox import Mailbox, body, link
+from tests.operator_kit import operator_fixtures
 
 COURSE = "course-v1:edX+Secure+2026"
 PASSWORD = "security test password"
 ADMIN = "secadmin@example.org"
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("portal-sec")
-    path.chmod(0o755)  # as a careless install would leave it: the portal tightens it to 0700
-    return path
-
-
-@pytest.fixture(scope="module")
-def op_server(data_dir):
-    server = start_operator_nats(data_dir, "portal-sec")
-    yield server
-    server.stop()
+# as a careless install would leave the data folder (0755): the portal tightens it to 0700
+data_dir, op_server, admin_nc = operator_fixtures("portal-sec", mode=0o755)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +48,6 @@ def mailbox():
     box = Mailbox().start()
     yield box
     box.stop()
-
-
-@pytest_asyncio.fixture(scope="module")
-async def admin_nc(op_server, data_dir):
-    nc = await nats.connect(servers=[op_server.url], user_credentials=str(AuthStore.ensure(data_dir).service_creds("admin")))
-    await ensure_streams(nc.jetstream(), HubSettings(nats_url=op_server.url))
-    yield nc
-    await nc.close()
 
 
 @pytest.fixture(scope="module")

@@ -185,3 +185,40 @@ def test_one_table_says_which_decision_moves_which_status():
                 with pytest.raises(PortalError) as refused:
                     check_transition(row, decision)
                 assert refused.value.status == 409 and status in refused.value.message, (decision, status)
+
+
+def test_every_portal_table_is_defined_in_portal_tables():
+    """One module of tables (issue 21): migrations and newcomers find every table in portal/tables.py."""
+    import importlib
+    import pkgutil
+
+    from piccolo.table import Table
+
+    import portal
+    from portal.tables import TABLES
+
+    found = set()
+    for info in pkgutil.walk_packages(portal.__path__, "portal."):
+        if ".migrations" in info.name or info.name.endswith(("piccolo_conf", "piccolo_app", "cli")):
+            continue
+        module = importlib.import_module(info.name)
+        found |= {(v.__module__, v.__name__) for v in vars(module).values()
+                  if isinstance(v, type) and issubclass(v, Table) and v is not Table}
+    assert {m for m, _ in found} == {"portal.tables"}, found
+    assert {n for _, n in found} == {t.__name__ for t in TABLES}
+
+
+def test_every_operation_form_has_its_handler():
+    """One handler per operation (portal.services.operations.OPERATIONS): every /ops/<name> form of the
+    pages names one, and nothing else dispatches on the operation's name."""
+    import re
+
+    from portal.services.operations import OPERATIONS
+    from tests.helpers import ROOT
+
+    used = set()
+    for page in (ROOT / "portal" / "templates").glob("*.html"):
+        used |= set(re.findall(r"/ops/([a-z-]+)", page.read_text()))
+    assert used and used <= set(OPERATIONS), used - set(OPERATIONS)
+    source = (ROOT / "portal" / "services" / "operations.py").read_text()
+    assert "if op ==" not in source and "elif op ==" not in source

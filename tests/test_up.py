@@ -29,6 +29,29 @@ def test_taken_nats_port_is_explained(tmp_path):
     assert f"port {port} is already taken" in err and "--nats-port" in err and "--nats-url" in err
 
 
+def test_a_port_left_in_time_wait_is_free():
+    """A health probe's connection, closed by the server side first, leaves the listener's port in TIME_WAIT
+    for a minute; ``rthub up`` restarted at once must take that port again (issue 20 item 2)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server, uvicorn, asyncio do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end goes to TIME_WAIT
+        client.recv(1)
+        client.close()
+    states = open("/proc/net/tcp").read().split("\n")[1:]
+    assert any(f":{port:04X} " in line and line.split()[3] == "06" for line in states), "no TIME_WAIT socket"
+    assert port_free(port)
+    with socket.socket() as s:  # and a listener there is still refused
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        assert not port_free(port)
+
+
 def test_up_demo_translates_live_and_stops_cleanly(tmp_path):
     nats_port, portal_port, metrics_port = free_port(), free_port(), free_port()
     while not port_free(metrics_port + 1):
@@ -166,6 +189,39 @@ def test_up_restarts_crashed_children_and_its_nats_server_and_they_die_with_it(t
             os.kill(pid, signal.SIGKILL)
         if left:
             print(f"still running after rthub up was killed (now killed): {left}")
+
+
+def test_up_demo_through_a_nats_server_crash_logs_state_changes_not_tracebacks_and_restarts_on_its_ports(tmp_path):
+    """Issue 20 items 6 and 2: the demo's live-count client says once that NATS is away and once that it is
+    back (its default error callback printed a traceback per reconnect attempt); and `rthub up` stopped after
+    /health probes starts again at once on the same explicit ports."""
+    args = _ports()
+    metrics_port = int(args[5])
+    data = str(tmp_path / "data")
+    up = Up("--demo", "--demo-rate", "20", "--no-portal", "--no-deliver", "--data-dir", data, *args)
+    try:
+        wait_sync(lambda: "Ctrl-C stops everything" in up.text(), 90, "rthub up started")
+        wait_sync(lambda: re.search(r"live: [1-9]\d* xAPI", up.text()), 60, "a live count")
+        nats = next(pid for pid, cmd in _children(up.proc.pid).items() if "nats-server" in cmd)
+        os.kill(nats, signal.SIGKILL)
+        wait_sync(lambda: "live count resumed: NATS back" in up.text(), 60, "the live count back after the restart")
+        for _ in range(5):  # probes, as a health check makes them
+            assert httpx.get(f"http://127.0.0.1:{metrics_port}/health").status_code in (200, 503)
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(30) == 0
+    text = up.text()
+    assert "Traceback" not in text, text[-3000:]
+    assert text.count("live count paused: NATS connection lost") == 1, text[-3000:]
+    assert re.search(r"live count resumed: NATS back after \d+ s \(\d+ failed connection attempts\)", text)
+    again = Up("--no-portal", "--no-deliver", "--data-dir", data, *args)  # at once, same ports
+    try:
+        wait_sync(lambda: "Ctrl-C stops everything" in again.text() or again.proc.poll() is not None, 90,
+                  "rthub up started again")
+        assert again.proc.poll() is None, again.text()
+    finally:
+        again.proc.send_signal(signal.SIGINT)
+        assert again.proc.wait(30) == 0
 
 
 @pytest.mark.parametrize("after", [1, 3])

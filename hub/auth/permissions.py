@@ -8,7 +8,8 @@ Clients must therefore connect with ``inbox_prefix=`` (:func:`hub.core.creds.inb
 
 from __future__ import annotations
 
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name, replay_name
+from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
@@ -31,6 +32,7 @@ from hub.core.subjects import (
 )
 
 API = "$JS.API"
+PROTOCOL_PREFIXES = tuple(p.prefix for p in PROTOCOLS.values())
 SERVICES = ("publisher", "hub", "deliverer", "portal", "event-bus", "admin")
 HUB_STREAMS = (RAW_STREAM, *PROTOCOL_STREAMS.values(), QUARANTINE_STREAM, DEAD_LETTER_STREAM, OPENEDX_STREAM,
                OPENEDX_DLQ_STREAM,
@@ -113,11 +115,17 @@ def service_permissions(service: str, hub_consumer: str = "hub",
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).
+        # Open edX Events (hub/route/openedx.py): its own durable on OPENEDX_EVENTS (RTHUB_OPENEDX_CONSUMER,
+        # default hub_openedx), the same max-deliveries guard.
         pub = [*info, *(p for s in HUB_STREAMS for p in stream_owner(s)), *durable(RAW_STREAM, hub_consumer),
-               f"{API}.STREAM.MSG.GET.{RAW_STREAM}",
-               "xapi.>", "caliper.>", "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
-               *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}"]
+               f"{API}.STREAM.MSG.GET.{RAW_STREAM}", *durable(OPENEDX_STREAM, "hub_openedx"),
+               f"{API}.STREAM.MSG.GET.{OPENEDX_STREAM}",
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "quarantine.>", *kv_read(GRANTS_BUCKET), *kv_read(COURSES_BUCKET),
+               # learner groups: membership events from the LMS are applied by the hub; identity copies of
+               # direct grants go out on ident.<grant>.> (core NATS)
+               *kv_write(GROUPS_BUCKET), *kv_write(LEARNERS_BUCKET), "ident.>"]
+        sub = [*inbox, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{RAW_STREAM}.{hub_consumer}",
+               f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{OPENEDX_STREAM}.hub_openedx"]
         return _dedup(pub), sub
     if service == "deliverer":
         pub = [*info, *(p for s in protocol_streams for p in stream_reader(s)), "dlq.>",
@@ -128,7 +136,9 @@ def service_permissions(service: str, hub_consumer: str = "hub",
                *stream_reader(PARTS_STREAM),
                *kv_write(DELIVERY_STATE_BUCKET), *kv_read(GRANTS_BUCKET), *kv_write(TARGETS_BUCKET),
                *kv_read(COURSES_BUCKET), *kv_read(LEARNERS_BUCKET)]
-        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams)]
+        # Core subscriptions to the protocol subjects and redrive.>: wake-ups of dozing pull loops (engine/watch.py).
+        sub = [*inbox, *(f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{s}.*" for s in protocol_streams),
+               *(f"{p}.>" for p in PROTOCOL_PREFIXES), "redrive.>"]
         return _dedup(pub), sub
     if service == "portal":
         pub = [*info, *(p for s in protocol_streams for p in consumer_admin(s)),
@@ -158,7 +168,7 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     # tokens it only adds the group-scoped copies of the same statements (a subset of what the grant covers).
     # A grant with learner groups has six-token subjects ending in its group names: no wildcard is added.
     live += [f[:-1] + ">" for f in live if f.endswith(".*")]
-    sub = [f"{consumer_inbox(grant.id)}.>", *live]
+    sub = [f"{consumer_inbox(grant.id)}.>", *live, *([f"ident.{grant.id}.>"] if grant.identity else [])]
     return pub, sub
 
 
@@ -172,6 +182,7 @@ def hub_exports() -> list[tuple[str, str, str, bool]]:
         out += [(f"pull {stream}", f"{API}.CONSUMER.MSG.NEXT.{stream}.*", "service", True),
                 (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),
                 (f"live {protocol}", f"{protocol}.>", "stream", False)]
+    out.append(("ident", "ident.>", "stream", False))  # identity copies of direct grants approved for them
     return out
 
 
@@ -180,7 +191,11 @@ def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
     stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
     # No CONSUMER.INFO: in an account without JetStream the server's own API answers it first (503), so an
     # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
-    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>")]
+    replay = replay_name(grant.id)  # a replay (request_replay) is pulled and acked the same way
+    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>"),
+                ("replay pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{replay}"),
+                ("replay ack", f"$JS.ACK.{stream}.{replay}.>")]
     return [*((n, subj, "service") for n, subj in services),
-            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects()))]
+            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects())),
+            *([("ident", f"ident.{grant.id}.>", "stream")] if grant.identity else [])]
 

@@ -42,6 +42,10 @@ CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 TENANTS = "tenants"
 # What one direct subscriber's account may hold: a few connections, no JetStream, no exports.
 TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0}
+# Largest account JWT written or loaded: it travels as one message ($SYS.REQ.CLAIMS.UPDATE, max_payload 1 MB)
+# and sits in every server's config; a direct subscription within MAX_FILTERS_DIRECT stays far below it.
+MAX_ACCOUNT_JWT_BYTES = 256 * 1024
+REFUSED = ".refused"  # tenants/<grant>.refused: why its stored JWT was not loaded at start
 
 
 class AuthError(RuntimeError):
@@ -271,13 +275,28 @@ class AuthStore:
 
     def tenant_jwts(self) -> dict[str, str]:
         """Account public key -> JWT of every direct subscriber (preloaded into servers, pushed by ``rthub auth
-        push``)."""
+        push``). A stored JWT the server would refuse (too large, unreadable, not signed by the operator's
+        signing key) is skipped, logged and noted in ``tenants/<grant>.refused``: one bad tenant must not keep
+        the server from starting."""
         folder = self.path / TENANTS
         out = {}
         for path in sorted(folder.glob("*.jwt")) if folder.exists() else ():
             token = path.read_text().strip()
+            reason = tenant_jwt_problem(token, self.signing_pub)
+            refused = path.with_suffix(REFUSED)
+            if reason:
+                log.error("direct subscription %s: stored account JWT not loaded (%s); the integration is failing "
+                          "until it is re-approved or re-scoped", path.stem, reason)
+                write_private(refused, reason + "\n")
+                continue
+            refused.unlink(missing_ok=True)
             out[jwt.decode(token, verify=False)["sub"]] = token
         return out
+
+    def refused_tenants(self) -> dict[str, str]:
+        """Grant id -> why its account JWT was not loaded (see :meth:`tenant_jwts`)."""
+        folder = self.path / TENANTS
+        return {p.stem: p.read_text().strip() for p in sorted(folder.glob(f"*{REFUSED}"))} if folder.exists() else {}
 
     def _write_tenant(self, grant_id: str, imports: list[dict], revocations: dict[str, int], final: bool) -> str:
         seed = self._tenant_seed(grant_id)
@@ -288,7 +307,11 @@ class AuthStore:
                                     now=now, imports=imports, limits=TENANT_LIMITS)
         claims["nats"]["tags"] = [f"rthub-grant:{grant_id.lower()}"] + (["rthub-closed"] if final else [])
         token = jwt.encode(claims, self.signing_seed)
+        if len(token) > MAX_ACCOUNT_JWT_BYTES:
+            raise AuthError(f"the account JWT of {grant_id} would be {len(token)} bytes; at most "
+                            f"{MAX_ACCOUNT_JWT_BYTES} are allowed: narrow the scope")
         write_private(self._tenant_file(grant_id, ".jwt"), token)
+        self._tenant_file(grant_id, REFUSED).unlink(missing_ok=True)
         return token
 
     def open_tenant(self, grant: Grant) -> str:
@@ -455,6 +478,19 @@ class AuthStore:
     def consumer_connect_options(grant: Grant, creds_text: str) -> dict:
         """nats-py ``connect`` keyword arguments for a direct subscriber holding ``creds_text``."""
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
+
+
+def tenant_jwt_problem(token: str, signing_pub: str) -> str | None:
+    """Why a stored subscriber account JWT must not be given to a server (``None``: it is fine)."""
+    if len(token) > MAX_ACCOUNT_JWT_BYTES:
+        return f"{len(token)} bytes, more than the {MAX_ACCOUNT_JWT_BYTES} allowed"
+    try:
+        claims = jwt.decode(token)
+    except (ValueError, KeyError) as exc:
+        return f"unreadable: {exc}"
+    if claims.get("iss") != signing_pub or claims.get("nats", {}).get("type") != "account":
+        return "not an account JWT signed by this operator's signing key"
+    return None
 
 
 def _check_user_keys(keys: list[str]) -> None:

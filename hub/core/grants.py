@@ -22,6 +22,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
+from hub.core.delivery_kinds import DeliveryName, PushName
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
@@ -30,8 +31,47 @@ from hub.core.subjects import GRANTS_BUCKET, encode_token
 log = logging.getLogger("rthub.grants")
 
 Protocol = ProtocolName
-Delivery = Literal["direct", "webhook", "lrs", "caliper"]
+Delivery = DeliveryName
 GRANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A scope expands into the cartesian product of its dimensions (one filter subject per combination). These
+# bound that product: a push consumer's filter list is one JetStream API call the server handles under its
+# stream lock (125,000 filters stalled the whole server's API for minutes); a direct subscription's subjects
+# become imports in its account JWT and allow entries in its users' JWTs (10x10x10 made a 1 MB JWT the server
+# refused, and then could not start with it). Empty dimensions are ``*`` wildcards and count as one.
+MAX_FILTERS_PUSH = 250
+MAX_FILTERS_DIRECT = 50
+SIZE_REFUSAL = "This scope expands to"
+
+
+def filter_limit(delivery: str) -> int:
+    """Largest number of filter subjects an integration of this delivery kind may expand to."""
+    return MAX_FILTERS_DIRECT if delivery == "direct" else MAX_FILTERS_PUSH
+
+
+def expansion(sites: Iterable[str] = (), orgs: Iterable[str] = (), courses: Iterable[str] = (),
+              event_types: Iterable[str] = (), learner_groups: Iterable[str] = ()) -> tuple[list[list[str]], int]:
+    """``(values per dimension, number of filter subjects)`` of a scope, computed before building anything:
+    each dimension's distinct values (``["*"]`` when empty, a single wildcard), and their product."""
+    dims = [sorted(set(d)) or ["*"] for d in (sites, orgs, courses, event_types)]
+    groups = sorted(set(learner_groups))
+    if groups:
+        dims.append(groups)
+    count = 1
+    for d in dims:
+        count *= len(d)
+    return dims, count
+
+
+def size_refusal(count: int, delivery: str) -> str | None:
+    """The refusal for a scope of ``count`` filter subjects (``None``: within the limit); names the limit."""
+    limit = filter_limit(delivery)
+    if count <= limit:
+        return None
+    kind = "a direct subscription" if delivery == "direct" else "a push integration"
+    return (f"{SIZE_REFUSAL} {count} filter subjects (sites x organisations x courses x event types x "
+            f"learner groups); {kind} may have at most {limit}. Leave a dimension empty (any) or split the "
+            "integration.")
+
 
 class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
@@ -58,7 +98,14 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
         unknown = sorted(set(self.identity) - set(IDENTITY_FIELDS))
         if unknown:
             raise ValueError(f"unknown identity field(s) {', '.join(unknown)}; one of {', '.join(IDENTITY_FIELDS)}")
+        refusal = size_refusal(self.filter_count(), self.delivery)
+        if refusal:
+            raise ValueError(f"grant {self.id}: {refusal}")
         return self
+
+    def filter_count(self) -> int:
+        """How many filter subjects :meth:`filter_subjects` would build (without building them)."""
+        return expansion(self.sites, self.orgs, self.courses, self.event_types, self.learner_groups)[1]
 
     @property
     def active(self) -> bool:
@@ -76,21 +123,21 @@ class Grant(msgspec.Struct, kw_only=True, omit_defaults=True):
         """Non-overlapping subjects of ``<protocol>.<site>.<org>.<course>.<event>`` this grant covers; with
         learner groups, ``<...>.<event>.<group>`` for each group (the hub's group-scoped copies)."""
 
-        def tokens(values: list[str]) -> list[str]:
-            return [encode_token(v) for v in sorted(set(values))] or ["*"]
-
-        groups = sorted(set(self.learner_groups)) or [None]
-        return [
-            ".".join((self.protocol, *combo) if group is None else (self.protocol, *combo, group))
-            for combo in itertools.product(
-                tokens(self.sites), tokens(self.orgs), tokens(self.courses), tokens(self.event_types)
-            )
-            for group in groups
-        ]
+        # Encoded here, not in expansion(): a value "*" must stay a literal token, never become a wildcard.
+        tokens = [[encode_token(v) for v in sorted(set(d))] or ["*"]
+                  for d in (self.sites, self.orgs, self.courses, self.event_types)]
+        tokens += [sorted(set(self.learner_groups))] if self.learner_groups else []
+        return [".".join((self.protocol, *combo)) for combo in itertools.product(*tokens)]
 
 def consumer_name(grant_id: str) -> str:
     """The durable JetStream consumer of an integration (direct subscription or deliverer), on its protocol stream."""
     return f"rthub_{grant_id}"
+
+
+def replay_name(grant_id: str) -> str:
+    """The replay consumer of an integration (statements since a time, created on request next to the main one);
+    a direct subscriber pulls it like its main consumer."""
+    return f"{consumer_name(grant_id)}_replay"
 
 
 def decode_grant(data: bytes) -> Grant:
@@ -101,15 +148,35 @@ class GrantIndex:
 
     def __init__(self, grants: Iterable[Grant] = ()):
         self.grants: dict[str, Grant] = {g.id: g for g in grants}
-        self._cache: dict[tuple, frozenset[str]] = {}
+        self._cache: dict[tuple, tuple] = {}
+        self._idents: dict[tuple, tuple[Grant, ...]] = {}
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
 
     def put(self, grant: Grant) -> None:
         self.grants[grant.id] = grant
-        self._cache.clear()
+        self._changed()
 
     def remove(self, grant_id: str) -> None:
         self.grants.pop(grant_id, None)
+        self._changed()
+
+    def _changed(self) -> None:
         self._cache.clear()
+        self._idents.clear()
+        self.any_identity = any(g.identity and g.active for g in self.grants.values())
+
+    def direct_identity_grants(self, site: str, org: str | None, course: str | None, event: str) -> tuple[Grant, ...]:
+        """Active direct grants approved for identity fields that cover these dimensions: the hub publishes
+        their learners' identity on ``ident.<grant>.<subject>`` (core NATS, never stored)."""
+        key = (site, org, course, event)
+        found = self._idents.get(key)
+        if found is None:
+            found = tuple(g for g in self.grants.values() if g.active and g.identity and g.delivery == "direct"
+                          and g.covers(site, org, course, event))
+            if len(self._idents) > 200_000:
+                self._idents.clear()
+            self._idents[key] = found
+        return found
 
     def protocols_for(self, site: str, org: str | None, course: str | None, event: str) -> frozenset[str]:
         """Protocols some active grant without learner groups needs for these dimensions."""
@@ -203,7 +270,7 @@ class Target(msgspec.Struct, kw_only=True, omit_defaults=True):
     """
 
     id: str
-    kind: Literal["webhook", "lrs", "caliper"]
+    kind: PushName
     url: str
     secrets: list[str] = []
     basic_auth: str | None = None

@@ -26,6 +26,12 @@ from hub.core.subjects import GROUPS_BUCKET, LEARNERS_BUCKET, decode_token, enco
 GROUP_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USER_ID = re.compile(r"[0-9]{1,20}")
 IDENTITY_FIELDS = ("user_id", "username", "email")  # what an administrator may approve for a grant
+IDENT_PREFIX = "ident"  # ident.<grant>.<statement subject>: a direct grant's statements with identity (core NATS)
+# Raw events the LMS publishes about membership (lms_publisher.groups), for its own site; the hub applies them.
+CONTROL_PREFIX = "rthub."
+MEMBER_ADDED, MEMBER_REMOVED, LEARNER_RETIRED = "rthub.group.member_added", "rthub.group.member_removed", \
+    "rthub.learner.retired"
+MEMBERSHIP_EVENTS = frozenset({MEMBER_ADDED, MEMBER_REMOVED, LEARNER_RETIRED})
 
 
 class Group(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -282,6 +288,57 @@ async def retire_learner(js, site: str, user_id: str) -> bool:
     return True
 
 
+async def record_identity(js, site: str, user_id: str, username: str | None, email: str | None) -> bool:
+    """Update the username / e-mail of a learner the store already has (never creating one: a learner retired
+    meanwhile stays gone). True when written."""
+    import nats.js.errors
+
+    kv = await js.key_value(LEARNERS_BUCKET)
+    key = learner_key(site, user_id)
+    for _ in range(5):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        have = decode_learner(entry.value) if entry.value else None
+        if have is None:
+            return False
+        new = msgspec.structs.replace(have, username=username or have.username, email=email or have.email)
+        if new == have:
+            return False
+        try:
+            await kv.update(key, msgspec.json.encode(new), last=entry.revision)
+            return True
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+            continue
+    return False
+
+
+async def apply_control(js, site: str, name: str, data: dict) -> None:
+    """Apply one membership event the LMS of ``site`` published (``data``: ``group``, ``user_id``, optional
+    ``username`` and ``email``). A group is created on its first member; one of another site is refused."""
+    user = parse_users([str(data.get("user_id", ""))])
+    if not user:
+        raise ValueError("no user_id")
+    if name == LEARNER_RETIRED:
+        await retire_learner(js, site, user[0])
+        return
+    if name not in (MEMBER_ADDED, MEMBER_REMOVED):
+        raise ValueError(f"unknown membership event {name!r}")
+    group = await get_group(js, check_group_name(str(data.get("group", ""))))
+    if group is None:
+        group = Group(name=str(data["group"]), site=site)
+        await put_group(js, group)
+    elif group.site != site:
+        raise ValueError(f"group {group.name!r} belongs to site {group.site!r}, not {site!r}")
+    username = data.get("username") if isinstance(data.get("username"), str) else None
+    email = data.get("email") if isinstance(data.get("email"), str) else None
+    if name == MEMBER_ADDED:
+        await change_members(js, group, add=user, identities={user[0]: (username, email)})
+    else:
+        await change_members(js, group, remove=user)
+
+
 async def delete_group(js, name: str) -> int:
     """Remove a group and its memberships; returns how many members it had."""
     group = await get_group(js, name)
@@ -292,3 +349,81 @@ async def delete_group(js, name: str) -> int:
     kv = await js.key_value(GROUPS_BUCKET)
     await kv.delete(name)
     return len(members)
+
+
+# ------------------------------------------------------------------------------------------ identity at the edge
+IDENTITY_EXTENSION = "urn:rthub:identity"  # where approved identity fields go (xAPI context / Caliper extensions)
+
+
+def actor_key(protocol: str, statement: dict) -> str | None:
+    """The anonymized id of a statement's learner: xAPI ``actor.account.name``, Caliper the last segment of
+    ``actor.id`` (``<lms>/user/<id>``)."""
+    actor = statement.get("actor")
+    if not isinstance(actor, dict):
+        return None
+    if protocol == "xapi":
+        account = actor.get("account")
+        name = account.get("name") if isinstance(account, dict) else None
+        return name if isinstance(name, str) else None
+    ident = actor.get("id")
+    return ident.rsplit("/", 1)[-1] if isinstance(ident, str) else None
+
+
+def with_identity(protocol: str, statement: dict, identity: dict[str, str]) -> dict:
+    """``statement`` with the approved ``identity`` fields added (never replacing the anonymized actor): xAPI in
+    ``context.extensions``, Caliper in the event's ``extensions``, under :data:`IDENTITY_EXTENSION`."""
+    if not identity:
+        return statement
+    if protocol == "xapi":
+        context = statement.setdefault("context", {})
+        context.setdefault("extensions", {})[IDENTITY_EXTENSION] = identity
+    else:
+        statement.setdefault("extensions", {})[IDENTITY_EXTENSION] = identity
+    return statement
+
+
+class IdentityIndex:
+    """``(protocol, anonymized id, site) -> (user id, Learner)`` for the learners the store knows, so the edge
+    (deliverer, hub's identity subjects) can name a statement's learner without the streams ever doing so.
+
+    ``anonymize(protocol, user_id)`` is the hub's own anonymization (:class:`hub.translate.ExternalIds`)."""
+
+    def __init__(self, anonymize, protocols: Iterable[str]):
+        self.anonymize, self.protocols = anonymize, tuple(protocols)
+        self.learners: dict[tuple[str, str], Learner] = {}
+        self._by_anon: dict[tuple[str, str], dict[str, str]] = {}
+
+    def apply(self, key: tuple[str, str], learner: Learner | None) -> None:
+        site, uid = key
+        if learner is None:
+            if self.learners.pop(key, None) is None:
+                return
+            for p in self.protocols:
+                sites = self._by_anon.get((p, self.anonymize(p, uid)))
+                if sites is not None:
+                    sites.pop(site, None)
+                    if not sites:
+                        del self._by_anon[(p, self.anonymize(p, uid))]
+            return
+        self.learners[key] = learner
+        for p in self.protocols:
+            self._by_anon.setdefault((p, self.anonymize(p, uid)), {})[site] = uid
+
+    def identity(self, protocol: str, statement: dict, site: str, fields: Iterable[str]) -> dict[str, str]:
+        anon = actor_key(protocol, statement)
+        uid = self._by_anon.get((protocol, anon), {}).get(site) if anon else None
+        if uid is None:
+            return {}
+        return identity_of(self.learners.get((site, uid)), uid, fields)
+
+    def enrich(self, protocol: str, data: bytes, site: str, fields: Iterable[str]) -> bytes:
+        """The statement bytes with the approved ``fields`` of its learner; unchanged when the store does not
+        know the learner (never seen, or retired)."""
+        try:
+            statement = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return data
+        if not isinstance(statement, dict):
+            return data
+        found = self.identity(protocol, statement, site, fields)
+        return msgspec.json.encode(with_identity(protocol, statement, found)) if found else data

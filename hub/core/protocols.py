@@ -19,6 +19,8 @@ class Protocol(NamedTuple):
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("xapi", "XAPI", "xapi", "xAPI statements"),
     Protocol("caliper", "CALIPER", "caliper", "IMS Caliper 1.2 events"),
+    # Open edX Events themselves (hub.translate.openedx): tracking events have no CloudEvents form
+    Protocol("cloudevents", "CLOUDEVENTS", "cloudevents", "Open edX Events as CloudEvents 1.0 (structured JSON)"),
 )}
 NAMES: tuple[str, ...] = tuple(PROTOCOLS)
 ProtocolName = Literal[NAMES]  # type: ignore[valid-type]  # msgspec validates grants against it

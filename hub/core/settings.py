@@ -116,6 +116,10 @@ class HubSettings(StreamSettings, kw_only=True):
     max_event_bytes: int = MAX_EVENT_BYTES
     max_event_depth: int = MAX_EVENT_DEPTH
     hub_consumer: str = "hub"
+    # Open edX Events (hub.route.openedx): the event-bus topics the hub consumes, as on the bus
+    # (``<EVENT_BUS_TOPIC_PREFIX>-<topic>``), with its own durable consumer; none = the route is off.
+    openedx_topics: list[str] = msgspec.field(default_factory=list)
+    openedx_consumer: str = "hub_openedx"
     # A raw message not acked after this many deliveries is moved to quarantine (max-deliveries advisory),
     # so no message, whatever bug it meets, can be redelivered for ever; ack wait in seconds.
     hub_max_deliver: int = 10

@@ -29,16 +29,7 @@ from hub.core.subjects import (
     subject,
     subject_matches,
 )
-from hub.deliver.state.records import (
-    H_FAILED_AT,
-    H_ID,
-    H_REASON,
-    H_RESPONSE,
-    H_SEQ,
-    H_STATUS,
-    H_STREAM,
-    H_SUBJECT,
-)
+from hub.deliver.state.records import H_ID, H_SEQ, H_STREAM, H_SUBJECT, POSITION, DeadLetterHeaders
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -104,17 +95,14 @@ async def _first_seq_since(js: JetStreamContext, stream: str, since: dt.datetime
 
 
 def _dead_letter(grant_id: str, msg) -> DeadLetter:
-    h = msg.headers or {}
-    return DeadLetter(
-        seq=msg.seq, grant_id=grant_id, statement_id=h.get(H_ID, ""), reason=h.get(H_REASON, ""),
-        last_status=int(h.get(H_STATUS, "0") or 0), response=h.get(H_RESPONSE, ""), subject=h.get(H_SUBJECT, ""),
-        failed_at=h.get(H_FAILED_AT, ""), time=_msg_time(msg),
-    )
+    h = DeadLetterHeaders.from_headers(msg.headers)
+    return DeadLetter(seq=msg.seq, grant_id=grant_id, statement_id=h.statement_id, reason=h.reason,
+                      last_status=h.last_status, response=h.response, subject=h.subject, failed_at=h.failed_at,
+                      time=_msg_time(msg))
 
 
 def _msg_time(msg) -> float:
-    h = msg.headers or {}
-    stamp = h.get(H_FAILED_AT)
+    stamp = DeadLetterHeaders.from_headers(msg.headers).failed_at
     if stamp:
         return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
     return time.time()
@@ -144,7 +132,7 @@ async def redrive(js: JetStreamContext, grant_id: str, seqs: list[int] | None = 
         if (since and failed < since.timestamp()) or (until and failed > until.timestamp()):
             continue
         h = msg.headers or {}
-        headers = {k: h[k] for k in (H_SUBJECT, H_ID, H_STREAM, H_SEQ) if k in h}
+        headers = {k: h[k] for k in POSITION if k in h}
         await _publish(js, redrive_subject(grant_id), msg.data, headers=headers)
         await js.delete_msg(DEAD_LETTER_STREAM, msg.seq)
         count += 1

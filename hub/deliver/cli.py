@@ -9,6 +9,7 @@ import signal
 
 import msgspec
 
+from hub.core.delivery_kinds import is_push
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings
 
@@ -113,7 +114,7 @@ async def _replay(args) -> int:
         return 2
     finally:
         await nc.close()
-    how = ("the deliverer sends them now" if info["delivery"] != "direct"
+    how = ("the deliverer sends them now" if is_push(info["delivery"])
            else f"bind a pull subscription to durable {info['consumer']} on stream {info['stream']}")
     print(f"replaying {info['statements']} statement(s) of {args.integration} since {info['since']}: {how}")
     return 0

@@ -19,7 +19,9 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from hub.core.grants import Grant, GrantWatcher, Target, consumer_name
+from hub.core.delivery_kinds import PUSH
+from hub.core.grants import Grant, GrantWatcher, Target, consumer_name, size_refusal
+from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
@@ -34,18 +36,22 @@ from hub.core.subjects import (
 )
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.partitioned_runner import PartitionedRunner
-from hub.deliver.engine.partitions import ALIVE, part_consumer
+from hub.deliver.engine.partitions import part_consumer
 from hub.deliver.engine.runner import Runner, redrive_consumer, replay_consumer, takeover_after
+from hub.deliver.engine.watch import Watch
 from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.state.lease import LeaseBook
 from hub.deliver.state.records import Attempt, pack
 from hub.deliver.transport import ssrf
+from hub.translate import ExternalIds
 
 __all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
 
 log = logging.getLogger("rthub.deliver")
 
-PUSH = ("webhook", "lrs", "caliper")
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
+ANNOUNCE = 1.0  # seconds between two announcements of this process (``alive.<process>``: its leases stay its own)
+STARTS = 32  # runner start-ups at once
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason",
               "disabled_at", "custom_headers", "payload_filter")
@@ -54,11 +60,6 @@ HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "ret
 def hot_swappable(old: Target, new: Target) -> bool:
     """True when ``new`` differs from ``old`` only in what a running delivery can take over in place."""
     return old != new and msgspec.structs.replace(old, **{f: getattr(new, f) for f in HOT_FIELDS}) == new
-
-
-def _alive_time(value: bytes) -> float:
-    """When a deliverer process last announced itself (``alive.<process>``)."""
-    return float(value.decode())
 
 
 class Deliverer:
@@ -88,24 +89,33 @@ class Deliverer:
         self.attempt_log: dict[str, list[Attempt]] = {}  # grant id -> attempts not yet published
 
     async def start(self) -> Deliverer:
+        s = self.settings
+        ids = ExternalIds.from_settings(ExternalIds.deployment_secret(s.id_secret, s.data_dir), s.external_ids_file)
+        self.identities = IdentityIndex(ids.get, PROTOCOL_STREAMS)
         self.state = await self.js.key_value(DELIVERY_STATE_BUCKET)
         self.targets_kv = await self.js.key_value(TARGETS_BUCKET)
+        self.leases = await LeaseBook(self.js, self.state, DELIVERY_STATE_BUCKET, self.process_id,
+                                      takeover_after(self.settings)).start()
+        await self._announce()  # before any lease is taken
+        self.watch = await Watch(self.nc, [*PROTOCOL_STREAMS, "redrive"]).start()
         self.context = Context(
             nc=self.nc, js=self.js, state=self.state, settings=self.settings, metrics=self.metrics,
             process_id=self.process_id, schedule=self.schedule, max_retry_after=self.max_retry_after,
             disable_after=self.disable_after, allowed=self.allowed, spawn=self._spawn,
             restart=lambda gid, runner: self.restart(gid, runner), disable=self.disable,
-            log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start())
+            log_attempt=self.log_attempt, peers=self.peers, publisher=await AckedPublisher(self.nc).start(),
+            leases=self.leases, watch=self.watch, starts=asyncio.Semaphore(STARTS), identities=self.identities)
         self.grant_watcher = await GrantWatcher(self.js, on_change=self._grant_changed).start()
         targets = KVMirror(self.js, TARGETS_BUCKET, self._open_target, on_change=lambda gid, _: self._schedule(gid))
-        alive = KVMirror(self.js, DELIVERY_STATE_BUCKET, _alive_time, key=lambda k: k[len(ALIVE):], keys=ALIVE + "*")
-        self.targets, self.alive = targets.values, alive.values
-        self.watchers = [targets, alive,
+        self.targets, self.alive = targets.values, self.leases.alive.values
+        self.watchers = [targets,
+                         KVMirror(self.js, LEARNERS_BUCKET, decode_learner, on_change=self.identities.apply,
+                                  key=parse_learner_key),
                          KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._replay_entry, keys="replay.*"),
                          KVMirror(self.js, DELIVERY_STATE_BUCKET, bytes, on_change=self._retry_entry, keys="retry.*")]
         for mirror in self.watchers:
             await mirror.start()  # ready: the bucket's content is read
-        await self._announce()
+        self.background.append(asyncio.create_task(self._announce_loop()))
         self.background.append(asyncio.create_task(self._flush_loop()))
         self.background.append(asyncio.create_task(self._attempt_loop()))
         self.background.append(asyncio.create_task(self._converge_loop()))
@@ -122,15 +132,13 @@ class Deliverer:
         self.metrics.help.setdefault("integration_behind", "1 while the endpoint answers but cannot keep up")
         while True:
             keep = set()
+            lags = await self._consumer_lags()
             for gid, runner in list(self.runners.items()):
-                try:
-                    lag = 0
-                    for stream, durable in runner.consumers():
-                        info = await self.js.consumer_info(stream, durable)
-                        lag += (info.num_pending or 0) + (info.num_ack_pending or 0)
-                except Exception:  # noqa: BLE001 - NATS away or consumer gone: keep the last values
+                consumers = runner.consumers()
+                if any(c not in lags for c in consumers):  # NATS away or consumer gone: keep the last values
                     keep.add((("integration", gid),))
                     continue
+                lag = sum(lags[c] for c in consumers)
                 runner.observe_lag(time.time(), lag, window)
                 self.metrics.set("integration_lag", lag, integration=gid)
                 self.metrics.set("integration_behind", int(runner.stats.behind_since is not None), integration=gid)
@@ -138,6 +146,25 @@ class Deliverer:
             self.metrics.retain("integration_lag", keep)
             self.metrics.retain("integration_behind", keep)
             await asyncio.sleep(interval)
+
+    async def _consumer_lags(self) -> dict[tuple[str, str], int]:
+        """``num_pending + num_ack_pending`` of every consumer of the streams runners read, from one listing per
+        stream (a ``consumer_info`` per integration cost a request each per poll, growing with the tenants)."""
+        streams = {stream for runner in list(self.runners.values()) for stream, _ in runner.consumers()}
+        out: dict[tuple[str, str], int] = {}
+        for stream in streams:
+            offset = 0
+            while True:
+                try:
+                    page = await self.js.consumers_info(stream, offset=offset)
+                except Exception:  # noqa: BLE001 - NATS away: those lags keep their last values
+                    break
+                for info in page:
+                    out[(stream, info.name)] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+                if not page:
+                    break
+                offset += len(page)
+        return out
 
     def not_delivering(self) -> list[str]:
         """Active push integrations this process should run but does not (a start failed, a runner broke)."""
@@ -197,12 +224,16 @@ class Deliverer:
         return sorted({p for p, t in self.alive.items() if t >= fresh} | {self.process_id})
 
     async def _announce(self) -> None:
-        if self.settings.partitions <= 0:
-            return
         try:
-            await self.state.put(ALIVE + self.process_id, repr(time.time()).encode())
+            await self.leases.announce()
         except Exception as exc:  # noqa: BLE001 - NATS away: the others count this process gone after a while
             log.warning("could not announce this deliverer: %s", exc)
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ANNOUNCE)
+            await self._announce()
+            await self.leases.sweep()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -252,6 +283,10 @@ class Deliverer:
                 await self._drop_consumers(grant_id)
             if want is not None:
                 grant, target = want
+                refusal = size_refusal(grant.filter_count(), grant.delivery)
+                if refusal:  # stored before the limit existed, or written around the portal: never sent to NATS
+                    await self.disable(grant_id, refusal)
+                    return
                 partitions = self.settings.partitions
                 runner = (PartitionedRunner(self.context, grant, target, partitions)
                           if partitions > 0 and not target.parallel else Runner(self.context, grant, target))
@@ -323,7 +358,6 @@ class Deliverer:
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            await self._announce()
             for runner in list(self.runners.values()):
                 await runner.flush_stats()
 
@@ -340,8 +374,9 @@ class Deliverer:
         self.runners.clear()
         await self.flush_attempts()
         await self.context.publisher.close()
-        if self.settings.partitions > 0:
-            try:
-                await self.state.delete(ALIVE + self.process_id)  # the others take its share at once
-            except Exception:  # noqa: BLE001 - NATS away: they count it gone after a while
-                pass
+        await self.watch.stop()
+        try:
+            await self.leases.withdraw()  # the others take its share of the partitions at once
+        except Exception:  # noqa: BLE001 - NATS away: they count it gone after a while
+            pass
+        await self.leases.stop()

@@ -43,6 +43,10 @@ class DeliverSettings(StreamSettings, kw_only=True):
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so a scraper outside it can reach /metrics
     log_json: bool = False
     secrets_key: str = ""
+    # identity fields at the edge (issue 22): the hub's anonymization, to name a statement's learner for grants
+    # approved for identity; the same values as the hub's (or the same data directory)
+    id_secret: str | None = None
+    external_ids_file: str | None = None
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}

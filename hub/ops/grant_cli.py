@@ -8,6 +8,7 @@ import uuid
 
 import msgspec
 
+from hub.core.delivery_kinds import DIRECT
 from hub.core.grants import Grant, delete_grant, list_grants, put_grant
 from hub.core.natsconn import connect
 from hub.core.protocols import NAMES as PROTOCOLS
@@ -25,7 +26,7 @@ async def _with_js(args, fn):
 def _add(args) -> int:
     grant = Grant(
         id=args.id or "g" + uuid.uuid4().hex[:12], consumer=args.consumer, protocol=args.protocol,
-        sites=args.site, orgs=args.org, courses=args.course, event_types=args.event_type, delivery="direct",
+        sites=args.site, orgs=args.org, courses=args.course, event_types=args.event_type, delivery=DIRECT.name,
     )
     try:
         grant.validate()

@@ -23,7 +23,11 @@ def binary() -> str:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as every server sets it (nats-server, uvicorn,
+    asyncio): TIME_WAIT sockets left by closed connections (health probes, a SIGKILLed run) do not block a
+    listener, so without it a restart would refuse its own ports for up to a minute."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -99,17 +99,35 @@ class PortTaken(Exception):
 
 
 async def _live_count(url: str, creds: str | None, stop: asyncio.Event) -> None:
-    """Print how many statements were translated, once a second, from a core subscription."""
+    """Print how many statements were translated, once a second, from a core subscription. While NATS is away
+    (``rthub up`` restarts its nats-server) one line says so and one says it is back, with the failed tries in
+    between: nats-py's default error callback printed a traceback per reconnect attempt."""
     import nats
 
     counts = {"xapi": 0, "caliper": 0}
+    state = {"down_since": None, "errors": 0}
 
     async def on_msg(msg) -> None:
         counts[msg.subject.split(".", 1)[0]] += 1
 
+    async def on_error(exc: Exception) -> None:
+        state["errors"] += 1  # counted, said once the connection is back
+
+    async def on_disconnect() -> None:
+        if state["down_since"] is None and not stop.is_set():
+            state["down_since"], state["errors"] = time.monotonic(), 0
+            print("rthub up: live count paused: NATS connection lost", file=sys.stderr, flush=True)
+
+    async def on_reconnect() -> None:
+        if state["down_since"] is not None:
+            print(f"rthub up: live count resumed: NATS back after {time.monotonic() - state['down_since']:.0f} s "
+                  f"({state['errors']} failed connection attempts)", file=sys.stderr, flush=True)
+        state["down_since"] = None
+
     opts = {"user_credentials": creds} if creds else {}
     try:
         nc = await nats.connect(url, name="rthub-up-counter", max_reconnect_attempts=-1, reconnect_time_wait=1,
+                                error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
                                 **opts)
     except Exception as exc:  # noqa: BLE001 - the count is a convenience; never take `up` down for it
         print(f"rthub up: no live count ({exc})", file=sys.stderr)
@@ -166,7 +184,7 @@ def run(args) -> int:
         if args.nats_url:
             nats_url = args.nats_url
         else:
-            config, creds = _auth_config(data_dir)
+            config, creds = _auth_config(data_dir, notes)
             server = NatsServer(nats_port, data_dir / "nats", config=config, name="rthub-nats",
                                 parent_death=True).start()
             nats_url = server.url
@@ -303,12 +321,16 @@ async def _prepare(nats_url: str, admin_creds: str | None, demo: bool) -> None:
         await nc.close()
 
 
-def _auth_config(data_dir: Path) -> tuple[str, dict[str, str]]:
-    """Operator-mode server config and each service's credentials file."""
+def _auth_config(data_dir: Path, notes: list[str] | None = None) -> tuple[str, dict[str, str]]:
+    """Operator-mode server config and each service's credentials file; a direct subscriber's stored account
+    JWT the server would refuse is left out (the server starts without it) and noted for the summary."""
     from hub.auth import AuthStore
 
     auth = AuthStore.ensure(data_dir)
     config = auth.server_config(data_dir / "nats" / "resolver")
+    for grant_id, reason in auth.refused_tenants().items():
+        (notes if notes is not None else []).append(f"direct subscription {grant_id} is failing: its account "
+                                                    f"JWT was not loaded ({reason})")
     services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "admin": "admin"}
     creds = {name: str(auth.service_creds(svc)) for name, svc in services.items()}
     # The demo publishes like an LMS: raw events of its own site only.

@@ -20,11 +20,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
-import secrets
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,7 +33,17 @@ from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
 from hub.core.grants import GrantWatcher
-from hub.core.groups import Membership, decode_learner, parse_learner_key
+from hub.core.groups import (
+    CONTROL_PREFIX,
+    IDENT_PREFIX,
+    Membership,
+    apply_control,
+    decode_learner,
+    identity_of,
+    parse_learner_key,
+    record_identity,
+    with_identity,
+)
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.natsconn import connect
@@ -48,6 +55,7 @@ from hub.core.streams import ensure_streams
 from hub.core.subjects import (
     COURSES_BUCKET,
     LEARNERS_BUCKET,
+    OPENEDX_STREAM,
     QUARANTINE_PREFIX,
     QUARANTINE_STREAM,
     RAW_STREAM,
@@ -62,6 +70,7 @@ REASON_HEADER = "Rthub-Reason"
 _HEADER_ROOM = 4096  # headers of a quarantined copy; its body is cut to fit the server's max_payload
 _decode = msgspec.json.Decoder().decode
 _RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 30.0  # backoff of a held batch's publish retries
+_PROBE_S = 1.0  # while a batch is held, how often one of its publishes is tried to see whether the outage is over
 _IN_FLIGHT = 2  # batches published and not yet settled: translating the next overlaps waiting for acks
 
 
@@ -82,15 +91,7 @@ def header_text(text: str, limit: int = 1000) -> str:
 
 def id_secret(s: HubSettings) -> bytes:
     """The deployment's secret for anonymized ids: configured, else created once in the data directory."""
-    if s.id_secret:
-        return s.id_secret.encode()
-    path = Path(s.data_dir) / "id_secret"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return ExternalIds.deployment_secret(s.id_secret, s.data_dir)
 
 
 async def watch_course_names(js, names: CourseNames) -> KVMirror:
@@ -107,8 +108,11 @@ async def watch_course_names(js, names: CourseNames) -> KVMirror:
 
 
 class Hub:
+    stream = RAW_STREAM  # the input stream; the Open edX Events route (hub.route.openedx) reads OPENEDX_EVENTS
+
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
         self.s = settings
+        self.consumer = settings.hub_consumer  # the input's durable consumer, shared by every hub process
         self.metrics = metrics or Metrics("hub")
         self.nc = None
         self.js = None
@@ -117,6 +121,10 @@ class Hub:
         self._course_names: KVMirror | None = None
         self.membership = Membership()  # learner groups, kept in step with the rthub_learners bucket
         self._learners: KVMirror | None = None
+        self._ident_out: list[tuple[str, bytes]] = []  # identity copies of the batch in hand (core NATS)
+        self._learning: set[tuple[str, str]] = set()
+        self._controls: asyncio.Queue = asyncio.Queue()
+        self._control_task: asyncio.Task | None = None
         self.pull: PullStream | None = None
         self.publisher: AckedPublisher | None = None
         ids = ExternalIds.from_settings(id_secret(settings), settings.external_ids_file)
@@ -141,20 +149,24 @@ class Hub:
         self._course_names = await watch_course_names(self.js, self.courses)
         self._learners = await KVMirror(self.js, LEARNERS_BUCKET, decode_learner, on_change=self.membership.apply,
                                         key=parse_learner_key).start()
+        self._control_task = asyncio.create_task(self._apply_controls())
         # Before the consumer exists: no advisory can be missed. A queue group, so one hub moves each message.
-        self._advisories = await self.nc.subscribe(max_deliveries_advisory(RAW_STREAM, self.s.hub_consumer),
+        self._advisories = await self.nc.subscribe(max_deliveries_advisory(self.stream, self.consumer),
                                                    queue="rthub-hub", cb=self._on_max_deliveries)
         await self._ensure_consumer()
         return self
 
-    async def _ensure_consumer(self) -> None:
-        config = ConsumerConfig(
-            durable_name=self.s.hub_consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+    def _consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.consumer, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.s.hub_ack_wait_s, max_ack_pending=max(4 * self.s.batch_size, 2000),
             max_deliver=self.s.hub_max_deliver,
         )
+
+    async def _ensure_consumer(self) -> None:
+        config = self._consumer_config()
         try:
-            await self.js.add_consumer(RAW_STREAM, config)  # an existing one is updated (editable fields)
+            await self.js.add_consumer(self.stream, config)  # an existing one is updated (editable fields)
         except nats.js.errors.BadRequestError as exc:  # changed settings: keep the existing consumer
             log.warning("hub consumer exists with other settings, using it as is: %s", exc)
 
@@ -165,7 +177,7 @@ class Hub:
         self._stop = stop
         while not stop.is_set():
             self.pull = pull = await PullStream(
-                self.nc, RAW_STREAM, s.hub_consumer, batch=2 * s.batch_size, threshold=s.batch_size,
+                self.nc, self.stream, self.consumer, batch=2 * s.batch_size, threshold=s.batch_size,
                 max_batch=s.batch_size, expires=s.hub_pull_expires_s, room=self._room).start()
             stopper = asyncio.create_task(stop.wait())
             stopper.add_done_callback(lambda _, p=pull: p.stop())
@@ -175,7 +187,7 @@ class Hub:
                 await self.settled()
                 return  # stopped, or the connection closed
             except ConsumerGone:
-                log.error("the hub consumer %s was deleted; creating it again", s.hub_consumer)
+                log.error("the hub consumer %s was deleted; creating it again", self.consumer)
                 await self._ensure_consumer()
             finally:
                 stopper.cancel()
@@ -199,6 +211,10 @@ class Hub:
             jobs.append((msg, outputs, len(batch.results)))
             for subj, body, headers in outputs:
                 await self.publisher.publish(subj, body, headers, batch)
+        if self._ident_out:  # live identity feeds of direct grants: core NATS, never stored in a stream
+            for subj, body in self._ident_out:
+                await self.nc.publish(subj, body)
+            self._ident_out.clear()
         for protocol, n in self._translated.items():
             if n:
                 m.inc("translated", n, protocol=protocol)
@@ -218,16 +234,26 @@ class Hub:
         """Ack each message once its publishes are acked. A publish that failed because the output side is
         unavailable (no stream, timeout, connection) holds its messages: in-progress acks keep them and the
         failed publishes are retried with capped backoff, so an outage does not spend ``hub_max_deliver``. A
-        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine."""
+        message whose publish is refused for itself (e.g. too large) is nak'ed and reaches quarantine. While
+        held, one of the failed publishes is retried every second as a probe (the statement id dedupes it): the
+        moment it is acked the outage is over, so the rest go at once and the backoff starts again from the
+        first delay (a 30 s backoff used to leave the hub idle for up to that long after NATS was back)."""
         delay = _RETRY_FIRST_S
+        outage_logged = False
         while True:
             held = await self._settle(jobs, batch)
             if not held:
+                if outage_logged:
+                    log.info("publishing works again: the held raw messages are published")
                 return
             self._holding += 1
             try:
-                log.warning("publishing failed, holding %d raw messages and retrying in %g s", len(held), delay)
-                if not await self._hold([msg for msg, _ in held], delay):  # stopping, or the connection closed
+                if not outage_logged:  # one line per outage, not one per retry
+                    log.warning("publishing failed (output side unavailable), holding %d raw messages and "
+                                "retrying until it is back", len(held))
+                    outage_logged = True
+                ended = await self._hold([msg for msg, _ in held], delay, held[0][1][0])
+                if ended is None:  # stopping, or the connection closed
                     for msg, _ in held:
                         await self._nak(msg)
                     return
@@ -235,7 +261,7 @@ class Hub:
                 self._holding -= 1
                 if self.pull is not None:
                     self.pull.wake()
-            delay = min(2 * delay, _RETRY_MAX_S)
+            delay = _RETRY_FIRST_S if ended == "probe" else min(2 * delay, _RETRY_MAX_S)
             batch, jobs = AckBatch(), []
             for msg, outputs in held:
                 jobs.append((msg, outputs, len(batch.results)))
@@ -274,26 +300,45 @@ class Hub:
         except nats.errors.Error as exc:  # connection closed: it is redelivered after the ack wait
             log.warning("nak failed: %s", exc)
 
-    async def _hold(self, msgs: list, seconds: float) -> bool:
+    async def _hold(self, msgs: list, seconds: float, probe: tuple[str, bytes, dict]) -> str | None:
         """Keep ``msgs`` (and what the pull stream delivered meanwhile) from redelivery for ``seconds`` by
-        in-progress acks; False if the hub is stopping or the connection closed."""
+        in-progress acks, publishing ``probe`` every :data:`_PROBE_S`: "probe" once it is acked (the output
+        side is back), "waited" after ``seconds``, None if the hub is stopping or the connection closed."""
         end = time.monotonic() + seconds
         beat = max(self.s.hub_ack_wait_s / 3, 0.05)
+        next_beat = next_probe = time.monotonic()
         while True:
             if self._stop.is_set() or self.nc.is_closed:
-                return False
+                return None
+            now = time.monotonic()
+            if now >= end:
+                return "waited"
+            if now >= next_beat:
+                next_beat = now + beat
+                try:
+                    for msg in msgs + (self.pull.queued() if self.pull is not None else []):
+                        await msg.in_progress()
+                except nats.errors.Error as exc:
+                    log.debug("in-progress ack failed: %s", exc)
+            if now >= next_probe:
+                if await self._probe(probe):
+                    return "probe"
+                next_probe = time.monotonic() + _PROBE_S
             try:
-                for msg in msgs + (self.pull.queued() if self.pull is not None else []):
-                    await msg.in_progress()
-            except nats.errors.Error as exc:
-                log.warning("in-progress ack failed: %s", exc)
-            left = end - time.monotonic()
-            if left <= 0:
-                return True
-            try:
-                await asyncio.wait_for(self._stop.wait(), min(beat, left))
+                await asyncio.wait_for(self._stop.wait(), max(0.0, min(next_beat, next_probe, end) - time.monotonic()))
             except TimeoutError:
                 pass
+
+    async def _probe(self, output: tuple[str, bytes, dict]) -> bool:
+        """Publish one held output again (deduplicated by its id): True once the output side acks it."""
+        subj, body, headers = output
+        if not self.nc.is_connected:
+            return False
+        try:
+            await self.publisher.publish_acked(subj, body, headers, timeout=min(self.s.hub_publish_timeout_s, _PROBE_S))
+        except (TimeoutError, nats.errors.Error, JetStreamError):
+            return False
+        return True
 
     def _handle(self, msg) -> list[tuple[str, bytes, dict]]:
         """``(subject, body, headers)`` of what one message yields: its statements, and the message itself to
@@ -328,9 +373,17 @@ class Hub:
         except msgspec.DecodeError as exc:
             raise InvalidEvent(f"not JSON: {exc}") from None
         event = normalize(obj, self.limits)
-        plain, grouped = self.grants.index.routes_for(site, org, course, name)
-        member_of = self._member_groups(site, event, grouped) if grouped else {}
+        if name.startswith(CONTROL_PREFIX):  # membership published by the LMS (lms_publisher.groups)
+            self._control(site, name, event)
+            return [], []
+        index = self.grants.index
+        plain, grouped = index.routes_for(site, org, course, name)
+        user = self._user(event) if grouped or index.any_identity else None
+        if user is not None and index.any_identity:
+            self._learn(site, user, event)
+        member_of = self._member_groups(site, user, grouped) if grouped and user is not None else {}
         protocols = plain | member_of.keys() if member_of else plain
+        idents = index.direct_identity_grants(site, org, course, name) if user is not None and index.any_identity else ()
         if not protocols:
             self.metrics.inc("filtered")
             return [], []
@@ -347,18 +400,81 @@ class Hub:
             subj = outputs[protocol]
             if protocol in plain:
                 out.extend((subj, sid, None, body) for sid, body in statements)
-            for group in member_of.get(protocol, ()):  # group-scoped copies: <subject>.<group>, own msg ids
+            groups = member_of.get(protocol, ())
+            for group in groups:  # group-scoped copies: <subject>.<group>, own msg ids
                 out.extend((f"{subj}.{group}", sid, f"{sid}.{group}", body) for sid, body in statements)
             self._translated[protocol] += len(statements)
+            for grant in idents:
+                if grant.protocol == protocol:
+                    self._identity_copies(grant, site, user, subj, groups if protocol not in plain else None,
+                                          statements)
         return out, rejected
 
-    def _member_groups(self, site: str, event: dict, grouped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
-        """``{protocol: groups}``: the groups some grant of the protocol uses that the event's user is in."""
+    def _user(self, event: dict) -> str | None:
         context, data = event.get("context"), event.get("data")
         try:
-            user, _ = user_of(event, context if isinstance(context, dict) else {}, data if isinstance(data, dict) else {})
-        except Rejected:  # no user: in no group
-            return {}
+            return user_of(event, context if isinstance(context, dict) else {}, data if isinstance(data, dict) else {})[0]
+        except Rejected:  # no user: in no group, no identity
+            return None
+
+    def _identity_copies(self, grant, site: str, user: str, subj: str, groups, statements) -> None:
+        """``ident.<grant>.<subject>``: the statements with the grant's approved identity fields, for a direct
+        subscriber; only for a learner the store knows (never one retired) and, for a group grant, a member."""
+        if grant.learner_groups:
+            mine = [g for g in self.membership.groups_of(site, user) if g in grant.learner_groups]
+            if not mine:
+                return
+            subj = f"{subj}.{sorted(mine)[0]}"
+        elif groups is not None:
+            return  # a plain grant's protocol was translated for group copies only: not this grant's event
+        found = identity_of(self.membership.learners.get((site, user)), user, grant.identity)
+        if not found:
+            return
+        for _, body in statements:
+            copy = msgspec.json.encode(with_identity(grant.protocol, _decode(body), found))
+            self._ident_out.append((f"{IDENT_PREFIX}.{grant.id}.{subj}", copy))
+
+    def _learn(self, site: str, user: str, event: dict) -> None:
+        """Keep the store's username / e-mail of a known learner as the LMS events carry them (only while some
+        grant is approved for identity; never re-creating a learner that retirement removed)."""
+        learner = self.membership.learners.get((site, user))
+        if learner is None:
+            return
+        context, data = event.get("context") or {}, event.get("data") or {}
+        username = context.get("username") or event.get("username") if isinstance(context, dict) else None
+        email = data.get("email") if isinstance(data, dict) else None
+        username = username if isinstance(username, str) and username else None
+        email = email if isinstance(email, str) and "@" in email else None
+        if (username and username != learner.username) or (email and email != learner.email):
+            key = (site, user)
+            if key not in self._learning:
+                self._learning.add(key)
+                task = asyncio.create_task(self._record(site, user, username, email))
+                task.add_done_callback(lambda _: self._learning.discard(key))
+
+    async def _record(self, site: str, user: str, username: str | None, email: str | None) -> None:
+        try:
+            await record_identity(self.js, site, user, username, email)
+        except Exception as exc:  # noqa: BLE001 - a missed update is retried at the learner's next event
+            log.warning("could not record the identity of learner %s of %s: %s", user, site, exc)
+
+    def _control(self, site: str, name: str, event: dict) -> None:
+        """A membership change published by the LMS for its own site (the subject's site; a publisher may only
+        publish its own): applied to the store in the background, in order."""
+        data = event.get("data")
+        self._controls.put_nowait((site, name, data if isinstance(data, dict) else {}))
+        self.metrics.inc("group_changes")
+
+    async def _apply_controls(self) -> None:
+        while True:
+            site, name, data = await self._controls.get()
+            try:
+                await apply_control(self.js, site, name, data)
+            except (ValueError, nats.errors.Error, JetStreamError, RuntimeError) as exc:
+                log.warning("membership change %s of %s not applied: %s", name, site, exc)
+
+    def _member_groups(self, site: str, user: str, grouped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
+        """``{protocol: groups}``: the groups some grant of the protocol uses that the event's user is in."""
         mine = self.membership.groups_of(site, user)
         if not mine:
             return {}
@@ -397,7 +513,7 @@ class Hub:
         try:
             info = msgspec.json.decode(advisory.data)
             seq = int(info["stream_seq"])
-            raw = await self.js.get_msg(RAW_STREAM, seq)
+            raw = await self.js.get_msg(self.stream, seq)
             self.metrics.inc("max_deliveries")
             reason = (f"not acknowledged after {info.get('deliveries', self.s.hub_max_deliver)} deliveries "
                       "(RTHUB_HUB_MAX_DELIVER): the hub failed or stalled on it, or could not publish its statements")
@@ -424,6 +540,8 @@ class Hub:
             await self._course_names.stop()
         if self._learners:
             await self._learners.stop()
+        if self._control_task:
+            self._control_task.cancel()
         if self.publisher:
             await self.publisher.close()
         if self.nc and not self.nc.is_closed:
@@ -451,16 +569,25 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
     gc.freeze()
     hub.metrics.healthy = hub.healthy
     lag = asyncio.create_task(hub.metrics.poll_lag(  # the hub consumer is shared: every hub reports the same lag
-        hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})],
+        hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})] + (
+            [(OPENEDX_STREAM, settings.openedx_consumer, {"consumer": settings.openedx_consumer})]
+            if settings.openedx_topics else []),
         settings.lag_poll_s))
     port = await hub.metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     log.info("hub running", extra={"fields": {"nats": settings.nats_url, "metrics_port": port,
                                               "sites": sorted(settings.sites)}})
+    hub.openedx = None
+    if settings.openedx_topics:  # Open edX Events from the event bus: a second input, its own durable consumer
+        from hub.route.openedx import OpenedxHub
+
+        hub.openedx = await OpenedxHub(settings, hub.metrics).start()
     if ready:
         ready(hub)
     try:
-        await hub.run(stop)
+        await asyncio.gather(hub.run(stop), *([hub.openedx.run(stop)] if hub.openedx else []))
     finally:
+        if hub.openedx is not None:
+            await hub.openedx.close()
         lag.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:

@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("rthub.translate")
-_REGISTRY = {"xapi": (xapi.translate, xapi.SUPPORTED), "caliper": (caliper.translate, caliper.SUPPORTED)}
+# ``cloudevents`` carries Open edX Events only (hub.translate.openedx): no tracking event has a translator for it.
+_REGISTRY = {"xapi": (xapi.translate, xapi.SUPPORTED), "caliper": (caliper.translate, caliper.SUPPORTED),
+             "cloudevents": (lambda event, ctx: [], frozenset())}
 _encode = msgspec.json.Encoder().encode
 
 

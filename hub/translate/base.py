@@ -111,6 +111,27 @@ class ExternalIds:
         with open(path, encoding="utf-8") as fh:
             return cls(secret, cls.parse(fh.read()))
 
+    @staticmethod
+    def deployment_secret(configured: str | None, data_dir: str) -> bytes:
+        """The deployment's secret for anonymized ids: configured (``RTHUB_ID_SECRET``), else created once in the
+        data directory (the hub and a deliverer sharing it read the same file)."""
+        import os
+        import secrets
+        from pathlib import Path
+
+        if configured:
+            return configured.encode()
+        path = Path(data_dir) / "id_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another service created it meanwhile
+                return path.read_text().strip().encode()
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()
+
     @classmethod
     def from_settings(cls, secret: bytes | str, external_ids_file: str | None = None) -> ExternalIds:
         """What a service builds from ``RTHUB_ID_SECRET`` and ``RTHUB_EXTERNAL_IDS_FILE`` (optional import)."""

@@ -72,11 +72,12 @@ def process_name(group: str) -> str:
 
 async def ensure_stream(js, s: BusSettings) -> None:
     """Create the OPENEDX_EVENTS and dead-letter streams if missing (the hub creates them too, with the same
-    definition); an existing stream is never changed from here, and a credential without the right to create
-    streams (operator mode) only logs."""
+    definition, and keeps them as its settings say); an existing stream is never changed from here, and a
+    credential without the right to create streams (operator mode) only logs."""
     from nats.js.errors import NotFoundError
 
     from hub.core.openedx import DLQ_STREAM
+    from hub.core.streams import ensure_stream as create
     from hub.core.streams import stream_configs
 
     for cfg in stream_configs(s.stream_settings()):
@@ -86,7 +87,9 @@ async def ensure_stream(js, s: BusSettings) -> None:
             await js.stream_info(cfg.name)
         except NotFoundError:
             try:
-                await js.add_stream(cfg)
+                await create(
+                    js, cfg
+                )  # the project's one way to create a stream (safe under concurrent starts)
             except Exception as exc:  # noqa: BLE001 - e.g. no right to create it: the hub does (rthub streams)
                 log.warning(
                     "event bus: cannot create stream %s (%s); `rthub streams` or the hub creates it",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import signal as signals
 import threading
@@ -79,6 +80,17 @@ def dispatch(headers: dict[str, str], data: bytes) -> None:
         raise ReceiverError(f"{len(errors)} of {len(results)} receivers failed: {'; '.join(errors)}")
 
 
+async def _settle(ack) -> bool:
+    """Send an ack or NAK; when the connection is away it is lost, and the server delivers the message again
+    after the ack wait (receivers see it twice, never zero times)."""
+    try:
+        await ack
+        return True
+    except nats.errors.Error as exc:
+        log.warning("event bus: ack/nak not sent (%s); the event is delivered again after the ack wait", exc)
+        return False
+
+
 def retry_delay(s: BusSettings, deliveries: int) -> float:
     return min(s.retry_delay_s * 2 ** max(deliveries - 1, 0), s.retry_max_delay_s)
 
@@ -134,6 +146,7 @@ class NatsEventConsumer(EventBusConsumer):
             await ensure_stream(js, self.s)
             await self._ensure_consumer(js)
             publisher = await AckedPublisher(nc).start()
+            gc.freeze()  # what start-up made (Django, the signals, schemas) stays out of the collector's way
             log.info(
                 "event bus consumer %s: topic %s, group %s (durable %s)",
                 self.consumer_name,
@@ -241,10 +254,10 @@ class NatsEventConsumer(EventBusConsumer):
                     exc,
                 )
                 self.counts["retried"] += 1
-                await msg.nak(delay=delay)
+                await _settle(msg.nak(delay=delay))
             return
-        await msg.ack()
-        self.counts["acked"] += 1
+        if await _settle(msg.ack()):
+            self.counts["acked"] += 1
 
     async def _dead_letter(self, msg, headers: dict[str, str], error: str, publisher: AckedPublisher) -> None:
         """Store the message with its error in the dead letters, then ack it; if that store fails, NAK."""
@@ -263,7 +276,7 @@ class NatsEventConsumer(EventBusConsumer):
             await publisher.publish_acked(dlq_subject(self.group_id, self.full_topic), msg.data, dl_headers)
         except Exception as exc:  # noqa: BLE001 - keep the message until the dead letters take it
             log.error("event bus: dead-lettering %s failed (%s); it comes again", seq, exc)
-            await msg.nak(delay=retry_delay(self.s, msg.metadata.num_delivered))
+            await _settle(msg.nak(delay=retry_delay(self.s, msg.metadata.num_delivered)))
             return
-        await msg.ack()
+        await _settle(msg.ack())
         self.counts["dead_lettered"] += 1

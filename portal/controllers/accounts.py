@@ -3,13 +3,13 @@ how a person gets a session), and the API token's own account (``GET /api/v1/me`
 
 from __future__ import annotations
 
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.controller import Controller
 from litestar.datastructures import Cookie
 from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
-from portal import flash
+from portal import flash, outage
 from portal.api_types import ERRORS, Health, Me
 from portal.guards import PortalDep, UserDep, api_signed_in
 from portal.services import Portal, PortalError
@@ -24,6 +24,7 @@ from portal.web import (
     form_of,
     go,
     page,
+    portal_of,
     safe_back,
     with_box,
 )
@@ -40,8 +41,13 @@ class AccountPages(Controller):
         return Redirect("/admin" if user.is_admin else "/integrations", status_code=303)
 
     @get("/health")
-    async def health(self) -> Health:
-        return Health(status="ok")
+    async def health(self, request: Request) -> Response[Health]:
+        """200 "ok", or 503 "degraded" naming what is down (a load balancer or orchestrator reads the status)."""
+        portal = portal_of(request)
+        down = outage.down(portal)
+        if down:
+            return Response(Health(status="degraded", down=down, detail=portal.nats_down()), status_code=503)
+        return Response(Health(status="ok"))
 
     @get("/signup")
     async def signup_form(self, request: Request) -> Template:

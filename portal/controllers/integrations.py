@@ -4,10 +4,6 @@ Only the owner reaches an integration here (guard ``owner``); administrators use
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from typing import Any
-
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.controller import Controller
@@ -23,21 +19,16 @@ from portal.api_types import (
     RotatedSecret,
     WebhookSecret,
 )
-from portal.deliveries import EndpointState, endpoint_state, fmt
+from portal.deliveries import fmt
 from portal.guards import PortalDep, RowDep, SettingsDep, UserDep, api_signed_in, owner, signed_in, verified
 from portal.services import (
-    Portal,
     PortalError,
     endpoints,
-    grant_of,
-    granted_scope,
-    now,
     public_view,
-    requested_scope,
 )
-from portal.services.integrations import DuplicateRequest, header_names, payload_filter_of
-from portal.tables import Integration
-from portal.validation import PAYLOAD_PARTS, split_list, validate_request
+from portal.services.integrations import DuplicateRequest
+from portal.validation import size_refused, split_list, validate_request
+from portal.views import detail_page, unknown_warning, view_of
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
 
@@ -64,6 +55,8 @@ class IntegrationPages(Controller):
             await endpoints.check_endpoint_url(spec.url, settings, errors)
         known = await courses.known_courses(portal)
         unknown = courses.unknown_courses(known, spec.scope.sites if spec else [], spec.scope.courses if spec else [])
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             # Echo what was typed (escaped by Jinja) so it can be fixed, bounded, and never the credentials.
             shown = {k: (v[:2048] if isinstance(v, str) else [x[:200] for x in v[:50]])
@@ -127,66 +120,6 @@ class IntegrationPages(Controller):
         return await go(request, f"/integrations/{row.key}", "Integration cancelled.")
 
 
-def unknown_warning(unknown: list[str]) -> str:
-    return (f"No events were seen yet for {', '.join(unknown[:5])}{' and more' if len(unknown) > 5 else ''} on "
-            "the chosen sites: check the course key (a course without activity yet is fine).")
-
-
-async def detail_page(request: Request, portal: PortalDep, row: RowDep, secret: str | None = None,
-                      admin: bool = False, status_code: int = 200, **extra: Any) -> Template:
-    """The integration page (the owner's, or the administrator's with the decision form)."""
-    state = await state_of(portal, row)
-    extra.setdefault("kept_until", await endpoints.kept_until(portal, row))
-    extra.setdefault("custom_headers", header_names(row, portal.box) if not admin else {})
-    extra.setdefault("payload_filter", payload_filter_of(row))
-    extra.setdefault("payload_parts", PAYLOAD_PARTS.get(row.protocol, ()))
-    extra.setdefault("max_rate_limit", portal.settings.max_rate_limit)
-    return page(request, "admin_integration.html" if admin else "integration.html", status=status_code, row=row,
-                requested=requested_scope(row), granted=granted_scope(row), state=state, secret=secret,
-                secrets=state.secrets, refresh_url=f"/integrations/{row.key}/state.json",
-                example=portal.example(row) if row.delivery == "direct" and row.status == "approved" else "",
-                direct=await direct_help(portal, row) if row.delivery == "direct" and row.status == "approved" else None,
-                audit=await portal.audit_log(50, row.key), **extra)
-
-
-async def direct_help(portal: Portal, row) -> dict[str, Any]:
-    """What a direct subscriber needs besides the Python example: the CLI lines, a sample statement, subjects
-    and when the newest downloaded credential expires."""
-    from hub.core.grants import consumer_name
-    from hub.deliver.actions import test_statement
-
-    grant = grant_of(row, "")
-    _, sample = test_statement(row.protocol, row.key)
-    issued = [e for e in await portal.audit_log(200, row.key) if e.action == "creds.issue"]
-    last = issued[0].at if issued else None
-    try:
-        cli = portal.auth().example_nats_cli(grant, consumer_name(row.key), servers=portal.settings.nats_url_for_consumers(),
-                                             creds_file=f"{row.key}.creds")
-    except (PortalError, AttributeError):
-        cli = ""
-    return {"cli": cli, "sample": json.dumps(json.loads(sample), indent=2), "subjects": grant.filter_subjects(),
-            "days": portal.settings.creds_days, "last_issued": last,
-            "last_expires": last + dt.timedelta(days=portal.settings.creds_days) if last else None,
-            "new_expires": now() + dt.timedelta(days=portal.settings.creds_days)}
-
-
-async def state_of(portal: Portal, row) -> EndpointState:
-    """The endpoint at a glance, with the signing-secret overlap of a webhook."""
-    stats = await portal.status(row)
-    state = endpoint_state(row.status, row.delivery, row.decision_reason, row.updated, stats)
-    state.secrets = await _safe_count(portal, row)
-    if state.secrets > 1 and row.old_secret_until:
-        state.old_secret_until = row.old_secret_until.timestamp()
-    return state
-
-
-async def _safe_count(portal: Portal, row) -> int:
-    try:
-        return await portal.secret_count(row)
-    except PortalError:
-        return 0
-
-
 class IntegrationApi(Controller):
     path = "/api/v1"
     tags = ["api"]
@@ -204,6 +137,8 @@ class IntegrationApi(Controller):
                                        max_rate=settings.max_rate_limit)
         if spec and spec.url:
             await endpoints.check_endpoint_url(spec.url, settings, errors)
+        if refusal := size_refused(errors):
+            await portal.audit(user.email, "scope.refused", "", refusal)
         if errors:
             raise PortalError("Invalid integration request.", 400, errors)
         view = public_view(await portal.create_integration(user, spec), box=portal.box, reveal=True)
@@ -244,7 +179,3 @@ class IntegrationApi(Controller):
     @post("/integrations/{key:str}/cancel", responses=ERRORS, status_code=200, guards=[owner])
     async def cancel(self, user: UserDep, portal: PortalDep, row: RowDep) -> IntegrationView:
         return view_of(await portal.revoke(user, row.key, "cancelled by its owner", row=row))
-
-
-def view_of(row: Integration, owner_email: str | None = None) -> IntegrationView:
-    return msgspec.convert(public_view(row, owner_email), IntegrationView)

@@ -12,10 +12,10 @@ from litestar.controller import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.response import Redirect, Template
 
+from hub.core.delivery_kinds import PUSH
 from hub.deliver import actions
 from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
-from portal.controllers.integrations import state_of
 from portal.deliveries import (
     ActionResult,
     AttemptDetail,
@@ -28,8 +28,9 @@ from portal.deliveries import (
 )
 from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_admin, signed_in
 from portal.services import PortalError, endpoints
-from portal.services.operations import PUSH, perform
+from portal.services.operations import perform
 from portal.validation import split_list
+from portal.views import state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 

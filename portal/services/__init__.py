@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from portal.services.accounts import AccountService
 from portal.services.base import NotFound, PortalError, now
+from portal.services.groups import GroupService
 from portal.services.integrations import (
     SUSPENDED_REASON,
     TRANSITIONS,
@@ -19,7 +20,7 @@ from portal.services.integrations import (
 from portal.services.tokens import TokenService
 
 
-class Portal(AccountService, TokenService, IntegrationService):
+class Portal(AccountService, TokenService, IntegrationService, GroupService):
     """The portal's operations; holds its settings and a lazily opened NATS connection."""
 
 

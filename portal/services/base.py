@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 
 from hub.core.natsconn import connect
 from hub.core.secretbox import SecretBox
 from portal import mail, ratelimit
 from portal.settings import PortalSettings
 from portal.tables import AuditEntry
+
+log = logging.getLogger("rthub.portal.nats")
 
 
 class PortalError(Exception):
@@ -38,6 +41,8 @@ class ServiceBase:
         self.settings = settings
         self._nc = None
         self._lock = asyncio.Lock()
+        self._nats_error: str | None = None  # why the last connection attempt failed (None: it worked)
+        self._nats_lost_logged = False
         self.box = SecretBox.from_settings(settings)
         # scrypt takes 128 MiB per hash: bound how many run at once, whatever the number of requests.
         self._hashing = asyncio.Semaphore(2)
@@ -47,10 +52,49 @@ class ServiceBase:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
                 try:
-                    self._nc = await connect(self.settings, "rthub-portal", max_reconnect_attempts=-1)
+                    self._nc = await connect(self.settings, "rthub-portal", max_reconnect_attempts=-1,
+                                             disconnected_cb=self._nats_lost, reconnected_cb=self._nats_back)
                 except Exception as exc:  # noqa: BLE001 - reported to the person as "NATS unreachable"
+                    if self._nats_error is None:
+                        log.warning("NATS is unreachable: %s: %s", type(exc).__name__, exc)
+                    self._nats_error = type(exc).__name__
                     raise PortalError(f"NATS is unreachable ({type(exc).__name__}); try again shortly.", 503) from None
+                if self._nats_error is not None:
+                    log.info("NATS is reachable again")
+                self._nats_error = None
             return self._nc
+
+    async def _nats_lost(self) -> None:
+        closing = self._nc is not None and (self._nc.is_closed or self._nc.is_draining)
+        if not self._nats_lost_logged and not closing:  # nats-py calls this on each failed reconnect, on close
+            self._nats_lost_logged = True
+            log.warning("NATS connection lost; pages and API answer 503 until it is back")
+
+    async def _nats_back(self) -> None:
+        self._nats_lost_logged = False
+        log.info("NATS connection back")
+
+    def nats_down(self) -> str | None:
+        """Why NATS cannot be used right now (a message for the person), or None while it can. Cheap: read on
+        every request by :func:`portal.outage.nats_gate` and by ``/health``."""
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            return None
+        if nc is not None and not nc.is_closed:
+            return "NATS is unreachable (reconnecting); the portal works again as soon as it is back."
+        if self._nats_error is not None:
+            return f"NATS is unreachable ({self._nats_error}); the portal works again as soon as it is back."
+        return None  # not connected yet: the first use connects (and answers 503 itself if that fails)
+
+    async def keep_connected(self, interval: float = 1.0) -> None:
+        """Connect now and, while no connection is open (NATS down at start-up, or a closed connection), try
+        again every ``interval`` s: the portal recovers by itself. An open connection reconnects on its own."""
+        while True:
+            try:
+                await self.nc()
+            except PortalError:
+                pass
+            await asyncio.sleep(interval)
 
     async def js(self):
         return (await self.nc()).jetstream()

@@ -4,10 +4,8 @@ ask for a wider one (an administrator approves), and the signing-secret overlap 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
-import inspect
 import ipaddress
 import json
 import logging
@@ -15,9 +13,12 @@ from typing import Any
 
 import msgspec
 
+from hub.core.delivery_kinds import KINDS, is_push
+from hub.core.subjects import DELIVERY_STATE_BUCKET
 from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
-from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
+from portal.services.integrations import _scope_text
+from portal.services.provisioning import header_names, payload_filter_of, scope_json
 from portal.tables import Account, Integration
 from portal.validation import (
     Scope,
@@ -32,7 +33,6 @@ from portal.validation import (
 )
 
 log = logging.getLogger("rthub.portal.endpoints")
-DELIVERY_STATE_BUCKET = "rthub_delivery"  # hub/deliver/state/records.py; its failure-streak key is cleared on re-enable
 
 
 class EndpointEdit(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -117,7 +117,7 @@ async def _clear_streak(portal: Portal, key: str) -> None:
 
 
 def _push(row: Integration, what: str) -> None:
-    if row.delivery == "direct":
+    if not is_push(row.delivery):
         raise PortalError(f"A direct subscription has no endpoint to {what}.", 409)
     if row.status != "approved":
         raise PortalError(f"Only an approved integration's endpoint can be changed (this one is {row.status}).", 409)
@@ -126,7 +126,7 @@ def _push(row: Integration, what: str) -> None:
 async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     """Switch a target the deliverer disabled (410, failing too long) back on; its backlog is delivered."""
     _push(row, "re-enable")
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     if target is None:
         raise PortalError("The hub has no delivery target for this integration; ask an administrator.", 409)
     if row.paused_at is not None:
@@ -134,7 +134,7 @@ async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     if target.enabled:
         raise PortalError("This endpoint is not disabled.", 409)
     await _clear_streak(portal, row.key)  # else the old streak would disable it again at the first failure
-    await portal._put_target(portal._target(row, target.secrets, enabled=True))
+    await portal.put_target(portal.target_for(row, target.secrets, enabled=True))
     await portal.audit(actor.email, "endpoint.reenable", row.key, f"was disabled: {target.disabled_reason or '?'}")
 
 
@@ -144,9 +144,9 @@ async def pause(portal: Portal, actor: Account, row: Integration) -> dt.datetime
     _push(row, "pause")
     if row.paused_at is not None:
         raise PortalError("This endpoint is already paused.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     await update(row, paused_at=now())
-    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.put_target(portal.target_for(row, target.secrets if target else []))
     await portal.audit(actor.email, "endpoint.pause", row.key, "paused by its owner; events are kept")
     return row.paused_at
 
@@ -156,10 +156,10 @@ async def resume(portal: Portal, actor: Account, row: Integration) -> None:
     _push(row, "resume")
     if row.paused_at is None:
         raise PortalError("This endpoint is not paused.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     since = row.paused_at
     await update(row, paused_at=None)
-    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.put_target(portal.target_for(row, target.secrets if target else []))
     await portal.audit(actor.email, "endpoint.resume", row.key, f"paused since {since.isoformat()}")
 
 
@@ -192,20 +192,20 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
     if basic and bearer:
         errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
     elif basic:
-        if row.delivery != "lrs":
+        if KINDS[row.delivery].credential != "basic_auth":
             errors["basic_auth"] = "Only an xAPI LRS endpoint takes basic credentials."
         elif ":" not in basic or basic.startswith(":"):
             errors["basic_auth"] = "Basic credentials look like USER:PASSWORD."
         else:
             changes.update(auth_kind="basic", auth_value=basic)
     elif bearer:
-        if row.delivery == "webhook":
+        if KINDS[row.delivery].signed:
             errors["bearer"] = "A webhook is authenticated by its signature, not a bearer token."
         else:
             changes.update(auth_kind="bearer", auth_value=bearer)
     elif change.remove_credentials:
-        if row.delivery in ("lrs", "caliper"):
-            errors["basic_auth" if row.delivery == "lrs" else "bearer"] = "This endpoint needs credentials."
+        if KINDS[row.delivery].credential:
+            errors[KINDS[row.delivery].credential] = "This endpoint needs credentials."
         else:
             changes.update(auth_kind="none", auth_value=None)
     size, wait = check_batch({"batch_size": change.batch_size, "batch_wait_ms": change.batch_wait_ms}, errors,
@@ -227,13 +227,13 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
         changes["auth_value"] = portal.box.seal(changes["auth_value"])
     if not changes:
         raise PortalError("Nothing to change: the endpoint is already like that.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     await update(row, **changes)
-    fresh = portal._target(row, target.secrets if target else [])
+    fresh = portal.target_for(row, target.secrets if target else [])
     if target and not target.enabled and row.paused_at is None:  # stays disabled, with the deliverer's reason, until re-enabled
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
                                         disabled_at=target.disabled_at)
-    await portal._put_target(fresh)
+    await portal.put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else "batching" if k.startswith("batch") else k
                       for k in changes})  # rate_limit, custom_headers, payload_filter by name
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
@@ -250,15 +250,21 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     if errors:
         raise PortalError("Check the scope.", 400, errors)
     current = granted_scope(row)
+    # a form without the learner group / identity fields keeps them as granted
+    if "learner_groups" not in raw:
+        wanted.learner_groups = list(current.learner_groups)
+    if "identity" not in raw:
+        wanted.identity = list(current.identity)
     if wanted == current:
         raise PortalError("That is the scope you already have.", 409)
+    await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
         # A wider request still waiting for an administrator stays as it is (it was silently dropped before).
         await update(row, granted=row.granted, **({} if row.scope_change else {"requested": row.granted}))
-        if row.delivery == "direct":  # issued .creds carry the old subjects: cut them off first
+        if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
-        await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
+        await portal.activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
         return "applied"
     await update(row, requested=scope_json(wanted), scope_change=True)
@@ -267,13 +273,9 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
 
 
 async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) -> None:
-    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``_activate`` then
-    writes the narrower grant). Where the service closes a subscriber's own NATS account, ``final=False``
-    keeps it re-openable."""
-    if "final" in inspect.signature(portal._cut_off).parameters:
-        await portal._cut_off(row, actor, final=False)
-    else:
-        await portal._cut_off(row, actor)
+    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``activate`` then
+    writes the narrower grant): ``final=False`` keeps its NATS account re-openable."""
+    await portal.cut_off(row, actor, final=False)
 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
@@ -282,14 +284,23 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
 
     if row.status != "approved" or not row.scope_change:
         raise PortalError("There is no scope change waiting for approval.", 409)
-    granted = narrowed if narrowed is not None else requested_scope(row)
+    if narrowed is not None:
+        granted = narrowed
+    else:  # identity fields beyond those already granted need the administrator to name them
+        kept = [f for f in requested_scope(row).identity if f in granted_scope(row).identity]
+        granted = msgspec.structs.replace(requested_scope(row), identity=kept)
     errors = check_narrowing(requested_scope(row), granted)
     if errors:
         raise PortalError("The approved scope is not a narrowing of the request.", 400, errors)
+    await portal.refuse_size(actor, row, granted)
+    before = granted_scope(row).identity
     row.granted = scope_json(granted)
-    await portal._activate(row, new_secret=False)
+    await portal.activate(row, new_secret=False)
     await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
+    if sorted(granted.identity) != sorted(before):
+        await portal.audit(actor.email, "identity.approve", row.key,
+                           f"identity fields approved: {', '.join(granted.identity) or 'none'}")
 
 
 async def deny_scope_change(portal: Portal, actor: Account, row: Integration, reason: str) -> None:
@@ -317,25 +328,12 @@ async def retire_expired(portal: Portal) -> int:
                                              & (Integration.old_secret_until < now()))
     for row in rows:
         try:
-            target = await portal._get_target(row.key)
+            target = await portal.get_target(row.key)
             if row.status == "approved" and target and len(target.secrets) > 1:
-                await portal._put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
+                await portal.put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
                 await portal.audit("system", "secret.retire", row.key, "overlap period over")
                 count += 1
             await update(row, old_secret_until=None)
         except PortalError as exc:  # NATS down: try again next round
             log.warning("could not retire the old secret of %s: %s", row.key, exc.message)
     return count
-
-
-async def overlap_loop(portal: Portal, period: float = 60.0) -> None:
-    """Every minute: retire rotated-out secrets whose overlap ended, sample the lag for the charts."""
-    from portal.charts import sample_lag
-
-    while True:
-        for job in (retire_expired, sample_lag):
-            try:
-                await job(portal)
-            except Exception:  # noqa: BLE001 - the loop must outlive a database or NATS hiccup
-                log.exception("portal minute job %s failed", job.__name__)
-        await asyncio.sleep(period)

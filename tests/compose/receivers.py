@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import sys
 
 from tests.deliver_receivers import LRS, Answer, Receiver, Request, ok
@@ -25,9 +26,16 @@ def serve(kind: str, port: int = 8000) -> None:
 
     async def main() -> None:
         nonlocal receiver
+        # As PID 1 of its container nothing stops us without a handler: `docker compose stop` waited 10 s and
+        # killed it (exit 137). SIGTERM / SIGINT close the server and exit 0.
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         receiver = await Receiver(handle, port=port, host="0.0.0.0").start()
         print(f"{kind} receiver on :{port}", flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
+        await receiver.stop()
+        print(f"{kind} receiver stopped", flush=True)
 
     asyncio.run(main())
 
@@ -39,6 +47,6 @@ def dump(receiver: Receiver) -> list[dict]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in ("webhook", "lrs"):
-        raise SystemExit("usage: python -m tests.compose.receivers webhook|lrs")
-    serve(sys.argv[1])
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("webhook", "lrs"):
+        raise SystemExit("usage: python -m tests.compose.receivers webhook|lrs [PORT]")
+    serve(sys.argv[1], int(sys.argv[2]) if len(sys.argv) == 3 else 8000)

@@ -78,6 +78,23 @@ class Docker:
         with tarfile.open(fileobj=io.BytesIO(r.raise_for_status().content)) as tar:
             return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
+    async def exec(self, service: str, *cmd: str, timeout: float = 120) -> tuple[int, str, str]:
+        """``docker compose exec -T SERVICE CMD...`` through the Engine API: exit code, stdout, stderr (the
+        container's own user, environment and volumes: what an operator's command meets)."""
+        cid = (await self.container(service))["Id"]
+        made = (await self.http.post(f"/containers/{cid}/exec", json={
+            "Cmd": list(cmd), "AttachStdout": True, "AttachStderr": True, "Tty": False})).raise_for_status().json()
+        raw = (await self.http.post(f"/exec/{made['Id']}/start", json={"Detach": False, "Tty": False},
+                                    timeout=timeout)).raise_for_status().content
+        out = {1: bytearray(), 2: bytearray()}
+        at = 0
+        while at + 8 <= len(raw):  # the multiplexed stream: [kind, 0, 0, 0, size (4 bytes, big-endian)] + payload
+            kind, size = raw[at], int.from_bytes(raw[at + 4:at + 8], "big")
+            out.setdefault(kind, bytearray()).extend(raw[at + 8:at + 8 + size])
+            at += 8 + size
+        code = (await self.http.get(f"/exec/{made['Id']}/json")).raise_for_status().json()["ExitCode"]
+        return code, out[1].decode(errors="replace"), out[2].decode(errors="replace")
+
     async def running(self, service: str, want: bool = True) -> bool:
         return (await self.container(service))["State"]["Running"] is want
 

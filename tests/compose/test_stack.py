@@ -246,6 +246,25 @@ async def drill(stack: Stack, docker, service: str, name: str, n: int = 600) -> 
     return flow
 
 
+async def test_operator_commands_in_the_portal_container(stack, docker):
+    """Issue 20 item 8: the image runs as uid 10001 without a passwd entry, where every ``rthub integration``
+    command crashed (``getpass.getuser()``). Run them as an operator does: in the portal container."""
+    code, out, err = await docker.exec(
+        "portal", "rthub", "integration", "add", "--name", "from the container", "--protocol", "xapi", "--org", ORG,
+        "--webhook-url", f"{WEBHOOK}/{RUN}/cli")
+    assert code == 0 and "approved (xapi via webhook)" in out, err[-2000:]
+    key = out.split()[1]
+    for args, said in ((["suspend", key, "--reason", "compose check"], "suspended"), (["resume", key], "approved"),
+                       (["revoke", key, "--reason", "compose check"], "revoked")):
+        code, out, err = await docker.exec("portal", "rthub", "integration", *args)
+        assert code == 0 and f"integration {key} {said}" in out, (args, err[-2000:])
+    code, out, err = await docker.exec("portal", "rthub", "integration", "list", "--json")
+    assert code == 0, err[-2000:]
+    assert next(r for r in json.loads(out) if r["id"] == key)["status"] == "revoked"
+    code, out, _ = await docker.exec("portal", "id", "-u")
+    assert out.strip() == "10001"
+
+
 async def test_drill_kill_nats_node(stack, docker, delivery):
     await drill(stack, docker, "nats-leader", "drill nats node")
 

@@ -6,6 +6,7 @@ whole surface between the two.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -14,9 +15,12 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from hub.core.groups import IdentityIndex
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
+from hub.deliver.engine.watch import Watch
 from hub.deliver.settings import DeliverSettings
+from hub.deliver.state.lease import LeaseBook
 from hub.deliver.state.records import Attempt
 
 
@@ -38,3 +42,7 @@ class Context:
     log_attempt: Callable[[str, Attempt], None]
     peers: Callable[[], list[str]]  # deliverer processes alive now (this one included), for course partitions
     publisher: AckedPublisher  # acked publishes with precise errors (dead letters)
+    leases: LeaseBook  # ordered integrations' leases, followed in memory
+    watch: Watch  # wakes dozing pull loops when a matching message is published
+    starts: asyncio.Semaphore  # runner start-ups at once (consumer creation is a server round trip each)
+    identities: IdentityIndex | None = None  # learners the store knows, for grants approved for identity

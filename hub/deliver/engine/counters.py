@@ -11,6 +11,7 @@ import time
 
 import msgspec
 
+from hub.deliver.engine import lagtrend
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item, seq
 from hub.deliver.state.records import Attempt, Stats
@@ -86,17 +87,24 @@ class Recorder:
 
     def observe_lag(self, now: float, lag: int, window: float, delivering: bool, answering: bool) -> None:
         """Cannot keep up: this process delivers, the endpoint answers (a success within ``window``, no failure
-        streak), yet the lag has not come down over ``window``. An endpoint that fails is "failing", not behind."""
+        streak), yet the lag over ``window`` grows by more than noise or a backlog does not come down (judged on
+        every sample in the window, :mod:`hub.deliver.engine.lagtrend`). An endpoint that fails is "failing",
+        not behind. One warning when it starts (what is behind, by how much, how fast), one line when it ends."""
         samples = self.lag_samples
         samples.append((now, lag))
-        while len(samples) > 1 and samples[1][0] <= now - window:
+        while len(samples) > 1 and samples[1][0] <= now - window:  # the oldest: the last one a window ago
             samples.popleft()
-        then_t, then_lag = samples[0]
-        behind = (delivering and now - then_t >= window and lag > 0 and lag >= then_lag and answering
-                  and (self.stats.last_success or 0) >= now - window)
-        if behind and self.stats.behind_since is None:
+        t = lagtrend.trend(samples)
+        reason = None
+        if delivering and answering and (self.stats.last_success or 0) >= now - window:
+            reason = lagtrend.behind(t, window)
+        if reason and self.stats.behind_since is None:
             self.stats.behind_since, self.dirty = now, True
-            log.warning("integration %s cannot keep up: lag %d, was %d %.0f s ago", self.grant_id, lag, then_lag,
-                        now - then_t)
-        elif not behind and self.stats.behind_since is not None and (lag < then_lag or lag == 0 or not delivering):
+            log.warning("integration %s cannot keep up: %s", self.grant_id, reason,
+                        extra={"fields": {"integration": self.grant_id, "lag": lag,
+                                          "lag_growth_per_s": round(t.slope_per_s, 2)}})
+        elif self.stats.behind_since is not None and not reason and (
+                not delivering or lag == 0 or (t is not None and t.slope_per_s <= 0)):
+            log.info("integration %s keeps up again: lag %d (behind for %.0f s)", self.grant_id, lag,
+                     now - self.stats.behind_since)
             self.stats.behind_since, self.dirty = None, True

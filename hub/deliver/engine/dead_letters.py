@@ -9,18 +9,7 @@ from hub.deliver.engine.context import Context
 from hub.deliver.engine.held import Held
 from hub.deliver.engine.items import Item, protocol_position
 from hub.deliver.engine.streak import iso
-from hub.deliver.state.records import (
-    H_ATTEMPTS,
-    H_FAILED_AT,
-    H_ID,
-    H_REASON,
-    H_RESPONSE,
-    H_SEQ,
-    H_STATUS,
-    H_STREAM,
-    H_SUBJECT,
-    header_text,
-)
+from hub.deliver.state.records import H_SEQ, H_STREAM, DeadLetterHeaders, header_text
 from hub.deliver.transport.request import Result
 
 
@@ -31,12 +20,12 @@ async def dead_letter(ctx: Context, held: Held, grant_id: str, items: list[Item]
     for item in items:
         given = item.msg.headers or {}  # a redriven copy names its protocol stream and sequence
         stream, sequence = protocol_position(item) if item.source != "redrive" else (item.msg.metadata.stream, 0)
-        headers = {
-            H_REASON: reason, H_STATUS: str(result.status or 0),
-            H_RESPONSE: header_text(result.error or result.excerpt, ctx.settings.response_excerpt_bytes),
-            H_SUBJECT: item.subject, H_ID: item.id, H_ATTEMPTS: str(attempts), H_FAILED_AT: iso(time.time()),
-            H_STREAM: given.get(H_STREAM, stream),
-            H_SEQ: given.get(H_SEQ, str(sequence or item.msg.metadata.sequence.stream)),
-        }
+        headers = DeadLetterHeaders(
+            reason=reason, last_status=result.status or 0,
+            response=header_text(result.error or result.excerpt, ctx.settings.response_excerpt_bytes),
+            subject=item.subject, statement_id=item.id, attempts=attempts, failed_at=iso(time.time()),
+            stream=given.get(H_STREAM, stream),
+            seq=int(given[H_SEQ]) if given.get(H_SEQ, "").isdigit() else sequence or item.msg.metadata.sequence.stream,
+        ).to_headers()
         await ctx.publisher.publish_acked(dlq_subject(grant_id), item.msg.data, headers=headers)
         await held.settle(item, "ack")

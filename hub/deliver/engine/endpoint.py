@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from hub.core.grants import Target
+from hub.core.subjects import decode_token
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item
 from hub.deliver.settings import seconds
@@ -20,9 +21,10 @@ log = logging.getLogger("rthub.deliver")
 
 
 class Endpoint:
-    def __init__(self, ctx: Context, protocol: str, grant_id: str, target: Target):
+    def __init__(self, ctx: Context, protocol: str, grant_id: str, target: Target, identity: list[str] | None = None):
         s = ctx.settings
         self.ctx, self.protocol, self.grant_id, self.target = ctx, protocol, grant_id, target
+        self.identity = list(identity or ())  # identity fields approved for this grant (added here, at the edge)
         self.batch = target.batch_size > 1  # webhooks too: a JSON array (xAPI) or one envelope (Caliper)
         self.sender = Sender(seconds(s.connect_timeout), seconds(s.request_timeout), ctx.allowed, s.https_only,
                              s.response_excerpt_bytes, max(1, target.max_concurrency))
@@ -44,7 +46,11 @@ class Endpoint:
         return self.ctx.schedule
 
     async def send(self, items: list[Item]) -> Result:
-        url, headers, body = build(self.target, self.protocol, [i.msg.data for i in items],
+        bodies = [i.msg.data for i in items]
+        if self.identity and self.ctx.identities is not None:
+            bodies = [self.ctx.identities.enrich(self.protocol, b, site_of(i.subject), self.identity)
+                      for b, i in zip(bodies, items, strict=True)]
+        url, headers, body = build(self.target, self.protocol, bodies,
                                    [i.id for i in items], self.ctx.settings.caliper_sensor, self.batch,
                                    (items[0].msg.headers or {}).get("traceparent"))
         await self.bucket.take()
@@ -55,3 +61,9 @@ class Endpoint:
 
     async def close(self) -> None:
         await self.sender.close()
+
+
+def site_of(subject: str) -> str:
+    """The site token of a statement subject ``<protocol>.<site>...``, decoded."""
+    parts = subject.split(".", 2)
+    return (decode_token(parts[1]) or "") if len(parts) > 1 else ""

@@ -19,18 +19,34 @@ from hub.deliver.engine.held import Held
 from hub.deliver.engine.items import Item
 
 PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
+DOZE_MAX = 120.0  # a dozing loop pulls at least this often (a safety net; the watch wakes it on every message)
+
+
+async def _first(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Until one of ``events`` is set (or ``timeout``)."""
+    if any(e.is_set() for e in events):
+        return
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch: int, max_in_flight: int,
                held: Held, leader: asyncio.Event, dispatch: Callable[[Item], None],
                done: Callable[[], Awaitable[bool]] | None = None, part: int | None = None,
-               stop: asyncio.Event | None = None) -> None:
+               stop: asyncio.Event | None = None, wake: asyncio.Event | None = None) -> None:
     """Pull ``durable`` until the consumer is deleted, the connection closes or the runner drains.
 
     ``leader``: pull only while set (an ordered integration's lease). ``done``: for a replay, asked once the
     consumer has nothing pending or unacknowledged; True ends the pull. ``part``: the course partition the
     consumer reads (its items are tagged with it); ``stop``: this pull stops when set (besides the runner's
-    ``held.stopping``); what still arrives is held, to be handed back in stream order.
+    ``held.stopping``); what still arrives is held, to be handed back in stream order. ``wake``: doze instead of
+    keeping pull requests open: pull until the consumer has nothing pending or unacknowledged, then wait for
+    ``wake`` (set by :class:`hub.deliver.engine.watch.Watch` when a matching message is published), at most
+    ``DOZE_MAX``; a stand-by (``leader`` not set) does not pull at all.
     """
     stops = (held.stopping,) if stop is None else (held.stopping, stop)
 
@@ -60,8 +76,14 @@ async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch:
         return free
 
     while True:
+        if wake is not None:
+            if not leader.is_set():
+                await _first(leader, *stops)
+                if draining():
+                    return
+            wake.clear()  # set again by any message published from now on: none is missed
         ps = PullStream(nc, stream, durable, batch=fetch_batch, expires=PULL_EXPIRES, room=room,
-                        until_empty=done is not None)
+                        until_empty=done is not None or wake is not None)
         await ps.start()
         for event in stops:
             wake_on(event, ps.stop)
@@ -84,5 +106,12 @@ async def pull(nc: NATS, stream: str, durable: str, source: str, *, fetch_batch:
                     held.add(Item(msg, source, part))
                 else:
                     dispatch(Item(msg, source, part))
-        if done is None or draining() or nc.is_closed or await done():
+        if draining() or nc.is_closed:
             return
+        if done is not None:
+            if await done():
+                return
+        elif wake is None:
+            return
+        else:
+            await _first(wake, *stops, timeout=DOZE_MAX)

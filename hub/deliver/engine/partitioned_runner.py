@@ -19,7 +19,7 @@ from hub.core.subjects import PARTS_STREAM, REDRIVE_STREAM, redrive_subject
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.feed import PULL_EXPIRES
 from hub.deliver.engine.partitions import fair_share, part_consumer, part_filters, preference
-from hub.deliver.engine.runner import Runner, redrive_consumer, takeover_after
+from hub.deliver.engine.runner import Runner, redrive_consumer
 from hub.deliver.settings import seconds
 from hub.deliver.state.lease import Lease
 
@@ -31,6 +31,7 @@ class Part:
 
     def __init__(self, k: int, lease: Lease):
         self.k, self.lease = k, lease
+        self.wake: asyncio.Event | None = None  # set by the watch when the integration has a new message
         self.leader = asyncio.Event()  # this process holds the partition
         self.stop = asyncio.Event()  # set while being handed over: its pull stops
         self.task: asyncio.Task | None = None
@@ -42,9 +43,7 @@ class PartitionedRunner(Runner):
     def __init__(self, ctx: Context, grant: Grant, target: Target, partitions: int):
         super().__init__(ctx, grant, target)
         self.lease = None
-        stale = takeover_after(ctx.settings)
-        self.parts = [Part(k, Lease(ctx.state, f"lease.{grant.id}.p{k}", ctx.process_id, stale))
-                      for k in range(partitions)]
+        self.parts = [Part(k, ctx.leases.lease(f"lease.{grant.id}.p{k}")) for k in range(partitions)]
         self.leader = self.parts[0].leader  # redrive and replay are pulled by partition 0's holder
 
     def consumers(self) -> list[tuple[str, str]]:
@@ -100,8 +99,11 @@ class PartitionedRunner(Runner):
 
     def _start_pulling(self) -> None:
         g = self.grant
+        for p in self.parts:  # the server computes a course's partition: a new message wakes every partition
+            p.wake = self._wake_on(g.filter_subjects())
         self.tasks.append(asyncio.create_task(self._balance()))
-        redrive = asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive"))
+        redrive = asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive",
+                                                 wake=self._wake_on([redrive_subject(g.id)])))
         self.pulls.append(redrive)
         self.tasks.append(redrive)
         period = max(0.2, seconds(self.ctx.settings.ack_wait) / 3)
@@ -159,7 +161,7 @@ class PartitionedRunner(Runner):
         p.leader.set()
         p.task = asyncio.create_task(self._pull(
             PARTS_STREAM, part_consumer(self.grant.id, p.k), "live", leader=p.leader, part=p.k,
-            stop=p.stop))
+            stop=p.stop, wake=p.wake))
         self.pulls.append(p.task)
 
     def _start_hand_over(self, p: Part) -> None:

@@ -28,7 +28,6 @@ from hub.core.streams import DAY
 from hub.core.subjects import PARTS_STREAM, PROTOCOL_STREAMS
 
 PREFIX = "part."
-ALIVE = "alive."
 
 
 def parts_stream_config(partitions: int, replicas: int, max_age_days: int,

@@ -7,6 +7,8 @@ import random
 import time
 from typing import Literal
 
+from hub.core.delivery_kinds import KINDS
+
 Outcome = Literal["delivered", "retry", "disable", "reject"]
 
 
@@ -18,11 +20,12 @@ def classify(kind: str, status: int | None, batch_len: int = 1) -> Outcome:
         return "retry"
     if 200 <= status < 300:
         return "delivered"
-    if kind == "lrs" and status == 409:
-        return "delivered" if batch_len == 1 else "reject"
+    props = KINDS[kind]
+    if status == 409 and (props.conflict_is_stored or props.rejects_whole_batch):
+        return "delivered" if batch_len == 1 and props.conflict_is_stored else "reject"
     if status == 410:
         return "disable"
-    if kind == "lrs" and status == 400:
+    if status == 400 and props.rejects_whole_batch:
         return "reject"
     return "retry"
 

@@ -14,7 +14,7 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from hub.core.grants import Grant, Target, consumer_name
+from hub.core.grants import Grant, Target, consumer_name, replay_name
 from hub.core.subjects import PROTOCOL_STREAMS, REDRIVE_STREAM, redrive_subject
 from hub.deliver.engine.circuit import Circuit
 from hub.deliver.engine.context import Context
@@ -28,7 +28,6 @@ from hub.deliver.engine.lanes import Lanes
 from hub.deliver.engine.schedules import Schedules
 from hub.deliver.engine.streak import Streak
 from hub.deliver.settings import DeliverSettings, seconds
-from hub.deliver.state.lease import Lease
 from hub.deliver.state.records import Stats
 
 log = logging.getLogger("rthub.deliver")
@@ -39,7 +38,7 @@ def redrive_consumer(grant_id: str) -> str:
 
 
 def replay_consumer(grant_id: str) -> str:
-    return consumer_name(grant_id) + "_replay"
+    return replay_name(grant_id)
 
 
 def takeover_after(s: DeliverSettings) -> float:
@@ -56,7 +55,7 @@ class Runner:
         self.ctx, self.grant = ctx, grant
         s = ctx.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target)
+        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity)
         self.schedules = Schedules(ctx.state, grant.id)
         self.held = Held(ctx.nc, self._acked)
         self.recorder = Recorder(ctx, grant.id)
@@ -71,8 +70,8 @@ class Runner:
         self.replay_task: asyncio.Task | None = None
         self.stopping = False
         self.leader = asyncio.Event()
-        self.lease = None if target.parallel else Lease(ctx.state, f"lease.{grant.id}", ctx.process_id,
-                                                        takeover_after(s))
+        self.lease = None if target.parallel else ctx.leases.lease(f"lease.{grant.id}")
+        self.wakes: list[asyncio.Event] = []  # set by the watch: a message for a dozing pull loop
 
     @property
     def target(self) -> Target:
@@ -87,7 +86,17 @@ class Runner:
         """``(stream, durable)`` of the consumers that hold this integration's backlog (for its lag)."""
         return [(self.stream, consumer_name(self.grant.id))]
 
+    def _wake_on(self, filters: list[str]) -> asyncio.Event:
+        event = asyncio.Event()
+        self.ctx.watch.add(event, filters)
+        self.wakes.append(event)
+        return event
+
     async def start(self) -> None:
+        async with self.ctx.starts:
+            await self._start()
+
+    async def _start(self) -> None:
         await self._add_consumers()
         await self.streak.load()
         await self.recorder.load()
@@ -114,18 +123,20 @@ class Runner:
             self.leader.set()
         else:
             self.tasks.append(asyncio.create_task(self._hold_lease()))
-        self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live")),
-                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive"))]
+        live, redrive = self._wake_on(g.filter_subjects()), self._wake_on([redrive_subject(g.id)])
+        self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live", wake=live)),
+                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive",
+                                                      wake=redrive))]
         self.tasks += self.pulls
         period = max(0.2, seconds(self.ctx.settings.ack_wait) / 3)
         self.tasks.append(asyncio.create_task(self.held.keep_alive(period)))
 
     def _pull(self, stream: str, durable: str, source: str, done=None, leader: asyncio.Event | None = None,
-              part: int | None = None, stop: asyncio.Event | None = None):
+              part: int | None = None, stop: asyncio.Event | None = None, wake: asyncio.Event | None = None):
         s = self.ctx.settings
         return pull(self.ctx.nc, stream, durable, source, fetch_batch=s.fetch_batch, max_in_flight=s.max_in_flight,
                     held=self.held, leader=leader or self.leader, dispatch=self._dispatch, done=done, part=part,
-                    stop=stop)
+                    stop=stop, wake=wake)
 
     async def maybe_replay(self) -> None:
         """Run the integration's replay consumer, if a replay was requested and this process delivers.
@@ -193,6 +204,8 @@ class Runner:
         of the naks; before, a restart delivered courses out of order (issue 10 bug 8).
         """
         self.stopping = True
+        for event in self.wakes:
+            self.ctx.watch.remove(event)
         await self.lanes.stop()
         others = [t for t in self.tasks if t not in self.pulls]
         for task in others:

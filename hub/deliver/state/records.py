@@ -24,6 +24,38 @@ H_SEQ = "Rthub-Stream-Seq"
 H_ID = "Rthub-Statement-Id"
 H_ATTEMPTS = "Rthub-Attempts"
 H_FAILED_AT = "Rthub-Failed-At"
+POSITION = (H_SUBJECT, H_ID, H_STREAM, H_SEQ)  # what a redriven copy keeps: where the statement came from
+
+
+class DeadLetterHeaders(msgspec.Struct, kw_only=True):
+    """What a dead letter carries besides the statement, in one place: written by
+    :mod:`hub.deliver.engine.dead_letters`, read back by :mod:`hub.deliver.actions`."""
+
+    reason: str = ""
+    last_status: int = 0
+    response: str = ""
+    subject: str = ""
+    statement_id: str = ""
+    attempts: int = 0
+    failed_at: str = ""  # ISO 8601
+    stream: str = ""  # the protocol stream and sequence the statement was delivered from
+    seq: int = 0
+
+    def to_headers(self) -> dict[str, str]:
+        return {name: str(getattr(self, field)) for field, name in _HEADER_OF.items()}
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, str] | None) -> DeadLetterHeaders:
+        h = headers or {}
+        values = {field: h.get(name, "") for field, name in _HEADER_OF.items()}
+        for field in ("last_status", "attempts", "seq"):
+            values[field] = int(values[field]) if str(values[field]).isdigit() else 0
+        return cls(**values)
+
+
+_HEADER_OF = {"reason": H_REASON, "last_status": H_STATUS, "response": H_RESPONSE, "subject": H_SUBJECT,
+              "statement_id": H_ID, "attempts": H_ATTEMPTS, "failed_at": H_FAILED_AT, "stream": H_STREAM,
+              "seq": H_SEQ}
 
 
 class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -108,6 +108,9 @@ def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sen
     else:
         url = target.url
         body = b"[" + b",".join(items) + b"]" if batch else items[0]
+        if protocol == "cloudevents":  # CloudEvents' HTTP binding, structured (and batched) mode
+            headers["content-type"] = ("application/cloudevents-batch+json" if batch
+                                       else "application/cloudevents+json")
     if target.kind == "webhook":
         headers.update(signing.headers(target.secrets, batch_id(ids) if batch else ids[0], body))
     if target.bearer:
