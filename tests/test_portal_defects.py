@@ -85,7 +85,7 @@ async def test_disabled_mail_states_the_deliverers_reason(app, admin, mailbox, j
     target: Target = await read_target(app, js, key)
     reason = "endpoint answered 410 Gone at 2026-12-04T12:00:00Z"
     target.enabled, target.disabled_reason = False, reason
-    await portal._put_target(target)  # as the deliverer does on a 410
+    await portal.put_target(target)  # as the deliverer does on a 410
     await portal.status(row)
     text = body(await mailbox.wait(consumer.email, "switched off"))
     assert f"Reason: {reason}" in text and "kept failing" not in text and "Re-enable" in text
