@@ -285,8 +285,9 @@ async def test_nats_restarted_mid_stream_loses_nothing(tmp_path):
         server.start()
         for i in range(20):
             events.enrollment_created(f"after{i}", COURSE)
-        got = await _until_received(bus, 60, timeout=60)
-        names = [g["username"] for g in got]
+        # an ack lost with the connection may deliver an event twice (at least once): count distinct events
+        await wait_for(lambda: len({g["username"] for g in bus.lines()}) >= 60, 60, "60 distinct events")
+        names = [g["username"] for g in bus.lines()]
         assert len(set(names)) == 60
         assert {n for n in names if n.startswith("during")} == {f"during{i}" for i in range(20)}
     finally:
