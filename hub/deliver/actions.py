@@ -236,6 +236,23 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
     return sid
 
 
+async def statements(js: JetStreamContext, grant_id: str, seqs: list[int], limit: int = 5) -> list[bytes | None]:
+    """The stored bodies of the first ``limit`` of ``seqs`` (an attempt's statements) in the integration's protocol
+    stream, each only if it lies within the grant's subjects; ``None`` for one that expired or is not its."""
+    grant = await _grant(js, grant_id)
+    stream = PROTOCOL_STREAMS[grant.protocol]
+    subjects = grant.filter_subjects()
+    out: list[bytes | None] = []
+    for seq in seqs[:limit]:
+        try:
+            msg = await js.get_msg(stream, seq=seq) if seq > 0 else None
+        except NotFoundError:
+            msg = None
+        out.append(msg.data if msg is not None and any(subject_matches(f, msg.subject) for f in subjects)
+                   else None)
+    return out
+
+
 def _body_id(data: bytes) -> str | None:
     try:
         value = msgspec.json.decode(data)

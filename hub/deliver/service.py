@@ -49,7 +49,7 @@ from hub.deliver.engine.runner import Runner, takeover_after
 from hub.deliver.engine.watch import Watch
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state.lease import LeaseBook
-from hub.deliver.state.records import Attempt, summarize
+from hub.deliver.state.records import Attempt, pack
 from hub.deliver.transport import ssrf
 from hub.translate import ExternalIds
 
@@ -346,15 +346,15 @@ class Deliverer:
             log.warning("could not disable %s: %s", grant_id, exc)
 
     def log_attempt(self, grant_id: str, entry: Attempt) -> None:
-        """Queued; :meth:`_attempt_loop` publishes every ``ATTEMPT_FLUSH`` seconds (summed up, see ``summarize``)."""
+        """Queued; :meth:`_attempt_loop` publishes every ``ATTEMPT_FLUSH`` seconds (packed, see ``pack``)."""
         self.attempt_log.setdefault(grant_id, []).append(entry)
 
     async def flush_attempts(self) -> None:
         queued, self.attempt_log = self.attempt_log, {}
         for grant_id, entries in queued.items():
-            for entry in summarize(entries):
+            for data in pack(entries):
                 try:
-                    await self.nc.publish(attempts_subject(grant_id), msgspec.json.encode(entry))
+                    await self.nc.publish(attempts_subject(grant_id), data)
                 except nats.errors.Error:  # the attempt log is best effort; counters still count
                     pass
 
