@@ -21,7 +21,7 @@ import gc
 import logging
 import signal as signals
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -114,6 +114,8 @@ class NatsEventConsumer(EventBusConsumer):
         self.consumer_name = consumer_name or process_name(group_id)
         if isinstance(offset_time, str):
             offset_time = datetime.fromisoformat(offset_time.replace("Z", "+00:00"))
+        if offset_time is not None and offset_time.tzinfo is None:
+            offset_time = offset_time.replace(tzinfo=UTC)  # a time without zone is UTC, as the LMS's times are
         self.offset_time = offset_time
         if extra:
             log.warning("event bus consumer: unknown --extra options ignored: %s", sorted(extra))
