@@ -327,6 +327,7 @@ def test_layering_contracts_hold():
     from pathlib import Path
 
     lint = Path(sys.executable).with_name("lint-imports")
+    assert lint.exists(), "import-linter is missing: pip install -e '.[test]'"
     done = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0 and " 0 broken" in done.stdout, done.stdout[-3000:]
 
