@@ -28,13 +28,16 @@ MSG_ID = "Nats-Msg-Id"
 
 
 def allowed_events(settings: PublisherSettings) -> frozenset[str]:
-    """The allow-list: the configured names, else every name the translators support."""
+    """The allow-list: the configured names, else every name the translators support; the learner group
+    membership events (:mod:`lms_publisher.groups`) always pass."""
+    from hub.core.groups import MEMBERSHIP_EVENTS
+
     if settings.allow_events:
-        return frozenset(settings.allow_events)
+        return frozenset(settings.allow_events) | MEMBERSHIP_EVENTS
     from hub.core.subjects import PROTOCOLS
     from hub.translate import supported
 
-    return frozenset().union(*(supported(p) for p in PROTOCOLS))
+    return frozenset().union(*(supported(p) for p in PROTOCOLS)) | MEMBERSHIP_EVENTS
 
 
 class Summary:

@@ -27,7 +27,7 @@ from portal.services import (
     public_view,
     requested_scope,
 )
-from portal.services.integrations import header_names, payload_filter_of
+from portal.services.provisioning import header_names, payload_filter_of
 from portal.tables import Integration
 from portal.validation import PAYLOAD_PARTS
 from portal.web import page

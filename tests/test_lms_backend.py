@@ -127,10 +127,12 @@ async def test_over_limit_events_are_rejected_in_the_lms_with_the_hubs_reason(js
 
 
 def test_default_allow_list_is_what_the_translators_support(tmp_path, nats_server):
+    from hub.core.groups import MEMBERSHIP_EVENTS
     from hub.translate import supported
 
     backend = NatsBackend(nats_url=nats_server.url, spool_dir=str(tmp_path), start=False)
-    assert backend.allow == supported("xapi") | supported("caliper")
+    # and the learner group membership events of lms_publisher.groups, which the hub applies
+    assert backend.allow == supported("xapi") | supported("caliper") | MEMBERSHIP_EVENTS
     assert "play_video" in backend.allow and "edx.bi.user.logged_in" not in backend.allow
     backend.spool.close()
 

@@ -31,6 +31,7 @@ IDENT_PREFIX = "ident"  # ident.<grant>.<statement subject>: a direct grant's st
 CONTROL_PREFIX = "rthub."
 MEMBER_ADDED, MEMBER_REMOVED, LEARNER_RETIRED = "rthub.group.member_added", "rthub.group.member_removed", \
     "rthub.learner.retired"
+MEMBERSHIP_EVENTS = frozenset({MEMBER_ADDED, MEMBER_REMOVED, LEARNER_RETIRED})
 
 
 class Group(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -327,14 +327,16 @@ def _auth_config(data_dir: Path, notes: list[str] | None = None) -> tuple[str, d
     from hub.auth import AuthStore
 
     auth = AuthStore.ensure(data_dir)
+    # The demo publishes like an LMS: raw events of its own site only, from the site's own account, which the
+    # server config below must therefore already hold.
+    publisher = str(auth.service_creds("publisher", site=os.environ.get("RTHUB_SITE", "default")))
     config = auth.server_config(data_dir / "nats" / "resolver")
     for grant_id, reason in auth.refused_tenants().items():
         (notes if notes is not None else []).append(f"direct subscription {grant_id} is failing: its account "
                                                     f"JWT was not loaded ({reason})")
     services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "admin": "admin"}
     creds = {name: str(auth.service_creds(svc)) for name, svc in services.items()}
-    # The demo publishes like an LMS: raw events of its own site only.
-    creds["publisher"] = str(auth.service_creds("publisher", site=os.environ.get("RTHUB_SITE", "default")))
+    creds["publisher"] = publisher
     return config, creds
 
 

@@ -82,6 +82,11 @@ class OpenedxHub(Hub):
     stream = OPENEDX_STREAM
 
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
+        try:  # fail at start, not by quarantining every event
+            import fastavro  # noqa: F401
+            import openedx_events  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(f"RTHUB_OPENEDX_TOPICS needs the openedx extra (pip install 'rthub[openedx]'): {exc}") from None
         super().__init__(settings, metrics)
         self.consumer = settings.openedx_consumer
         self.supported = {p: translator.supported(p) for p in PROTOCOLS}

@@ -16,11 +16,12 @@ from hub.deliver.engine import lagtrend
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item, seq
 from hub.deliver.state.records import Attempt, Stats
-from hub.deliver.transport.request import Result
+from hub.deliver.transport.request import Result, response_headers
 
 log = logging.getLogger("rthub.deliver")
 
 RECENT = 20
+BODY_KB = 1024  # bytes of the response body an attempt record keeps
 
 
 class Recorder:
@@ -78,7 +79,10 @@ class Recorder:
     def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
         entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
                         status=result.status, latency_ms=result.latency_ms, error=result.error,
-                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items])
+                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items],
+                        url=result.url, trace=(items[0].msg.headers or {}).get("traceparent"),
+                        request_headers=result.sent, response_headers=response_headers(result.headers),
+                        response_body=result.body[:BODY_KB].decode("utf-8", "replace") if result.body else None)
         metrics, stats = self.ctx.metrics, self.stats
         if outcome != "delivered":
             stats.failures += 1
@@ -90,7 +94,7 @@ class Recorder:
         else:
             stats.last_success = entry.t
         recent = stats.recent
-        recent.append(entry)
+        recent.append(msgspec.structs.replace(entry, request_headers={}, response_headers={}, response_body=None))
         if len(recent) > 2 * RECENT:  # trimmed now and then, not rebuilt per attempt
             del recent[:-RECENT]
         self.dirty = True
