@@ -312,3 +312,11 @@ async def test_unusable_bus_message_is_quarantined_with_its_reason_and_the_next_
         await asyncio.wait_for(task, 20)
         await nc.close()
         server.stop()
+
+
+def test_portal_catalog_knows_open_edx_event_types():
+    from portal.catalog import unknown_event_types
+
+    assert unknown_event_types("cloudevents", [tr.ENROLLED, "play_video"]) == ["play_video"]
+    assert unknown_event_types("xapi", [tr.ENROLLED, "play_video"]) == []
+    assert unknown_event_types("xapi", ["org.openedx.learning.auth.session.login.completed.v1"])  # refused

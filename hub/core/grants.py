@@ -140,6 +140,16 @@ def replay_name(grant_id: str) -> str:
     return f"{consumer_name(grant_id)}_replay"
 
 
+def redrive_name(grant_id: str) -> str:
+    """The deliverer's second consumer of an integration, on the REDRIVE stream (dead letters sent back)."""
+    return f"{consumer_name(grant_id)}_redrive"
+
+
+def part_name(grant_id: str, k: int) -> str:
+    """The deliverer's consumer of partition ``k`` of an ordered integration, on the partition stream."""
+    return f"{consumer_name(grant_id)}_p{k}"
+
+
 def decode_grant(data: bytes) -> Grant:
     return msgspec.json.decode(data, type=Grant)
 

@@ -31,6 +31,15 @@ from portal.validation import IntegrationSpec, Scope, check_narrowing, check_sco
 log = logging.getLogger("rthub.portal")
 
 
+class DuplicateRequest(PortalError):
+    """The same request (name, protocol, delivery, URL, scope) is already pending for this owner: a resubmitted
+    form (Back + submit) or a retried API call; ``key`` is the pending one."""
+
+    def __init__(self, key: str):
+        super().__init__(f"You already asked for exactly this: request {key} is pending.", 409)
+        self.key = key
+
+
 class Transition(NamedTuple):
     frm: frozenset[str]  # the statuses the decision applies to
     to: str  # the status it makes
@@ -116,6 +125,11 @@ class IntegrationService(ProvisioningService):
         if not owner.email_verified and not allow_unverified:
             raise PortalError("Confirm the owner's e-mail address before requesting access "
                               "(the link is in the mail sent at sign-up).", 403)
+        for same in await Integration.objects().where(
+                (Integration.owner == owner.id) & (Integration.status == "pending") & (Integration.name == spec.name)
+                & (Integration.protocol == spec.protocol) & (Integration.delivery == spec.delivery)):
+            if same.url == spec.url and requested_scope(same) == spec.scope:  # JSON compared here (PostgreSQL's
+                raise DuplicateRequest(same.key)                             # json type has no "=")
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
@@ -246,7 +260,7 @@ class IntegrationService(ProvisioningService):
                              f"identity fields approved: {', '.join(granted.identity)}")
         await self._settle(row, actor)
         if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
-            await self.notify(row, "approved")
+            await self.notify(row, "approved", note=narrowing_note(requested_scope(row), granted))
         return row
 
     async def refuse_size(self, actor: Account, row: Integration, scope: Scope) -> None:
@@ -407,13 +421,15 @@ class IntegrationService(ProvisioningService):
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
 
-    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
-        """Mail the owner about a decision; a mail failure is audited, never undoes the decision."""
+    async def notify(self, row: Integration, event: str, reason: str = "", note: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is audited, never undoes the decision. ``note``: what
+        else the owner must know (a narrowed scope)."""
         owner = await Account.objects().get(Account.id == row.owner)
         if owner is None or owner.password_hash == "!disabled":  # operator-managed owners have no mailbox here
             return
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
+                + (f"\n{note}\n" if note else "")
                 + (f"\nReason: {reason}\n" if reason else "")
                 + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
@@ -472,8 +488,9 @@ _NOTICES = {
     "denied": ("denied", "Your request was denied."),
     "suspended": ("suspended", "An administrator suspended it: deliveries and credentials are stopped until it "
                                "is resumed."),
-    "disabled": ("switched off", "Deliveries were switched off automatically because the endpoint kept failing. "
-                                 "Fix the endpoint, then contact an administrator."),
+    "disabled": ("switched off", "The deliverer switched deliveries off automatically, for the reason below. "
+                                 "The events are kept: fix the endpoint, then press Re-enable on the integration "
+                                 "page to receive them."),
 }
 
 
@@ -488,6 +505,19 @@ def _scope_notice(scope: Scope) -> str:
     else:
         out += "\nIdentities stay anonymized: no identity field was approved.\n"
     return out
+
+
+def narrowing_note(requested: Scope, granted: Scope) -> str:
+    """For the approval mail: what the administrator granted less than asked (empty when all was granted)."""
+    parts = []
+    for field in ("sites", "orgs", "courses", "event_types", "learner_groups"):
+        asked, got = getattr(requested, field, []), getattr(granted, field, [])
+        if set(asked) != set(got):
+            label = field.replace("_", " ")
+            parts.append(f"- {label}: you asked for {', '.join(asked) or 'any'}; granted {', '.join(got) or 'any'}")
+    if not parts:
+        return ""
+    return "The administrator narrowed the scope you asked for:\n" + "\n".join(parts)
 
 
 def _scope_text(scope: Scope) -> str:

@@ -19,6 +19,8 @@ from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
 
+RESEND_MAX = 500  # statements one resend sends again: the largest batch (validation.BATCH_MAX)
+
 
 def _since(text: Any, field: str = "since") -> dt.datetime:
     value = str(text or "").strip()
@@ -77,6 +79,9 @@ async def _resume(portal: Portal, user: Account, row: Integration, p: dict[str, 
 
 async def _scope(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     how = await endpoints.change_scope(portal, user, row, p)
+    if how == "applied" and row.scope_change:
+        return ActionResult(integration=row.key, action="scope", message="Narrower scope applied at once. Your "
+                            "request for a wider scope is still pending with an administrator.")
     return ActionResult(integration=row.key, action="scope", message="Narrower scope applied at once."
                         if how == "applied" else "Scope change sent: an administrator will review it; the current "
                         "scope keeps working meanwhile.")
@@ -91,12 +96,17 @@ async def _retry_now(portal: Portal, user: Account, row: Integration, p: dict[st
 
 async def _resend(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     _need(row)
-    seq = int(p.get("seq") or 0)
-    if seq <= 0:
+    # one statement (``seq``) or every statement of one POST (``seqs``, an attempt's), in their order
+    raw = p.get("seqs") if p.get("seqs") else [p.get("seq") or 0]
+    seqs = [int(s) for s in raw if str(s).isdigit() and int(s) > 0][:RESEND_MAX]
+    if not seqs:
         raise PortalError("This attempt has no stored statement to resend (a test event: send a new one).", 409)
-    sid = await actions.resend(await portal.js(), row.key, seq)
-    return ActionResult(integration=row.key, action="resend", statement_id=sid, count=1,
-                        message=f"Statement {sid} queued to be sent again (same id).")
+    js = await portal.js()
+    sids = [await actions.resend(js, row.key, s) for s in seqs]
+    return ActionResult(integration=row.key, action="resend", statement_id=sids[0], count=len(sids),
+                        message=f"Statement {sids[0]} queued to be sent again (same id)." if len(sids) == 1
+                        else f"{len(sids)} statements of that request queued to be sent again (same ids, same "
+                        "order).")
 
 
 async def _redrive(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
