@@ -15,11 +15,15 @@ from hub.core.events import nesting_depth
 from portal.headers import SECURITY_HEADERS
 
 MAX_JSON_DEPTH = 32  # the deepest request structure is 3 levels (custom headers); room for clients' habits
+
+
 def _refusal(path: str, status: int, message: str) -> tuple[bytes, bytes]:
     if path.startswith("/api/"):
         return json.dumps({"error": message}).encode(), b"application/json"
-    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{status}</title></head>"
-            f"<body><h1>{status}</h1><p>{message}</p></body></html>")
+    page = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{status}</title></head>"
+        f"<body><h1>{status}</h1><p>{message}</p></body></html>"
+    )
     return page.encode(), b"text/html; charset=utf-8"
 
 
@@ -35,7 +39,9 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").strip()
-        too_big = f"Request body too large: at most {self.max_bytes} bytes are accepted (RTHUB_MAX_BODY_BYTES)."
+        too_big = (
+            f"Request body too large: at most {self.max_bytes} bytes are accepted (RTHUB_MAX_BODY_BYTES)."
+        )
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, send, 413, too_big)
             return
@@ -53,16 +59,26 @@ class BodyLimit:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        if (b"json" in headers.get(b"content-type", b"") and body.count(b"[") + body.count(b"{") > self.max_depth
-                and nesting_depth(body) > self.max_depth):
+        if (
+            b"json" in headers.get(b"content-type", b"")
+            and body.count(b"[") + body.count(b"{") > self.max_depth
+            and nesting_depth(body) > self.max_depth
+        ):
             await self._refuse(scope, send, 400, f"JSON nested deeper than {self.max_depth} levels.")
             return
-        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
 
     async def _refuse(self, scope, send, status: int, message: str) -> None:
         body, kind = _refusal(scope.get("path", ""), status, message)
-        head = [(b"content-type", kind), (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
-                (b"cache-control", b"no-store"), *((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]
+        head = [
+            (b"content-type", kind),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"cache-control", b"no-store"),
+            *((k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": body})
 

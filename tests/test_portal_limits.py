@@ -303,8 +303,12 @@ async def test_a_direct_subscriber_cannot_publish_large_messages(op_server, data
         await asyncio.wait_for(closed.wait(), 5)  # the server cut it off ("Maximum Payload Violation")
         assert errors, "the server closed the connection with an error"
         # The same credential with a message under the limit stays connected: it is the size.
-        ok = await nats.connect(op_server.url, user_credentials=RawCredentials(text), allow_reconnect=False,
-                                inbox_prefix=creds_inbox_prefix(text))
+        ok = await nats.connect(
+            op_server.url,
+            user_credentials=RawCredentials(text),
+            allow_reconnect=False,
+            inbox_prefix=creds_inbox_prefix(text),
+        )
         await ok.publish(pull, b"x" * (TENANT_MAX_PAYLOAD // 2))
         await ok.flush()
         assert ok.is_connected
