@@ -41,7 +41,10 @@ AUTH_DIR = "nats-auth"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 TENANTS = "tenants"
 # What one direct subscriber's account may hold: a few connections, no JetStream, no exports.
-TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0}
+# A subscriber only publishes pull requests and acks (tens of bytes): 4 KB per message is plenty, and bounds what
+# its users can make the server carry (the server's own limit is 1 MB).
+TENANT_MAX_PAYLOAD = 4096
+TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0, "payload": TENANT_MAX_PAYLOAD}
 # Largest account JWT written or loaded: it travels as one message ($SYS.REQ.CLAIMS.UPDATE, max_payload 1 MB)
 # and sits in every server's config; a direct subscription within MAX_FILTERS_DIRECT stays far below it.
 MAX_ACCOUNT_JWT_BYTES = 256 * 1024

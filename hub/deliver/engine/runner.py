@@ -49,7 +49,7 @@ class Runner:
         self.stream = PROTOCOL_STREAMS[grant.protocol]
         self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity)
         self.schedules = Schedules(ctx.state, grant.id)
-        self.held = Held(ctx.nc, self._acked)
+        self.held = Held(ctx.nc, self._acked, before_acks=lambda: self.recorder.flush())
         self.recorder = Recorder(ctx, grant.id)
         self.streak = Streak(ctx, grant.id)
         self.circuit = Circuit(seconds(s.probe_min), seconds(s.probe_max))
