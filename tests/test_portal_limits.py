@@ -316,3 +316,11 @@ async def test_a_direct_subscriber_cannot_publish_large_messages(op_server, data
     finally:
         if not sub.is_closed:
             await sub.close()
+
+
+async def test_lists_and_text_fields_are_bounded_and_named(api):
+    spec = {"name": "n", "protocol": "xapi", "delivery": "direct", "sites": [SITE]}
+    many = await api.post("/api/v1/integrations", json={**spec, "orgs": [f"O{i}" for i in range(51)]})
+    assert many.status_code == 400 and many.json()["errors"]["orgs"] == "At most 50 entries."
+    long = await api.post("/api/v1/integrations", json={**spec, "courses": [COURSE], "name": "n" * 101})
+    assert long.status_code == 400 and "At most 100 characters" in long.json()["errors"]["name"]
