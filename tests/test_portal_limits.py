@@ -324,3 +324,24 @@ async def test_lists_and_text_fields_are_bounded_and_named(api):
     assert many.status_code == 400 and many.json()["errors"]["orgs"] == "At most 50 entries."
     long = await api.post("/api/v1/integrations", json={**spec, "courses": [COURSE], "name": "n" * 101})
     assert long.status_code == 400 and "At most 100 characters" in long.json()["errors"]["name"]
+
+
+async def test_a_row_stored_before_the_size_limit_still_shows(app, api):
+    """An integration approved before scopes were bounded (51 subjects, direct) keeps its page; writing it
+    again is what the limit refuses."""
+    from portal.services.provisioning import scope_json
+    from portal.tables import Integration
+    from portal.validation import IntegrationSpec, Scope
+
+    portal = app.state.portal
+    root = api.account
+    spec = IntegrationSpec(name="old", protocol="xapi", delivery="direct", scope=Scope(sites=[SITE]))
+    row = await portal.create_integration(root, spec, approved_by=root)
+    wide = Scope(sites=[SITE], orgs=["Org", "O1", "O2"], courses=[f"course-v1:Org+C{i}+1" for i in range(17)])
+    await Integration.update({Integration.granted: scope_json(wide)}).where(Integration.key == row.key)
+    async with client(app) as web:
+        await web.get("/login")
+        csrf = web.cookies.get("csrftoken")
+        await web.post("/login", data={"email": root.email, "password": PASSWORD, "_csrf_token": csrf})
+        shown = await web.get(f"/integrations/{row.key}")
+        assert shown.status_code == 200 and row.key in shown.text
