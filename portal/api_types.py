@@ -216,7 +216,10 @@ class AuditView(msgspec.Struct, kw_only=True):
 
 # ---- running an integration (portal.controllers.ops)
 class ResendRequest(msgspec.Struct, kw_only=True):
-    seq: int
+    """``seq`` (one statement) or ``seqs`` (every statement of one POST: an attempt's ``seqs``, up to 500)."""
+
+    seq: int | None = None
+    seqs: list[int] | None = None
 
 
 class RedriveRequest(msgspec.Struct, kw_only=True):

@@ -11,6 +11,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Template
 
+from hub.auth.store import refused_reason
 from hub.core.delivery_kinds import is_push
 from portal.api_types import (
     IntegrationView,
@@ -27,7 +28,7 @@ from portal.services import (
     public_view,
     requested_scope,
 )
-from portal.services.integrations import header_names, payload_filter_of
+from portal.services.provisioning import header_names, payload_filter_of
 from portal.tables import Integration
 from portal.validation import PAYLOAD_PARTS
 from portal.web import page
@@ -71,7 +72,7 @@ async def direct_help(portal: Portal, row) -> dict[str, Any]:
     from hub.core.grants import consumer_name
     from hub.deliver.actions import test_statement
 
-    grant = grant_of(row, "")
+    grant = grant_of(row, "", validate=False)
     _, sample = test_statement(row.protocol, row.key)
     issued = [e for e in await portal.audit_log(200, row.key) if e.action == "creds.issue"]
     last = issued[0].at if issued else None
@@ -90,6 +91,10 @@ async def state_of(portal: Portal, row) -> EndpointState:
     """The endpoint at a glance, with the signing-secret overlap of a webhook."""
     stats = await portal.status(row)
     state = endpoint_state(row.status, row.delivery, row.decision_reason, row.updated, stats)
+    if state.state == "direct" and (refused := refused_reason(portal.settings.data_dir, row.key)):
+        state.state, state.reason = "failing", refused
+        state.headline = ("Failing: this subscription's NATS account was not loaded when the server last started "
+                          f"({refused}). An administrator re-scopes or re-approves it to repair it.")
     state.secrets = await _safe_count(portal, row)
     if state.secrets > 1 and row.old_secret_until:
         state.old_secret_until = row.old_secret_until.timestamp()

@@ -17,7 +17,7 @@ from hub.auth.permissions import (
     service_permissions,
 )
 from hub.core.creds import creds_jwt, inbox_prefix_of
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant, consumer_name, replay_name
 
 
 def test_jwt_round_trip_and_field_names():
@@ -72,7 +72,9 @@ def _grant(**kw) -> Grant:
 def test_consumer_permissions_name_one_consumer_exactly():
     grant = _grant(sites=["s1"])
     pub, sub = consumer_permissions(grant)
-    assert pub == [f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name('g1')}", f"$JS.ACK.XAPI.{consumer_name('g1')}.>"]
+    main, replay = consumer_name("g1"), replay_name("g1")  # its durable and its replay (issue 19, item 3)
+    assert pub == [f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{main}", f"$JS.ACK.XAPI.{main}.>",
+                   f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{replay}", f"$JS.ACK.XAPI.{replay}.>"]
     assert "_INBOX.>" not in sub and f"{consumer_inbox('g1')}.>" in sub
     assert grant.filter_subjects() == ["xapi.s1.*.course-v1:Org+C1+2024.*"]
     assert sub[1:] == ["xapi.s1.*.course-v1:Org+C1+2024.*", "xapi.s1.*.course-v1:Org+C1+2024.>"]

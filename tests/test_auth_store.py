@@ -34,6 +34,8 @@ def test_each_direct_subscriber_gets_its_own_account_with_exact_imports(tmp_path
     assert "mem_storage" not in tenant["nats"]["limits"]  # no JetStream of its own
     imports = {(i["type"], i["subject"]) for i in tenant["nats"]["imports"]}
     assert imports == {("service", "$JS.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1"), ("service", "$JS.ACK.XAPI.rthub_g1.>"),
+                       ("service", "$JS.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1_replay"),
+                       ("service", "$JS.ACK.XAPI.rthub_g1_replay.>"),
                        ("stream", "xapi.s.*.course-v1:O+A+1.*")}
     for imp in tenant["nats"]["imports"]:
         act = jwt.decode(imp["token"])  # signed by the data account, for this account and this subject only

@@ -7,6 +7,7 @@ again."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import msgspec
@@ -203,3 +204,74 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
     finally:
         await receiver.stop()
 
+
+
+async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js, nc, nats_server):
+    """Issue 24 attempt detail and issue 19.5: one log row per POST (never merged), the detail of one attempt
+    (status, response headers and body, request headers with the signature redacted, payload), Resend of a
+    batched POST sends all of its statements again."""
+    def answer(req):
+        return 201, {"X-Receiver": "rx-1"}, b'{"received": true, "note": "' + b"k" * 2000 + b'"}'
+
+    receiver = await Receiver(answer).start()
+    try:
+        async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
+            consumer, key, _ = await _approved(app, admin, receiver)
+            auth = {"Authorization": f"Bearer {await make_token(consumer)}"}
+            ids = [await publish(js, statement()) for _ in range(3)]
+            await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 10, "3 statements delivered")
+            items: list[dict] = []
+
+            async def logged() -> bool:
+                got = await consumer.get(f"/api/v1/integrations/{key}/deliveries", headers=auth)
+                items[:] = got.json()["items"]
+                return len(items) >= 3
+
+            await wait_for(logged, 10, "3 attempts in the log")
+            assert sorted(i["ids"][0] for i in items) == sorted(ids) and all(len(i["ids"]) == 1 for i in items)
+
+            one = next(i for i in items if i["ids"] == [ids[0]])
+            detail = await consumer.get(f"/api/v1/integrations/{key}/attempts/{one['id']}", headers=auth)
+            assert detail.status_code == 200, detail.text
+            d = detail.json()
+            a = d["attempt"]
+            assert a["status"] == 201 and a["response_headers"]["x-receiver"] == "rx-1"
+            assert a["response_body"].startswith('{"received": true') and len(a["response_body"]) == 1024
+            assert a["request_headers"]["webhook-id"] == ids[0]
+            assert a["request_headers"]["webhook-signature"] == "v1,<redacted>"
+            assert a["latency_ms"] > 0 and a["url"] == receiver.url + "/hook"
+            assert json.loads(d["payload"][0])["id"] == ids[0] and d["statements"] == 1
+            page = (await consumer.get(f"/integrations/{key}/attempts/{one['id']}")).text
+            assert 'id="a-status">201<' in page and "rx-1" in page and "v1,&lt;redacted&gt;" in page
+            assert ids[0] in page and 'id="resend"' in page
+
+            # not this integration's attempt, nonsense ids, a stranger: 404
+            other_consumer, other_key, _ = await _approved(app, admin, receiver)
+            assert (await other_consumer.get(f"/api/v1/integrations/{other_key}/attempts/{one['id']}",
+                                             headers={"Authorization": f"Bearer {await make_token(other_consumer)}"})
+                    ).status_code == 404
+            for bad in ("0", "x", "1.2.3", "99999999.0"):
+                assert (await consumer.get(f"/api/v1/integrations/{key}/attempts/{bad}", headers=auth)).status_code == 404
+            assert (await other_consumer.get(f"/integrations/{key}/attempts/{one['id']}")).status_code == 404
+
+            # a batched POST: one row with 3 statements, and Resend sends all 3 again
+            ok = await consumer.post(f"/api/v1/integrations/{key}/endpoint", headers=auth,
+                                     json={"batch_size": 3, "batch_wait_ms": 2000})
+            assert ok.status_code == 200, ok.text
+            batch = [await publish(js, statement()) for _ in range(3)]
+            await wait_for(lambda: set(batch) <= set(ids_received(receiver)), 15, "the batch delivered")
+            await wait_for(logged, 10, "log read")
+
+            async def batch_row() -> bool:
+                await logged()
+                return any(sorted(i["ids"]) == sorted(batch) for i in items)
+
+            await wait_for(batch_row, 10, "one row for the batched POST")
+            row = next(i for i in items if sorted(i["ids"]) == sorted(batch))
+            before = {s: ids_received(receiver).count(s) for s in batch}
+            resent = await consumer.post(f"/api/v1/integrations/{key}/resend", headers=auth, json={"seqs": row["seqs"]})
+            assert resent.status_code == 200 and resent.json()["count"] == 3, resent.text
+            await wait_for(lambda: all(ids_received(receiver).count(s) > before[s] for s in batch), 15,
+                           "all 3 statements of the POST sent again")
+    finally:
+        await receiver.stop()

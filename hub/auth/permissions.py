@@ -177,7 +177,8 @@ def hub_exports() -> list[tuple[str, str, str, bool]]:
     get a stream of replies: one per message of the batch, then a status). Every one needs
     an activation naming the importing account and an exact subject (:func:`tenant_imports`), so the
     wildcards here give no account more than its own consumer and its granted subjects."""
-    out: list[tuple[str, str, str, bool]] = []
+    # LMS sites' accounts publish their raw events through this (hub/auth/store.py: one activation per site).
+    out: list[tuple[str, str, str, bool]] = [("lms raw events", "lms.>", "service", False)]
     for protocol, stream in PROTOCOL_STREAMS.items():
         out += [(f"pull {stream}", f"{API}.CONSUMER.MSG.NEXT.{stream}.*", "service", True),
                 (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),

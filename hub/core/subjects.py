@@ -127,10 +127,14 @@ def filter_subject(prefix: str, site: str | None = None, org: str | None = None,
 
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
-    pat, sub = pattern.split("."), subject.split(".")
-    for i, token in enumerate(pat):
-        if token == ">":
-            return len(sub) > i
-        if i >= len(sub) or (token != "*" and token != sub[i]):
+    return tokens_match(pattern.split("."), subject.split("."))
+
+
+def tokens_match(pattern: tuple[str, ...] | list[str], tokens: tuple[str, ...] | list[str]) -> bool:
+    """:func:`subject_matches` over subjects already split into tokens (a hot path splits once)."""
+    for i, p in enumerate(pattern):
+        if p == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (p != "*" and p != tokens[i]):
             return False
-    return len(pat) == len(sub)
+    return len(pattern) == len(tokens)

@@ -55,6 +55,7 @@ from hub.core.streams import ensure_streams
 from hub.core.subjects import (
     COURSES_BUCKET,
     LEARNERS_BUCKET,
+    OPENEDX_STREAM,
     QUARANTINE_PREFIX,
     QUARANTINE_STREAM,
     RAW_STREAM,
@@ -568,7 +569,9 @@ async def serve(settings: HubSettings, stop: asyncio.Event | None = None, ready=
     gc.freeze()
     hub.metrics.healthy = hub.healthy
     lag = asyncio.create_task(hub.metrics.poll_lag(  # the hub consumer is shared: every hub reports the same lag
-        hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})],
+        hub.js, "hub_lag", lambda: [(RAW_STREAM, settings.hub_consumer, {"consumer": settings.hub_consumer})] + (
+            [(OPENEDX_STREAM, settings.openedx_consumer, {"consumer": settings.openedx_consumer})]
+            if settings.openedx_topics else []),
         settings.lag_poll_s))
     port = await hub.metrics.serve(settings.metrics_port, settings.metrics_host) if settings.metrics_port >= 0 else None
     log.info("hub running", extra={"fields": {"nats": settings.nats_url, "metrics_port": port,

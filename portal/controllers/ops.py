@@ -18,10 +18,12 @@ from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
 from portal.deliveries import (
     ActionResult,
+    AttemptDetail,
     AttemptPage,
     EndpointState,
     fmt,
     parse_filter,
+    read_attempt,
     read_attempts,
 )
 from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_admin, signed_in
@@ -72,6 +74,12 @@ class OpsPages(Controller):
         await flash.done(raw.get("_once"), where)
         return await go(request, where, result.message)
 
+    @get("/integrations/{key:str}/attempts/{attempt:str}")
+    async def attempt(self, request: Request, portal: PortalDep, row: RowDep, attempt: FromPath[str]) -> Template:
+        detail = await attempt_detail(portal, row, attempt)
+        return page(request, "attempt.html", row=row, d=detail, a=detail.attempt, push=row.delivery in PUSH,
+                    payload_text=[None if p is None else pretty(p) for p in detail.payload])
+
     @get("/integrations/{key:str}/deliveries")
     async def deliveries(self, request: Request, portal: PortalDep, row: RowDep) -> Template:
         key = row.key
@@ -90,6 +98,36 @@ class OpsPages(Controller):
         return page(request, "deliveries.html", row=row, state=state, attempts=attempts, dead=dead, filters=keep,
                     errors=errors, chart=chart, refresh_url=f"/integrations/{key}/state.json",
                     push=row.delivery in PUSH)
+
+
+def pretty(text: str) -> str:
+    """A stored statement indented for reading (as it is when it is not JSON)."""
+    import json
+
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+async def attempt_detail(portal, row, attempt: str) -> AttemptDetail:
+    """One attempt of ``row`` with its payload; 404 when it is not this integration's (or expired)."""
+
+    from hub.deliver import actions
+    from portal.services.integrations import payload_filter_of
+
+    if row.status not in ("approved", "suspended"):
+        raise PortalError("No such attempt.", 404)
+    js = await portal.js()
+    found = await read_attempt(js, row.key, attempt)
+    if found is None:
+        raise PortalError("No such attempt (or no longer kept).", 404)
+    bodies = await actions.statements(js, row.key, [s for s in found.seqs if s > 0]) if any(found.seqs) else []
+    payload = []
+    for body in bodies:
+        payload.append(body.decode("utf-8", "replace") if body is not None else None)
+    return AttemptDetail(attempt=found, payload=payload, statements=len(found.ids),
+                         payload_filter=payload_filter_of(row))
 
 
 @get("/integrations/{key:str}/state.json")
@@ -137,6 +175,12 @@ class OpsApi(Controller):
             return AttemptPage(items=[])
         return await read_attempts(await portal.js(), row.key, f)
 
+    @get("/attempts/{attempt:str}", responses=ERRORS)
+    async def attempt(self, portal: PortalDep, row: RowDep, attempt: FromPath[str]) -> AttemptDetail:
+        """One attempt (an ``id`` of the delivery log): time, duration, status, request headers (signature
+        redacted), response headers, the first KB of the response body, the trace, and the payload sent."""
+        return await attempt_detail(portal, row, attempt)
+
     @get("/dead-letters", responses=ERRORS)
     async def dead_letters(self, portal: PortalDep, row: RowDep) -> list[DeadLetterView]:
         if row.status not in ("approved", "suspended") or row.delivery not in PUSH:
@@ -179,8 +223,8 @@ class OpsApi(Controller):
     @post("/resend", responses=ERRORS, status_code=200)
     async def resend(self, portal: PortalDep, user: UserDep, row: RowDep,
                      data: JSONBody[ResendRequest]) -> ActionResult:
-        """Send one statement again, by its stream sequence (an attempt's ``seqs``)."""
-        return await perform(portal, user, row, "resend", {"seq": data.seq})
+        """Send statements again by their stream sequences: ``seq``, or ``seqs`` (all of an attempt's)."""
+        return await perform(portal, user, row, "resend", {"seq": data.seq, "seqs": data.seqs})
 
     @post("/redrive", responses=ERRORS, status_code=200)
     async def redrive(self, portal: PortalDep, user: UserDep, row: RowDep,

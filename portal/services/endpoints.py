@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import inspect
 import ipaddress
 import json
 import logging
@@ -18,7 +17,8 @@ from hub.core.delivery_kinds import KINDS, is_push
 from hub.core.subjects import DELIVERY_STATE_BUCKET
 from hub.deliver.transport import ssrf
 from portal.services import Portal, PortalError, granted_scope, now
-from portal.services.integrations import _scope_text, header_names, payload_filter_of, scope_json
+from portal.services.integrations import _scope_text
+from portal.services.provisioning import header_names, payload_filter_of, scope_json
 from portal.tables import Account, Integration
 from portal.validation import (
     Scope,
@@ -126,7 +126,7 @@ def _push(row: Integration, what: str) -> None:
 async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     """Switch a target the deliverer disabled (410, failing too long) back on; its backlog is delivered."""
     _push(row, "re-enable")
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     if target is None:
         raise PortalError("The hub has no delivery target for this integration; ask an administrator.", 409)
     if row.paused_at is not None:
@@ -134,7 +134,7 @@ async def reenable(portal: Portal, actor: Account, row: Integration) -> None:
     if target.enabled:
         raise PortalError("This endpoint is not disabled.", 409)
     await _clear_streak(portal, row.key)  # else the old streak would disable it again at the first failure
-    await portal._put_target(portal._target(row, target.secrets, enabled=True))
+    await portal.put_target(portal.target_for(row, target.secrets, enabled=True))
     await portal.audit(actor.email, "endpoint.reenable", row.key, f"was disabled: {target.disabled_reason or '?'}")
 
 
@@ -144,9 +144,9 @@ async def pause(portal: Portal, actor: Account, row: Integration) -> dt.datetime
     _push(row, "pause")
     if row.paused_at is not None:
         raise PortalError("This endpoint is already paused.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     await update(row, paused_at=now())
-    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.put_target(portal.target_for(row, target.secrets if target else []))
     await portal.audit(actor.email, "endpoint.pause", row.key, "paused by its owner; events are kept")
     return row.paused_at
 
@@ -156,10 +156,10 @@ async def resume(portal: Portal, actor: Account, row: Integration) -> None:
     _push(row, "resume")
     if row.paused_at is None:
         raise PortalError("This endpoint is not paused.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     since = row.paused_at
     await update(row, paused_at=None)
-    await portal._put_target(portal._target(row, target.secrets if target else []))
+    await portal.put_target(portal.target_for(row, target.secrets if target else []))
     await portal.audit(actor.email, "endpoint.resume", row.key, f"paused since {since.isoformat()}")
 
 
@@ -227,13 +227,13 @@ async def edit(portal: Portal, actor: Account, row: Integration, change: Endpoin
         changes["auth_value"] = portal.box.seal(changes["auth_value"])
     if not changes:
         raise PortalError("Nothing to change: the endpoint is already like that.", 409)
-    target = await portal._get_target(row.key)
+    target = await portal.get_target(row.key)
     await update(row, **changes)
-    fresh = portal._target(row, target.secrets if target else [])
+    fresh = portal.target_for(row, target.secrets if target else [])
     if target and not target.enabled and row.paused_at is None:  # stays disabled, with the deliverer's reason, until re-enabled
         fresh = msgspec.structs.replace(fresh, enabled=False, disabled_reason=target.disabled_reason,
                                         disabled_at=target.disabled_at)
-    await portal._put_target(fresh)
+    await portal.put_target(fresh)
     changed = sorted({"credentials" if k.startswith("auth") else "batching" if k.startswith("batch") else k
                       for k in changes})  # rate_limit, custom_headers, payload_filter by name
     await portal.audit(actor.email, "endpoint.edit", row.key, "changed " + ", ".join(changed))
@@ -260,10 +260,11 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
-        await update(row, granted=row.granted, requested=row.granted, scope_change=False)
+        # A wider request still waiting for an administrator stays as it is (it was silently dropped before).
+        await update(row, granted=row.granted, **({} if row.scope_change else {"requested": row.granted}))
         if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
-        await portal._activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
+        await portal.activate(row, new_secret=False)  # then the narrower grant (and consumer filter)
         await portal.audit(actor.email, "scope.narrow", row.key, _scope_text(wanted))
         return "applied"
     await update(row, requested=scope_json(wanted), scope_change=True)
@@ -272,13 +273,9 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
 
 
 async def _revoke_credentials(portal: Portal, row: Integration, actor: Account) -> None:
-    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``_activate`` then
-    writes the narrower grant). Where the service closes a subscriber's own NATS account, ``final=False``
-    keeps it re-openable."""
-    if "final" in inspect.signature(portal._cut_off).parameters:
-        await portal._cut_off(row, actor, final=False)
-    else:
-        await portal._cut_off(row, actor)
+    """Every issued ``.creds`` of ``row`` revoked; the subscription itself stays open (``activate`` then
+    writes the narrower grant): ``final=False`` keeps its NATS account re-openable."""
+    await portal.cut_off(row, actor, final=False)
 
 
 async def approve_scope_change(portal: Portal, actor: Account, row: Integration, narrowed: Scope | None) -> None:
@@ -298,7 +295,7 @@ async def approve_scope_change(portal: Portal, actor: Account, row: Integration,
     await portal.refuse_size(actor, row, granted)
     before = granted_scope(row).identity
     row.granted = scope_json(granted)
-    await portal._activate(row, new_secret=False)
+    await portal.activate(row, new_secret=False)
     await update(row, granted=row.granted, scope_change=False, decided_by=actor.email)
     await portal.audit(actor.email, "scope.approve", row.key, _scope_text(granted))
     if sorted(granted.identity) != sorted(before):
@@ -331,9 +328,9 @@ async def retire_expired(portal: Portal) -> int:
                                              & (Integration.old_secret_until < now()))
     for row in rows:
         try:
-            target = await portal._get_target(row.key)
+            target = await portal.get_target(row.key)
             if row.status == "approved" and target and len(target.secrets) > 1:
-                await portal._put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
+                await portal.put_target(msgspec.structs.replace(target, secrets=target.secrets[:1]))
                 await portal.audit("system", "secret.retire", row.key, "overlap period over")
                 count += 1
             await update(row, old_secret_until=None)

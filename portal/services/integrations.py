@@ -1,6 +1,5 @@
-"""Integrations: requests, decisions (the one table of allowed status changes, :data:`TRANSITIONS`) and the
-NATS side of each decision (grant in ``rthub_grants``, push target in ``rthub_targets``, direct-subscription
-consumer and credentials through ``hub.auth``). Every decision is written to the audit log."""
+"""Integrations: requests and decisions (the one table of allowed status changes, :data:`TRANSITIONS`); the
+NATS side of each decision is :mod:`.provisioning`'s. Every decision is written to the audit log."""
 
 from __future__ import annotations
 
@@ -12,14 +11,33 @@ from typing import Any, NamedTuple
 import msgspec
 
 from hub.core.delivery_kinds import DIRECT, KINDS, is_push
-from hub.core.grants import PAUSED_REASON, Grant, Target, consumer_name, delete_grant, put_grant
-from hub.core.subjects import PROTOCOL_STREAMS, TARGETS_BUCKET
+from hub.core.grants import PAUSED_REASON, consumer_name
+from hub.core.subjects import PROTOCOL_STREAMS
 from portal import security
-from portal.services.base import NotFound, PortalError, ServiceBase, now
+from portal.services.base import NotFound, PortalError, now
+from portal.services.provisioning import (
+    SUSPENDED_REASON,
+    ProvisioningService,
+    grant_of,
+    granted_scope,
+    header_names,
+    payload_filter_of,
+    requested_scope,
+    scope_json,
+)
 from portal.tables import Account, Integration, IssuedCredential
 from portal.validation import IntegrationSpec, Scope, check_narrowing, check_scope_size
 
 log = logging.getLogger("rthub.portal")
+
+
+class DuplicateRequest(PortalError):
+    """The same request (name, protocol, delivery, URL, scope) is already pending for this owner: a resubmitted
+    form (Back + submit) or a retried API call; ``key`` is the pending one."""
+
+    def __init__(self, key: str):
+        super().__init__(f"You already asked for exactly this: request {key} is pending.", 409)
+        self.key = key
 
 
 class Transition(NamedTuple):
@@ -51,46 +69,6 @@ def check_transition(row: Integration, decision: str) -> Transition:
     return step
 
 
-def _load(text: str | None) -> list[str]:
-    return json.loads(text or "[]")
-
-
-def scope_json(scope: Scope) -> str:
-    """A scope as stored in ``Integration.requested`` / ``Integration.granted``."""
-    return msgspec.json.encode(scope).decode()
-
-
-def _scope_of(value: str | dict | None) -> Scope:
-    if isinstance(value, dict):  # a JSON column some driver decoded already
-        return msgspec.convert(value, Scope)
-    return msgspec.json.decode(value or "{}", type=Scope)
-
-
-def requested_scope(row: Integration) -> Scope:
-    return _scope_of(row.requested)
-
-
-def granted_scope(row: Integration) -> Scope:
-    return _scope_of(row.granted)
-
-
-def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
-    scope = granted_scope(row)
-    return Grant(id=row.key, consumer=consumer, protocol=row.protocol, sites=scope.sites, orgs=scope.orgs,
-                 courses=scope.courses, event_types=scope.event_types, learner_groups=scope.learner_groups,
-                 identity=scope.identity, delivery=row.delivery, status=status).validate()
-
-
-def payload_filter_of(row: Integration) -> list[str]:
-    return json.loads(row.payload_filter or "[]")
-
-
-def header_names(row: Integration, box=None) -> dict[str, str]:
-    """The custom headers of ``row`` (stored sealed), opened with ``box``."""
-    text = row.custom_headers or ""
-    return json.loads(box.open(text) or "{}") if text and box is not None else {}
-
-
 def public_view(row: Integration, owner_email: str | None = None, box=None, reveal: bool = False) -> dict[str, Any]:
     """An integration as shown to its owner or an admin: never the endpoint credentials or secrets. Custom
     headers (opened with ``box``) show their values only with ``reveal`` (to the owner, who chose them)."""
@@ -114,7 +92,7 @@ def public_view(row: Integration, owner_email: str | None = None, box=None, reve
 
 
 
-class IntegrationService(ServiceBase):
+class IntegrationService(ProvisioningService):
     async def seal_stored_secrets(self) -> int:
         """Seal credentials stored in the clear by an earlier version (run at start-up); returns how many."""
         rows = await Integration.select(Integration.id, Integration.auth_value, Integration.pending_secret).where(
@@ -129,7 +107,7 @@ class IntegrationService(ServiceBase):
         for row in await Integration.objects().where(Integration.status.is_in(["approved", "suspended"])
                                                      & (Integration.delivery != DIRECT.name)):
             try:
-                target = await self._get_target(row.key, sealed=True)
+                target = await self.get_target(row.key, sealed=True)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                 # Not a target this version can read (written around the portal): skipped, never fatal at
                 # start; the deliverer does not deliver it either. Approving or editing again rewrites it.
@@ -137,7 +115,7 @@ class IntegrationService(ServiceBase):
                 await self.audit("system", "target.invalid", row.key, str(exc)[:500])
                 continue
             if target is not None and target != self.box.seal_target(target):
-                await self._put_target(target)  # _put_target seals what is still in the clear
+                await self.put_target(target)  # put_target seals what is still in the clear
                 count += 1
         return count
 
@@ -147,6 +125,11 @@ class IntegrationService(ServiceBase):
         if not owner.email_verified and not allow_unverified:
             raise PortalError("Confirm the owner's e-mail address before requesting access "
                               "(the link is in the mail sent at sign-up).", 403)
+        for same in await Integration.objects().where(
+                (Integration.owner == owner.id) & (Integration.status == "pending") & (Integration.name == spec.name)
+                & (Integration.protocol == spec.protocol) & (Integration.delivery == spec.delivery)):
+            if same.url == spec.url and requested_scope(same) == spec.scope:  # JSON compared here (PostgreSQL's
+                raise DuplicateRequest(same.key)                             # json type has no "=")
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
@@ -190,10 +173,6 @@ class IntegrationService(ServiceBase):
     async def owner_emails(self) -> dict[int, str]:
         return {r["id"]: r["email"] for r in await Account.select(Account.id, Account.email)}
 
-    async def _consumer_label(self, row: Integration) -> str:
-        owner = await Account.objects().get(Account.id == row.owner)
-        return owner.email if owner else f"account-{row.owner}"
-
     async def _set(self, row: Integration, *, status: str | None = None, **changes: Any) -> bool:
         """Write only ``changes`` (never the whole row); with ``status`` only while the row still has it."""
         values = {getattr(Integration, k): v for k, v in changes.items()}
@@ -233,76 +212,6 @@ class IntegrationService(ServiceBase):
         got = await Integration.select(Integration.status).where(Integration.id == row.id).first()
         return got["status"] if got else "deleted"
 
-    def _target(self, row: Integration, secrets: list[str], enabled: bool = True) -> Target:
-        """The push target ``row`` describes; a paused one (by its owner) is switched off with
-        :data:`PAUSED_REASON` (a suspension's reason wins)."""
-        auth_value = self.box.open(row.auth_value)
-        paused = row.paused_at is not None
-        reason = None if enabled and not paused else SUSPENDED_REASON if not enabled else PAUSED_REASON
-        return Target(id=row.key, kind=row.delivery, url=row.url or "", secrets=secrets,
-                      basic_auth=auth_value if row.auth_kind == "basic" else None,
-                      bearer=auth_value if row.auth_kind == "bearer" else None, enabled=enabled and not paused,
-                      batch_size=row.batch_size or 1, batch_wait_ms=row.batch_wait_ms or 200,
-                      rate_limit_per_s=float(row.rate_limit or 0.0), custom_headers=header_names(row, self.box),
-                      payload_filter=payload_filter_of(row), disabled_reason=reason,
-                      disabled_at=row.paused_at.timestamp() if paused and enabled else None)
-
-    async def _get_target(self, key: str, sealed: bool = False) -> Target | None:
-        kv = await (await self.js()).key_value(TARGETS_BUCKET)
-        try:
-            entry = await kv.get(key)
-        except Exception:  # noqa: BLE001 - KeyNotFoundError / deleted
-            return None
-        if not entry.value:
-            return None
-        target = msgspec.json.decode(entry.value, type=Target)
-        return target if sealed else self.box.open_target(target)
-
-    async def _put_target(self, target: Target) -> None:
-        """Write the target with its secrets sealed, as a roll-up: no earlier revision (old secrets) is kept."""
-        js = await self.js()
-        await js.publish(f"$KV.{TARGETS_BUCKET}.{target.id}", msgspec.json.encode(self.box.seal_target(target)),
-                         headers={"Nats-Rollup": "sub"})
-
-    async def _delete_target(self, key: str) -> None:
-        kv = await (await self.js()).key_value(TARGETS_BUCKET)
-        with contextlib.suppress(Exception):
-            await kv.purge(key)
-
-    async def _activate(self, row: Integration, new_secret: bool) -> str | None:
-        """Write grant (+ target or durable consumer); returns a new webhook secret when one was made."""
-        js = await self.js()
-        grant = grant_of(row, await self._consumer_label(row))
-        secret = None
-        if not is_push(row.delivery):
-            await self.auth().ensure_consumer(js, grant)
-            await self._auth_store().activate_consumer(await self.nc(), grant)
-        else:
-            old = await self._get_target(row.key)
-            secrets = old.secrets if old and old.secrets else []
-            if KINDS[row.delivery].signed and (new_secret or not secrets):
-                secret = security.new_webhook_secret()
-                secrets = [secret]
-            await self._put_target(self._target(row, secrets))
-        await put_grant(js, grant)
-        return secret
-
-    async def _deactivate(self, row: Integration) -> None:
-        """Suspended: grant kept as suspended, push target switched off (secrets kept)."""
-        js = await self.js()
-        await put_grant(js, grant_of(row, await self._consumer_label(row), status="suspended"))
-        if is_push(row.delivery):
-            old = await self._get_target(row.key)
-            await self._put_target(self._target(row, old.secrets if old else [], enabled=False))
-
-    async def _remove(self, row: Integration) -> None:
-        """Revoked or denied: grant, target (purged) and durable consumer gone."""
-        js = await self.js()
-        await delete_grant(js, row.key)
-        await self._delete_target(row.key)
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
-
     async def _settle(self, row: Integration, actor: Account) -> None:
         """After writing NATS for the status we set, re-read it: if a concurrent decision changed it meanwhile,
         apply what the current status needs (our writes may have landed after theirs)."""
@@ -313,13 +222,13 @@ class IntegrationService(ServiceBase):
             log.warning("integration %s changed to %s while being made %s; applying %s", row.key, current.status,
                         row.status, current.status)
             if current.status == "approved":
-                await self._activate(current, new_secret=False)
+                await self.activate(current, new_secret=False)
             elif current.status == "suspended":
-                await self._deactivate(current)
-                await self._cut_off(current, actor, final=False)
+                await self.deactivate(current)
+                await self.cut_off(current, actor, final=False)
             elif current.status in ("revoked", "denied"):
-                await self._remove(current)
-                await self._cut_off(current, actor)
+                await self.remove_from_nats(current)
+                await self.cut_off(current, actor)
             row = current
 
     async def approve(self, actor: Account, key: str, narrowed: Scope | None = None) -> Integration:
@@ -335,13 +244,13 @@ class IntegrationService(ServiceBase):
         await self._transition(row, "approve", granted=scope_json(granted), decided_by=actor.email,
                                decision_reason="")
         try:
-            secret = await self._activate(row, new_secret=True)
+            secret = await self.activate(row, new_secret=True)
         except Exception:
             # NATS refused or unreachable: hand the request back to the queue (unless it changed meanwhile).
             await Integration.update({Integration.status: "pending", Integration.updated: now()}).where(
                 (Integration.id == row.id) & (Integration.status == "approved"))
             with contextlib.suppress(Exception):
-                await self._remove(row)
+                await self.remove_from_nats(row)
             raise
         if secret:
             await self._set(row, status="approved", pending_secret=self.box.seal(secret))
@@ -351,7 +260,7 @@ class IntegrationService(ServiceBase):
                              f"identity fields approved: {', '.join(granted.identity)}")
         await self._settle(row, actor)
         if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
-            await self.notify(row, "approved")
+            await self.notify(row, "approved", note=narrowing_note(requested_scope(row), granted))
         return row
 
     async def refuse_size(self, actor: Account, row: Integration, scope: Scope) -> None:
@@ -372,77 +281,12 @@ class IntegrationService(ServiceBase):
         await self.notify(row, "denied", reason)
         return row
 
-    def _auth_store(self):
-        return self.auth().AuthStore.ensure(self.settings.data_dir)
-
-    async def _cut_off(self, row: Integration, actor: Account, final: bool = True) -> None:
-        """Close a direct subscription's NATS account: every credential issued for ``row`` revoked, no import left
-        (``final``: never reopened; suspension is not final). The issued keys are read from the database at call
-        time only to mark and count them: the account's ``*`` revocation covers every key, recorded or not. A
-        failed push is audited and logged, never swallowed silently."""
-        if is_push(row.delivery):
-            return
-        rows = await IssuedCredential.select(IssuedCredential.id, IssuedCredential.user_pub).where(
-            (IssuedCredential.integration == row.id) & (IssuedCredential.revoked == False))  # noqa: E712
-        legacy = await Integration.select(Integration.issued_users).where(Integration.id == row.id).first()
-        users = list(dict.fromkeys([r["user_pub"] for r in rows] + _load(legacy["issued_users"] if legacy else None)))
-        try:
-            await self._auth_store().close_consumer(await self.nc(), row.key, final=final)
-        except Exception as exc:  # noqa: BLE001 - reported below; the grant is already removed
-            log.error("revoking credentials of %s failed: %s", row.key, exc)
-            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
-            raise PortalError(f"The grant is removed, but pushing the credential revocation failed ({exc}).", 502) from None
-        if rows:
-            await IssuedCredential.update({IssuedCredential.revoked: True}).where(
-                IssuedCredential.id.is_in([r["id"] for r in rows]))
-        if legacy and _load(legacy["issued_users"]):
-            await Integration.update({Integration.issued_users: "[]"}).where(Integration.id == row.id)
-        await self.audit(actor.email, "creds.revoke", row.key, f"{len(users)} credential(s) revoked")
-
-    async def _revoke_users(self, row: Integration, actor: Account, users: list[str]) -> None:
-        """Revoke single credentials of a direct subscription (its account stays as it is)."""
-        try:
-            await self._auth_store().revoke_consumer_users(await self.nc(), row.key, users)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            log.error("revoking credentials of %s failed: %s", row.key, exc)
-            await self.audit(actor.email, "creds.revoke_failed", row.key, f"{type(exc).__name__}: {exc}"[:500])
-            raise PortalError(f"Pushing the credential revocation failed ({exc}).", 502) from None
-
-    async def migrate_direct_access(self) -> int:
-        """Bring every direct subscription into its own NATS account (start-up; idempotent): approved ones are
-        opened, suspended and revoked ones closed. Credentials issued by earlier versions inside the data account
-        were revoked by ``AuthStore.ensure``; their owners download new ``.creds``. Returns how many changed."""
-        store = self._auth_store()
-        changed = 0
-        rows = await Integration.objects().where(Integration.delivery == DIRECT.name)
-        for row in rows:
-            claims = store.tenant_claims(row.key)
-            is_open = bool(claims and claims["nats"].get("imports"))
-            try:
-                grant = grant_of(row, await self._consumer_label(row)) if row.status == "approved" else None
-            except ValueError as exc:  # a stored scope today's limits refuse: skipped, never fatal at start
-                await self.audit("system", "grant.invalid", row.key, str(exc)[:500])
-                continue
-            if grant is not None and (claims is None or (is_open and _imports(claims) != _wanted(grant))):
-                # new, or opened by an earlier version without today's imports (the replay consumer)
-                await self.auth().ensure_consumer(await self.js(), grant)
-                await store.activate_consumer(await self.nc(), grant)
-            elif row.status in ("suspended", "revoked") and (is_open or claims is None):
-                await store.close_consumer(await self.nc(), row.key, final=row.status == "revoked")
-            else:
-                continue
-            changed += 1
-            await self.audit("system", "creds.migrate", row.key, f"direct access moved to its own account ({row.status})")
-        if changed:
-            log.info("moved %d direct subscription(s) into their own NATS accounts", changed)
-        return changed
-
     async def suspend(self, actor: Account, key: str, reason: str) -> Integration:
         row = await self.get(key)
         await self._transition(row, "suspend", decided_by=actor.email, decision_reason=reason)
-        await self._deactivate(row)
+        await self.deactivate(row)
         await self.audit(actor.email, "integration.suspend", row.key, reason)
-        await self._cut_off(row, actor, final=False)
+        await self.cut_off(row, actor, final=False)
         await self._settle(row, actor)
         await self.notify(row, "suspended", reason)
         return row
@@ -450,7 +294,7 @@ class IntegrationService(ServiceBase):
     async def resume(self, actor: Account, key: str) -> Integration:
         row = await self.get(key)
         await self._transition(row, "resume", decided_by=actor.email, decision_reason="")
-        await self._activate(row, new_secret=False)
+        await self.activate(row, new_secret=False)
         await self.audit(actor.email, "integration.resume", row.key)
         await self._settle(row, actor)
         return row
@@ -459,9 +303,9 @@ class IntegrationService(ServiceBase):
         row = row or await self.get(key)
         # The status changes first: from here on no download issues for it (issue_creds re-checks it).
         await self._transition(row, "revoke", decided_by=actor.email, decision_reason=reason, pending_secret=None)
-        await self._remove(row)
+        await self.remove_from_nats(row)
         await self.audit(actor.email, "integration.revoke", row.key, reason)
-        await self._cut_off(row, actor)
+        await self.cut_off(row, actor)
         return row
 
     async def decide(self, actor: Account, key: str, action: str, reason: str = "",
@@ -506,7 +350,7 @@ class IntegrationService(ServiceBase):
         so an owner who missed the single display is not locked out of verifying it. Audited."""
         if not KINDS[row.delivery].signed or row.status != "approved":
             raise PortalError("Only an approved webhook integration has a signing secret.", 409)
-        target = await self._get_target(row.key)
+        target = await self.get_target(row.key)
         if target is None or not target.secrets:
             raise PortalError("The hub has no signing secret for this integration yet; try again shortly.", 409)
         await self.audit(actor.email, "secret.reveal", row.key, "signing secret shown again to its owner")
@@ -516,23 +360,23 @@ class IntegrationService(ServiceBase):
         """New secret first, the previous one still accepted until retired (Standard Webhooks rotation)."""
         if not KINDS[row.delivery].signed or row.status != "approved":
             raise PortalError("Only an approved webhook integration has a signing secret to rotate.", 409)
-        old = await self._get_target(row.key)
+        old = await self.get_target(row.key)
         secret = security.new_webhook_secret()
-        await self._put_target(self._target(row, [secret, *(old.secrets[:1] if old else [])]))
+        await self.put_target(self.target_for(row, [secret, *(old.secrets[:1] if old else [])]))
         await self.audit(actor.email, "secret.rotate", row.key, "new signing secret; previous kept until retired")
         return secret
 
     async def retire_old_secret(self, actor: Account, row: Integration) -> None:
-        old = await self._get_target(row.key)
+        old = await self.get_target(row.key)
         if not KINDS[row.delivery].signed or row.status != "approved" or not old or len(old.secrets) < 2:
             raise PortalError("There is no previous signing secret to retire.", 409)
-        await self._put_target(self._target(row, old.secrets[:1]))
+        await self.put_target(self.target_for(row, old.secrets[:1]))
         await self.audit(actor.email, "secret.retire", row.key, "previous signing secret no longer accepted")
 
     async def secret_count(self, row: Integration) -> int:
         if not KINDS[row.delivery].signed or row.status != "approved":
             return 0
-        target = await self._get_target(row.key, sealed=True)
+        target = await self.get_target(row.key, sealed=True)
         return len(target.secrets) if target else 0
 
     async def issue_creds(self, actor: Account, row: Integration) -> str:
@@ -546,8 +390,8 @@ class IntegrationService(ServiceBase):
         row = await Integration.objects().get(Integration.id == row.id) or row
         if is_push(row.delivery) or row.status != "approved":
             raise PortalError("Credentials exist only for an approved direct-subscription integration.", 409)
-        store = self._auth_store()
-        grant = grant_of(row, await self._consumer_label(row))
+        store = self.auth_store()
+        grant = grant_of(row, await self.consumer_label(row))
         try:  # under the store's lock: refused once the account is closed (suspended or revoked meanwhile)
             creds, user_pub = store.consumer_creds(grant, self.settings.creds_days * 86400)
         except self.auth().AuthError as exc:
@@ -558,8 +402,8 @@ class IntegrationService(ServiceBase):
         if status != "approved":
             log.warning("integration %s became %s while issuing a credential: revoking it", row.key, status)
             if status in ("revoked", "denied"):
-                await self._remove(row)
-            await self._revoke_users(row, actor, [user_pub])
+                await self.remove_from_nats(row)
+            await self.revoke_users(row, actor, [user_pub])
             await IssuedCredential.update({IssuedCredential.revoked: True}).where(
                 (IssuedCredential.integration == row.id) & (IssuedCredential.user_pub == user_pub))
             await self.audit(actor.email, "creds.revoke", row.key, f"user {user_pub[:8]}... issued during {status}")
@@ -573,17 +417,19 @@ class IntegrationService(ServiceBase):
             auth = self.auth()
         except PortalError as exc:
             return exc.message
-        return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
+        return auth.example_subscriber(grant_of(row, "", validate=False), consumer_name(row.key),
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
 
-    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
-        """Mail the owner about a decision; a mail failure is audited, never undoes the decision."""
+    async def notify(self, row: Integration, event: str, reason: str = "", note: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is audited, never undoes the decision. ``note``: what
+        else the owner must know (a narrowed scope)."""
         owner = await Account.objects().get(Account.id == row.owner)
         if owner is None or owner.password_hash == "!disabled":  # operator-managed owners have no mailbox here
             return
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
+                + (f"\n{note}\n" if note else "")
                 + (f"\nReason: {reason}\n" if reason else "")
                 + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
@@ -642,12 +488,10 @@ _NOTICES = {
     "denied": ("denied", "Your request was denied."),
     "suspended": ("suspended", "An administrator suspended it: deliveries and credentials are stopped until it "
                                "is resumed."),
-    "disabled": ("switched off", "Deliveries were switched off automatically because the endpoint kept failing. "
-                                 "Fix the endpoint, then contact an administrator."),
+    "disabled": ("switched off", "The deliverer switched deliveries off automatically, for the reason below. "
+                                 "The events are kept: fix the endpoint, then press Re-enable on the integration "
+                                 "page to receive them."),
 }
-
-
-SUSPENDED_REASON = "suspended by an administrator"
 
 
 def _scope_notice(scope: Scope) -> str:
@@ -663,16 +507,19 @@ def _scope_notice(scope: Scope) -> str:
     return out
 
 
+def narrowing_note(requested: Scope, granted: Scope) -> str:
+    """For the approval mail: what the administrator granted less than asked (empty when all was granted)."""
+    parts = []
+    for field in ("sites", "orgs", "courses", "event_types", "learner_groups"):
+        asked, got = getattr(requested, field, []), getattr(granted, field, [])
+        if set(asked) != set(got):
+            label = field.replace("_", " ")
+            parts.append(f"- {label}: you asked for {', '.join(asked) or 'any'}; granted {', '.join(got) or 'any'}")
+    if not parts:
+        return ""
+    return "The administrator narrowed the scope you asked for:\n" + "\n".join(parts)
+
+
 def _scope_text(scope: Scope) -> str:
     parts = [f"{k}={','.join(v)}" for k, v in msgspec.to_builtins(scope).items() if v]
     return "; ".join(parts) or "nothing"
-
-
-def _imports(claims: dict) -> set[str]:
-    return {i["subject"] for i in claims["nats"].get("imports", [])}
-
-
-def _wanted(grant: Grant) -> set[str]:
-    from hub.auth.permissions import tenant_imports
-
-    return {subj for _, subj, _ in tenant_imports(grant)}

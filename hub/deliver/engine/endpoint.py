@@ -15,7 +15,7 @@ from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item
 from hub.deliver.settings import seconds
 from hub.deliver.transport.ratelimit import TokenBucket
-from hub.deliver.transport.request import Result, Sender, build
+from hub.deliver.transport.request import Result, Sender, build, redacted
 
 log = logging.getLogger("rthub.deliver")
 
@@ -55,7 +55,9 @@ class Endpoint:
                                    (items[0].msg.headers or {}).get("traceparent"))
         await self.bucket.take()
         async with self.limit:
-            return await self.sender.post(url, headers, body)
+            result = await self.sender.post(url, headers, body)
+        result.url, result.sent = url, redacted(headers, self.target.custom_headers)
+        return result
 
     async def close(self) -> None:
         await self.sender.close()
