@@ -4,12 +4,13 @@ an unknown name is flagged."""
 
 from __future__ import annotations
 
-from hub.translate import supported
+from hub.translate import openedx, supported
 
 
 def known_event_types(protocol: str) -> frozenset[str]:
+    """Tracking event names and Open edX Event types (hub/core/openedx.py's catalog) the protocol carries."""
     try:
-        return supported(protocol)
+        return supported(protocol) | openedx.supported(protocol)
     except KeyError:
         return frozenset()
 

@@ -32,6 +32,7 @@ from hub.auth.permissions import (
     tenant_imports,
 )
 from hub.core.creds import creds_jwt
+from hub.core.events import MAX_EVENT_BYTES
 from hub.core.grants import GRANT_ID, Grant
 from hub.core.subjects import encode_token
 
@@ -41,14 +42,18 @@ AUTH_DIR = "nats-auth"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 TENANTS = "tenants"
 # What one direct subscriber's account may hold: a few connections, no JetStream, no exports.
-TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0}
+# A subscriber only publishes pull requests and acks (tens of bytes): 4 KB per message is plenty, and bounds what
+# its users can make the server carry (the server's own limit is 1 MB).
+TENANT_MAX_PAYLOAD = 4096
+TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0, "payload": TENANT_MAX_PAYLOAD}
 # Largest account JWT written or loaded: it travels as one message ($SYS.REQ.CLAIMS.UPDATE, max_payload 1 MB)
 # and sits in every server's config; a direct subscription within MAX_FILTERS_DIRECT stays far below it.
 MAX_ACCOUNT_JWT_BYTES = 256 * 1024
 REFUSED = ".refused"  # tenants/<grant>.refused: why its stored JWT was not loaded at start
 SITES = "sites"
-# An LMS site's account: publishers' connections and inboxes only; no JetStream, no exports.
-SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0}
+# An LMS site's account: publishers' connections and inboxes only; no JetStream, no exports; no message larger
+# than the largest raw event the hub takes (the publisher refuses bigger ones before sending).
+SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0, "payload": MAX_EVENT_BYTES}
 ALL_SITES = "_all"  # file stem of the account of a publisher not bound to one site (lms.>)
 
 
@@ -293,7 +298,8 @@ class AuthStore:
         current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
         subj = site_subject(site)
         if current and current["iss"] == self.signing_pub and [i["subject"] for i in current["nats"].get(
-                "imports", [])] == [subj] and current["nats"]["imports"][0]["account"] == self.hub_pub:
+                "imports", [])] == [subj] and current["nats"]["imports"][0]["account"] == self.hub_pub \
+                and all(current["nats"]["limits"].get(k) == v for k, v in SITE_LIMITS.items()):
             return seed
         activation = jwt.encode(jwt.activation_claims(f"LMS {site or 'all sites'}", pub, subj, "service"),
                                 self.hub_seed)

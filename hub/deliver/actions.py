@@ -19,7 +19,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from hub.core.errors import NoStream, PublishRefused
-from hub.core.grants import GRANTS_BUCKET, decode_grant
+from hub.core.grants import GRANTS_BUCKET, decode_grant, replay_name
 from hub.core.subjects import (
     DEAD_LETTER_STREAM,
     DELIVERY_STATE_BUCKET,
@@ -163,11 +163,10 @@ async def _grant(js: JetStreamContext, grant_id: str):
 
 async def request_replay(js: JetStreamContext, grant_id: str, since: dt.datetime) -> dict:
     """(Re)create the replay consumer of ``grant_id`` from ``since``; returns what will be replayed."""
-    from hub.deliver.service import replay_consumer
 
     grant = await _grant(js, grant_id)
     stream = PROTOCOL_STREAMS[grant.protocol]
-    name = replay_consumer(grant_id)
+    name = replay_name(grant_id)
     try:
         await js.delete_consumer(stream, name)
     except NotFoundError:

@@ -20,7 +20,16 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.core.delivery_kinds import PUSH
-from hub.core.grants import Grant, GrantWatcher, Target, consumer_name, size_refusal
+from hub.core.grants import (
+    Grant,
+    GrantWatcher,
+    Target,
+    consumer_name,
+    part_name,
+    redrive_name,
+    replay_name,
+    size_refusal,
+)
 from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
@@ -36,8 +45,7 @@ from hub.core.subjects import (
 )
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.partitioned_runner import PartitionedRunner
-from hub.deliver.engine.partitions import part_consumer
-from hub.deliver.engine.runner import Runner, redrive_consumer, replay_consumer, takeover_after
+from hub.deliver.engine.runner import Runner, takeover_after
 from hub.deliver.engine.watch import Watch
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state.lease import LeaseBook
@@ -45,7 +53,7 @@ from hub.deliver.state.records import Attempt, pack
 from hub.deliver.transport import ssrf
 from hub.translate import ExternalIds
 
-__all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
+__all__ = ["Deliverer", "Runner", "hot_swappable", "takeover_after"]
 
 log = logging.getLogger("rthub.deliver")
 
@@ -308,18 +316,18 @@ class Deliverer:
     async def _drop_consumers(self, grant_id: str) -> None:
         """A revoked integration's backlog is no longer anyone's: drop its consumers."""
         for stream in PROTOCOL_STREAMS.values():
-            for name in (consumer_name(grant_id), replay_consumer(grant_id)):
+            for name in (consumer_name(grant_id), replay_name(grant_id)):
                 try:
                     await self.js.delete_consumer(stream, name)
                 except Exception:  # noqa: BLE001 - not there
                     pass
         try:
-            await self.js.delete_consumer(REDRIVE_STREAM, redrive_consumer(grant_id))
+            await self.js.delete_consumer(REDRIVE_STREAM, redrive_name(grant_id))
         except Exception:  # noqa: BLE001
             pass
         for k in range(self.settings.partitions):  # with interest retention, a left-over one would keep messages
             try:
-                await self.js.delete_consumer(PARTS_STREAM, part_consumer(grant_id, k))
+                await self.js.delete_consumer(PARTS_STREAM, part_name(grant_id, k))
             except Exception:  # noqa: BLE001 - not there
                 pass
 

@@ -21,7 +21,7 @@ import gc
 import logging
 import signal as signals
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -114,6 +114,8 @@ class NatsEventConsumer(EventBusConsumer):
         self.consumer_name = consumer_name or process_name(group_id)
         if isinstance(offset_time, str):
             offset_time = datetime.fromisoformat(offset_time.replace("Z", "+00:00"))
+        if offset_time is not None and offset_time.tzinfo is None:
+            offset_time = offset_time.replace(tzinfo=UTC)  # a time without zone is UTC, as the LMS's times are
         self.offset_time = offset_time
         if extra:
             log.warning("event bus consumer: unknown --extra options ignored: %s", sorted(extra))
@@ -232,7 +234,7 @@ class NatsEventConsumer(EventBusConsumer):
     async def _handle(self, msg, pool, publisher: AckedPublisher) -> None:
         headers = dict(msg.headers or {})
         try:
-            await self._loop.run_in_executor(pool, dispatch, headers, msg.data)
+            await self._run_receivers(msg, pool, headers)
         except UnusableMessage as exc:
             log.error(
                 "event bus: unusable message %s on %s: %s", msg.metadata.sequence.stream, msg.subject, exc
@@ -258,6 +260,17 @@ class NatsEventConsumer(EventBusConsumer):
             return
         if await _settle(msg.ack()):
             self.counts["acked"] += 1
+
+    async def _run_receivers(self, msg, pool, headers: dict[str, str]) -> None:
+        """Run the receivers in the receiver thread; while they run, tell the server every third of the ack wait
+        that the message is in progress, so a slow receiver does not see it handed to another process."""
+        job = self._loop.run_in_executor(pool, dispatch, headers, msg.data)
+        beat = max(self.s.ack_wait_s / 3, 0.05)
+        while True:
+            done, _ = await asyncio.wait({job}, timeout=beat)
+            if done:
+                return job.result()
+            await _settle(msg.in_progress())
 
     async def _dead_letter(self, msg, headers: dict[str, str], error: str, publisher: AckedPublisher) -> None:
         """Store the message with its error in the dead letters, then ack it; if that store fails, NAK."""

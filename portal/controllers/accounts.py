@@ -46,7 +46,8 @@ class AccountPages(Controller):
         portal = portal_of(request)
         down = outage.down(portal)
         if down:
-            return Response(Health(status="degraded", down=down, detail=portal.nats_down()), status_code=503)
+            detail = "; ".join(filter(None, (portal.nats_down(), outage.store_full(portal))))
+            return Response(Health(status="degraded", down=down, detail=detail), status_code=503)
         return Response(Health(status="ok"))
 
     @get("/signup")

@@ -8,8 +8,13 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.js.errors import NotFoundError
+
 from hub.core.delivery_kinds import PUSH
+from hub.core.grants import replay_name
+from hub.core.subjects import PROTOCOL_STREAMS
 from hub.deliver import actions
+from portal import ratelimit
 from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
@@ -118,7 +123,24 @@ async def _redrive(portal: Portal, user: Account, row: Integration, p: dict[str,
 async def _replay(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     _need(row, push=False)
     since = _since(p.get("since"))
-    info = await actions.request_replay(await portal.js(), row.key, since)
+    js = await portal.js()
+    # A replay re-reads the stream from a point in time: one at a time per integration, and a few an hour,
+    # so nobody can keep the server re-reading its history (each start replaced the running one, unbounded).
+    try:
+        running = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], replay_name(row.key))
+        left = running.num_pending + running.num_ack_pending
+    except NotFoundError:
+        left = 0
+    if left:
+        await portal.audit(user.email, "delivery.replay.refused", row.key, f"a replay is running ({left} left)")
+        raise PortalError(f"A replay of this integration is still running ({left} statement(s) left): one replay "
+                          "at a time per integration. Start the next when it has finished.", 409)
+    limit = portal.settings.replays_per_hour
+    if not await ratelimit.allow(ratelimit.key("replay", row.key), limit, 3600):
+        await portal.audit(user.email, "delivery.replay.refused", row.key, f"more than {limit} replays in an hour")
+        raise PortalError(f"At most {limit} replays an hour per integration (RTHUB_REPLAYS_PER_HOUR); try again "
+                          "later.", 429)
+    info = await actions.request_replay(js, row.key, since)
     how = ("they are delivered again now, with the same statement ids (your LRS de-duplicates them)"
            if row.delivery in PUSH else f"bind a pull subscription to durable {info['consumer']} on "
            f"stream {info['stream']}")

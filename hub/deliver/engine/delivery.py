@@ -101,9 +101,9 @@ class Delivery:
                 if outcome == "delivered":
                     record(items, tries, "delivered", result)
                     circuit.closed()
+                    self.recorder.delivered(len(items))  # counted before the acks go (saved before they are sent)
                     for item in items:
                         await self.held.settle(item, "ack")
-                    self.recorder.delivered(len(items))
                     await self.streak.over()
                     return
                 if outcome == "disable":
