@@ -11,6 +11,7 @@ import msgspec
 from litestar import Request
 from litestar.response import Template
 
+from hub.auth.store import refused_reason
 from hub.core.delivery_kinds import is_push
 from portal.api_types import (
     IntegrationView,
@@ -90,6 +91,10 @@ async def state_of(portal: Portal, row) -> EndpointState:
     """The endpoint at a glance, with the signing-secret overlap of a webhook."""
     stats = await portal.status(row)
     state = endpoint_state(row.status, row.delivery, row.decision_reason, row.updated, stats)
+    if state.state == "direct" and (refused := refused_reason(portal.settings.data_dir, row.key)):
+        state.state, state.reason = "failing", refused
+        state.headline = ("Failing: this subscription's NATS account was not loaded when the server last started "
+                          f"({refused}). An administrator re-scopes or re-approves it to repair it.")
     state.secrets = await _safe_count(portal, row)
     if state.secrets > 1 and row.old_secret_until:
         state.old_secret_until = row.old_secret_until.timestamp()

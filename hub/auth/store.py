@@ -576,6 +576,18 @@ class AuthStore:
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
 
 
+def refused_reason(data_dir: str | Path, grant_id: str) -> str | None:
+    """Why ``grant_id``'s stored account JWT was left out at the last start (``None``: it was not), read
+    without opening the store: cheap enough for every view of the integration."""
+    if not GRANT_ID.fullmatch(grant_id):
+        return None
+    path = Path(data_dir) / AUTH_DIR / TENANTS / f"{grant_id}{REFUSED}"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
 def site_subject(site: str | None) -> str:
     """What an LMS site's account imports (and its publishers may publish): its raw events."""
     return f"lms.{encode_token(site)}.>" if site is not None else "lms.>"
