@@ -16,7 +16,7 @@ from hub.core.delivery_kinds import is_push
 from portal.api_types import (
     IntegrationView,
 )
-from portal.deliveries import EndpointState, endpoint_state
+from portal.deliveries import AttemptDetail, EndpointState, endpoint_state, read_attempt
 from portal.guards import PortalDep, RowDep
 from portal.services import (
     Portal,
@@ -110,3 +110,33 @@ async def _safe_count(portal: Portal, row) -> int:
 
 def view_of(row: Integration, owner_email: str | None = None) -> IntegrationView:
     return msgspec.convert(public_view(row, owner_email), IntegrationView)
+
+
+def pretty(text: str) -> str:
+    """A stored statement indented for reading (as it is when it is not JSON)."""
+    import json
+
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+async def attempt_detail(portal, row, attempt: str) -> AttemptDetail:
+    """One attempt of ``row`` with its payload; 404 when it is not this integration's (or expired)."""
+
+    from hub.deliver import actions
+    from portal.services.integrations import payload_filter_of
+
+    if row.status not in ("approved", "suspended"):
+        raise PortalError("No such attempt.", 404)
+    js = await portal.js()
+    found = await read_attempt(js, row.key, attempt)
+    if found is None:
+        raise PortalError("No such attempt (or no longer kept).", 404)
+    bodies = await actions.statements(js, row.key, [s for s in found.seqs if s > 0]) if any(found.seqs) else []
+    payload = []
+    for body in bodies:
+        payload.append(body.decode("utf-8", "replace") if body is not None else None)
+    return AttemptDetail(attempt=found, payload=payload, statements=len(found.ids),
+                         payload_filter=payload_filter_of(row))
