@@ -11,8 +11,13 @@ JetStream ceiling measured in the same run on the same nats-server.
 4. Latency at 1,000 events/s: ``send()`` to a plain nats-py subscriber of the course's xAPI subject.
 Latencies skip the first second (warm-up).
 
+The hub's ceiling (issue 20): bench/passthrough.py, a process that fetches the raw events as the hub does,
+publishes one message per protocol with the same headers and acks (no parsing or translation), fed the same
+way (``send()`` while it runs). Hub and pass-through alternate, twice each; the best of each is kept.
+
 Runs its own nats-server (free port, temp store). Usage: ``python bench/pipeline.py [N]`` (default 50,000).
 The last lines are ``raw_fetch_ack_per_s=``, ``events_per_s=`` (one hub), ``hub_to_raw_ratio=``,
+``passthrough_per_s=``, ``hub_to_passthrough_ratio=``, ``passthrough_to_raw_ratio=``,
 ``raw_p99_ms=``, ``p99_ms=`` (send() to subscriber) and ``p99_to_raw_ratio=``: ratios hold up better than
 absolute figures on a shared machine.
 """
@@ -42,7 +47,7 @@ from hub.core.natsconn import connect  # noqa: E402
 from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
 from hub.core.settings import HubSettings  # noqa: E402
 from hub.core.streams import ensure_streams  # noqa: E402
-from hub.core.subjects import filter_subject  # noqa: E402
+from hub.core.subjects import RAW_STREAM, filter_subject  # noqa: E402
 from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 from lms_publisher.backend import NatsBackend  # noqa: E402
 
@@ -61,17 +66,27 @@ def event(course: str, i: int) -> dict:
                         "page": f"http://localhost:18000/courses/{course}/courseware/"}}
 
 
+PYSPY = os.environ.get("BENCH_PYSPY")  # a folder: each hub / pass-through runs under `py-spy record` (raw stacks)
+
+
+def profiled(cmd: list[str], name: str) -> list[str]:
+    if not PYSPY:
+        return cmd
+    return ["py-spy", "record", "-r", "250", "-f", "raw", "-o", f"{PYSPY}/{name}-{uuid.uuid4().hex[:4]}.txt", "--",
+            *cmd]
+
+
 def start_hubs(url: str, n: int, log_dir: Path) -> list[subprocess.Popen]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
     env.update(RTHUB_NATS_URL=url, RTHUB_ID_SECRET="bench")
-    return [subprocess.Popen([sys.executable, "-m", "hub.cli", "hub"], env=env, cwd=ROOT,
+    return [subprocess.Popen(profiled([sys.executable, "-m", "hub.cli", "hub"], "hub"), env=env, cwd=ROOT,
                              stdout=open(log_dir / f"hub{i}.log", "ab"), stderr=subprocess.STDOUT)
             for i in range(n)]
 
 
 def stop_hubs(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGINT if PYSPY else signal.SIGTERM)  # py-spy writes its profile on SIGINT
     for p in procs:
         try:
             p.wait(30)
@@ -92,10 +107,22 @@ async def grant_course(js, course: str) -> None:
         await put_grant(js, Grant(id=uuid.uuid4().hex[:12], consumer="bench", protocol=protocol, courses=[course]))
 
 
-async def throughput(url: str, js, hubs: int, n: int, tmp: Path) -> float:
-    course = f"course-v1:edX+T{hubs}{uuid.uuid4().hex[:6]}+2024"
+def start_passthrough(url: str, log_dir: Path) -> list[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
+    return [subprocess.Popen(profiled([sys.executable, str(ROOT / "bench" / "passthrough.py"), url], "passthrough"),
+                             env=env, cwd=ROOT,
+                             stdout=open(log_dir / "passthrough.log", "ab"), stderr=subprocess.STDOUT)]
+
+
+async def throughput(url: str, js, hubs: int, n: int, tmp: Path, passthrough: bool = False) -> float:
+    """Events per second from the first ``send()`` until both protocol streams hold one message per event: through
+    ``hubs`` hub processes, or (``passthrough``) through bench/passthrough.py, fed the same way."""
+    course = f"course-v1:edX+{'P' if passthrough else 'T'}{hubs}{uuid.uuid4().hex[:6]}+2024"
     await grant_course(js, course)
-    procs = start_hubs(url, hubs, tmp)
+    # The hub's and the pass-through's durable consumers outlive their processes: without a purge each run would
+    # also work off the raw events the previous runs (of the other) left in its consumer.
+    await js.purge_stream(RAW_STREAM)
+    procs = start_passthrough(url, tmp) if passthrough else start_hubs(url, hubs, tmp)
     try:
         await asyncio.sleep(3)  # hub start-up (imports, consumer, grant watch) is not what is measured
         events = [event(course, i) for i in range(n)]
@@ -232,8 +259,14 @@ async def main(n: int) -> None:
             await raw_stream(js)
             raw = await raw_fetch_ack(nc, js, n, settings.batch_size)
             print(f"raw JetStream fetch+ack: {raw:.0f} msgs/s", file=sys.stderr, flush=True)
-            one = await throughput(server.url, js, 1, n, tmp)
-            print(f"one hub: {one:.0f} events/s", file=sys.stderr, flush=True)
+            # hub and pass-through alternate, twice each: the machine's drift falls on both alike
+            hub_runs, pass_runs = [], []
+            for _ in range(2):
+                pass_runs.append(await throughput(server.url, js, 1, n, tmp, passthrough=True))
+                print(f"pass-through: {pass_runs[-1]:.0f} events/s", file=sys.stderr, flush=True)
+                hub_runs.append(await throughput(server.url, js, 1, n, tmp))
+                print(f"one hub: {hub_runs[-1]:.0f} events/s", file=sys.stderr, flush=True)
+            one, passthrough = max(hub_runs), max(pass_runs)
             two = await throughput(server.url, js, 2, n, tmp)
             print(f"two hubs: {two:.0f} events/s", file=sys.stderr, flush=True)
             raw_lat = await raw_latency(nc, js)
@@ -250,6 +283,9 @@ async def main(n: int) -> None:
     print(f"raw_fetch_ack_per_s={raw:.0f}")
     print(f"events_per_s={one:.0f}")
     print(f"hub_to_raw_ratio={one / raw:.2f}")
+    print(f"passthrough_per_s={passthrough:.0f}")
+    print(f"hub_to_passthrough_ratio={one / passthrough:.2f}")
+    print(f"passthrough_to_raw_ratio={passthrough / raw:.2f}")
     print(f"raw_p99_ms={p99(raw_lat):.2f}")
     print(f"p99_ms={p99(lat):.2f}")
     print(f"p99_to_raw_ratio={p99(lat) / p99(raw_lat):.2f}")
