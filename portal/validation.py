@@ -302,7 +302,8 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
-    if delivery == "lrs":
+    credential = KINDS[delivery].credential if delivery in KINDS else None
+    if credential == "basic_auth":  # basic credentials, or a bearer token instead (an LRS takes either)
         if basic and bearer:
             errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
         elif basic:
@@ -313,7 +314,7 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
             auth_kind, auth_value = "bearer", bearer
         else:
             errors["basic_auth"] = "An LRS needs basic credentials (USER:PASSWORD) or a bearer token."
-    elif delivery == "caliper":
+    elif credential == "bearer":
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer

@@ -159,3 +159,20 @@ def test_portal_form_takes_protocol_rules_from_the_registry():
 
     assert "xapi" in delivery_error("lrs", "caliper") and "caliper" in delivery_error("caliper", "xapi")
     assert delivery_error("webhook", "caliper") is None and delivery_error("direct", "xapi") is None
+
+
+def test_no_delivery_kind_is_compared_by_name_outside_the_registry():
+    """What a kind is (push, signed, credential, protocols) is asked of hub.core.delivery_kinds; only the request
+    builder, which is each kind's own code, branches on the name."""
+    import re
+
+    from tests.helpers import ROOT
+
+    literal = re.compile(r"""(delivery|kind)\s*(==|!=)\s*["'](webhook|lrs|caliper|direct)["']"""
+                         r"""|(delivery|kind)\s+(not\s+)?in\s+\(["'](webhook|lrs|caliper|direct)["']""")
+    allowed = {ROOT / "hub" / "deliver" / "transport" / "request.py"}
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}"
+             for package in ("hub", "portal", "lms_publisher")
+             for path in sorted((ROOT / package).rglob("*")) if path.suffix in (".py", ".html") and path not in allowed
+             for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert found == []

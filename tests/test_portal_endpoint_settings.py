@@ -21,9 +21,8 @@ from hub.deliver.transport.signing import new_secret
 from portal.validation import check_custom_headers, check_payload_filter, check_rate_limit
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
-from tests.helpers import wait_for
+from tests.helpers import unique, wait_for
 from tests.test_portal_api import (  # noqa: F401 - fixtures
-    COURSE_A,
     admin,
     app,
     mailbox,
@@ -84,10 +83,14 @@ def test_field_checks_refuse_with_the_field_and_the_limit():
 
 
 # ---- through the portal, with a real deliverer -------------------------------------------------------------
+COURSE = f"course-v1:Portal24+{unique('c')}+run"  # this module's own course: other modules' logs and replays
+# (test_portal_ops replays COURSE_A) never see its statements
+
+
 async def _approved(app, admin, receiver, **fields) -> tuple[object, str, str]:
     """A consumer, its approved webhook integration to ``receiver`` and the secret shown at approval."""
     consumer = await new_consumer(app)
-    key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE_A, **fields)
+    key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE, **fields)
     await post(admin, f"/admin/integrations/{key}/approve")
     page = (await consumer.get(f"/integrations/{key}")).text
     secret = re.search(r'<pre id="secret">([^<]+)</pre>', page).group(1)
@@ -106,7 +109,7 @@ async def test_headers_filter_and_secret_shown_again(app, admin, js, nc, nats_se
             assert target.payload_filter == ["context", "result"] and target.rate_limit_per_s == 50
 
             st = statement() | {"context": {"platform": "edX"}, "result": {"completion": True}}
-            await publish(js, st)
+            await publish(js, st, COURSE)
             await wait_for(lambda: st["id"] in ids_received(receiver), 10, "the filtered statement delivered")
             req = next(r for r in receiver.requests if r.body and st["id"].encode() in r.body)
             assert req.headers["x-tenant"] == "acme" and req.headers["x-api-key"] == "k-123"
@@ -136,7 +139,7 @@ async def test_headers_filter_and_secret_shown_again(app, admin, js, nc, nats_se
             assert ok.status_code == 200, ok.text
             assert "custom_headers" in ok.json()["message"] and "payload_filter" in ok.json()["message"]
             st2 = statement() | {"context": {"platform": "edX"}}
-            await publish(js, st2)
+            await publish(js, st2, COURSE)
             await wait_for(lambda: st2["id"] in ids_received(receiver), 10, "the second statement delivered")
             req = next(r for r in receiver.requests if r.body and st2["id"].encode() in r.body)
             assert req.headers["x-tenant"] == "beta" and "x-api-key" not in req.headers
@@ -151,7 +154,7 @@ async def test_rate_limit_is_held_within_ten_percent(app, admin, js, nc, nats_se
     try:
         async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
             consumer, key, _ = await _approved(app, admin, receiver, rate_limit=str(rate))
-            ids = [await publish(js, statement()) for _ in range(n)]
+            ids = [await publish(js, statement(), COURSE) for _ in range(n)]
             await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 30, f"{n} statements delivered")
             times = sorted(r.t for r in receiver.requests if r.body and any(i.encode() in r.body for i in ids))
             # the bucket starts full (one burst of `rate`), so measure the requests after the first `rate`
@@ -170,7 +173,7 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             consumer, key, _ = await _approved(app, admin, receiver)
             token = await make_token(consumer)
             auth = {"Authorization": f"Bearer {token}"}
-            first = await publish(js, statement())
+            first = await publish(js, statement(), COURSE)
             await wait_for(lambda: first in ids_received(receiver), 10, "delivery runs before the pause")
 
             paused = await consumer.post(f"/api/v1/integrations/{key}/pause", headers=auth)
@@ -184,7 +187,7 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             assert 'id="paused"' in page and 'id="kept-until"' in page and 'id="resume"' in page
 
             before = len(receiver.requests)
-            ids = [await publish(js, statement()) for _ in range(20)]
+            ids = [await publish(js, statement(), COURSE) for _ in range(20)]
             stream = PROTOCOL_STREAMS["xapi"]
 
             async def kept() -> bool:
@@ -218,7 +221,7 @@ async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js,
         async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
             consumer, key, _ = await _approved(app, admin, receiver)
             auth = {"Authorization": f"Bearer {await make_token(consumer)}"}
-            ids = [await publish(js, statement()) for _ in range(3)]
+            ids = [await publish(js, statement(), COURSE) for _ in range(3)]
             await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 10, "3 statements delivered")
             items: list[dict] = []
 
@@ -258,7 +261,7 @@ async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js,
             ok = await consumer.post(f"/api/v1/integrations/{key}/endpoint", headers=auth,
                                      json={"batch_size": 3, "batch_wait_ms": 2000})
             assert ok.status_code == 200, ok.text
-            batch = [await publish(js, statement()) for _ in range(3)]
+            batch = [await publish(js, statement(), COURSE) for _ in range(3)]
             await wait_for(lambda: set(batch) <= set(ids_received(receiver)), 15, "the batch delivered")
             await wait_for(logged, 10, "log read")
 

@@ -316,3 +316,56 @@ async def test_a_direct_subscriber_cannot_publish_large_messages(op_server, data
     finally:
         if not sub.is_closed:
             await sub.close()
+
+
+async def test_lists_and_text_fields_are_bounded_and_named(api):
+    spec = {"name": "n", "protocol": "xapi", "delivery": "direct", "sites": [SITE]}
+    many = await api.post("/api/v1/integrations", json={**spec, "orgs": [f"O{i}" for i in range(51)]})
+    assert many.status_code == 400 and many.json()["errors"]["orgs"] == "At most 50 entries."
+    long = await api.post("/api/v1/integrations", json={**spec, "courses": [COURSE], "name": "n" * 101})
+    assert long.status_code == 400 and "At most 100 characters" in long.json()["errors"]["name"]
+
+
+async def test_a_row_stored_before_the_size_limit_still_shows(app, api):
+    """An integration approved before scopes were bounded (51 subjects, direct) keeps its page; writing it
+    again is what the limit refuses."""
+    from portal.services.provisioning import scope_json
+    from portal.tables import Integration
+    from portal.validation import IntegrationSpec, Scope
+
+    portal = app.state.portal
+    root = api.account
+    spec = IntegrationSpec(name="old", protocol="xapi", delivery="direct", scope=Scope(sites=[SITE]))
+    row = await portal.create_integration(root, spec, approved_by=root)
+    wide = Scope(sites=[SITE], orgs=["Org", "O1", "O2"], courses=[f"course-v1:Org+C{i}+1" for i in range(17)])
+    await Integration.update({Integration.granted: scope_json(wide)}).where(Integration.key == row.key)
+    async with client(app) as web:
+        await web.get("/login")
+        csrf = web.cookies.get("csrftoken")
+        await web.post("/login", data={"email": root.email, "password": PASSWORD, "_csrf_token": csrf})
+        shown = await web.get(f"/integrations/{row.key}")
+        assert shown.status_code == 200 and row.key in shown.text
+
+
+async def test_a_direct_subscription_whose_account_was_not_loaded_shows_failing(app, api, data_dir):
+    from portal.validation import IntegrationSpec, Scope
+
+    portal = app.state.portal
+    root = api.account
+    spec = IntegrationSpec(name="skipped", protocol="xapi", delivery="direct", scope=Scope(sites=[SITE]))
+    row = await portal.create_integration(root, spec, approved_by=root)
+    # what AuthStore.tenant_jwts() leaves when a stored JWT is skipped at start
+    (data_dir / "nats-auth" / "tenants" / f"{row.key}.refused").write_text(
+        "1048577 bytes, more than the 262144 allowed\n"
+    )
+    async with client(app) as web:
+        await web.get("/login")
+        csrf = web.cookies.get("csrftoken")
+        await web.post("/login", data={"email": root.email, "password": PASSWORD, "_csrf_token": csrf})
+        state = (await web.get(f"/integrations/{row.key}/state.json")).json()
+        assert state["state"] == "failing" and "not loaded" in state["headline"], state
+        page = await web.get(f"/integrations/{row.key}")
+        assert page.status_code == 200 and "not loaded when the server last started" in page.text
+    # re-approving (here: re-opening the account) writes a fresh JWT and clears the mark
+    AuthStore.ensure(data_dir).open_tenant(Grant(id=row.key, consumer="c", protocol="xapi", sites=[SITE]))
+    assert not (data_dir / "nats-auth" / "tenants" / f"{row.key}.refused").exists()

@@ -32,6 +32,7 @@ from hub.auth.permissions import (
     tenant_imports,
 )
 from hub.core.creds import creds_jwt
+from hub.core.events import MAX_EVENT_BYTES
 from hub.core.grants import GRANT_ID, Grant
 from hub.core.subjects import encode_token
 
@@ -50,8 +51,9 @@ TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0, "payload": T
 MAX_ACCOUNT_JWT_BYTES = 256 * 1024
 REFUSED = ".refused"  # tenants/<grant>.refused: why its stored JWT was not loaded at start
 SITES = "sites"
-# An LMS site's account: publishers' connections and inboxes only; no JetStream, no exports.
-SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0}
+# An LMS site's account: publishers' connections and inboxes only; no JetStream, no exports; no message larger
+# than the largest raw event the hub takes (the publisher refuses bigger ones before sending).
+SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0, "payload": MAX_EVENT_BYTES}
 ALL_SITES = "_all"  # file stem of the account of a publisher not bound to one site (lms.>)
 
 
@@ -296,7 +298,8 @@ class AuthStore:
         current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
         subj = site_subject(site)
         if current and current["iss"] == self.signing_pub and [i["subject"] for i in current["nats"].get(
-                "imports", [])] == [subj] and current["nats"]["imports"][0]["account"] == self.hub_pub:
+                "imports", [])] == [subj] and current["nats"]["imports"][0]["account"] == self.hub_pub \
+                and all(current["nats"]["limits"].get(k) == v for k, v in SITE_LIMITS.items()):
             return seed
         activation = jwt.encode(jwt.activation_claims(f"LMS {site or 'all sites'}", pub, subj, "service"),
                                 self.hub_seed)
@@ -571,6 +574,18 @@ class AuthStore:
     def consumer_connect_options(grant: Grant, creds_text: str) -> dict:
         """nats-py ``connect`` keyword arguments for a direct subscriber holding ``creds_text``."""
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
+
+
+def refused_reason(data_dir: str | Path, grant_id: str) -> str | None:
+    """Why ``grant_id``'s stored account JWT was left out at the last start (``None``: it was not), read
+    without opening the store: cheap enough for every view of the integration."""
+    if not GRANT_ID.fullmatch(grant_id):
+        return None
+    path = Path(data_dir) / AUTH_DIR / TENANTS / f"{grant_id}{REFUSED}"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 def site_subject(site: str | None) -> str:

@@ -23,14 +23,13 @@ from portal.deliveries import (
     EndpointState,
     fmt,
     parse_filter,
-    read_attempt,
     read_attempts,
 )
 from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_admin, signed_in
 from portal.services import PortalError, endpoints
 from portal.services.operations import perform
 from portal.validation import split_list
-from portal.views import state_of
+from portal.views import attempt_detail, pretty, state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 
@@ -98,36 +97,6 @@ class OpsPages(Controller):
         return page(request, "deliveries.html", row=row, state=state, attempts=attempts, dead=dead, filters=keep,
                     errors=errors, chart=chart, refresh_url=f"/integrations/{key}/state.json",
                     push=row.delivery in PUSH)
-
-
-def pretty(text: str) -> str:
-    """A stored statement indented for reading (as it is when it is not JSON)."""
-    import json
-
-    try:
-        return json.dumps(json.loads(text), indent=2)
-    except ValueError:
-        return text
-
-
-async def attempt_detail(portal, row, attempt: str) -> AttemptDetail:
-    """One attempt of ``row`` with its payload; 404 when it is not this integration's (or expired)."""
-
-    from hub.deliver import actions
-    from portal.services.integrations import payload_filter_of
-
-    if row.status not in ("approved", "suspended"):
-        raise PortalError("No such attempt.", 404)
-    js = await portal.js()
-    found = await read_attempt(js, row.key, attempt)
-    if found is None:
-        raise PortalError("No such attempt (or no longer kept).", 404)
-    bodies = await actions.statements(js, row.key, [s for s in found.seqs if s > 0]) if any(found.seqs) else []
-    payload = []
-    for body in bodies:
-        payload.append(body.decode("utf-8", "replace") if body is not None else None)
-    return AttemptDetail(attempt=found, payload=payload, statements=len(found.ids),
-                         payload_filter=payload_filter_of(row))
 
 
 @get("/integrations/{key:str}/state.json")

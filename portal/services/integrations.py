@@ -417,7 +417,7 @@ class IntegrationService(ProvisioningService):
             auth = self.auth()
         except PortalError as exc:
             return exc.message
-        return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
+        return auth.example_subscriber(grant_of(row, "", validate=False), consumer_name(row.key),
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
 
