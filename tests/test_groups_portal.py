@@ -92,7 +92,8 @@ async def test_group_request_identity_needs_an_explicit_approval(app, admin, js,
     )
     consumer = await new_consumer(app)
     plain = await request_access(consumer, learner_groups=name, identity=["username", "email"])
-    named = await request_access(consumer, learner_groups=name, identity=["username", "email"])
+    named = await request_access(consumer, name="Adaptive engine, named identity", learner_groups=name,
+                                 identity=["username", "email"])  # not a duplicate of the pending one
 
     # approved as requested, without naming identity fields: groups kept, identity not granted
     await post(admin, f"/admin/integrations/{plain}/approve")
