@@ -112,3 +112,30 @@ async def test_narrowing_keeps_a_pending_wider_request(app, admin):
     assert approved.status_code == 200
     row = await Integration.objects().get(Integration.key == key)
     assert not row.scope_change and COURSE_B in row.granted
+
+
+async def test_event_catalog_page_and_api(app):
+    """Issue 24: the event catalog from the translators (tracking events) and the Open edX events catalog, with
+    an example payload per protocol; the request form offers its names."""
+    import json
+
+    from hub.translate import supported
+
+    consumer = await new_consumer(app)
+    token = await make_token(consumer)
+    got = await consumer.get("/api/v1/event-types", headers={"Authorization": f"Bearer {token}"})
+    assert got.status_code == 200
+    rows = {r["name"]: r for r in got.json()}
+    assert set(supported("xapi")) | set(supported("caliper")) <= set(rows)
+    play = rows["play_video"]
+    assert play["protocols"][:2] == ["xapi", "caliper"] and "played a video" in play["description"]
+    assert json.loads(play["examples"]["xapi"])["verb"]["id"].endswith("/played")
+    assert json.loads(play["examples"]["caliper"])["type"] == "MediaEvent"
+    assert rows["org.openedx.learning.course.enrollment.created.v1"]["source"] == "openedx-events"
+    caliper = await consumer.get("/api/v1/event-types?protocol=caliper", headers={"Authorization": f"Bearer {token}"})
+    assert {r["name"] for r in caliper.json()} == {n for n, r in rows.items() if "caliper" in r["protocols"]}
+    page = (await consumer.get("/event-types")).text
+    assert "<code>play_video</code>" in page and "played a video" in page
+    form = (await consumer.get("/integrations/new")).text
+    assert 'list="event-type-names"' in form and '<option value="problem_check">' in form
+    assert (await consumer.get("/api/v1/event-types")).status_code == 401  # the API wants a token
