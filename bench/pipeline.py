@@ -19,8 +19,13 @@ Latencies skip the first second (warm-up).
    process with no NATS (``Hub._translate`` over 20,000 events, best of 5, alternated 3 times):
    ``groups_cpu_ratio=`` (with / without; 1.0 = no slower).
 
+The hub's ceiling (issue 20): bench/passthrough.py, a process that fetches the raw events as the hub does,
+publishes one message per protocol with the same headers and acks (no parsing or translation), fed the same
+way (``send()`` while it runs). Hub and pass-through alternate, twice each; the best of each is kept.
+
 Runs its own nats-server (free port, temp store). Usage: ``python bench/pipeline.py [N]`` (default 50,000).
 The last lines are ``raw_fetch_ack_per_s=``, ``events_per_s=`` (one hub), ``hub_to_raw_ratio=``,
+``passthrough_per_s=``, ``hub_to_passthrough_ratio=``, ``passthrough_to_raw_ratio=``,
 ``raw_p99_ms=``, ``p99_ms=`` (send() to subscriber) and ``p99_to_raw_ratio=``: ratios hold up better than
 absolute figures on a shared machine.
 """
@@ -50,7 +55,7 @@ from hub.core.natsconn import connect  # noqa: E402
 from hub.core.protocols import NAMES as PROTOCOL_NAMES  # noqa: E402
 from hub.core.settings import HubSettings  # noqa: E402
 from hub.core.streams import ensure_streams  # noqa: E402
-from hub.core.subjects import filter_subject  # noqa: E402
+from hub.core.subjects import RAW_STREAM, filter_subject  # noqa: E402
 from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 from lms_publisher.backend import NatsBackend  # noqa: E402
 
@@ -70,17 +75,27 @@ def event(course: str, i: int, user: int | None = None) -> dict:
                         "page": f"http://localhost:18000/courses/{course}/courseware/"}}
 
 
+PYSPY = os.environ.get("BENCH_PYSPY")  # a folder: each hub / pass-through runs under `py-spy record` (raw stacks)
+
+
+def profiled(cmd: list[str], name: str) -> list[str]:
+    if not PYSPY:
+        return cmd
+    return ["py-spy", "record", "-r", "250", "-f", "raw", "-o", f"{PYSPY}/{name}-{uuid.uuid4().hex[:4]}.txt", "--",
+            *cmd]
+
+
 def start_hubs(url: str, n: int, log_dir: Path) -> list[subprocess.Popen]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
     env.update(RTHUB_NATS_URL=url, RTHUB_ID_SECRET="bench")
-    return [subprocess.Popen([sys.executable, "-m", "hub.cli", "hub"], env=env, cwd=ROOT,
+    return [subprocess.Popen(profiled([sys.executable, "-m", "hub.cli", "hub"], "hub"), env=env, cwd=ROOT,
                              stdout=open(log_dir / f"hub{i}.log", "ab"), stderr=subprocess.STDOUT)
             for i in range(n)]
 
 
 def stop_hubs(procs: list[subprocess.Popen]) -> None:
     for p in procs:
-        p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGINT if PYSPY else signal.SIGTERM)  # py-spy writes its profile on SIGINT
     for p in procs:
         try:
             p.wait(30)
@@ -119,22 +134,36 @@ async def grant_course(js, course: str) -> None:
         await put_grant(js, Grant(id=uuid.uuid4().hex[:12], consumer="bench", protocol=protocol, courses=[course]))
 
 
-async def throughput(url: str, js, hubs: int, n: int, tmp: Path, learners: int = 0, groups: list[str] = ()) -> float:
-    """Events per second through ``hubs`` hubs; ``learners``: events of that many distinct users; ``groups``: a
-    grant per protocol restricted to these learner groups is added (the plain grants stay what is counted)."""
-    course = f"course-v1:edX+T{hubs}{uuid.uuid4().hex[:6]}+2024"
+def start_passthrough(url: str, log_dir: Path) -> list[subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
+    return [subprocess.Popen(profiled([sys.executable, str(ROOT / "bench" / "passthrough.py"), url], "passthrough"),
+                             env=env, cwd=ROOT,
+                             stdout=open(log_dir / "passthrough.log", "ab"), stderr=subprocess.STDOUT)]
+
+
+async def throughput(url: str, js, hubs: int, n: int, tmp: Path, learners: int = 0, groups: list[str] = (),
+                     passthrough: bool = False) -> float:
+    """Events per second from the first ``send()`` until both protocol streams hold one message per event,
+    through ``hubs`` hubs, or (``passthrough``) through bench/passthrough.py fed the same way; ``learners``:
+    events of that many distinct users; ``groups``: a grant per protocol restricted to these learner groups is
+    added (the plain grants stay what is counted)."""
+    course = f"course-v1:edX+{'P' if passthrough else 'T'}{hubs}{uuid.uuid4().hex[:6]}+2024"
     await grant_course(js, course)
     for protocol in PROTOCOL_NAMES if groups else ():
         await put_grant(js, Grant(id=uuid.uuid4().hex[:12], consumer="bench-group", protocol=protocol,
                                   courses=[course], learner_groups=list(groups)))
-    logs = [tmp / f"hub{i}.log" for i in range(hubs)]
+    # The hub's and the pass-through's durable consumers outlive their processes: without a purge each run would
+    # also work off the raw events the previous runs (of the other) left in its consumer.
+    await js.purge_stream(RAW_STREAM)
+    logs = [tmp / "passthrough.log"] if passthrough else [tmp / f"hub{i}.log" for i in range(hubs)]
+    ready = b"passthrough ready" if passthrough else b"hub running"
     for log in logs:
         log.unlink(missing_ok=True)
-    procs = start_hubs(url, hubs, tmp)
+    procs = start_passthrough(url, tmp) if passthrough else start_hubs(url, hubs, tmp)
     try:
         # hub start-up (imports, consumer, grant and learner mirrors loaded) is not what is measured
         deadline = time.monotonic() + 120
-        while not all(log.exists() and b"hub running" in log.read_bytes() for log in logs):
+        while not all(log.exists() and ready in log.read_bytes() for log in logs):
             if time.monotonic() > deadline:
                 raise RuntimeError("hubs did not start within 120 s")
             await asyncio.sleep(0.1)
@@ -307,8 +336,14 @@ async def main(n: int) -> None:
             await raw_stream(js)
             raw = await raw_fetch_ack(nc, js, n, settings.batch_size)
             print(f"raw JetStream fetch+ack: {raw:.0f} msgs/s", file=sys.stderr, flush=True)
-            one = await throughput(server.url, js, 1, n, tmp)
-            print(f"one hub: {one:.0f} events/s", file=sys.stderr, flush=True)
+            # hub and pass-through alternate, twice each: the machine's drift falls on both alike
+            hub_runs, pass_runs = [], []
+            for _ in range(2):
+                pass_runs.append(await throughput(server.url, js, 1, n, tmp, passthrough=True))
+                print(f"pass-through: {pass_runs[-1]:.0f} events/s", file=sys.stderr, flush=True)
+                hub_runs.append(await throughput(server.url, js, 1, n, tmp))
+                print(f"one hub: {hub_runs[-1]:.0f} events/s", file=sys.stderr, flush=True)
+            one, passthrough = max(hub_runs), max(pass_runs)
             two = await throughput(server.url, js, 2, n, tmp)
             print(f"two hubs: {two:.0f} events/s", file=sys.stderr, flush=True)
             # A B B A: the shared machine drifts (and streams grow) over the run; this order cancels a linear drift
@@ -336,6 +371,9 @@ async def main(n: int) -> None:
     print(f"raw_fetch_ack_per_s={raw:.0f}")
     print(f"events_per_s={one:.0f}")
     print(f"hub_to_raw_ratio={one / raw:.2f}")
+    print(f"passthrough_per_s={passthrough:.0f}")
+    print(f"hub_to_passthrough_ratio={one / passthrough:.2f}")
+    print(f"passthrough_to_raw_ratio={passthrough / raw:.2f}")
     print(f"raw_p99_ms={p99(raw_lat):.2f}")
     print(f"p99_ms={p99(lat):.2f}")
     print(f"p99_to_raw_ratio={p99(lat) / p99(raw_lat):.2f}")

@@ -7,6 +7,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, UnsetType
 
 from hub.deliver.state.records import Attempt
+from portal.deliveries import EndpointState
 from portal.validation import Scope
 
 
@@ -169,6 +170,7 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     created: str | None = None
     updated: str | None = None
     warnings: dict[str, str] | None = None
+    health: EndpointState | None = None  # in the list: the delivery state at a glance
 
 
 class RotatedSecret(msgspec.Struct, kw_only=True):

@@ -40,6 +40,22 @@ class EndpointState(msgspec.Struct, kw_only=True):
     error_resolved: bool = False
     old_secret_until: float | None = None
     secrets: int = 0
+    last_ack: float | None = None  # direct subscriptions: when the subscriber last acknowledged
+
+
+def health_text(s: EndpointState) -> str:
+    """The integrations list's health column: one line per state (last success, failing since, backlog,
+    disabled; a direct subscription's pending count and last ack)."""
+    backlog = f" · backlog {s.lag}" if s.lag else ""
+    if s.state == "direct":
+        return f"{s.lag or 0} pending · last ack {fmt(s.last_ack) if s.last_ack else 'never'}"
+    if s.state in ("failing", "behind", "disabled", "paused"):
+        return f"{s.state} since {fmt(s.since)}{backlog}"
+    if s.state == "delivering":
+        return f"last success {fmt(s.last_success)}{backlog}"
+    if s.state == "idle":
+        return f"nothing delivered yet{backlog}"
+    return s.state
 
 
 def fmt(t: float | None) -> str:
@@ -68,7 +84,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
                    stats: dict[str, Any], schedule: list[float] | None = None) -> EndpointState:
     """The one line a consumer needs, from the portal status and ``hub.deliver.state.integration_status.integration_status``."""
     counts = {k: stats.get(k) for k in ("delivered", "attempts", "failures", "dead_letters", "lag",
-                                        "last_success", "last_error", "last_error_at")}
+                                        "last_success", "last_error", "last_error_at", "last_ack")}
     resolved = bool(counts["last_error_at"] and counts["last_success"]
                     and counts["last_success"] > counts["last_error_at"])
     base = {**counts, "error_resolved": resolved}

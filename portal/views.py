@@ -140,3 +140,20 @@ async def attempt_detail(portal, row, attempt: str) -> AttemptDetail:
         payload.append(body.decode("utf-8", "replace") if body is not None else None)
     return AttemptDetail(attempt=found, payload=payload, statements=len(found.ids),
                          payload_filter=payload_filter_of(row))
+
+
+HEALTH_ROWS = 50  # the list computes health for this many integrations (each reads its delivery state)
+
+
+async def health_of(portal: Portal, rows: list) -> dict[str, Any]:
+    """``{integration id: {state, text, detail}}`` for the integrations list (approved and suspended ones)."""
+    from portal.deliveries import health_text
+
+    out: dict[str, Any] = {}
+    for row in [r for r in rows if r.status in ("approved", "suspended")][:HEALTH_ROWS]:
+        try:
+            state = await state_of(portal, row)
+        except PortalError:  # NATS away: the list still shows the integrations
+            continue
+        out[row.key] = {"state": state.state, "text": health_text(state), "detail": state}
+    return out

@@ -34,6 +34,7 @@ from tests.test_auth_nats import Probe
 from tests.test_hub import COURSE, video_event
 
 SITE = "campus"
+stack_deliverer: list = []  # the stack's deliverer (module scope)
 SECRET = "group-secret"
 
 
@@ -101,6 +102,7 @@ async def stack(server, data_dir):
         dnc, server.url, nats_creds=str(auth.service_creds("deliverer")), id_secret=SECRET
     ) as d:
         await delivering(d, hook.id)
+        stack_deliverer[:] = [d]
         yield admin, auth, hub, rx, direct, other
     await dnc.close()
     stop.set()
@@ -244,6 +246,35 @@ async def test_a_direct_subscribers_creds_reach_no_other_group(stack):
     mine = await js.consumer_info("XAPI", consumer_name(direct.id))
     assert got == [] and mine.num_pending == 0
     await probe.close()
+
+
+async def test_a_removed_members_queued_statements_are_not_delivered(stack):
+    """The deliverer checks membership again at every attempt: a statement made while the learner was a member
+    but still undelivered (the endpoint asked to retry later) is not sent once the learner left the group."""
+    admin, _, hub, _, _, _ = stack
+    js = admin.jetstream()
+    answers = iter([(503, {"retry-after": "2"}, b"busy")])
+    slow = await Receiver(lambda r: next(answers, (200, {}, b"ok"))).start()
+    grant = Grant(id="acmeslow", consumer="acme", protocol="xapi", sites=[SITE], learner_groups=["acme"],
+                  delivery="webhook")
+    await (await js.key_value(TARGETS_BUCKET)).put(grant.id, msgspec.json.encode(
+        Target(id=grant.id, kind="webhook", url=slow.url, secrets=[new_secret()])))
+    await put_grant(js, grant)
+    acme = Group(name="acme", site=SITE)
+    await change_members(js, acme, add=["12"])
+    await wait_for(lambda: grant.id in hub.grants.index.grants and hub.membership.groups_of(SITE, "12"), 5, "state")
+    deliverer = stack_deliverer[0]
+    await delivering(deliverer, grant.id)
+    await send(js, 12)
+    await wait_for(lambda: len(slow.requests) == 1, 10, "the first attempt, answered 503 Retry-After: 2")
+    await change_members(js, acme, remove=["12"])
+    await wait_for(lambda: deliverer.identities.learners.get((SITE, "12")) is not None
+                   and not deliverer.identities.learners[(SITE, "12")].groups, 2, "the deliverer sees the removal")
+    await send(js, 7)  # a member's statement behind it, delivered once the endpoint answers again
+    await wait_for(lambda: any(actor(7) in r.body.decode() for r in slow.requests), 15, "the member's statement")
+    assert [actor(12) in r.body.decode() for r in slow.requests].count(True) == 1  # never sent again
+    assert deliverer.metrics.get("not_member") >= 1
+    await slow.stop()
 
 
 def control(name: str, **data) -> bytes:

@@ -185,6 +185,10 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             assert again.status_code == 409
             page = (await consumer.get(f"/integrations/{key}")).text
             assert 'id="paused"' in page and 'id="kept-until"' in page and 'id="resume"' in page
+            listed = (await consumer.get("/integrations")).text  # the list's health column
+            assert '<span class="state-badge paused">paused</span> <span class="health-text">paused since' in listed
+            api_list = (await consumer.get("/api/v1/integrations", headers=auth)).json()
+            assert next(i for i in api_list if i["id"] == key)["health"]["state"] == "paused"
 
             before = len(receiver.requests)
             ids = [await publish(js, statement(), COURSE) for _ in range(20)]
@@ -204,6 +208,8 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             assert got == ids  # in order (one course)
             assert (await read_target(app, js, key)).enabled
             assert 'id="pause"' in (await consumer.get(f"/integrations/{key}")).text
+            listed = (await consumer.get("/integrations")).text
+            assert '<span class="health-text">last success' in listed
     finally:
         await receiver.stop()
 
@@ -278,3 +284,16 @@ async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js,
                            "all 3 statements of the POST sent again")
     finally:
         await receiver.stop()
+
+
+def test_health_text_per_state():
+    from portal.deliveries import EndpointState, health_text
+    from portal.services.integrations import _epoch
+
+    assert health_text(EndpointState(state="direct", headline="", lag=12, last_ack=0.0)).startswith("12 pending · last ack never")
+    assert health_text(EndpointState(state="direct", headline="", lag=3, last_ack=1796391601.0)) == (
+        "3 pending · last ack 2026-12-04 13:40:01 UTC")
+    assert health_text(EndpointState(state="failing", headline="", since=1796391601.0, lag=40)) == (
+        "failing since 2026-12-04 13:40:01 UTC · backlog 40")
+    assert health_text(EndpointState(state="disabled", headline="", since=1796391601.0)).startswith("disabled since")
+    assert _epoch("2026-12-04T13:40:01.123456789Z") == 1796391601.123456 and _epoch("0001-01-01T00:00:00Z") is None

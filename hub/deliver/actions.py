@@ -19,10 +19,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from hub.core.errors import NoStream, PublishRefused
-from hub.core.grants import GRANTS_BUCKET, decode_grant, replay_name
+from hub.core.grants import decode_grant, replay_name
 from hub.core.subjects import (
     DEAD_LETTER_STREAM,
     DELIVERY_STATE_BUCKET,
+    GRANTS_BUCKET,
     PROTOCOL_STREAMS,
     dlq_subject,
     redrive_subject,

@@ -30,13 +30,14 @@ from hub.core.grants import (
     replay_name,
     size_refusal,
 )
-from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
+from hub.core.groups import IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.core.secretbox import SecretBox, SecretError
 from hub.core.subjects import (
     DELIVERY_STATE_BUCKET,
+    LEARNERS_BUCKET,
     PARTS_STREAM,
     PROTOCOL_STREAMS,
     REDRIVE_STREAM,

@@ -29,6 +29,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from hub.core import trace
 from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
@@ -354,6 +355,10 @@ class Hub:
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
         out = [(subj, body, {Header.MSG_ID: sid} if gid is None else {Header.MSG_ID: gid, Header.STATEMENT_ID: sid})
                for subj, sid, gid, body in outputs]
+        parent = trace.valid((msg.headers or {}).get(trace.HEADER)) if out else None
+        if parent:  # W3C trace context: each statement is a child span of the LMS event's trace
+            for _, _, headers in out:
+                headers[trace.HEADER] = trace.child(parent)
         if rejected:  # a protocol that could not translate it does not hold back the others
             out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
                                             "; ".join(rejected)))

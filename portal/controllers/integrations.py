@@ -28,7 +28,7 @@ from portal.services import (
 )
 from portal.services.integrations import DuplicateRequest
 from portal.validation import size_refused, split_list, validate_request
-from portal.views import detail_page, unknown_warning, view_of
+from portal.views import detail_page, health_of, unknown_warning, view_of
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
 
@@ -37,7 +37,8 @@ class IntegrationPages(Controller):
 
     @get("/integrations")
     async def mine(self, request: Request, user: UserDep, portal: PortalDep) -> Template:
-        return page(request, "integrations.html", rows=await portal.list_for(user))
+        rows = await portal.list_for(user)
+        return page(request, "integrations.html", rows=rows, health=await health_of(portal, rows))
 
     @get("/integrations/new")
     async def new_form(self, request: Request, portal: PortalDep) -> Template:
@@ -127,7 +128,12 @@ class IntegrationApi(Controller):
 
     @get("/integrations", responses=ERRORS)
     async def list_mine(self, user: UserDep, portal: PortalDep) -> list[IntegrationView]:
-        return [view_of(r) for r in await portal.list_for(user)]
+        """Your integrations, each with its ``health`` (the endpoint state: last success, failing since,
+        backlog, disabled or paused; a direct subscription's pending count and last ack)."""
+        rows = await portal.list_for(user)
+        health = await health_of(portal, rows)
+        return [msgspec.structs.replace(view_of(r), health=health[r.key]["detail"]) if r.key in health
+                else view_of(r) for r in rows]
 
     @post("/integrations", responses=ERRORS, status_code=201, guards=[verified])
     async def create(self, user: UserDep, settings: SettingsDep, portal: PortalDep,

@@ -450,6 +450,18 @@ class IntegrationService(ProvisioningService):
             await self.audit("deliverer", "integration.disabled", row.key, reason)
             await self.notify(row, "disabled", reason)
 
+    async def _direct_status(self, js, row: Integration, out: dict[str, Any]) -> dict[str, Any]:
+        """``pending`` (not yet pulled), ``awaiting_ack`` (pulled, not acked), ``lag`` (both) and ``last_ack``
+        (when the subscriber last acknowledged) of a direct subscription's durable consumer."""
+        try:
+            info = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
+        except Exception:  # noqa: BLE001 - no consumer (yet): nothing to show
+            return out
+        out.update(pending=info.num_pending, awaiting_ack=info.num_ack_pending,
+                   lag=(info.num_pending or 0) + (info.num_ack_pending or 0),
+                   last_ack=_epoch(info.ack_floor.last_active) if info.ack_floor else None)
+        return out
+
     async def status(self, row: Integration) -> dict[str, Any]:
         """Delivery figures: ``hub.deliver.state.integration_status`` when installed, else the durable consumer's backlog."""
         out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
@@ -460,6 +472,8 @@ class IntegrationService(ProvisioningService):
         except PortalError as exc:
             out["last_error"] = exc.message
             return out
+        if not is_push(row.delivery):  # a direct subscription: its consumer's backlog and last ack
+            return await self._direct_status(js, row, out)
         try:
             from hub.deliver.state.integration_status import integration_status
         except ModuleNotFoundError:
@@ -481,6 +495,23 @@ class IntegrationService(ProvisioningService):
         except Exception:  # noqa: BLE001 - no consumer yet (deliverer not started)
             out["lag"] = None
         return out
+
+
+def _epoch(value: Any) -> float | None:
+    """A consumer's ``last_active`` (a datetime, or the server's RFC 3339 text with nanoseconds) as epoch
+    seconds; ``None`` for never (the server's zero time)."""
+    import datetime as dt
+    import re
+
+    if isinstance(value, str):
+        m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value)
+        if not m:
+            return None
+        value = dt.datetime.fromisoformat(m[1] + "." + (m[2] or "0")[:6].ljust(6, "0")
+                                          + ("+00:00" if m[3] == "Z" else m[3]))
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.timestamp() if value.year > 1970 else None
 
 
 _NOTICES = {

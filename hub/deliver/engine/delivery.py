@@ -90,6 +90,14 @@ class Delivery:
                 if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
                     due = time.time()
             while True:
+                gone = [i for i in items if self.endpoint.no_longer_member(i)]
+                if gone:  # membership is checked again at every attempt: a removed learner's statements stop
+                    for item in gone:
+                        await self.held.settle(item, "ack")
+                    self.ctx.metrics.inc("not_member", len(gone))
+                    items = [i for i in items if i not in gone]
+                    if not items:
+                        return
                 scheduled = due is None or time.time() >= due
                 tries += 1
                 # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming wait

@@ -47,7 +47,7 @@ class Runner:
         self.ctx, self.grant = ctx, grant
         s = ctx.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity)
+        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity, grant.learner_groups)
         self.schedules = Schedules(ctx.state, grant.id)
         self.held = Held(ctx.nc, self._acked, before_acks=lambda: self.recorder.flush())
         self.recorder = Recorder(ctx, grant.id)
