@@ -20,7 +20,12 @@ differ by 3-4x from one another):
 Usage: ``.venv/bin/python bench/delivery.py [--rate R] [--seconds 10] [--statements 50000] [--hub-events 20000]
 [--partitions 8]``.
 The last lines print ``hub_events_per_s=``, ``webhook_statements_per_s=``, ``lrs_statements_per_s=``,
-``webhook_two_deliverers_per_s=``, ``p50_ms=`` and ``p99_ms=``.
+``webhook_two_deliverers_per_s=``, ``p50_ms=``, ``p99_ms=``, then the ceilings and ratios of issue 20:
+``webhook_passthrough_per_s=`` (fetch from XAPI, POST each with the deliverer's HTTP client, ack: 16 at once),
+``batched_webhook_statements_per_s=`` (batch 500), ``webhook_to_passthrough_ratio=``,
+``batched_webhook_to_hub_ratio=``, ``lrs_to_hub_ratio=``, ``two_to_one_ratio=`` (two partitioned deliverers
+over one). Not measured yet: end-to-end capacity and the p99 at 50% / 80% of it (``e2e_capacity_per_s``,
+``p99_at_half_ms``, ``p99_at_80_ms``, ``raw_p99_at_half_ms``).
 """
 
 from __future__ import annotations
@@ -132,6 +137,52 @@ async def throughput(js, sink: Sink, gid: str, kind: str, n: int, **kw) -> float
     return sink.count / elapsed if elapsed > 0 else 0.0
 
 
+async def webhook_passthrough(nc, js, sink: Sink, n: int, concurrency: int = 16) -> float:
+    """The deliverer's ceiling: fetch from the XAPI stream, POST each statement with the deliverer's own HTTP
+    client (``hub.deliver.transport.client.Client``, keep-alive) to the same kind of receiver, ack; ``concurrency``
+    POSTs at once as the webhook integration (no ordering, signing, retry or state)."""
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    from hub.deliver.transport.client import Client
+
+    site = "benchpass"
+    await js.add_consumer("XAPI", ConsumerConfig(durable_name="benchpass", filter_subject=f"xapi.{site}.>",
+                                                 ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
+                                                 max_ack_pending=1000))
+    courses = [f"course-v1:BenchX+P{i}+run" for i in range(20)]
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    futures = [await js.publish_async(subject("xapi", site, "BenchX", courses[i % 20], "play_video"),
+                                      statement(i, ids[i]), headers={"Nats-Msg-Id": ids[i]}) for i in range(n)]
+    await asyncio.gather(*futures)
+    psub = await js.pull_subscribe_bind("benchpass", stream="XAPI")
+    http = Client(connect_timeout=5, max_idle=concurrency)
+    host = {"host": f"127.0.0.1:{sink.port}", "content-type": "application/json"}
+    queue: asyncio.Queue = asyncio.Queue(maxsize=2 * concurrency)
+
+    async def worker() -> None:
+        while (msg := await queue.get()) is not None:
+            await http.post("http", "127.0.0.1", sink.port, "127.0.0.1", "/hook", host, msg.data)
+            await msg.ack()
+
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    fetched = 0
+    while fetched < n:
+        try:
+            msgs = await psub.fetch(min(100, n - fetched), timeout=5)  # batch < max_ack_pending: it fills
+        except TimeoutError:
+            break
+        for msg in msgs:
+            await queue.put(msg)
+        fetched += len(msgs)
+    for _ in workers:
+        await queue.put(None)
+    await asyncio.gather(*workers)
+    await http.aclose()
+    await wait_count(sink, n, 30)
+    elapsed = sink.last - sink.first
+    return sink.count / elapsed if elapsed > 0 else 0.0
+
+
 async def hub_rate(js, nc, n: int) -> float:
     """Raw events pre-published, then the rate at which the hub turns them into statements."""
     site = "benchhub"
@@ -186,6 +237,15 @@ async def run(args) -> None:
             hook_rate = await throughput(js, hook, "hook", "webhook", args.statements // 2, max_concurrency=16,
                                          secrets=[new_secret()])
             print(f"webhook: delivered={hook.count} of {args.statements // 2} statements_per_s={hook_rate:.0f}")
+            passthrough = await webhook_passthrough(nc, js, await Sink().start(), args.statements // 2)
+            print(f"webhook pass-through (fetch, POST with the same client, ack): statements_per_s={passthrough:.0f}")
+
+            # 2b. one webhook receiving batches (batch 500), same statements
+            batched = await Sink().start()
+            batched_rate = await throughput(js, batched, "hookb", "webhook", args.statements // 2,
+                                            max_concurrency=16, batch_size=500, batch_wait_ms=50,
+                                            secrets=[new_secret()])
+            print(f"batched webhook (batch 500): delivered={batched.count} statements_per_s={batched_rate:.0f}")
 
             # 3. one batched LRS
             lrs = await Sink(lrs=True).start()
@@ -250,6 +310,12 @@ async def run(args) -> None:
             print(f"webhook_two_deliverers_per_s={two_rate:.0f}")
             print(f"p50_ms={p50:.1f}")
             print(f"p99_ms={p99:.1f}")
+            print(f"webhook_passthrough_per_s={passthrough:.0f}")
+            print(f"batched_webhook_statements_per_s={batched_rate:.0f}")
+            print(f"webhook_to_passthrough_ratio={hook_rate / passthrough:.2f}")
+            print(f"batched_webhook_to_hub_ratio={batched_rate / hub_eps:.2f}")
+            print(f"lrs_to_hub_ratio={lrs_rate / hub_eps:.2f}")
+            print(f"two_to_one_ratio={two_rate / hook_rate:.2f}")
         finally:
             await asyncio.to_thread(stop, procs)  # the deliverers close their connections to the sinks
             server.stop()

@@ -7,6 +7,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from msgspec import UNSET, UnsetType
 
 from hub.deliver.state.records import Attempt
+from portal.deliveries import EndpointState
 from portal.validation import Scope
 
 
@@ -169,6 +170,7 @@ class IntegrationView(msgspec.Struct, kw_only=True):
     created: str | None = None
     updated: str | None = None
     warnings: dict[str, str] | None = None
+    health: EndpointState | None = None  # in the list: the delivery state at a glance
 
 
 class RotatedSecret(msgspec.Struct, kw_only=True):
@@ -216,7 +218,10 @@ class AuditView(msgspec.Struct, kw_only=True):
 
 # ---- running an integration (portal.controllers.ops)
 class ResendRequest(msgspec.Struct, kw_only=True):
-    seq: int
+    """``seq`` (one statement) or ``seqs`` (every statement of one POST: an attempt's ``seqs``, up to 500)."""
+
+    seq: int | None = None
+    seqs: list[int] | None = None
 
 
 class RedriveRequest(msgspec.Struct, kw_only=True):

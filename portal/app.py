@@ -30,6 +30,7 @@ from portal.controllers import CONTROLLERS
 from portal.deliveries import fmt
 from portal.guards import DEPENDENCIES
 from portal.headers import SECURITY_HEADERS, SecurityHeaders
+from portal.limits import BodyLimit
 from portal.outage import nats_gate
 from portal.services import Portal, PortalError
 from portal.settings import PortalSettings
@@ -104,7 +105,9 @@ def create_app(settings: PortalSettings) -> Litestar:
         template_config=TemplateConfig(engine=JinjaTemplateEngine.from_environment(env)),
         csrf_config=CSRFConfig(secret=settings.resolved_secret(), cookie_secure=settings.cookie_secure,
                                exclude=["^/api/", "^/health$", "^/schema"]),
-        middleware=[DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure), nats_gate],
+        middleware=[lambda app: BodyLimit(app, settings.max_body_bytes),
+                    DefineMiddleware(SecurityHeaders, always_secure=settings.cookie_secure), nats_gate],
+        request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="rthub portal", version="1.0.0", path="/schema"),
         exception_handlers={PortalError: error_page, HTTPException: error_page, NotFoundException: error_page},
         # Litestar's default config replaces the root logger's handler with its own plain-text format: the

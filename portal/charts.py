@@ -10,6 +10,7 @@ from html import escape
 import msgspec
 
 from hub.deliver.state import attempt_log
+from hub.deliver.state.records import unpack
 from portal.tables import Integration, LagSample
 
 DAY_MIN = 24 * 60
@@ -26,15 +27,19 @@ async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int
         return delivered, failed
     async for msg in attempt_log.scan(js, key, start, max_scan, batch=1000):
         try:
-            a = msgspec.json.decode(msg.data)
-            i = int((float(a["t"]) - start) // 60)
-        except (msgspec.DecodeError, KeyError, TypeError, ValueError):
+            records = unpack(msg.data)
+        except (msgspec.DecodeError, RecursionError):
             continue
-        if 0 <= i < DAY_MIN:
-            if a.get("outcome") == "delivered":
-                delivered[i] += len(a.get("ids") or [])
-            else:
-                failed[i] += 1
+        for a in records:
+            try:
+                i = int((float(a["t"]) - start) // 60)
+            except (KeyError, TypeError, ValueError):
+                continue
+            if 0 <= i < DAY_MIN:
+                if a.get("outcome") == "delivered":
+                    delivered[i] += len(a.get("ids") or [])
+                else:
+                    failed[i] += 1
     return delivered, failed
 
 

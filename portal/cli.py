@@ -1,10 +1,12 @@
-"""``rthub portal serve|create-admin`` and ``rthub integration add|list|approve|deny|suspend|resume|revoke|creds``:
+"""``rthub portal serve|create-admin`` and ``rthub integration add|list|approve|deny|suspend|resume|revoke|creds|
+pause|attempts`` (``resume`` also ends an owner's pause):
 the administrator's page actions, scriptable against the same database."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import getpass
 import json
 import logging
@@ -200,6 +202,62 @@ def integration_decide(args: argparse.Namespace) -> int:
     return _run(settings, work)
 
 
+def integration_pause(args: argparse.Namespace) -> int:
+    """Pause a push integration (events kept); ``resume`` undoes it (see :func:`integration_resume`)."""
+    from portal.services import endpoints
+
+    async def work(portal: Portal):
+        row = await portal.get(args.key)
+        await endpoints.pause(portal, operator(), row)
+        until = await endpoints.kept_until(portal, row)
+        print(f"integration {row.key} paused; events kept" + (f" until {until.isoformat()}" if until else ""))
+
+    return _run(settings_from(args), work)
+
+
+def integration_resume(args: argparse.Namespace) -> int:
+    """``resume``: a paused integration delivers again; a suspended one is resumed (the administrator's
+    decision), as before."""
+    from portal.services import endpoints
+
+    async def work(portal: Portal):
+        row = await portal.get(args.key)
+        if row.paused_at is not None and row.status == "approved":
+            await endpoints.resume(portal, operator(), row)
+            print(f"integration {row.key} resumed: the events kept while paused are delivered now")
+            return
+        row = await portal.decide(operator(), args.key, "resume", "")
+        print(f"integration {row.key} {row.status}")
+
+    return _run(settings_from(args), work)
+
+
+def integration_attempts(args: argparse.Namespace) -> int:
+    """The delivery log (newest first) or, with ``--attempt``, one attempt's detail, as the portal shows them."""
+    from portal.deliveries import parse_filter, read_attempts
+    from portal.views import attempt_detail
+
+    async def work(portal: Portal):
+        row = await portal.get(args.key)
+        if args.attempt:
+            detail = await attempt_detail(portal, row, args.attempt)
+            print(json.dumps(msgspec.to_builtins(detail), indent=2))
+            return
+        f, errors = parse_filter(args.outcome, args.status, args.since, None, None, str(args.limit))
+        if errors:
+            raise PortalError("invalid filter", 400, errors)
+        page = await read_attempts(await portal.js(), row.key, f)
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(page), indent=2))
+            return
+        for a in page.items:
+            when = dt.datetime.fromtimestamp(a.t, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            print(f"{a.id}\t{when}\t{a.outcome}\t{a.status or '-'}\t{a.latency_ms or 0:.0f}ms\t"
+                  f"{len(a.ids)} statement(s)\t{a.error or ''}")
+
+    return _run(settings_from(args), work)
+
+
 def integration_creds(args: argparse.Namespace) -> int:
     async def work(portal: Portal):
         row = await portal.get(args.key)
@@ -255,6 +313,20 @@ def add_parser(sub) -> None:
     p.add_argument("--status", choices=("pending", "approved", "denied", "suspended", "revoked"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=integration_list)
+    p = isub.add_parser("pause", help="pause a push integration's delivery (events are kept)")
+    _common(p)
+    p.add_argument("key", help="integration id (i...)")
+    p.set_defaults(func=integration_pause)
+    p = isub.add_parser("attempts", help="the delivery log, or one attempt's detail (--attempt ID)")
+    _common(p)
+    p.add_argument("key", help="integration id (i...)")
+    p.add_argument("--attempt", help="an attempt id from the log: its headers, body and payload as JSON")
+    p.add_argument("--outcome")
+    p.add_argument("--status")
+    p.add_argument("--since", help="ISO time or an age such as 2h")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=integration_attempts)
     for action in ("approve", "deny", "suspend", "resume", "revoke"):
         p = isub.add_parser(action, help=f"{action} an integration")
         _common(p)
@@ -267,7 +339,7 @@ def add_parser(sub) -> None:
                            help="approve this requested identity field (explicit, audited; repeatable)")
         else:
             p.set_defaults(site=[], org=[], course=[], event_type=[], group=[], identity=[])
-        p.set_defaults(func=integration_decide, action=action)
+        p.set_defaults(func=integration_resume if action == "resume" else integration_decide, action=action)
     p = isub.add_parser("creds", help="issue a fresh .creds file for a direct integration")
     _common(p)
     p.add_argument("key")

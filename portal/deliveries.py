@@ -11,16 +11,17 @@ from typing import Any
 import msgspec
 
 from hub.core.delivery_kinds import is_push
+from hub.core.grants import PAUSED_REASON
 from hub.core.settings import from_env
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state import attempt_log
-from hub.deliver.state.records import Attempt
+from hub.deliver.state.records import Attempt, unpack
 
 
 class EndpointState(msgspec.Struct, kw_only=True):
     """``state``: pending, denied, revoked, suspended (by an administrator), disabled (by the deliverer: 410 or
     failing too long; ``reason``, ``since``), failing (``since``, ``next_retry``), behind (delivering but not
-    keeping up, ``since``), delivering, idle (approved,
+    keeping up, ``since``), paused (by its owner, ``since``), delivering, idle (approved,
     nothing sent yet) or direct (the consumer pulls). Times are epoch seconds."""
 
     state: str
@@ -39,6 +40,22 @@ class EndpointState(msgspec.Struct, kw_only=True):
     error_resolved: bool = False
     old_secret_until: float | None = None
     secrets: int = 0
+    last_ack: float | None = None  # direct subscriptions: when the subscriber last acknowledged
+
+
+def health_text(s: EndpointState) -> str:
+    """The integrations list's health column: one line per state (last success, failing since, backlog,
+    disabled; a direct subscription's pending count and last ack)."""
+    backlog = f" · backlog {s.lag}" if s.lag else ""
+    if s.state == "direct":
+        return f"{s.lag or 0} pending · last ack {fmt(s.last_ack) if s.last_ack else 'never'}"
+    if s.state in ("failing", "behind", "disabled", "paused"):
+        return f"{s.state} since {fmt(s.since)}{backlog}"
+    if s.state == "delivering":
+        return f"last success {fmt(s.last_success)}{backlog}"
+    if s.state == "idle":
+        return f"nothing delivered yet{backlog}"
+    return s.state
 
 
 def fmt(t: float | None) -> str:
@@ -67,7 +84,7 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
                    stats: dict[str, Any], schedule: list[float] | None = None) -> EndpointState:
     """The one line a consumer needs, from the portal status and ``hub.deliver.state.integration_status.integration_status``."""
     counts = {k: stats.get(k) for k in ("delivered", "attempts", "failures", "dead_letters", "lag",
-                                        "last_success", "last_error", "last_error_at")}
+                                        "last_success", "last_error", "last_error_at", "last_ack")}
     resolved = bool(counts["last_error_at"] and counts["last_success"]
                     and counts["last_success"] > counts["last_error_at"])
     base = {**counts, "error_resolved": resolved}
@@ -87,6 +104,9 @@ def endpoint_state(status: str, delivery: str, decision_reason: str, updated: dt
         return EndpointState(state="direct", headline="Approved: your client pulls the events with its .creds.",
                              **base)
     recent = stats.get("recent") or []
+    if stats.get("enabled") is False and stats.get("disabled_reason") == PAUSED_REASON:
+        return EndpointState(state="paused", headline="Paused by you: nothing is sent until you resume; events "
+                             "are kept.", since=stats.get("disabled_at"), **base)
     if stats.get("enabled") is False:
         at = stats.get("disabled_at") or next((a["t"] for a in recent if a.get("outcome") == "disabled"), None)
         return EndpointState(state="disabled", headline="Disabled by the deliverer: nothing is sent until you "
@@ -111,16 +131,65 @@ OUTCOMES = ("delivered", "retry", "dead", "split", "disabled")
 
 
 class AttemptView(Attempt, kw_only=True, omit_defaults=False):
-    """One delivery attempt as the log shows it (``seq``: its place in the log, the paging cursor)."""
+    """One delivery attempt as the log shows it: ``id`` (``<seq>.<n>``, the ``n``-th record of log message
+    ``seq``) names it in ``/attempts/{id}``; ``seq`` is the paging cursor."""
 
     seq: int
+    id: str = ""
+
+
+def attempt_views(seq: int, data: bytes) -> list[AttemptView]:
+    """The attempts of one log message (an array, or one object written by an earlier deliverer)."""
+    out = []
+    for n, a in enumerate(unpack(data)):
+        try:
+            out.append(msgspec.convert({k: a[k] for k in Attempt.__struct_fields__ if k in a} | {
+                "seq": seq, "id": f"{seq}.{n}"}, AttemptView))
+        except msgspec.ValidationError:
+            continue
+    return out
+
+
+def parse_attempt_id(text: str) -> tuple[int, int] | None:
+    seq, _, n = str(text).partition(".")
+    if not (seq.isdigit() and (n or "0").isdigit()) or len(seq) > 18 or len(n) > 6:
+        return None
+    return int(seq), int(n or 0)
+
+
+async def read_attempt(js, grant_id: str, attempt_id: str) -> AttemptView | None:
+    """One attempt by its id, read from ``attempts.<grant id>`` only (another integration's record is never
+    found, whatever sequence is asked for)."""
+    where = parse_attempt_id(attempt_id)
+    if where is None or where[0] <= 0:
+        return None
+    seq, n = where
+    msg = await attempt_log.message_at(js, grant_id, seq)
+    if msg is None:
+        return None
+    try:
+        views = attempt_views(seq, msg.data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    return views[n] if n < len(views) else None
+
+
+class AttemptDetail(msgspec.Struct, kw_only=True):
+    """One attempt with what was sent: ``attempt`` (time, duration ``latency_ms``, status, request headers with the
+    signature redacted, response headers, first KB of the response body, ``trace``), and ``payload``: the stored
+    statements of that request (the first 5; ``null`` for one no longer kept), before the payload filter."""
+
+    attempt: AttemptView
+    payload: list[str | None]  # each stored statement's JSON text, as the hub stored it
+    statements: int
+    payload_filter: list[str] = []
 
 
 class AttemptPage(msgspec.Struct, kw_only=True):
     """Newest first; ``next_before`` is the cursor of the next (older) page, None at the end."""
 
     items: list[AttemptView]
-    next_before: int | None = None
+    next_before: str | None = None  # an attempt id (``<seq>.<n>``): the next page holds the older ones
     scanned: int = 0
 
 
@@ -129,14 +198,19 @@ class LogFilter(msgspec.Struct, kw_only=True):
     status: int | None = None
     since: float | None = None
     until: float | None = None
-    before: int | None = None
+    before: tuple[int, int] | None = None  # (log seq, record) of the attempt the page ends before
     limit: int = 50
 
     def keeps(self, a: AttemptView) -> bool:
         return ((self.outcome is None or a.outcome == self.outcome)
                 and (self.status is None or a.status == self.status)
                 and (self.since is None or a.t >= self.since) and (self.until is None or a.t < self.until)
-                and (self.before is None or a.seq < self.before))
+                and (self.before is None or position(a) < self.before))
+
+
+def position(a: AttemptView) -> tuple[int, int]:
+    """Where an attempt is in the log: (message seq, record in it)."""
+    return a.seq, int(a.id.rpartition(".")[2] or 0) if "." in a.id else 0
 
 
 def parse_filter(outcome: str | None, status: str | None, since: str | None, until: str | None,
@@ -163,7 +237,7 @@ def parse_filter(outcome: str | None, status: str | None, since: str | None, unt
             except (ValueError, OverflowError):
                 errors[name] = "A time such as 2026-05-01T10:00 (UTC) or an age such as 2h or 3d."
     if before:
-        f.before = int(before) if before.isdigit() else None
+        f.before = parse_attempt_id(before)
     if limit:
         f.limit = max(1, min(200, int(limit))) if str(limit).isdigit() else 50
     return f, errors
@@ -191,21 +265,18 @@ async def read_attempts(js, grant_id: str, f: LogFilter, max_scan: int = 50_000)
                 if msg.metadata.timestamp.timestamp() >= hi:
                     break
                 try:
-                    a = msgspec.json.decode(msg.data)
-                    view = AttemptView(seq=msg.metadata.sequence.stream, **{
-                        k: a[k] for k in AttemptView.__struct_fields__ if k in a and k != "seq"})
-                except (msgspec.DecodeError, TypeError):
+                    views = attempt_views(msg.metadata.sequence.stream, msg.data)
+                except (msgspec.DecodeError, RecursionError):
                     continue
-                if f.keeps(view):
-                    chunk.append(view)
+                chunk.extend(v for v in views if f.keeps(v))
         found = chunk + found
         if len(found) >= f.limit:
             break
         hi, window = lo, window * 4
-    found.sort(key=lambda a: a.seq, reverse=True)
+    found.sort(key=position, reverse=True)
     page = found[:f.limit]
     more = len(found) > f.limit or (hi > floor and len(page) == f.limit)
-    return AttemptPage(items=page, next_before=page[-1].seq if page and more else None, scanned=scanned)
+    return AttemptPage(items=page, next_before=page[-1].id if page and more else None, scanned=scanned)
 
 
 class ActionResult(msgspec.Struct, kw_only=True):

@@ -18,6 +18,8 @@ from portal.tables import FlashEntry, FormOnce
 COOKIE = "rthub_flash"
 KEEP = dt.timedelta(minutes=15)
 MAX_STASH = 20_000  # characters of JSON: a request form, not a dump
+MAX_PER_BOX = 4  # a message, a form, a secret: what one page needs
+MAX_ENTRIES = 5000  # the whole table (x MAX_STASH characters at most: ~100 MB worst case)
 # Never stashed across a log-in: credentials, passwords and the CSRF token of the dead session.
 NOT_STASHED = frozenset({"password", "basic_auth", "bearer", "_csrf_token", "_once"})
 
@@ -51,8 +53,22 @@ def _key(box: str, session: str) -> str:
 
 
 async def put(box: str, session: str, kind: str, text: str, path: str = "") -> None:
+    """Keep a message (or a typed form) for the next page of this box. Bounded: entries expire after ``KEEP``,
+    a box holds its newest ``MAX_PER_BOX`` and the table ``MAX_ENTRIES`` (oldest dropped first), so requests
+    without a session, each with a fresh box, cannot grow it without limit."""
+    key = _key(box, session)
     await FlashEntry.delete().where(FlashEntry.created < _now() - KEEP)
-    await FlashEntry(box=_key(box, session), kind=kind, text=text, path=path[:300]).save()
+    await _drop(await FlashEntry.select(FlashEntry.id).where(FlashEntry.box == key)
+                 .order_by(FlashEntry.id, ascending=False).offset(MAX_PER_BOX - 1).limit(1000))
+    over = await FlashEntry.count() - MAX_ENTRIES + 1
+    if over > 0:
+        await _drop(await FlashEntry.select(FlashEntry.id).order_by(FlashEntry.id).limit(over))
+    await FlashEntry(box=key, kind=kind, text=text, path=path[:300]).save()
+
+
+async def _drop(rows: list[dict]) -> None:
+    if rows:
+        await FlashEntry.delete().where(FlashEntry.id.is_in([r["id"] for r in rows]))
 
 
 async def carry(box: str | None, old_session: str, new_session: str) -> None:

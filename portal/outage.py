@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from hub.ops.storewatch import read_status
 from portal.services import PortalError
 
 # What answers even while NATS is away: the health check reports the outage, static files need nothing.
@@ -12,8 +13,17 @@ OPEN_PATHS = ("/health", "/static/")
 
 
 def down(portal) -> list[str]:
-    """The names of what the portal needs and cannot reach now (empty: all is well)."""
-    return ["nats"] if portal.nats_down() else []
+    """The names of what the portal needs and cannot reach now (empty: all is well): "nats", and
+    "jetstream-store" while ``rthub up`` says its nats-server's store is full (:mod:`hub.ops.storewatch`)."""
+    out = ["nats"] if portal.nats_down() else []
+    if store_full(portal):
+        out.append("jetstream-store")
+    return out
+
+
+def store_full(portal) -> str | None:
+    status = read_status(portal.settings.data_dir)
+    return status.detail if status is not None and status.state != "ok" else None
 
 
 def nats_gate(app):

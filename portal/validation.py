@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email.errors
+import email.headerregistry
+import email.utils
 import ipaddress
 import re
 import unicodedata
@@ -299,7 +302,8 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
     auth_kind, auth_value = "none", None
     basic = clean_text(raw.get("basic_auth"), "basic_auth", 500, errors)
     bearer = clean_text(raw.get("bearer"), "bearer", 2000, errors)
-    if delivery == "lrs":
+    credential = KINDS[delivery].credential if delivery in KINDS else None
+    if credential == "basic_auth":  # basic credentials, or a bearer token instead (an LRS takes either)
         if basic and bearer:
             errors["basic_auth"] = "Give either basic credentials or a bearer token, not both."
         elif basic:
@@ -310,7 +314,7 @@ def validate_request(raw: dict[str, Any], known_sites: set[str], max_text: int =
             auth_kind, auth_value = "bearer", bearer
         else:
             errors["basic_auth"] = "An LRS needs basic credentials (USER:PASSWORD) or a bearer token."
-    elif delivery == "caliper":
+    elif credential == "bearer":
         if not bearer:
             errors["bearer"] = "A Caliper endpoint needs a bearer token."
         auth_kind, auth_value = "bearer", bearer
@@ -366,11 +370,33 @@ def check_narrowing(requested: Scope, granted: Scope) -> dict[str, str]:
     return errors
 
 
+def email_problem(text: str) -> str | None:
+    """Why ``text`` is not one plain address ``local@domain`` (``None``: it is). Parsed with the standard
+    library's address parser, not a pattern: a display name (``z9<dave@example.org>``) or a list
+    (``a,b@example.org``) would let one account name several mailboxes and slip past per-address limits."""
+    if not text or len(text) > 254 or any(c.isspace() or unicodedata.category(c) == "Cc" for c in text):
+        return "Not a valid e-mail address."
+    if any(c in text for c in '<>,;:"()[]\\'):
+        return "Give one plain address such as name@example.org: no display name, no list."
+    try:
+        pairs = email.utils.getaddresses([text])
+        address = email.headerregistry.Address(addr_spec=text)
+    except (ValueError, IndexError, email.errors.HeaderParseError):
+        return "Not a valid e-mail address."
+    if len(pairs) != 1 or pairs[0] != ("", text) or address.addr_spec != text:
+        return "Give one plain address such as name@example.org: no display name, no list."
+    local, _, domain = text.rpartition("@")
+    if not local or len(local) > 64 or "." not in domain.strip(".") or domain.startswith(".") \
+            or domain.endswith(".") or not EMAIL.fullmatch(text):
+        return "Not a valid e-mail address."
+    return None
+
+
 def validate_signup(raw: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
     errors: dict[str, str] = {}
     email = clean_text(raw.get("email"), "email", 254, errors, required=True).lower()
-    if "email" not in errors and not EMAIL.fullmatch(email):
-        errors["email"] = "Not a valid e-mail address."
+    if "email" not in errors and (problem := email_problem(email)):
+        errors["email"] = problem
     name = clean_text(raw.get("name"), "name", 200, errors, required=True)
     password = str(raw.get("password") or "")
     if problem := password_problem(password):

@@ -11,11 +11,12 @@ import msgspec
 from litestar import Request
 from litestar.response import Template
 
+from hub.auth.store import refused_reason
 from hub.core.delivery_kinds import is_push
 from portal.api_types import (
     IntegrationView,
 )
-from portal.deliveries import EndpointState, endpoint_state
+from portal.deliveries import AttemptDetail, EndpointState, endpoint_state, read_attempt
 from portal.guards import PortalDep, RowDep
 from portal.services import (
     Portal,
@@ -71,7 +72,7 @@ async def direct_help(portal: Portal, row) -> dict[str, Any]:
     from hub.core.grants import consumer_name
     from hub.deliver.actions import test_statement
 
-    grant = grant_of(row, "")
+    grant = grant_of(row, "", validate=False)
     _, sample = test_statement(row.protocol, row.key)
     issued = [e for e in await portal.audit_log(200, row.key) if e.action == "creds.issue"]
     last = issued[0].at if issued else None
@@ -90,6 +91,10 @@ async def state_of(portal: Portal, row) -> EndpointState:
     """The endpoint at a glance, with the signing-secret overlap of a webhook."""
     stats = await portal.status(row)
     state = endpoint_state(row.status, row.delivery, row.decision_reason, row.updated, stats)
+    if state.state == "direct" and (refused := refused_reason(portal.settings.data_dir, row.key)):
+        state.state, state.reason = "failing", refused
+        state.headline = ("Failing: this subscription's NATS account was not loaded when the server last started "
+                          f"({refused}). An administrator re-scopes or re-approves it to repair it.")
     state.secrets = await _safe_count(portal, row)
     if state.secrets > 1 and row.old_secret_until:
         state.old_secret_until = row.old_secret_until.timestamp()
@@ -105,3 +110,50 @@ async def _safe_count(portal: Portal, row) -> int:
 
 def view_of(row: Integration, owner_email: str | None = None) -> IntegrationView:
     return msgspec.convert(public_view(row, owner_email), IntegrationView)
+
+
+def pretty(text: str) -> str:
+    """A stored statement indented for reading (as it is when it is not JSON)."""
+    import json
+
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+async def attempt_detail(portal, row, attempt: str) -> AttemptDetail:
+    """One attempt of ``row`` with its payload; 404 when it is not this integration's (or expired)."""
+
+    from hub.deliver import actions
+    from portal.services.integrations import payload_filter_of
+
+    if row.status not in ("approved", "suspended"):
+        raise PortalError("No such attempt.", 404)
+    js = await portal.js()
+    found = await read_attempt(js, row.key, attempt)
+    if found is None:
+        raise PortalError("No such attempt (or no longer kept).", 404)
+    bodies = await actions.statements(js, row.key, [s for s in found.seqs if s > 0]) if any(found.seqs) else []
+    payload = []
+    for body in bodies:
+        payload.append(body.decode("utf-8", "replace") if body is not None else None)
+    return AttemptDetail(attempt=found, payload=payload, statements=len(found.ids),
+                         payload_filter=payload_filter_of(row))
+
+
+HEALTH_ROWS = 50  # the list computes health for this many integrations (each reads its delivery state)
+
+
+async def health_of(portal: Portal, rows: list) -> dict[str, Any]:
+    """``{integration id: {state, text, detail}}`` for the integrations list (approved and suspended ones)."""
+    from portal.deliveries import health_text
+
+    out: dict[str, Any] = {}
+    for row in [r for r in rows if r.status in ("approved", "suspended")][:HEALTH_ROWS]:
+        try:
+            state = await state_of(portal, row)
+        except PortalError:  # NATS away: the list still shows the integrations
+            continue
+        out[row.key] = {"state": state.state, "text": health_text(state), "detail": state}
+    return out

@@ -12,6 +12,7 @@ from litestar.datastructures import Cookie
 from litestar.exceptions import NotAuthorizedException
 from litestar.response import Redirect, Template
 
+from hub.core.delivery_kinds import KINDS
 from portal import flash, security
 from portal.services import Portal
 from portal.settings import PortalSettings
@@ -122,6 +123,11 @@ def page(request: Request, name: str, status: int = 200, **context: Any) -> Temp
     context.setdefault("flash", request.state.get("flash") or flash.EMPTY)
     context["known_sites"] = sorted(settings.sites)
     context["delivery_labels"] = DELIVERY_LABELS
+    if name == "integration_new.html":  # event types are picked from the catalog, not typed blind
+        from portal.catalog import catalog
+
+        context.setdefault("event_types", catalog())
+    context["kinds"] = KINDS  # hub.core.delivery_kinds: what a page may ask of a delivery kind
     return Template(template_name=name, context=context, status_code=status,
                     headers={"Cache-Control": "no-store"})
 

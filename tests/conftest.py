@@ -13,6 +13,8 @@ from hub.core.settings import HubSettings
 from hub.core.streams import ensure_streams
 from hub.ops.natsserver import NatsServer, free_port
 
+pytest_plugins = ["tests.hangwatch"]
+
 # CI replays the same generated examples every run (a red CI must mean a regression); local runs explore anew.
 hypothesis_settings.register_profile("ci", derandomize=True)
 if os.environ.get("CI"):

@@ -70,8 +70,8 @@ def test_store_is_private_and_stable(auth_dir, op_server):
     again = AuthStore.ensure(auth_dir)
     assert (again.operator_pub, again.sys_pub, again.hub_pub) == (auth.operator_pub, auth.sys_pub, auth.hub_pub)
     assert stat.S_IMODE(os.stat(auth.path).st_mode) == 0o700
-    for f in auth.path.iterdir():
-        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+    for f in auth.path.rglob("*"):  # sites/ (LMS site accounts) and tenants/ are folders of the same kind
+        assert stat.S_IMODE(os.stat(f).st_mode) == (0o700 if f.is_dir() else 0o600), f
     config = auth.server_config(auth_dir / "nats" / "resolver")
     assert "type: full" in config and auth.sys_pub in config and auth.hub_pub in config
     for seed in (auth.operator_seed, auth.sys_seed, auth.hub_seed):
@@ -104,6 +104,7 @@ async def test_service_users_do_their_job_and_nothing_else(op_server, auth_dir, 
             await grants.put("forged", b"{}")
         await wait_for(lambda: hub.violated("$KV.rthub_grants.forged"), 5, "hub refused on KV write")
 
+        await auth.push(admin, [auth.site_jwt(site)])  # a new site's account, as `rthub auth push` sends it
         site_pub = await Probe().connect(op_server.url, str(auth.service_creds("publisher", site=site)),
                                          creds_inbox_prefix(auth.service_creds("publisher", site=site)))
         try:

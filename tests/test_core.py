@@ -320,6 +320,18 @@ def test_the_hub_imports_no_portal_packages():
         assert "hub" in loaded and not loaded & {"litestar", "piccolo", "portal", "jinja2"}, (code, loaded)
 
 
+def test_layering_contracts_hold():
+    """The import-linter contracts of pyproject.toml (the kernel imports nothing of the project, hub layers, pure
+    translation, no portal in the hub, portal layers), so the test command alone catches a wrong import; sees
+    imports inside functions too, which the checks below (modules loaded) cannot."""
+    from pathlib import Path
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    assert lint.exists(), "import-linter is missing: pip install -e '.[test]'"
+    done = subprocess.run([str(lint), "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0 and " 0 broken" in done.stdout, done.stdout[-3000:]
+
+
 def test_translate_is_pure():
     loaded = _modules_after("import hub.translate")
     assert "hub" in loaded and not loaded & {"nats", "asyncio"}, loaded

@@ -153,7 +153,7 @@ async def test_attempt_log_one_reader_for_the_portals_list_and_chart(js, nats_se
     from hub.deliver.state.records import Attempt
     from hub.deliver.state.setup import ensure_delivery
     from portal.charts import delivery_minutes
-    from portal.deliveries import LogFilter, read_attempts
+    from portal.deliveries import LogFilter, parse_attempt_id, read_attempts
     from tests.deliver_kit import settings
     from tests.helpers import unique
 
@@ -170,7 +170,7 @@ async def test_attempt_log_one_reader_for_the_portals_list_and_chart(js, nats_se
     page = await read_attempts(js, gid, LogFilter(limit=2))
     assert [(a.outcome, a.attempt) for a in page.items] == [("delivered", 2), ("retry", 1)]
     assert page.next_before is not None
-    rest = await read_attempts(js, gid, LogFilter(limit=2, before=page.next_before))
+    rest = await read_attempts(js, gid, LogFilter(limit=2, before=parse_attempt_id(page.next_before)))
     assert [a.ids for a in rest.items] == [["a", "b"]] and rest.next_before is None
     failed_only = await read_attempts(js, gid, LogFilter(outcome="retry"))
     assert [a.status for a in failed_only.items] == [500]

@@ -120,21 +120,16 @@ def test_requests_per_kind():
     assert json.loads(caliper_envelope([], "s"))["data"] == []
 
 
-def test_attempt_log_sums_up_first_try_deliveries_and_keeps_every_other_attempt():
-    from hub.deliver.state.records import Attempt, summarize
+def test_attempt_log_keeps_one_record_per_attempt_packed_per_flush():
+    from hub.deliver.state.records import Attempt, pack, unpack
 
-    def a(t, sid, outcome="delivered", attempt=1, status=200, source="live"):
-        return Attempt(t=t, ids=[sid], attempt=attempt, outcome=outcome, status=status, latency_ms=t,
-                       source=source, seqs=[int(t)])
-
-    out = summarize([a(1, "a"), a(2, "b", "retry", status=500), a(3, "c"), a(4, "d", attempt=2),
-                     a(5, "e", source="replay"), a(6, "f")])
-    delivered = [x for x in out if x.outcome == "delivered" and x.attempt == 1 and x.source == "live"]
-    assert len(delivered) == 1 and delivered[0].ids == ["a", "c", "f"] and delivered[0].seqs == [1, 3, 6]
-    assert delivered[0].t == 6 and delivered[0].latency_ms == 6
-    assert [x.ids for x in out if x is not delivered[0]] == [["b"], ["d"], ["e"]]
-    assert sum(len(x.ids) for x in summarize([a(i, str(i)) for i in range(1, 1201)])) == 1200
-    assert max(len(x.ids) for x in summarize([a(i, str(i)) for i in range(1, 1201)])) == 500
+    entries = [Attempt(t=i, ids=[str(i)], attempt=1, outcome="delivered", status=200, seqs=[i],
+                       response_body="x" * 1000) for i in range(1, 601)]
+    messages = pack(entries, max_bytes=64 * 1024)
+    assert len(messages) > 1 and all(len(m) <= 64 * 1024 for m in messages)
+    records = [r for m in messages for r in unpack(m)]
+    assert [r["ids"] for r in records] == [[str(i)] for i in range(1, 601)]  # none merged, in order
+    assert unpack(b'{"t": 1, "ids": ["a"], "attempt": 1, "outcome": "delivered"}')[0]["ids"] == ["a"]  # old records
 
 
 def test_delivery_kinds_registry_is_the_one_list():
@@ -164,3 +159,20 @@ def test_portal_form_takes_protocol_rules_from_the_registry():
 
     assert "xapi" in delivery_error("lrs", "caliper") and "caliper" in delivery_error("caliper", "xapi")
     assert delivery_error("webhook", "caliper") is None and delivery_error("direct", "xapi") is None
+
+
+def test_no_delivery_kind_is_compared_by_name_outside_the_registry():
+    """What a kind is (push, signed, credential, protocols) is asked of hub.core.delivery_kinds; only the request
+    builder, which is each kind's own code, branches on the name."""
+    import re
+
+    from tests.helpers import ROOT
+
+    literal = re.compile(r"""(delivery|kind)\s*(==|!=)\s*["'](webhook|lrs|caliper|direct)["']"""
+                         r"""|(delivery|kind)\s+(not\s+)?in\s+\(["'](webhook|lrs|caliper|direct)["']""")
+    allowed = {ROOT / "hub" / "deliver" / "transport" / "request.py"}
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()[:80]}"
+             for package in ("hub", "portal", "lms_publisher")
+             for path in sorted((ROOT / package).rglob("*")) if path.suffix in (".py", ".html") and path not in allowed
+             for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
+    assert found == []

@@ -230,3 +230,47 @@ async def test_store_round_trip_and_retirement(nc):
     assert not any("ada" in str(s) for s in (info.state.subjects or {}))
     raw = await js.get_last_msg("KV_rthub_learners", f"$KV.rthub_learners.{learner_key('default', '7')}")
     assert b"ada" not in (raw.data or b"")
+
+
+ENTERPRISE_EVENTS = ("edx.course.enrollment.activated", "edx.course.enrollment.deactivated",
+                     "edx.course.grade.passed.first_time", "edx.completion.block_completion.changed")
+
+
+async def test_enrollments_grades_completions_of_members_in_xapi_and_caliper(nc, running_hub):
+    """The reference LMS events (../shared/events/raw) of a member and of a non-member: the member's reach the
+    group subjects in both protocols wherever the protocol translates the type, the non-member's nowhere."""
+    from hub.translate import supported
+    from tests.helpers import shared_or_skip
+
+    raw_dir = shared_or_skip("events", "raw")
+    js = nc.jetstream()
+    acme = Group(name="acme", site="default")
+    await put_group(js, acme)
+    await change_members(js, acme, add=["7"])
+    for protocol in ("xapi", "caliper"):
+        await put_grant(js, Grant(id=f"ent-{protocol}", consumer="acme", protocol=protocol, sites=["default"],
+                                  event_types=list(ENTERPRISE_EVENTS), learner_groups=["acme"]))
+    await wait_for(lambda: len(running_hub.grants.index.grants) == 2 and running_hub.membership.groups_of(
+        "default", "7"), 5, "grants and membership in the hub")
+    got = Collector()
+    await nc.subscribe("xapi.>", cb=got.on)
+    await nc.subscribe("caliper.>", cb=got.on)
+    await nc.flush()
+    for user in (8, 7):
+        for name in ENTERPRISE_EVENTS:
+            ev = json.loads((raw_dir / f"{name}.json").read_text())
+            ev["context"]["user_id"] = user
+            if isinstance(ev.get("data"), dict) and "user_id" in ev["data"]:
+                ev["data"]["user_id"] = user
+            await publish(js, ev, course=ev["context"].get("course_id"), org=ev["context"].get("org_id"))
+    want = {(p, n) for p in ("xapi", "caliper") for n in ENTERPRISE_EVENTS if n in supported(p)}
+    assert ("caliper", "edx.course.enrollment.deactivated") in want  # the university's unenrollments
+    await wait_for(lambda: {(m.subject.split(".")[0], m.subject) for m in got.msgs} and len(
+        {(m.subject.split(".")[0], m.subject.split(".")[4]) for m in got.msgs}) >= len(want), 10, "the member's")
+    from hub.core.subjects import decode_token
+
+    seen = {(m.subject.split(".")[0], decode_token(m.subject.split(".")[4])) for m in got.msgs}
+    assert seen == want
+    assert all(m.subject.endswith(".acme") for m in got.msgs)
+    anon = {json.loads(m.data)["actor"].get("id") or json.loads(m.data)["actor"]["account"]["name"] for m in got.msgs}
+    assert len({a.rsplit("/", 1)[-1] for a in anon}) == 2  # one learner, one id per protocol: the member only

@@ -10,7 +10,7 @@ import pytest
 from hub.core.grants import decode_grant
 from hub.core.groups import load_membership
 from hub.core.subjects import GRANTS_BUCKET
-from tests.helpers import rthub, rthub_env, unique
+from tests.helpers import ROOT, rthub, rthub_env, unique
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,42 @@ async def test_integration_add_with_group_and_identity(env, js):
         ok=False,
     )
     assert bad.returncode == 2 and "learner_groups" in bad.stderr.decode()
+
+
+def readme_commands() -> list[list[str]]:
+    """The ``rthub`` commands of the README's worked examples (university and enterprise), as argument lists."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text().split("## Worked examples", 1)[1].split("\n## ", 1)[0]
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith("rthub "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+async def test_readme_worked_examples_run_as_written(nats_server, js, tmp_path):
+    env = rthub_env(nats_server.url, RTHUB_DATA_DIR=str(tmp_path), RTHUB_SITES='{"campus": "https://lms.campus.example"}',
+                    REGISTRAR_TOKEN="t0ken", ACME_KEY="k", ACME_SECRET="s")
+    commands = readme_commands()
+    assert [c[:2] for c in commands] == [["integration", "add"], ["group", "add"], ["integration", "add"],
+                                         ["group", "add-users"], ["group", "remove-users"]]
+    keys = []
+    for args in commands:
+        args = [env.get(a[1:], a) if a.startswith("$") else a.replace("$ACME_KEY:$ACME_SECRET", "k:s") for a in args]
+        out = run(*args, env=env).stdout.decode()
+        if args[:2] == ["integration", "add"]:
+            keys.append(out.split()[1])
+    kv = await js.key_value(GRANTS_BUCKET)
+    university, enterprise = [decode_grant((await kv.get(k)).value) for k in keys]
+    assert (university.protocol, university.sites, university.event_types, university.learner_groups) == (
+        "caliper", ["campus"], ["edx.course.enrollment.deactivated"], [])
+    assert (enterprise.protocol, enterprise.learner_groups, enterprise.identity) == (
+        "xapi", ["enterprise-acme"], ["username"])
+    assert set(enterprise.event_types) == {"edx.course.enrollment.activated", "edx.completion.block_completion.changed",
+                                           "edx.course.grade.passed.first_time"}
+    members = await load_membership(js)
+    assert members.members("enterprise-acme") == [("campus", "7"), ("campus", "9")]

@@ -34,6 +34,7 @@ from tests.test_auth_nats import Probe
 from tests.test_hub import COURSE, video_event
 
 SITE = "campus"
+stack_deliverer: list = []  # the stack's deliverer (module scope)
 SECRET = "group-secret"
 
 
@@ -101,6 +102,7 @@ async def stack(server, data_dir):
         dnc, server.url, nats_creds=str(auth.service_creds("deliverer")), id_secret=SECRET
     ) as d:
         await delivering(d, hook.id)
+        stack_deliverer[:] = [d]
         yield admin, auth, hub, rx, direct, other
     await dnc.close()
     stop.set()
@@ -149,7 +151,16 @@ async def test_only_members_reach_the_webhook_and_the_direct_subscriber_live(sta
                 pulled.append(json.loads(msg.data))
                 await msg.ack_sync()
 
-    await pull_all(len(live))
+    # the durable consumer has every warm-up statement (the live feed only those after its import was ready)
+    async def drained() -> bool:
+        info = await admin.jetstream().consumer_info("XAPI", consumer_name(direct.id))
+        if info.num_pending:
+            await pull_all(len(pulled) + info.num_pending)
+        return info.num_pending == 0
+
+    await wait_for(drained, 10, "the warm-up statements pulled")
+    base_pull = len(pulled)
+    await wait_for(lambda: len(rx.requests) == base_pull, 10, "every warm-up statement on the webhook too")
     assert set(actors(pulled)) == set(actors(live)) == set(actors(rx.bodies())) == {actor(7)}
     # the webhook's id is the statement's id (the group copy's Nats-Msg-Id carries the group too)
     assert {r.headers["webhook-id"] for r in rx.requests} == {b["id"] for b in rx.bodies()}
@@ -160,11 +171,11 @@ async def test_only_members_reach_the_webhook_and_the_direct_subscriber_live(sta
     await wait_for(
         lambda: len(rx.requests) == base_hook + 1 and len(live) == base_live + 1, 10, "7's statement"
     )
-    await pull_all(len(live))
+    await pull_all(base_pull + 1)
     assert (
         actors(rx.bodies()[base_hook:])
         == actors(live[base_live:])
-        == actors(pulled[base_live:])
+        == actors(pulled[base_pull:])
         == [actor(7)]
     )
 
@@ -183,9 +194,9 @@ async def test_only_members_reach_the_webhook_and_the_direct_subscriber_live(sta
         max(2 - (time.monotonic() - started), 0.1),
         "9's statement within 2 s of the change",
     )
-    await pull_all(len(live))
+    await pull_all(base_pull + 2)
     assert actors(rx.bodies()[base_hook + 1 :]) == actors(live[base_live + 1 :]) == [actor(9)]
-    assert actors(pulled[base_live + 1 :]) == [actor(9)]
+    assert actors(pulled[base_pull + 1 :]) == [actor(9)]
     await change_members(js, Group(name="acme", site=SITE), remove=["9"], add=["7"])
     await probe.close()
 
@@ -244,6 +255,35 @@ async def test_a_direct_subscribers_creds_reach_no_other_group(stack):
     mine = await js.consumer_info("XAPI", consumer_name(direct.id))
     assert got == [] and mine.num_pending == 0
     await probe.close()
+
+
+async def test_a_removed_members_queued_statements_are_not_delivered(stack):
+    """The deliverer checks membership again at every attempt: a statement made while the learner was a member
+    but still undelivered (the endpoint asked to retry later) is not sent once the learner left the group."""
+    admin, _, hub, _, _, _ = stack
+    js = admin.jetstream()
+    answers = iter([(503, {"retry-after": "2"}, b"busy")])
+    slow = await Receiver(lambda r: next(answers, (200, {}, b"ok"))).start()
+    grant = Grant(id="acmeslow", consumer="acme", protocol="xapi", sites=[SITE], learner_groups=["acme"],
+                  delivery="webhook")
+    await (await js.key_value(TARGETS_BUCKET)).put(grant.id, msgspec.json.encode(
+        Target(id=grant.id, kind="webhook", url=slow.url, secrets=[new_secret()])))
+    await put_grant(js, grant)
+    acme = Group(name="acme", site=SITE)
+    await change_members(js, acme, add=["12"])
+    await wait_for(lambda: grant.id in hub.grants.index.grants and hub.membership.groups_of(SITE, "12"), 5, "state")
+    deliverer = stack_deliverer[0]
+    await delivering(deliverer, grant.id)
+    await send(js, 12)
+    await wait_for(lambda: len(slow.requests) == 1, 10, "the first attempt, answered 503 Retry-After: 2")
+    await change_members(js, acme, remove=["12"])
+    await wait_for(lambda: deliverer.identities.learners.get((SITE, "12")) is not None
+                   and not deliverer.identities.learners[(SITE, "12")].groups, 2, "the deliverer sees the removal")
+    await send(js, 7)  # a member's statement behind it, delivered once the endpoint answers again
+    await wait_for(lambda: any(actor(7) in r.body.decode() for r in slow.requests), 15, "the member's statement")
+    assert [actor(12) in r.body.decode() for r in slow.requests].count(True) == 1  # never sent again
+    assert deliverer.metrics.get("not_member") >= 1
+    await slow.stop()
 
 
 def control(name: str, **data) -> bytes:

@@ -91,8 +91,9 @@ async def test_group_request_identity_needs_an_explicit_approval(app, admin, js,
         json={"name": name, "site": "default", "users": "7,8,9"},
     )
     consumer = await new_consumer(app)
-    plain = await request_access(consumer, learner_groups=name, identity=["username", "email"])
-    named = await request_access(consumer, learner_groups=name, identity=["username", "email"])
+    plain = await request_access(consumer, name="Plain", learner_groups=name, identity=["username", "email"])
+    named = await request_access(consumer, name="Named", learner_groups=name, identity=["username", "email"])
+    assert plain != named
 
     # approved as requested, without naming identity fields: groups kept, identity not granted
     await post(admin, f"/admin/integrations/{plain}/approve")
@@ -130,7 +131,7 @@ async def test_group_request_identity_needs_an_explicit_approval(app, admin, js,
     assert ">7, 8, 9<" not in mine and "7,8,9" not in mine
 
     # widening a group restriction away is not a narrowing: the API refuses it at approval
-    widen = await request_access(consumer, learner_groups=name)
+    widen = await request_access(consumer, name="Widen", learner_groups=name)
     refused = await post(
         admin,
         f"/admin/integrations/{widen}/approve",
@@ -144,7 +145,7 @@ async def test_group_request_identity_needs_an_explicit_approval(app, admin, js,
     )
     assert refused.status_code == 400 and 'id="err-learner_groups"' in refused.text
     # and asking identity that was not requested is refused too
-    other = await request_access(consumer, learner_groups=name)
+    other = await request_access(consumer, name="Other", learner_groups=name)
     refused = await post(
         admin,
         f"/admin/integrations/{other}/approve",

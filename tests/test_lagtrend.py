@@ -56,7 +56,7 @@ def test_too_short_a_window_says_nothing():
 def recorder() -> Recorder:
     ctx = Context(nc=None, js=None, state=None, settings=None, metrics=None, process_id="p1", schedule=[],
                   max_retry_after=0, disable_after=0, allowed=[], spawn=None, restart=None, disable=None,
-                  log_attempt=None, peers=None, publisher=None)
+                  log_attempt=None, peers=None, publisher=None, leases=None, watch=None, starts=None)
     return Recorder(ctx, "g1")
 
 

@@ -312,3 +312,70 @@ async def test_unusable_bus_message_is_quarantined_with_its_reason_and_the_next_
         await asyncio.wait_for(task, 20)
         await nc.close()
         server.stop()
+
+
+def test_portal_catalog_knows_open_edx_event_types():
+    from portal.catalog import unknown_event_types
+
+    assert unknown_event_types("cloudevents", [tr.ENROLLED, "play_video"]) == ["play_video"]
+    assert unknown_event_types("xapi", [tr.ENROLLED, "play_video"]) == []
+    assert unknown_event_types("xapi", ["org.openedx.learning.auth.session.login.completed.v1"])  # refused
+
+
+async def test_learner_group_grant_gets_only_its_members_open_edx_events(tmp_path):
+    from openedx_events.event_bus.avro.serializer import serialize_event_data_to_bytes
+    from openedx_events.learning.signals import COURSE_ENROLLMENT_CREATED
+
+    from hub.core.groups import Group, change_members, put_group
+    from hub.core.openedx import topic_subject
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="oeg").start()
+    topic = "t-learning-course-enrollment-lifecycle"
+    settings = HubSettings(
+        nats_url=server.url,
+        data_dir=str(tmp_path / "data"),
+        id_secret="s3cret",
+        metrics_port=-1,
+        openedx_topics=[topic],
+    )
+    nc = await connect(settings, "test")
+    js = nc.jetstream()
+    await ensure_streams(js, settings)
+    group = Group(name="cohort1", site="default")
+    await put_group(js, group)
+    await change_members(js, group, add=["3"])
+    await put_grant(
+        js, Grant(id="g1", consumer="acme", protocol="xapi", courses=[COURSE], learner_groups=["cohort1"])
+    )
+    stop = asyncio.Event()
+    hubs = []
+    task = asyncio.create_task(serve(settings, stop, ready=hubs.append))
+    try:
+        await wait_for(lambda: hubs, 15, "hub start")
+        for n, (user, uid) in enumerate((("outsider", 41), ("edx", 3))):
+            data = serialize_event_data_to_bytes(
+                {"enrollment": events.enrollment(user, COURSE, user_id=uid)}, COURSE_ENROLLMENT_CREATED
+            )
+            headers = {
+                "ce_type": tr.ENROLLED,
+                "ce_time": META["time"],
+                "ce_id": f"{n}-{uid}",
+                "ce_source": "openedx/lms/web",
+                "ce_specversion": "1.0",
+            }
+            await js.publish(topic_subject(topic), data, headers=headers)
+        await wait_for(
+            lambda: consumer_settled(js, OPENEDX_STREAM, settings.openedx_consumer), 20, "both handled"
+        )
+        info = await js.stream_info("XAPI")
+        assert info.state.messages == 1  # the member's statement only, as the group copy
+        msg = await js.get_msg("XAPI", 1)
+        assert msg.subject.endswith(".cohort1")
+        assert json.loads(msg.data)["actor"]["account"]["name"] == ExternalIds(b"s3cret").get(
+            "xapi", "3", "edx"
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await nc.close()
+        server.stop()

@@ -209,3 +209,59 @@ async def test_portal_on_postgresql(nats_server, js, tmp_path, pg_url):  # js: t
     finally:
         await server.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await server.close()
+
+
+async def test_pause_resume_and_attempts_from_the_command_line(env, js, nc, nats_server):
+    """``rthub integration pause|resume|attempts`` (issue 24) against a real deliverer and receiver."""
+    from tests.deliver_kit import deliverer, publish, statement
+    from tests.deliver_receivers import Receiver
+
+    rx = await Receiver(lambda r: (202, {"X-Seen": "yes"}, b"taken")).start()
+    env = env | {"RTHUB_ALLOWED_NETWORKS": "127.0.0.1/32"}  # the receiver is local, as in the other delivery tests
+    try:
+        async with deliverer(nc, nats_server.url, data_dir=env["RTHUB_DATA_DIR"]):
+            site = "default"
+            out = (await asyncio.to_thread(run, "integration", "add", "--name", "CLI hook", "--protocol", "xapi",
+                                           "--site", site, "--org", "CliOrg", "--webhook-url", rx.url + "/h",
+                                           env=env)).stdout.decode()
+            key = out.split()[1]
+            first = statement()
+            await publish(js, site, "c1", first, org="CliOrg")
+            await wait_for(lambda: any(first["id"].encode() in r.body for r in rx.requests), 10, "delivered")
+
+            async def attempts() -> list[str]:
+                done = await asyncio.to_thread(run, "integration", "attempts", key, env=env)
+                return done.stdout.decode().splitlines()
+
+            lines: list[str] = []
+
+            async def logged() -> bool:
+                lines[:] = await attempts()
+                return bool(lines)
+
+            await wait_for(logged, 10, "an attempt listed")
+            attempt_id = lines[0].split("\t")[0]
+            assert "\tdelivered\t202\t" in lines[0]
+            detail = json.loads((await asyncio.to_thread(run, "integration", "attempts", key, "--attempt", attempt_id,
+                                                         env=env)).stdout)
+            assert detail["attempt"]["response_headers"]["x-seen"] == "yes" and detail["attempt"]["response_body"] == "taken"
+
+            paused = (await asyncio.to_thread(run, "integration", "pause", key, env=env)).stdout.decode()
+            assert f"integration {key} paused; events kept until" in paused
+            kept = [statement() for _ in range(5)]
+            for st in kept:
+                await publish(js, site, "c1", st, org="CliOrg")
+            before = len(rx.requests)
+
+            async def held() -> bool:
+                info = await js.consumer_info("XAPI", f"rthub_{key}")
+                return info.num_pending + info.num_ack_pending >= 5
+
+            await wait_for(held, 10, "5 statements kept while paused")
+            assert len(rx.requests) == before
+            resumed = (await asyncio.to_thread(run, "integration", "resume", key, env=env)).stdout.decode()
+            assert "resumed" in resumed
+            await wait_for(lambda: all(any(st["id"].encode() in r.body for r in rx.requests) for st in kept), 20,
+                           "the kept statements delivered after resume")
+    finally:
+        await rx.stop()

@@ -7,6 +7,7 @@ again."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import msgspec
@@ -20,9 +21,8 @@ from hub.deliver.transport.signing import new_secret
 from portal.validation import check_custom_headers, check_payload_filter, check_rate_limit
 from tests.deliver_kit import deliverer
 from tests.deliver_receivers import Receiver
-from tests.helpers import wait_for
+from tests.helpers import unique, wait_for
 from tests.test_portal_api import (  # noqa: F401 - fixtures
-    COURSE_A,
     admin,
     app,
     mailbox,
@@ -83,10 +83,14 @@ def test_field_checks_refuse_with_the_field_and_the_limit():
 
 
 # ---- through the portal, with a real deliverer -------------------------------------------------------------
+COURSE = f"course-v1:Portal24+{unique('c')}+run"  # this module's own course: other modules' logs and replays
+# (test_portal_ops replays COURSE_A) never see its statements
+
+
 async def _approved(app, admin, receiver, **fields) -> tuple[object, str, str]:
     """A consumer, its approved webhook integration to ``receiver`` and the secret shown at approval."""
     consumer = await new_consumer(app)
-    key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE_A, **fields)
+    key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE, **fields)
     await post(admin, f"/admin/integrations/{key}/approve")
     page = (await consumer.get(f"/integrations/{key}")).text
     secret = re.search(r'<pre id="secret">([^<]+)</pre>', page).group(1)
@@ -105,7 +109,7 @@ async def test_headers_filter_and_secret_shown_again(app, admin, js, nc, nats_se
             assert target.payload_filter == ["context", "result"] and target.rate_limit_per_s == 50
 
             st = statement() | {"context": {"platform": "edX"}, "result": {"completion": True}}
-            await publish(js, st)
+            await publish(js, st, COURSE)
             await wait_for(lambda: st["id"] in ids_received(receiver), 10, "the filtered statement delivered")
             req = next(r for r in receiver.requests if r.body and st["id"].encode() in r.body)
             assert req.headers["x-tenant"] == "acme" and req.headers["x-api-key"] == "k-123"
@@ -135,7 +139,7 @@ async def test_headers_filter_and_secret_shown_again(app, admin, js, nc, nats_se
             assert ok.status_code == 200, ok.text
             assert "custom_headers" in ok.json()["message"] and "payload_filter" in ok.json()["message"]
             st2 = statement() | {"context": {"platform": "edX"}}
-            await publish(js, st2)
+            await publish(js, st2, COURSE)
             await wait_for(lambda: st2["id"] in ids_received(receiver), 10, "the second statement delivered")
             req = next(r for r in receiver.requests if r.body and st2["id"].encode() in r.body)
             assert req.headers["x-tenant"] == "beta" and "x-api-key" not in req.headers
@@ -150,7 +154,7 @@ async def test_rate_limit_is_held_within_ten_percent(app, admin, js, nc, nats_se
     try:
         async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
             consumer, key, _ = await _approved(app, admin, receiver, rate_limit=str(rate))
-            ids = [await publish(js, statement()) for _ in range(n)]
+            ids = [await publish(js, statement(), COURSE) for _ in range(n)]
             await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 30, f"{n} statements delivered")
             times = sorted(r.t for r in receiver.requests if r.body and any(i.encode() in r.body for i in ids))
             # the bucket starts full (one burst of `rate`), so measure the requests after the first `rate`
@@ -169,7 +173,7 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             consumer, key, _ = await _approved(app, admin, receiver)
             token = await make_token(consumer)
             auth = {"Authorization": f"Bearer {token}"}
-            first = await publish(js, statement())
+            first = await publish(js, statement(), COURSE)
             await wait_for(lambda: first in ids_received(receiver), 10, "delivery runs before the pause")
 
             paused = await consumer.post(f"/api/v1/integrations/{key}/pause", headers=auth)
@@ -181,9 +185,13 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             assert again.status_code == 409
             page = (await consumer.get(f"/integrations/{key}")).text
             assert 'id="paused"' in page and 'id="kept-until"' in page and 'id="resume"' in page
+            listed = (await consumer.get("/integrations")).text  # the list's health column
+            assert '<span class="state-badge paused">paused</span> <span class="health-text">paused since' in listed
+            api_list = (await consumer.get("/api/v1/integrations", headers=auth)).json()
+            assert next(i for i in api_list if i["id"] == key)["health"]["state"] == "paused"
 
             before = len(receiver.requests)
-            ids = [await publish(js, statement()) for _ in range(20)]
+            ids = [await publish(js, statement(), COURSE) for _ in range(20)]
             stream = PROTOCOL_STREAMS["xapi"]
 
             async def kept() -> bool:
@@ -200,6 +208,92 @@ async def test_pause_keeps_events_and_resume_delivers_all_in_order(app, admin, j
             assert got == ids  # in order (one course)
             assert (await read_target(app, js, key)).enabled
             assert 'id="pause"' in (await consumer.get(f"/integrations/{key}")).text
+            listed = (await consumer.get("/integrations")).text
+            assert '<span class="health-text">last success' in listed
     finally:
         await receiver.stop()
 
+
+
+async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js, nc, nats_server):
+    """Issue 24 attempt detail and issue 19.5: one log row per POST (never merged), the detail of one attempt
+    (status, response headers and body, request headers with the signature redacted, payload), Resend of a
+    batched POST sends all of its statements again."""
+    def answer(req):
+        return 201, {"X-Receiver": "rx-1"}, b'{"received": true, "note": "' + b"k" * 2000 + b'"}'
+
+    receiver = await Receiver(answer).start()
+    try:
+        async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
+            consumer, key, _ = await _approved(app, admin, receiver)
+            auth = {"Authorization": f"Bearer {await make_token(consumer)}"}
+            ids = [await publish(js, statement(), COURSE) for _ in range(3)]
+            await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 10, "3 statements delivered")
+            items: list[dict] = []
+
+            async def logged() -> bool:
+                got = await consumer.get(f"/api/v1/integrations/{key}/deliveries", headers=auth)
+                items[:] = got.json()["items"]
+                return len(items) >= 3
+
+            await wait_for(logged, 10, "3 attempts in the log")
+            assert sorted(i["ids"][0] for i in items) == sorted(ids) and all(len(i["ids"]) == 1 for i in items)
+
+            one = next(i for i in items if i["ids"] == [ids[0]])
+            detail = await consumer.get(f"/api/v1/integrations/{key}/attempts/{one['id']}", headers=auth)
+            assert detail.status_code == 200, detail.text
+            d = detail.json()
+            a = d["attempt"]
+            assert a["status"] == 201 and a["response_headers"]["x-receiver"] == "rx-1"
+            assert a["response_body"].startswith('{"received": true') and len(a["response_body"]) == 1024
+            assert a["request_headers"]["webhook-id"] == ids[0]
+            assert a["request_headers"]["webhook-signature"] == "v1,<redacted>"
+            assert a["latency_ms"] > 0 and a["url"] == receiver.url + "/hook"
+            assert json.loads(d["payload"][0])["id"] == ids[0] and d["statements"] == 1
+            page = (await consumer.get(f"/integrations/{key}/attempts/{one['id']}")).text
+            assert 'id="a-status">201<' in page and "rx-1" in page and "v1,&lt;redacted&gt;" in page
+            assert ids[0] in page and 'id="resend"' in page
+
+            # not this integration's attempt, nonsense ids, a stranger: 404
+            other_consumer, other_key, _ = await _approved(app, admin, receiver)
+            assert (await other_consumer.get(f"/api/v1/integrations/{other_key}/attempts/{one['id']}",
+                                             headers={"Authorization": f"Bearer {await make_token(other_consumer)}"})
+                    ).status_code == 404
+            for bad in ("0", "x", "1.2.3", "99999999.0"):
+                assert (await consumer.get(f"/api/v1/integrations/{key}/attempts/{bad}", headers=auth)).status_code == 404
+            assert (await other_consumer.get(f"/integrations/{key}/attempts/{one['id']}")).status_code == 404
+
+            # a batched POST: one row with 3 statements, and Resend sends all 3 again
+            ok = await consumer.post(f"/api/v1/integrations/{key}/endpoint", headers=auth,
+                                     json={"batch_size": 3, "batch_wait_ms": 2000})
+            assert ok.status_code == 200, ok.text
+            batch = [await publish(js, statement(), COURSE) for _ in range(3)]
+            await wait_for(lambda: set(batch) <= set(ids_received(receiver)), 15, "the batch delivered")
+            await wait_for(logged, 10, "log read")
+
+            async def batch_row() -> bool:
+                await logged()
+                return any(sorted(i["ids"]) == sorted(batch) for i in items)
+
+            await wait_for(batch_row, 10, "one row for the batched POST")
+            row = next(i for i in items if sorted(i["ids"]) == sorted(batch))
+            before = {s: ids_received(receiver).count(s) for s in batch}
+            resent = await consumer.post(f"/api/v1/integrations/{key}/resend", headers=auth, json={"seqs": row["seqs"]})
+            assert resent.status_code == 200 and resent.json()["count"] == 3, resent.text
+            await wait_for(lambda: all(ids_received(receiver).count(s) > before[s] for s in batch), 15,
+                           "all 3 statements of the POST sent again")
+    finally:
+        await receiver.stop()
+
+
+def test_health_text_per_state():
+    from portal.deliveries import EndpointState, health_text
+    from portal.services.integrations import _epoch
+
+    assert health_text(EndpointState(state="direct", headline="", lag=12, last_ack=0.0)).startswith("12 pending · last ack never")
+    assert health_text(EndpointState(state="direct", headline="", lag=3, last_ack=1796391601.0)) == (
+        "3 pending · last ack 2026-12-04 13:40:01 UTC")
+    assert health_text(EndpointState(state="failing", headline="", since=1796391601.0, lag=40)) == (
+        "failing since 2026-12-04 13:40:01 UTC · backlog 40")
+    assert health_text(EndpointState(state="disabled", headline="", since=1796391601.0)).startswith("disabled since")
+    assert _epoch("2026-12-04T13:40:01.123456789Z") == 1796391601.123456 and _epoch("0001-01-01T00:00:00Z") is None

@@ -139,7 +139,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
 
             await wait_for(logged, 10, "s2's delivery in the log")
             row = rows[0]
-            seq = re.search(r'name="seq" value="(\d+)"', row).group(1)
+            seq = re.search(r'name="seqs" value="(\d+)"', row).group(1)
             done = await post(consumer, f"/integrations/{key}/ops/resend", {"seq": seq, "back": "deliveries"})
             assert f"Statement {s2} queued" in flash_of(done.text)
             await wait_for(lambda: ids_received(receiver).count(s2) == 2, 10, "s2 sent again")
@@ -188,8 +188,8 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
             page1 = (await consumer.get(f"/integrations/{key}/deliveries?limit=2")).text
             older = re.search(r'id="older" href="\?([^"]+)"', page1).group(1).replace("&amp;", "&")
             page2 = (await consumer.get(f"/integrations/{key}/deliveries?{older}")).text
-            t1 = [t.strip() for t in re.findall(r'data-label="Time">([^<]+)', page1)]
-            t2 = [t.strip() for t in re.findall(r'data-label="Time">([^<]+)', page2)]
+            t1 = [t.strip() for t in re.findall(r'data-label="Time"><a class="attempt-link"[^>]*>([^<]+)', page1)]
+            t2 = [t.strip() for t in re.findall(r'data-label="Time"><a class="attempt-link"[^>]*>([^<]+)', page2)]
             assert len(t1) == 2 and t1 == sorted(t1, reverse=True) and t2 and t2[0] <= t1[-1]
             bad = await consumer.get(f"/integrations/{key}/deliveries?status=abc&since=yesterday-ish")
             assert 'aria-describedby="err-status"' in bad.text and 'aria-describedby="err-since"' in bad.text

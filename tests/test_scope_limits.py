@@ -27,7 +27,7 @@ from hub.core.streams import ensure_streams
 from hub.core.subjects import subject
 from hub.ops.natsserver import NatsServer, free_port
 from portal.validation import Scope, validate_request
-from tests.helpers import start_operator_nats, unique
+from tests.helpers import start_operator_nats, unique, wait_sync
 
 SITE = "s1"
 
@@ -264,3 +264,32 @@ async def test_a_stored_account_jwt_the_server_would_refuse_does_not_stop_the_ne
         await sub.close()
     finally:
         again.stop()
+
+
+def test_rthub_up_starts_again_with_an_oversized_stored_account_jwt(tmp_path):
+    """The whole stack, as `rthub up` runs it: first start, a subscriber account left ~1 MB by an earlier
+    version, second start. It comes up, says which direct subscription is failing, and stops cleanly."""
+    import signal
+
+    from tests.test_up import Up, _ports
+
+    first = Up("--data-dir", str(tmp_path), "--no-deliver", "--no-portal", *_ports())
+    try:
+        wait_sync(lambda: "Ctrl-C stops everything" in first.text(), 90, "rthub up started")
+    finally:
+        first.proc.send_signal(signal.SIGINT)
+        assert first.proc.wait(30) == 0
+    tenants = tmp_path / "nats-auth" / "tenants"
+    tenants.mkdir(mode=0o700, exist_ok=True)
+    (tenants / "i0123456789abcdef.jwt").write_text("x" * (MAX_ACCOUNT_JWT_BYTES * 4))
+    again = Up("--data-dir", str(tmp_path), "--no-deliver", "--no-portal", *_ports())
+    try:
+        wait_sync(
+            lambda: "Ctrl-C stops everything" in again.text() or again.proc.poll() is not None, 90, "restart"
+        )
+        out = again.text()
+        assert "Ctrl-C stops everything" in out, out
+        assert "direct subscription i0123456789abcdef is failing" in out and "more than the" in out
+    finally:
+        again.proc.send_signal(signal.SIGINT)
+        assert again.proc.wait(30) == 0

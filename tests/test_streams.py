@@ -169,3 +169,17 @@ async def test_two_deliverers_started_together_both_run(tmp_path):
         await nc.close()
         await rx.stop()
         server.stop()
+
+
+def test_streams_and_buckets_are_created_in_one_place():
+    """Every service creates streams and buckets through hub.core.streams (ensure_stream / ensure_bucket): no
+    second routine with its own idea of "the same configuration" (issue 20: two disagreed)."""
+    import re
+
+    from tests.helpers import ROOT
+
+    calls = re.compile(r"\.(add_stream|update_stream|create_key_value)\(")
+    found = [f"{path.relative_to(ROOT)}:{n}" for package in ("hub", "lms_publisher", "portal")
+             for path in (ROOT / package).rglob("*.py") if path != ROOT / "hub" / "core" / "streams.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1) if calls.search(line)]
+    assert found == []

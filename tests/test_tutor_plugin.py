@@ -403,3 +403,41 @@ async def test_forked_workers_publish_from_their_own_thread_and_spool_slot(js, n
     for who, n in (("master", 1), ("master-after", 1), ("worker0", 20), ("worker1", 20)):
         assert [m["i"] for m in msgs if m["who"] == who] == list(range(n)), who
     assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["w0", "w1", "w2"]
+
+
+def test_event_bus_option_configures_producer_consumer_creds_and_hub(tmp_path):
+    """RTHUB_EVENT_BUS: the LMS/CMS get openedx-events' bus settings for this backend and event-bus.creds from the
+    init; the hub routes RTHUB_EVENT_BUS_TOPICS and its image can decode them. Off by default."""
+    plain = configured(tmp_path / "off", RTHUB_RUN_HUB="true")
+    assert "lms_publisher.event_bus" not in (plain / "apps" / "openedx" / "settings" / "lms" / "production.py").read_text()
+    assert "RTHUB_OPENEDX_TOPICS" not in compose_services(plain)["rthub-hub"]["environment"]
+
+    env = configured(tmp_path / "on", RTHUB_RUN_HUB="true", RTHUB_EVENT_BUS="true", LMS_HOST="learn.example.org",
+                     RTHUB_EVENT_BUS_TOPICS='["learning-course-enrollment-lifecycle", "learning-certificate-lifecycle"]')
+    for svc in ("lms", "cms"):
+        text = (env / "apps" / "openedx" / "settings" / svc / "production.py").read_text()
+        # after Tutor's own event-bus settings (Redis by default), so these win
+        assert text.index("# rthub: the Open edX event bus") > text.index("EVENT_BUS_PRODUCER = 'edx_event_bus_redis")
+        block = text[text.index("# rthub: the Open edX event bus"):]
+        ns: dict = {"INSTALLED_APPS": []}
+        exec(block.split("\n\n")[0], ns)  # the rendered Python, as the LMS runs it
+        assert ns["EVENT_BUS_PRODUCER"] == "lms_publisher.event_bus.create_producer"
+        assert ns["EVENT_BUS_CONSUMER"] == "lms_publisher.event_bus.NatsEventConsumer"
+        assert ns["EVENT_BUS_NATS_URL"] == "nats://rthub-nats:4222"
+        assert ns["EVENT_BUS_NATS_CREDS"] == "/openedx/data/rthub/event-bus.creds"
+        assert ns["EVENT_BUS_NATS_SITE"] == "learn.example.org" and "lms_publisher.event_bus" in ns["INSTALLED_APPS"]
+    services = compose_services(env)
+    script = services["rthub-auth-init"]["command"][-1]
+    assert '"$$(rthub auth creds event-bus)" /openedx-data/$$d/event-bus.creds' in script
+    assert callable(build_parser().parse_args(["auth", "creds", "event-bus"]).func)
+    topics = services["rthub-hub"]["environment"]["RTHUB_OPENEDX_TOPICS"]
+    assert topics == "learning-course-enrollment-lifecycle,learning-certificate-lifecycle"
+    assert from_env_topics(topics) == ["learning-course-enrollment-lifecycle", "learning-certificate-lifecycle"]
+    dockerfile = (env / "plugins" / "rthub" / "build" / "rthub" / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir 'openedx-events>=9.0'" in dockerfile
+
+
+def from_env_topics(value: str) -> list[str]:
+    from hub.core.settings import from_env
+
+    return from_env(HubSettings, env={"RTHUB_OPENEDX_TOPICS": value, "RTHUB_DATA_DIR": "/nonexistent"}).openedx_topics

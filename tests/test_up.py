@@ -214,6 +214,7 @@ def test_up_demo_through_a_nats_server_crash_logs_state_changes_not_tracebacks_a
     assert "Traceback" not in text, text[-3000:]
     assert text.count("live count paused: NATS connection lost") == 1, text[-3000:]
     assert re.search(r"live count resumed: NATS back after \d+ s \(\d+ failed connection attempts\)", text)
+    assert json.loads((tmp_path / "data" / "nats-status.json").read_text())["state"] == "ok"  # the store watch
     again = Up("--no-portal", "--no-deliver", "--data-dir", data, *args)  # at once, same ports
     try:
         wait_sync(lambda: "Ctrl-C stops everything" in again.text() or again.proc.poll() is not None, 90,

@@ -25,6 +25,7 @@ from nats.aio.client import Client, RawCredentials
 from hub.auth import jwt
 from hub.auth.permissions import (
     SERVICES,
+    bus_imports,
     consumer_inbox,
     consumer_permissions,
     hub_exports,
@@ -32,6 +33,7 @@ from hub.auth.permissions import (
     tenant_imports,
 )
 from hub.core.creds import creds_jwt
+from hub.core.events import MAX_EVENT_BYTES
 from hub.core.grants import GRANT_ID, Grant
 from hub.core.subjects import encode_token
 
@@ -41,11 +43,20 @@ AUTH_DIR = "nats-auth"
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"
 TENANTS = "tenants"
 # What one direct subscriber's account may hold: a few connections, no JetStream, no exports.
-TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0}
+# A subscriber only publishes pull requests and acks (tens of bytes): 4 KB per message is plenty, and bounds what
+# its users can make the server carry (the server's own limit is 1 MB).
+TENANT_MAX_PAYLOAD = 4096
+TENANT_LIMITS = {"conn": 16, "subs": 1000, "leaf": 0, "exports": 0, "payload": TENANT_MAX_PAYLOAD}
 # Largest account JWT written or loaded: it travels as one message ($SYS.REQ.CLAIMS.UPDATE, max_payload 1 MB)
 # and sits in every server's config; a direct subscription within MAX_FILTERS_DIRECT stays far below it.
 MAX_ACCOUNT_JWT_BYTES = 256 * 1024
 REFUSED = ".refused"  # tenants/<grant>.refused: why its stored JWT was not loaded at start
+SITES = "sites"
+# An LMS site's account: publishers' connections and inboxes only; no JetStream, no exports; no message larger
+# than the largest raw event the hub takes (the publisher refuses bigger ones before sending).
+SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0, "payload": MAX_EVENT_BYTES}
+ALL_SITES = "_all"  # file stem of the account of a publisher not bound to one site (lms.>)
+BUS = "_bus"  # file stem (in sites/) of the Open edX event bus's account LMS-BUS (permissions.bus_imports)
 
 
 class AuthError(RuntimeError):
@@ -89,7 +100,12 @@ class AuthStore:
             if not (path / "operator.jwt").exists():
                 cls._create(path)
             cls._upgrade(path)
-        return cls(path)
+            store = cls(path)
+            # The account of publishers of every site exists from the start, so a server configured now knows
+            # it; a site's own account is added with its first publisher (then pushed: rthub auth push).
+            store._site_account(None)
+            store._bus_account()  # the event bus runs in the LMS too: its own account, in the config from the start
+        return store
 
     @staticmethod
     @contextlib.contextmanager
@@ -154,6 +170,15 @@ class AuthStore:
         legacy = json.loads(legacy_path.read_text()) if legacy_path.exists() else {}
         now = int(time.time())
         revoked.update({key: now for key, exp in legacy.items() if exp > now and key not in revoked})
+        # Publishers (and the event bus) issued inside the data account by earlier versions: the server wrote their
+        # PubAcks (to any reply subject they named) on the data account's behalf. Revoked; re-issued in their own
+        # account (a site's, LMS-BUS).
+        legacy_publishers = []
+        for creds_path in sorted([*path.glob("publisher*.creds"), *path.glob("event-bus.creds")]):
+            claims = jwt.decode(creds_jwt(creds_path.read_text()), verify=False)
+            if claims.get("iss") == hub_pub:
+                revoked.setdefault(claims["sub"], now)
+                legacy_publishers.append(creds_path)
         want = _hub_claims(hub_pub, revoked)
         if current["nats"].get("exports") != want["nats"]["exports"] or revoked != current["nats"].get(
                 "revocations", {}) or current["iss"] != jwt.public_key(signing):
@@ -163,6 +188,10 @@ class AuthStore:
                      hub_pub, len(legacy))
         if legacy:
             legacy_path.unlink()
+        for creds_path in legacy_publishers:
+            creds_path.unlink()
+            log.warning("revoked %s (a publisher in the data account); a new one is issued in its site's account:"
+                        " give the LMS the new file", creds_path.name)
 
     def _read(self, name: str) -> str:
         try:
@@ -181,7 +210,7 @@ class AuthStore:
         return self._read("operator.nk").encode()
 
     def revocations(self) -> dict[str, int]:
-        """Revoked users of the data account (service users)."""
+        """Revoked users of the data account (service users; publisher keys are revoked in site accounts too)."""
         return dict(jwt.decode(self.hub_jwt, verify=False)["nats"].get("revocations", {}))
 
     # -- server side ----------------------------------------------------------------------------------------
@@ -210,7 +239,7 @@ class AuthStore:
             "resolver_preload: {\n"
             f'  {self.sys_pub}: "{self.sys_jwt}"\n'
             f'  {self.hub_pub}: "{self.hub_jwt}"\n'
-            + "".join(f'  {pub}: "{token}"\n' for pub, token in self.tenant_jwts().items())
+            + "".join(f'  {pub}: "{token}"\n' for pub, token in {**self.site_jwts(), **self.tenant_jwts()}.items())
             + "}\n"
         )
 
@@ -234,15 +263,105 @@ class AuthStore:
         name = f"{service}-{encode_token(site)}" if service == "publisher" and site is not None else service
         path = self.path / f"{name}.creds"
         with self._locked(self.path):
+            if service in ("publisher", "event-bus"):  # users of their own account, never of the data account
+                account_seed = self._site_account(site) if service == "publisher" else self._bus_account()
+                account_pub = jwt.public_key(account_seed)
+                jwt_path = self._site_file(site, ".jwt") if service == "publisher" else self.path / SITES / f"{BUS}.jwt"
+                revoked = jwt.decode(jwt_path.read_text(), verify=False)["nats"].get("revocations", {})
+            else:
+                account_seed, account_pub, revoked = self.hub_seed, self.hub_pub, self.revocations()
             if path.exists():
                 claims = jwt.decode(creds_jwt(path.read_text()), verify=False)
                 perms = claims["nats"]
                 if perms.get("pub", {}).get("allow") == pub and perms.get("sub", {}).get("allow") == sub \
-                        and claims["iss"] == self.hub_pub and claims["sub"] not in self.revocations():
+                        and claims["iss"] == account_pub and claims["sub"] not in revoked:
                     return path
-            text, _ = self._user_creds(f"rthub-{service}", self.hub_seed, pub, sub)
+            text, _ = self._user_creds(f"rthub-{service}", account_seed, pub, sub)
             write_private(path, text)
         return path
+
+    # -- LMS sites: one account each --------------------------------------------------------------------------
+
+    def _site_file(self, site: str | None, suffix: str) -> Path:
+        return self.path / SITES / f"{encode_token(site) if site is not None else ALL_SITES}{suffix}"
+
+    def _site_account(self, site: str | None) -> bytes:
+        """The account key of an LMS site's publishers, its JWT written on first use (call under the lock).
+
+        The account exports nothing and imports one service from the data account: ``lms.<site>.>`` (``lms.>``
+        for a publisher of every site). A publish crosses into the data account with a reply subject the server
+        makes up (``_R_...``), so the PubAck comes back into the site's account: whatever reply subject a
+        publisher names, of a publish, a request or an ack, the server answers it in the site's account, where
+        there is nothing but the publishers' own inboxes."""
+        seed_path, jwt_path = self._site_file(site, ".nk"), self._site_file(site, ".jwt")
+        if not seed_path.exists():
+            seed_path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(seed_path, jwt.new_seed("account").decode())
+        seed = seed_path.read_text().encode()
+        pub = jwt.public_key(seed)
+        current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
+        subj = site_subject(site)
+        if current and current["iss"] == self.signing_pub and [i["subject"] for i in current["nats"].get(
+                "imports", [])] == [subj] and current["nats"]["imports"][0]["account"] == self.hub_pub \
+                and all(current["nats"]["limits"].get(k) == v for k, v in SITE_LIMITS.items()):
+            return seed
+        activation = jwt.encode(jwt.activation_claims(f"LMS {site or 'all sites'}", pub, subj, "service"),
+                                self.hub_seed)
+        now = max(int(time.time()), int(current["iat"]) + 1) if current else int(time.time())
+        claims = jwt.account_claims(f"LMS-{site or 'all'}", pub, jetstream=False, now=now, limits=SITE_LIMITS,
+                                    revocations=current["nats"].get("revocations") if current else None,
+                                    imports=[jwt.import_("raw events", subj, "service", self.hub_pub, activation)])
+        write_private(jwt_path, jwt.encode(claims, self.signing_seed))
+        log.info("LMS site account %s for %s (imports %s from the data account)", pub, site or "all sites", subj)
+        return seed
+
+    def _bus_account(self) -> bytes:
+        """The account key of the Open edX event bus (``LMS-BUS``), its JWT (re)written when its imports changed
+        (call under the lock). Like a site's account it runs in the LMS, exports nothing, has no JetStream, and
+        imports from the data account only :func:`hub.auth.permissions.bus_imports`: whatever reply subject its
+        users name, of a publish, an API request, a pull request or an ack, is answered in this account."""
+        seed_path, jwt_path = self.path / SITES / f"{BUS}.nk", self.path / SITES / f"{BUS}.jwt"
+        if not seed_path.exists():
+            seed_path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(seed_path, jwt.new_seed("account").decode())
+        seed = seed_path.read_text().encode()
+        pub = jwt.public_key(seed)
+        current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
+        want = [(subj, local) for _, subj, local, _, _ in bus_imports()]
+        if current and current["iss"] == self.signing_pub and [
+            (i["subject"], i.get("local_subject", i["subject"])) for i in current["nats"].get("imports", [])
+        ] == want and all(i["account"] == self.hub_pub for i in current["nats"]["imports"]) \
+                and all(current["nats"]["limits"].get(k) == v for k, v in SITE_LIMITS.items()):
+            return seed
+        imports = [jwt.import_(name, subj, kind, self.hub_pub,
+                               jwt.encode(jwt.activation_claims(f"LMS-BUS {name}", pub, subj, kind), self.hub_seed),
+                               local=local)
+                   for name, subj, local, kind, _ in bus_imports()]
+        now = max(int(time.time()), int(current["iat"]) + 1) if current else int(time.time())
+        claims = jwt.account_claims("LMS-BUS", pub, jetstream=False, now=now, limits=SITE_LIMITS, imports=imports,
+                                    revocations=current["nats"].get("revocations") if current else None)
+        write_private(jwt_path, jwt.encode(claims, self.signing_seed))
+        log.info("event bus account %s (imports %d subjects from the data account)", pub, len(imports))
+        return seed
+
+    def site_jwts(self) -> dict[str, str]:
+        """Account public key -> JWT of every LMS site account (preloaded into servers, pushed with HUB)."""
+        folder = self.path / SITES
+        out = {}
+        for path in sorted(folder.glob("*.jwt")) if folder.exists() else ():
+            token = path.read_text().strip()
+            reason = tenant_jwt_problem(token, self.signing_pub)
+            if reason:
+                log.error("LMS site account %s: stored JWT not loaded (%s)", path.stem, reason)
+                continue
+            out[jwt.decode(token, verify=False)["sub"]] = token
+        return out
+
+    def site_jwt(self, site: str | None) -> str:
+        """The JWT of ``site``'s account (created with the account); push it to running servers."""
+        with self._locked(self.path):
+            self._site_account(site)
+        return self._site_file(site, ".jwt").read_text().strip()
 
     def system_creds(self) -> Path:
         """A user of the system account: pushes account JWT updates (revocations)."""
@@ -403,6 +522,16 @@ class AuthStore:
             now = max(int(time.time()), int(current.get("iat", 0)) + 1)
             token = jwt.encode(_hub_claims(self.hub_pub, revoked, now), self.signing_seed)
             write_private(self.path / "HUB.jwt", token)
+            # A leaked publisher credential is a user of its site's account: revoke the keys there too.
+            for path in sorted((self.path / SITES).glob("*.jwt")) if (self.path / SITES).exists() else ():
+                claims = jwt.decode(path.read_text(), verify=False)
+                revs = dict(claims["nats"].get("revocations", {}))
+                revs.update({key: when for key in user_public_keys})
+                claims["nats"]["revocations"] = dict(sorted(revs.items()))
+                claims["iat"] = max(int(time.time()), int(claims.get("iat", 0)) + 1)
+                claims.pop("jti", None)
+                claims.pop("iss", None)
+                write_private(path, jwt.encode(claims, self.signing_seed))
         return token
 
     async def revoke(self, nc: Client | None, user_public_key: str | list[str]) -> dict:
@@ -418,7 +547,7 @@ class AuthStore:
                            tenants: bool = False) -> dict:
         """Send the current HUB account JWT (and with ``tenants`` every subscriber account) through the system
         account; returns the server's answer for HUB."""
-        tokens = [self.hub_jwt, *(self.tenant_jwts().values() if tenants else ())]
+        tokens = [self.hub_jwt, *self.site_jwts().values(), *(self.tenant_jwts().values() if tenants else ())]
         return (await self.push(nc, tokens, servers))[0]
 
     async def push(self, nc: Client | None, tokens: list[str], servers: list[str] | None = None) -> list[dict]:
@@ -478,6 +607,23 @@ class AuthStore:
     def consumer_connect_options(grant: Grant, creds_text: str) -> dict:
         """nats-py ``connect`` keyword arguments for a direct subscriber holding ``creds_text``."""
         return {"user_credentials": RawCredentials(creds_text), "inbox_prefix": consumer_inbox(grant.id)}
+
+
+def refused_reason(data_dir: str | Path, grant_id: str) -> str | None:
+    """Why ``grant_id``'s stored account JWT was left out at the last start (``None``: it was not), read
+    without opening the store: cheap enough for every view of the integration."""
+    if not GRANT_ID.fullmatch(grant_id):
+        return None
+    path = Path(data_dir) / AUTH_DIR / TENANTS / f"{grant_id}{REFUSED}"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def site_subject(site: str | None) -> str:
+    """What an LMS site's account imports (and its publishers may publish): its raw events."""
+    return f"lms.{encode_token(site)}.>" if site is not None else "lms.>"
 
 
 def tenant_jwt_problem(token: str, signing_pub: str) -> str | None:

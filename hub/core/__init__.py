@@ -1,2 +1,4 @@
-"""The JetStream core every service shares: protocol constants, precise errors, a continuous pull stream, a
-typed KV mirror and an acked publisher. Only nats-py and msgspec: the LMS side may import it too."""
+"""The kernel every service shares: names (subjects, streams, buckets), settings, the NATS connection, stream
+creation, the protocol and delivery-kind registries, events, grants, and the JetStream core (a continuous pull
+stream, a typed KV mirror, an acked publisher). Imports nothing else of the project (lint-imports checks it);
+only nats-py and msgspec, so the LMS side may import it too."""

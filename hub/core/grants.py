@@ -22,7 +22,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NoKeysError
 
-from hub.core.delivery_kinds import DeliveryName, PushName
+from hub.core.delivery_kinds import DeliveryName, PushName, is_push
 from hub.core.groups import GROUP_NAME, IDENTITY_FIELDS
 from hub.core.kv import KVMirror
 from hub.core.protocols import ProtocolName
@@ -45,7 +45,7 @@ SIZE_REFUSAL = "This scope expands to"
 
 def filter_limit(delivery: str) -> int:
     """Largest number of filter subjects an integration of this delivery kind may expand to."""
-    return MAX_FILTERS_DIRECT if delivery == "direct" else MAX_FILTERS_PUSH
+    return MAX_FILTERS_PUSH if is_push(delivery) else MAX_FILTERS_DIRECT
 
 
 def expansion(sites: Iterable[str] = (), orgs: Iterable[str] = (), courses: Iterable[str] = (),
@@ -67,7 +67,7 @@ def size_refusal(count: int, delivery: str) -> str | None:
     limit = filter_limit(delivery)
     if count <= limit:
         return None
-    kind = "a direct subscription" if delivery == "direct" else "a push integration"
+    kind = "a push integration" if is_push(delivery) else "a direct subscription"
     return (f"{SIZE_REFUSAL} {count} filter subjects (sites x organisations x courses x event types x "
             f"learner groups); {kind} may have at most {limit}. Leave a dimension empty (any) or split the "
             "integration.")
@@ -140,6 +140,16 @@ def replay_name(grant_id: str) -> str:
     return f"{consumer_name(grant_id)}_replay"
 
 
+def redrive_name(grant_id: str) -> str:
+    """The deliverer's second consumer of an integration, on the REDRIVE stream (dead letters sent back)."""
+    return f"{consumer_name(grant_id)}_redrive"
+
+
+def part_name(grant_id: str, k: int) -> str:
+    """The deliverer's consumer of partition ``k`` of an ordered integration, on the partition stream."""
+    return f"{consumer_name(grant_id)}_p{k}"
+
+
 def decode_grant(data: bytes) -> Grant:
     return msgspec.json.decode(data, type=Grant)
 
@@ -171,7 +181,7 @@ class GrantIndex:
         key = (site, org, course, event)
         found = self._idents.get(key)
         if found is None:
-            found = tuple(g for g in self.grants.values() if g.active and g.identity and g.delivery == "direct"
+            found = tuple(g for g in self.grants.values() if g.active and g.identity and not is_push(g.delivery)
                           and g.covers(site, org, course, event))
             if len(self._idents) > 200_000:
                 self._idents.clear()

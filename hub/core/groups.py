@@ -207,8 +207,9 @@ async def load_membership(js) -> Membership:
 
 
 async def update_learner(js, site: str, user_id: str, change) -> Learner | None:
-    """Apply ``change(Learner) -> Learner`` to one learner with compare-and-set (concurrent writers retry); a
-    learner left with no group and no identity is purged (nothing kept about them)."""
+    """Apply ``change(Learner) -> Learner`` to one learner with compare-and-set (concurrent writers retry). A
+    learner left with no group and no identity stays as an empty entry (the key only: site and LMS user id),
+    so the deliverers know they are no longer a member; retirement purges even that."""
     import nats.js.errors
 
     kv = await js.key_value(LEARNERS_BUCKET)
@@ -223,10 +224,8 @@ async def update_learner(js, site: str, user_id: str, change) -> Learner | None:
         if new == have and rev is not None:
             return have
         try:
-            if not new.groups and not new.username and not new.email:
-                if rev is not None:
-                    await kv.purge(key)
-                return None
+            if not new.groups and not new.username and not new.email and rev is None:
+                return None  # never stored: nothing to say
             data = msgspec.json.encode(new)
             if rev is None:
                 await kv.create(key, data)
@@ -415,6 +414,14 @@ class IdentityIndex:
         if uid is None:
             return {}
         return identity_of(self.learners.get((site, uid)), uid, fields)
+
+    def groups_of(self, protocol: str, statement: dict, site: str) -> list[str] | None:
+        """The groups of a statement's learner as the store says now; ``None`` when the store does not know the
+        learner (not mapped yet, or never stored)."""
+        anon = actor_key(protocol, statement)
+        uid = self._by_anon.get((protocol, anon), {}).get(site) if anon else None
+        learner = self.learners.get((site, uid)) if uid is not None else None
+        return None if learner is None else learner.groups
 
     def enrich(self, protocol: str, data: bytes, site: str, fields: Iterable[str]) -> bytes:
         """The statement bytes with the approved ``fields`` of its learner; unchanged when the store does not

@@ -38,6 +38,9 @@ OPENEDX_STREAM = "OPENEDX_EVENTS"
 OPENEDX_PREFIX = "openedx"  # ``openedx.<full topic>``
 OPENEDX_DLQ_STREAM = "OPENEDX_DEAD_LETTERS"
 OPENEDX_DLQ_PREFIX = "openedx_dlq"  # ``openedx_dlq.<group>.<full topic>``
+# The event bus's own account (LMS-BUS) reaches the data account's JetStream API under this prefix (its imports
+# rename ``$JS.API.<...>`` to ``JS.rthub.API.<...>``): ``$JS.API`` in an account without JetStream is the server's.
+BUS_API_PREFIX = "JS.rthub.API"
 
 
 def attempts_subject(grant_id: str) -> str:
@@ -127,10 +130,14 @@ def filter_subject(prefix: str, site: str | None = None, org: str | None = None,
 
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard match: ``*`` one token, ``>`` one or more trailing tokens."""
-    pat, sub = pattern.split("."), subject.split(".")
-    for i, token in enumerate(pat):
-        if token == ">":
-            return len(sub) > i
-        if i >= len(sub) or (token != "*" and token != sub[i]):
+    return tokens_match(pattern.split("."), subject.split("."))
+
+
+def tokens_match(pattern: tuple[str, ...] | list[str], tokens: tuple[str, ...] | list[str]) -> bool:
+    """:func:`subject_matches` over subjects already split into tokens (a hot path splits once)."""
+    for i, p in enumerate(pattern):
+        if p == ">":
+            return len(tokens) > i
+        if i >= len(tokens) or (p != "*" and p != tokens[i]):
             return False
-    return len(pat) == len(sub)
+    return len(pattern) == len(tokens)

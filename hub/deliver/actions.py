@@ -19,10 +19,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import APIError, KeyNotFoundError, NoStreamResponseError, NotFoundError
 
 from hub.core.errors import NoStream, PublishRefused
-from hub.core.grants import GRANTS_BUCKET, decode_grant
+from hub.core.grants import decode_grant, replay_name
 from hub.core.subjects import (
     DEAD_LETTER_STREAM,
     DELIVERY_STATE_BUCKET,
+    GRANTS_BUCKET,
     PROTOCOL_STREAMS,
     dlq_subject,
     redrive_subject,
@@ -163,11 +164,10 @@ async def _grant(js: JetStreamContext, grant_id: str):
 
 async def request_replay(js: JetStreamContext, grant_id: str, since: dt.datetime) -> dict:
     """(Re)create the replay consumer of ``grant_id`` from ``since``; returns what will be replayed."""
-    from hub.deliver.service import replay_consumer
 
     grant = await _grant(js, grant_id)
     stream = PROTOCOL_STREAMS[grant.protocol]
-    name = replay_consumer(grant_id)
+    name = replay_name(grant_id)
     try:
         await js.delete_consumer(stream, name)
     except NotFoundError:
@@ -235,6 +235,23 @@ async def resend(js: JetStreamContext, grant_id: str, seq: int) -> str:
     await _publish(js, redrive_subject(grant_id), msg.data, headers={
         H_SUBJECT: msg.subject, H_ID: sid, H_STREAM: stream, H_SEQ: str(seq)})
     return sid
+
+
+async def statements(js: JetStreamContext, grant_id: str, seqs: list[int], limit: int = 5) -> list[bytes | None]:
+    """The stored bodies of the first ``limit`` of ``seqs`` (an attempt's statements) in the integration's protocol
+    stream, each only if it lies within the grant's subjects; ``None`` for one that expired or is not its."""
+    grant = await _grant(js, grant_id)
+    stream = PROTOCOL_STREAMS[grant.protocol]
+    subjects = grant.filter_subjects()
+    out: list[bytes | None] = []
+    for seq in seqs[:limit]:
+        try:
+            msg = await js.get_msg(stream, seq=seq) if seq > 0 else None
+        except NotFoundError:
+            msg = None
+        out.append(msg.data if msg is not None and any(subject_matches(f, msg.subject) for f in subjects)
+                   else None)
+    return out
 
 
 def _body_id(data: bytes) -> str | None:

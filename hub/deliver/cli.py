@@ -70,6 +70,19 @@ async def _js(settings: DeliverSettings):
     return nc, js
 
 
+async def _on_js(args, work):
+    """``(work(js), 0)`` on a fresh connection; what the integration cannot do (``LookupError``: unknown, nothing
+    to replay) is printed and answered with exit code 2."""
+    nc, js = await _js(_settings(args))
+    try:
+        return await work(js), 0
+    except LookupError as exc:
+        print(f"error: {exc}")
+        return None, 2
+    finally:
+        await nc.close()
+
+
 async def _list_dead(args) -> int:
     from hub.deliver.actions import list_dead_letters
 
@@ -106,14 +119,9 @@ async def _redrive(args) -> int:
 async def _replay(args) -> int:
     from hub.deliver.actions import parse_time, request_replay
 
-    nc, js = await _js(_settings(args))
-    try:
-        info = await request_replay(js, args.integration, parse_time(args.since))
-    except LookupError as exc:
-        print(f"error: {exc}")
-        return 2
-    finally:
-        await nc.close()
+    info, rc = await _on_js(args, lambda js: request_replay(js, args.integration, parse_time(args.since)))
+    if rc:
+        return rc
     how = ("the deliverer sends them now" if is_push(info["delivery"])
            else f"bind a pull subscription to durable {info['consumer']} on stream {info['stream']}")
     print(f"replaying {info['statements']} statement(s) of {args.integration} since {info['since']}: {how}")
@@ -123,14 +131,9 @@ async def _replay(args) -> int:
 async def _test_event(args) -> int:
     from hub.deliver.actions import send_test_event
 
-    nc, js = await _js(_settings(args))
-    try:
-        sid = await send_test_event(js, args.integration)
-    except LookupError as exc:
-        print(f"error: {exc}")
-        return 2
-    finally:
-        await nc.close()
+    sid, rc = await _on_js(args, lambda js: send_test_event(js, args.integration))
+    if rc:
+        return rc
     print(f"test event {sid} queued for {args.integration}; see `rthub delivery-status {args.integration}`")
     return 0
 

@@ -20,14 +20,24 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from hub.core.delivery_kinds import PUSH
-from hub.core.grants import Grant, GrantWatcher, Target, consumer_name, size_refusal
-from hub.core.groups import LEARNERS_BUCKET, IdentityIndex, decode_learner, parse_learner_key
+from hub.core.grants import (
+    Grant,
+    GrantWatcher,
+    Target,
+    consumer_name,
+    part_name,
+    redrive_name,
+    replay_name,
+    size_refusal,
+)
+from hub.core.groups import IdentityIndex, decode_learner, parse_learner_key
 from hub.core.kv import KVMirror
 from hub.core.metrics import Metrics
 from hub.core.publish import AckedPublisher
 from hub.core.secretbox import SecretBox, SecretError
 from hub.core.subjects import (
     DELIVERY_STATE_BUCKET,
+    LEARNERS_BUCKET,
     PARTS_STREAM,
     PROTOCOL_STREAMS,
     REDRIVE_STREAM,
@@ -36,16 +46,15 @@ from hub.core.subjects import (
 )
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.partitioned_runner import PartitionedRunner
-from hub.deliver.engine.partitions import part_consumer
-from hub.deliver.engine.runner import Runner, redrive_consumer, replay_consumer, takeover_after
+from hub.deliver.engine.runner import Runner, takeover_after
 from hub.deliver.engine.watch import Watch
 from hub.deliver.settings import DeliverSettings, seconds
 from hub.deliver.state.lease import LeaseBook
-from hub.deliver.state.records import Attempt, summarize
+from hub.deliver.state.records import Attempt, pack
 from hub.deliver.transport import ssrf
 from hub.translate import ExternalIds
 
-__all__ = ["Deliverer", "Runner", "hot_swappable", "redrive_consumer", "replay_consumer", "takeover_after"]
+__all__ = ["Deliverer", "Runner", "hot_swappable", "takeover_after"]
 
 log = logging.getLogger("rthub.deliver")
 
@@ -308,18 +317,18 @@ class Deliverer:
     async def _drop_consumers(self, grant_id: str) -> None:
         """A revoked integration's backlog is no longer anyone's: drop its consumers."""
         for stream in PROTOCOL_STREAMS.values():
-            for name in (consumer_name(grant_id), replay_consumer(grant_id)):
+            for name in (consumer_name(grant_id), replay_name(grant_id)):
                 try:
                     await self.js.delete_consumer(stream, name)
                 except Exception:  # noqa: BLE001 - not there
                     pass
         try:
-            await self.js.delete_consumer(REDRIVE_STREAM, redrive_consumer(grant_id))
+            await self.js.delete_consumer(REDRIVE_STREAM, redrive_name(grant_id))
         except Exception:  # noqa: BLE001
             pass
         for k in range(self.settings.partitions):  # with interest retention, a left-over one would keep messages
             try:
-                await self.js.delete_consumer(PARTS_STREAM, part_consumer(grant_id, k))
+                await self.js.delete_consumer(PARTS_STREAM, part_name(grant_id, k))
             except Exception:  # noqa: BLE001 - not there
                 pass
 
@@ -338,15 +347,15 @@ class Deliverer:
             log.warning("could not disable %s: %s", grant_id, exc)
 
     def log_attempt(self, grant_id: str, entry: Attempt) -> None:
-        """Queued; :meth:`_attempt_loop` publishes every ``ATTEMPT_FLUSH`` seconds (summed up, see ``summarize``)."""
+        """Queued; :meth:`_attempt_loop` publishes every ``ATTEMPT_FLUSH`` seconds (packed, see ``pack``)."""
         self.attempt_log.setdefault(grant_id, []).append(entry)
 
     async def flush_attempts(self) -> None:
         queued, self.attempt_log = self.attempt_log, {}
         for grant_id, entries in queued.items():
-            for entry in summarize(entries):
+            for data in pack(entries):
                 try:
-                    await self.nc.publish(attempts_subject(grant_id), msgspec.json.encode(entry))
+                    await self.nc.publish(attempts_subject(grant_id), data)
                 except nats.errors.Error:  # the attempt log is best effort; counters still count
                     pass
 

@@ -47,6 +47,7 @@ class Cluster:
             from hub.auth import AuthStore
 
             self.auth = AuthStore.ensure(auth_dir if auth_dir is not None else self.base_dir)
+            self.creds("publisher")  # its site's account must be in the config every node starts with
         routes = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in self.route_ports)
         self.nodes = []
         for i, port in enumerate(self.client_ports):

@@ -10,17 +10,12 @@ import msgspec
 
 from hub.core.delivery_kinds import DIRECT
 from hub.core.grants import Grant, delete_grant, list_grants, put_grant
-from hub.core.natsconn import connect
 from hub.core.protocols import NAMES as PROTOCOLS
-from hub.core.settings import NatsSettings, from_env
+from hub.ops.nats_cli import add_nats_options, with_js
 
 
 async def _with_js(args, fn):
-    nc = await connect(from_env(NatsSettings, nats_url=args.nats_url, nats_creds=args.nats_creds), "rthub-cli")
-    try:
-        return await fn(nc.jetstream())
-    finally:
-        await nc.close()
+    return await with_js(args, fn, "rthub-cli")
 
 
 def _add(args) -> int:
@@ -66,8 +61,7 @@ def _revoke(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("grant", help="manage access grants (who may receive what)")
-    p.add_argument("--nats-url", help="NATS server URL (RTHUB_NATS_URL)")
-    p.add_argument("--nats-creds", help="credentials file (RTHUB_NATS_CREDS)")
+    add_nats_options(p)
     gsub = p.add_subparsers(dest="grant_command", required=True)
     add = gsub.add_parser("add", help="grant a consumer a protocol for sites, orgs and/or courses")
     add.add_argument("--consumer", required=True, help="who receives (name or e-mail)")

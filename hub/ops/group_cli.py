@@ -24,24 +24,12 @@ from hub.core.groups import (
     put_group,
     retire_learner,
 )
-from hub.core.natsconn import connect
-from hub.core.settings import StreamSettings, from_env
-from hub.core.streams import ensure_streams
+from hub.ops.nats_cli import add_nats_options, with_js
 
 
 def _run(args, work) -> int:
-    async def main():
-        settings = from_env(StreamSettings, nats_url=args.nats_url, nats_creds=args.nats_creds)
-        nc = await connect(settings, "rthub-group")
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js, settings)
-            return await work(js)
-        finally:
-            await nc.close()
-
     try:
-        return int(asyncio.run(main()) or 0)
+        return int(asyncio.run(with_js(args, work, "rthub-group", ensure_streams_first=True)) or 0)
     except ValueError as exc:
         print(f"rthub group: {exc}", file=sys.stderr)
         return 2
@@ -146,8 +134,7 @@ def _retire(args) -> int:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("group", help="learner groups: who a group-restricted grant covers")
-    p.add_argument("--nats-url", help="NATS server URL (RTHUB_NATS_URL)")
-    p.add_argument("--nats-creds", help="credentials file (RTHUB_NATS_CREDS)")
+    add_nats_options(p)
     gsub = p.add_subparsers(dest="group_command", required=True)
     add = gsub.add_parser("add", help="create a group (or add members to it)")
     add.add_argument("name")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hub.core.protocols import NAMES as PROTOCOLS
 from hub.ops.natsserver import NatsServer, free_port, port_free, wait_port
+from hub.ops.storewatch import MIN_FREE, StoreWatch
 
 SERVICES = ("hub", "deliver", "portal")
 UP_FILE = "up.json"  # what runs where; read by the other ``rthub`` commands (hub.core.settings.from_env)
@@ -241,8 +242,9 @@ def run(args) -> int:
         print("Ctrl-C stops everything.", flush=True)
         if args.demo:
             start("demo", ["demo", "--rate", str(args.demo_rate)])
+        watch = StoreWatch(server, data_dir, args.store_min_free) if server else None
         asyncio.run(_supervise(children, commands, start, server, stopping,
-                               (nats_url, creds.get("admin")) if args.demo else None))
+                               (nats_url, creds.get("admin")) if args.demo else None, watch))
         print("stopping...", flush=True)
         return 0
     finally:
@@ -257,8 +259,9 @@ def run(args) -> int:
 
 
 async def _supervise(children: dict[str, subprocess.Popen], commands: dict[str, list[str]], start, server,
-                     stopping: dict, count: tuple[str, str | None] | None) -> None:
-    """Restart a crashed child or nats-server with backoff (logged) until a signal asks us to stop.
+                     stopping: dict, count: tuple[str, str | None] | None, watch: StoreWatch | None = None) -> None:
+    """Restart a crashed child or nats-server with backoff (logged) until a signal asks us to stop; watch the
+    JetStream store (:mod:`hub.ops.storewatch`: a full store is said, and healed once space is back).
 
     Runs on the main thread: children spawned here get the parent-death signal of the main thread."""
     stop = asyncio.Event()
@@ -269,8 +272,13 @@ async def _supervise(children: dict[str, subprocess.Popen], commands: dict[str, 
     def log(text: str) -> None:
         print(f"rthub up: {text}", file=sys.stderr, flush=True)
 
+    next_watch = 0.0
     while not stopping["signal"]:
         now = time.monotonic()
+        if watch is not None and server.running() and now >= next_watch:
+            next_watch = now + 2.0
+            for line in watch.check():
+                log(line)
         if server is not None and not server.running() and "nats-server" not in due:
             delay = backoff["nats-server"].crashed(now)
             log(f"nats-server exited with {server.proc.returncode if server.proc else '?'}; restarting in {delay:.0f} s")
@@ -327,14 +335,16 @@ def _auth_config(data_dir: Path, notes: list[str] | None = None) -> tuple[str, d
     from hub.auth import AuthStore
 
     auth = AuthStore.ensure(data_dir)
+    # The demo publishes like an LMS: raw events of its own site only, from the site's own account, which the
+    # server config below must therefore already hold.
+    publisher = str(auth.service_creds("publisher", site=os.environ.get("RTHUB_SITE", "default")))
     config = auth.server_config(data_dir / "nats" / "resolver")
     for grant_id, reason in auth.refused_tenants().items():
         (notes if notes is not None else []).append(f"direct subscription {grant_id} is failing: its account "
                                                     f"JWT was not loaded ({reason})")
     services = {"hub": "hub", "deliverer": "deliverer", "portal": "portal", "admin": "admin"}
     creds = {name: str(auth.service_creds(svc)) for name, svc in services.items()}
-    # The demo publishes like an LMS: raw events of its own site only.
-    creds["publisher"] = str(auth.service_creds("publisher", site=os.environ.get("RTHUB_SITE", "default")))
+    creds["publisher"] = publisher
     return config, creds
 
 
@@ -349,6 +359,8 @@ def add_parser(sub) -> None:
                    "taken); the deliverer uses the next port")
     p.add_argument("--demo", action="store_true", help="grant the demo courses, feed demo events, count statements")
     p.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second")
+    p.add_argument("--store-min-free", type=int, default=MIN_FREE, help="after a full JetStream store, restart "
+                   "nats-server once this many bytes are free under it again (default 64 MiB)")
     p.add_argument("--no-portal", action="store_true")
     p.add_argument("--no-deliver", action="store_true")
     p.set_defaults(func=run)

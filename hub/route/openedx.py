@@ -82,6 +82,13 @@ class OpenedxHub(Hub):
     stream = OPENEDX_STREAM
 
     def __init__(self, settings: HubSettings, metrics: Metrics | None = None):
+        try:  # fail at start, not by quarantining every event
+            import fastavro  # noqa: F401
+            import openedx_events  # noqa: F401
+        except ImportError as exc:
+            raise SystemExit(
+                f"RTHUB_OPENEDX_TOPICS needs the openedx extra (pip install 'rthub[openedx]'): {exc}"
+            ) from None
         super().__init__(settings, metrics)
         self.consumer = settings.openedx_consumer
         self.supported = {p: translator.supported(p) for p in PROTOCOLS}
@@ -105,13 +112,18 @@ class OpenedxHub(Hub):
             raise InvalidEvent(f"unknown site {site!r} (configure it in RTHUB_SITES)")
         event_type, data, meta = decode(headers, msg.data)
         org, course = translator.dimensions(data)
-        plain, grouped = self.grants.index.routes_for(site, org, course, event_type)
-        member_of = {}
-        if grouped:
-            user = translator.user_key(event_type, data)
-            mine = self.membership.groups_of(site, user[0]) if user else set()
-            member_of = {p: sorted(mine & g) for p, g in grouped.items() if mine and not mine.isdisjoint(g)}
+        # the raw route's rules (hub.route.service.Hub._translate): grants, learner groups, identity copies
+        index = self.grants.index
+        plain, grouped = index.routes_for(site, org, course, event_type)
+        learner = translator.user_key(event_type, data)
+        user = learner[0] if learner is not None and (grouped or index.any_identity) else None
+        member_of = self._member_groups(site, user, grouped) if grouped and user is not None else {}
         protocols = plain | member_of.keys() if member_of else plain
+        idents = (
+            index.direct_identity_grants(site, org, course, event_type)
+            if user is not None and index.any_identity
+            else ()
+        )
         if not protocols:
             self.metrics.inc("filtered")
             return [], []
@@ -128,7 +140,13 @@ class OpenedxHub(Hub):
             subj = subject(PROTOCOLS[protocol].prefix, site, org, course, event_type)
             if protocol in plain:
                 out.extend((subj, sid, None, body) for sid, body in statements)
-            for group in member_of.get(protocol, ()):
+            groups = member_of.get(protocol, ())
+            for group in groups:
                 out.extend((f"{subj}.{group}", sid, f"{sid}.{group}", body) for sid, body in statements)
             self._translated[protocol] += len(statements)
+            for grant in idents:
+                if grant.protocol == protocol:
+                    self._identity_copies(
+                        grant, site, user, subj, groups if protocol not in plain else None, statements
+                    )
         return out, rejected

@@ -148,20 +148,17 @@ async def put_course_name(js, course_key: str, name: str) -> int:
 
 
 async def _import(names: dict[str, str], nats_url: str | None) -> int:
-    from nats.js.errors import NotFoundError
 
     from hub.core.natsconn import connect
     from hub.core.settings import NatsSettings, from_env
+    from hub.core.streams import ensure_bucket
     from hub.core.subjects import COURSES_BUCKET
 
     settings = from_env(NatsSettings, nats_url=nats_url)
     nc = await connect(settings, "rthub-courses-import")
     try:
         js = nc.jetstream()
-        try:
-            await js.key_value(COURSES_BUCKET)
-        except NotFoundError:  # BucketNotFoundError (a NotFoundError)
-            await js.create_key_value(bucket=COURSES_BUCKET, history=5)
+        await ensure_bucket(js, COURSES_BUCKET, history=5, replicas=1)  # the project's one way (race-safe)
         for key, name in names.items():
             await put_course_name(js, key, name)
     finally:

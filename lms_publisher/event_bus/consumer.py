@@ -21,7 +21,7 @@ import gc
 import logging
 import signal as signals
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -80,6 +80,17 @@ def dispatch(headers: dict[str, str], data: bytes) -> None:
         raise ReceiverError(f"{len(errors)} of {len(results)} receivers failed: {'; '.join(errors)}")
 
 
+async def _settle(ack) -> bool:
+    """Send an ack or NAK; when the connection is away it is lost, and the server delivers the message again
+    after the ack wait (receivers see it twice, never zero times)."""
+    try:
+        await ack
+        return True
+    except nats.errors.Error as exc:
+        log.warning("event bus: ack/nak not sent (%s); the event is delivered again after the ack wait", exc)
+        return False
+
+
 def retry_delay(s: BusSettings, deliveries: int) -> float:
     return min(s.retry_delay_s * 2 ** max(deliveries - 1, 0), s.retry_max_delay_s)
 
@@ -103,6 +114,10 @@ class NatsEventConsumer(EventBusConsumer):
         self.consumer_name = consumer_name or process_name(group_id)
         if isinstance(offset_time, str):
             offset_time = datetime.fromisoformat(offset_time.replace("Z", "+00:00"))
+        if offset_time is not None and offset_time.tzinfo is None:
+            offset_time = offset_time.replace(
+                tzinfo=UTC
+            )  # a time without zone is UTC, as the LMS's times are
         self.offset_time = offset_time
         if extra:
             log.warning("event bus consumer: unknown --extra options ignored: %s", sorted(extra))
@@ -131,7 +146,7 @@ class NatsEventConsumer(EventBusConsumer):
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="event-bus-receivers")
         nc = await connect(NatsSettings(nats_url=self.s.url, nats_creds=self.s.creds), self.consumer_name)
         try:
-            js = nc.jetstream(timeout=10)
+            js = self.s.jetstream(nc, 10)
             await ensure_stream(js, self.s)
             await self._ensure_consumer(js)
             publisher = await AckedPublisher(nc).start()
@@ -201,6 +216,7 @@ class NatsEventConsumer(EventBusConsumer):
             threshold=5,
             max_batch=1,
             expires=max(2 * self.s.fetch_timeout_s, 1.0),
+            api_prefix=self.s.js_prefix(),
         ).start()
         stopper = asyncio.create_task(self._stop.wait())
         stopper.add_done_callback(lambda _: pull.stop())
@@ -221,7 +237,7 @@ class NatsEventConsumer(EventBusConsumer):
     async def _handle(self, msg, pool, publisher: AckedPublisher) -> None:
         headers = dict(msg.headers or {})
         try:
-            await self._loop.run_in_executor(pool, dispatch, headers, msg.data)
+            await self._run_receivers(msg, pool, headers)
         except UnusableMessage as exc:
             log.error(
                 "event bus: unusable message %s on %s: %s", msg.metadata.sequence.stream, msg.subject, exc
@@ -243,10 +259,21 @@ class NatsEventConsumer(EventBusConsumer):
                     exc,
                 )
                 self.counts["retried"] += 1
-                await msg.nak(delay=delay)
+                await _settle(msg.nak(delay=delay))
             return
-        await msg.ack()
-        self.counts["acked"] += 1
+        if await _settle(msg.ack()):
+            self.counts["acked"] += 1
+
+    async def _run_receivers(self, msg, pool, headers: dict[str, str]) -> None:
+        """Run the receivers in the receiver thread; while they run, tell the server every third of the ack wait
+        that the message is in progress, so a slow receiver does not see it handed to another process."""
+        job = self._loop.run_in_executor(pool, dispatch, headers, msg.data)
+        beat = max(self.s.ack_wait_s / 3, 0.05)
+        while True:
+            done, _ = await asyncio.wait({job}, timeout=beat)
+            if done:
+                return job.result()
+            await _settle(msg.in_progress())
 
     async def _dead_letter(self, msg, headers: dict[str, str], error: str, publisher: AckedPublisher) -> None:
         """Store the message with its error in the dead letters, then ack it; if that store fails, NAK."""
@@ -265,7 +292,7 @@ class NatsEventConsumer(EventBusConsumer):
             await publisher.publish_acked(dlq_subject(self.group_id, self.full_topic), msg.data, dl_headers)
         except Exception as exc:  # noqa: BLE001 - keep the message until the dead letters take it
             log.error("event bus: dead-lettering %s failed (%s); it comes again", seq, exc)
-            await msg.nak(delay=retry_delay(self.s, msg.metadata.num_delivered))
+            await _settle(msg.nak(delay=retry_delay(self.s, msg.metadata.num_delivered)))
             return
-        await msg.ack()
+        await _settle(msg.ack())
         self.counts["dead_lettered"] += 1

@@ -36,6 +36,12 @@ hooks.Filters.CONFIG_DEFAULTS.add_items([
     # event names to publish; empty: every name a translator supports
     ("RTHUB_ALLOW_EVENTS", []),
     ("RTHUB_RUN_HUB", False),
+    # Open edX event bus on the hub's NATS (lms_publisher.event_bus; docs/event-bus.md): EVENT_BUS_PRODUCER and
+    # EVENT_BUS_CONSUMER in the LMS/CMS settings; with RTHUB_RUN_HUB the init gives them event-bus.creds
+    ("RTHUB_EVENT_BUS", False),
+    # bus topics whose Open edX Events the hub routes (RUN_HUB), as on the bus: with Tutor's
+    # EVENT_BUS_TOPIC_PREFIX ("dev" by default), e.g. dev-learning-course-enrollment-lifecycle
+    ("RTHUB_EVENT_BUS_TOPICS", []),
     ("RTHUB_DOCKER_IMAGE", "rthub:{{ RTHUB_VERSION }}"),
     ("RTHUB_SERVER_REQUIREMENT", "rthub[server]=={{ RTHUB_VERSION }}"),
     ("RTHUB_DOCKER_IMAGE_NATS", "nats:2.11-alpine"),
@@ -87,7 +93,8 @@ def _filter(check):
 # rthub_<name> in the patches and templates: values.<name>, a bad value fails `tutor config save`
 hooks.Filters.ENV_TEMPLATE_FILTERS.add_items([
     (f"rthub_{name}", _filter(getattr(values, name)))
-    for name in ("creds_file", "allow_events", "spool_max_bytes", "nats_url", "shell_word", "compose_string")
+    for name in ("creds_file", "allow_events", "topics", "spool_max_bytes", "nats_url", "shell_word",
+                 "compose_string")
 ])
 hooks.Filters.ENV_TEMPLATE_ROOTS.add_item(str(HERE / "templates"))
 # rthub/build -> env/plugins/rthub/build; apps/openedx/config/rthub-lms.creds is rendered by Tutor's own

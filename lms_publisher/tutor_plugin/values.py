@@ -47,6 +47,24 @@ def allow_events(value: Any) -> list[str]:
     return names
 
 
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
+
+def topics(value: Any) -> list[str]:
+    """``RTHUB_EVENT_BUS_TOPICS``: a YAML list of event-bus topic names or one comma-separated string."""
+    if value is None or value == "":
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"RTHUB_EVENT_BUS_TOPICS must be a list of topic names or a comma-separated string, "
+                         f"not {value!r}")
+    names = [i.strip() for i in items if i.strip()]
+    bad = [n for n in names if not _TOPIC.fullmatch(n)]
+    if bad:
+        raise ValueError(f"RTHUB_EVENT_BUS_TOPICS holds names that are no event-bus topic: {bad!r}")
+    return names
+
+
 def spool_max_bytes(value: Any) -> int:
     """``RTHUB_SPOOL_MAX_BYTES``: a positive integer (Jinja's ``int`` would turn a typo into 0: no spool)."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):

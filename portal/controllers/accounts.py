@@ -46,7 +46,8 @@ class AccountPages(Controller):
         portal = portal_of(request)
         down = outage.down(portal)
         if down:
-            return Response(Health(status="degraded", down=down, detail=portal.nats_down()), status_code=503)
+            detail = "; ".join(filter(None, (portal.nats_down(), outage.store_full(portal))))
+            return Response(Health(status="degraded", down=down, detail=detail), status_code=503)
         return Response(Health(status="ok"))
 
     @get("/signup")
@@ -75,11 +76,7 @@ class AccountPages(Controller):
 
     @get("/verify")
     async def verify_form(self, request: Request, portal: PortalDep, token: FromQuery[str] = "") -> Template:
-        try:
-            await portal.check_link(token, VERIFY)
-        except PortalError as exc:
-            return _problem(request, exc.status, exc.message)
-        return page(request, "verify.html", token=token, error="")
+        return await _link_form(request, portal, token, VERIFY, "verify.html")
 
     @post("/verify")
     async def verify(self, request: Request, portal: PortalDep) -> Template | Redirect:
@@ -110,11 +107,7 @@ class AccountPages(Controller):
 
     @get("/reset")
     async def reset_form(self, request: Request, portal: PortalDep, token: FromQuery[str] = "") -> Template:
-        try:
-            await portal.check_link(token, RESET)
-        except PortalError as exc:
-            return _problem(request, exc.status, exc.message)
-        return page(request, "reset.html", token=token, error="")
+        return await _link_form(request, portal, token, RESET, "reset.html")
 
     @post("/reset")
     async def reset(self, request: Request, portal: PortalDep) -> Template | Redirect:
@@ -182,3 +175,12 @@ class AccountApi(Controller):
     @get("/me", responses=ERRORS)
     async def me(self, user: UserDep) -> Me:
         return Me(email=user.email, name=user.name, admin=user.is_admin)
+
+
+async def _link_form(request: Request, portal: PortalDep, token: str, purpose: str, template: str) -> Template:
+    """The page a mailed link opens (confirm the address, choose a new password), or why the link is no good."""
+    try:
+        await portal.check_link(token, purpose)
+    except PortalError as exc:
+        return _problem(request, exc.status, exc.message)
+    return page(request, template, token=token, error="")

@@ -10,7 +10,7 @@ from litestar.controller import Controller
 from litestar.params import JSONBody
 from litestar.response import Redirect, Template
 
-from portal import courses, flash
+from portal import catalog, courses, flash
 from portal.api_types import (
     ERRORS,
     IntegrationDetail,
@@ -26,8 +26,9 @@ from portal.services import (
     endpoints,
     public_view,
 )
+from portal.services.integrations import DuplicateRequest
 from portal.validation import size_refused, split_list, validate_request
-from portal.views import detail_page, unknown_warning, view_of
+from portal.views import detail_page, health_of, unknown_warning, view_of
 from portal.web import flash_box, flash_session, form_of, go, once_claimed, page
 
 
@@ -36,7 +37,8 @@ class IntegrationPages(Controller):
 
     @get("/integrations")
     async def mine(self, request: Request, user: UserDep, portal: PortalDep) -> Template:
-        return page(request, "integrations.html", rows=await portal.list_for(user))
+        rows = await portal.list_for(user)
+        return page(request, "integrations.html", rows=rows, health=await health_of(portal, rows))
 
     @get("/integrations/new")
     async def new_form(self, request: Request, portal: PortalDep) -> Template:
@@ -64,10 +66,17 @@ class IntegrationPages(Controller):
                         known_courses=courses.for_sites(known, split_list(raw.get("sites"))))
         if again := await once_claimed(request, raw, "/integrations"):
             return again
-        row = await portal.create_integration(user, spec)
+        try:
+            row = await portal.create_integration(user, spec)
+        except DuplicateRequest as dup:  # Back + submit again: show the pending request, make no second one
+            await flash.done(raw.get("_once"), f"/integrations/{dup.key}")
+            return await go(request, f"/integrations/{dup.key}", dup.message, kind="warning")
         await flash.done(raw.get("_once"), f"/integrations/{row.key}")
         if unknown:
             await flash.put(flash_box(request), flash_session(request), "warning", unknown_warning(unknown))
+        if odd := catalog.unknown_event_types(spec.protocol, spec.scope.event_types):
+            await flash.put(flash_box(request), flash_session(request), "warning",
+                            catalog.unknown_types_warning(odd, spec.protocol))
         return await go(request, f"/integrations/{row.key}", "Request sent: an administrator will review it.")
 
     @get("/integrations/{key:str}", guards=[owner])
@@ -119,7 +128,12 @@ class IntegrationApi(Controller):
 
     @get("/integrations", responses=ERRORS)
     async def list_mine(self, user: UserDep, portal: PortalDep) -> list[IntegrationView]:
-        return [view_of(r) for r in await portal.list_for(user)]
+        """Your integrations, each with its ``health`` (the endpoint state: last success, failing since,
+        backlog, disabled or paused; a direct subscription's pending count and last ack)."""
+        rows = await portal.list_for(user)
+        health = await health_of(portal, rows)
+        return [msgspec.structs.replace(view_of(r), health=health[r.key]["detail"]) if r.key in health
+                else view_of(r) for r in rows]
 
     @post("/integrations", responses=ERRORS, status_code=201, guards=[verified])
     async def create(self, user: UserDep, settings: SettingsDep, portal: PortalDep,
@@ -135,8 +149,11 @@ class IntegrationApi(Controller):
             raise PortalError("Invalid integration request.", 400, errors)
         view = public_view(await portal.create_integration(user, spec), box=portal.box, reveal=True)
         unknown = courses.unknown_courses(await courses.known_courses(portal), spec.scope.sites, spec.scope.courses)
-        if unknown:
-            view["warnings"] = {"courses": unknown_warning(unknown)}
+        warnings = {"courses": unknown_warning(unknown)} if unknown else {}
+        if odd := catalog.unknown_event_types(spec.protocol, spec.scope.event_types):
+            warnings["event_types"] = catalog.unknown_types_warning(odd, spec.protocol)
+        if warnings:
+            view["warnings"] = warnings
         return msgspec.convert(view, IntegrationView)
 
     @get("/integrations/{key:str}", responses=ERRORS, guards=[owner])

@@ -18,6 +18,7 @@ from portal import charts, flash
 from portal.api_types import ERRORS, DeadLetterView, RedriveRequest, ReplayRequest, ResendRequest
 from portal.deliveries import (
     ActionResult,
+    AttemptDetail,
     AttemptPage,
     EndpointState,
     fmt,
@@ -28,7 +29,7 @@ from portal.guards import PortalDep, RowDep, UserDep, api_signed_in, owner_or_ad
 from portal.services import PortalError, endpoints
 from portal.services.operations import perform
 from portal.validation import split_list
-from portal.views import state_of
+from portal.views import attempt_detail, pretty, state_of
 from portal.web import current_user, form_of, go, once_claimed, page
 
 
@@ -71,6 +72,12 @@ class OpsPages(Controller):
             return await go(request, where, f"{exc.message} {detail}".strip(), kind="error")
         await flash.done(raw.get("_once"), where)
         return await go(request, where, result.message)
+
+    @get("/integrations/{key:str}/attempts/{attempt:str}")
+    async def attempt(self, request: Request, portal: PortalDep, row: RowDep, attempt: FromPath[str]) -> Template:
+        detail = await attempt_detail(portal, row, attempt)
+        return page(request, "attempt.html", row=row, d=detail, a=detail.attempt, push=row.delivery in PUSH,
+                    payload_text=[None if p is None else pretty(p) for p in detail.payload])
 
     @get("/integrations/{key:str}/deliveries")
     async def deliveries(self, request: Request, portal: PortalDep, row: RowDep) -> Template:
@@ -137,6 +144,12 @@ class OpsApi(Controller):
             return AttemptPage(items=[])
         return await read_attempts(await portal.js(), row.key, f)
 
+    @get("/attempts/{attempt:str}", responses=ERRORS)
+    async def attempt(self, portal: PortalDep, row: RowDep, attempt: FromPath[str]) -> AttemptDetail:
+        """One attempt (an ``id`` of the delivery log): time, duration, status, request headers (signature
+        redacted), response headers, the first KB of the response body, the trace, and the payload sent."""
+        return await attempt_detail(portal, row, attempt)
+
     @get("/dead-letters", responses=ERRORS)
     async def dead_letters(self, portal: PortalDep, row: RowDep) -> list[DeadLetterView]:
         if row.status not in ("approved", "suspended") or row.delivery not in PUSH:
@@ -179,8 +192,8 @@ class OpsApi(Controller):
     @post("/resend", responses=ERRORS, status_code=200)
     async def resend(self, portal: PortalDep, user: UserDep, row: RowDep,
                      data: JSONBody[ResendRequest]) -> ActionResult:
-        """Send one statement again, by its stream sequence (an attempt's ``seqs``)."""
-        return await perform(portal, user, row, "resend", {"seq": data.seq})
+        """Send statements again by their stream sequences: ``seq``, or ``seqs`` (all of an attempt's)."""
+        return await perform(portal, user, row, "resend", {"seq": data.seq, "seqs": data.seqs})
 
     @post("/redrive", responses=ERRORS, status_code=200)
     async def redrive(self, portal: PortalDep, user: UserDep, row: RowDep,

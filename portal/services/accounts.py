@@ -20,6 +20,7 @@ from portal.services.base import PortalError, ServiceBase, now
 from portal.tables import Account, MailToken, WebSession
 
 log = logging.getLogger("rthub.portal")
+_background: set[asyncio.Task] = set()  # forgot-password mails under way (a reference keeps each alive)
 VERIFY, RESET = "verify", "reset"
 
 
@@ -173,6 +174,20 @@ class AccountService(ServiceBase):
         if not await ratelimit.allow(ratelimit.key("forgot", client), s.signup_per_hour, 3600):
             raise PortalError("Too many requests from your address; try again in an hour.", 429)
         email = email.strip().lower()[:254]
+        # The lookup and the mail happen after the answer: a known address must not take longer to answer than
+        # an unknown one (39-50 ms against 6-9 ms with SMTP told who has an account).
+        task = asyncio.get_running_loop().create_task(self._send_reset(email))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _send_reset(self, email: str) -> None:
+        try:
+            await self._reset_mail(email)
+        except Exception:  # noqa: BLE001 - nobody waits for this: log it, the person can ask again
+            log.exception("password-reset mail for a forgot request failed")
+
+    async def _reset_mail(self, email: str) -> None:
+        s = self.settings
         account = await Account.objects().get(Account.email == email)
         if account is None or not await self.mail_allowed(email):
             return

@@ -260,7 +260,8 @@ async def change_scope(portal: Portal, actor: Account, row: Integration, raw: di
     await portal.refuse_size(actor, row, wanted)
     if not check_narrowing(current, wanted):
         row.granted = scope_json(wanted)
-        await update(row, granted=row.granted, requested=row.granted, scope_change=False)
+        # A wider request still waiting for an administrator stays as it is (it was silently dropped before).
+        await update(row, granted=row.granted, **({} if row.scope_change else {"requested": row.granted}))
         if not is_push(row.delivery):  # issued .creds carry the old subjects: cut them off first
             await _revoke_credentials(portal, row, actor)
         await portal.activate(row, new_secret=False)  # then the narrower grant (and consumer filter)

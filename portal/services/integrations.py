@@ -31,6 +31,15 @@ from portal.validation import IntegrationSpec, Scope, check_narrowing, check_sco
 log = logging.getLogger("rthub.portal")
 
 
+class DuplicateRequest(PortalError):
+    """The same request (name, protocol, delivery, URL, scope) is already pending for this owner: a resubmitted
+    form (Back + submit) or a retried API call; ``key`` is the pending one."""
+
+    def __init__(self, key: str):
+        super().__init__(f"You already asked for exactly this: request {key} is pending.", 409)
+        self.key = key
+
+
 class Transition(NamedTuple):
     frm: frozenset[str]  # the statuses the decision applies to
     to: str  # the status it makes
@@ -116,6 +125,11 @@ class IntegrationService(ProvisioningService):
         if not owner.email_verified and not allow_unverified:
             raise PortalError("Confirm the owner's e-mail address before requesting access "
                               "(the link is in the mail sent at sign-up).", 403)
+        for same in await Integration.objects().where(
+                (Integration.owner == owner.id) & (Integration.status == "pending") & (Integration.name == spec.name)
+                & (Integration.protocol == spec.protocol) & (Integration.delivery == spec.delivery)):
+            if same.url == spec.url and requested_scope(same) == spec.scope:  # JSON compared here (PostgreSQL's
+                raise DuplicateRequest(same.key)                             # json type has no "=")
         row = Integration(
             key=security.new_integration_key(), owner=owner.id, name=spec.name, protocol=spec.protocol,
             delivery=spec.delivery, url=spec.url, auth_kind=spec.auth_kind, auth_value=self.box.seal(spec.auth_value),
@@ -246,7 +260,7 @@ class IntegrationService(ProvisioningService):
                              f"identity fields approved: {', '.join(granted.identity)}")
         await self._settle(row, actor)
         if await self._status_of(row) == "approved":  # not when a concurrent cancel won meanwhile
-            await self.notify(row, "approved")
+            await self.notify(row, "approved", note=narrowing_note(requested_scope(row), granted))
         return row
 
     async def refuse_size(self, actor: Account, row: Integration, scope: Scope) -> None:
@@ -403,17 +417,19 @@ class IntegrationService(ProvisioningService):
             auth = self.auth()
         except PortalError as exc:
             return exc.message
-        return auth.example_subscriber(grant_of(row, ""), consumer_name(row.key),
+        return auth.example_subscriber(grant_of(row, "", validate=False), consumer_name(row.key),
                                        servers=self.settings.nats_url_for_consumers(),
                                        creds_file=creds_file or f"{row.key}.creds")
 
-    async def notify(self, row: Integration, event: str, reason: str = "") -> None:
-        """Mail the owner about a decision; a mail failure is audited, never undoes the decision."""
+    async def notify(self, row: Integration, event: str, reason: str = "", note: str = "") -> None:
+        """Mail the owner about a decision; a mail failure is audited, never undoes the decision. ``note``: what
+        else the owner must know (a narrowed scope)."""
         owner = await Account.objects().get(Account.id == row.owner)
         if owner is None or owner.password_hash == "!disabled":  # operator-managed owners have no mailbox here
             return
         what, text = _NOTICES[event]
         body = (f"Integration “{row.name}” ({row.key}) was {what}.\n\n{text}\n"
+                + (f"\n{note}\n" if note else "")
                 + (f"\nReason: {reason}\n" if reason else "")
                 + (_scope_notice(granted_scope(row)) if event == "approved" else "")
                 + f"\n{self.settings.base_url()}/integrations/{row.key}\n")
@@ -434,6 +450,18 @@ class IntegrationService(ProvisioningService):
             await self.audit("deliverer", "integration.disabled", row.key, reason)
             await self.notify(row, "disabled", reason)
 
+    async def _direct_status(self, js, row: Integration, out: dict[str, Any]) -> dict[str, Any]:
+        """``pending`` (not yet pulled), ``awaiting_ack`` (pulled, not acked), ``lag`` (both) and ``last_ack``
+        (when the subscriber last acknowledged) of a direct subscription's durable consumer."""
+        try:
+            info = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], consumer_name(row.key))
+        except Exception:  # noqa: BLE001 - no consumer (yet): nothing to show
+            return out
+        out.update(pending=info.num_pending, awaiting_ack=info.num_ack_pending,
+                   lag=(info.num_pending or 0) + (info.num_ack_pending or 0),
+                   last_ack=_epoch(info.ack_floor.last_active) if info.ack_floor else None)
+        return out
+
     async def status(self, row: Integration) -> dict[str, Any]:
         """Delivery figures: ``hub.deliver.state.integration_status`` when installed, else the durable consumer's backlog."""
         out: dict[str, Any] = {"delivered": None, "lag": None, "last_error": None, "dead_letters": None}
@@ -444,6 +472,8 @@ class IntegrationService(ProvisioningService):
         except PortalError as exc:
             out["last_error"] = exc.message
             return out
+        if not is_push(row.delivery):  # a direct subscription: its consumer's backlog and last ack
+            return await self._direct_status(js, row, out)
         try:
             from hub.deliver.state.integration_status import integration_status
         except ModuleNotFoundError:
@@ -467,13 +497,31 @@ class IntegrationService(ProvisioningService):
         return out
 
 
+def _epoch(value: Any) -> float | None:
+    """A consumer's ``last_active`` (a datetime, or the server's RFC 3339 text with nanoseconds) as epoch
+    seconds; ``None`` for never (the server's zero time)."""
+    import datetime as dt
+    import re
+
+    if isinstance(value, str):
+        m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", value)
+        if not m:
+            return None
+        value = dt.datetime.fromisoformat(m[1] + "." + (m[2] or "0")[:6].ljust(6, "0")
+                                          + ("+00:00" if m[3] == "Z" else m[3]))
+    if not isinstance(value, dt.datetime):
+        return None
+    return value.timestamp() if value.year > 1970 else None
+
+
 _NOTICES = {
     "approved": ("approved", "Your request was approved. Open it for its credentials or signing secret:"),
     "denied": ("denied", "Your request was denied."),
     "suspended": ("suspended", "An administrator suspended it: deliveries and credentials are stopped until it "
                                "is resumed."),
-    "disabled": ("switched off", "Deliveries were switched off automatically because the endpoint kept failing. "
-                                 "Fix the endpoint, then contact an administrator."),
+    "disabled": ("switched off", "The deliverer switched deliveries off automatically, for the reason below. "
+                                 "The events are kept: fix the endpoint, then press Re-enable on the integration "
+                                 "page to receive them."),
 }
 
 
@@ -488,6 +536,19 @@ def _scope_notice(scope: Scope) -> str:
     else:
         out += "\nIdentities stay anonymized: no identity field was approved.\n"
     return out
+
+
+def narrowing_note(requested: Scope, granted: Scope) -> str:
+    """For the approval mail: what the administrator granted less than asked (empty when all was granted)."""
+    parts = []
+    for field in ("sites", "orgs", "courses", "event_types", "learner_groups"):
+        asked, got = getattr(requested, field, []), getattr(granted, field, [])
+        if set(asked) != set(got):
+            label = field.replace("_", " ")
+            parts.append(f"- {label}: you asked for {', '.join(asked) or 'any'}; granted {', '.join(got) or 'any'}")
+    if not parts:
+        return ""
+    return "The administrator narrowed the scope you asked for:\n" + "\n".join(parts)
 
 
 def _scope_text(scope: Scope) -> str:

@@ -8,11 +8,18 @@ import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from nats.js.errors import NotFoundError
+
 from hub.core.delivery_kinds import PUSH
+from hub.core.grants import replay_name
+from hub.core.subjects import PROTOCOL_STREAMS
 from hub.deliver import actions
+from portal import ratelimit
 from portal.deliveries import ActionResult, fmt
 from portal.services import Portal, PortalError, endpoints
 from portal.tables import Account, Integration
+
+RESEND_MAX = 500  # statements one resend sends again: the largest batch (validation.BATCH_MAX)
 
 
 def _since(text: Any, field: str = "since") -> dt.datetime:
@@ -72,6 +79,9 @@ async def _resume(portal: Portal, user: Account, row: Integration, p: dict[str, 
 
 async def _scope(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     how = await endpoints.change_scope(portal, user, row, p)
+    if how == "applied" and row.scope_change:
+        return ActionResult(integration=row.key, action="scope", message="Narrower scope applied at once. Your "
+                            "request for a wider scope is still pending with an administrator.")
     return ActionResult(integration=row.key, action="scope", message="Narrower scope applied at once."
                         if how == "applied" else "Scope change sent: an administrator will review it; the current "
                         "scope keeps working meanwhile.")
@@ -86,12 +96,17 @@ async def _retry_now(portal: Portal, user: Account, row: Integration, p: dict[st
 
 async def _resend(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     _need(row)
-    seq = int(p.get("seq") or 0)
-    if seq <= 0:
+    # one statement (``seq``) or every statement of one POST (``seqs``, an attempt's), in their order
+    raw = p.get("seqs") if p.get("seqs") else [p.get("seq") or 0]
+    seqs = [int(s) for s in raw if str(s).isdigit() and int(s) > 0][:RESEND_MAX]
+    if not seqs:
         raise PortalError("This attempt has no stored statement to resend (a test event: send a new one).", 409)
-    sid = await actions.resend(await portal.js(), row.key, seq)
-    return ActionResult(integration=row.key, action="resend", statement_id=sid, count=1,
-                        message=f"Statement {sid} queued to be sent again (same id).")
+    js = await portal.js()
+    sids = [await actions.resend(js, row.key, s) for s in seqs]
+    return ActionResult(integration=row.key, action="resend", statement_id=sids[0], count=len(sids),
+                        message=f"Statement {sids[0]} queued to be sent again (same id)." if len(sids) == 1
+                        else f"{len(sids)} statements of that request queued to be sent again (same ids, same "
+                        "order).")
 
 
 async def _redrive(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
@@ -108,7 +123,24 @@ async def _redrive(portal: Portal, user: Account, row: Integration, p: dict[str,
 async def _replay(portal: Portal, user: Account, row: Integration, p: dict[str, Any]) -> ActionResult:
     _need(row, push=False)
     since = _since(p.get("since"))
-    info = await actions.request_replay(await portal.js(), row.key, since)
+    js = await portal.js()
+    # A replay re-reads the stream from a point in time: one at a time per integration, and a few an hour,
+    # so nobody can keep the server re-reading its history (each start replaced the running one, unbounded).
+    try:
+        running = await js.consumer_info(PROTOCOL_STREAMS[row.protocol], replay_name(row.key))
+        left = running.num_pending + running.num_ack_pending
+    except NotFoundError:
+        left = 0
+    if left:
+        await portal.audit(user.email, "delivery.replay.refused", row.key, f"a replay is running ({left} left)")
+        raise PortalError(f"A replay of this integration is still running ({left} statement(s) left): one replay "
+                          "at a time per integration. Start the next when it has finished.", 409)
+    limit = portal.settings.replays_per_hour
+    if not await ratelimit.allow(ratelimit.key("replay", row.key), limit, 3600):
+        await portal.audit(user.email, "delivery.replay.refused", row.key, f"more than {limit} replays in an hour")
+        raise PortalError(f"At most {limit} replays an hour per integration (RTHUB_REPLAYS_PER_HOUR); try again "
+                          "later.", 429)
+    info = await actions.request_replay(js, row.key, since)
     how = ("they are delivered again now, with the same statement ids (your LRS de-duplicates them)"
            if row.delivery in PUSH else f"bind a pull subscription to durable {info['consumer']} on "
            f"stream {info['stream']}")

@@ -48,11 +48,14 @@ def granted_scope(row: Integration) -> Scope:
     return _scope_of(row.granted)
 
 
-def grant_of(row: Integration, consumer: str, status: str = "active") -> Grant:
+def grant_of(row: Integration, consumer: str, status: str = "active", validate: bool = True) -> Grant:
+    """The grant ``row`` stands for; ``validate=False`` only to show it (a row stored before today's limits,
+    e.g. on scope size, must still display, never be written)."""
     scope = granted_scope(row)
-    return Grant(id=row.key, consumer=consumer, protocol=row.protocol, sites=scope.sites, orgs=scope.orgs,
-                 courses=scope.courses, event_types=scope.event_types, learner_groups=scope.learner_groups,
-                 identity=scope.identity, delivery=row.delivery, status=status).validate()
+    grant = Grant(id=row.key, consumer=consumer, protocol=row.protocol, sites=scope.sites, orgs=scope.orgs,
+                  courses=scope.courses, event_types=scope.event_types, learner_groups=scope.learner_groups,
+                  identity=scope.identity, delivery=row.delivery, status=status)
+    return grant.validate() if validate else grant
 
 
 def payload_filter_of(row: Integration) -> list[str]:

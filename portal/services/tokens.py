@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from portal import security
-from portal.services.base import NotFound, ServiceBase, now
+from portal.services.base import NotFound, PortalError, ServiceBase, now
 from portal.tables import Account, ApiToken
 
 
@@ -35,6 +35,8 @@ class TokenService(ServiceBase):
         return await ApiToken.objects().where(ApiToken.account == account.id).order_by(ApiToken.id)
 
     async def revoke_token(self, account: Account, token_id: int) -> None:
+        if not 0 < token_id < 2**63:  # the database's integer range: a larger id is a bad request, not a 500
+            raise PortalError("Not a token id: ids are whole numbers from 1 to 2^63-1.", 400)
         row = await ApiToken.objects().get((ApiToken.id == token_id) & (ApiToken.account == account.id))
         if row is None:
             raise NotFound("token")

@@ -68,6 +68,8 @@
           var why = document.getElementById("state-reason");
           if (why) { why.textContent = s.reason ? "Why: " + s.reason : ""; why.hidden = !s.reason; }
           text("dead-letters", s.dead_letters === null ? "—" : String(s.dead_letters));
+          // Controls that fit one state only (Re-enable: disabled) follow it without a reload.
+          each("[data-show-in-state]", function (el) { el.hidden = el.getAttribute("data-show-in-state") !== s.state; });
           box.setAttribute("data-refreshed", String(Date.now()));
         })
         .catch(function () {});

@@ -1,6 +1,6 @@
 """The receiving app: writes each event that came over the bus to ``EVENTBUS_RECEIVED`` (one JSON line), and
 fails on purpose as the test asks (``EVENTBUS_FAIL_TIMES`` failures per event before it succeeds; usernames
-starting with ``fail-`` fail until the file ``EVENTBUS_FIXED`` exists)."""
+starting with ``fail-`` fail until the file ``EVENTBUS_FIXED`` exists; ``slow-`` ones take ``EVENTBUS_SLOW_S``)."""
 
 import json
 import os
@@ -22,6 +22,10 @@ def record(event_type: str, enrollment, metadata, from_event_bus: bool) -> None:
     username = enrollment.user.pii.username
     if attempt <= int(os.environ.get("EVENTBUS_FAIL_TIMES", "0")):
         raise RuntimeError(f"failing on purpose, attempt {attempt}")
+    if username.startswith("slow-"):  # a receiver that takes longer than the ack wait (the scenario itself)
+        import time
+
+        time.sleep(float(os.environ.get("EVENTBUS_SLOW_S", "2.5")))
     if username.startswith("fail-") and not Path(os.environ.get("EVENTBUS_FIXED", "/nonexistent")).exists():
         raise RuntimeError(f"receiver cannot handle {username}")
     line = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -46,3 +46,6 @@ class Context:
     watch: Watch  # wakes dozing pull loops when a matching message is published
     starts: asyncio.Semaphore  # runner start-ups at once (consumer creation is a server round trip each)
     identities: IdentityIndex | None = None  # learners the store knows, for grants approved for identity
+    # This process's counters per integration, kept across its runners' restarts (a NATS outage restarts them,
+    # and a runner's last save can fail then): a new runner continues from here, not from an older save.
+    stats: dict = field(default_factory=dict)

@@ -5,6 +5,7 @@ Written to ``stats.<id>.<process>`` of the state bucket every second (``integrat
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -15,11 +16,12 @@ from hub.deliver.engine import lagtrend
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item, seq
 from hub.deliver.state.records import Attempt, Stats
-from hub.deliver.transport.request import Result
+from hub.deliver.transport.request import Result, response_headers
 
 log = logging.getLogger("rthub.deliver")
 
 RECENT = 20
+BODY_KB = 1024  # bytes of the response body an attempt record keeps
 
 
 class Recorder:
@@ -28,18 +30,35 @@ class Recorder:
         self.key = f"stats.{grant_id}.{ctx.process_id}"
         self.stats = Stats()
         self.dirty = False
+        self.save_failing = False
+        self.saving = asyncio.Lock()
         self.lag_samples: collections.deque[tuple[float, int]] = collections.deque()
 
     async def load(self) -> None:
-        """A restart (rotation, edit, re-enable) continues this process's counters instead of zeroing them."""
+        """A restart (rotation, edit, re-enable, a NATS outage) continues this process's counters: from memory
+        (the previous runner's, whose last save may have failed), else from the state bucket."""
+        known = self.ctx.stats.get(self.grant_id)
+        if known is not None:
+            self.stats, self.dirty = known, True
+            return
         try:
             entry = await self.ctx.state.get(self.key)
             if entry.value:
                 self.stats = msgspec.json.decode(entry.value, type=Stats)
         except Exception:  # noqa: BLE001 - first run of this integration in this process
             pass
+        self.ctx.stats[self.grant_id] = self.stats
 
     async def flush(self) -> None:
+        """Save the counters if they changed. Also called before each batch of acks is sent
+        (:class:`hub.deliver.engine.held.Acker`), so a SIGKILL cannot lose a count whose message was acked:
+        at worst a message counted and not yet acked is delivered and counted again (a real second delivery)."""
+        if not self.dirty:
+            return
+        async with self.saving:  # one put at a time: an older snapshot must not land after a newer one
+            await self._save()
+
+    async def _save(self) -> None:
         if not self.dirty:
             return
         self.dirty = False
@@ -49,12 +68,21 @@ class Recorder:
             await self.ctx.state.put(self.key, msgspec.json.encode(self.stats))
         except Exception as exc:  # noqa: BLE001
             self.dirty = True
-            log.warning("could not save delivery stats of %s: %s", self.grant_id, exc)
+            if not self.save_failing:  # one line per outage: this is tried every second and before each ack batch
+                self.save_failing = True
+                log.warning("could not save delivery stats of %s: %s (retrying)", self.grant_id, exc)
+            return
+        if self.save_failing:
+            self.save_failing = False
+            log.info("delivery stats of %s saved again", self.grant_id)
 
     def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
         entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
                         status=result.status, latency_ms=result.latency_ms, error=result.error,
-                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items])
+                        excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items],
+                        url=result.url, trace=(items[0].msg.headers or {}).get("traceparent"),
+                        request_headers=result.sent, response_headers=response_headers(result.headers),
+                        response_body=result.body[:BODY_KB].decode("utf-8", "replace") if result.body else None)
         metrics, stats = self.ctx.metrics, self.stats
         if outcome != "delivered":
             stats.failures += 1
@@ -66,7 +94,7 @@ class Recorder:
         else:
             stats.last_success = entry.t
         recent = stats.recent
-        recent.append(entry)
+        recent.append(msgspec.structs.replace(entry, request_headers={}, response_headers={}, response_body=None))
         if len(recent) > 2 * RECENT:  # trimmed now and then, not rebuilt per attempt
             del recent[:-RECENT]
         self.dirty = True

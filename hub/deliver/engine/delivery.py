@@ -90,6 +90,14 @@ class Delivery:
                 if wake.is_set():  # "retry now" is the scheduled attempt, brought forward
                     due = time.time()
             while True:
+                gone = [i for i in items if self.endpoint.no_longer_member(i)]
+                if gone:  # membership is checked again at every attempt: a removed learner's statements stop
+                    for item in gone:
+                        await self.held.settle(item, "ack")
+                    self.ctx.metrics.inc("not_member", len(gone))
+                    items = [i for i in items if i not in gone]
+                    if not items:
+                        return
                 scheduled = due is None or time.time() >= due
                 tries += 1
                 # "retry now" (``retry.<grant id>`` in the state bucket) sets this event: it ends the coming wait
@@ -101,9 +109,9 @@ class Delivery:
                 if outcome == "delivered":
                     record(items, tries, "delivered", result)
                     circuit.closed()
+                    self.recorder.delivered(len(items))  # counted before the acks go (saved before they are sent)
                     for item in items:
                         await self.held.settle(item, "ack")
-                    self.recorder.delivered(len(items))
                     await self.streak.over()
                     return
                 if outcome == "disable":

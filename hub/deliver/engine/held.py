@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -24,8 +24,8 @@ class Acker:
     flusher, and an ack awaited per message woke it for nearly every one (~15% of the deliverer's CPU). 10 ms
     is nothing against the ack wait (10 s) and bounds the writes to 100 a second."""
 
-    def __init__(self, nc: NATS, delay: float = 0.01):
-        self.nc, self.delay = nc, delay
+    def __init__(self, nc: NATS, delay: float = 0.01, before: Callable[[], Awaitable[None]] | None = None):
+        self.nc, self.delay, self.before = nc, delay, before  # before: awaited before each batch (save counts)
         self.replies: list[str] = []
         self.timer: asyncio.TimerHandle | None = None
         self.sending: set[asyncio.Task] = set()
@@ -43,6 +43,8 @@ class Acker:
 
     async def _send(self) -> None:
         replies, self.replies = self.replies, []
+        if replies and self.before is not None:
+            await self.before()
         for reply in replies:
             try:
                 await self.nc.publish(reply)
@@ -61,12 +63,13 @@ class Acker:
 class Held:
     """Held messages of one runner; ``room`` is set while it may hold more (``max_in_flight``)."""
 
-    def __init__(self, nc: NATS, on_acked: Callable[[Item], None]):
+    def __init__(self, nc: NATS, on_acked: Callable[[Item], None],
+                 before_acks: Callable[[], Awaitable[None]] | None = None):
         self.items: set[Item] = set()
         self.room = asyncio.Event()
         self.room.set()
         self.stopping = asyncio.Event()  # set: pulls stop and keep what still arrives, to hand it back in order
-        self.acker = Acker(nc)
+        self.acker = Acker(nc, before=before_acks)
         self.on_acked = on_acked  # e.g. forget the item's saved retry schedule
 
     def __len__(self) -> int:

@@ -14,12 +14,12 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from hub.core.grants import Grant, Target, consumer_name
+from hub.core.grants import Grant, Target, consumer_name, part_name, redrive_name
 from hub.core.subjects import PARTS_STREAM, REDRIVE_STREAM, redrive_subject
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.feed import PULL_EXPIRES
-from hub.deliver.engine.partitions import fair_share, part_consumer, part_filters, preference
-from hub.deliver.engine.runner import Runner, redrive_consumer
+from hub.deliver.engine.partitions import fair_share, part_filters, preference
+from hub.deliver.engine.runner import Runner
 from hub.deliver.settings import seconds
 from hub.deliver.state.lease import Lease
 
@@ -47,7 +47,7 @@ class PartitionedRunner(Runner):
         self.leader = self.parts[0].leader  # redrive and replay are pulled by partition 0's holder
 
     def consumers(self) -> list[tuple[str, str]]:
-        return [(PARTS_STREAM, part_consumer(self.grant.id, p.k)) for p in self.parts]
+        return [(PARTS_STREAM, part_name(self.grant.id, p.k)) for p in self.parts]
 
     def held_parts(self) -> list[int]:
         return [p.k for p in self.parts if p.leader.is_set()]
@@ -55,14 +55,14 @@ class PartitionedRunner(Runner):
     async def _add_consumers(self) -> None:
         g, s, js = self.grant, self.ctx.settings, self.ctx.js
         for p in self.parts:
-            name = part_consumer(g.id, p.k)
+            name = part_name(g.id, p.k)
             await js.add_consumer(PARTS_STREAM, ConsumerConfig(
                 name=name, durable_name=name, filter_subjects=part_filters(g, p.k),
                 deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait),
                 max_ack_pending=s.max_in_flight,
                 description=f"push delivery of {g.id} ({self.target.kind}), course partition {p.k}"))
         await js.add_consumer(REDRIVE_STREAM, ConsumerConfig(
-            name=redrive_consumer(g.id), durable_name=redrive_consumer(g.id),
+            name=redrive_name(g.id), durable_name=redrive_name(g.id),
             filter_subject=redrive_subject(g.id), deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait), max_ack_pending=s.max_in_flight))
 
@@ -102,7 +102,7 @@ class PartitionedRunner(Runner):
         for p in self.parts:  # the server computes a course's partition: a new message wakes every partition
             p.wake = self._wake_on(g.filter_subjects())
         self.tasks.append(asyncio.create_task(self._balance()))
-        redrive = asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive",
+        redrive = asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_name(g.id), "redrive",
                                                  wake=self._wake_on([redrive_subject(g.id)])))
         self.pulls.append(redrive)
         self.tasks.append(redrive)
@@ -160,7 +160,7 @@ class PartitionedRunner(Runner):
         p.last_ok = time.monotonic()
         p.leader.set()
         p.task = asyncio.create_task(self._pull(
-            PARTS_STREAM, part_consumer(self.grant.id, p.k), "live", leader=p.leader, part=p.k,
+            PARTS_STREAM, part_name(self.grant.id, p.k), "live", leader=p.leader, part=p.k,
             stop=p.stop, wake=p.wake))
         self.pulls.append(p.task)
 

@@ -23,7 +23,7 @@ import datetime as dt
 from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamSource, SubjectTransform
 
-from hub.core.grants import Grant, consumer_name
+from hub.core.grants import Grant
 from hub.core.streams import DAY
 from hub.core.subjects import PARTS_STREAM, PROTOCOL_STREAMS
 
@@ -44,10 +44,6 @@ def parts_stream_config(partitions: int, replicas: int, max_age_days: int,
     return StreamConfig(name=PARTS_STREAM, retention=RetentionPolicy.INTEREST, storage=StorageType.FILE,
                         num_replicas=replicas, max_age=max_age_days * DAY, sources=sources,
                         description=f"protocol streams in {partitions} course partitions, for ordered push delivery")
-
-
-def part_consumer(grant_id: str, k: int) -> str:
-    return f"{consumer_name(grant_id)}_p{k}"
 
 
 def part_filters(grant: Grant, k: int) -> list[str]:

@@ -14,7 +14,7 @@ import time
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from hub.core.grants import Grant, Target, consumer_name, replay_name
+from hub.core.grants import Grant, Target, consumer_name, redrive_name, replay_name
 from hub.core.subjects import PROTOCOL_STREAMS, REDRIVE_STREAM, redrive_subject
 from hub.deliver.engine.circuit import Circuit
 from hub.deliver.engine.context import Context
@@ -33,14 +33,6 @@ from hub.deliver.state.records import Stats
 log = logging.getLogger("rthub.deliver")
 
 
-def redrive_consumer(grant_id: str) -> str:
-    return consumer_name(grant_id) + "_redrive"
-
-
-def replay_consumer(grant_id: str) -> str:
-    return replay_name(grant_id)
-
-
 def takeover_after(s: DeliverSettings) -> float:
     """Age of a lease after which a stand-by takes it: the dead holder's last renewal was at most ``lease_ttl / 3``
     before it died, and its unacked messages are due for redelivery ``ack_wait`` after that at the latest."""
@@ -55,9 +47,9 @@ class Runner:
         self.ctx, self.grant = ctx, grant
         s = ctx.settings
         self.stream = PROTOCOL_STREAMS[grant.protocol]
-        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity)
+        self.endpoint = Endpoint(ctx, grant.protocol, grant.id, target, grant.identity, grant.learner_groups)
         self.schedules = Schedules(ctx.state, grant.id)
-        self.held = Held(ctx.nc, self._acked)
+        self.held = Held(ctx.nc, self._acked, before_acks=lambda: self.recorder.flush())
         self.recorder = Recorder(ctx, grant.id)
         self.streak = Streak(ctx, grant.id)
         self.circuit = Circuit(seconds(s.probe_min), seconds(s.probe_max))
@@ -113,7 +105,7 @@ class Runner:
             deliver_policy=DeliverPolicy.NEW, ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait),
             max_ack_pending=s.max_in_flight, description=f"push delivery of {g.id} ({self.target.kind})"))
         await js.add_consumer(REDRIVE_STREAM, ConsumerConfig(
-            name=redrive_consumer(g.id), durable_name=redrive_consumer(g.id),
+            name=redrive_name(g.id), durable_name=redrive_name(g.id),
             filter_subject=redrive_subject(g.id), deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT, ack_wait=seconds(s.ack_wait), max_ack_pending=s.max_in_flight))
 
@@ -125,7 +117,7 @@ class Runner:
             self.tasks.append(asyncio.create_task(self._hold_lease()))
         live, redrive = self._wake_on(g.filter_subjects()), self._wake_on([redrive_subject(g.id)])
         self.pulls += [asyncio.create_task(self._pull(self.stream, consumer_name(g.id), "live", wake=live)),
-                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_consumer(g.id), "redrive",
+                       asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_name(g.id), "redrive",
                                                       wake=redrive))]
         self.tasks += self.pulls
         period = max(0.2, seconds(self.ctx.settings.ack_wait) / 3)
@@ -146,7 +138,7 @@ class Runner:
         if self.stopping:
             return
         if self.replay_task is None or self.replay_task.done():
-            durable = replay_consumer(self.grant.id)
+            durable = replay_name(self.grant.id)
             try:
                 await self.ctx.js.consumer_info(self.stream, durable)
             except NotFoundError:

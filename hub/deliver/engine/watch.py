@@ -18,18 +18,9 @@ import logging
 from nats.aio.client import Client as NATS
 
 from hub.core.inline import subscribe_inline
+from hub.core.subjects import tokens_match
 
 log = logging.getLogger("rthub.deliver")
-
-
-def matches(pattern: tuple[str, ...], tokens: tuple[str, ...]) -> bool:
-    """NATS subject matching: ``*`` is one token, ``>`` (last) one or more."""
-    for i, p in enumerate(pattern):
-        if p == ">":
-            return len(tokens) > i
-        if i >= len(tokens) or (p != "*" and p != tokens[i]):
-            return False
-    return len(pattern) == len(tokens)
 
 
 def bucket(pattern: tuple[str, ...]) -> tuple[str, str]:
@@ -89,7 +80,7 @@ class Watch:
             if not entries:
                 continue
             for event, patterns in entries.items():
-                if not event.is_set() and any(matches(p, tokens) for p in patterns):
+                if not event.is_set() and any(tokens_match(p, tokens) for p in patterns):
                     event.set()
                     self.wakes += 1
 

@@ -1,0 +1,1 @@
+"""What the deliverer keeps in NATS and others read: attempt records and log, counters, leases, status, its streams."""

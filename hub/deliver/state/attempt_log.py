@@ -32,7 +32,7 @@ async def first_record_time(js: JetStreamContext, grant_id: str) -> float | None
 async def scan(js: JetStreamContext, grant_id: str, since: float, max_scan: int, batch: int = 500
                ) -> AsyncIterator:
     """The integration's log records written from ``since`` on, oldest first, at most ``max_scan`` of them
-    (the messages: ``data`` is one :class:`~hub.deliver.state.records.Attempt` in JSON). Close it (``aclosing``)
+    (the messages: ``data`` is a JSON array of :class:`~hub.deliver.state.records.Attempt`, see ``records.unpack``). Close it (``aclosing``)
     when stopping early, so its consumer goes at once."""
     sub = await js.pull_subscribe(attempts_subject(grant_id), stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
         deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=dt.datetime.fromtimestamp(since, dt.UTC),
@@ -51,3 +51,21 @@ async def scan(js: JetStreamContext, grant_id: str, since: float, max_scan: int,
                 return
     finally:
         await sub.unsubscribe()
+
+
+async def message_at(js: JetStreamContext, grant_id: str, seq: int):
+    """The log message at stream sequence ``seq`` if it is this integration's (another integration's record is
+    never returned, whatever sequence is asked for), else ``None``."""
+    try:
+        sub = await js.pull_subscribe(attempts_subject(grant_id), stream=DELIVERY_LOG_STREAM, config=ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seq, ack_policy=AckPolicy.NONE,
+            inactive_threshold=5.0, mem_storage=True))
+    except NotFoundError:
+        return None
+    try:
+        msgs = await sub.fetch(1, timeout=2)
+    except TimeoutError:
+        return None
+    finally:
+        await sub.unsubscribe()
+    return msgs[0] if msgs and msgs[0].metadata.sequence.stream == seq else None

@@ -9,10 +9,11 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from hub.core.grants import GRANTS_BUCKET, Target, consumer_name, decode_grant
+from hub.core.grants import Target, consumer_name, decode_grant
 from hub.core.subjects import (
     DEAD_LETTER_STREAM,
     DELIVERY_STATE_BUCKET,
+    GRANTS_BUCKET,
     PROTOCOL_STREAMS,
     TARGETS_BUCKET,
     dlq_subject,

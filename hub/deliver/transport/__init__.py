@@ -1,0 +1,1 @@
+"""HTTP to endpoints: the client, one request per delivery kind, Standard Webhooks signing, SSRF rules, rate limits."""

@@ -26,6 +26,9 @@ class Result(msgspec.Struct, kw_only=True):
     error: str | None = None
     retry_after: str | None = None
     body: bytes = b""
+    headers: dict[str, str] = {}  # the response's, for the attempt detail
+    url: str | None = None  # where it was sent
+    sent: dict[str, str] = {}  # the request headers, redacted (:func:`redacted`)
 
 
 def batch_id(ids: list[str]) -> str:
@@ -57,6 +60,30 @@ def drop_parts(item: bytes, parts: list[str]) -> bytes:
     for p in parts:
         value.pop(p, None)
     return msgspec.json.encode(value)
+
+
+REDACTED = "<redacted>"
+
+
+def redacted(headers: dict[str, str], custom: dict[str, str]) -> dict[str, str]:
+    """Request headers as the attempt log keeps them: the signature, credentials and the consumer's custom
+    header values are replaced by :data:`REDACTED` (names and the rest stay, to debug a receiver)."""
+    hidden = {k.lower() for k in custom}
+    out = {}
+    for k, v in headers.items():
+        if k == "webhook-signature":
+            v = " ".join(part.split(",", 1)[0] + "," + REDACTED for part in v.split())
+        elif k == "authorization":
+            v = v.split(" ", 1)[0] + " " + REDACTED
+        elif k in hidden:
+            v = REDACTED
+        out[k] = v
+    return out
+
+
+def response_headers(headers: dict[str, str], limit: int = 40) -> dict[str, str]:
+    """At most ``limit`` response headers, each value cut to 300 characters (a bounded attempt record)."""
+    return {k[:100]: str(v)[:300] for k, v in list(headers.items())[:limit]}
 
 
 def build(target: Target, protocol: str, items: list[bytes], ids: list[str], sensor: str,
@@ -143,7 +170,7 @@ class Sender:
         data = resp.body
         result = Result(status=resp.status, latency_ms=_ms(start), body=data,
                         excerpt=data[: self.excerpt_bytes].decode("utf-8", "replace"),
-                        retry_after=resp.headers.get("retry-after"))
+                        retry_after=resp.headers.get("retry-after"), headers=resp.headers)
         if 300 <= resp.status < 400:
             result.error = f"redirect not followed (Location: {resp.headers.get('location', '')[:200]})"
         return result

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import re
 import socket
 import time
 from functools import lru_cache
 from typing import NamedTuple
 from urllib.parse import quote, urlsplit
+
+log = logging.getLogger("rthub.ssrf")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -130,6 +133,11 @@ def check_url(url: str, https_only: bool) -> tuple[str, str, int]:
 _answers: dict[tuple[str, int], tuple[float, list[IPAddress]]] = {}
 
 
+def host_refusal(host: str) -> str:
+    """The one refusal for a host name, whether it does not resolve or resolves to a non-public address."""
+    return f"{host}: address not allowed (not a public address)"
+
+
 async def addresses(host: str, port: int) -> list[IPAddress]:
     """The addresses ``host`` resolves to (kept ``RESOLVE_TTL`` seconds)."""
     now = time.monotonic()
@@ -139,7 +147,10 @@ async def addresses(host: str, port: int) -> list[IPAddress]:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise Refused(f"cannot resolve {host}: {exc}") from None
+        # The same words as a name that resolves to an inside address (resolve() below): a different message
+        # would tell whoever submits URLs which internal names exist. The operator's log has the cause.
+        log.info("refused %s: cannot resolve it (%s)", host, exc)
+        raise Refused(host_refusal(host)) from None
     ips = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
     if len(_answers) >= 1024:
         _answers.clear()
@@ -156,7 +167,7 @@ async def resolve(url: str, allowed: list, https_only: bool) -> tuple[str, IPAdd
             check_address(ip, allowed)
         except Refused:
             # Never say which address a name resolved to: that would map the inside for whoever asks.
-            raise Refused(f"{u.host}: address not allowed (not a public address)") from None
+            raise Refused(host_refusal(u.host)) from None
     return u.host, ips[0]
 
 
