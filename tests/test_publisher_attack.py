@@ -210,3 +210,43 @@ async def test_the_event_bus_writes_its_own_topics_and_nothing_through_any_reply
         assert set(bodies) == {b"warmup", b"dup", b"last", *(b"p%d" % i for i in range(len(replies)))}
     finally:
         await probe.close()
+
+
+async def test_an_upgrade_revokes_an_event_bus_user_issued_in_the_data_account(op_server, data_dir, admin_nc):
+    """An ``event-bus.creds`` of an earlier version (a user of the data account) is revoked at the upgrade; the
+    re-issued one is a user of LMS-BUS and publishes a topic event."""
+    from hub.core.settings import StreamSettings
+    from hub.core.streams import ensure_streams
+    from hub.core.subjects import BUS_API_PREFIX, OPENEDX_STREAM
+
+    await ensure_streams(admin_nc.jetstream(), StreamSettings())
+    auth = AuthStore.ensure(data_dir)
+    legacy_text, legacy_key = auth._user_creds(
+        "rthub-event-bus", auth.hub_seed, ["openedx.>"], ["_INBOX_svc_event-bus.>"]
+    )
+    (auth.path / "event-bus.creds").write_text(legacy_text)
+    upgraded = AuthStore.ensure(data_dir)
+    assert legacy_key in upgraded.revocations() and not (auth.path / "event-bus.creds").exists()
+    await upgraded.push_account(admin_nc)
+    with pytest.raises(Exception):  # noqa: B017 - refused at connect: revoked
+        await nats.connect(
+            op_server.url,
+            user_credentials=RawCredentials(legacy_text),
+            inbox_prefix="_INBOX_svc_event-bus",
+            allow_reconnect=False,
+            connect_timeout=3,
+            max_reconnect_attempts=0,
+        )
+    creds = upgraded.service_creds("event-bus")
+    assert njwt.decode(creds_jwt(creds.read_text()))["iss"] != upgraded.hub_pub
+    nc = await nats.connect(
+        op_server.url,
+        user_credentials=str(creds),
+        inbox_prefix=creds_inbox_prefix(creds),
+        allow_reconnect=False,
+    )
+    try:
+        ack = await nc.jetstream(prefix=BUS_API_PREFIX).publish("openedx.dev-upgraded", b"{}")
+        assert ack.stream == OPENEDX_STREAM
+    finally:
+        await nc.close()
