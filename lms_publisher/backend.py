@@ -125,8 +125,8 @@ class NatsBackend:
 
     def outgoing(self, record: Record) -> tuple[str, bytes, dict[str, str]]:
         """``(subject, body, headers)`` to publish for a queued or spooled record. Tracking events go as they
-        are, with their stable id for de-duplication; a subclass whose records carry more (headers) unpacks them."""
-        return record.subject, record.payload, {MSG_ID: record.msg_id}
+        are, with their stable id for de-duplication and their W3C ``traceparent``; a subclass whose records carry more (headers) unpacks them."""
+        return record.subject, record.payload, _headers(record)
 
     async def on_connect(self, nc) -> None:
         """Called after every (first) connect, before anything is published: a subclass may prepare the server
@@ -329,6 +329,11 @@ class NatsBackend:
         with self._order:
             records = [self._q.popleft() for _ in range(len(self._q))]
             self.counts["spooled"] += self.spool.append(records)
+
+
+def _headers(r: Record) -> dict[str, str]:
+    """The publish headers of one record: its message id (deduplication) and its W3C ``traceparent``."""
+    return {MSG_ID: r.msg_id, "traceparent": r.trace} if r.trace else {MSG_ID: r.msg_id}
 
 
 def _name(event: Any) -> str:

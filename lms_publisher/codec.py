@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from hub.core import trace
 from hub.core.events import DEFAULT_LIMITS, InvalidEvent, Limits, depth_reason, dimensions
 from hub.core.subjects import RAW_PREFIX, subject
 
@@ -20,6 +21,7 @@ class Record(NamedTuple):
     subject: str
     msg_id: str
     payload: bytes
+    trace: str = ""  # the W3C traceparent sent as a header (hub.core.trace)
 
 
 def _fallback(obj: Any) -> Any:
@@ -53,7 +55,8 @@ def to_record(event: dict[str, Any], site: str, limits: Limits = DEFAULT_LIMITS)
     except RecursionError:
         raise InvalidEvent(depth_reason(limits.max_depth)) from None
     limits.check(payload)
-    return Record(subject(RAW_PREFIX, site, org, course, name), message_id(site, payload), payload)
+    return Record(subject(RAW_PREFIX, site, org, course, name), message_id(site, payload), payload,
+                  trace.of_event(event))
 
 
 def raw_record(data: bytes, site: str) -> Record:

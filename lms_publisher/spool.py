@@ -25,12 +25,16 @@ log = logging.getLogger("rthub.spool")
 
 
 def encode_records(records: Iterable[Record]) -> bytes:
-    return b"".join(b"%s %s %s\n" % (r.subject.encode(), r.msg_id.encode(), r.payload) for r in records)
+    """One line per record: ``subject msg_id[|traceparent] payload`` (a spool written before tracing reads
+    the same)."""
+    return b"".join(b"%s %s%s %s\n" % (r.subject.encode(), r.msg_id.encode(),
+                                        b"|" + r.trace.encode() if r.trace else b"", r.payload) for r in records)
 
 
 def decode_line(line: bytes) -> Record:
     subj, msg_id, payload = line.rstrip(b"\n").split(b" ", 2)
-    return Record(subj.decode(), msg_id.decode(), payload)
+    mid, _, tp = msg_id.decode().partition("|")
+    return Record(subj.decode(), mid, payload, tp)
 
 
 class Spool:

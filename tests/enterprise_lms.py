@@ -7,7 +7,7 @@ edx-enterprise's models into SQLite, then act on stdin commands as the LMS would
 import os
 import sys
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.enterprise_site.settings")
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.enterprise_site.settings"  # not an inherited one
 
 import django  # noqa: E402
 

@@ -139,3 +139,114 @@ async def test_an_upgrade_revokes_publishers_issued_in_the_data_account(op_serve
             connect_timeout=3,
             max_reconnect_attempts=0,
         )
+
+
+async def test_the_event_bus_writes_its_own_topics_and_nothing_through_any_reply_subject(
+    op_server, data_dir, admin_nc
+):
+    """``rthub auth creds event-bus`` (in the LMS too): a user of LMS-BUS, which imports only the bus's topics,
+    dead letters, acks and JetStream API calls on its two streams. Every stream subject and KV key of the data
+    account is named as the reply of a publish (topic and dead letter), of an API request, of a pull request and
+    of an ack: only the bus's own published events and dead letters land, nothing else anywhere."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from hub.core.creds import creds_api_prefix
+    from hub.core.settings import StreamSettings
+    from hub.core.streams import ensure_streams
+    from hub.core.subjects import BUS_API_PREFIX, OPENEDX_DLQ_STREAM, OPENEDX_STREAM
+
+    js = admin_nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    await ensure_delivery(js, DeliverSettings(nats_url=op_server.url))
+    for bucket in ("rthub_grants", "rthub_targets", "rthub_courses"):
+        await (await js.key_value(bucket)).put("keep", b"{}")
+    auth = AuthStore.ensure(data_dir)
+    creds = auth.service_creds("event-bus")
+    await auth.push_account(admin_nc)
+    assert njwt.decode(creds_jwt(creds.read_text()))["iss"] != auth.hub_pub  # not a user of the data account
+    assert creds_api_prefix(creds) == BUS_API_PREFIX
+    probe = await Probe().connect(op_server.url, str(creds), creds_inbox_prefix(creds))
+    bjs = probe.nc.jetstream(prefix=BUS_API_PREFIX)
+    try:
+        topic = "openedx.dev-probe-topic"
+        assert (await bjs.publish(topic, b"warmup")).stream == OPENEDX_STREAM
+        await bjs.add_consumer(
+            OPENEDX_STREAM,
+            ConsumerConfig(
+                durable_name="attack", filter_subject=topic, ack_policy=AckPolicy.EXPLICIT, ack_wait=60
+            ),
+        )
+        held = (await (await bjs.pull_subscribe_bind("attack", stream=OPENEDX_STREAM)).fetch(1, timeout=5))[0]
+        replies = await targets(js)
+        assert len(replies) > 20
+        before = await snapshot(js)
+        api = f"{BUS_API_PREFIX}.CONSUMER.MSG.NEXT.{OPENEDX_STREAM}.attack"
+        events = letters = 0
+        for i, reply in enumerate(replies):
+            await probe.nc.publish(topic, b"p%d" % i, reply=reply)  # the PubAck of a topic event
+            await probe.nc.publish(topic, b"dup", reply=reply, headers={"Nats-Msg-Id": "dup"})  # a duplicate
+            await probe.nc.publish(
+                topic, b"e", reply=reply, headers={"Nats-Expected-Stream": "NOPE"}
+            )  # an error
+            await probe.nc.publish("openedx_dlq.g.t", b"d%d" % i, reply=reply)  # a dead letter's PubAck
+            events += 1 + (i == 0)
+            letters += 1
+            await probe.nc.publish(f"{BUS_API_PREFIX}.STREAM.INFO.{OPENEDX_STREAM}", b"", reply=reply)  # API
+            await probe.nc.publish(api, b'{"batch": 1, "no_wait": true}', reply=reply)  # a pull request
+            await probe.nc.publish(held.reply, b"+WPI", reply=reply)  # acks with a reply the server answers
+            await probe.nc.publish(held.reply, b"+ACK", reply=reply)
+        assert (await bjs.publish(topic, b"last")).stream == OPENEDX_STREAM  # every probe was handled
+        await admin_nc.flush()
+        after = await snapshot(js)
+        changed = {name: (before[name], after[name]) for name in after if after[name] != before.get(name)}
+        assert set(changed) == {OPENEDX_STREAM, OPENEDX_DLQ_STREAM}, changed
+        assert after[OPENEDX_STREAM][0] - before[OPENEDX_STREAM][0] == events + 1
+        assert after[OPENEDX_DLQ_STREAM][0] - before[OPENEDX_DLQ_STREAM][0] == letters
+        for bucket in ("rthub_grants", "rthub_targets", "rthub_courses"):
+            assert sorted(await (await js.key_value(bucket)).keys()) == ["keep"]
+        # What landed is what the bus published, as published (no PubAck, API answer or message among them).
+        stored = await js.pull_subscribe("openedx.>", durable=unique("check"), stream=OPENEDX_STREAM)
+        bodies = [m.data for m in await stored.fetch(events + 2, timeout=5)]
+        assert set(bodies) == {b"warmup", b"dup", b"last", *(b"p%d" % i for i in range(len(replies)))}
+    finally:
+        await probe.close()
+
+
+async def test_an_upgrade_revokes_an_event_bus_user_issued_in_the_data_account(op_server, data_dir, admin_nc):
+    """An ``event-bus.creds`` of an earlier version (a user of the data account) is revoked at the upgrade; the
+    re-issued one is a user of LMS-BUS and publishes a topic event."""
+    from hub.core.settings import StreamSettings
+    from hub.core.streams import ensure_streams
+    from hub.core.subjects import BUS_API_PREFIX, OPENEDX_STREAM
+
+    await ensure_streams(admin_nc.jetstream(), StreamSettings())
+    auth = AuthStore.ensure(data_dir)
+    legacy_text, legacy_key = auth._user_creds(
+        "rthub-event-bus", auth.hub_seed, ["openedx.>"], ["_INBOX_svc_event-bus.>"]
+    )
+    (auth.path / "event-bus.creds").write_text(legacy_text)
+    upgraded = AuthStore.ensure(data_dir)
+    assert legacy_key in upgraded.revocations() and not (auth.path / "event-bus.creds").exists()
+    await upgraded.push_account(admin_nc)
+    with pytest.raises(Exception):  # noqa: B017 - refused at connect: revoked
+        await nats.connect(
+            op_server.url,
+            user_credentials=RawCredentials(legacy_text),
+            inbox_prefix="_INBOX_svc_event-bus",
+            allow_reconnect=False,
+            connect_timeout=3,
+            max_reconnect_attempts=0,
+        )
+    creds = upgraded.service_creds("event-bus")
+    assert njwt.decode(creds_jwt(creds.read_text()))["iss"] != upgraded.hub_pub
+    nc = await nats.connect(
+        op_server.url,
+        user_credentials=str(creds),
+        inbox_prefix=creds_inbox_prefix(creds),
+        allow_reconnect=False,
+    )
+    try:
+        ack = await nc.jetstream(prefix=BUS_API_PREFIX).publish("openedx.dev-upgraded", b"{}")
+        assert ack.stream == OPENEDX_STREAM
+    finally:
+        await nc.close()

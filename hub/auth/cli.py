@@ -93,6 +93,9 @@ def _service_creds(args) -> int:
     if args.service == "publisher" and set(auth.site_jwts()) - known:
         print(f"rthub auth: new account for LMS site {args.site}: run `rthub auth push` so running servers know "
               "it (a server configured afterwards has it already)", file=sys.stderr)
+    if args.service == "event-bus":
+        print("rthub auth: the event bus is a user of its own account LMS-BUS: a server started by an earlier "
+              "version learns it with `rthub auth push`", file=sys.stderr)
     return 0
 
 

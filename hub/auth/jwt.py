@@ -144,9 +144,13 @@ def export(name: str, subject: str, kind: str, stream_response: bool = False) ->
     return claims
 
 
-def import_(name: str, subject: str, kind: str, account: str, token: str) -> dict:
-    """An import of ``subject`` from ``account`` under the same subject, with its activation ``token``."""
-    return {"name": name, "subject": subject, "account": account, "token": token, "type": kind}
+def import_(name: str, subject: str, kind: str, account: str, token: str, local: str | None = None) -> dict:
+    """An import of ``subject`` from ``account`` with its activation ``token``, under the same subject or
+    ``local`` (same wildcards; e.g. a JetStream API prefix)."""
+    claims = {"name": name, "subject": subject, "account": account, "token": token, "type": kind}
+    if local is not None and local != subject:
+        claims["local_subject"] = local
+    return claims
 
 
 def activation_claims(name: str, importer_pub: str, subject: str, kind: str, now: float | None = None) -> dict:

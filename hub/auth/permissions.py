@@ -11,6 +11,7 @@ from __future__ import annotations
 from hub.core.grants import Grant, consumer_name, replay_name
 from hub.core.protocols import PROTOCOLS
 from hub.core.subjects import (
+    BUS_API_PREFIX,
     COURSES_BUCKET,
     DEAD_LETTER_STREAM,
     DELIVERY_LOG_STREAM,
@@ -106,12 +107,10 @@ def service_permissions(service: str, hub_consumer: str = "hub",
         # nothing (not even stream info). The hub declares the streams.
         return [f"lms.{encode_token(site)}.>" if site is not None else "lms.>"], inbox
     if service == "event-bus":
-        # The Open edX event bus (lms_publisher.event_bus) in the LMS and its consuming services: publish Open edX
-        # Events, run consumer groups on them (any durable: groups are configuration of the services; offset_time
-        # deletes and re-creates a group's), keep and work the dead letters. Nothing of the hub's own streams.
-        pub = [*info, f"{OPENEDX_PREFIX}.>", *stream_reader(OPENEDX_STREAM), f"{OPENEDX_DLQ_PREFIX}.>",
-               *stream_reader(OPENEDX_DLQ_STREAM), f"{API}.STREAM.MSG.DELETE.{OPENEDX_DLQ_STREAM}"]
-        return _dedup(pub), inbox
+        # The Open edX event bus (lms_publisher.event_bus) in the LMS and its consuming services: a user of the
+        # bus's own account (LMS-BUS), which imports from the data account only what the bus needs
+        # (:func:`bus_imports`): its JetStream API under BUS_API_PREFIX, the Open edX topics, the dead letters.
+        return [local for _, _, local, _, _ in bus_imports()], inbox
     if service == "hub":
         # STREAM.MSG.GET on the raw stream and the max-deliveries advisory of its own consumer: how it moves
         # a message that was never acked to quarantine (hub/route/service.py).
@@ -184,7 +183,26 @@ def hub_exports() -> list[tuple[str, str, str, bool]]:
                 (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),
                 (f"live {protocol}", f"{protocol}.>", "stream", False)]
     out.append(("ident", "ident.>", "stream", False))  # identity copies of direct grants approved for them
+    out += [(name, subj, kind, stream) for name, subj, _, kind, stream in bus_imports()]  # the event bus's account
     return out
+
+
+def bus_imports() -> list[tuple[str, str, str, str, bool]]:
+    """``(name, subject in the data account, subject in the bus's account, kind, stream_response)``: everything
+    the event bus's account (LMS-BUS) imports. Publish Open edX events and dead letters; run consumer groups on
+    OPENEDX_EVENTS (any durable: groups are configuration of the services; offset_time deletes and re-creates a
+    group's), pull and ack them; read and remove dead letters. The JetStream API is renamed to
+    ``BUS_API_PREFIX``: in an account without JetStream the server answers ``$JS.API`` itself. Any reply subject
+    the bus names crosses as a server-made ``_R_`` subject and is answered in its own account."""
+    api = [(f"STREAM.INFO.{OPENEDX_STREAM}", False), (f"STREAM.INFO.{OPENEDX_DLQ_STREAM}", False),
+           (f"CONSUMER.CREATE.{OPENEDX_STREAM}.>", False), (f"CONSUMER.DURABLE.CREATE.{OPENEDX_STREAM}.*", False),
+           (f"CONSUMER.INFO.{OPENEDX_STREAM}.*", False), (f"CONSUMER.DELETE.{OPENEDX_STREAM}.*", False),
+           (f"CONSUMER.MSG.NEXT.{OPENEDX_STREAM}.*", True), (f"STREAM.MSG.GET.{OPENEDX_DLQ_STREAM}", False),
+           (f"STREAM.MSG.DELETE.{OPENEDX_DLQ_STREAM}", False)]
+    plain = [(f"{OPENEDX_PREFIX}.>", "bus events"), (f"{OPENEDX_DLQ_PREFIX}.>", "bus dead letters"),
+             (f"$JS.ACK.{OPENEDX_STREAM}.>", "bus acks")]
+    return [*((name, subj, subj, "service", False) for subj, name in plain),
+            *((f"bus {a}", f"{API}.{a}", f"{BUS_API_PREFIX}.{a}", "service", stream) for a, stream in api)]
 
 
 def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:

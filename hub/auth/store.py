@@ -25,6 +25,7 @@ from nats.aio.client import Client, RawCredentials
 from hub.auth import jwt
 from hub.auth.permissions import (
     SERVICES,
+    bus_imports,
     consumer_inbox,
     consumer_permissions,
     hub_exports,
@@ -55,6 +56,7 @@ SITES = "sites"
 # than the largest raw event the hub takes (the publisher refuses bigger ones before sending).
 SITE_LIMITS = {"subs": 10000, "leaf": 0, "exports": 0, "payload": MAX_EVENT_BYTES}
 ALL_SITES = "_all"  # file stem of the account of a publisher not bound to one site (lms.>)
+BUS = "_bus"  # file stem (in sites/) of the Open edX event bus's account LMS-BUS (permissions.bus_imports)
 
 
 class AuthError(RuntimeError):
@@ -102,6 +104,7 @@ class AuthStore:
             # The account of publishers of every site exists from the start, so a server configured now knows
             # it; a site's own account is added with its first publisher (then pushed: rthub auth push).
             store._site_account(None)
+            store._bus_account()  # the event bus runs in the LMS too: its own account, in the config from the start
         return store
 
     @staticmethod
@@ -167,10 +170,11 @@ class AuthStore:
         legacy = json.loads(legacy_path.read_text()) if legacy_path.exists() else {}
         now = int(time.time())
         revoked.update({key: now for key, exp in legacy.items() if exp > now and key not in revoked})
-        # Publishers issued inside the data account by earlier versions: the server wrote their PubAcks (to any
-        # reply subject they named) on the data account's behalf. Revoked; re-issued in their site's account.
+        # Publishers (and the event bus) issued inside the data account by earlier versions: the server wrote their
+        # PubAcks (to any reply subject they named) on the data account's behalf. Revoked; re-issued in their own
+        # account (a site's, LMS-BUS).
         legacy_publishers = []
-        for creds_path in sorted(path.glob("publisher*.creds")):
+        for creds_path in sorted([*path.glob("publisher*.creds"), *path.glob("event-bus.creds")]):
             claims = jwt.decode(creds_jwt(creds_path.read_text()), verify=False)
             if claims.get("iss") == hub_pub:
                 revoked.setdefault(claims["sub"], now)
@@ -259,11 +263,11 @@ class AuthStore:
         name = f"{service}-{encode_token(site)}" if service == "publisher" and site is not None else service
         path = self.path / f"{name}.creds"
         with self._locked(self.path):
-            if service == "publisher":  # a user of its site's own account, never of the data account
-                account_seed = self._site_account(site)
+            if service in ("publisher", "event-bus"):  # users of their own account, never of the data account
+                account_seed = self._site_account(site) if service == "publisher" else self._bus_account()
                 account_pub = jwt.public_key(account_seed)
-                revoked = jwt.decode(self._site_file(site, ".jwt").read_text(), verify=False)["nats"].get(
-                    "revocations", {})
+                jwt_path = self._site_file(site, ".jwt") if service == "publisher" else self.path / SITES / f"{BUS}.jwt"
+                revoked = jwt.decode(jwt_path.read_text(), verify=False)["nats"].get("revocations", {})
             else:
                 account_seed, account_pub, revoked = self.hub_seed, self.hub_pub, self.revocations()
             if path.exists():
@@ -309,6 +313,35 @@ class AuthStore:
                                     imports=[jwt.import_("raw events", subj, "service", self.hub_pub, activation)])
         write_private(jwt_path, jwt.encode(claims, self.signing_seed))
         log.info("LMS site account %s for %s (imports %s from the data account)", pub, site or "all sites", subj)
+        return seed
+
+    def _bus_account(self) -> bytes:
+        """The account key of the Open edX event bus (``LMS-BUS``), its JWT (re)written when its imports changed
+        (call under the lock). Like a site's account it runs in the LMS, exports nothing, has no JetStream, and
+        imports from the data account only :func:`hub.auth.permissions.bus_imports`: whatever reply subject its
+        users name, of a publish, an API request, a pull request or an ack, is answered in this account."""
+        seed_path, jwt_path = self.path / SITES / f"{BUS}.nk", self.path / SITES / f"{BUS}.jwt"
+        if not seed_path.exists():
+            seed_path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(seed_path, jwt.new_seed("account").decode())
+        seed = seed_path.read_text().encode()
+        pub = jwt.public_key(seed)
+        current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
+        want = [(subj, local) for _, subj, local, _, _ in bus_imports()]
+        if current and current["iss"] == self.signing_pub and [
+            (i["subject"], i.get("local_subject", i["subject"])) for i in current["nats"].get("imports", [])
+        ] == want and all(i["account"] == self.hub_pub for i in current["nats"]["imports"]) \
+                and all(current["nats"]["limits"].get(k) == v for k, v in SITE_LIMITS.items()):
+            return seed
+        imports = [jwt.import_(name, subj, kind, self.hub_pub,
+                               jwt.encode(jwt.activation_claims(f"LMS-BUS {name}", pub, subj, kind), self.hub_seed),
+                               local=local)
+                   for name, subj, local, kind, _ in bus_imports()]
+        now = max(int(time.time()), int(current["iat"]) + 1) if current else int(time.time())
+        claims = jwt.account_claims("LMS-BUS", pub, jetstream=False, now=now, limits=SITE_LIMITS, imports=imports,
+                                    revocations=current["nats"].get("revocations") if current else None)
+        write_private(jwt_path, jwt.encode(claims, self.signing_seed))
+        log.info("event bus account %s (imports %d subjects from the data account)", pub, len(imports))
         return seed
 
     def site_jwts(self) -> dict[str, str]:

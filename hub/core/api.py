@@ -44,9 +44,9 @@ IDLE_HEARTBEAT = "Idle Heartbeat"
 CONSUMER_DELETED = "Consumer Deleted"
 
 
-def pull_subject(stream: str, durable: str) -> str:
-    """Where pull requests for a durable consumer go."""
-    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
+def pull_subject(stream: str, durable: str, prefix: str = "$JS.API") -> str:
+    """Where pull requests for a durable consumer go (``prefix``: the JetStream API as the account sees it)."""
+    return f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}"
 
 
 def max_deliveries_advisory(stream: str, durable: str) -> str:

@@ -9,7 +9,7 @@ import base64
 import json
 from pathlib import Path
 
-from hub.core.subjects import subject_matches
+from hub.core.subjects import BUS_API_PREFIX, subject_matches
 
 
 def creds_jwt(creds_text: str) -> str:
@@ -56,3 +56,13 @@ def creds_inbox_prefix(creds: str | Path) -> str | None:
     ``nats.connect(..., user_credentials=path, inbox_prefix=creds_inbox_prefix(path) or "_INBOX")``.
     """
     return inbox_prefix_of(_nats_claims(creds).get("sub", {}).get("allow", []))
+
+
+def creds_api_prefix(creds: str | Path | None) -> str:
+    """The JetStream API prefix a ``.creds`` file's user reaches the hub's streams with: ``BUS_API_PREFIX`` for
+    a user of the event bus's own account (its allow list names it), else the usual ``$JS.API``."""
+    if creds:
+        allow = _nats_claims(creds).get("pub", {}).get("allow", [])
+        if any(p.startswith(BUS_API_PREFIX + ".") for p in allow):
+            return BUS_API_PREFIX
+    return "$JS.API"

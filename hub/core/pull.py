@@ -54,11 +54,12 @@ def _wake_up(waiter: asyncio.Future) -> None:
 class PullStream:
     def __init__(self, nc, stream: str, durable: str, *, batch: int = 500, threshold: int | None = None,
                  expires: float = 5.0, heartbeat: float | None = None, max_batch: int | None = None,
-                 room: Callable[[], int] | None = None, until_empty: bool = False):
+                 room: Callable[[], int] | None = None, until_empty: bool = False, api_prefix: str = "$JS.API"):
         """``batch``: messages per request; ``threshold``: ask again when at most this many are owed (default
         ``batch // 2``); ``max_batch``: messages per iteration step (default ``batch``); ``room()``: how many
         more messages the caller can hold now (asked for at most that many in total, ``wake()`` when it grows);
-        ``until_empty``: end once the consumer has nothing pending or unacknowledged."""
+        ``until_empty``: end once the consumer has nothing pending or unacknowledged; ``api_prefix``: the
+        JetStream API as the connection's account sees it (the event bus's account: ``BUS_API_PREFIX``)."""
         self.nc, self.stream, self.durable = nc, stream, durable
         self.batch = batch
         self.threshold = batch // 2 if threshold is None else threshold
@@ -83,7 +84,8 @@ class PullStream:
         self._backoff_until = 0.0
         self._verify = False
         self._sub = None
-        self._api = pull_subject(stream, durable)
+        self._api = pull_subject(stream, durable, api_prefix)
+        self._api_prefix = api_prefix
         self._request_tail = b""
 
     async def start(self) -> PullStream:
@@ -212,7 +214,7 @@ class PullStream:
     async def _info(self, missing=None):
         """The consumer's info; ``missing`` if it does not exist, ``False`` if the server did not answer."""
         try:
-            return await self.nc.jetstream().consumer_info(self.stream, self.durable)
+            return await self.nc.jetstream(prefix=self._api_prefix).consumer_info(self.stream, self.durable)
         except NotFoundError:
             return missing
         except (TimeoutError, nats.errors.Error) as exc:

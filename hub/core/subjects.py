@@ -38,6 +38,9 @@ OPENEDX_STREAM = "OPENEDX_EVENTS"
 OPENEDX_PREFIX = "openedx"  # ``openedx.<full topic>``
 OPENEDX_DLQ_STREAM = "OPENEDX_DEAD_LETTERS"
 OPENEDX_DLQ_PREFIX = "openedx_dlq"  # ``openedx_dlq.<group>.<full topic>``
+# The event bus's own account (LMS-BUS) reaches the data account's JetStream API under this prefix (its imports
+# rename ``$JS.API.<...>`` to ``JS.rthub.API.<...>``): ``$JS.API`` in an account without JetStream is the server's.
+BUS_API_PREFIX = "JS.rthub.API"
 
 
 def attempts_subject(grant_id: str) -> str:

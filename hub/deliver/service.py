@@ -376,9 +376,11 @@ class Deliverer:
         await self.grant_watcher.stop()
         for mirror in self.watchers:
             await mirror.stop()
-        for task in list(self.pending):
-            task.cancel()
-        await asyncio.gather(*self.pending, *self.background, return_exceptions=True)
+        left = {*self.pending, *self.background}
+        while left:  # cancelled again until done: on Python 3.11 a wait_for ending as it is cancelled drops the cancel
+            for task in left:
+                task.cancel()
+            _, left = await asyncio.wait(left, timeout=1.0)
         await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         await self.flush_attempts()

@@ -29,6 +29,7 @@ import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from hub.core import trace
 from hub.core.api import Header, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
@@ -124,6 +125,7 @@ class Hub:
         self._ident_out: list[tuple[str, bytes]] = []  # identity copies of the batch in hand (core NATS)
         self._learning: set[tuple[str, str]] = set()
         self._controls: asyncio.Queue = asyncio.Queue()
+        self._control_futs: list[asyncio.Future] = []  # membership events of the message in hand, being applied
         self._control_task: asyncio.Task | None = None
         self.pull: PullStream | None = None
         self.publisher: AckedPublisher | None = None
@@ -206,11 +208,19 @@ class Hub:
         m.inc("received", len(msgs))
         batch = AckBatch()
         jobs = []
+        controls = []
         for msg in msgs:
             outputs = self._handle(msg)
             jobs.append((msg, outputs, len(batch.results)))
+            if self._control_futs:
+                controls.append((msg, self._control_futs))
+                self._control_futs = []
             for subj, body, headers in outputs:
                 await self.publisher.publish(subj, body, headers, batch)
+        for msg, futs in controls:  # acked only once applied to the store; a failure is redelivered
+            if not all([await f for f in futs]):
+                jobs = [j for j in jobs if j[0] is not msg]
+                await self._nak(msg)
         if self._ident_out:  # live identity feeds of direct grants: core NATS, never stored in a stream
             for subj, body in self._ident_out:
                 await self.nc.publish(subj, body)
@@ -354,6 +364,10 @@ class Hub:
             outputs, rejected = [], [f"internal error: {type(exc).__name__}: {exc}"]
         out = [(subj, body, {Header.MSG_ID: sid} if gid is None else {Header.MSG_ID: gid, Header.STATEMENT_ID: sid})
                for subj, sid, gid, body in outputs]
+        parent = trace.valid((msg.headers or {}).get(trace.HEADER)) if out else None
+        if parent:  # W3C trace context: each statement is a child span of the LMS event's trace
+            for _, _, headers in out:
+                headers[trace.HEADER] = trace.child(parent)
         if rejected:  # a protocol that could not translate it does not hold back the others
             out.insert(0, self._quarantined(msg.subject, msg.data, msg.metadata.sequence.stream,
                                             "; ".join(rejected)))
@@ -460,18 +474,26 @@ class Hub:
 
     def _control(self, site: str, name: str, event: dict) -> None:
         """A membership change published by the LMS for its own site (the subject's site; a publisher may only
-        publish its own): applied to the store in the background, in order."""
+        publish its own): applied to the store in order by one task; its raw message is acked only once applied
+        (:meth:`process`), so a hub stopping in between leaves it to be redelivered."""
         data = event.get("data")
-        self._controls.put_nowait((site, name, data if isinstance(data, dict) else {}))
+        done = asyncio.get_running_loop().create_future()
+        self._controls.put_nowait((site, name, data if isinstance(data, dict) else {}, done))
+        self._control_futs.append(done)
         self.metrics.inc("group_changes")
 
     async def _apply_controls(self) -> None:
         while True:
-            site, name, data = await self._controls.get()
+            site, name, data, done = await self._controls.get()
             try:
                 await apply_control(self.js, site, name, data)
-            except (ValueError, nats.errors.Error, JetStreamError, RuntimeError) as exc:
-                log.warning("membership change %s of %s not applied: %s", name, site, exc)
+                done.set_result(True)
+            except ValueError as exc:  # refused for itself (another site's group, no user id): never retried
+                log.warning("membership change %s of %s refused: %s", name, site, exc)
+                done.set_result(True)
+            except (nats.errors.Error, JetStreamError, RuntimeError, TimeoutError) as exc:
+                log.warning("membership change %s of %s not applied, will be retried: %s", name, site, exc)
+                done.set_result(False)
 
     def _member_groups(self, site: str, user: str, grouped: dict[str, frozenset[str]]) -> dict[str, list[str]]:
         """``{protocol: groups}``: the groups some grant of the protocol uses that the event's user is in."""

@@ -21,6 +21,9 @@ class BusSettings(msgspec.Struct, kw_only=True):
     creds: str | None = (
         None  # EVENT_BUS_NATS_CREDS: a .creds file (operator mode: `rthub auth creds event-bus`)
     )
+    # EVENT_BUS_NATS_API_PREFIX: the JetStream API prefix; by default read from the creds (`rthub auth creds
+    # event-bus` is a user of the bus's own account, which reaches the hub's API as JS.rthub.API), else $JS.API
+    api_prefix: str | None = None
     site: str = "default"  # EVENT_BUS_NATS_SITE: this LMS's name in the hub's RTHUB_SITES
     spool_dir: str = ".rthub/event-bus-spool"  # EVENT_BUS_NATS_SPOOL_DIR: events wait here while NATS is away
     spool_max_bytes: int = 256 << 20
@@ -39,6 +42,15 @@ class BusSettings(msgspec.Struct, kw_only=True):
 
     def full_topic(self, topic: str) -> str:
         return full_topic(topic, self.topic_prefix)
+
+    def js_prefix(self) -> str:
+        from hub.core.creds import creds_api_prefix
+
+        return self.api_prefix or creds_api_prefix(self.creds)
+
+    def jetstream(self, nc, timeout: float):
+        """A JetStream context over ``nc`` with this bus's API prefix."""
+        return nc.jetstream(timeout=timeout, prefix=self.js_prefix())
 
     @property
     def servers(self) -> list[str]:

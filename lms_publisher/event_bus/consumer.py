@@ -115,7 +115,9 @@ class NatsEventConsumer(EventBusConsumer):
         if isinstance(offset_time, str):
             offset_time = datetime.fromisoformat(offset_time.replace("Z", "+00:00"))
         if offset_time is not None and offset_time.tzinfo is None:
-            offset_time = offset_time.replace(tzinfo=UTC)  # a time without zone is UTC, as the LMS's times are
+            offset_time = offset_time.replace(
+                tzinfo=UTC
+            )  # a time without zone is UTC, as the LMS's times are
         self.offset_time = offset_time
         if extra:
             log.warning("event bus consumer: unknown --extra options ignored: %s", sorted(extra))
@@ -144,7 +146,7 @@ class NatsEventConsumer(EventBusConsumer):
         pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="event-bus-receivers")
         nc = await connect(NatsSettings(nats_url=self.s.url, nats_creds=self.s.creds), self.consumer_name)
         try:
-            js = nc.jetstream(timeout=10)
+            js = self.s.jetstream(nc, 10)
             await ensure_stream(js, self.s)
             await self._ensure_consumer(js)
             publisher = await AckedPublisher(nc).start()
@@ -214,6 +216,7 @@ class NatsEventConsumer(EventBusConsumer):
             threshold=5,
             max_batch=1,
             expires=max(2 * self.s.fetch_timeout_s, 1.0),
+            api_prefix=self.s.js_prefix(),
         ).start()
         stopper = asyncio.create_task(self._stop.wait())
         stopper.add_done_callback(lambda _: pull.stop())

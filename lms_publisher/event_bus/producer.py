@@ -54,7 +54,7 @@ class BusBackend(NatsBackend):
         return record.subject, data, {**headers, Header.MSG_ID: record.msg_id}
 
     async def on_connect(self, nc) -> None:
-        await ensure_stream(nc.jetstream(timeout=5), self.bus)
+        await ensure_stream(self.bus.jetstream(nc, 5), self.bus)
 
 
 class NatsEventProducer(EventBusProducer):

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         async def run() -> list[str]:
             nc = await connect(NatsSettings(nats_url=s.url, nats_creds=s.creds), "event-bus-dead-letters")
             try:
-                js = nc.jetstream(timeout=10)
+                js = s.jetstream(nc, 10)
                 letters = await deadletters.dead_letters(js, options.get("group_id"), topic, options["limit"])
                 if options.get("seq"):
                     letters = [d for d in letters if d.seq in set(options["seq"])]
