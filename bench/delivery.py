@@ -24,8 +24,9 @@ The last lines print ``hub_events_per_s=``, ``webhook_statements_per_s=``, ``lrs
 ``webhook_passthrough_per_s=`` (fetch from XAPI, POST each with the deliverer's HTTP client, ack: 16 at once),
 ``batched_webhook_statements_per_s=`` (batch 500), ``webhook_to_passthrough_ratio=``,
 ``batched_webhook_to_hub_ratio=``, ``lrs_to_hub_ratio=``, ``two_to_one_ratio=`` (two partitioned deliverers
-over one). Not measured yet: end-to-end capacity and the p99 at 50% / 80% of it (``e2e_capacity_per_s``,
-``p99_at_half_ms``, ``p99_at_80_ms``, ``raw_p99_at_half_ms``).
+over one), ``e2e_capacity_per_s=`` (raw events published as fast as they go -> signed webhooks, hub and two
+deliverers running), ``p99_at_half_ms=`` / ``p99_at_80_ms=`` (raw publish -> webhook at 50% / 80% of it),
+``raw_p99_at_half_ms=`` (JetStream publish -> pull subscriber at the half rate) and their ratio.
 """
 
 from __future__ import annotations
@@ -183,6 +184,49 @@ async def webhook_passthrough(nc, js, sink: Sink, n: int, concurrency: int = 16)
     return sink.count / elapsed if elapsed > 0 else 0.0
 
 
+async def e2e_sink(js, site: str) -> Sink:
+    """A webhook receiver with its own integration on ``site`` (signed, 16 at once, ordered per course)."""
+    sink = await Sink().start()
+    await integration(js, f"e2e{site}", "webhook", f"http://127.0.0.1:{sink.port}/hook", [site],
+                      secrets=[new_secret()], max_concurrency=16)
+    return sink
+
+
+async def e2e_capacity(js, n: int) -> float:
+    """Everything running: ``n`` raw events published to ``lms.`` as fast as they go, the rate at which they
+    arrive as signed webhooks (first to last arrival)."""
+    sink = await e2e_sink(js, "benchcap")
+    await asyncio.sleep(3)  # consumers created
+    now = dt.datetime.now(dt.UTC)
+    futures = [await js.publish_async(subject("lms", "benchcap", "BenchX", f"course-v1:BenchX+C{i % 20}+run",
+                                              "play_video"),
+                                      msgspec.json.encode(play_video(f"course-v1:BenchX+C{i % 20}+run", i % 500, now)),
+                                      headers={"Nats-Msg-Id": f"cap-{i}"}) for i in range(n)]
+    await asyncio.gather(*futures)
+    await wait_count(sink, n, 120)
+    return sink.count / (sink.last - sink.first) if sink.last > sink.first else 0.0
+
+
+async def e2e_p99(js, site: str, rate: float, seconds: float) -> float:
+    """p99 in ms of raw publish -> webhook receipt at a steady ``rate`` (the first second is warm-up)."""
+    sink = await e2e_sink(js, site)
+    await asyncio.sleep(3)
+    total = int(rate * seconds)
+    began = time.monotonic()
+    pending = []
+    for i in range(total):
+        if (delay := began + i / rate - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        event = play_video(f"course-v1:BenchX+{site}{i % 20}+run", 1000 + i % 500, dt.datetime.now(dt.UTC))
+        pending.append(await js.publish_async(subject("lms", site, "BenchX", event["context"]["course_id"],
+                                                      "play_video"), msgspec.json.encode(event),
+                                              headers={"Nats-Msg-Id": f"{site}-{i}"}))
+    await asyncio.gather(*pending)
+    await wait_count(sink, total, 60)
+    lat = sorted(sink.latencies[int(rate):])
+    return lat[int(len(lat) * 0.99)] * 1000 if lat else float("nan")
+
+
 async def hub_rate(js, nc, n: int) -> float:
     """Raw events pre-published, then the rate at which the hub turns them into statements."""
     site = "benchhub"
@@ -218,8 +262,8 @@ async def run(args) -> None:
             env = {k: v for k, v in os.environ.items() if not k.startswith("RTHUB_")}
             env.update(RTHUB_NATS_URL=server.url, RTHUB_ID_SECRET="bench", RTHUB_DATA_DIR=str(Path(tmp) / "data"),
                        RTHUB_ALLOWED_NETWORKS="127.0.0.1/32", RTHUB_METRICS_PORT="-1", RTHUB_BATCH_SIZE="20",
-                       RTHUB_SITES=msgspec.json.encode({"default": "http://localhost:18000",
-                                                        "benchhub": "http://localhost:18000"}).decode())
+                       RTHUB_SITES=msgspec.json.encode({site: "http://localhost:18000" for site in (
+                           "default", "benchhub", "benchcap", "benchhalf", "bencheighty")}).decode())
 
             def start(cmd: str) -> None:
                 procs.append(subprocess.Popen([sys.executable, "-m", "hub.cli", "--log-level", "WARNING", cmd],
@@ -303,6 +347,17 @@ async def run(args) -> None:
                                         secrets=[new_secret()])
             print(f"webhook, two deliverers ({args.partitions} course partitions): delivered={hook2.count} of "
                   f"{args.statements // 2} statements_per_s={two_rate:.0f}")
+            # 6. end-to-end capacity (everything running: hub and two deliverers), then p99 at 50% and 80% of it,
+            # beside the raw JetStream p99 at the half rate (publish -> pull subscriber, bench/pipeline.py)
+            from bench.pipeline import raw_latency, raw_stream
+
+            capacity = await e2e_capacity(js, args.statements // 2)
+            print(f"end-to-end capacity (raw publish -> webhook, everything running): {capacity:.0f}/s")
+            p99_half = await e2e_p99(js, "benchhalf", capacity / 2, args.seconds)
+            p99_80 = await e2e_p99(js, "bencheighty", capacity * 0.8, args.seconds)
+            await raw_stream(js)
+            raw_half = await raw_latency(nc, js, int(capacity / 2), args.seconds)
+            raw_p99_half = raw_half[int(len(raw_half) * 0.99)] if raw_half else float("nan")
             await nc.close()
             print(f"hub_events_per_s={hub_eps:.0f}")
             print(f"webhook_statements_per_s={hook_rate:.0f}")
@@ -316,6 +371,11 @@ async def run(args) -> None:
             print(f"batched_webhook_to_hub_ratio={batched_rate / hub_eps:.2f}")
             print(f"lrs_to_hub_ratio={lrs_rate / hub_eps:.2f}")
             print(f"two_to_one_ratio={two_rate / hook_rate:.2f}")
+            print(f"e2e_capacity_per_s={capacity:.0f}")
+            print(f"p99_at_half_ms={p99_half:.1f}")
+            print(f"p99_at_80_ms={p99_80:.1f}")
+            print(f"raw_p99_at_half_ms={raw_p99_half:.2f}")
+            print(f"p99_at_half_to_raw_ratio={p99_half / raw_p99_half:.1f}")
         finally:
             await asyncio.to_thread(stop, procs)  # the deliverers close their connections to the sinks
             server.stop()

@@ -250,3 +250,66 @@ async def test_an_upgrade_revokes_an_event_bus_user_issued_in_the_data_account(o
         assert ack.stream == OPENEDX_STREAM
     finally:
         await nc.close()
+
+
+async def test_a_push_consumer_of_the_event_bus_cannot_forge_a_server_advisory(op_server, data_dir, admin_nc):
+    """The bus may create any consumer on OPENEDX_EVENTS, a push consumer too, whose deliver subject lives in the
+    data account: it can deliver its events to the hub's exact max-deliveries advisory subject (measured). The hub
+    tells such a delivery from the server's advisory (``hub.core.api.from_the_server``) and ignores it."""
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from hub.core.api import from_the_server, max_deliveries_advisory
+    from hub.core.settings import StreamSettings
+    from hub.core.streams import ensure_streams
+    from hub.core.subjects import BUS_API_PREFIX, OPENEDX_STREAM
+    from tests.helpers import wait_for
+
+    js = admin_nc.jetstream()
+    await ensure_streams(js, StreamSettings())
+    auth = AuthStore.ensure(data_dir)
+    creds = auth.service_creds("event-bus")
+    await auth.push_account(admin_nc)
+    advisory = max_deliveries_advisory(OPENEDX_STREAM, "victim")
+    got: list = []
+
+    async def keep(msg):
+        got.append(msg)
+
+    await admin_nc.subscribe(advisory, cb=keep)  # as the hub does (an exact subject of the data account)
+    await admin_nc.flush()
+    probe = await Probe().connect(op_server.url, str(creds), creds_inbox_prefix(creds))
+    bjs = probe.nc.jetstream(prefix=BUS_API_PREFIX)
+    try:
+        forged = (
+            b'{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":"OPENEDX_EVENTS","stream_seq":1}'
+        )
+        await bjs.publish("openedx.dev-forged-advisory", forged)
+        await bjs.add_consumer(
+            OPENEDX_STREAM,
+            ConsumerConfig(
+                durable_name=unique("push"),
+                deliver_subject=advisory,
+                filter_subject="openedx.dev-forged-advisory",
+                ack_policy=AckPolicy.NONE,
+            ),
+        )
+        # A real one: a message the consumer "victim" delivered once (max_deliver=1) and never saw acked.
+        await js.publish("openedx.dev-victim", b"{}")
+        await js.add_consumer(
+            OPENEDX_STREAM,
+            ConsumerConfig(
+                durable_name="victim",
+                filter_subject="openedx.dev-victim",
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=0.5,
+                max_deliver=1,
+            ),
+        )
+        await (await js.pull_subscribe_bind("victim", stream=OPENEDX_STREAM)).fetch(1, timeout=5)
+
+        await wait_for(lambda: len(got) >= 2, 15, "the forged delivery and the server's advisory")
+        assert {m.data == forged for m in got} == {True, False}
+        assert [from_the_server(m) for m in got if m.data == forged] == [False]
+        assert [from_the_server(m) for m in got if m.data != forged] == [True]
+    finally:
+        await probe.close()

@@ -54,6 +54,14 @@ def max_deliveries_advisory(stream: str, durable: str) -> str:
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{durable}"
 
 
+def from_the_server(msg) -> bool:
+    """Whether an advisory was sent by the server itself. A push consumer (which the event bus may create on
+    OPENEDX_EVENTS) can deliver its stream's messages to any subject of the data account, the hub's exact
+    advisory subjects included; such a delivery always carries a ``$JS.ACK`` reply (and maybe headers), a
+    server advisory never does."""
+    return not msg.reply and not msg.headers
+
+
 def status_of(msg) -> str | None:
     """The status of a control message, else None. A stored message is never one, even if a publisher forged a
     ``Status`` header: it carries an ack subject (``$JS.ACK...``) and control messages carry none."""

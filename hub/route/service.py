@@ -30,7 +30,7 @@ import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hub.core import trace
-from hub.core.api import Header, max_deliveries_advisory
+from hub.core.api import Header, from_the_server, max_deliveries_advisory
 from hub.core.errors import ConsumerGone, JetStreamError, PublishRefused
 from hub.core.events import InvalidEvent, normalize
 from hub.core.grants import GrantWatcher
@@ -532,6 +532,9 @@ class Hub:
 
     async def _on_max_deliveries(self, advisory) -> None:
         """A raw message was delivered ``hub_max_deliver`` times and never acked: fetch it, quarantine it."""
+        if not from_the_server(advisory):
+            log.warning("ignored a max-deliveries advisory not sent by the server (reply %s)", advisory.reply)
+            return
         try:
             info = msgspec.json.decode(advisory.data)
             seq = int(info["stream_seq"])
