@@ -265,3 +265,40 @@ async def test_pause_resume_and_attempts_from_the_command_line(env, js, nc, nats
                            "the kept statements delivered after resume")
     finally:
         await rx.stop()
+
+
+async def test_add_many_from_a_csv_or_json_file_in_one_run(env, js, tmp_path):
+    """Bulk creation (issue 20): one process for many integrations; a bad row creates nothing."""
+    user = unique("bulk")
+    csv_file = tmp_path / "many.csv"
+    csv_file.write_text("name,protocol,delivery,url,courses,event_types,owner\n" + "".join(
+        f"Tenant {i},xapi,webhook,https://hooks.example.org/{i},{COURSE},play_video;pause_video,{user}@example.org\n"
+        for i in range(30)))
+    out = run("integration", "add", "--from", str(csv_file), env=env).stdout.decode()
+    lines = [line for line in out.splitlines() if line.startswith("integration ")]
+    assert len(lines) == 30 and out.strip().endswith("30 integration(s) added")
+    for i, line in enumerate(lines):
+        key, secret = line.split()[1], line.split("secret=")[1]
+        grant = decode_grant(await kv_value(js, GRANTS_BUCKET, key))
+        assert grant.courses == [COURSE] and grant.event_types == ["play_video", "pause_video"]
+        assert grant.delivery == "webhook" and grant.consumer == f"{user}@example.org" and f"Tenant {i}" in line
+        target = opened(env, await kv_value(js, TARGETS_BUCKET, key))
+        assert target.url == f"https://hooks.example.org/{i}" and target.secrets == [secret]
+
+    json_file = tmp_path / "many.json"
+    json_file.write_text(json.dumps([
+        {"name": "Hook", "protocol": "xapi", "delivery": "webhook", "url": "https://h.example.org/", "sites": ["mars"]},
+        {"name": "LRS", "protocol": "xapi", "delivery": "lrs", "url": "https://lrs.example.org/x",
+         "basic_auth": "k:s3cret", "courses": [COURSE]}]))
+    bad_site = run("integration", "add", "--from", str(json_file), env=env, ok=False)
+    assert bad_site.returncode == 2 and b"row 1" in bad_site.stderr and b"nothing created" in bad_site.stderr
+    json_file.write_text(json.dumps([
+        {"name": "Caliper hook", "protocol": "caliper", "delivery": "webhook", "url": "https://h.example.org/c",
+         "orgs": ["edX"]},
+        {"name": "LRS", "protocol": "xapi", "delivery": "lrs", "url": "https://lrs.example.org/x",
+         "basic_auth": "k:s3cret", "courses": [COURSE]}]))
+    out = run("integration", "add", "--from", str(json_file), env=env).stdout.decode()
+    hook, lrs = [line for line in out.splitlines() if line.startswith("integration ")]
+    assert "(caliper via webhook) Caliper hook secret=whsec_" in hook and "s3cret" not in out
+    assert decode_grant(await kv_value(js, GRANTS_BUCKET, hook.split()[1])).orgs == ["edX"]
+    assert opened(env, await kv_value(js, TARGETS_BUCKET, lrs.split()[1])).basic_auth == "k:s3cret"
