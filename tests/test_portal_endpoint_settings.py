@@ -7,6 +7,7 @@ again."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -227,7 +228,8 @@ async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js,
         async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
             consumer, key, _ = await _approved(app, admin, receiver)
             auth = {"Authorization": f"Bearer {await make_token(consumer)}"}
-            ids = [await publish(js, statement(), COURSE) for _ in range(3)]
+            now = dt.datetime.now(dt.UTC).isoformat()  # LMS time = now: the end-to-end latency is the hub's
+            ids = [await publish(js, statement() | {"timestamp": now}, COURSE) for _ in range(3)]
             await wait_for(lambda: set(ids) <= set(ids_received(receiver)), 10, "3 statements delivered")
             items: list[dict] = []
 
@@ -250,6 +252,11 @@ async def test_attempt_log_lists_posts_and_the_detail_shows_them(app, admin, js,
             assert a["request_headers"]["webhook-signature"] == "v1,<redacted>"
             assert a["latency_ms"] > 0 and a["url"] == receiver.url + "/hook"
             assert json.loads(d["payload"][0])["id"] == ids[0] and d["statements"] == 1
+            assert 0 < a["e2e_ms"] < 30_000
+            lat = (await consumer.get(f"/api/v1/integrations/{key}/latency", headers=auth)).json()
+            assert sum(lat["count"]) >= 3 and 0 < lat["p50_ms_24h"] <= lat["p99_ms_24h"] < 30_000
+            assert len(lat["hours"]) == 24 and lat["p99_ms"][-1] is not None
+            assert 'id="latency-chart"' in (await consumer.get(f"/integrations/{key}/deliveries")).text
             page = (await consumer.get(f"/integrations/{key}/attempts/{one['id']}")).text
             assert 'id="a-status">201<' in page and "rx-1" in page and "v1,&lt;redacted&gt;" in page
             assert ids[0] in page and 'id="resend"' in page
@@ -297,3 +304,14 @@ def test_health_text_per_state():
         "failing since 2026-12-04 13:40:01 UTC · backlog 40")
     assert health_text(EndpointState(state="disabled", headline="", since=1796391601.0)).startswith("disabled since")
     assert _epoch("2026-12-04T13:40:01.123456789Z") == 1796391601.123456 and _epoch("0001-01-01T00:00:00Z") is None
+
+
+def test_percentiles_and_event_time():
+    from hub.deliver.state.records import event_time
+    from portal.charts import percentile
+
+    assert percentile([], 0.5) is None and percentile([5.0], 0.99) == 5.0
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99
+    assert event_time(b'{"id": "x", "timestamp": "2026-05-01T10:00:00.5Z"}') == 1777629600.5
+    assert event_time(b'{"eventTime": "2026-05-01T10:00:00+02:00"}') == 1777622400.0 and event_time(b"{}") is None

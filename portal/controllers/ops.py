@@ -150,6 +150,13 @@ class OpsApi(Controller):
         redacted), response headers, the first KB of the response body, the trace, and the payload sent."""
         return await attempt_detail(portal, row, attempt)
 
+    @get("/latency", responses=ERRORS)
+    async def latency(self, portal: PortalDep, row: RowDep) -> charts.Latency:
+        """End-to-end latency (LMS event time -> the endpoint's answer), p50 and p99 per hour of the last 24 h."""
+        if row.status not in ("approved", "suspended"):
+            return charts.Latency(hours=[], p50_ms=[], p99_ms=[], count=[])
+        return await charts.latency_hours(await portal.js(), row.key)
+
     @get("/dead-letters", responses=ERRORS)
     async def dead_letters(self, portal: PortalDep, row: RowDep) -> list[DeadLetterView]:
         if row.status not in ("approved", "suspended") or row.delivery not in PUSH:

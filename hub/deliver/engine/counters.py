@@ -15,7 +15,7 @@ import msgspec
 from hub.deliver.engine import lagtrend
 from hub.deliver.engine.context import Context
 from hub.deliver.engine.items import Item, seq
-from hub.deliver.state.records import Attempt, Stats
+from hub.deliver.state.records import Attempt, Stats, event_time
 from hub.deliver.transport.request import Result, response_headers
 
 log = logging.getLogger("rthub.deliver")
@@ -77,7 +77,10 @@ class Recorder:
             log.info("delivery stats of %s saved again", self.grant_id)
 
     def record(self, items: list[Item], attempt: int, outcome: str, result: Result) -> None:
-        entry = Attempt(t=time.time(), ids=[i.id for i in items], attempt=attempt, outcome=outcome,
+        now = time.time()
+        lms = event_time(items[0].msg.data) if outcome == "delivered" else None
+        entry = Attempt(t=now, ids=[i.id for i in items], attempt=attempt, outcome=outcome,
+                        e2e_ms=round((now - lms) * 1000, 1) if lms else None,
                         status=result.status, latency_ms=result.latency_ms, error=result.error,
                         excerpt=result.excerpt[:200] or None, source=items[0].source, seqs=[seq(i) for i in items],
                         url=result.url, trace=(items[0].msg.headers or {}).get("traceparent"),

@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
 import msgspec
 
 # Headers of dead letters and redriven messages.
@@ -76,6 +79,23 @@ class Attempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     request_headers: dict[str, str] = {}  # as sent, signature and credentials redacted
     response_headers: dict[str, str] = {}
     response_body: str | None = None  # the first KB of the response body
+    e2e_ms: float | None = None  # delivered: LMS event time of the first statement -> this answer (end to end)
+
+
+_EVENT_TIME = re.compile(rb'"(?:timestamp|eventTime)"\s*:\s*"([0-9T:.+\-Z]{19,40})"')
+
+
+def event_time(data: bytes) -> float | None:
+    """When the LMS emitted the event a statement (xAPI ``timestamp``) or event (Caliper ``eventTime``) stands
+    for, read from its first 4 KiB without decoding it (one regex per POST); ``None`` when absent."""
+    m = _EVENT_TIME.search(data, 0, 4096)
+    if m is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(m[1].decode())
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 PACK_BYTES = 256 * 1024  # one attempt-log message holds the records of one flush up to this size
