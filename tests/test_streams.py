@@ -183,3 +183,37 @@ def test_streams_and_buckets_are_created_in_one_place():
              for path in (ROOT / package).rglob("*.py") if path != ROOT / "hub" / "core" / "streams.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if calls.search(line)]
     assert found == []
+
+
+async def test_streams_of_per_integration_consumers_take_more_than_a_thousand(tmp_path):
+    """One consumer per integration on the protocol and redrive streams: nats-server gives a stream without a limit
+    of its own 1,000 consumers, so the 1,001st integration could not start (issue 20). A deployment whose streams
+    were made before gets the limit on its next start."""
+    import dataclasses
+
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    from hub.core.streams import MAX_CONSUMERS
+    from hub.core.subjects import REDRIVE_STREAM
+    from hub.deliver.settings import DeliverSettings
+    from hub.deliver.state.setup import ensure_delivery
+
+    server = NatsServer(free_port(), tmp_path, name="consumers").start()
+    try:
+        s = DeliverSettings(nats_url=server.url)
+        nc = await connect(s, "test-consumers")
+        js = nc.jetstream()
+        await ensure_streams(js, s)
+        await ensure_delivery(js, s)
+        old = (await js.stream_info("XAPI")).config
+        await js.update_stream(dataclasses.replace(old, max_consumers=-1))  # as made before
+        assert (await ensure_streams(js, s))["XAPI"] == "updated"
+        for stream in (*PROTOCOL_STREAMS.values(), REDRIVE_STREAM):
+            assert (await js.stream_info(stream)).config.max_consumers == MAX_CONSUMERS
+        for i in range(1001):
+            await js.add_consumer("XAPI", ConsumerConfig(durable_name=f"c{i}", filter_subject=f"xapi.s{i}.>",
+                                                         ack_policy=AckPolicy.EXPLICIT))
+        assert len(await js.consumers_info("XAPI", offset=1000)) == 1
+        await nc.close()
+    finally:
+        server.stop()

@@ -26,6 +26,9 @@ from hub.core.subjects import (
 log = logging.getLogger("rthub.streams")
 
 DAY = 86400.0
+# Streams whose consumers are per integration (protocol streams, redrive, course partitions): a stream without a
+# limit of its own gets nats-server's 1,000 consumers, and the 1,001st integration could not start (issue 20).
+MAX_CONSUMERS = 1_000_000
 # No earlier revision kept: targets hold (sealed) endpoint secrets, learners identity fields that retirement
 # must leave nowhere.
 ONE_REVISION = (TARGETS_BUCKET, LEARNERS_BUCKET)
@@ -34,16 +37,17 @@ ONE_REVISION = (TARGETS_BUCKET, LEARNERS_BUCKET)
 def stream_configs(s: StreamSettings) -> list[StreamConfig]:
     """The stream definitions; the raw stream's bounded age is what keeps personal data short-lived."""
 
-    def cfg(name: str, subjects: list[str], days: float, description: str) -> StreamConfig:
+    def cfg(name: str, subjects: list[str], days: float, description: str, consumers: int | None = None) -> StreamConfig:
         return StreamConfig(
             name=name, description=description, subjects=subjects, retention=RetentionPolicy.LIMITS,
             max_age=days * DAY, storage=StorageType.FILE, num_replicas=s.stream_replicas,
-            discard=DiscardPolicy.OLD, duplicate_window=s.duplicate_window_s,
+            discard=DiscardPolicy.OLD, duplicate_window=s.duplicate_window_s, max_consumers=consumers,
         )
 
     return [
         cfg(RAW_STREAM, ["lms.>"], s.raw_max_age_days, "raw Open edX tracking events: lms.<site>.<org>.<course>.<event>"),
-        *(cfg(p.stream, [f"{p.prefix}.>"], s.protocol_max_age_days, p.description) for p in PROTOCOLS.values()),
+        *(cfg(p.stream, [f"{p.prefix}.>"], s.protocol_max_age_days, p.description, MAX_CONSUMERS)
+          for p in PROTOCOLS.values()),
         cfg(QUARANTINE_STREAM, ["quarantine.>"], s.quarantine_max_age_days,
             "events the hub could not process; reason in the Rthub-Reason header"),
         cfg(DEAD_LETTER_STREAM, ["dlq.>"], s.protocol_max_age_days,
@@ -60,7 +64,7 @@ def stream_configs(s: StreamSettings) -> list[StreamConfig]:
 # in it: every process builds its config with "from now on", and a config that differs only in when it was
 # built is the same stream (two deliverers started together both crashed on that, issue 20).
 _COMPARED = ("subjects", "retention", "max_age", "storage", "num_replicas", "discard", "duplicate_window",
-             "description", "sources")
+             "description", "sources", "max_consumers")
 ALREADY_IN_USE = 10058  # JetStream: stream name already in use with a different configuration
 
 

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig, StreamSource, SubjectTransform
 
 from hub.core.grants import Grant
-from hub.core.streams import DAY
+from hub.core.streams import DAY, MAX_CONSUMERS
 from hub.core.subjects import PARTS_STREAM, PROTOCOL_STREAMS
 
 PREFIX = "part."
@@ -42,7 +42,7 @@ def parts_stream_config(partitions: int, replicas: int, max_age_days: int,
                  "{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{wildcard(4)}}")])
         for protocol, stream in PROTOCOL_STREAMS.items()]
     return StreamConfig(name=PARTS_STREAM, retention=RetentionPolicy.INTEREST, storage=StorageType.FILE,
-                        num_replicas=replicas, max_age=max_age_days * DAY, sources=sources,
+                        num_replicas=replicas, max_age=max_age_days * DAY, sources=sources, max_consumers=MAX_CONSUMERS,
                         description=f"protocol streams in {partitions} course partitions, for ordered push delivery")
 
 

@@ -7,7 +7,7 @@ import datetime as dt
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from hub.core.streams import DAY, ensure_bucket, ensure_stream
+from hub.core.streams import DAY, MAX_CONSUMERS, ensure_bucket, ensure_stream
 from hub.core.subjects import DELIVERY_LOG_STREAM, DELIVERY_STATE_BUCKET, REDRIVE_STREAM
 from hub.deliver.engine.partitions import parts_stream_config
 from hub.deliver.settings import DeliverSettings, seconds
@@ -34,6 +34,7 @@ def stream_configs(s: DeliverSettings) -> list[StreamConfig]:
             num_replicas=s.stream_replicas,
             discard=DiscardPolicy.OLD,
             description="dead letters sent back for delivery: redrive.<integration>",
+            max_consumers=MAX_CONSUMERS,
         ),
     ]
 
