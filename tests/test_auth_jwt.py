@@ -74,7 +74,9 @@ def test_consumer_permissions_name_one_consumer_exactly():
     pub, sub = consumer_permissions(grant)
     main, replay = consumer_name("g1"), replay_name("g1")  # its durable and its replay (issue 19, item 3)
     assert pub == [f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{main}", f"$JS.ACK.XAPI.{main}.>",
-                   f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{replay}", f"$JS.ACK.XAPI.{replay}.>"]
+                   f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{replay}", f"$JS.ACK.XAPI.{replay}.>",
+                   # issue 24: its own consumer's info and pull under the JS API prefix (idiomatic clients)
+                   f"JS.rthub.API.CONSUMER.INFO.XAPI.{main}", f"JS.rthub.API.CONSUMER.MSG.NEXT.XAPI.{main}"]
     assert "_INBOX.>" not in sub and f"{consumer_inbox('g1')}.>" in sub
     assert grant.filter_subjects() == ["xapi.s1.*.course-v1:Org+C1+2024.*"]
     assert sub[1:] == ["xapi.s1.*.course-v1:Org+C1+2024.*", "xapi.s1.*.course-v1:Org+C1+2024.>"]

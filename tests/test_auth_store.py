@@ -36,7 +36,10 @@ def test_each_direct_subscriber_gets_its_own_account_with_exact_imports(tmp_path
     assert imports == {("service", "$JS.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1"), ("service", "$JS.ACK.XAPI.rthub_g1.>"),
                        ("service", "$JS.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1_replay"),
                        ("service", "$JS.ACK.XAPI.rthub_g1_replay.>"),
+                       ("service", "$JS.API.CONSUMER.INFO.XAPI.rthub_g1"),  # issue 24: under the API prefix
                        ("stream", "xapi.s.*.course-v1:O+A+1.*")}
+    local = {i.get("local_subject") for i in tenant["nats"]["imports"]} - {None}
+    assert local == {"JS.rthub.API.CONSUMER.INFO.XAPI.rthub_g1", "JS.rthub.API.CONSUMER.MSG.NEXT.XAPI.rthub_g1"}
     for imp in tenant["nats"]["imports"]:
         act = jwt.decode(imp["token"])  # signed by the data account, for this account and this subject only
         assert (act["iss"], act["sub"], act["nats"]["subject"], imp["account"]) == (

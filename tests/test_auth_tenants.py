@@ -300,3 +300,30 @@ async def test_portal_moves_existing_direct_subscriptions_into_their_accounts(se
     finally:
         await portal.close()
         await db.close(engine)
+
+
+async def test_idiomatic_clients_read_their_own_consumer_under_the_api_prefix(admin, tenant):
+    """Issue 24: with the JetStream API prefix (``TENANT_API_PREFIX``) a subscriber reads its own consumer's
+    info and pulls it the idiomatic way (nats-py ``pull_subscribe``; nats.js ``consumers.get()`` does the same
+    requests); another consumer's info stays out of reach."""
+    from hub.core.subjects import TENANT_API_PREFIX
+
+    grant, probe, _, _ = tenant
+    js = probe.nc.jetstream(prefix=TENANT_API_PREFIX)
+    mine = consumer_name(grant.id)
+    info = await js.consumer_info("XAPI", mine)
+    assert info.name == mine and info.stream_name == "XAPI"
+    want = [unique("idiom") for _ in range(3)]
+    for ident in want:
+        await statement(admin.jetstream(), MINE, ident)
+    sub = await js.pull_subscribe(None, durable=mine, stream="XAPI")  # asks CONSUMER.INFO first, then pulls
+    got: list[str] = []
+    while len(got) < len(want):
+        for msg in await sub.fetch(10, timeout=5):
+            got.append(json.loads(msg.data)["id"])
+            await msg.ack_sync()
+    assert [g for g in got if g in want] == want
+    other = await ensure_consumer(admin.jetstream(), Grant(id=unique("o"), consumer="other", protocol="xapi",
+                                                           sites=[SITE], courses=[OTHER]))
+    with pytest.raises(Exception):  # noqa: B017 - no responders / timeout / permissions: never an answer
+        await js.consumer_info("XAPI", other, timeout=2)

@@ -211,7 +211,7 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, ma
             await page.click("#deliveries-link")
             await page.wait_for_selector("#attempts")
             assert sid in await page.inner_text("#attempts")
-            assert await page.locator("svg.chart").count() == 2
+            assert await page.locator("svg.chart").count() == 3  # delivered, lag, end-to-end latency
             await axe(page, "deliveries page")
             await submit(page, "#op-test-event")
             assert "Test event" in await page.inner_text("main")

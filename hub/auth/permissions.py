@@ -29,6 +29,7 @@ from hub.core.subjects import (
     RAW_STREAM,
     REDRIVE_STREAM,
     TARGETS_BUCKET,
+    TENANT_API_PREFIX,
     encode_token,
 )
 
@@ -161,7 +162,7 @@ def consumer_permissions(grant: Grant) -> tuple[list[str], list[str]]:
     Its account has no JetStream and holds nothing but these imports, so even a reply subject of its choice
     (``$JS.API.STREAM.PURGE.X``) is answered inside its own account, never in the data account.
     """
-    pub = [subj for _, subj, kind in tenant_imports(grant) if kind == "service"]
+    pub = [local for _, _, kind, local in tenant_imports(grant) if kind == "service"]
     live = grant.filter_subjects()
     # `<...>.>` lets clients use the usual `xapi.*.<org>.<course>.>` form for the live feed; beyond the five
     # tokens it only adds the group-scoped copies of the same statements (a subset of what the grant covers).
@@ -180,6 +181,7 @@ def hub_exports() -> list[tuple[str, str, str, bool]]:
     out: list[tuple[str, str, str, bool]] = [("lms raw events", "lms.>", "service", False)]
     for protocol, stream in PROTOCOL_STREAMS.items():
         out += [(f"pull {stream}", f"{API}.CONSUMER.MSG.NEXT.{stream}.*", "service", True),
+                (f"consumer info {stream}", f"{API}.CONSUMER.INFO.{stream}.*", "service", False),
                 (f"ack {stream}", f"$JS.ACK.{stream}.*.>", "service", False),
                 (f"live {protocol}", f"{protocol}.>", "stream", False)]
     out.append(("ident", "ident.>", "stream", False))  # identity copies of direct grants approved for them
@@ -205,16 +207,21 @@ def bus_imports() -> list[tuple[str, str, str, str, bool]]:
             *((f"bus {a}", f"{API}.{a}", f"{BUS_API_PREFIX}.{a}", "service", stream) for a, stream in api)]
 
 
-def tenant_imports(grant: Grant) -> list[tuple[str, str, str]]:
-    """``(name, subject, kind)`` one direct subscriber's account imports from the data account."""
-    stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
-    # No CONSUMER.INFO: in an account without JetStream the server's own API answers it first (503), so an
-    # import could never be reached; clients bind with pull_subscribe_bind, which does not ask for it.
-    replay = replay_name(grant.id)  # a replay (request_replay) is pulled and acked the same way
-    services = [("pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"), ("ack", f"$JS.ACK.{stream}.{name}.>"),
-                ("replay pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{replay}"),
-                ("replay ack", f"$JS.ACK.{stream}.{replay}.>")]
-    return [*((n, subj, "service") for n, subj in services),
-            *((f"live {i}", subj, "stream") for i, subj in enumerate(grant.filter_subjects())),
-            *([("ident", f"ident.{grant.id}.>", "stream")] if grant.identity else [])]
+def tenant_imports(grant: Grant) -> list[tuple[str, str, str, str]]:
+    """``(name, subject, kind, local subject)`` one direct subscriber's account imports from the data account.
 
+    Its own consumer's ``CONSUMER.INFO`` and ``MSG.NEXT`` are also imported under :data:`TENANT_API_PREFIX`: in
+    an account without JetStream the server answers ``$JS.API`` itself (503), so the idiomatic clients
+    (nats.js ``js.consumers.get()`` / ``consume()``, nats-py ``pull_subscribe``) use that prefix; the plain
+    ``$JS.API`` pull stays for ``pull_subscribe_bind``."""
+    stream, name = PROTOCOL_STREAMS[grant.protocol], consumer_name(grant.id)
+    replay = replay_name(grant.id)  # a replay (request_replay) is pulled and acked the same way
+    info, pull = f"CONSUMER.INFO.{stream}.{name}", f"CONSUMER.MSG.NEXT.{stream}.{name}"
+    services = [("pull", f"{API}.{pull}", None), ("ack", f"$JS.ACK.{stream}.{name}.>", None),
+                ("replay pull", f"{API}.CONSUMER.MSG.NEXT.{stream}.{replay}", None),
+                ("replay ack", f"$JS.ACK.{stream}.{replay}.>", None),
+                ("info (api prefix)", f"{API}.{info}", f"{TENANT_API_PREFIX}.{info}"),
+                ("pull (api prefix)", f"{API}.{pull}", f"{TENANT_API_PREFIX}.{pull}")]
+    return [*((n, subj, "service", local or subj) for n, subj, local in services),
+            *((f"live {i}", subj, "stream", subj) for i, subj in enumerate(grant.filter_subjects())),
+            *([("ident", f"ident.{grant.id}.>", "stream", f"ident.{grant.id}.>")] if grant.identity else [])]

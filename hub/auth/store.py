@@ -447,8 +447,8 @@ class AuthStore:
             pub = jwt.public_key(self._tenant_seed(grant.id))
             imports = [jwt.import_(name, subj, kind, self.hub_pub,
                                    jwt.encode(jwt.activation_claims(f"{grant.id} {name}", pub, subj, kind),
-                                              self.hub_seed))
-                       for name, subj, kind in tenant_imports(grant)]
+                                              self.hub_seed), local)
+                       for name, subj, kind, local in tenant_imports(grant)]
             revoked = dict(current["nats"].get("revocations", {})) if current else {}
             return self._write_tenant(grant.id, imports, revoked, final=False)
 

@@ -41,6 +41,9 @@ OPENEDX_DLQ_PREFIX = "openedx_dlq"  # ``openedx_dlq.<group>.<full topic>``
 # The event bus's own account (LMS-BUS) reaches the data account's JetStream API under this prefix (its imports
 # rename ``$JS.API.<...>`` to ``JS.rthub.API.<...>``): ``$JS.API`` in an account without JetStream is the server's.
 BUS_API_PREFIX = "JS.rthub.API"
+# A direct subscriber's account reaches its own consumer's INFO and MSG.NEXT under this prefix (nats.js
+# ``jetstream({apiPrefix})``, nats-py ``jetstream(prefix=)``), so ``js.consumers.get()`` / ``consume()`` work.
+TENANT_API_PREFIX = "JS.rthub.API"
 
 
 def attempts_subject(grant_id: str) -> str:

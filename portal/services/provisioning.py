@@ -209,11 +209,11 @@ class ProvisioningService(ServiceBase):
         return changed
 
 
-def _imports(claims: dict) -> set[str]:
-    return {i["subject"] for i in claims["nats"].get("imports", [])}
+def _imports(claims: dict) -> set[tuple[str, str]]:
+    return {(i["subject"], i.get("local_subject", i["subject"])) for i in claims["nats"].get("imports", [])}
 
 
-def _wanted(grant: Grant) -> set[str]:
+def _wanted(grant: Grant) -> set[tuple[str, str]]:
     from hub.auth.permissions import tenant_imports
 
-    return {subj for _, subj, _ in tenant_imports(grant)}
+    return {(subj, local) for _, subj, _, local in tenant_imports(grant)}
