@@ -233,10 +233,15 @@ class Deliverer:
         return sorted({p for p, t in self.alive.items() if t >= fresh} | {self.process_id})
 
     async def _announce(self) -> None:
+        failing = self.leases.announce_failed
         try:
             await self.leases.announce()
         except Exception as exc:  # noqa: BLE001 - NATS away: the others count this process gone after a while
-            log.warning("could not announce this deliverer: %s", exc)
+            if not failing:  # one line per change, not one a second
+                log.warning("could not announce this deliverer (its leases are kept for lease_ttl): %s", exc)
+            return
+        if failing:
+            log.info("this deliverer announces itself again")
 
     async def _announce_loop(self) -> None:
         while True:

@@ -19,7 +19,7 @@ from hub.deliver.engine.held import Held
 from hub.deliver.engine.items import Item
 
 PULL_EXPIRES = 2.0  # seconds a pull request waits; also the longest a stopping runner waits for messages in flight
-DOZE_MAX = 120.0  # a dozing loop pulls at least this often (a safety net; the watch wakes it on every message)
+DOZE_MAX = 600.0  # a dozing loop pulls at least this often (a safety net; the watch wakes it on every message)
 
 
 async def _first(*events: asyncio.Event, timeout: float | None = None) -> None:

@@ -21,7 +21,7 @@ from hub.deliver.engine.feed import PULL_EXPIRES
 from hub.deliver.engine.partitions import fair_share, part_filters, preference
 from hub.deliver.engine.runner import Runner
 from hub.deliver.settings import seconds
-from hub.deliver.state.lease import Lease
+from hub.deliver.state.lease import Lease, NotAnnounced
 
 log = logging.getLogger("rthub.deliver")
 
@@ -139,7 +139,8 @@ class PartitionedRunner(Runner):
                 try:
                     taken = await p.lease.try_hold()
                 except Exception as exc:  # noqa: BLE001 - NATS unreachable: try again next round
-                    log.warning("lease %s.p%d: %s", self.grant.id, p.k, exc)
+                    if not isinstance(exc, NotAnnounced):
+                        log.warning("lease %s.p%d: %s", self.grant.id, p.k, exc)
                     break
                 if taken:
                     self._take(p)
@@ -152,7 +153,8 @@ class PartitionedRunner(Runner):
             p.last_ok = time.monotonic()
             return held
         except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep the lease while it is surely ours
-            log.warning("lease %s.p%d: %s", self.grant.id, p.k, exc)
+            if not isinstance(exc, NotAnnounced):
+                log.warning("lease %s.p%d: %s", self.grant.id, p.k, exc)
             return time.monotonic() - p.last_ok < ttl
 
     def _take(self, p: Part) -> None:

@@ -28,6 +28,7 @@ from hub.deliver.engine.lanes import Lanes
 from hub.deliver.engine.schedules import Schedules
 from hub.deliver.engine.streak import Streak
 from hub.deliver.settings import DeliverSettings, seconds
+from hub.deliver.state.lease import NotAnnounced
 from hub.deliver.state.records import Stats
 
 log = logging.getLogger("rthub.deliver")
@@ -233,7 +234,8 @@ class Runner:
                 held = await self.lease.try_hold()
                 last_ok = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep the lease while it is surely ours
-                log.warning("lease %s: %s", self.grant.id, exc)
+                if not isinstance(exc, NotAnnounced):
+                    log.warning("lease %s: %s", self.grant.id, exc)
                 held = self.leader.is_set() and time.monotonic() - last_ok < ttl
             if held and not self.leader.is_set():
                 log.info("this process now delivers ordered integration %s", self.grant.id)

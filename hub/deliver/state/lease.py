@@ -26,6 +26,10 @@ from hub.core.kv import KVMirror
 ALIVE = "alive."
 
 
+class NotAnnounced(ConnectionError):
+    """This process's last announcement failed (logged once by the deliverer, not once per lease)."""
+
+
 class LeaseRecord(msgspec.Struct):
     owner: str
     t: float
@@ -125,7 +129,7 @@ class Lease:
                 book.held.discard(self.key)
                 return False
             if book.announce_failed:
-                raise ConnectionError("this deliverer cannot announce itself")
+                raise NotAnnounced("this deliverer cannot announce itself")
             return True
         now = time.time()
         value = msgspec.json.encode(LeaseRecord(self.owner, now))
