@@ -62,7 +62,12 @@ def statement() -> dict:
             "object": {"objectType": "Activity", "id": "http://lms/x"}}
 
 
-async def publish(js, body: dict, course: str = COURSE_A) -> str:
+# This module's own course: statements other modules publish to COURSE_A on the session's server would be
+# counted by this module's replays and logs.
+OPS_COURSE = f"course-v1:Ops+{uuid.uuid4().hex[:8]}+run"
+
+
+async def publish(js, body: dict, course: str = OPS_COURSE) -> str:
     await js.publish(subject("xapi", "default", "edX", course, "play_video"), msgspec.json.encode(body),
                      headers={"Nats-Msg-Id": body["id"]})
     return body["id"]
@@ -97,7 +102,7 @@ async def test_operations_end_to_end(app, admin, js, nc, nats_server):
     try:
         async with deliverer(nc, nats_server.url, retry_schedule=["0.05s", "20s"], data_dir=app.state.settings.data_dir):
             consumer = await new_consumer(app)
-            key = await request_access(consumer, url=receiver.url + "/hook", courses=COURSE_A)
+            key = await request_access(consumer, url=receiver.url + "/hook", courses=OPS_COURSE)
             await post(admin, f"/admin/integrations/{key}/approve")
             await consumer.get(f"/integrations/{key}")  # the secret, shown once
 
@@ -373,7 +378,7 @@ async def test_batched_webhook_chosen_in_the_portal(app, admin, js, nc, nats_ser
     receiver = await Receiver(lambda req: (200, {}, b"ok")).start()
     try:
         async with deliverer(nc, nats_server.url, data_dir=app.state.settings.data_dir):
-            key = await request_access(consumer, url=receiver.url + "/bulk", courses=COURSE_A,
+            key = await request_access(consumer, url=receiver.url + "/bulk", courses=OPS_COURSE,
                                        batch_size="25", batch_wait_ms="100")
             await post(admin, f"/admin/integrations/{key}/approve")
             page = (await consumer.get(f"/integrations/{key}")).text  # the secret, shown once

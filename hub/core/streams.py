@@ -4,12 +4,15 @@ The deliverer's own are declared in :mod:`hub.deliver.state.setup`; :mod:`hub.op
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import time
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from hub.core import openedx
 from hub.core.protocols import PROTOCOLS
@@ -151,3 +154,23 @@ async def ensure_streams(js: JetStreamContext, s: StreamSettings) -> dict[str, s
         result["KV_" + bucket] = await ensure_bucket(js, bucket, 1 if bucket in ONE_REVISION else 5,
                                                      s.stream_replicas)
     return result
+
+
+async def ensure_streams_when_ready(js: JetStreamContext, s: StreamSettings, timeout: float = 120.0) -> dict[str, str]:
+    """``ensure_streams``, retried while JetStream does not answer yet (a cluster electing its meta or stream
+    leaders, a server still starting): a service started beside its server waits instead of exiting."""
+    deadline = time.monotonic() + timeout
+    warned = False
+    while True:
+        try:
+            return await ensure_streams(js, s)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError, APIError) as exc:
+            if isinstance(exc, APIError) and exc.code != 503:  # a real refusal, not "not ready yet"
+                raise
+            if time.monotonic() > deadline:
+                raise
+            if not warned:
+                log.warning("JetStream not ready (%s: %s); retrying for up to %.0f s", type(exc).__name__, exc,
+                            timeout)
+                warned = True
+            await asyncio.sleep(1)

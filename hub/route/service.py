@@ -52,7 +52,7 @@ from hub.core.protocols import PROTOCOLS
 from hub.core.publish import AckBatch, AckedPublisher
 from hub.core.pull import PullStream
 from hub.core.settings import HubSettings, from_env
-from hub.core.streams import ensure_streams
+from hub.core.streams import ensure_streams_when_ready
 from hub.core.subjects import (
     COURSES_BUCKET,
     LEARNERS_BUCKET,
@@ -146,7 +146,7 @@ class Hub:
         self.nc = await connect(self.s, "rthub-hub", skip_subject_validation=True)
         self.js = self.nc.jetstream(timeout=10)
         self.publisher = await AckedPublisher(self.nc).start()
-        await ensure_streams(self.js, self.s)
+        await ensure_streams_when_ready(self.js, self.s)
         self.grants = await GrantWatcher(self.js).start()
         self._course_names = await watch_course_names(self.js, self.courses)
         self._learners = await KVMirror(self.js, LEARNERS_BUCKET, decode_learner, on_change=self.membership.apply,
