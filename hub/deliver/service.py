@@ -61,6 +61,7 @@ log = logging.getLogger("rthub.deliver")
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
 ANNOUNCE = 1.0  # seconds between two announcements of this process (``alive.<process>``: its leases stay its own)
 STARTS = 32  # runner start-ups at once
+SWEEP_EVERY = 30  # announcements between two sweeps of leases a failed release left behind
 
 HOT_FIELDS = ("secrets", "url", "basic_auth", "bearer", "rate_limit_per_s", "retry_schedule", "disabled_reason",
               "disabled_at", "custom_headers", "payload_filter")
@@ -244,10 +245,13 @@ class Deliverer:
             log.info("this deliverer announces itself again")
 
     async def _announce_loop(self) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(ANNOUNCE)
             await self._announce()
-            await self.leases.sweep()
+            rounds += 1
+            if rounds % SWEEP_EVERY == 0:  # reads every lease record: ~6% of an idle deliverer's CPU at 5,000 each second
+                await self.leases.sweep()
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
