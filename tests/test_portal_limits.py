@@ -301,7 +301,9 @@ async def test_a_direct_subscriber_cannot_publish_large_messages(op_server, data
         pull = f"$JS.API.CONSUMER.MSG.NEXT.XAPI.{consumer_name(grant.id)}"
         await sub.publish(pull, b"x" * (TENANT_MAX_PAYLOAD * 3))
         await asyncio.wait_for(closed.wait(), 5)  # the server cut it off ("Maximum Payload Violation")
-        assert errors, "the server closed the connection with an error"
+        # The server closed it (nats-py reports "Maximum Payload Violation", a reset socket, or nothing at all,
+        # depending on which it reads first): the connection is gone, and not because of the credential.
+        assert sub.is_closed
         # The same credential with a message under the limit stays connected: it is the size.
         ok = await nats.connect(
             op_server.url,
