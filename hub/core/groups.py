@@ -196,12 +196,21 @@ async def list_groups(js) -> list[Group]:
 
 async def load_membership(js) -> Membership:
     """Everything the learners bucket holds, read once (the CLI's and the portal's view)."""
+    import asyncio
+    import time
+
     from hub.core.kv import KVMirror
 
+    last = (await js.stream_info(f"KV_{LEARNERS_BUCKET}")).state.last_seq
     members = Membership()
     mirror = await KVMirror(
         js, LEARNERS_BUCKET, decode_learner, on_change=members.apply, key=parse_learner_key
     ).start()
+    # nats-py may mark a watch's initial content as complete before its messages are handed over (seen under
+    # load: a group read back with 0 members right after an import): wait until the newest entry has been seen.
+    deadline = time.monotonic() + 5.0
+    while mirror.revision < last and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     await mirror.stop()
     return members
 

@@ -41,6 +41,7 @@ class KVMirror(Generic[K, V]):
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self._watcher = None
         self._task: asyncio.Task | None = None
+        self.revision = 0  # the newest stream sequence seen
 
     async def start(self) -> KVMirror[K, V]:
         kv = await self.js.key_value(self.bucket)
@@ -55,6 +56,7 @@ class KVMirror(Generic[K, V]):
     async def _follow(self) -> None:
         async for entry in self._watcher:
             if entry is not None:
+                self.revision = max(self.revision, entry.revision or 0)
                 self._apply(entry)
             # None marks the end of the initial content (an empty bucket sends only that)
             if not self.ready.done() and (entry is None or entry.delta == 0):
