@@ -360,8 +360,7 @@ async def test_identity_only_where_approved_and_gone_at_retirement(stack):
     await probe.nc.flush()
 
     async def named_everywhere() -> bool:  # the hub learns the username from the learner's events
-        await send(js, 11)
-        await asyncio.sleep(0.1)  # pace the events while the stream import and the learned username settle
+        await send(js, 11)  # one more event per check: the hub learns the username from the learner's events
         return any(
             b.get("context", {}).get("extensions", {}).get(IDENT, {}).get("username") == "u11"
             for b in named.bodies()
