@@ -36,6 +36,13 @@ async def consumer_settled(js, stream: str, durable: str) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def watchers_have(js, bucket: str, revision: int) -> bool:
+    """Every watcher of ``bucket`` (each an ordered consumer on its stream) was sent the entry at ``revision``:
+    a service that filters by that bucket (the hubs by the grants) acts on it from now on."""
+    infos = await js.consumers_info(f"KV_{bucket}")
+    return bool(infos) and all((i.delivered.stream_seq or 0) >= revision for i in infos)
+
+
 def wait_sync(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -25,10 +25,10 @@ from hub.cli import build_parser
 from hub.core.grants import Grant, delete_grant, put_grant
 from hub.core.natsconn import connect
 from hub.core.settings import HubSettings, env_names
-from hub.core.subjects import RAW_STREAM, filter_subject
+from hub.core.subjects import GRANTS_BUCKET, RAW_STREAM, filter_subject
 from hub.ops.natsserver import port_free
 from lms_publisher.backend import NatsBackend
-from tests.helpers import ROOT, all_settings, rthub_env, unique, wait_for
+from tests.helpers import ROOT, all_settings, rthub_env, unique, wait_for, watchers_have
 
 COMPOSE = ROOT / "compose.yaml"
 # variables set in compose.yaml that no rthub settings struct reads, each documented in docs/deployment.md
@@ -266,9 +266,13 @@ async def test_stack_lms_backend_to_statements(stack, tmp_path):
     async def on_msg(msg):
         got[msg.subject.split(".", 1)[0]].append(json.loads(msg.data)["id"])
 
+    revision = 0
     for protocol in got:
         await nc.subscribe(filter_subject(protocol, course=course), cb=on_msg)
-        await put_grant(js, Grant(id=f"{gid}-{protocol}", consumer="stack", protocol=protocol, courses=[course]))
+        revision = await put_grant(js, Grant(id=f"{gid}-{protocol}", consumer="stack", protocol=protocol,
+                                             courses=[course]))
+    # the hubs drop what no grant they know covers: publish once both have been sent the two grants
+    await wait_for(lambda: watchers_have(js, GRANTS_BUCKET, revision), 30, "both hubs watching the new grants", 0.2)
     backend = NatsBackend(nats_url=stack.url, nats_creds=stack.publisher_creds, spool_dir=str(tmp_path),
                           site="default")
     n = 300
@@ -278,7 +282,11 @@ async def test_stack_lms_backend_to_statements(stack, tmp_path):
                                     "user_id": 3, "username": "edx"})
         for i in range(n):
             tracker.emit("play_video", {"id": "v1", "currentTime": i, "duration": 195})
-        await wait_for(lambda: len(got["xapi"]) >= n and len(got["caliper"]) >= n, 60, "statements of both protocols")
+        try:
+            await wait_for(lambda: len(got["xapi"]) >= n and len(got["caliper"]) >= n, 60, "statements of both protocols")
+        except AssertionError as exc:  # say what arrived and what the hubs dropped, to tell a drop from a stall
+            raise AssertionError(f"{exc}: {len(got['xapi'])} xAPI, {len(got['caliper'])} Caliper of {n};"
+                                 f" hubs: {_hub_counters(stack)}") from None
         await wait_for(lambda: backend.counts["published"] == n, 10, "acks")
     finally:
         backend.close()
@@ -287,6 +295,22 @@ async def test_stack_lms_backend_to_statements(stack, tmp_path):
         await nc.close()
     assert len(got["xapi"]) == n and len(set(got["xapi"])) == n
     assert len(got["caliper"]) == n and len(set(got["caliper"])) == n
+
+
+def _hub_counters(stack: Stack) -> dict[str, list[str]]:
+    """The filter/error counters of each compose hub (its /metrics), for a failure message."""
+    import urllib.request
+
+    out = {}
+    for host in ("hub-1", "hub-2") if stack.data_dir is None else ():
+        try:
+            text = urllib.request.urlopen(f"http://{host}:9464/metrics", timeout=5).read().decode()
+        except OSError as exc:
+            out[host] = [f"unreachable: {exc}"]
+            continue
+        out[host] = [ln for ln in text.splitlines() if ln.startswith(("rthub_filtered", "rthub_internal_errors",
+                                                                      "rthub_publish_errors", "rthub_processed"))]
+    return out
 
 
 async def _refused(url: str, **opts) -> str:
