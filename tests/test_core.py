@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from hub.core.api import Header, Status, pull_subject, status_of
+from hub.core.api import Header, Status, consumer_lags, pull_subject, status_of
 from hub.core.errors import ConsumerGone, NoStream, PublishRefused, WrongExpectedStream
 from hub.core.kv import KVMirror
 from hub.core.natsconn import connect
@@ -201,6 +201,24 @@ async def test_iteration_ends_when_the_connection_closes(hub_settings, js):
     await own.close()
     assert await asyncio.wait_for(task, 5) == []
     assert await pull.drain() == []
+
+
+async def test_consumer_lags_pages_through_every_consumer(nc, js):
+    """The deliverer's lag poll: pending + unacknowledged of each consumer, past the server's 256 per page."""
+    name, prefix, _ = await make_stream(js, n=5)
+    for start in range(0, 300, 50):
+        await asyncio.gather(*(js.add_consumer(name, ConsumerConfig(durable_name=f"d{i}", ack_policy=AckPolicy.EXPLICIT))
+                               for i in range(start, start + 50)))
+    held = await js.pull_subscribe_bind("d7", stream=name)
+    unacked = await held.fetch(2, timeout=5)  # delivered, not acknowledged: still lag
+    done = await js.pull_subscribe_bind("d8", stream=name)
+    for msg in await done.fetch(2, timeout=5):
+        await msg.ack_sync()
+    lags = await consumer_lags(nc, name)
+    assert len(lags) == 301 and len(unacked) == 2
+    assert (lags["c"], lags["d7"], lags["d8"], lags["d299"]) == (5, 5, 3, 5)
+    with pytest.raises(RuntimeError, match="stream not found"):
+        await consumer_lags(nc, unique("NOSTREAM").upper())
 
 
 async def test_kv_mirror_ready_changes_and_deletes(js):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
+import msgspec
+
 
 class Status(StrEnum):
     """The ``Status`` header of a control message (never of a stored message: those have an ack subject)."""
@@ -69,3 +71,36 @@ def status_of(msg) -> str | None:
     if not headers or msg.reply:
         return None
     return headers.get(Header.STATUS)
+
+
+class _Lag(msgspec.Struct):
+    name: str
+    num_pending: int = 0
+    num_ack_pending: int = 0
+
+
+class _LagPage(msgspec.Struct):
+    consumers: list[_Lag] | None = None
+    total: int = 0
+    error: dict | None = None
+
+
+_LAG_PAGE = msgspec.json.Decoder(_LagPage)
+
+
+async def consumer_lags(nc, stream: str, prefix: str = "$JS.API", timeout: float = 5.0) -> dict[str, int]:
+    """``{consumer: num_pending + num_ack_pending}`` for every consumer of ``stream``, a page (256) per request.
+
+    Decodes only those three fields: nats-py's ``consumers_info`` builds a full ConsumerInfo per consumer with
+    the json module, ~40% of an idle deliverer's CPU at 1,000 integrations when polled every 5 s. Raises
+    ``RuntimeError`` on an API error, nats-py's errors when NATS is away."""
+    out: dict[str, int] = {}
+    while True:
+        msg = await nc.request(f"{prefix}.CONSUMER.LIST.{stream}", b'{"offset":%d}' % len(out), timeout=timeout)
+        page = _LAG_PAGE.decode(msg.data)
+        if page.error:
+            raise RuntimeError(f"consumer list of {stream}: {page.error.get('description', page.error)}")
+        for c in page.consumers or ():
+            out[c.name] = c.num_pending + c.num_ack_pending
+        if not page.consumers or len(out) >= page.total:
+            return out

@@ -19,6 +19,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from hub.core.api import consumer_lags
 from hub.core.delivery_kinds import PUSH
 from hub.core.grants import (
     Grant,
@@ -163,17 +164,11 @@ class Deliverer:
         streams = {stream for runner in list(self.runners.values()) for stream, _ in runner.consumers()}
         out: dict[tuple[str, str], int] = {}
         for stream in streams:
-            offset = 0
-            while True:
-                try:
-                    page = await self.js.consumers_info(stream, offset=offset)
-                except Exception:  # noqa: BLE001 - NATS away: those lags keep their last values
-                    break
-                for info in page:
-                    out[(stream, info.name)] = (info.num_pending or 0) + (info.num_ack_pending or 0)
-                if not page:
-                    break
-                offset += len(page)
+            try:
+                lags = await consumer_lags(self.nc, stream)
+            except Exception:  # noqa: BLE001 - NATS away: those lags keep their last values
+                continue
+            out.update(((stream, name), lag) for name, lag in lags.items())
         return out
 
     def not_delivering(self) -> list[str]:

@@ -121,6 +121,8 @@ class Recorder:
         samples.append((now, lag))
         while len(samples) > 1 and samples[1][0] <= now - window:  # the oldest: the last one a window ago
             samples.popleft()
+        if lag == 0 and self.stats.behind_since is None:
+            return  # nothing waits: not behind, and nothing to end (the common case, every poll per integration)
         t = lagtrend.trend(samples)
         reason = None
         if delivering and answering and (self.stats.last_success or 0) >= now - window:
