@@ -371,6 +371,41 @@ def test_lazy_commands_table_matches_the_parsers():
             assert names(build_parser(command)) == set(commands), module
 
 
+async def test_a_timed_out_flush_does_not_end_the_read_loop(tmp_path):
+    """nats-py 2.16 leaves a timed-out flush's future behind; the late PONG killed the read loop, silently (the
+    connection said "connected" and never read again). A server stopped with SIGSTOP makes the flush time out."""
+    import os
+    import signal
+
+    import nats.errors
+
+    from hub.core.settings import HubSettings
+    from hub.ops.natsserver import NatsServer, free_port
+
+    server = NatsServer(free_port(), tmp_path / "nats", name="flush").start()
+    try:
+        nc = await connect(HubSettings(nats_url=server.url), "flush-test")
+        got = []
+
+        async def on_msg(msg) -> None:
+            got.append(msg.data)
+
+        await nc.subscribe("echo", cb=on_msg)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(nats.errors.TimeoutError):
+                await nc.flush(timeout=0.3)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await nc.flush(timeout=5)  # the late PONG of the first flush arrives first: the read loop must survive it
+        assert not nc._reading_task.done(), "the read loop ended"
+        await nc.publish("echo", b"still reading")
+        await wait_for(lambda: got == [b"still reading"], 5, "a message after the timed-out flush")
+        await nc.close()
+    finally:
+        server.stop()
+
+
 async def test_inline_subscription_still_finds_the_nats_py_internals_it_replaces(nc):
     """hub/core/inline.py swaps a subscription's private ``_pending_queue`` (an ``asyncio.Queue``) and resets
     ``_pending_size``; without them it silently falls back to a slower callback subscription. This fails when

@@ -52,4 +52,26 @@ async def connect(s: NatsSettings, name: str, **kwargs) -> Client:
         opts["inbox_prefix"] = creds_inbox_prefix(s.nats_creds) or "_INBOX"
     opts.update(kwargs)
     state["nc"] = nc = await nats.connect(**opts)
+    tolerate_timed_out_flushes(nc)
     return nc
+
+
+def tolerate_timed_out_flushes(nc: Client) -> None:
+    """Keep the read loop alive after a ``flush()`` timed out.
+
+    nats-py (2.16) leaves a timed-out flush's cancelled future in ``_pongs``; the PONG that comes later calls
+    ``set_result`` on it, the InvalidStateError ends the read loop, and nothing reconnects: the connection
+    still says "connected" and never reads again (a deliverer starting 5,000 integrations went silent that way;
+    its pull loops drain their inboxes, and each drain flushes). The oldest PING gets the PONG as before; a
+    future already done is only dropped. ``tests/test_core.py`` times a flush out on a stopped server."""
+
+    async def process_pong() -> None:
+        pongs = nc._pongs  # noqa: SLF001 - the list the parser's PONG handler pops (pinned nats-py < 2.17)
+        if pongs:
+            future = pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            nc._pongs_received += 1  # noqa: SLF001
+            nc._pings_outstanding = 0  # noqa: SLF001
+
+    nc._process_pong = process_pong  # noqa: SLF001
