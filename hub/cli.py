@@ -9,6 +9,7 @@ Litestar, no piccolo); ``rthub --help`` (or an unknown command) loads them all t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
 
@@ -83,6 +84,19 @@ def not_installed(command: str | None) -> str | None:
     return None
 
 
+def use_uvloop() -> bool:
+    """Run every command's event loop on uvloop where it is installed (the server extra installs it; an LMS-only
+    install keeps asyncio's). Measured with the services as processes, same machine, interleaved runs: p99 raw
+    publish -> signed webhook at 250 events/s 2.9-4.1 ms against 3.4-5.3 ms on asyncio (3.2-3.4x the raw
+    JetStream p99 instead of 4.0-4.1x), hub 13.4-14.3k events/s against 12.8k."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = command_of(argv)
@@ -92,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = build_parser(command).parse_args(argv)
     setup_logging(json_lines=args.log_json, level=args.log_level)
+    use_uvloop()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -406,6 +406,13 @@ async def test_a_timed_out_flush_does_not_end_the_read_loop(tmp_path):
         server.stop()
 
 
+def test_commands_run_on_uvloop():
+    """``rthub`` (hub.cli.main) sets uvloop's policy before running a command (server extra; measured faster)."""
+    code = "import asyncio, hub.cli; print(hub.cli.use_uvloop(), type(asyncio.new_event_loop()).__module__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["True", "uvloop"], out.stderr
+
+
 async def test_inline_subscription_still_finds_the_nats_py_internals_it_replaces(nc):
     """hub/core/inline.py swaps a subscription's private ``_pending_queue`` (an ``asyncio.Queue``) and resets
     ``_pending_size``; without them it silently falls back to a slower callback subscription. This fails when
