@@ -10,6 +10,7 @@ import pytest
 from hub.core.natsconn import connect
 from hub.core.settings import NatsSettings
 from hub.deliver.service import Deliverer
+from hub.deliver.state.setup import ensure_delivery
 from tests.deliver_kit import deliverer, delivering, integration, publish, remove, settings, statement
 from tests.deliver_receivers import Receiver
 from tests.helpers import rthub_env, rthub_popen, wait_for
@@ -137,3 +138,31 @@ async def test_a_failed_start_is_retried_until_it_works_and_health_tells_meanwhi
     finally:
         await remove(js, gid)
         await rx.stop()
+
+
+async def test_stop_ends_even_if_a_task_ignores_cancellation(nc, js, nats_server, caplog, monkeypatch):
+    """A background task that swallows every cancel cannot hold a deliverer's stop (SIGTERM) forever."""
+    import hub.deliver.service as service
+
+    monkeypatch.setattr(service, "STOP_ROUNDS", 2)
+    s = settings(nats_server.url)
+    await ensure_delivery(js, s)
+    d = await Deliverer(nc, s).start()
+    released = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not released.is_set():
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.create_task(stubborn(), name="stubborn")
+    d.background.append(task)
+    try:
+        await asyncio.wait_for(d.stop(), 15)
+        assert "ignored cancellation" in caplog.text and "stubborn" in caplog.text
+    finally:
+        released.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

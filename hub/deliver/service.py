@@ -58,6 +58,7 @@ from hub.translate import ExternalIds
 __all__ = ["Deliverer", "Runner", "hot_swappable", "takeover_after"]
 
 log = logging.getLogger("rthub.deliver")
+STOP_ROUNDS = 10  # seconds a stop waits for its background tasks to end, cancelling them each second
 
 ATTEMPT_FLUSH = 0.2  # seconds between two publishes of the attempt log
 ANNOUNCE = 1.0  # seconds between two announcements of this process (``alive.<process>``: its leases stay its own)
@@ -381,10 +382,15 @@ class Deliverer:
         for mirror in self.watchers:
             await mirror.stop()
         left = {*self.pending, *self.background}
-        while left:  # cancelled again until done: on Python 3.11 a wait_for ending as it is cancelled drops the cancel
+        for _ in range(STOP_ROUNDS):  # cancelled again until done: on 3.11 a wait_for ending as it is cancelled
+            if not left:  # drops the cancel; bounded, so one task that ignores cancellation cannot hold the stop
+                break
             for task in left:
                 task.cancel()
             _, left = await asyncio.wait(left, timeout=1.0)
+        if left:
+            log.error("stopping: %d task(s) ignored cancellation for %d s: %s", len(left), STOP_ROUNDS,
+                      ", ".join(sorted(t.get_name() for t in left)))
         await asyncio.gather(*(runner.stop() for runner in self.runners.values()), return_exceptions=True)
         self.runners.clear()
         await self.flush_attempts()
