@@ -58,16 +58,26 @@ from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 
 
 class Sink:
-    """A minimal HTTP/1.1 receiver: counts statements, records latency from the statement timestamp."""
+    """A minimal HTTP/1.1 receiver: counts statements, records latency from the statement timestamp
+    (``received``: what a receiver does with each request's statements; bench/tenants.py keeps arrival times)."""
 
     def __init__(self, lrs: bool = False):
         self.lrs, self.count, self.latencies, self.first, self.last = lrs, 0, [], 0.0, 0.0
         self.port = free_port()
         self.decoder = msgspec.json.Decoder()
 
-    async def start(self) -> Sink:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", self.port)
+    async def start(self, backlog: int = 100) -> Sink:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", self.port, backlog=backlog)
         return self
+
+    def received(self, items: list, now: float) -> None:
+        if not self.count:
+            self.first = now
+        self.count += len(items)
+        self.last = now
+        if not self.lrs:
+            for st in items:
+                self.latencies.append(now - dt.datetime.fromisoformat(st["timestamp"]).timestamp())
 
     async def serve(self, reader, writer) -> None:
         try:
@@ -77,16 +87,9 @@ class Sink:
                     if h[:15].lower() == b"content-length:":
                         length = int(h[15:])
                 body = await reader.readexactly(length)
-                now = time.time()
                 data = self.decoder.decode(body)
                 items = data if isinstance(data, list) else [data]
-                if not self.count:
-                    self.first = now
-                self.count += len(items)
-                self.last = now
-                if not self.lrs:
-                    for st in items:
-                        self.latencies.append(now - dt.datetime.fromisoformat(st["timestamp"]).timestamp())
+                self.received(items, time.time())
                 reply = msgspec.json.encode([st["id"] for st in items]) if self.lrs else b""
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
                 await writer.drain()

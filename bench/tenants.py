@@ -33,6 +33,7 @@ import msgspec
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.delivery import Sink  # noqa: E402
 from hub.core.grants import Grant, Target, put_grant  # noqa: E402
 from hub.core.natsconn import connect  # noqa: E402
 from hub.core.settings import HubSettings  # noqa: E402
@@ -44,37 +45,22 @@ from hub.ops.natsserver import NatsServer, free_port  # noqa: E402
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-class Receiver:
-    """A minimal HTTP/1.1 webhook receiver: the first arrival time of each statement id, and the POST count."""
+class Receiver(Sink):
+    """bench/delivery.py's receiver, keeping the first arrival time of each statement id and the POST count."""
 
     def __init__(self):
+        super().__init__()
         self.arrived: dict[str, float] = {}
         self.posts = 0
-        self.port = free_port()
 
     async def start(self) -> Receiver:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", self.port, backlog=4096)
+        await super().start(backlog=4096)
         return self
 
-    async def serve(self, reader, writer) -> None:
-        try:
-            while await reader.readline():
-                length = 0
-                while (h := await reader.readline()) not in (b"\r\n", b""):
-                    if h[:15].lower() == b"content-length:":
-                        length = int(h[15:])
-                body = await reader.readexactly(length)
-                now = time.time()
-                self.posts += 1
-                data = msgspec.json.decode(body)
-                for st in data if isinstance(data, list) else [data]:
-                    self.arrived.setdefault(st["id"], now)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    def received(self, items: list, now: float) -> None:
+        self.posts += 1
+        for st in items:
+            self.arrived.setdefault(st["id"], now)
 
 
 def cpu_seconds(pid: int) -> float:

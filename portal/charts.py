@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections.abc import AsyncIterator
 from html import escape
 
 import msgspec
@@ -18,6 +19,17 @@ DAY_MIN = 24 * 60
 W, H, PAD = 720, 120, 28
 
 
+async def _records(js, key: str, start: float, max_scan: int) -> AsyncIterator[dict]:
+    """Each attempt record logged for ``key`` since ``start`` (at most ``max_scan`` messages; unreadable skipped)."""
+    async for msg in attempt_log.scan(js, key, start, max_scan, batch=1000):
+        try:
+            records = unpack(msg.data)
+        except (msgspec.DecodeError, RecursionError):
+            continue
+        for a in records:
+            yield a
+
+
 async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int = 200_000
                            ) -> tuple[list[int], list[int]]:
     """Per minute of the last 24 h (oldest first): statements delivered, and failed attempts."""
@@ -26,21 +38,16 @@ async def delivery_minutes(js, key: str, now: float | None = None, max_scan: int
     delivered, failed = [0] * DAY_MIN, [0] * DAY_MIN
     if await attempt_log.first_record_time(js, key) is None:
         return delivered, failed
-    async for msg in attempt_log.scan(js, key, start, max_scan, batch=1000):
+    async for a in _records(js, key, start, max_scan):
         try:
-            records = unpack(msg.data)
-        except (msgspec.DecodeError, RecursionError):
+            i = int((float(a["t"]) - start) // 60)
+        except (KeyError, TypeError, ValueError):
             continue
-        for a in records:
-            try:
-                i = int((float(a["t"]) - start) // 60)
-            except (KeyError, TypeError, ValueError):
-                continue
-            if 0 <= i < DAY_MIN:
-                if a.get("outcome") == "delivered":
-                    delivered[i] += len(a.get("ids") or [])
-                else:
-                    failed[i] += 1
+        if 0 <= i < DAY_MIN:
+            if a.get("outcome") == "delivered":
+                delivered[i] += len(a.get("ids") or [])
+            else:
+                failed[i] += 1
     return delivered, failed
 
 
@@ -129,18 +136,13 @@ async def latency_hours(js, key: str, now: float | None = None, max_scan: int = 
     now = now or time.time()
     start = (now // 3600 - 23) * 3600
     per: list[list[float]] = [[] for _ in range(24)]
-    async for msg in attempt_log.scan(js, key, start, max_scan, batch=1000):
-        try:
-            records = unpack(msg.data)
-        except (msgspec.DecodeError, RecursionError):
+    async for a in _records(js, key, start, max_scan):
+        e2e = a.get("e2e_ms")
+        if a.get("outcome") != "delivered" or e2e is None or a.get("source") == "replay":
             continue
-        for a in records:
-            e2e = a.get("e2e_ms")
-            if a.get("outcome") != "delivered" or e2e is None or a.get("source") == "replay":
-                continue
-            i = int((float(a.get("t") or 0) - start) // 3600)
-            if 0 <= i < 24:
-                per[i].append(float(e2e))
+        i = int((float(a.get("t") or 0) - start) // 3600)
+        if 0 <= i < 24:
+            per[i].append(float(e2e))
     day = [v for hour in per for v in hour]
     return Latency(hours=[dt.datetime.fromtimestamp(start + 3600 * i, dt.UTC).isoformat() for i in range(24)],
                    p50_ms=[percentile(h, 0.5) for h in per], p99_ms=[percentile(h, 0.99) for h in per],

@@ -63,6 +63,15 @@ class AuthError(RuntimeError):
     pass
 
 
+def account_seed(seed_path: Path) -> tuple[bytes, str]:
+    """An LMS-side account's seed (created on first use, private) and its public key."""
+    if not seed_path.exists():
+        seed_path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private(seed_path, jwt.new_seed("account").decode())
+    seed = seed_path.read_text().encode()
+    return seed, jwt.public_key(seed)
+
+
 def write_private(path: Path, data: str) -> None:
     """Atomically write a 0600 file (created with that mode, never world-readable for an instant)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -294,11 +303,7 @@ class AuthStore:
         publisher names, of a publish, a request or an ack, the server answers it in the site's account, where
         there is nothing but the publishers' own inboxes."""
         seed_path, jwt_path = self._site_file(site, ".nk"), self._site_file(site, ".jwt")
-        if not seed_path.exists():
-            seed_path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_private(seed_path, jwt.new_seed("account").decode())
-        seed = seed_path.read_text().encode()
-        pub = jwt.public_key(seed)
+        seed, pub = account_seed(seed_path)
         current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
         subj = site_subject(site)
         if current and current["iss"] == self.signing_pub and [i["subject"] for i in current["nats"].get(
@@ -321,11 +326,7 @@ class AuthStore:
         imports from the data account only :func:`hub.auth.permissions.bus_imports`: whatever reply subject its
         users name, of a publish, an API request, a pull request or an ack, is answered in this account."""
         seed_path, jwt_path = self.path / SITES / f"{BUS}.nk", self.path / SITES / f"{BUS}.jwt"
-        if not seed_path.exists():
-            seed_path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_private(seed_path, jwt.new_seed("account").decode())
-        seed = seed_path.read_text().encode()
-        pub = jwt.public_key(seed)
+        seed, pub = account_seed(seed_path)
         current = jwt.decode(jwt_path.read_text(), verify=False) if jwt_path.exists() else None
         want = [(subj, local) for _, subj, local, _, _ in bus_imports()]
         if current and current["iss"] == self.signing_pub and [
