@@ -166,3 +166,33 @@ async def test_stop_ends_even_if_a_task_ignores_cancellation(nc, js, nats_server
         released.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_holder_steps_down_at_once_when_its_lease_is_taken(nc, js, nats_server):
+    """A held lease is checked when the book changes it, not on a timer: with lease_ttl 60 s (a check every 20 s
+    before) a take-over written by another process stops this one's delivery within moments."""
+    import time
+
+    import msgspec
+
+    from hub.core.subjects import DELIVERY_STATE_BUCKET
+    from hub.deliver.state.lease import LeaseRecord
+
+    rx = await Receiver().start()
+    gid, _ = await integration(js, "webhook", rx.url)
+    s = settings(nats_server.url, lease_ttl="60s")
+    await ensure_delivery(js, s)
+    d = await Deliverer(nc, s).start()
+    try:
+        await delivering(d, gid)
+        kv = await js.key_value(DELIVERY_STATE_BUCKET)
+        entry = await kv.get(f"lease.{gid}")
+        assert msgspec.json.decode(entry.value, type=LeaseRecord).owner == d.process_id
+        await kv.update(f"lease.{gid}", msgspec.json.encode(LeaseRecord("another-process", time.time())),
+                        last=entry.revision)
+        await wait_for(lambda: gid in d.runners and not d.runners[gid].leader.is_set(), 3,
+                       "the holder stepping down")
+    finally:
+        await d.stop()
+        await remove(js, gid)
+        await rx.stop()

@@ -32,6 +32,7 @@ from hub.deliver.state.lease import NotAnnounced
 from hub.deliver.state.records import Stats
 
 log = logging.getLogger("rthub.deliver")
+HOLD_CHECK = 60.0  # seconds a held lease waits for news before it checks anyway (a safety net)
 
 
 def takeover_after(s: DeliverSettings) -> float:
@@ -224,8 +225,9 @@ class Runner:
 
     # ---- pulling ---------------------------------------------------------------------------------------
     async def _hold_lease(self) -> None:
-        """Renew the lease every ``lease_ttl / 3``; step down when it is lost, or when no renewal has succeeded for
-        ``lease_ttl`` (an outage: a stand-by elsewhere may take over after ``max(lease_ttl, ack_wait) + 1 s``)."""
+        """Take the lease (standing by, tried every ``lease_ttl / 3``), then check it whenever the book changes it
+        or announcements fail; step down when it is lost, or when no announcement has succeeded for ``lease_ttl``
+        (an outage: a stand-by elsewhere may take over after ``max(lease_ttl, ack_wait) + 1 s``)."""
         ttl = seconds(self.ctx.settings.lease_ttl)
         period = max(0.2, ttl / 3)
         last_ok = time.monotonic()
@@ -236,7 +238,8 @@ class Runner:
             except Exception as exc:  # noqa: BLE001 - NATS unreachable: keep the lease while it is surely ours
                 if not isinstance(exc, NotAnnounced):
                     log.warning("lease %s: %s", self.grant.id, exc)
-                held = self.leader.is_set() and time.monotonic() - last_ok < ttl
+                announced = max(last_ok, self.lease.book.announced_at)  # it waited for news, maybe long
+                held = self.leader.is_set() and time.monotonic() - announced < ttl
             if held and not self.leader.is_set():
                 log.info("this process now delivers ordered integration %s", self.grant.id)
                 self.leader.set()
@@ -245,7 +248,10 @@ class Runner:
                 self.leader.clear()
                 self.ctx.restart(self.grant.id, self)
                 return
-            await asyncio.sleep(period)
+            if held and not self.lease.book.announce_failed:
+                await self.lease.wait(HOLD_CHECK)  # nothing to check until the book says something changed
+            else:
+                await asyncio.sleep(period)  # standing by, or announcements fail: the clock decides
 
     def _dispatch(self, item: Item) -> None:
         if self.stopping:  # handed back: JetStream redelivers it to the runner that replaces this one
