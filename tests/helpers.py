@@ -37,10 +37,11 @@ async def consumer_settled(js, stream: str, durable: str) -> bool:
 
 
 async def watchers_have(js, bucket: str, revision: int) -> bool:
-    """Every watcher of ``bucket`` (each an ordered consumer on its stream) was sent the entry at ``revision``:
-    a service that filters by that bucket (the hubs by the grants) acts on it from now on."""
-    infos = await js.consumers_info(f"KV_{bucket}")
-    return bool(infos) and all((i.delivered.stream_seq or 0) >= revision for i in infos)
+    """Every live watcher of ``bucket`` (each an ordered consumer on its stream) was sent the entry at
+    ``revision``: a service that filters by that bucket (the hubs by the grants) acts on it from now on. A watcher
+    whose process died stays for nats-py's inactive threshold (5 min) without a subscriber: left out."""
+    live = [i for i in await js.consumers_info(f"KV_{bucket}") if i.push_bound]
+    return bool(live) and all((i.delivered.stream_seq or 0) >= revision for i in live)
 
 
 def wait_sync(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

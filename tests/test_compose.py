@@ -272,7 +272,15 @@ async def test_stack_lms_backend_to_statements(stack, tmp_path):
         revision = await put_grant(js, Grant(id=f"{gid}-{protocol}", consumer="stack", protocol=protocol,
                                              courses=[course]))
     # the hubs drop what no grant they know covers: publish once both have been sent the two grants
-    await wait_for(lambda: watchers_have(js, GRANTS_BUCKET, revision), 30, "both hubs watching the new grants", 0.2)
+    try:
+        await wait_for(lambda: watchers_have(js, GRANTS_BUCKET, revision), 30, "both hubs watching the new grants",
+                       0.2)
+    except AssertionError as exc:  # which watcher is behind, and since when
+        infos = await js.consumers_info(f"KV_{GRANTS_BUCKET}")
+        raise AssertionError(f"{exc} (revision {revision}): " + "; ".join(
+            f"{i.name} delivered={i.delivered.stream_seq} pending={i.num_pending} ack_pending={i.num_ack_pending}"
+            f" push_bound={i.push_bound} deliver_subject={i.config.deliver_subject} created={i.created}"
+            f" last_active={i.delivered.last_active}" for i in infos)) from None
     backend = NatsBackend(nats_url=stack.url, nats_creds=stack.publisher_creds, spool_dir=str(tmp_path),
                           site="default")
     n = 300
