@@ -46,6 +46,7 @@ class Context:
     watch: Watch  # wakes dozing pull loops when a matching message is published
     starts: asyncio.Semaphore  # runner start-ups at once (consumer creation is a server round trip each)
     identities: IdentityIndex | None = None  # learners the store knows, for grants approved for identity
+    broke: Callable[[], None] = lambda: None  # a runner's core task ended: the deliverer converges at once
     # This process's counters per integration, kept across its runners' restarts (a NATS outage restarts them,
     # and a runner's last save can fail then): a new runner continues from here, not from an older save.
     stats: dict = field(default_factory=dict)
