@@ -99,6 +99,9 @@ async def test_many_integrations_idle_for_free_and_each_gets_its_first_statement
 
         # Idle: every live loop dozes (before, each consumer kept a pull request open, heartbeats every second).
         await wait_for(no_open_pull_requests, 20, "no idle consumer with an open pull request", interval=0.2)
+        # The runners' long-lived objects leave the collector's view once they have started (gc.freeze): full
+        # collections walking them were the 100-200 ms tail of first deliveries at 1,000 integrations.
+        await wait_for(lambda: d.frozen_at >= MANY, 10, "a collection and gc.freeze() after the start")
         # Leases are not rewritten per integration while the process announces itself.
         sample = [g for g, _ in made[:25]]
         before = await lease_revisions(js, sample)
