@@ -261,17 +261,20 @@ class Deliverer:
             rounds += 1
             if rounds % SWEEP_EVERY == 0:  # reads every lease record: ~6% of an idle deliverer's CPU at 5,000 each second
                 await self.leases.sweep()
-            self._freeze_when_settled()
+            self._freeze_when_settled(hourly=rounds % 3600 == 0)
 
-    def _freeze_when_settled(self) -> None:
-        """Once the runners have started (and again when their number grew by a tenth), collect and then
-        ``gc.freeze()`` what exists: the runners' long-lived objects leave the collector's view. Without it, a
-        full collection walked them all: 100-200 ms pauses every few seconds at 1,000 integrations, the p99
-        of first delivery in bench/tenants.py (measured with gc.callbacks)."""
+    def _freeze_when_settled(self, hourly: bool = False) -> None:
+        """Once the runners have started (again when their number moved by a tenth, and hourly if it moved at
+        all), unfreeze, collect, then ``gc.freeze()`` what exists: the runners' long-lived objects leave the
+        collector's view. Without it a full collection walked them all: 100-200 ms pauses every few seconds at
+        1,000 integrations, the p99 of first delivery in bench/tenants.py (measured with gc.callbacks). The
+        unfreeze first lets the cycles of runners stopped since then be collected."""
         n = len(self.runners)
-        if self.pending or n < FREEZE_MIN or n < self.frozen_at * 1.1:
+        moved = abs(n - self.frozen_at)
+        if self.pending or n < FREEZE_MIN or not moved or (moved < self.frozen_at * 0.1 and not hourly):
             return
         self.frozen_at = n
+        gc.unfreeze()
         gc.collect()
         gc.freeze()
 
