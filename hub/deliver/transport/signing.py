@@ -6,6 +6,7 @@ During a secret rotation a target lists two secrets; the receiver accepts either
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -14,6 +15,7 @@ import time
 PREFIX = "whsec_"
 
 
+@functools.lru_cache(maxsize=4096)  # decoded once per secret, not per request (1.3% of a busy deliverer)
 def secret_key(secret: str) -> bytes:
     raw = secret[len(PREFIX):] if secret.startswith(PREFIX) else secret
     key = base64.b64decode(raw + "=" * (-len(raw) % 4))
