@@ -100,8 +100,7 @@ class PartitionedRunner(Runner):
         g = self.grant
         # The partitions' pulls keep requests open instead of dozing: a partition's copy is stored by the
         # stream's sourcing after the publish the watch sees, so a wake could find it not there yet and doze
-        # past it (bench/delivery.py: e2e capacity 281/s with two partitioned deliverers). Partitioned
-        # integrations are the busy few; dozing is for the many idle ones.
+        # past it. Partitioned integrations are the busy few; dozing is for the many idle ones.
         self.tasks.append(asyncio.create_task(self._balance()))
         redrive = asyncio.create_task(self._pull(REDRIVE_STREAM, redrive_name(g.id), "redrive",
                                                  wake=self._wake_on([redrive_subject(g.id)])))

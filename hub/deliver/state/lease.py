@@ -170,6 +170,7 @@ class Lease:
         ordered integration was ~3,000 wake-ups a second in an idle deliverer with 5,000 (issue 20)."""
         book = self.book
         if book.failing.is_set():
+            await asyncio.sleep(0)
             return
         changed = book.changes.setdefault(self.key, asyncio.Event())
         changed.clear()
