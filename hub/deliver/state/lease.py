@@ -130,15 +130,8 @@ class Lease:
         """
         book = self.book
         if self.revision is not None:
-            revision = book.records.revisions.get(self.key)
-            record = book.records.values.get(self.key)
-            if (
-                revision is not None
-                and revision > self.revision
-                and record is not None
-                and record.owner != self.owner
-            ):
-                self.revision = None  # taken over
+            if self._taken_over():
+                self.revision = None
                 book.held.discard(self.key)
                 return False
             if book.announce_failed:
@@ -164,6 +157,13 @@ class Lease:
             raise
         return False
 
+    def _taken_over(self) -> bool:
+        """The book holds a newer record of this held lease, written by another owner."""
+        revision = self.book.records.revisions.get(self.key)
+        record = self.book.records.values.get(self.key)
+        return (self.revision is not None and revision is not None and revision > self.revision
+                and record is not None and record.owner != self.owner)
+
     async def wait(self, timeout: float) -> None:
         """While held: until the book changes this lease (a take-over), announcements fail, or ``timeout``.
         A holder checks its lease when something happened instead of every ``lease_ttl / 3``: a timer per
@@ -174,9 +174,7 @@ class Lease:
             return
         changed = book.changes.setdefault(self.key, asyncio.Event())
         changed.clear()
-        record = book.records.values.get(self.key)
-        if (self.revision is not None and book.records.revisions.get(self.key, 0) > self.revision
-                and record is not None and record.owner != self.owner):
+        if self._taken_over():
             await asyncio.sleep(0)  # never a loop that does not yield (the book must be able to catch up)
             return  # taken over before this wait began: try_hold says so
         waits = [asyncio.ensure_future(changed.wait()), asyncio.ensure_future(book.failing.wait())]
