@@ -107,6 +107,12 @@ def play_video(course: str, user: int, when: dt.datetime) -> dict:
                      "duration": 195}}
 
 
+async def publish_raw(js, site: str, event: dict, msg_id: str) -> asyncio.Future:
+    """One raw tracking event on ``lms.<site>.BenchX.<course>.<name>``, as the LMS backend publishes it."""
+    return await js.publish_async(subject("lms", site, "BenchX", event["context"]["course_id"], event["name"]),
+                                  msgspec.json.encode(event), headers={"Nats-Msg-Id": msg_id})
+
+
 def statement(n: int, sid: str) -> bytes:
     return msgspec.json.encode({
         "id": sid, "timestamp": dt.datetime.now(dt.UTC).isoformat(),
@@ -206,9 +212,7 @@ async def e2e_capacity(js, n: int) -> float:
     futures = []
     for i in range(n):
         event = play_video(f"course-v1:BenchX+C{i % 20}+run", i % 500, now + dt.timedelta(microseconds=i))
-        futures.append(await js.publish_async(subject("lms", "benchcap", "BenchX", event["context"]["course_id"],
-                                                      "play_video"), msgspec.json.encode(event),
-                                              headers={"Nats-Msg-Id": f"cap-{i}"}))
+        futures.append(await publish_raw(js, "benchcap", event, f"cap-{i}"))
     await asyncio.gather(*futures)
     await wait_count(sink, n, 120)
     if sink.count < n:
@@ -227,9 +231,7 @@ async def e2e_p99(js, site: str, rate: float, seconds: float) -> float:
         if (delay := began + i / rate - time.monotonic()) > 0:
             await asyncio.sleep(delay)
         event = play_video(f"course-v1:BenchX+{site}{i % 20}+run", 1000 + i % 500, dt.datetime.now(dt.UTC))
-        pending.append(await js.publish_async(subject("lms", site, "BenchX", event["context"]["course_id"],
-                                                      "play_video"), msgspec.json.encode(event),
-                                              headers={"Nats-Msg-Id": f"{site}-{i}"}))
+        pending.append(await publish_raw(js, site, event, f"{site}-{i}"))
     await asyncio.gather(*pending)
     await wait_count(sink, total, 60)
     if sink.count < total:
@@ -250,9 +252,8 @@ async def hub_rate(js, nc, n: int) -> float:
     tap = await nc.subscribe(f"xapi.{site}.>", cb=on_statement)
     await asyncio.sleep(1)  # the hub sees the grant
     now = dt.datetime.now(dt.UTC)
-    futures = [await js.publish_async(subject("lms", site, "BenchX", f"course-v1:BenchX+H{i % 20}+run", "play_video"),
-                                      msgspec.json.encode(play_video(f"course-v1:BenchX+H{i % 20}+run", i % 500, now)),
-                                      headers={"Nats-Msg-Id": f"hub-{i}"}) for i in range(n)]
+    futures = [await publish_raw(js, site, play_video(f"course-v1:BenchX+H{i % 20}+run", i % 500, now), f"hub-{i}")
+               for i in range(n)]
     await asyncio.gather(*futures)
     deadline = time.monotonic() + 120
     while len(arrived) < n and time.monotonic() < deadline:
@@ -330,10 +331,7 @@ async def run(args) -> None:
                 if (delay := due - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 event = play_video(courses[i % 20], 1000 + i % 500, dt.datetime.now(dt.UTC))
-                course = event["context"]["course_id"]
-                pending.append(await js.publish_async(
-                    subject("lms", "default", "BenchX", course, "play_video"), msgspec.json.encode(event),
-                    headers={"Nats-Msg-Id": f"lat-{i}"}))
+                pending.append(await publish_raw(js, "default", event, f"lat-{i}"))
             await asyncio.gather(*pending)
             sent_rate = total / (time.monotonic() - began)
             await wait_count(sink, total, 60)
