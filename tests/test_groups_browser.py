@@ -4,13 +4,8 @@ under a strict Content-Security-Policy and checked with axe-core (list, group pa
 
 from __future__ import annotations
 
-import asyncio
-import os
-
-import pytest
-
 from tests.helpers import unique
-from tests.test_portal_browser import ARGS, CHROMIUM
+from tests.test_portal_browser import ARGS, BROWSER_MARKS, CHROMIUM
 from tests.test_portal_e2e import (  # noqa: F401 - fixtures
     PASSWORD,
     admin_nc,
@@ -18,13 +13,12 @@ from tests.test_portal_e2e import (  # noqa: F401 - fixtures
     data_dir,
     mailbox,
     op_server,
-    strict_csp,
+    strict_page,
     submit,
     system,
 )
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+pytestmark = BROWSER_MARKS
 
 
 async def test_admin_groups_pages_in_the_browser(system):
@@ -34,10 +28,7 @@ async def test_admin_groups_pages_in_the_browser(system):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
-            await strict_csp(context, violations)
-            page = await context.new_page()
-            page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+            page = await strict_page(browser, violations)
             await page.goto(system + "/login")
             await page.fill("#f-email", "admin@example.org")
             await page.fill("#f-password", PASSWORD)

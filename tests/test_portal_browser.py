@@ -30,8 +30,10 @@ COURSE = "course-v1:edX+DemoX+Demo_Course"
 OTHER = "course-v1:edX+Other+2025"
 PASSWORD = "browser test password"
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+# every Chromium test module's marks (the others import them)
+BROWSER_MARKS = [pytest.mark.browser,
+                 pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+pytestmark = BROWSER_MARKS
 
 
 data_dir, op_server, admin_nc = operator_fixtures("portal-op")

@@ -4,8 +4,8 @@ under a strict Content-Security-Policy (no inline script) and are checked with a
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import uuid
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from tests.deliver_receivers import Receiver
 from tests.helpers import rthub, rthub_env, rthub_popen, unique, wait_for
 from tests.mailbox import Mailbox, link
 from tests.operator_kit import operator_fixtures
-from tests.test_portal_browser import ARGS, CHROMIUM
+from tests.test_portal_browser import ARGS, BROWSER_MARKS, CHROMIUM
 
 COURSE = "course-v1:DemoX+Demo1+2024_T1"
 PASSWORD = "e2e test password!"
@@ -28,8 +28,7 @@ AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+pytestmark = BROWSER_MARKS
 
 
 class Switch:
@@ -93,6 +92,15 @@ async def strict_csp(context, violations: list[str]) -> None:
     context.on("page", lambda p: p.on("console", on_console))
 
 
+async def strict_page(browser, violations: list[str]):
+    """A 1280x900 page under the strict CSP (see :func:`strict_csp`) that accepts every confirm dialog."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    await strict_csp(context, violations)
+    page = await context.new_page()
+    page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
+    return page
+
+
 async def axe(page, label: str) -> None:
     """axe-core on the current page: no violation of any impact (WCAG 2.1 A/AA and best practices)."""
     if not await page.evaluate("typeof window.axe !== 'undefined'"):
@@ -127,10 +135,7 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, ma
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
             # CSP on the context (without bypass) so the page script must come from /static
-            context = await browser.new_context(viewport={"width": 1280, "height": 900})
-            await strict_csp(context, violations)
-            page = await context.new_page()
-            page.on("dialog", lambda d: __import__("asyncio").ensure_future(d.accept()))
+            page = await strict_page(browser, violations)
             await page.goto(system + "/signup")
             await axe(page, "signup")
             await page.fill("#f-email", email)
@@ -285,7 +290,7 @@ async def test_consumer_runs_an_integration_from_the_portal(system, admin_nc, ma
 
 async def login_page(browser, system: str, email: str, password: str):
     page = await (await browser.new_context(accept_downloads=True)).new_page()
-    page.on("dialog", lambda d: __import__("asyncio").ensure_future(d.accept()))
+    page.on("dialog", lambda d: asyncio.ensure_future(d.accept()))
     await page.goto(system + "/login")
     await page.fill("#f-email", email)
     await page.fill("#f-password", password)

@@ -6,7 +6,6 @@ rows at 390 px. Screenshots of every page and width are written for a look by ey
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 
 import pytest
@@ -26,11 +25,10 @@ from tests.test_portal_api import (  # noqa: F401 - fixtures
     request_access,
     settings,
 )
-from tests.test_portal_browser import ARGS, CHROMIUM
+from tests.test_portal_browser import ARGS, BROWSER_MARKS, CHROMIUM
 from tests.test_portal_ops import ids_received, publish, statement
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")]
+pytestmark = BROWSER_MARKS
 
 @pytest.fixture(scope="module", autouse=True)
 def local_receivers(app):
